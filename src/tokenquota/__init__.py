@@ -1,0 +1,54 @@
+"""tokenquota: quota and usage metering for AI features.
+
+>>> import tokenquota
+>>> q = tokenquota.open("memory://")
+>>> q.set_limit("user:alice", "tokens", "day", 50_000)  # doctest: +ELLIPSIS
+LimitsView(...)
+>>> q.consume("user:alice", tokens=1200).allowed
+True
+"""
+
+from tokenquota.domain.clock import Clock, FrozenClock, SystemClock
+from tokenquota.domain.decisions import Decision, LimitStatus, Mode
+from tokenquota.domain.errors import (
+    Conflict,
+    CycleError,
+    IdempotencyConflict,
+    NotFound,
+    StoreUnavailable,
+    TokenQuotaError,
+    ValidationError,
+)
+from tokenquota.domain.ledger import AuditEntry, Event
+from tokenquota.domain.limits import UNLIMITED, Plan, Rule
+from tokenquota.domain.subjects import Subject, SubjectRef
+from tokenquota.engine import DefaultRule, HistoryPoint, LimitsView, Quota, Usage, open
+
+__all__ = [
+    "UNLIMITED",
+    "AuditEntry",
+    "Clock",
+    "Conflict",
+    "CycleError",
+    "Decision",
+    "DefaultRule",
+    "Event",
+    "FrozenClock",
+    "HistoryPoint",
+    "IdempotencyConflict",
+    "LimitStatus",
+    "LimitsView",
+    "Mode",
+    "NotFound",
+    "Plan",
+    "Quota",
+    "Rule",
+    "StoreUnavailable",
+    "Subject",
+    "SubjectRef",
+    "SystemClock",
+    "TokenQuotaError",
+    "Usage",
+    "ValidationError",
+    "open",
+]

@@ -1,0 +1,1 @@
+"""Pure quota arithmetic: no I/O, no wall clock. See README.md beside this file."""

@@ -1,0 +1,278 @@
+"""Decisions: the pure part of check and consume.
+
+The engine turns a request into a ``DebitPlan`` (which limits apply, which
+buckets to read); a store reads those buckets inside its atomic section and
+calls ``decide`` there, so the comparison and the write see the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tokenquota.domain.limits import UNLIMITED, EffectiveLimit
+from tokenquota.domain.metrics import Amounts, Metric, Number, from_units
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.windows import admits
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    RECORD = "record"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One effective limit a request is measured against."""
+
+    limit: EffectiveLimit
+    amount: int  # units this request adds to the limit's metric (0 when absent)
+    read_at: datetime  # the instant whose window holds the request
+    lo: int  # inclusive bucket range to sum; unused for per-request caps
+    hi: int
+    # The bucket the request lands in, or None when it lands outside [lo, hi]
+    # (a back-dated event older than a rolling window): then it only reports.
+    bucket: int | None
+
+    @property
+    def is_cap(self) -> bool:
+        return self.limit.key.window is None
+
+
+@dataclass(frozen=True, slots=True)
+class DebitPlan:
+    subject: SubjectRef
+    charged: tuple[SubjectRef, ...]  # the subject first, then every ancestor
+    amounts: Amounts
+    mode: Mode
+    timestamp: datetime  # when the usage happened (may be back-dated)
+    now: datetime
+    tz: ZoneInfo
+    checks: tuple[Check, ...]
+    idempotency_key: str | None = None
+    fingerprint: str = ""
+    model: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+Readings = Sequence[Mapping[int, int]]  # per check, bucket -> units
+
+
+@dataclass(frozen=True, slots=True)
+class LimitStatus:
+    """One limit as a person reads it: numbers in the metric's own unit."""
+
+    subject: str
+    metric: str
+    window: str | None
+    limit: Number  # -1 = unlimited
+    source: str
+    shadow: bool
+    used: Number | None  # None for per-request caps
+    reserved: Number
+    remaining: Number | None  # None when unlimited; never negative
+    reset_at: datetime | None
+    within_limit: bool
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "metric": self.metric,
+            "window": self.window,
+            "limit": _num(self.limit),
+            "source": self.source,
+            "shadow": self.shadow,
+            "used": _num(self.used),
+            "reserved": _num(self.reserved),
+            "remaining": _num(self.remaining),
+            "reset_at": self.reset_at.isoformat() if self.reset_at else None,
+            "within_limit": self.within_limit,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> LimitStatus:
+        metric = Metric(data["metric"])
+        return cls(
+            subject=data["subject"],
+            metric=metric.value,
+            window=data["window"],
+            limit=_unnum(metric, data["limit"]),
+            source=data["source"],
+            shadow=data["shadow"],
+            used=None if data["used"] is None else _unnum(metric, data["used"]),
+            reserved=_unnum(metric, data["reserved"]),
+            remaining=None if data["remaining"] is None else _unnum(metric, data["remaining"]),
+            reset_at=datetime.fromisoformat(data["reset_at"]) if data["reset_at"] else None,
+            within_limit=data["within_limit"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    subject: str
+    mode: Mode
+    amounts: Mapping[str, Number]
+    timestamp: datetime
+    limits: tuple[LimitStatus, ...]  # every limit measured, as it stands after this request
+    blocked_by: tuple[LimitStatus, ...] = ()
+    shadow_blocked: tuple[LimitStatus, ...] = ()  # would have blocked; shadow limits never do
+    retry_after: int | None = None  # seconds; None when waiting will not help
+    event_id: int | None = None
+    replayed: bool = False  # True when an idempotency key returned an earlier result
+
+    @property
+    def tightest(self) -> LimitStatus | None:
+        """The enforcing limit with the least left: what RateLimit-* headers describe."""
+        bounded = [s for s in self.limits if s.remaining is not None and not s.shadow]
+        if not bounded:
+            return None
+        return min(bounded, key=lambda s: (s.remaining, s.reset_at is None))
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "allowed": self.allowed,
+            "subject": self.subject,
+            "mode": self.mode.value,
+            "amounts": {k: _num(v) for k, v in self.amounts.items()},
+            "timestamp": self.timestamp.isoformat(),
+            "limits": [s.to_wire() for s in self.limits],
+            "blocked_by": [s.to_wire() for s in self.blocked_by],
+            "shadow_blocked": [s.to_wire() for s in self.shadow_blocked],
+            "retry_after": self.retry_after,
+            "event_id": self.event_id,
+            "replayed": self.replayed,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> Decision:
+        return cls(
+            allowed=data["allowed"],
+            subject=data["subject"],
+            mode=Mode(data["mode"]),
+            amounts={k: _unnum(Metric(k), v) for k, v in data["amounts"].items()},
+            timestamp=datetime.fromisoformat(data["timestamp"]),
+            limits=tuple(LimitStatus.from_wire(s) for s in data["limits"]),
+            blocked_by=tuple(LimitStatus.from_wire(s) for s in data["blocked_by"]),
+            shadow_blocked=tuple(LimitStatus.from_wire(s) for s in data["shadow_blocked"]),
+            retry_after=data["retry_after"],
+            event_id=data["event_id"],
+            replayed=data["replayed"],
+        )
+
+    def as_replay(self) -> Decision:
+        return replace(self, replayed=True)
+
+
+def _num(value: Number | None) -> int | str | None:
+    """Credits travel as strings so no JSON parser turns them into floats."""
+    if value is None or isinstance(value, int):
+        return value
+    return str(value)
+
+
+def _unnum(metric: Metric, value: Any) -> Number:
+    from decimal import Decimal
+
+    if metric.is_decimal and value != UNLIMITED:
+        return Decimal(str(value))
+    return int(value)
+
+
+def status(
+    check: Check, buckets: Mapping[int, int], tz: ZoneInfo, *, added: int = 0
+) -> LimitStatus:
+    """The limit as it stands with ``added`` units on top of what the buckets hold."""
+    limit = check.limit
+    metric = limit.key.metric
+    window = limit.key.window
+    if window is None:
+        used: int | None = None
+        remaining = None if limit.unlimited else limit.value
+        reset_at = None
+        within = True
+    else:
+        used = sum(buckets.values()) + added
+        remaining = None if limit.unlimited else max(0, limit.value - used)
+        within = limit.unlimited or used < limit.value
+        held = dict(buckets)
+        if added and check.bucket is not None:
+            held[check.bucket] = held.get(check.bucket, 0) + added
+        reset_at = window.reset_at(check.read_at, tz, held)
+    return LimitStatus(
+        subject=str(limit.subject),
+        metric=metric.value,
+        window=window.key if window else None,
+        limit=UNLIMITED if limit.unlimited else from_units(metric, limit.value),
+        source=limit.source.value,
+        shadow=limit.shadow,
+        used=None if used is None else from_units(metric, used),
+        reserved=from_units(metric, 0),
+        remaining=None if remaining is None else from_units(metric, remaining),
+        reset_at=reset_at,
+        within_limit=within,
+    )
+
+
+def blocks(check: Check, buckets: Mapping[int, int]) -> bool:
+    limit = check.limit
+    if limit.unlimited:
+        return False
+    if check.is_cap:
+        # input_sequence_length caps one request's input; concurrency is for leases.
+        return limit.key.metric is Metric.INPUT_SEQUENCE_LENGTH and check.amount > limit.value
+    if check.bucket is None:
+        return False
+    return not admits(sum(buckets.values()), check.amount, limit.value)
+
+
+def decide(plan: DebitPlan, readings: Readings, event_id: int | None = None) -> Decision:
+    """Measure the request against every check; enforce is all-or-nothing, record always passes."""
+    blocked: list[int] = []
+    shadow: list[int] = []
+    for i, (check, buckets) in enumerate(zip(plan.checks, readings, strict=True)):
+        if blocks(check, buckets):
+            (shadow if check.limit.shadow else blocked).append(i)
+    allowed = plan.mode is Mode.RECORD or not blocked
+    statuses = tuple(
+        status(c, b, plan.tz, added=c.amount if allowed and c.bucket is not None else 0)
+        for c, b in zip(plan.checks, readings, strict=True)
+    )
+    retry_after = None
+    if not allowed:
+        retry_after = _retry_after(plan, readings, blocked)
+    return Decision(
+        allowed=allowed,
+        subject=str(plan.subject),
+        mode=plan.mode,
+        amounts=plan.amounts.to_wire(),
+        timestamp=plan.timestamp,
+        limits=statuses,
+        blocked_by=tuple(statuses[i] for i in blocked),
+        shadow_blocked=tuple(statuses[i] for i in shadow),
+        retry_after=retry_after,
+        event_id=event_id if allowed else None,
+    )
+
+
+def _retry_after(plan: DebitPlan, readings: Readings, blocked: Sequence[int]) -> int | None:
+    """Seconds until every blocking window would admit the request; None if one never will."""
+    latest = plan.now
+    for i in blocked:
+        check = plan.checks[i]
+        window = check.limit.key.window
+        if window is None:
+            return None  # a per-request cap does not pass with time
+        when = window.admits_at(
+            check.read_at, plan.tz, readings[i], check.amount, check.limit.value
+        )
+        if when is None:
+            return None
+        latest = max(latest, when)
+    return max(1, math.ceil((latest - plan.now).total_seconds()))
+

@@ -1,0 +1,93 @@
+"""The ledger: the source of truth that counters are derived from.
+
+Each event records who was charged (the subject and its ancestors at that
+moment), so replaying the ledger reproduces the counters exactly even after
+the hierarchy has changed since.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tokenquota.domain.decisions import Mode
+from tokenquota.domain.limits import LimitKey
+from tokenquota.domain.metrics import Amounts
+from tokenquota.domain.subjects import SubjectRef
+
+CounterKey = tuple[str, str, str, int]  # subject, metric, window key, bucket
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    subject: SubjectRef
+    charged: tuple[SubjectRef, ...]
+    timestamp: datetime
+    recorded_at: datetime
+    mode: Mode
+    amounts: Amounts
+    model: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+    kind: str = "consume"
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "subject": str(self.subject),
+            "charged": [str(s) for s in self.charged],
+            "timestamp": self.timestamp.isoformat(),
+            "recorded_at": self.recorded_at.isoformat(),
+            "mode": self.mode.value,
+            "amounts": {k: v if isinstance(v, int) else str(v) for k, v in self.amounts.to_wire().items()},
+            "model": self.model,
+            "tags": dict(self.tags),
+            "idempotency_key": self.idempotency_key,
+        }
+
+
+def increments(
+    charged: Iterable[SubjectRef],
+    amounts: Amounts,
+    timestamp: datetime,
+    tz: Any,
+    tracked: Iterable[LimitKey],
+) -> dict[CounterKey, int]:
+    """What one event adds to the counters of every tracked (metric, window)."""
+    out: dict[CounterKey, int] = defaultdict(int)
+    subjects = [str(s) for s in charged]
+    for key in tracked:
+        amount = amounts[key.metric]
+        if key.window is None or not amount:
+            continue
+        bucket = key.window.bucket_of(timestamp, tz)
+        for subject in subjects:
+            out[(subject, key.metric.value, key.window.key, bucket)] += amount
+    return dict(out)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    at: datetime
+    actor: str
+    action: str  # e.g. limit.set, default.set, plan.create, plan.assign
+    target: str  # a subject ref, "kind:<kind>" for defaults, "plan:<id>"
+    before: Any
+    after: Any
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "at": self.at.isoformat(),
+            "actor": self.actor,
+            "action": self.action,
+            "target": self.target,
+            "before": self.before,
+            "after": self.after,
+        }

@@ -1,0 +1,196 @@
+"""Limits and their resolution (SPEC section 4).
+
+A rule is (metric, window, value). Values are in units (see ``metrics``);
+``UNLIMITED`` (-1) never blocks. A subject's effective limit for one
+(metric, window) comes from the first layer that has a rule for it: the
+subject's own override, then its plan, then the system default for its kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Final
+
+from tokenquota.domain.errors import ValidationError
+from tokenquota.domain.metrics import Metric, Number, from_units, parse_metric, to_units
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.windows import Window
+
+UNLIMITED: Final = -1
+MAX_RULES: Final = 256
+
+
+class Source(StrEnum):
+    OVERRIDE = "override"
+    PLAN = "plan"
+    DEFAULT = "default"
+    NONE = "none"
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class LimitKey:
+    metric: Metric
+    window: Window | None
+
+    @classmethod
+    def parse(cls, metric: object, window: object, field: str = "") -> LimitKey:
+        prefix = f"{field}." if field else ""
+        m = parse_metric(metric, f"{prefix}metric")
+        if not m.is_counter:
+            if window not in (None, ""):
+                raise ValidationError(f"{prefix}window", f"{m.value} limits take no window")
+            return cls(m, None)
+        if window is None:
+            raise ValidationError(f"{prefix}window", f"a {m.value} limit needs a window")
+        return cls(m, Window.parse(window, f"{prefix}window"))
+
+    @property
+    def window_key(self) -> str:
+        """Storage form; windowless metrics use the empty string so keys stay non-null."""
+        return self.window.key if self.window is not None else ""
+
+    @classmethod
+    def from_storage(cls, metric: str, window: str) -> LimitKey:
+        return cls(Metric(metric), Window.parse(window) if window else None)
+
+    def __str__(self) -> str:
+        return f"{self.metric.value}/{self.window_key or '-'}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    key: LimitKey
+    value: int  # units, or UNLIMITED
+    shadow: bool = False
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "metric": self.key.metric.value,
+            "window": self.key.window.key if self.key.window else None,
+            "limit": limit_to_wire(self.key.metric, self.value),
+            "shadow": self.shadow,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    """A requested change: ``value`` None removes the rule at this layer."""
+
+    key: LimitKey
+    value: int | None
+    shadow: bool = False
+
+
+def parse_limit_value(metric: Metric, value: object, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value == UNLIMITED:
+        return UNLIMITED
+    if isinstance(value, str) and value.strip() == "-1":
+        return UNLIMITED
+    return to_units(metric, value, field)
+
+
+def limit_to_wire(metric: Metric, value: int) -> Number:
+    return UNLIMITED if value == UNLIMITED else from_units(metric, value)
+
+
+def parse_rule_changes(items: Iterable[Mapping[str, object]], field: str) -> list[RuleChange]:
+    """Validate a batch of rules before anything is written, so a bad item changes nothing."""
+    changes: list[RuleChange] = []
+    seen: set[LimitKey] = set()
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        if not isinstance(item, Mapping):
+            raise ValidationError(where, "must be an object with metric, window and limit")
+        unknown = set(item) - {"metric", "window", "limit", "shadow"}
+        if unknown:
+            raise ValidationError(where, f"unknown field(s): {', '.join(sorted(unknown))}")
+        if "limit" not in item:
+            raise ValidationError(f"{where}.limit", "is required (null removes the rule)")
+        key = LimitKey.parse(item.get("metric"), item.get("window"), where)
+        if key in seen:
+            raise ValidationError(where, f"{key} appears twice")
+        seen.add(key)
+        shadow = item.get("shadow", False)
+        if not isinstance(shadow, bool):
+            raise ValidationError(f"{where}.shadow", "must be true or false")
+        value = parse_limit_value(key.metric, item["limit"], f"{where}.limit")
+        changes.append(RuleChange(key, value, shadow))
+        if len(changes) > MAX_RULES:
+            raise ValidationError(field, f"at most {MAX_RULES} rules at once")
+    return changes
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveLimit:
+    subject: SubjectRef
+    key: LimitKey
+    value: int
+    source: Source
+    shadow: bool
+
+    @property
+    def unlimited(self) -> bool:
+        return self.value == UNLIMITED
+
+
+def resolve(
+    subject: SubjectRef,
+    overrides: Iterable[Rule],
+    plan_rules: Iterable[Rule],
+    defaults: Iterable[Rule],
+) -> list[EffectiveLimit]:
+    """Every (metric, window) any layer names, taken from the nearest layer that names it."""
+    chosen: dict[LimitKey, EffectiveLimit] = {}
+    for source, rules in (
+        (Source.OVERRIDE, overrides),
+        (Source.PLAN, plan_rules),
+        (Source.DEFAULT, defaults),
+    ):
+        for rule in rules:
+            if rule.key not in chosen:
+                chosen[rule.key] = EffectiveLimit(subject, rule.key, rule.value, source, rule.shadow)
+    return [chosen[k] for k in sorted(chosen, key=_key_order)]
+
+
+def _key_order(key: LimitKey) -> tuple[str, int, str]:
+    window = key.window
+    span = 0
+    if window is not None:
+        span = window.rolling_seconds or _CALENDAR_SPAN.get(window.key, 10**12)
+    return key.metric.value, span, key.window_key
+
+
+# Only for listing limits from short to long; never used for arithmetic.
+_CALENDAR_SPAN: Final = {
+    "minute": 60,
+    "hour": 3_600,
+    "day": 86_400,
+    "week": 604_800,
+    "month": 2_678_400,
+    "year": 31_622_400,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    id: str
+    name: str
+    rules: tuple[Rule, ...]
+
+    def to_wire(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "rules": [r.to_wire() for r in self.rules]}
+
+
+MAX_PLAN_NAME: Final = 128
+
+
+def validate_plan_name(name: object, field: str = "name") -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise ValidationError(field, "must be a non-empty string")
+    if len(name) > MAX_PLAN_NAME:
+        raise ValidationError(field, f"must be at most {MAX_PLAN_NAME} characters")
+    return name.strip()

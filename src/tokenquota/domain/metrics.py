@@ -1,0 +1,179 @@
+"""Metrics and amounts (SPEC section 2).
+
+Internally every amount is a non-negative integer of *units*: one unit is one
+token or one request, and one billionth of a credit. Integer units keep credit
+arithmetic exact on every backend (SQL integers, Redis INCRBY) and make the
+63-bit bound one check instead of two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from decimal import Decimal, InvalidOperation
+from enum import StrEnum
+from typing import Final
+
+from tokenquota.domain.errors import ValidationError
+
+MAX_UNITS: Final = 2**63 - 1
+CREDIT_PLACES: Final = 9
+CREDIT_SCALE: Final = 10**CREDIT_PLACES
+
+
+class Metric(StrEnum):
+    TOKENS = "tokens"
+    INPUT_TOKENS = "input_tokens"
+    OUTPUT_TOKENS = "output_tokens"
+    REQUESTS = "requests"
+    CREDITS = "credits"
+    CONCURRENT_REQUESTS = "concurrent_requests"
+    INPUT_SEQUENCE_LENGTH = "input_sequence_length"
+
+    @property
+    def is_counter(self) -> bool:
+        """Counters are summed over windows; the other two are checked per request or lease."""
+        return self not in WINDOWLESS
+
+    @property
+    def is_decimal(self) -> bool:
+        return self is Metric.CREDITS
+
+
+WINDOWLESS: Final = frozenset({Metric.CONCURRENT_REQUESTS, Metric.INPUT_SEQUENCE_LENGTH})
+COUNTERS: Final = tuple(m for m in Metric if m not in WINDOWLESS)
+# Metrics a caller may put in a consume; concurrency is counted by leases and
+# input_sequence_length is a cap measured on input_tokens.
+CONSUMABLE: Final = COUNTERS
+
+Number = int | Decimal
+
+
+def parse_metric(value: object, field: str = "metric") -> Metric:
+    try:
+        return Metric(str(value))
+    except ValueError:
+        allowed = ", ".join(m.value for m in Metric)
+        raise ValidationError(field, f"unknown metric {value!r}; expected one of {allowed}") from None
+
+
+def to_units(metric: Metric, value: object, field: str) -> int:
+    """Turn a caller's number into units, refusing anything inexact, negative or too big."""
+    if isinstance(value, bool):
+        raise ValidationError(field, "must be a number, not a boolean")
+    if metric.is_decimal:
+        number = _decimal(value, field)
+        scaled = number * CREDIT_SCALE
+        if scaled != scaled.to_integral_value():
+            raise ValidationError(field, f"credits carry at most {CREDIT_PLACES} decimal places")
+        units = int(scaled)
+    else:
+        units = _integer(value, field)
+    if units < 0:
+        raise ValidationError(field, "must not be negative")
+    if units > MAX_UNITS:
+        raise ValidationError(field, "is too large (must fit in 63 bits)")
+    return units
+
+
+def from_units(metric: Metric, units: int) -> Number:
+    if metric.is_decimal:
+        return (Decimal(units) / CREDIT_SCALE).normalize() if units else Decimal(0)
+    return units
+
+
+def _decimal(value: object, field: str) -> Decimal:
+    try:
+        if isinstance(value, float):
+            number = Decimal(repr(value))
+        elif isinstance(value, int | str | Decimal):
+            number = Decimal(value)
+        else:
+            raise ValidationError(field, f"must be a number, got {type(value).__name__}")
+    except InvalidOperation:
+        raise ValidationError(field, f"is not a number: {value!r}") from None
+    if not number.is_finite():
+        raise ValidationError(field, "must be a finite number")
+    return number
+
+
+def _integer(value: object, field: str) -> int:
+    if isinstance(value, int):
+        return value
+    number = _decimal(value, field)
+    if number != number.to_integral_value():
+        raise ValidationError(field, "must be a whole number")
+    return int(number)
+
+
+class Amounts(Mapping[Metric, int]):
+    """What one request spends, in units, with ``tokens`` and ``requests`` filled in."""
+
+    __slots__ = ("_units",)
+
+    def __init__(self, units: Mapping[Metric, int]) -> None:
+        self._units = {m: u for m, u in units.items() if u}
+
+    @classmethod
+    def parse(
+        cls, values: Mapping[str, object], *, field: str = "amounts", default_requests: int = 1
+    ) -> Amounts:
+        """Validate a caller's amounts.
+
+        ``tokens`` defaults to input + output tokens when only those are given, and
+        ``requests`` to ``default_requests``: each call is a request unless it says not.
+        """
+        units: dict[Metric, int] = {}
+        for name, raw in values.items():
+            if raw is None:
+                continue
+            metric = parse_metric(name, f"{field}.{name}")
+            if metric not in CONSUMABLE:
+                raise ValidationError(
+                    f"{field}.{name}",
+                    "is not consumed directly"
+                    + (
+                        " (it is counted by leases)"
+                        if metric is Metric.CONCURRENT_REQUESTS
+                        else " (it is a cap on input_tokens)"
+                    ),
+                )
+            units[metric] = to_units(metric, raw, f"{field}.{name}")
+        if Metric.TOKENS not in units and (
+            Metric.INPUT_TOKENS in units or Metric.OUTPUT_TOKENS in units
+        ):
+            total = units.get(Metric.INPUT_TOKENS, 0) + units.get(Metric.OUTPUT_TOKENS, 0)
+            if total > MAX_UNITS:
+                raise ValidationError(f"{field}.tokens", "is too large (must fit in 63 bits)")
+            units[Metric.TOKENS] = total
+        units.setdefault(Metric.REQUESTS, default_requests)
+        return cls(units)
+
+    def __getitem__(self, metric: Metric) -> int:
+        return self._units.get(metric, 0)
+
+    def __iter__(self) -> Iterator[Metric]:
+        return iter(self._units)
+
+    def __len__(self) -> int:
+        return len(self._units)
+
+    def __repr__(self) -> str:
+        return f"Amounts({ {m.value: u for m, u in self._units.items()} })"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Amounts):
+            return self._units == other._units
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(frozenset(self._units.items()))
+
+    def to_wire(self) -> dict[str, Number]:
+        return {m.value: from_units(m, u) for m, u in self._units.items()}
+
+    def to_units_json(self) -> dict[str, int]:
+        return {m.value: u for m, u in self._units.items()}
+
+    @classmethod
+    def from_units_json(cls, data: Mapping[str, int]) -> Amounts:
+        return cls({Metric(k): int(v) for k, v in data.items()})

@@ -1,0 +1,128 @@
+"""Subjects (SPEC section 1): who consumes, and the hierarchy they are charged through."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from tokenquota.domain.errors import CycleError, ValidationError
+
+KIND_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+ID_RE: Final = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+MAX_METADATA_BYTES: Final = 16 * 1024
+MAX_NAME_LENGTH: Final = 256
+MAX_PARENTS: Final = 16
+# A bound on the whole ancestor set keeps one consume's work bounded.
+MAX_ANCESTORS: Final = 64
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class SubjectRef:
+    kind: str
+    id: str
+
+    @classmethod
+    def parse(cls, value: object, field: str = "subject") -> SubjectRef:
+        if isinstance(value, SubjectRef):
+            return value
+        if not isinstance(value, str):
+            raise ValidationError(field, "must be a string of the form kind:id")
+        kind, sep, ident = value.partition(":")
+        if not sep:
+            raise ValidationError(field, f"{value!r} is not of the form kind:id (e.g. user:alice)")
+        if not KIND_RE.fullmatch(kind):
+            raise ValidationError(field, f"kind {kind!r} must match [a-z][a-z0-9_-]{{0,31}}")
+        if not ID_RE.fullmatch(ident):
+            raise ValidationError(field, f"id {ident!r} must match [A-Za-z0-9._@-]{{1,128}}")
+        return cls(kind, ident)
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.id}"
+
+
+def parse_kind(value: object, field: str = "kind") -> str:
+    if not isinstance(value, str) or not KIND_RE.fullmatch(value):
+        raise ValidationError(field, f"{value!r} must match [a-z][a-z0-9_-]{{0,31}}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    ref: SubjectRef
+    name: str | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    parents: tuple[SubjectRef, ...] = ()
+    plan_id: str | None = None
+
+
+def validate_name(name: object, field: str = "name") -> str | None:
+    if name is None:
+        return None
+    if not isinstance(name, str):
+        raise ValidationError(field, "must be a string")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValidationError(field, f"must be at most {MAX_NAME_LENGTH} characters")
+    return name
+
+
+def validate_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise ValidationError(field, "must be a JSON object")
+    try:
+        encoded = json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(field, f"must be JSON-serialisable ({exc})") from None
+    if len(encoded.encode()) > MAX_METADATA_BYTES:
+        raise ValidationError(field, f"must be at most {MAX_METADATA_BYTES} bytes as JSON")
+    return dict(metadata)
+
+
+def validate_parents(
+    child: SubjectRef, parents: Iterable[object], field: str = "parents"
+) -> tuple[SubjectRef, ...]:
+    refs: list[SubjectRef] = []
+    for i, raw in enumerate(parents):
+        ref = SubjectRef.parse(raw, f"{field}[{i}]")
+        if ref == child:
+            raise CycleError(f"{child} cannot be its own parent", details={"field": field})
+        if ref not in refs:
+            refs.append(ref)
+    if len(refs) > MAX_PARENTS:
+        raise ValidationError(field, f"at most {MAX_PARENTS} parents")
+    return tuple(refs)
+
+
+def ancestors_of(
+    start: SubjectRef, parents_of: Callable[[SubjectRef], Iterable[SubjectRef]]
+) -> list[SubjectRef]:
+    """Breadth-first ancestors, nearest first, each once; the graph is acyclic by construction."""
+    seen: list[SubjectRef] = []
+    frontier = list(parents_of(start))
+    while frontier:
+        ref = frontier.pop(0)
+        if ref in seen or ref == start:
+            continue
+        seen.append(ref)
+        if len(seen) > MAX_ANCESTORS:
+            raise ValidationError("parents", f"a subject may have at most {MAX_ANCESTORS} ancestors")
+        frontier.extend(parents_of(ref))
+    return seen
+
+
+def check_acyclic(
+    child: SubjectRef,
+    parents: Iterable[SubjectRef],
+    parents_of: Callable[[SubjectRef], Iterable[SubjectRef]],
+) -> None:
+    """Refuse parents that already descend from ``child``: the edge would close a loop."""
+    for parent in parents:
+        if child in ancestors_of(parent, parents_of):
+            raise CycleError(
+                f"{parent} descends from {child}; making it a parent would create a cycle",
+                details={"field": "parents", "parent": str(parent)},
+            )

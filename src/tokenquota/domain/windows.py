@@ -1,0 +1,212 @@
+"""Windows (SPEC section 3): over which span usage is summed, and when it resets.
+
+Counting is done in *buckets* named by an integer (seconds since the epoch of
+the bucket's start):
+
+- a calendar window has one bucket per period, named by the period's start;
+  periods are half-open ``[start, end)`` and computed in the configured IANA
+  time zone from the local calendar, so a local day lasts 23 or 25 hours
+  across a DST change, a month is a calendar month and weeks start on Monday;
+- a rolling window of length W keeps buckets of exactly W/60 seconds aligned
+  to the epoch; its usage at ``now`` is the sum of the 60 buckets ending with
+  the one that contains ``now``. Usage therefore leaves the window between
+  W - W/60 and W after it happened: never later, at most 1/60 of W early;
+- ``total`` has a single bucket, 0.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
+from enum import StrEnum
+from typing import Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from tokenquota.domain.clock import EPOCH
+from tokenquota.domain.errors import ValidationError
+
+ROLLING_BUCKETS: Final = 60
+MAX_ROLLING_SECONDS: Final = 3660 * 86_400
+_ROLLING_RE: Final = re.compile(r"rolling:([1-9][0-9]{0,9})([mhd])")
+_UNIT_SECONDS: Final = {"m": 60, "h": 3_600, "d": 86_400}
+
+
+class Calendar(StrEnum):
+    MINUTE = "minute"
+    HOUR = "hour"
+    DAY = "day"
+    WEEK = "week"
+    MONTH = "month"
+    YEAR = "year"
+
+
+def parse_timezone(name: object, field: str = "timezone") -> ZoneInfo:
+    if not isinstance(name, str) or not name:
+        raise ValidationError(field, "must be an IANA time zone name such as Europe/Stockholm")
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValidationError(field, f"unknown time zone {name!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """One window form. ``key`` is its wire and storage name."""
+
+    key: str
+    calendar: Calendar | None = None
+    rolling_seconds: int = 0
+
+    @classmethod
+    def parse(cls, value: object, field: str = "window") -> Window:
+        if isinstance(value, Window):
+            return value
+        if not isinstance(value, str):
+            raise ValidationError(field, "must be a string such as day, month or rolling:30d")
+        if value == "total":
+            return TOTAL
+        try:
+            return cls(value, calendar=Calendar(value))
+        except ValueError:
+            pass
+        match = _ROLLING_RE.fullmatch(value)
+        if match is None:
+            raise ValidationError(
+                field,
+                f"unknown window {value!r}; expected minute, hour, day, week, month, year, "
+                "total or rolling:<N>m|h|d",
+            )
+        seconds = int(match[1]) * _UNIT_SECONDS[match[2]]
+        if seconds > MAX_ROLLING_SECONDS:
+            raise ValidationError(field, "a rolling window may be at most 3660 days long")
+        return cls(f"rolling:{int(match[1])}{match[2]}", rolling_seconds=seconds)
+
+    def __str__(self) -> str:
+        return self.key
+
+    @property
+    def is_total(self) -> bool:
+        return self.calendar is None and not self.rolling_seconds
+
+    @property
+    def is_rolling(self) -> bool:
+        return bool(self.rolling_seconds)
+
+    @property
+    def bucket_seconds(self) -> int:
+        """Rolling windows only: W/60, a whole number of seconds for every allowed W."""
+        return self.rolling_seconds // ROLLING_BUCKETS
+
+    def bucket_of(self, at: datetime, tz: ZoneInfo) -> int:
+        """The bucket an event at ``at`` is counted in."""
+        if self.calendar is not None:
+            return _epoch_seconds(calendar_period(self.calendar, at, tz)[0])
+        if self.rolling_seconds:
+            step = self.bucket_seconds
+            return (_epoch_seconds(at) // step) * step
+        return 0
+
+    def read_range(self, at: datetime, tz: ZoneInfo) -> tuple[int, int]:
+        """The inclusive range of buckets whose sum is the usage as of ``at``."""
+        current = self.bucket_of(at, tz)
+        if self.rolling_seconds:
+            return current - self.rolling_seconds + self.bucket_seconds, current
+        return current, current
+
+    def reset_at(
+        self, at: datetime, tz: ZoneInfo, buckets: Mapping[int, int]
+    ) -> datetime | None:
+        """When usage next drops (SPEC section 3).
+
+        Calendar: the start of the next period. Rolling: when the oldest bucket
+        still holding usage leaves the window, or None when nothing is in it.
+        Total: None.
+        """
+        if self.calendar is not None:
+            return calendar_period(self.calendar, at, tz)[1]
+        if self.rolling_seconds:
+            held = [b for b, v in buckets.items() if v > 0]
+            return _from_epoch(min(held) + self.rolling_seconds) if held else None
+        return None
+
+    def admits_at(
+        self,
+        at: datetime,
+        tz: ZoneInfo,
+        buckets: Mapping[int, int],
+        amount: int,
+        limit: int,
+    ) -> datetime | None:
+        """The first moment at or after ``at`` when this window would admit ``amount``.
+
+        None when it never will (``total``, or a cap the amount alone exceeds). This
+        assumes no other usage arrives meanwhile, which is what Retry-After promises.
+        """
+        used = sum(buckets.values())
+        if admits(used, amount, limit):
+            return at
+        if not admits(0, amount, limit) or self.is_total:
+            return None
+        if self.calendar is not None:
+            return calendar_period(self.calendar, at, tz)[1]
+        for bucket in sorted(b for b, v in buckets.items() if v > 0):
+            used -= buckets[bucket]
+            if admits(used, amount, limit):
+                return _from_epoch(bucket + self.rolling_seconds)
+        return None  # unreachable: emptying every bucket admits
+
+
+def admits(used: int, amount: int, limit: int) -> bool:
+    """The one admission rule: still within the limit, and the amount fits.
+
+    ``used < limit`` makes a request that carries none of a metric (amount 0)
+    wait once that metric's budget is spent, and makes a cap of 0 block all.
+    """
+    return used < limit and used + amount <= limit
+
+
+def calendar_period(unit: Calendar, at: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
+    """The half-open period ``[start, end)`` of ``unit`` containing ``at``, in UTC."""
+    local = at.astimezone(tz)
+    if unit in (Calendar.MINUTE, Calendar.HOUR):
+        # Truncate the wall clock under the offset in force at `at`, so the two
+        # 01:00 hours of a DST fall-back night stay two distinct periods.
+        offset = local.utcoffset() or timedelta(0)
+        wall = local.replace(tzinfo=None, second=0, microsecond=0)
+        if unit is Calendar.HOUR:
+            wall = wall.replace(minute=0)
+        start = (wall - offset).replace(tzinfo=UTC)
+        step = timedelta(minutes=1) if unit is Calendar.MINUTE else timedelta(hours=1)
+        return start, start + step
+    day = local.date()
+    if unit is Calendar.DAY:
+        first, after = day, day + timedelta(days=1)
+    elif unit is Calendar.WEEK:
+        first = day - timedelta(days=day.weekday())
+        after = first + timedelta(days=7)
+    elif unit is Calendar.MONTH:
+        first = day.replace(day=1)
+        after = date(first.year + first.month // 12, first.month % 12 + 1, 1)
+    else:
+        first, after = date(day.year, 1, 1), date(day.year + 1, 1, 1)
+    return _local_midnight(first, tz), _local_midnight(after, tz)
+
+
+def _local_midnight(day: date, tz: ZoneInfo) -> datetime:
+    # Where midnight does not exist (a DST gap at 00:00), fold=0 maps it to the
+    # transition instant, which is when that local day really begins.
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+
+
+def _epoch_seconds(at: datetime) -> int:
+    delta = at - EPOCH
+    return delta.days * 86_400 + delta.seconds
+
+
+def _from_epoch(seconds: int) -> datetime:
+    return EPOCH + timedelta(seconds=seconds)
+
+
+TOTAL: Final = Window("total")

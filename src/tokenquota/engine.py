@@ -1,0 +1,681 @@
+"""The engine: the one place that turns a request into a decision.
+
+It validates input, resolves each charged subject's limits (override, plan,
+default), builds a ``DebitPlan`` naming every bucket to read, and lets the
+store decide and write atomically. It holds no state of its own that decides
+anything, so any number of engines may share one store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any, Final
+from zoneinfo import ZoneInfo
+
+from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, LimitStatus, Mode, status
+from tokenquota.domain.errors import NotFound, ValidationError
+from tokenquota.domain.ledger import AuditEntry, Event
+from tokenquota.domain.limits import (
+    EffectiveLimit,
+    LimitKey,
+    Plan,
+    Rule,
+    RuleChange,
+    parse_limit_value,
+    parse_rule_changes,
+    resolve,
+    validate_plan_name,
+)
+from tokenquota.domain.metrics import Amounts, Metric, Number, from_units
+from tokenquota.domain.subjects import (
+    Subject,
+    SubjectRef,
+    parse_kind,
+    validate_metadata,
+    validate_name,
+    validate_parents,
+)
+from tokenquota.domain.windows import Calendar, calendar_period, parse_timezone
+from tokenquota.storage import Layer, Page, Scope, Store, open_store
+from tokenquota.storage.base import MAX_PAGE
+
+log = logging.getLogger("tokenquota")
+shadow_log = logging.getLogger("tokenquota.shadow")
+
+MAX_KEY_LENGTH: Final = 255
+MAX_MODEL_LENGTH: Final = 128
+MAX_TAGS: Final = 32
+MAX_TAG_LENGTH: Final = 256
+MAX_HISTORY_POINTS: Final = 10_000
+DEFAULT_RETENTION: Final = timedelta(days=400)
+MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
+
+
+class Granularity(StrEnum):
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+
+
+class GroupBy(StrEnum):
+    METRIC = "metric"
+    MODEL = "model"
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    subject: str
+    at: datetime
+    limits: tuple[LimitStatus, ...]  # the subject's, then each ancestor's when asked for
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsView:
+    subject: str
+    overrides: tuple[Rule, ...]
+    plan: Plan | None
+    effective: tuple[EffectiveLimit, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPoint:
+    start: datetime
+    end: datetime
+    metric: str
+    model: str | None  # set when grouped by model ("" for events that named none)
+    value: Number
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultRule:
+    kind: str
+    rule: Rule
+    origin: str  # "runtime" (set through the API or CLI, wins) or "config"
+
+
+class Quota:
+    """The library's entry point; see ``tokenquota.open``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock | None = None,
+        timezone: str | ZoneInfo = "UTC",
+        strict_subjects: bool = False,
+        defaults: Iterable[Mapping[str, object]] = (),
+        retention: timedelta = DEFAULT_RETENTION,
+    ) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.tz = timezone if isinstance(timezone, ZoneInfo) else parse_timezone(timezone)
+        self.strict_subjects = strict_subjects
+        self.retention = retention
+        self._config_defaults = _parse_config_defaults(defaults)
+        self.store.track([r.key for rules in self._config_defaults.values() for r in rules])
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Quota:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # subjects ---------------------------------------------------------------
+    def put_subject(
+        self,
+        subject: str | SubjectRef,
+        *,
+        name: str | None = None,
+        parents: Sequence[str | SubjectRef] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Subject:
+        """Create or update a subject; arguments left as None keep what is stored."""
+        ref = SubjectRef.parse(subject)
+        return self.store.put_subject(
+            ref,
+            name=validate_name(name),
+            metadata=validate_metadata(metadata) if metadata is not None else None,
+            parents=validate_parents(ref, parents) if parents is not None else None,
+            now=self.clock.now(),
+        )
+
+    def set_parents(self, subject: str | SubjectRef, parents: Sequence[str | SubjectRef]) -> Subject:
+        return self.put_subject(subject, parents=parents)
+
+    def get_subject(self, subject: str | SubjectRef) -> Subject:
+        ref = SubjectRef.parse(subject)
+        found = self.store.get_subject(ref)
+        if found is None:
+            raise NotFound(f"unknown subject {ref}", details={"field": "subject"})
+        return found
+
+    def list_subjects(
+        self,
+        *,
+        kind: str | None = None,
+        parent: str | SubjectRef | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Page[Subject]:
+        return self.store.list_subjects(
+            kind=parse_kind(kind) if kind is not None else None,
+            parent=SubjectRef.parse(parent, "parent") if parent is not None else None,
+            offset=_offset(offset),
+            limit=_limit(limit),
+        )
+
+    def delete_subject(self, subject: str | SubjectRef, *, actor: str = "library") -> None:
+        ref = SubjectRef.parse(subject)
+        if not self.store.delete_subject(ref, actor=actor, now=self.clock.now()):
+            raise NotFound(f"unknown subject {ref}", details={"field": "subject"})
+
+    def ancestors(self, subject: str | SubjectRef) -> list[SubjectRef]:
+        return self.store.ancestors(SubjectRef.parse(subject))
+
+    # limits -----------------------------------------------------------------
+    def set_limit(
+        self,
+        subject: str | SubjectRef,
+        metric: str,
+        window: str | None,
+        value: object,
+        *,
+        shadow: bool = False,
+        actor: str = "library",
+    ) -> LimitsView:
+        """Set one override; ``value`` None removes it, -1 makes the subject unlimited."""
+        return self.set_limits(
+            subject, [{"metric": metric, "window": window, "limit": value, "shadow": shadow}], actor=actor
+        )
+
+    def set_limits(
+        self,
+        subject: str | SubjectRef,
+        limits: Sequence[Mapping[str, object]],
+        *,
+        actor: str = "library",
+    ) -> LimitsView:
+        ref = SubjectRef.parse(subject)
+        changes = parse_rule_changes(limits, "limits")
+        self._require_known(ref)
+        self.store.change_rules(
+            Scope(Layer.OVERRIDE, str(ref)), changes, actor=actor, now=self.clock.now()
+        )
+        return self.limits(ref)
+
+    def limits(self, subject: str | SubjectRef) -> LimitsView:
+        ref = SubjectRef.parse(subject)
+        rules = self.store.rule_set(ref)
+        return LimitsView(str(ref), rules.overrides, rules.plan, tuple(self._effective(ref)))
+
+    def _effective(self, ref: SubjectRef) -> list[EffectiveLimit]:
+        rules = self.store.rule_set(ref)
+        defaults = list(rules.defaults) + self._config_defaults.get(ref.kind, [])
+        return resolve(ref, rules.overrides, rules.plan.rules if rules.plan else (), defaults)
+
+    def set_default(
+        self,
+        kind: str,
+        metric: str,
+        window: str | None,
+        value: object,
+        *,
+        shadow: bool = False,
+        actor: str = "library",
+    ) -> list[DefaultRule]:
+        return self.set_defaults(
+            [{"kind": kind, "metric": metric, "window": window, "limit": value, "shadow": shadow}],
+            actor=actor,
+        )
+
+    def set_defaults(
+        self, items: Sequence[Mapping[str, object]], *, actor: str = "library"
+    ) -> list[DefaultRule]:
+        """Runtime defaults win over the config file's; ``limit`` None removes a runtime default."""
+        by_kind: dict[str, list[Mapping[str, object]]] = defaultdict(list)
+        for i, item in enumerate(items):
+            if not isinstance(item, Mapping):
+                raise ValidationError(f"defaults[{i}]", "must be an object")
+            kind = parse_kind(item.get("kind"), f"defaults[{i}].kind")
+            by_kind[kind].append({k: v for k, v in item.items() if k != "kind"})
+        parsed = {kind: parse_rule_changes(rules, "defaults") for kind, rules in by_kind.items()}
+        now = self.clock.now()
+        for kind, changes in parsed.items():
+            self.store.change_rules(Scope(Layer.DEFAULT, kind), changes, actor=actor, now=now)
+        return self.defaults()
+
+    def defaults(self) -> list[DefaultRule]:
+        out: list[DefaultRule] = []
+        kinds = set(self.store.list_default_kinds()) | set(self._config_defaults)
+        for kind in sorted(kinds):
+            runtime = self.store.get_rules(Scope(Layer.DEFAULT, kind))
+            out += [DefaultRule(kind, r, "runtime") for r in runtime]
+            shadowed = {r.key for r in runtime}
+            out += [
+                DefaultRule(kind, r, "config")
+                for r in self._config_defaults.get(kind, [])
+                if r.key not in shadowed
+            ]
+        return out
+
+    # plans ------------------------------------------------------------------
+    def create_plan(
+        self, name: str, rules: Sequence[Mapping[str, object]], *, actor: str = "library"
+    ) -> Plan:
+        plan_name = validate_plan_name(name)
+        changes = parse_rule_changes(rules, "rules")
+        parsed = [Rule(c.key, c.value, c.shadow) for c in changes if c.value is not None]
+        return self.store.create_plan(plan_name, parsed, actor=actor, now=self.clock.now())
+
+    def update_plan(
+        self,
+        plan: str,
+        *,
+        name: str | None = None,
+        rules: Sequence[Mapping[str, object]] | None = None,
+        actor: str = "library",
+    ) -> Plan:
+        """Rename and/or replace the rules; every subject on the plan sees the change at once."""
+        current = self.get_plan(plan)
+        new_name = validate_plan_name(name) if name is not None else None
+        changes: list[RuleChange] = []
+        if rules is not None:
+            changes = [c for c in parse_rule_changes(rules, "rules") if c.value is not None]
+            given = {c.key for c in changes}
+            changes += [RuleChange(r.key, None) for r in current.rules if r.key not in given]
+        now = self.clock.now()
+        self.store.update_plan(current.id, name=new_name, actor=actor, now=now)
+        if changes:
+            self.store.change_rules(Scope(Layer.PLAN, current.id), changes, actor=actor, now=now)
+        return self.get_plan(current.id)
+
+    def get_plan(self, plan: str) -> Plan:
+        """Find a plan by id, or else by name."""
+        if not isinstance(plan, str) or not plan:
+            raise ValidationError("plan_id", "must be a plan id or name")
+        found = self.store.get_plan(plan) or self.store.find_plan(plan)
+        if found is None:
+            raise NotFound(f"no plan {plan!r}", details={"field": "plan_id"})
+        return found
+
+    def plans(self) -> list[Plan]:
+        return self.store.list_plans()
+
+    def delete_plan(self, plan: str, *, actor: str = "library") -> None:
+        self.store.delete_plan(self.get_plan(plan).id, actor=actor, now=self.clock.now())
+
+    def assign_plan(
+        self, subject: str | SubjectRef, plan: str | None, *, actor: str = "library"
+    ) -> None:
+        """Put a subject on a plan (by id or name); None takes it off."""
+        ref = SubjectRef.parse(subject)
+        self._require_known(ref)
+        plan_id = self.get_plan(plan).id if plan is not None else None
+        self.store.assign_plan(ref, plan_id, actor=actor, now=self.clock.now())
+
+    # operations -------------------------------------------------------------
+    def check(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        timestamp: datetime | None = None,
+        **metric_amounts: object,
+    ) -> Decision:
+        """The decision a consume in enforce mode would get now, spending nothing."""
+        ref = SubjectRef.parse(subject)
+        self._require_known(ref)
+        plan = self._plan(ref, _merge(amounts, metric_amounts), Mode.ENFORCE, timestamp)
+        from tokenquota.domain.decisions import decide
+
+        return decide(plan, self.store.read(plan.checks))
+
+    def consume(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        mode: str | Mode = Mode.ENFORCE,
+        idempotency_key: str | None = None,
+        timestamp: datetime | None = None,
+        model: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        **metric_amounts: object,
+    ) -> Decision:
+        """Spend, all or nothing across the subject, its ancestors and every limit.
+
+        ``mode="record"`` stores usage that already happened, whatever the limits
+        say. A retry with the same ``idempotency_key`` returns the first answer
+        and charges nothing; a denied call is not remembered, so it may be retried.
+        """
+        ref = SubjectRef.parse(subject)
+        try:
+            parsed_mode = Mode(mode)
+        except ValueError:
+            raise ValidationError("mode", "must be enforce or record") from None
+        plan = self._plan(
+            ref,
+            _merge(amounts, metric_amounts),
+            parsed_mode,
+            timestamp,
+            idempotency_key=_bounded_text(idempotency_key, "idempotency_key", MAX_KEY_LENGTH),
+            model=_bounded_text(model, "model", MAX_MODEL_LENGTH),
+            tags=_tags(tags),
+        )
+        decision = self.store.debit(plan, create_subject=not self.strict_subjects)
+        for hit in decision.shadow_blocked:
+            shadow_log.warning(
+                "shadow limit would have blocked %s: %s %s used %s of %s",
+                decision.subject, hit.subject, f"{hit.metric}/{hit.window}", hit.used, hit.limit,
+            )
+        return decision
+
+    def _plan(
+        self,
+        ref: SubjectRef,
+        raw_amounts: Mapping[str, object],
+        mode: Mode,
+        timestamp: datetime | None,
+        *,
+        idempotency_key: str | None = None,
+        model: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> DebitPlan:
+        amounts = Amounts.parse(raw_amounts)
+        now = self.clock.now()
+        at = self._timestamp(timestamp, now)
+        charged = (ref, *self.store.ancestors(ref))
+        checks: list[Check] = []
+        for subject in charged:
+            for limit in self._effective(subject):
+                check = self._check(limit, amounts, at, now)
+                if check is not None:
+                    checks.append(check)
+        fingerprint = hashlib.sha256(
+            json.dumps(
+                {
+                    "amounts": amounts.to_units_json(),
+                    "mode": mode.value,
+                    "timestamp": timestamp.isoformat() if timestamp else None,
+                    "model": model,
+                    "tags": dict(tags or {}),
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()
+        return DebitPlan(
+            subject=ref,
+            charged=charged,
+            amounts=amounts,
+            mode=mode,
+            timestamp=at,
+            now=now,
+            tz=self.tz,
+            checks=tuple(checks),
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            model=model,
+            tags=dict(tags or {}),
+        )
+
+    def _check(
+        self, limit: EffectiveLimit, amounts: Amounts, at: datetime, now: datetime
+    ) -> Check | None:
+        window = limit.key.window
+        if window is None:
+            if limit.key.metric is Metric.CONCURRENT_REQUESTS:
+                return None  # counted by leases, not by consume
+            return Check(limit, amounts[Metric.INPUT_TOKENS], at, 0, 0, None)
+        # A calendar window is measured in the period holding the event; a
+        # rolling one always as of now, where a back-dated event may still count.
+        read_at = now if window.is_rolling else at
+        lo, hi = window.read_range(read_at, self.tz)
+        bucket = window.bucket_of(at, self.tz)
+        return Check(
+            limit, amounts[limit.key.metric], read_at, lo, hi, bucket if lo <= bucket <= hi else None
+        )
+
+    def _timestamp(self, timestamp: datetime | None, now: datetime) -> datetime:
+        if timestamp is None:
+            return now
+        at = ensure_utc(timestamp, "timestamp")
+        if at > now + MAX_FUTURE_SKEW:
+            raise ValidationError("timestamp", "is in the future")
+        if at < now - self.retention:
+            raise ValidationError(
+                "timestamp", f"is older than the retention horizon ({self.retention.days} days)"
+            )
+        return at
+
+    def _require_known(self, ref: SubjectRef) -> None:
+        if self.strict_subjects and self.store.get_subject(ref) is None:
+            raise NotFound(f"unknown subject {ref}", details={"field": "subject"})
+
+    def usage(self, subject: str | SubjectRef, *, include_ancestors: bool = False) -> Usage:
+        """Every effective limit with what is used, left and when it resets."""
+        ref = SubjectRef.parse(subject)
+        self._require_known(ref)
+        now = self.clock.now()
+        subjects = [ref, *self.store.ancestors(ref)] if include_ancestors else [ref]
+        checks = [
+            check
+            for s in subjects
+            for limit in self._effective(s)
+            if (check := self._usage_check(limit, now)) is not None
+        ]
+        readings = self.store.read(checks)
+        return Usage(
+            str(ref),
+            now,
+            tuple(status(c, r, self.tz) for c, r in zip(checks, readings, strict=True)),
+        )
+
+    def _usage_check(self, limit: EffectiveLimit, now: datetime) -> Check | None:
+        window = limit.key.window
+        if window is None:
+            return Check(limit, 0, now, 0, 0, None)
+        lo, hi = window.read_range(now, self.tz)
+        return Check(limit, 0, now, lo, hi, hi)
+
+    def shadow_hits(self, subject: str | SubjectRef) -> dict[str, int]:
+        """How many decisions each shadow limit of the subject would have blocked."""
+        return {str(k): v for k, v in self.store.shadow_hits(SubjectRef.parse(subject)).items()}
+
+    def history(
+        self,
+        subject: str | SubjectRef,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        granularity: str = "day",
+        group_by: str = "metric",
+    ) -> list[HistoryPoint]:
+        """A time series from the ledger, in periods of the configured time zone."""
+        ref = SubjectRef.parse(subject)
+        try:
+            grain = Granularity(granularity)
+        except ValueError:
+            raise ValidationError("granularity", "must be hour, day or month") from None
+        try:
+            grouping = GroupBy(group_by)
+        except ValueError:
+            raise ValidationError("group_by", "must be metric or model") from None
+        now = self.clock.now()
+        stop = ensure_utc(end, "end") if end else now
+        begin = ensure_utc(start, "start") if start else stop - timedelta(days=30)
+        if begin >= stop:
+            raise ValidationError("start", "must be before end")
+        unit = Calendar(grain.value)
+        first = calendar_period(unit, begin, self.tz)[0]
+        if (stop - first) / _GRAIN_SPAN[grain] > MAX_HISTORY_POINTS:
+            raise ValidationError("start", f"the range spans more than {MAX_HISTORY_POINTS} periods")
+        sums: dict[tuple[datetime, str, str | None], int] = defaultdict(int)
+        ends: dict[datetime, datetime] = {}
+        for event in self.store.iter_events(subject=ref, start=begin, end=stop):
+            period_start, period_end = calendar_period(unit, event.timestamp, self.tz)
+            ends[period_start] = period_end
+            model = (event.model or "") if grouping is GroupBy.MODEL else None
+            for metric, units in event.amounts.items():
+                sums[(period_start, metric.value, model)] += units
+        return [
+            HistoryPoint(p, ends[p], metric, model, from_units(Metric(metric), units))
+            for (p, metric, model), units in sorted(sums.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or ""))
+        ]
+
+    def events(
+        self,
+        *,
+        subject: str | SubjectRef | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Page[Event]:
+        return self.store.events(
+            subject=SubjectRef.parse(subject) if subject is not None else None,
+            start=ensure_utc(start, "start") if start else None,
+            end=ensure_utc(end, "end") if end else None,
+            offset=_offset(offset),
+            limit=_limit(limit),
+        )
+
+    def iter_events(
+        self,
+        *,
+        subject: str | SubjectRef | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Iterator[Event]:
+        """Every matching event, streamed in batches: for exports."""
+        return self.store.iter_events(
+            subject=SubjectRef.parse(subject) if subject is not None else None,
+            start=ensure_utc(start, "start") if start else None,
+            end=ensure_utc(end, "end") if end else None,
+        )
+
+    def audit(
+        self, *, subject: str | None = None, offset: int = 0, limit: int = 100
+    ) -> Page[AuditEntry]:
+        """Limit, default and plan changes; ``subject`` may also be ``kind:<k>`` or ``plan:<id>``."""
+        target = None
+        if subject is not None:
+            target = subject if subject.startswith(("kind:", "plan:")) else str(SubjectRef.parse(subject))
+        return self.store.audit(target=target, offset=_offset(offset), limit=_limit(limit))
+
+    def rebuild(self) -> int:
+        """Recompute every counter from the ledger; returns the number of events replayed."""
+        return self.store.rebuild()
+
+
+_GRAIN_SPAN: Final = {
+    Granularity.HOUR: timedelta(hours=1),
+    Granularity.DAY: timedelta(days=1),
+    Granularity.MONTH: timedelta(days=28),
+}
+
+
+def _merge(amounts: Mapping[str, object] | None, extra: Mapping[str, object]) -> dict[str, object]:
+    if amounts is not None and not isinstance(amounts, Mapping):
+        raise ValidationError("amounts", "must be an object of metric: amount")
+    merged = dict(amounts or {})
+    for name, value in extra.items():
+        if name in merged:
+            raise ValidationError(f"amounts.{name}", "given twice")
+        merged[name] = value
+    return merged
+
+
+def _bounded_text(value: object, field: str, size: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field, "must be a non-empty string")
+    if len(value) > size:
+        raise ValidationError(field, f"must be at most {size} characters")
+    return value
+
+
+def _tags(tags: object) -> dict[str, str]:
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise ValidationError("tags", "must be an object of string: string")
+    if len(tags) > MAX_TAGS:
+        raise ValidationError("tags", f"at most {MAX_TAGS} tags")
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        if not isinstance(key, str) or not key or len(key) > 64:
+            raise ValidationError("tags", f"tag name {key!r} must be 1 to 64 characters")
+        if not isinstance(value, str) or len(value) > MAX_TAG_LENGTH:
+            raise ValidationError(f"tags.{key}", f"must be a string of at most {MAX_TAG_LENGTH} characters")
+        out[key] = value
+    return out
+
+
+def _offset(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0 or value > 2**31:
+        raise ValidationError("offset", "must be a whole number from 0")
+    return value
+
+
+def _limit(value: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_PAGE:
+        raise ValidationError("limit", f"must be a whole number from 1 to {MAX_PAGE}")
+    return value
+
+
+def _parse_config_defaults(items: Iterable[Mapping[str, object]]) -> dict[str, list[Rule]]:
+    out: dict[str, list[Rule]] = defaultdict(list)
+    for i, item in enumerate(items):
+        kind = parse_kind(item.get("kind"), f"defaults[{i}].kind")
+        key = LimitKey.parse(item.get("metric"), item.get("window"), f"defaults[{i}]")
+        value = parse_limit_value(key.metric, item.get("limit"), f"defaults[{i}].limit")
+        if value is None:
+            continue
+        out[kind].append(Rule(key, value, bool(item.get("shadow", False))))
+    return dict(out)
+
+
+def open(  # noqa: A001 - mirrors the built-in on purpose: tokenquota.open(url)
+    url: str = "sqlite:///tokenquota.db",
+    *,
+    clock: Clock | None = None,
+    timezone: str = "UTC",
+    strict_subjects: bool = False,
+    defaults: Iterable[Mapping[str, object]] = (),
+    retention: timedelta = DEFAULT_RETENTION,
+) -> Quota:
+    """Open a quota store: ``memory://`` or ``sqlite:///path.db`` (migrated on open)."""
+    tz = parse_timezone(timezone)
+    return Quota(
+        open_store(url, tz),
+        clock=clock,
+        timezone=tz,
+        strict_subjects=strict_subjects,
+        defaults=defaults,
+        retention=retention,
+    )
+
+
+__all__ = [
+    "DefaultRule",
+    "Granularity",
+    "GroupBy",
+    "HistoryPoint",
+    "LimitsView",
+    "Quota",
+    "Usage",
+    "open",
+    "ensure_utc",
+]

@@ -1,0 +1,160 @@
+"""The storage protocol: the handful of primitives every backend provides.
+
+The engine resolves limits and builds a ``DebitPlan``; a store only has to
+(1) read the buckets a plan names, and (2) atomically read them again, call
+the pure ``decide`` and, when the request is admitted, append the event,
+bump the counters and remember the idempotency key, all or nothing.
+
+Everything here is synchronous on purpose: see docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Generic, Protocol, TypeVar
+
+from tokenquota.domain.decisions import Check, DebitPlan, Decision
+from tokenquota.domain.ledger import AuditEntry, Event
+from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
+from tokenquota.domain.subjects import Subject, SubjectRef
+
+MAX_PAGE = 1000
+T = TypeVar("T")
+
+
+class Layer(StrEnum):
+    OVERRIDE = "override"
+    PLAN = "plan"
+    DEFAULT = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """Where a set of rules lives: a subject's overrides, a plan, or a kind's defaults."""
+
+    layer: Layer
+    name: str  # subject ref, plan id, or kind
+
+    @property
+    def audit_target(self) -> str:
+        if self.layer is Layer.OVERRIDE:
+            return self.name
+        return f"{'plan' if self.layer is Layer.PLAN else 'kind'}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """The three layers that resolve one subject's limits, read together."""
+
+    overrides: tuple[Rule, ...]
+    plan: Plan | None
+    defaults: tuple[Rule, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    total: int
+    offset: int
+    limit: int
+
+
+class Store(Protocol):
+    def close(self) -> None: ...
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the backend cannot be reached."""
+        ...
+
+    # subjects and the hierarchy
+    def get_subject(self, ref: SubjectRef) -> Subject | None: ...
+
+    def put_subject(
+        self,
+        ref: SubjectRef,
+        *,
+        name: str | None,
+        metadata: dict[str, Any] | None,
+        parents: tuple[SubjectRef, ...] | None,
+        now: datetime,
+    ) -> Subject:
+        """Upsert; ``None`` keeps the stored value. Refuses a parent cycle atomically."""
+        ...
+
+    def delete_subject(self, ref: SubjectRef, *, actor: str, now: datetime) -> bool: ...
+
+    def list_subjects(
+        self, *, kind: str | None, parent: SubjectRef | None, offset: int, limit: int
+    ) -> Page[Subject]: ...
+
+    def ancestors(self, ref: SubjectRef) -> list[SubjectRef]: ...
+
+    # rules, plans, defaults
+    def rule_set(self, ref: SubjectRef) -> RuleSet: ...
+
+    def get_rules(self, scope: Scope) -> list[Rule]: ...
+
+    def change_rules(
+        self, scope: Scope, changes: Sequence[RuleChange], *, actor: str, now: datetime
+    ) -> list[Rule]:
+        """Apply changes, audit each, and start tracking new (metric, window) pairs."""
+        ...
+
+    def list_default_kinds(self) -> list[str]: ...
+
+    def track(self, keys: Sequence[LimitKey]) -> None:
+        """Count these (metric, window) pairs from now on, backfilled from the ledger."""
+        ...
+
+    def create_plan(
+        self, name: str, rules: Sequence[Rule], *, actor: str, now: datetime
+    ) -> Plan: ...
+
+    def update_plan(
+        self, plan_id: str, *, name: str | None, actor: str, now: datetime
+    ) -> Plan: ...
+
+    def delete_plan(self, plan_id: str, *, actor: str, now: datetime) -> None: ...
+
+    def get_plan(self, plan_id: str) -> Plan | None: ...
+
+    def find_plan(self, name: str) -> Plan | None: ...
+
+    def list_plans(self) -> list[Plan]: ...
+
+    def assign_plan(
+        self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime
+    ) -> None: ...
+
+    # counting
+    def read(self, checks: Sequence[Check]) -> list[dict[int, int]]: ...
+
+    def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
+        """Decide and, if admitted, record, atomically; replays idempotent retries."""
+        ...
+
+    # the ledger and the audit log
+    def events(
+        self,
+        *,
+        subject: SubjectRef | None,
+        start: datetime | None,
+        end: datetime | None,
+        offset: int,
+        limit: int,
+    ) -> Page[Event]: ...
+
+    def iter_events(
+        self, *, subject: SubjectRef | None, start: datetime | None, end: datetime | None
+    ) -> Iterator[Event]: ...
+
+    def audit(self, *, target: str | None, offset: int, limit: int) -> Page[AuditEntry]: ...
+
+    def shadow_hits(self, ref: SubjectRef) -> dict[LimitKey, int]: ...
+
+    def rebuild(self) -> int:
+        """Recompute every counter from the ledger; returns the number of events replayed."""
+        ...

@@ -1,0 +1,370 @@
+"""``memory://``: the reference implementation the other backends are tested against.
+
+Everything sits in dictionaries behind one lock, so every operation is
+trivially atomic; nothing survives the process.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+from zoneinfo import ZoneInfo
+
+from tokenquota.domain.clock import to_micros
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, decide
+from tokenquota.domain.errors import Conflict, IdempotencyConflict, NotFound
+from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
+from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
+from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
+from tokenquota.storage.base import Layer, Page, RuleSet, Scope
+
+
+@dataclass
+class _Subject:
+    name: str | None
+    metadata: dict[str, Any]
+    parents: tuple[SubjectRef, ...]
+    plan_id: str | None = None
+
+
+@dataclass
+class _State:
+    subjects: dict[SubjectRef, _Subject] = field(default_factory=dict)
+    rules: dict[Scope, dict[LimitKey, Rule]] = field(default_factory=lambda: defaultdict(dict))
+    plans: dict[str, str] = field(default_factory=dict)  # id -> name
+    tracked: set[LimitKey] = field(default_factory=set)
+    counters: dict[CounterKey, int] = field(default_factory=lambda: defaultdict(int))
+    events: list[Event] = field(default_factory=list)
+    idempotency: dict[tuple[str, str], tuple[str, Decision]] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
+    shadow: dict[tuple[str, LimitKey], int] = field(default_factory=lambda: defaultdict(int))
+
+
+class MemoryStore:
+    def __init__(self, tz: ZoneInfo) -> None:
+        self._tz = tz
+        self._lock = threading.RLock()
+        self._s = _State()
+        self._ids = itertools.count(1)
+        self._audit_ids = itertools.count(1)
+
+    def close(self) -> None:
+        pass
+
+    def ping(self) -> None:
+        pass
+
+    # subjects ---------------------------------------------------------------
+    def get_subject(self, ref: SubjectRef) -> Subject | None:
+        with self._lock:
+            row = self._s.subjects.get(ref)
+            return None if row is None else self._subject(ref, row)
+
+    def _subject(self, ref: SubjectRef, row: _Subject) -> Subject:
+        return Subject(ref, row.name, dict(row.metadata), row.parents, row.plan_id)
+
+    def _parents_of(self, ref: SubjectRef) -> tuple[SubjectRef, ...]:
+        row = self._s.subjects.get(ref)
+        return row.parents if row else ()
+
+    def put_subject(
+        self,
+        ref: SubjectRef,
+        *,
+        name: str | None,
+        metadata: dict[str, Any] | None,
+        parents: tuple[SubjectRef, ...] | None,
+        now: datetime,
+    ) -> Subject:
+        with self._lock:
+            if parents is not None:
+                check_acyclic(ref, parents, self._parents_of)
+                ancestors_of(ref, lambda r: parents if r == ref else self._parents_of(r))
+                for parent in parents:
+                    self._s.subjects.setdefault(parent, _Subject(None, {}, ()))
+            row = self._s.subjects.setdefault(ref, _Subject(None, {}, ()))
+            if name is not None:
+                row.name = name
+            if metadata is not None:
+                row.metadata = dict(metadata)
+            if parents is not None:
+                row.parents = parents
+            return self._subject(ref, row)
+
+    def delete_subject(self, ref: SubjectRef, *, actor: str, now: datetime) -> bool:
+        with self._lock:
+            if ref not in self._s.subjects:
+                return False
+            if any(ref in row.parents for row in self._s.subjects.values()):
+                raise Conflict(f"{ref} still has children; detach them first")
+            before = self._s.rules.pop(Scope(Layer.OVERRIDE, str(ref)), {})
+            del self._s.subjects[ref]
+            self._audit(now, actor, "subject.delete", str(ref), [r.to_wire() for r in before.values()], None)
+            return True
+
+    def list_subjects(
+        self, *, kind: str | None, parent: SubjectRef | None, offset: int, limit: int
+    ) -> Page[Subject]:
+        with self._lock:
+            rows = [
+                self._subject(ref, row)
+                for ref, row in sorted(self._s.subjects.items())
+                if (kind is None or ref.kind == kind) and (parent is None or parent in row.parents)
+            ]
+        return Page(rows[offset : offset + limit], len(rows), offset, limit)
+
+    def ancestors(self, ref: SubjectRef) -> list[SubjectRef]:
+        with self._lock:
+            return ancestors_of(ref, self._parents_of)
+
+    # rules ------------------------------------------------------------------
+    def rule_set(self, ref: SubjectRef) -> RuleSet:
+        with self._lock:
+            row = self._s.subjects.get(ref)
+            plan = self._plan(row.plan_id) if row and row.plan_id else None
+            return RuleSet(
+                tuple(self._s.rules[Scope(Layer.OVERRIDE, str(ref))].values()),
+                plan,
+                tuple(self._s.rules[Scope(Layer.DEFAULT, ref.kind)].values()),
+            )
+
+    def get_rules(self, scope: Scope) -> list[Rule]:
+        with self._lock:
+            return sorted(self._s.rules[scope].values(), key=lambda r: r.key)
+
+    def change_rules(
+        self, scope: Scope, changes: Sequence[RuleChange], *, actor: str, now: datetime
+    ) -> list[Rule]:
+        with self._lock:
+            if scope.layer is Layer.PLAN and scope.name not in self._s.plans:
+                raise NotFound(f"no plan {scope.name!r}")
+            if scope.layer is Layer.OVERRIDE:
+                self._s.subjects.setdefault(SubjectRef.parse(scope.name), _Subject(None, {}, ()))
+            rules = self._s.rules[scope]
+            for change in changes:
+                before = rules.get(change.key)
+                if change.value is None:
+                    rules.pop(change.key, None)
+                    after = None
+                else:
+                    after = rules[change.key] = Rule(change.key, change.value, change.shadow)
+                if before != after:
+                    self._audit(
+                        now,
+                        actor,
+                        f"{scope.layer.value}.set",
+                        scope.audit_target,
+                        before.to_wire() if before else None,
+                        after.to_wire() if after else None,
+                    )
+            self._track([c.key for c in changes if c.value is not None])
+            return self.get_rules(scope)
+
+    def list_default_kinds(self) -> list[str]:
+        with self._lock:
+            return sorted(s.name for s, r in self._s.rules.items() if s.layer is Layer.DEFAULT and r)
+
+    def track(self, keys: Sequence[LimitKey]) -> None:
+        with self._lock:
+            self._track(keys)
+
+    def _track(self, keys: Sequence[LimitKey]) -> None:
+        new = {k for k in keys if k.window is not None} - self._s.tracked
+        if not new:
+            return
+        self._s.tracked |= new
+        for event in self._s.events:
+            self._count(event, new)
+
+    def _count(self, event: Event, keys: set[LimitKey]) -> None:
+        for key, units in increments(event.charged, event.amounts, event.timestamp, self._tz, keys).items():
+            self._s.counters[key] += units
+
+    # plans ------------------------------------------------------------------
+    def _plan(self, plan_id: str) -> Plan | None:
+        if plan_id not in self._s.plans:
+            return None
+        rules = sorted(self._s.rules[Scope(Layer.PLAN, plan_id)].values(), key=lambda r: r.key)
+        return Plan(plan_id, self._s.plans[plan_id], tuple(rules))
+
+    def create_plan(self, name: str, rules: Sequence[Rule], *, actor: str, now: datetime) -> Plan:
+        with self._lock:
+            if name in self._s.plans.values():
+                raise Conflict(f"a plan named {name!r} exists", details={"field": "name"})
+            plan_id = uuid4().hex
+            self._s.plans[plan_id] = name
+            self._s.rules[Scope(Layer.PLAN, plan_id)] = {r.key: r for r in rules}
+            self._track([r.key for r in rules])
+            plan = self._plan(plan_id)
+            assert plan is not None
+            self._audit(now, actor, "plan.create", f"plan:{plan_id}", None, plan.to_wire())
+            return plan
+
+    def update_plan(self, plan_id: str, *, name: str | None, actor: str, now: datetime) -> Plan:
+        with self._lock:
+            before = self._plan(plan_id)
+            if before is None:
+                raise NotFound(f"no plan {plan_id!r}")
+            if name is not None and name != before.name:
+                if name in self._s.plans.values():
+                    raise Conflict(f"a plan named {name!r} exists", details={"field": "name"})
+                self._s.plans[plan_id] = name
+                self._audit(now, actor, "plan.rename", f"plan:{plan_id}", before.name, name)
+            plan = self._plan(plan_id)
+            assert plan is not None
+            return plan
+
+    def delete_plan(self, plan_id: str, *, actor: str, now: datetime) -> None:
+        with self._lock:
+            before = self._plan(plan_id)
+            if before is None:
+                raise NotFound(f"no plan {plan_id!r}")
+            users = [str(r) for r, row in self._s.subjects.items() if row.plan_id == plan_id]
+            if users:
+                raise Conflict(f"plan {before.name!r} is assigned to {len(users)} subject(s)")
+            del self._s.plans[plan_id]
+            self._s.rules.pop(Scope(Layer.PLAN, plan_id), None)
+            self._audit(now, actor, "plan.delete", f"plan:{plan_id}", before.to_wire(), None)
+
+    def get_plan(self, plan_id: str) -> Plan | None:
+        with self._lock:
+            return self._plan(plan_id)
+
+    def find_plan(self, name: str) -> Plan | None:
+        with self._lock:
+            for plan_id, plan_name in self._s.plans.items():
+                if plan_name == name:
+                    return self._plan(plan_id)
+            return None
+
+    def list_plans(self) -> list[Plan]:
+        with self._lock:
+            plans = [self._plan(p) for p in self._s.plans]
+            return sorted((p for p in plans if p), key=lambda p: p.name)
+
+    def assign_plan(self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime) -> None:
+        with self._lock:
+            if plan_id is not None and plan_id not in self._s.plans:
+                raise NotFound(f"no plan {plan_id!r}")
+            row = self._s.subjects.setdefault(ref, _Subject(None, {}, ()))
+            if row.plan_id != plan_id:
+                self._audit(now, actor, "plan.assign", str(ref), row.plan_id, plan_id)
+                row.plan_id = plan_id
+
+    # counting ---------------------------------------------------------------
+    def read(self, checks: Sequence[Check]) -> list[dict[int, int]]:
+        with self._lock:
+            return [self._read(c) for c in checks]
+
+    def _read(self, check: Check) -> dict[int, int]:
+        key = check.limit.key
+        if key.window is None:
+            return {}
+        subject, metric, window = str(check.limit.subject), key.metric.value, key.window.key
+        if check.lo == check.hi:
+            value = self._s.counters.get((subject, metric, window, check.lo), 0)
+            return {check.lo: value} if value else {}
+        return {
+            b: v
+            for (s, m, w, b), v in self._s.counters.items()
+            if s == subject and m == metric and w == window and check.lo <= b <= check.hi and v
+        }
+
+    def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
+        with self._lock:
+            key = (str(plan.subject), plan.idempotency_key) if plan.idempotency_key else None
+            if key and key in self._s.idempotency:
+                fingerprint, first = self._s.idempotency[key]
+                if fingerprint != plan.fingerprint:
+                    raise IdempotencyConflict(
+                        "this idempotency key was used for a different request",
+                        details={"field": "idempotency_key"},
+                    )
+                return first.as_replay()
+            if plan.subject not in self._s.subjects:
+                if not create_subject:
+                    raise NotFound(f"unknown subject {plan.subject}")
+            readings = [self._read(c) for c in plan.checks]
+            decision = decide(plan, readings)
+            for status in decision.shadow_blocked:
+                self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
+            if not decision.allowed:
+                return decision
+            self._s.subjects.setdefault(plan.subject, _Subject(None, {}, ()))
+            event = Event(
+                id=next(self._ids),
+                subject=plan.subject,
+                charged=plan.charged,
+                timestamp=plan.timestamp,
+                recorded_at=plan.now,
+                mode=plan.mode,
+                amounts=plan.amounts,
+                model=plan.model,
+                tags=dict(plan.tags),
+                idempotency_key=plan.idempotency_key,
+            )
+            self._s.events.append(event)
+            self._count(event, self._s.tracked)
+            decision = replace(decision, event_id=event.id)
+            if key:
+                self._s.idempotency[key] = (plan.fingerprint, decision)
+            return decision
+
+    # ledger -----------------------------------------------------------------
+    def _select(
+        self, subject: SubjectRef | None, start: datetime | None, end: datetime | None
+    ) -> list[Event]:
+        lo = to_micros(start) if start else None
+        hi = to_micros(end) if end else None
+        return [
+            e
+            for e in self._s.events
+            if (subject is None or subject in e.charged)
+            and (lo is None or to_micros(e.timestamp) >= lo)
+            and (hi is None or to_micros(e.timestamp) < hi)
+        ]
+
+    def events(
+        self,
+        *,
+        subject: SubjectRef | None,
+        start: datetime | None,
+        end: datetime | None,
+        offset: int,
+        limit: int,
+    ) -> Page[Event]:
+        with self._lock:
+            rows = self._select(subject, start, end)
+        return Page(rows[offset : offset + limit], len(rows), offset, limit)
+
+    def iter_events(
+        self, *, subject: SubjectRef | None, start: datetime | None, end: datetime | None
+    ) -> Iterator[Event]:
+        with self._lock:
+            rows = self._select(subject, start, end)
+        return iter(rows)
+
+    def _audit(self, at: datetime, actor: str, action: str, target: str, before: Any, after: Any) -> None:
+        self._s.audit.append(AuditEntry(next(self._audit_ids), at, actor, action, target, before, after))
+
+    def audit(self, *, target: str | None, offset: int, limit: int) -> Page[AuditEntry]:
+        with self._lock:
+            rows = [a for a in self._s.audit if target is None or a.target == target]
+        return Page(rows[offset : offset + limit], len(rows), offset, limit)
+
+    def shadow_hits(self, ref: SubjectRef) -> dict[LimitKey, int]:
+        with self._lock:
+            return {k: v for (s, k), v in self._s.shadow.items() if s == str(ref)}
+
+    def rebuild(self) -> int:
+        with self._lock:
+            self._s.counters.clear()
+            for event in self._s.events:
+                self._count(event, self._s.tracked)
+            return len(self._s.events)

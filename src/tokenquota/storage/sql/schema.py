@@ -1,0 +1,136 @@
+"""Table definitions used to build queries.
+
+The schema itself is created only by the Alembic migrations; a test runs
+``alembic check`` so these definitions and the migrations cannot drift apart.
+Times are integer microseconds since the epoch and amounts integer units
+(see domain.metrics), which compare and add exactly on every dialect.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+# 64-bit ids on PostgreSQL; SQLite needs INTEGER for its rowid alias.
+ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+subjects = sa.Table(
+    "subjects",
+    metadata,
+    sa.Column("ref", sa.String(161), primary_key=True),
+    sa.Column("kind", sa.String(32), nullable=False, index=True),
+    sa.Column("name", sa.String(256), nullable=True),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("plan_id", sa.String(32), nullable=True, index=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+subject_parents = sa.Table(
+    "subject_parents",
+    metadata,
+    sa.Column("child", sa.String(161), primary_key=True),
+    sa.Column("parent", sa.String(161), primary_key=True, index=True),
+    sa.Column("position", sa.Integer, nullable=False),
+)
+
+plans = sa.Table(
+    "plans",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+)
+
+# One table for the three layers: subject overrides, plan rules, kind defaults.
+rules = sa.Table(
+    "rules",
+    metadata,
+    sa.Column("layer", sa.String(16), primary_key=True),
+    sa.Column("scope", sa.String(161), primary_key=True),
+    sa.Column("metric", sa.String(32), primary_key=True),
+    sa.Column("window", sa.String(32), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+    sa.Column("shadow", sa.Boolean, nullable=False),
+)
+
+# The (metric, window) pairs counters are kept for: every pair any rule has named.
+tracked = sa.Table(
+    "tracked",
+    metadata,
+    sa.Column("metric", sa.String(32), primary_key=True),
+    sa.Column("window", sa.String(32), primary_key=True),
+)
+
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("subject", sa.String(161), primary_key=True),
+    sa.Column("metric", sa.String(32), primary_key=True),
+    sa.Column("window", sa.String(32), primary_key=True),
+    sa.Column("bucket", sa.BigInteger, primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("subject", sa.String(161), nullable=False),
+    sa.Column("charged", sa.JSON, nullable=False),
+    sa.Column("ts", sa.BigInteger, nullable=False, index=True),
+    sa.Column("recorded_at", sa.BigInteger, nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("amounts", sa.JSON, nullable=False),
+    sa.Column("model", sa.String(128), nullable=True),
+    sa.Column("tags", sa.JSON, nullable=False),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
+)
+
+# One row per charged subject and event, so a company's history and export
+# are an index range scan rather than a scan of every event.
+event_subjects = sa.Table(
+    "event_subjects",
+    metadata,
+    sa.Column("subject", sa.String(161), primary_key=True),
+    sa.Column("ts", sa.BigInteger, primary_key=True),
+    sa.Column("event_id", ID, primary_key=True),
+)
+
+idempotency = sa.Table(
+    "idempotency",
+    metadata,
+    sa.Column("subject", sa.String(161), primary_key=True),
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("decision", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False, index=True),
+)
+
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("actor", sa.String(128), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),
+    sa.Column("target", sa.String(161), nullable=False, index=True),
+    sa.Column("before", sa.JSON, nullable=True),
+    sa.Column("after", sa.JSON, nullable=True),
+)
+
+shadow_hits = sa.Table(
+    "shadow_hits",
+    metadata,
+    sa.Column("subject", sa.String(161), primary_key=True),
+    sa.Column("metric", sa.String(32), primary_key=True),
+    sa.Column("window", sa.String(32), primary_key=True),
+    sa.Column("hits", sa.BigInteger, nullable=False),
+)

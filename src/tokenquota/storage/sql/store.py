@@ -1,0 +1,621 @@
+"""SQLite (and, through the same queries, PostgreSQL) via SQLAlchemy Core.
+
+Atomicity on SQLite: every write runs in ``BEGIN IMMEDIATE``, which takes the
+database's single write lock before the first read, so the read-decide-write
+of a debit is serialised across threads and processes; WAL lets readers go on
+meanwhile. ``synchronous=FULL`` makes a commit durable before we answer.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+from uuid import uuid4
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy import Connection, event
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from tokenquota.domain.clock import from_micros, to_micros
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Mode, decide
+from tokenquota.domain.errors import Conflict, IdempotencyConflict, NotFound, StoreUnavailable
+from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
+from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
+from tokenquota.domain.metrics import Amounts
+from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
+from tokenquota.storage.base import Layer, Page, RuleSet, Scope
+from tokenquota.storage.sql import schema as t
+from tokenquota.storage.sql.migrate import upgrade
+
+BATCH = 500
+SQLITE_BUSY_SECONDS = 60
+
+
+class SqlStore:
+    def __init__(self, url: str, tz: ZoneInfo, *, migrate: bool = True) -> None:
+        self._tz = tz
+        self.engine = _create_engine(url)
+        self._dialect = self.engine.dialect.name
+        if migrate:
+            try:
+                upgrade(self.engine)
+            except OperationalError as exc:
+                raise StoreUnavailable(f"cannot open the database: {exc.orig}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self._tx() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    @contextmanager
+    def _tx(self, *, write: bool = False) -> Iterator[Connection]:
+        try:
+            with self.engine.connect() as conn:
+                if write:
+                    conn.execution_options(tokenquota_write=True)
+                with conn.begin():
+                    yield conn
+        except OperationalError as exc:
+            raise StoreUnavailable(f"the database did not answer: {exc.orig}") from exc
+
+    def _insert(self, table: sa.Table) -> Any:
+        if self._dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+    # subjects ---------------------------------------------------------------
+    def get_subject(self, ref: SubjectRef) -> Subject | None:
+        with self._tx() as conn:
+            return self._get_subject(conn, ref)
+
+    def _get_subject(self, conn: Connection, ref: SubjectRef) -> Subject | None:
+        row = conn.execute(sa.select(t.subjects).where(t.subjects.c.ref == str(ref))).first()
+        if row is None:
+            return None
+        return Subject(
+            ref,
+            row.name,
+            dict(row.metadata),
+            tuple(self._parents(conn, ref)),
+            row.plan_id,
+        )
+
+    def _parents(self, conn: Connection, ref: SubjectRef) -> list[SubjectRef]:
+        rows = conn.execute(
+            sa.select(t.subject_parents.c.parent)
+            .where(t.subject_parents.c.child == str(ref))
+            .order_by(t.subject_parents.c.position)
+        )
+        return [SubjectRef.parse(r.parent) for r in rows]
+
+    def _ensure_subject(self, conn: Connection, ref: SubjectRef, now: datetime) -> None:
+        conn.execute(
+            self._insert(t.subjects)
+            .values(ref=str(ref), kind=ref.kind, name=None, metadata={}, plan_id=None, created_at=to_micros(now))
+            .on_conflict_do_nothing()
+        )
+
+    def put_subject(
+        self,
+        ref: SubjectRef,
+        *,
+        name: str | None,
+        metadata: dict[str, Any] | None,
+        parents: tuple[SubjectRef, ...] | None,
+        now: datetime,
+    ) -> Subject:
+        with self._tx(write=True) as conn:
+            self._ensure_subject(conn, ref, now)
+            values: dict[str, Any] = {}
+            if name is not None:
+                values["name"] = name
+            if metadata is not None:
+                values["metadata"] = metadata
+            if values:
+                conn.execute(t.subjects.update().where(t.subjects.c.ref == str(ref)).values(**values))
+            if parents is not None:
+                check_acyclic(ref, parents, lambda r: self._parents(conn, r))
+                ancestors_of(ref, lambda r: parents if r == ref else self._parents(conn, r))
+                for parent in parents:
+                    self._ensure_subject(conn, parent, now)
+                conn.execute(t.subject_parents.delete().where(t.subject_parents.c.child == str(ref)))
+                if parents:
+                    conn.execute(
+                        t.subject_parents.insert(),
+                        [{"child": str(ref), "parent": str(p), "position": i} for i, p in enumerate(parents)],
+                    )
+            subject = self._get_subject(conn, ref)
+            assert subject is not None
+            return subject
+
+    def delete_subject(self, ref: SubjectRef, *, actor: str, now: datetime) -> bool:
+        with self._tx(write=True) as conn:
+            if self._get_subject(conn, ref) is None:
+                return False
+            child = conn.execute(
+                sa.select(t.subject_parents.c.child).where(t.subject_parents.c.parent == str(ref)).limit(1)
+            ).first()
+            if child is not None:
+                raise Conflict(f"{ref} still has children; detach them first")
+            scope = Scope(Layer.OVERRIDE, str(ref))
+            before = self._rules(conn, scope)
+            conn.execute(_scope_filter(t.rules.delete(), scope))
+            conn.execute(t.subject_parents.delete().where(t.subject_parents.c.child == str(ref)))
+            conn.execute(t.subjects.delete().where(t.subjects.c.ref == str(ref)))
+            self._audit(conn, now, actor, "subject.delete", str(ref), [r.to_wire() for r in before], None)
+            return True
+
+    def list_subjects(
+        self, *, kind: str | None, parent: SubjectRef | None, offset: int, limit: int
+    ) -> Page[Subject]:
+        query = sa.select(t.subjects.c.ref)
+        if kind is not None:
+            query = query.where(t.subjects.c.kind == kind)
+        if parent is not None:
+            query = query.join(t.subject_parents, t.subject_parents.c.child == t.subjects.c.ref).where(
+                t.subject_parents.c.parent == str(parent)
+            )
+        with self._tx() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+            refs = conn.execute(query.order_by(t.subjects.c.ref).offset(offset).limit(limit)).scalars()
+            items = [self._get_subject(conn, SubjectRef.parse(r)) for r in refs]
+        return Page([s for s in items if s], total, offset, limit)
+
+    def ancestors(self, ref: SubjectRef) -> list[SubjectRef]:
+        with self._tx() as conn:
+            return ancestors_of(ref, lambda r: self._parents(conn, r))
+
+    # rules ------------------------------------------------------------------
+    def _rules(self, conn: Connection, scope: Scope) -> list[Rule]:
+        rows = conn.execute(_scope_filter(sa.select(t.rules), scope))
+        return sorted(
+            (Rule(LimitKey.from_storage(r.metric, r.window), r.value, r.shadow) for r in rows),
+            key=lambda r: r.key,
+        )
+
+    def rule_set(self, ref: SubjectRef) -> RuleSet:
+        with self._tx() as conn:
+            plan_id = conn.execute(
+                sa.select(t.subjects.c.plan_id).where(t.subjects.c.ref == str(ref))
+            ).scalar()
+            return RuleSet(
+                tuple(self._rules(conn, Scope(Layer.OVERRIDE, str(ref)))),
+                self._plan(conn, plan_id) if plan_id else None,
+                tuple(self._rules(conn, Scope(Layer.DEFAULT, ref.kind))),
+            )
+
+    def get_rules(self, scope: Scope) -> list[Rule]:
+        with self._tx() as conn:
+            return self._rules(conn, scope)
+
+    def change_rules(
+        self, scope: Scope, changes: Sequence[RuleChange], *, actor: str, now: datetime
+    ) -> list[Rule]:
+        with self._tx(write=True) as conn:
+            if scope.layer is Layer.PLAN and self._plan(conn, scope.name) is None:
+                raise NotFound(f"no plan {scope.name!r}")
+            if scope.layer is Layer.OVERRIDE:
+                self._ensure_subject(conn, SubjectRef.parse(scope.name), now)
+            current = {r.key: r for r in self._rules(conn, scope)}
+            for change in changes:
+                before = current.get(change.key)
+                after = None if change.value is None else Rule(change.key, change.value, change.shadow)
+                if before == after:
+                    continue
+                where = _scope_filter(t.rules.delete(), scope).where(
+                    t.rules.c.metric == change.key.metric.value,
+                    t.rules.c.window == change.key.window_key,
+                )
+                conn.execute(where)
+                if after is not None:
+                    conn.execute(t.rules.insert().values(**_rule_row(scope, after)))
+                self._audit(
+                    conn,
+                    now,
+                    actor,
+                    f"{scope.layer.value}.set",
+                    scope.audit_target,
+                    before.to_wire() if before else None,
+                    after.to_wire() if after else None,
+                )
+            self._track(conn, [c.key for c in changes if c.value is not None])
+            return self._rules(conn, scope)
+
+    def list_default_kinds(self) -> list[str]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(t.rules.c.scope).where(t.rules.c.layer == Layer.DEFAULT.value).distinct()
+            )
+            return sorted(r.scope for r in rows)
+
+    def track(self, keys: Sequence[LimitKey]) -> None:
+        with self._tx(write=True) as conn:
+            self._track(conn, keys)
+
+    def _tracked(self, conn: Connection) -> set[LimitKey]:
+        return {
+            LimitKey.from_storage(r.metric, r.window) for r in conn.execute(sa.select(t.tracked))
+        }
+
+    def _track(self, conn: Connection, keys: Sequence[LimitKey]) -> None:
+        new = {k for k in keys if k.window is not None} - self._tracked(conn)
+        if not new:
+            return
+        conn.execute(
+            t.tracked.insert(), [{"metric": k.metric.value, "window": k.window_key} for k in new]
+        )
+        self._add_counters(conn, self._replay(conn, new))
+
+    def _replay(self, conn: Connection, keys: set[LimitKey]) -> dict[CounterKey, int]:
+        """What the whole ledger adds to ``keys``: the one path for backfill and rebuild."""
+        totals: dict[CounterKey, int] = defaultdict(int)
+        for event in self._scan(conn, None, None, None):
+            for key, units in increments(event.charged, event.amounts, event.timestamp, self._tz, keys).items():
+                totals[key] += units
+        return totals
+
+    def _add_counters(self, conn: Connection, deltas: dict[CounterKey, int]) -> None:
+        rows = [
+            {"subject": s, "metric": m, "window": w, "bucket": b, "value": v}
+            for (s, m, w, b), v in deltas.items()
+        ]
+        for start in range(0, len(rows), BATCH):
+            stmt = self._insert(t.counters).values(rows[start : start + BATCH])
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["subject", "metric", "window", "bucket"],
+                    set_={"value": t.counters.c.value + stmt.excluded.value},
+                )
+            )
+
+    # plans ------------------------------------------------------------------
+    def _plan(self, conn: Connection, plan_id: str) -> Plan | None:
+        row = conn.execute(sa.select(t.plans).where(t.plans.c.id == plan_id)).first()
+        if row is None:
+            return None
+        return Plan(row.id, row.name, tuple(self._rules(conn, Scope(Layer.PLAN, row.id))))
+
+    def create_plan(self, name: str, rules: Sequence[Rule], *, actor: str, now: datetime) -> Plan:
+        plan_id = uuid4().hex
+        scope = Scope(Layer.PLAN, plan_id)
+        with self._tx(write=True) as conn:
+            try:
+                with conn.begin_nested():
+                    conn.execute(t.plans.insert().values(id=plan_id, name=name, created_at=to_micros(now)))
+            except IntegrityError:
+                raise Conflict(f"a plan named {name!r} exists", details={"field": "name"}) from None
+            if rules:
+                conn.execute(t.rules.insert(), [_rule_row(scope, r) for r in rules])
+            self._track(conn, [r.key for r in rules])
+            plan = self._plan(conn, plan_id)
+            assert plan is not None
+            self._audit(conn, now, actor, "plan.create", f"plan:{plan_id}", None, plan.to_wire())
+            return plan
+
+    def update_plan(self, plan_id: str, *, name: str | None, actor: str, now: datetime) -> Plan:
+        with self._tx(write=True) as conn:
+            before = self._plan(conn, plan_id)
+            if before is None:
+                raise NotFound(f"no plan {plan_id!r}")
+            if name is not None and name != before.name:
+                taken = conn.execute(sa.select(t.plans.c.id).where(t.plans.c.name == name)).first()
+                if taken is not None:
+                    raise Conflict(f"a plan named {name!r} exists", details={"field": "name"})
+                conn.execute(t.plans.update().where(t.plans.c.id == plan_id).values(name=name))
+                self._audit(conn, now, actor, "plan.rename", f"plan:{plan_id}", before.name, name)
+            plan = self._plan(conn, plan_id)
+            assert plan is not None
+            return plan
+
+    def delete_plan(self, plan_id: str, *, actor: str, now: datetime) -> None:
+        with self._tx(write=True) as conn:
+            before = self._plan(conn, plan_id)
+            if before is None:
+                raise NotFound(f"no plan {plan_id!r}")
+            users = conn.execute(
+                sa.select(sa.func.count()).where(t.subjects.c.plan_id == plan_id)
+            ).scalar_one()
+            if users:
+                raise Conflict(f"plan {before.name!r} is assigned to {users} subject(s)")
+            conn.execute(_scope_filter(t.rules.delete(), Scope(Layer.PLAN, plan_id)))
+            conn.execute(t.plans.delete().where(t.plans.c.id == plan_id))
+            self._audit(conn, now, actor, "plan.delete", f"plan:{plan_id}", before.to_wire(), None)
+
+    def get_plan(self, plan_id: str) -> Plan | None:
+        with self._tx() as conn:
+            return self._plan(conn, plan_id)
+
+    def find_plan(self, name: str) -> Plan | None:
+        with self._tx() as conn:
+            plan_id = conn.execute(sa.select(t.plans.c.id).where(t.plans.c.name == name)).scalar()
+            return self._plan(conn, plan_id) if plan_id else None
+
+    def list_plans(self) -> list[Plan]:
+        with self._tx() as conn:
+            ids = conn.execute(sa.select(t.plans.c.id).order_by(t.plans.c.name)).scalars().all()
+            return [p for p in (self._plan(conn, i) for i in ids) if p]
+
+    def assign_plan(self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime) -> None:
+        with self._tx(write=True) as conn:
+            if plan_id is not None and self._plan(conn, plan_id) is None:
+                raise NotFound(f"no plan {plan_id!r}")
+            self._ensure_subject(conn, ref, now)
+            before = conn.execute(
+                sa.select(t.subjects.c.plan_id).where(t.subjects.c.ref == str(ref))
+            ).scalar()
+            if before != plan_id:
+                conn.execute(t.subjects.update().where(t.subjects.c.ref == str(ref)).values(plan_id=plan_id))
+                self._audit(conn, now, actor, "plan.assign", str(ref), before, plan_id)
+
+    # counting ---------------------------------------------------------------
+    def read(self, checks: Sequence[Check]) -> list[dict[int, int]]:
+        with self._tx() as conn:
+            return [self._read(conn, c) for c in checks]
+
+    def _read(self, conn: Connection, check: Check) -> dict[int, int]:
+        key = check.limit.key
+        if key.window is None:
+            return {}
+        c = t.counters.c
+        rows = conn.execute(
+            sa.select(c.bucket, c.value).where(
+                c.subject == str(check.limit.subject),
+                c.metric == key.metric.value,
+                c.window == key.window.key,
+                c.bucket.between(check.lo, check.hi),
+            )
+        )
+        return {r.bucket: r.value for r in rows if r.value}
+
+    def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
+        subject = str(plan.subject)
+        with self._tx(write=True) as conn:
+            if plan.idempotency_key:
+                row = conn.execute(
+                    sa.select(t.idempotency).where(
+                        t.idempotency.c.subject == subject, t.idempotency.c.key == plan.idempotency_key
+                    )
+                ).first()
+                if row is not None:
+                    if row.fingerprint != plan.fingerprint:
+                        raise IdempotencyConflict(
+                            "this idempotency key was used for a different request",
+                            details={"field": "idempotency_key"},
+                        )
+                    return Decision.from_wire(row.decision).as_replay()
+            if not create_subject and self._get_subject(conn, plan.subject) is None:
+                raise NotFound(f"unknown subject {plan.subject}")
+            readings = [self._read(conn, c) for c in plan.checks]
+            decision = decide(plan, readings)
+            self._count_shadow(conn, decision)
+            if not decision.allowed:
+                return decision
+            self._ensure_subject(conn, plan.subject, plan.now)
+            event_id = conn.execute(
+                t.events.insert().values(
+                    kind="consume",
+                    subject=subject,
+                    charged=[str(s) for s in plan.charged],
+                    ts=to_micros(plan.timestamp),
+                    recorded_at=to_micros(plan.now),
+                    mode=plan.mode.value,
+                    amounts=plan.amounts.to_units_json(),
+                    model=plan.model,
+                    tags=dict(plan.tags),
+                    idempotency_key=plan.idempotency_key,
+                )
+            ).inserted_primary_key[0]
+            conn.execute(
+                t.event_subjects.insert(),
+                [{"subject": str(s), "ts": to_micros(plan.timestamp), "event_id": event_id} for s in plan.charged],
+            )
+            tracked = self._tracked(conn)
+            self._add_counters(
+                conn, increments(plan.charged, plan.amounts, plan.timestamp, self._tz, tracked)
+            )
+            decision = replace(decision, event_id=event_id)
+            if plan.idempotency_key:
+                conn.execute(
+                    t.idempotency.insert().values(
+                        subject=subject,
+                        key=plan.idempotency_key,
+                        fingerprint=plan.fingerprint,
+                        decision=decision.to_wire(),
+                        created_at=to_micros(plan.now),
+                    )
+                )
+            return decision
+
+    def _count_shadow(self, conn: Connection, decision: Decision) -> None:
+        for status in decision.shadow_blocked:
+            stmt = self._insert(t.shadow_hits).values(
+                subject=status.subject, metric=status.metric, window=status.window or "", hits=1
+            )
+            conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=["subject", "metric", "window"],
+                    set_={"hits": t.shadow_hits.c.hits + 1},
+                )
+            )
+
+    def shadow_hits(self, ref: SubjectRef) -> dict[LimitKey, int]:
+        with self._tx() as conn:
+            rows = conn.execute(sa.select(t.shadow_hits).where(t.shadow_hits.c.subject == str(ref)))
+            return {LimitKey.from_storage(r.metric, r.window): r.hits for r in rows}
+
+    # ledger -----------------------------------------------------------------
+    def _event_query(
+        self, subject: SubjectRef | None, start: datetime | None, end: datetime | None
+    ) -> sa.Select[Any]:
+        query = sa.select(t.events)
+        ts = t.events.c.ts
+        if subject is not None:
+            es = t.event_subjects.c
+            query = query.join(t.event_subjects, es.event_id == t.events.c.id).where(
+                es.subject == str(subject)
+            )
+            ts = es.ts
+        if start is not None:
+            query = query.where(ts >= to_micros(start))
+        if end is not None:
+            query = query.where(ts < to_micros(end))
+        return query
+
+    def _scan(
+        self,
+        conn: Connection,
+        subject: SubjectRef | None,
+        start: datetime | None,
+        end: datetime | None,
+    ) -> Iterator[Event]:
+        last = 0
+        query = self._event_query(subject, start, end)
+        while True:
+            rows = conn.execute(
+                query.where(t.events.c.id > last).order_by(t.events.c.id).limit(BATCH)
+            ).all()
+            for row in rows:
+                yield _event(row)
+            if len(rows) < BATCH:
+                return
+            last = rows[-1].id
+
+    def events(
+        self,
+        *,
+        subject: SubjectRef | None,
+        start: datetime | None,
+        end: datetime | None,
+        offset: int,
+        limit: int,
+    ) -> Page[Event]:
+        query = self._event_query(subject, start, end)
+        with self._tx() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+            rows = conn.execute(query.order_by(t.events.c.id).offset(offset).limit(limit)).all()
+        return Page([_event(r) for r in rows], total, offset, limit)
+
+    def iter_events(
+        self, *, subject: SubjectRef | None, start: datetime | None, end: datetime | None
+    ) -> Iterator[Event]:
+        # Batches in short read transactions: an export never holds a snapshot open for long.
+        last = 0
+        query = self._event_query(subject, start, end)
+        while True:
+            with self._tx() as conn:
+                rows = conn.execute(
+                    query.where(t.events.c.id > last).order_by(t.events.c.id).limit(BATCH)
+                ).all()
+            yield from (_event(r) for r in rows)
+            if len(rows) < BATCH:
+                return
+            last = rows[-1].id
+
+    def _audit(
+        self, conn: Connection, at: datetime, actor: str, action: str, target: str, before: Any, after: Any
+    ) -> None:
+        conn.execute(
+            t.audit.insert().values(
+                at=to_micros(at), actor=actor, action=action, target=target, before=before, after=after
+            )
+        )
+
+    def audit(self, *, target: str | None, offset: int, limit: int) -> Page[AuditEntry]:
+        query = sa.select(t.audit)
+        if target is not None:
+            query = query.where(t.audit.c.target == target)
+        with self._tx() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+            rows = conn.execute(query.order_by(t.audit.c.id).offset(offset).limit(limit)).all()
+        return Page(
+            [
+                AuditEntry(r.id, from_micros(r.at), r.actor, r.action, r.target, r.before, r.after)
+                for r in rows
+            ],
+            total,
+            offset,
+            limit,
+        )
+
+    def rebuild(self) -> int:
+        with self._tx(write=True) as conn:
+            conn.execute(t.counters.delete())
+            totals = self._replay(conn, self._tracked(conn))
+            self._add_counters(conn, totals)
+            return int(conn.execute(sa.select(sa.func.count()).select_from(t.events)).scalar_one())
+
+
+def _scope_filter(stmt: Any, scope: Scope) -> Any:
+    return stmt.where(t.rules.c.layer == scope.layer.value, t.rules.c.scope == scope.name)
+
+
+def _rule_row(scope: Scope, rule: Rule) -> dict[str, Any]:
+    return {
+        "layer": scope.layer.value,
+        "scope": scope.name,
+        "metric": rule.key.metric.value,
+        "window": rule.key.window_key,
+        "value": rule.value,
+        "shadow": rule.shadow,
+    }
+
+
+def _event(row: Any) -> Event:
+    return Event(
+        id=row.id,
+        kind=row.kind,
+        subject=SubjectRef.parse(row.subject),
+        charged=tuple(SubjectRef.parse(s) for s in row.charged),
+        timestamp=from_micros(row.ts),
+        recorded_at=from_micros(row.recorded_at),
+        mode=Mode(row.mode),
+        amounts=Amounts.from_units_json(row.amounts),
+        model=row.model,
+        tags=dict(row.tags),
+        idempotency_key=row.idempotency_key,
+    )
+
+
+def _create_engine(url: str) -> sa.Engine:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    in_memory = parsed.database in (None, "", ":memory:")
+    options: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS}
+    }
+    if in_memory:
+        options["poolclass"] = StaticPool  # one shared connection, or each would be a new database
+    engine = sa.create_engine(url, **options)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below); pysqlite's implicit transactions
+        # would start them late, after the first read.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("tokenquota_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
+
