@@ -150,7 +150,9 @@ class Quota:
             now=self.clock.now(),
         )
 
-    def set_parents(self, subject: str | SubjectRef, parents: Sequence[str | SubjectRef]) -> Subject:
+    def set_parents(
+        self, subject: str | SubjectRef, parents: Sequence[str | SubjectRef]
+    ) -> Subject:
         return self.put_subject(subject, parents=parents)
 
     def get_subject(self, subject: str | SubjectRef) -> Subject:
@@ -196,7 +198,9 @@ class Quota:
     ) -> LimitsView:
         """Set one override; ``value`` None removes it, -1 makes the subject unlimited."""
         return self.set_limits(
-            subject, [{"metric": metric, "window": window, "limit": value, "shadow": shadow}], actor=actor
+            subject,
+            [{"metric": metric, "window": window, "limit": value, "shadow": shadow}],
+            actor=actor,
         )
 
     def set_limits(
@@ -377,7 +381,11 @@ class Quota:
         for hit in decision.shadow_blocked:
             shadow_log.warning(
                 "shadow limit would have blocked %s: %s %s used %s of %s",
-                decision.subject, hit.subject, f"{hit.metric}/{hit.window}", hit.used, hit.limit,
+                decision.subject,
+                hit.subject,
+                f"{hit.metric}/{hit.window}",
+                hit.used,
+                hit.limit,
             )
         return decision
 
@@ -443,7 +451,12 @@ class Quota:
         lo, hi = window.read_range(read_at, self.tz)
         bucket = window.bucket_of(at, self.tz)
         return Check(
-            limit, amounts[limit.key.metric], read_at, lo, hi, bucket if lo <= bucket <= hi else None
+            limit,
+            amounts[limit.key.metric],
+            read_at,
+            lo,
+            hi,
+            bucket if lo <= bucket <= hi else None,
         )
 
     def _timestamp(self, timestamp: datetime | None, now: datetime) -> datetime:
@@ -511,15 +524,17 @@ class Quota:
             grouping = GroupBy(group_by)
         except ValueError:
             raise ValidationError("group_by", "must be metric or model") from None
-        now = self.clock.now()
-        stop = ensure_utc(end, "end") if end else now
+        unit = Calendar(grain.value)
+        # By default: through the end of the current period, so "now" is included.
+        stop = ensure_utc(end, "end") if end else calendar_period(unit, self.clock.now(), self.tz)[1]
         begin = ensure_utc(start, "start") if start else stop - timedelta(days=30)
         if begin >= stop:
             raise ValidationError("start", "must be before end")
-        unit = Calendar(grain.value)
         first = calendar_period(unit, begin, self.tz)[0]
         if (stop - first) / _GRAIN_SPAN[grain] > MAX_HISTORY_POINTS:
-            raise ValidationError("start", f"the range spans more than {MAX_HISTORY_POINTS} periods")
+            raise ValidationError(
+                "start", f"the range spans more than {MAX_HISTORY_POINTS} periods"
+            )
         sums: dict[tuple[datetime, str, str | None], int] = defaultdict(int)
         ends: dict[datetime, datetime] = {}
         for event in self.store.iter_events(subject=ref, start=begin, end=stop):
@@ -530,7 +545,9 @@ class Quota:
                 sums[(period_start, metric.value, model)] += units
         return [
             HistoryPoint(p, ends[p], metric, model, from_units(Metric(metric), units))
-            for (p, metric, model), units in sorted(sums.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or ""))
+            for (p, metric, model), units in sorted(
+                sums.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
+            )
         ]
 
     def events(
@@ -567,10 +584,14 @@ class Quota:
     def audit(
         self, *, subject: str | None = None, offset: int = 0, limit: int = 100
     ) -> Page[AuditEntry]:
-        """Limit, default and plan changes; ``subject`` may also be ``kind:<k>`` or ``plan:<id>``."""
+        """Limit, default and plan changes; ``subject`` may be ``kind:<k>`` or ``plan:<id>`` too."""
         target = None
         if subject is not None:
-            target = subject if subject.startswith(("kind:", "plan:")) else str(SubjectRef.parse(subject))
+            target = (
+                subject
+                if subject.startswith(("kind:", "plan:"))
+                else str(SubjectRef.parse(subject))
+            )
         return self.store.audit(target=target, offset=_offset(offset), limit=_limit(limit))
 
     def rebuild(self) -> int:
@@ -618,7 +639,9 @@ def _tags(tags: object) -> dict[str, str]:
         if not isinstance(key, str) or not key or len(key) > 64:
             raise ValidationError("tags", f"tag name {key!r} must be 1 to 64 characters")
         if not isinstance(value, str) or len(value) > MAX_TAG_LENGTH:
-            raise ValidationError(f"tags.{key}", f"must be a string of at most {MAX_TAG_LENGTH} characters")
+            raise ValidationError(
+                f"tags.{key}", f"must be a string of at most {MAX_TAG_LENGTH} characters"
+            )
         out[key] = value
     return out
 
@@ -647,7 +670,7 @@ def _parse_config_defaults(items: Iterable[Mapping[str, object]]) -> dict[str, l
     return dict(out)
 
 
-def open(  # noqa: A001 - mirrors the built-in on purpose: tokenquota.open(url)
+def open(
     url: str = "sqlite:///tokenquota.db",
     *,
     clock: Clock | None = None,
@@ -676,6 +699,6 @@ __all__ = [
     "LimitsView",
     "Quota",
     "Usage",
-    "open",
     "ensure_utc",
+    "open",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.limits import UNLIMITED, EffectiveLimit
-from tokenquota.domain.metrics import Amounts, Metric, Number, from_units
+from tokenquota.domain.metrics import Amounts, Metric, Number, from_units, wire_number
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import admits
 
@@ -84,12 +84,12 @@ class LimitStatus:
             "subject": self.subject,
             "metric": self.metric,
             "window": self.window,
-            "limit": _num(self.limit),
+            "limit": wire_number(self.limit),
             "source": self.source,
             "shadow": self.shadow,
-            "used": _num(self.used),
-            "reserved": _num(self.reserved),
-            "remaining": _num(self.remaining),
+            "used": wire_number(self.used),
+            "reserved": wire_number(self.reserved),
+            "remaining": wire_number(self.remaining),
             "reset_at": self.reset_at.isoformat() if self.reset_at else None,
             "within_limit": self.within_limit,
         }
@@ -139,7 +139,7 @@ class Decision:
             "allowed": self.allowed,
             "subject": self.subject,
             "mode": self.mode.value,
-            "amounts": {k: _num(v) for k, v in self.amounts.items()},
+            "amounts": {k: wire_number(v) for k, v in self.amounts.items()},
             "timestamp": self.timestamp.isoformat(),
             "limits": [s.to_wire() for s in self.limits],
             "blocked_by": [s.to_wire() for s in self.blocked_by],
@@ -167,13 +167,6 @@ class Decision:
 
     def as_replay(self) -> Decision:
         return replace(self, replayed=True)
-
-
-def _num(value: Number | None) -> int | str | None:
-    """Credits travel as strings so no JSON parser turns them into floats."""
-    if value is None or isinstance(value, int):
-        return value
-    return str(value)
 
 
 def _unnum(metric: Metric, value: Any) -> Number:
@@ -250,7 +243,7 @@ def decide(plan: DebitPlan, readings: Readings, event_id: int | None = None) -> 
         allowed=allowed,
         subject=str(plan.subject),
         mode=plan.mode,
-        amounts=plan.amounts.to_wire(),
+        amounts=plan.amounts.to_numbers(),
         timestamp=plan.timestamp,
         limits=statuses,
         blocked_by=tuple(statuses[i] for i in blocked),
@@ -275,4 +268,3 @@ def _retry_after(plan: DebitPlan, readings: Readings, blocked: Sequence[int]) ->
             return None
         latest = max(latest, when)
     return max(1, math.ceil((latest - plan.now).total_seconds()))
-

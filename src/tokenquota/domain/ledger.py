@@ -44,7 +44,9 @@ class Event:
             "timestamp": self.timestamp.isoformat(),
             "recorded_at": self.recorded_at.isoformat(),
             "mode": self.mode.value,
-            "amounts": {k: v if isinstance(v, int) else str(v) for k, v in self.amounts.to_wire().items()},
+            "amounts": {
+                k: v if isinstance(v, int) else str(v) for k, v in self.amounts.to_wire().items()
+            },
             "model": self.model,
             "tags": dict(self.tags),
             "idempotency_key": self.idempotency_key,

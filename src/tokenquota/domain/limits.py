@@ -14,7 +14,14 @@ from enum import StrEnum
 from typing import Final
 
 from tokenquota.domain.errors import ValidationError
-from tokenquota.domain.metrics import Metric, Number, from_units, parse_metric, to_units
+from tokenquota.domain.metrics import (
+    Metric,
+    Number,
+    from_units,
+    parse_metric,
+    to_units,
+    wire_number,
+)
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import Window
 
@@ -29,7 +36,7 @@ class Source(StrEnum):
     NONE = "none"
 
 
-@dataclass(frozen=True, order=True, slots=True)
+@dataclass(frozen=True, slots=True)
 class LimitKey:
     metric: Metric
     window: Window | None
@@ -58,6 +65,11 @@ class LimitKey:
     def __str__(self) -> str:
         return f"{self.metric.value}/{self.window_key or '-'}"
 
+    @property
+    def sort_key(self) -> tuple[str, int, str]:
+        """Metric, then windows from short to long: the order limits are listed in."""
+        return _key_order(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Rule:
@@ -69,7 +81,7 @@ class Rule:
         return {
             "metric": self.key.metric.value,
             "window": self.key.window.key if self.key.window else None,
-            "limit": limit_to_wire(self.key.metric, self.value),
+            "limit": wire_number(limit_to_wire(self.key.metric, self.value)),
             "shadow": self.shadow,
         }
 
@@ -152,7 +164,9 @@ def resolve(
     ):
         for rule in rules:
             if rule.key not in chosen:
-                chosen[rule.key] = EffectiveLimit(subject, rule.key, rule.value, source, rule.shadow)
+                chosen[rule.key] = EffectiveLimit(
+                    subject, rule.key, rule.value, source, rule.shadow
+                )
     return [chosen[k] for k in sorted(chosen, key=_key_order)]
 
 

@@ -53,7 +53,9 @@ def parse_metric(value: object, field: str = "metric") -> Metric:
         return Metric(str(value))
     except ValueError:
         allowed = ", ".join(m.value for m in Metric)
-        raise ValidationError(field, f"unknown metric {value!r}; expected one of {allowed}") from None
+        raise ValidationError(
+            field, f"unknown metric {value!r}; expected one of {allowed}"
+        ) from None
 
 
 def to_units(metric: Metric, value: object, field: str) -> int:
@@ -79,6 +81,13 @@ def from_units(metric: Metric, units: int) -> Number:
     if metric.is_decimal:
         return (Decimal(units) / CREDIT_SCALE).normalize() if units else Decimal(0)
     return units
+
+
+def wire_number(value: Number | None) -> int | str | None:
+    """Credits travel as strings so no JSON parser turns them into floats."""
+    if value is None or isinstance(value, int):
+        return value
+    return str(value)
 
 
 def _decimal(value: object, field: str) -> Decimal:
@@ -168,8 +177,11 @@ class Amounts(Mapping[Metric, int]):
     def __hash__(self) -> int:
         return hash(frozenset(self._units.items()))
 
-    def to_wire(self) -> dict[str, Number]:
+    def to_numbers(self) -> dict[str, Number]:
         return {m.value: from_units(m, u) for m, u in self._units.items()}
+
+    def to_wire(self) -> dict[str, int | str | None]:
+        return {m.value: wire_number(from_units(m, u)) for m, u in self._units.items()}
 
     def to_units_json(self) -> dict[str, int]:
         return {m.value: u for m, u in self._units.items()}

@@ -109,7 +109,9 @@ def ancestors_of(
             continue
         seen.append(ref)
         if len(seen) > MAX_ANCESTORS:
-            raise ValidationError("parents", f"a subject may have at most {MAX_ANCESTORS} ancestors")
+            raise ValidationError(
+                "parents", f"a subject may have at most {MAX_ANCESTORS} ancestors"
+            )
         frontier.extend(parents_of(ref))
     return seen
 

@@ -115,9 +115,7 @@ class Window:
             return current - self.rolling_seconds + self.bucket_seconds, current
         return current, current
 
-    def reset_at(
-        self, at: datetime, tz: ZoneInfo, buckets: Mapping[int, int]
-    ) -> datetime | None:
+    def reset_at(self, at: datetime, tz: ZoneInfo, buckets: Mapping[int, int]) -> datetime | None:
         """When usage next drops (SPEC section 3).
 
         Calendar: the start of the next period. Rolling: when the oldest bucket

@@ -105,7 +105,9 @@ class MemoryStore:
                 raise Conflict(f"{ref} still has children; detach them first")
             before = self._s.rules.pop(Scope(Layer.OVERRIDE, str(ref)), {})
             del self._s.subjects[ref]
-            self._audit(now, actor, "subject.delete", str(ref), [r.to_wire() for r in before.values()], None)
+            self._audit(
+                now, actor, "subject.delete", str(ref), [r.to_wire() for r in before.values()], None
+            )
             return True
 
     def list_subjects(
@@ -136,7 +138,7 @@ class MemoryStore:
 
     def get_rules(self, scope: Scope) -> list[Rule]:
         with self._lock:
-            return sorted(self._s.rules[scope].values(), key=lambda r: r.key)
+            return sorted(self._s.rules[scope].values(), key=lambda r: r.key.sort_key)
 
     def change_rules(
         self, scope: Scope, changes: Sequence[RuleChange], *, actor: str, now: datetime
@@ -168,7 +170,9 @@ class MemoryStore:
 
     def list_default_kinds(self) -> list[str]:
         with self._lock:
-            return sorted(s.name for s, r in self._s.rules.items() if s.layer is Layer.DEFAULT and r)
+            return sorted(
+                s.name for s, r in self._s.rules.items() if s.layer is Layer.DEFAULT and r
+            )
 
     def track(self, keys: Sequence[LimitKey]) -> None:
         with self._lock:
@@ -183,14 +187,16 @@ class MemoryStore:
             self._count(event, new)
 
     def _count(self, event: Event, keys: set[LimitKey]) -> None:
-        for key, units in increments(event.charged, event.amounts, event.timestamp, self._tz, keys).items():
+        for key, units in increments(
+            event.charged, event.amounts, event.timestamp, self._tz, keys
+        ).items():
             self._s.counters[key] += units
 
     # plans ------------------------------------------------------------------
     def _plan(self, plan_id: str) -> Plan | None:
         if plan_id not in self._s.plans:
             return None
-        rules = sorted(self._s.rules[Scope(Layer.PLAN, plan_id)].values(), key=lambda r: r.key)
+        rules = sorted(self._s.rules[Scope(Layer.PLAN, plan_id)].values(), key=lambda r: r.key.sort_key)
         return Plan(plan_id, self._s.plans[plan_id], tuple(rules))
 
     def create_plan(self, name: str, rules: Sequence[Rule], *, actor: str, now: datetime) -> Plan:
@@ -248,7 +254,9 @@ class MemoryStore:
             plans = [self._plan(p) for p in self._s.plans]
             return sorted((p for p in plans if p), key=lambda p: p.name)
 
-    def assign_plan(self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime) -> None:
+    def assign_plan(
+        self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime
+    ) -> None:
         with self._lock:
             if plan_id is not None and plan_id not in self._s.plans:
                 raise NotFound(f"no plan {plan_id!r}")
@@ -287,9 +295,8 @@ class MemoryStore:
                         details={"field": "idempotency_key"},
                     )
                 return first.as_replay()
-            if plan.subject not in self._s.subjects:
-                if not create_subject:
-                    raise NotFound(f"unknown subject {plan.subject}")
+            if plan.subject not in self._s.subjects and not create_subject:
+                raise NotFound(f"unknown subject {plan.subject}")
             readings = [self._read(c) for c in plan.checks]
             decision = decide(plan, readings)
             for status in decision.shadow_blocked:
@@ -350,8 +357,12 @@ class MemoryStore:
             rows = self._select(subject, start, end)
         return iter(rows)
 
-    def _audit(self, at: datetime, actor: str, action: str, target: str, before: Any, after: Any) -> None:
-        self._s.audit.append(AuditEntry(next(self._audit_ids), at, actor, action, target, before, after))
+    def _audit(
+        self, at: datetime, actor: str, action: str, target: str, before: Any, after: Any
+    ) -> None:
+        self._s.audit.append(
+            AuditEntry(next(self._audit_ids), at, actor, action, target, before, after)
+        )
 
     def audit(self, *, target: str | None, offset: int, limit: int) -> Page[AuditEntry]:
         with self._lock:

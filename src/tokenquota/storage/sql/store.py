@@ -18,7 +18,8 @@ from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy import Connection, event
+from sqlalchemy import Connection
+from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
@@ -103,7 +104,14 @@ class SqlStore:
     def _ensure_subject(self, conn: Connection, ref: SubjectRef, now: datetime) -> None:
         conn.execute(
             self._insert(t.subjects)
-            .values(ref=str(ref), kind=ref.kind, name=None, metadata={}, plan_id=None, created_at=to_micros(now))
+            .values(
+                ref=str(ref),
+                kind=ref.kind,
+                name=None,
+                metadata={},
+                plan_id=None,
+                created_at=to_micros(now),
+            )
             .on_conflict_do_nothing()
         )
 
@@ -124,17 +132,24 @@ class SqlStore:
             if metadata is not None:
                 values["metadata"] = metadata
             if values:
-                conn.execute(t.subjects.update().where(t.subjects.c.ref == str(ref)).values(**values))
+                conn.execute(
+                    t.subjects.update().where(t.subjects.c.ref == str(ref)).values(**values)
+                )
             if parents is not None:
                 check_acyclic(ref, parents, lambda r: self._parents(conn, r))
                 ancestors_of(ref, lambda r: parents if r == ref else self._parents(conn, r))
                 for parent in parents:
                     self._ensure_subject(conn, parent, now)
-                conn.execute(t.subject_parents.delete().where(t.subject_parents.c.child == str(ref)))
+                conn.execute(
+                    t.subject_parents.delete().where(t.subject_parents.c.child == str(ref))
+                )
                 if parents:
                     conn.execute(
                         t.subject_parents.insert(),
-                        [{"child": str(ref), "parent": str(p), "position": i} for i, p in enumerate(parents)],
+                        [
+                            {"child": str(ref), "parent": str(p), "position": i}
+                            for i, p in enumerate(parents)
+                        ],
                     )
             subject = self._get_subject(conn, ref)
             assert subject is not None
@@ -145,7 +160,9 @@ class SqlStore:
             if self._get_subject(conn, ref) is None:
                 return False
             child = conn.execute(
-                sa.select(t.subject_parents.c.child).where(t.subject_parents.c.parent == str(ref)).limit(1)
+                sa.select(t.subject_parents.c.child)
+                .where(t.subject_parents.c.parent == str(ref))
+                .limit(1)
             ).first()
             if child is not None:
                 raise Conflict(f"{ref} still has children; detach them first")
@@ -154,7 +171,9 @@ class SqlStore:
             conn.execute(_scope_filter(t.rules.delete(), scope))
             conn.execute(t.subject_parents.delete().where(t.subject_parents.c.child == str(ref)))
             conn.execute(t.subjects.delete().where(t.subjects.c.ref == str(ref)))
-            self._audit(conn, now, actor, "subject.delete", str(ref), [r.to_wire() for r in before], None)
+            self._audit(
+                conn, now, actor, "subject.delete", str(ref), [r.to_wire() for r in before], None
+            )
             return True
 
     def list_subjects(
@@ -164,12 +183,16 @@ class SqlStore:
         if kind is not None:
             query = query.where(t.subjects.c.kind == kind)
         if parent is not None:
-            query = query.join(t.subject_parents, t.subject_parents.c.child == t.subjects.c.ref).where(
-                t.subject_parents.c.parent == str(parent)
-            )
+            query = query.join(
+                t.subject_parents, t.subject_parents.c.child == t.subjects.c.ref
+            ).where(t.subject_parents.c.parent == str(parent))
         with self._tx() as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
-            refs = conn.execute(query.order_by(t.subjects.c.ref).offset(offset).limit(limit)).scalars()
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(query.subquery())
+            ).scalar_one()
+            refs = conn.execute(
+                query.order_by(t.subjects.c.ref).offset(offset).limit(limit)
+            ).scalars()
             items = [self._get_subject(conn, SubjectRef.parse(r)) for r in refs]
         return Page([s for s in items if s], total, offset, limit)
 
@@ -182,7 +205,7 @@ class SqlStore:
         rows = conn.execute(_scope_filter(sa.select(t.rules), scope))
         return sorted(
             (Rule(LimitKey.from_storage(r.metric, r.window), r.value, r.shadow) for r in rows),
-            key=lambda r: r.key,
+            key=lambda r: r.key.sort_key,
         )
 
     def rule_set(self, ref: SubjectRef) -> RuleSet:
@@ -211,7 +234,9 @@ class SqlStore:
             current = {r.key: r for r in self._rules(conn, scope)}
             for change in changes:
                 before = current.get(change.key)
-                after = None if change.value is None else Rule(change.key, change.value, change.shadow)
+                after = (
+                    None if change.value is None else Rule(change.key, change.value, change.shadow)
+                )
                 if before == after:
                     continue
                 where = _scope_filter(t.rules.delete(), scope).where(
@@ -262,7 +287,9 @@ class SqlStore:
         """What the whole ledger adds to ``keys``: the one path for backfill and rebuild."""
         totals: dict[CounterKey, int] = defaultdict(int)
         for event in self._scan(conn, None, None, None):
-            for key, units in increments(event.charged, event.amounts, event.timestamp, self._tz, keys).items():
+            for key, units in increments(
+                event.charged, event.amounts, event.timestamp, self._tz, keys
+            ).items():
                 totals[key] += units
         return totals
 
@@ -293,7 +320,9 @@ class SqlStore:
         with self._tx(write=True) as conn:
             try:
                 with conn.begin_nested():
-                    conn.execute(t.plans.insert().values(id=plan_id, name=name, created_at=to_micros(now)))
+                    conn.execute(
+                        t.plans.insert().values(id=plan_id, name=name, created_at=to_micros(now))
+                    )
             except IntegrityError:
                 raise Conflict(f"a plan named {name!r} exists", details={"field": "name"}) from None
             if rules:
@@ -347,7 +376,9 @@ class SqlStore:
             ids = conn.execute(sa.select(t.plans.c.id).order_by(t.plans.c.name)).scalars().all()
             return [p for p in (self._plan(conn, i) for i in ids) if p]
 
-    def assign_plan(self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime) -> None:
+    def assign_plan(
+        self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime
+    ) -> None:
         with self._tx(write=True) as conn:
             if plan_id is not None and self._plan(conn, plan_id) is None:
                 raise NotFound(f"no plan {plan_id!r}")
@@ -356,7 +387,9 @@ class SqlStore:
                 sa.select(t.subjects.c.plan_id).where(t.subjects.c.ref == str(ref))
             ).scalar()
             if before != plan_id:
-                conn.execute(t.subjects.update().where(t.subjects.c.ref == str(ref)).values(plan_id=plan_id))
+                conn.execute(
+                    t.subjects.update().where(t.subjects.c.ref == str(ref)).values(plan_id=plan_id)
+                )
                 self._audit(conn, now, actor, "plan.assign", str(ref), before, plan_id)
 
     # counting ---------------------------------------------------------------
@@ -385,7 +418,8 @@ class SqlStore:
             if plan.idempotency_key:
                 row = conn.execute(
                     sa.select(t.idempotency).where(
-                        t.idempotency.c.subject == subject, t.idempotency.c.key == plan.idempotency_key
+                        t.idempotency.c.subject == subject,
+                        t.idempotency.c.key == plan.idempotency_key,
                     )
                 ).first()
                 if row is not None:
@@ -403,7 +437,7 @@ class SqlStore:
             if not decision.allowed:
                 return decision
             self._ensure_subject(conn, plan.subject, plan.now)
-            event_id = conn.execute(
+            inserted = conn.execute(
                 t.events.insert().values(
                     kind="consume",
                     subject=subject,
@@ -416,10 +450,15 @@ class SqlStore:
                     tags=dict(plan.tags),
                     idempotency_key=plan.idempotency_key,
                 )
-            ).inserted_primary_key[0]
+            ).inserted_primary_key
+            assert inserted is not None
+            event_id = int(inserted[0])
             conn.execute(
                 t.event_subjects.insert(),
-                [{"subject": str(s), "ts": to_micros(plan.timestamp), "event_id": event_id} for s in plan.charged],
+                [
+                    {"subject": str(s), "ts": to_micros(plan.timestamp), "event_id": event_id}
+                    for s in plan.charged
+                ],
             )
             tracked = self._tracked(conn)
             self._add_counters(
@@ -503,7 +542,9 @@ class SqlStore:
     ) -> Page[Event]:
         query = self._event_query(subject, start, end)
         with self._tx() as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(query.subquery())
+            ).scalar_one()
             rows = conn.execute(query.order_by(t.events.c.id).offset(offset).limit(limit)).all()
         return Page([_event(r) for r in rows], total, offset, limit)
 
@@ -524,11 +565,23 @@ class SqlStore:
             last = rows[-1].id
 
     def _audit(
-        self, conn: Connection, at: datetime, actor: str, action: str, target: str, before: Any, after: Any
+        self,
+        conn: Connection,
+        at: datetime,
+        actor: str,
+        action: str,
+        target: str,
+        before: Any,
+        after: Any,
     ) -> None:
         conn.execute(
             t.audit.insert().values(
-                at=to_micros(at), actor=actor, action=action, target=target, before=before, after=after
+                at=to_micros(at),
+                actor=actor,
+                action=action,
+                target=target,
+                before=before,
+                after=after,
             )
         )
 
@@ -537,7 +590,9 @@ class SqlStore:
         if target is not None:
             query = query.where(t.audit.c.target == target)
         with self._tx() as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(query.subquery())
+            ).scalar_one()
             rows = conn.execute(query.order_by(t.audit.c.id).offset(offset).limit(limit)).all()
         return Page(
             [
@@ -600,7 +655,7 @@ def _create_engine(url: str) -> sa.Engine:
         options["poolclass"] = StaticPool  # one shared connection, or each would be a new database
     engine = sa.create_engine(url, **options)
 
-    @event.listens_for(engine, "connect")
+    @sa_event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         # We issue BEGIN ourselves (below); pysqlite's implicit transactions
         # would start them late, after the first read.
@@ -612,10 +667,9 @@ def _create_engine(url: str) -> sa.Engine:
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
         cursor.close()
 
-    @event.listens_for(engine, "begin")
+    @sa_event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get("tokenquota_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
-

@@ -1,0 +1,63 @@
+"""Shared fixtures: a frozen clock and a quota over every backend.
+
+Adding a backend means adding its name to ``BACKENDS`` and a branch to
+``store_url``; the conformance suite then runs on it unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tokenquota
+from tokenquota import FrozenClock, Quota
+
+BACKENDS = ["memory", "sqlite"]
+START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # a Tuesday
+REQUIRE_SERVICES = os.environ.get("TOKENQUOTA_REQUIRE_SERVICES") == "1"
+
+
+def store_url(backend: str, tmp_path: Path, name: str = "quota.db") -> str:
+    if backend == "memory":
+        return "memory://"
+    if backend == "sqlite":
+        return f"sqlite:///{tmp_path / name}"
+    raise AssertionError(f"unknown backend {backend}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(START)
+
+
+QuotaFactory = Callable[..., Quota]
+
+
+@pytest.fixture
+def make_quota(backend: str, tmp_path: Path, clock: FrozenClock) -> Iterator[QuotaFactory]:
+    opened: list[Quota] = []
+
+    def factory(**kwargs: Any) -> Quota:
+        kwargs.setdefault("clock", clock)
+        quota = tokenquota.open(store_url(backend, tmp_path), **kwargs)
+        opened.append(quota)
+        return quota
+
+    yield factory
+    for quota in opened:
+        quota.close()
+
+
+@pytest.fixture
+def quota(make_quota: QuotaFactory) -> Quota:
+    return make_quota()
