@@ -1,0 +1,67 @@
+"""A two-minute tour of the library on a throwaway SQLite file: ``make demo``."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+import tokenquota
+from tokenquota import Usage
+
+
+def usage_table(usage: Usage) -> Table:
+    table = Table(title=f"usage of {usage.subject} and its ancestors")
+    for column in ("subject", "metric", "window", "limit", "source", "used", "remaining", "resets"):
+        table.add_column(column)
+    for s in usage.limits:
+        table.add_row(
+            s.subject,
+            s.metric,
+            s.window or "-",
+            "unlimited" if s.limit == -1 else str(s.limit),
+            s.source,
+            str(s.used),
+            "-" if s.remaining is None else str(s.remaining),
+            s.reset_at.isoformat(timespec="seconds") if s.reset_at else "-",
+        )
+    return table
+
+
+def main() -> None:
+    console = Console()
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'demo.db'}"
+        console.print(f"[bold]tokenquota.open({url!r})[/bold]")
+        with tokenquota.open(url) as q:
+            q.set_parents("user:alice", ["company:acme"])
+            q.set_limit("company:acme", "tokens", "rolling:30d", 1_000_000)
+            q.set_default("user", "tokens", "day", 50_000)
+            q.create_plan("Gold", [{"metric": "requests", "window": "minute", "limit": 100}])
+            q.assign_plan("user:alice", "Gold")
+
+            first = q.consume("user:alice", tokens=1_200, idempotency_key="req-81")
+            again = q.consume("user:alice", tokens=1_200, idempotency_key="req-81")
+            console.print(
+                f"consume 1200 tokens: allowed={first.allowed}; "
+                f"retried with the same key: replayed={again.replayed}, charged once"
+            )
+            denied = q.consume("user:alice", tokens=49_000)
+            blocked = ", ".join(f"{b.subject} {b.metric}/{b.window}" for b in denied.blocked_by)
+            console.print(
+                f"consume 49000 more tokens: allowed={denied.allowed}, blocked by {blocked}, "
+                f"retry after {denied.retry_after} s"
+            )
+            q.consume("user:alice", input_tokens=300, output_tokens=90, model="llama-70b", mode="record")
+            before = q.usage("user:alice", include_ancestors=True)
+            console.print(usage_table(before))
+            replayed = q.rebuild()
+            after = q.usage("user:alice", include_ancestors=True)
+            verdict = "the same usage" if after == before else "[red]DIFFERENT usage[/red]"
+            console.print(f"rebuilt every counter from the ledger ({replayed} events): {verdict}")
+
+
+if __name__ == "__main__":
+    main()
