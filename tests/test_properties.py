@@ -7,6 +7,7 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -20,6 +21,7 @@ USERS = ["user:u0", "user:u1", "user:u2"]
 GROUPS = ["company:c0", "group:g0"]
 WINDOWS = ["minute", "hour", "day", "month", "rolling:10m", "rolling:1h", "total"]
 METRICS = ["tokens", "requests"]
+ZONE = ZoneInfo("UTC")
 
 
 @dataclass(frozen=True)
@@ -103,11 +105,11 @@ def tally(
     out: dict[tuple[str, str, str], int] = defaultdict(int)
     for subject, metric, window_name, _ in scenario.limits:
         window = Window.parse(window_name)
-        lo, hi = window.read_range(at, UTC)
+        lo, hi = window.read_range(at, ZONE)
         for ts, op in admitted:
             if subject != op.subject and subject not in ancestors(scenario, op.subject):
                 continue
-            if lo <= window.bucket_of(ts, UTC) <= hi:
+            if lo <= window.bucket_of(ts, ZONE) <= hi:
                 out[(subject, metric, window_name)] += op.tokens if metric == "tokens" else 1
     return out
 
@@ -115,8 +117,14 @@ def tally(
 BOUNDARY = Scenario(
     {"user:u0": ["company:c0"]},
     [("company:c0", "tokens", "day", 10), ("user:u0", "requests", "rolling:10m", 3)],
-    [Op("user:u0", 6, 0, False), Op("user:u0", 5, 0, False), Op("user:u0", 4, 1, False),
-     Op("user:u0", 0, 1, False), Op("user:u0", 1, 600, False), Op("company:c0", 0, 1_800, False)],
+    [
+        Op("user:u0", 6, 0, False),
+        Op("user:u0", 5, 0, False),
+        Op("user:u0", 4, 1, False),
+        Op("user:u0", 0, 1, False),
+        Op("user:u0", 1, 600, False),
+        Op("company:c0", 0, 1_800, False),
+    ],
 )
 
 

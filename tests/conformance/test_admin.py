@@ -11,7 +11,9 @@ from tokenquota import Conflict, CycleError, FrozenClock, NotFound, Quota
 
 
 def test_subject_upsert_keeps_what_is_not_given(quota: Quota) -> None:
-    quota.put_subject("user:alice", name="Alice", metadata={"tier": "pro"}, parents=["company:acme"])
+    quota.put_subject(
+        "user:alice", name="Alice", metadata={"tier": "pro"}, parents=["company:acme"]
+    )
     quota.put_subject("user:alice", name="Alice B.")
     subject = quota.get_subject("user:alice")
     assert (subject.name, dict(subject.metadata), [str(p) for p in subject.parents]) == (
@@ -81,7 +83,8 @@ def test_changing_a_plan_changes_every_subject_on_it(quota: Quota) -> None:
         quota.consume(user)
         assert not quota.consume(user).allowed
     quota.update_plan("Free", rules=[{"metric": "requests", "window": "minute", "limit": 5}])
-    assert quota.consume("user:a").allowed and quota.consume("user:b").allowed
+    assert quota.consume("user:a").allowed
+    assert quota.consume("user:b").allowed
     with pytest.raises(Conflict):
         quota.delete_plan("Free")
     with pytest.raises(Conflict):
@@ -111,7 +114,9 @@ def test_a_limit_on_a_new_window_sees_usage_already_in_the_ledger(
 def test_config_defaults_apply_until_a_runtime_default_replaces_them(
     make_quota: QuotaFactory,
 ) -> None:
-    quota = make_quota(defaults=[{"kind": "user", "metric": "tokens", "window": "day", "limit": 100}])
+    quota = make_quota(
+        defaults=[{"kind": "user", "metric": "tokens", "window": "day", "limit": 100}]
+    )
     assert [(d.kind, d.origin) for d in quota.defaults()] == [("user", "config")]
     quota.set_default("user", "tokens", "day", 500)
     assert [(d.rule.value, d.origin) for d in quota.defaults()] == [(500, "runtime")]
@@ -134,7 +139,8 @@ def test_audit_log_keeps_who_when_before_and_after(quota: Quota, clock: FrozenCl
         ("override.set", "ops@acme"),
         ("plan.assign", "library"),
     ]
-    assert entries[1].before["limit"] == 100 and entries[1].after["limit"] == 200
+    assert entries[1].before["limit"] == 100
+    assert entries[1].after["limit"] == 200
     assert entries[1].at == clock.now()
     assert [e.action for e in quota.audit(subject="kind:user").items] == ["default.set"]
     assert quota.audit().total == 5

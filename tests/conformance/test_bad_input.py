@@ -51,7 +51,11 @@ CASES: list[tuple[str, Callable[[Quota], object], str]] = [
     ("bad id", lambda q: q.consume("user:al ice", tokens=1), "subject"),
     ("long id", lambda q: q.consume("user:" + "a" * 129, tokens=1), "subject"),
     ("bad mode", lambda q: q.consume("user:alice", tokens=1, mode="maybe"), "mode"),
-    ("naive time", lambda q: q.consume("user:alice", tokens=1, timestamp=datetime(2026, 1, 1)), "timestamp"),  # noqa: DTZ001
+    (
+        "naive time",
+        lambda q: q.consume("user:alice", tokens=1, timestamp=datetime(2026, 1, 1)),  # noqa: DTZ001
+        "timestamp",
+    ),
     (
         "future time",
         lambda q: q.consume("user:alice", tokens=1, timestamp=q.clock.now() + timedelta(hours=1)),
@@ -62,45 +66,94 @@ CASES: list[tuple[str, Callable[[Quota], object], str]] = [
         lambda q: q.consume("user:alice", tokens=1, timestamp=q.clock.now() - timedelta(days=401)),
         "timestamp",
     ),
-    ("long key", lambda q: q.consume("user:alice", tokens=1, idempotency_key="k" * 256), "idempotency_key"),
+    (
+        "long key",
+        lambda q: q.consume("user:alice", tokens=1, idempotency_key="k" * 256),
+        "idempotency_key",
+    ),
     ("long model", lambda q: q.consume("user:alice", tokens=1, model="m" * 129), "model"),
-    ("tag value", lambda q: q.consume("user:alice", tokens=1, tags={"a": 1}), "tags.a"),
-    ("too many tags", lambda q: q.consume("user:alice", tokens=1, tags={str(i): "" for i in range(33)}), "tags"),
-    ("unknown window", lambda q: q.set_limit("user:alice", "tokens", "fortnight", 5), "limits[0].window"),
-    ("rolling unit", lambda q: q.set_limit("user:alice", "tokens", "rolling:2w", 5), "limits[0].window"),
-    ("rolling zero", lambda q: q.set_limit("user:alice", "tokens", "rolling:0d", 5), "limits[0].window"),
+    (
+        "tag value",
+        lambda q: q.consume("user:alice", tokens=1, tags={"a": 1}),  # type: ignore[dict-item]
+        "tags.a",
+    ),
+    (
+        "too many tags",
+        lambda q: q.consume("user:alice", tokens=1, tags={str(i): "" for i in range(33)}),
+        "tags",
+    ),
+    (
+        "unknown window",
+        lambda q: q.set_limit("user:alice", "tokens", "fortnight", 5),
+        "limits[0].window",
+    ),
+    (
+        "rolling unit",
+        lambda q: q.set_limit("user:alice", "tokens", "rolling:2w", 5),
+        "limits[0].window",
+    ),
+    (
+        "rolling zero",
+        lambda q: q.set_limit("user:alice", "tokens", "rolling:0d", 5),
+        "limits[0].window",
+    ),
     ("missing window", lambda q: q.set_limit("user:alice", "tokens", None, 5), "limits[0].window"),
     (
         "window on a cap",
         lambda q: q.set_limit("user:alice", "input_sequence_length", "day", 5),
         "limits[0].window",
     ),
-    ("unknown limit metric", lambda q: q.set_limit("user:alice", "cookies", "day", 5), "limits[0].metric"),
+    (
+        "unknown limit metric",
+        lambda q: q.set_limit("user:alice", "cookies", "day", 5),
+        "limits[0].metric",
+    ),
     ("negative limit", lambda q: q.set_limit("user:alice", "tokens", "day", -2), "limits[0].limit"),
-    ("oversized limit", lambda q: q.set_limit("user:alice", "tokens", "day", BIG), "limits[0].limit"),
+    (
+        "oversized limit",
+        lambda q: q.set_limit("user:alice", "tokens", "day", BIG),
+        "limits[0].limit",
+    ),
     (
         "second item bad",
         lambda q: q.set_limits(
             "user:alice",
-            [{"metric": "tokens", "window": "day", "limit": 1}, {"metric": "tokens", "window": "day", "limit": "x"}],
+            [
+                {"metric": "tokens", "window": "day", "limit": 1},
+                {"metric": "tokens", "window": "day", "limit": "x"},
+            ],
         ),
         "limits[1]",
     ),
     ("default kind", lambda q: q.set_default("Users", "tokens", "day", 5), "defaults[0].kind"),
-    ("metadata size", lambda q: q.put_subject("user:alice", metadata={"x": "y" * 17_000}), "metadata"),
+    (
+        "metadata size",
+        lambda q: q.put_subject("user:alice", metadata={"x": "y" * 17_000}),
+        "metadata",
+    ),
     ("metadata type", lambda q: q.put_subject("user:alice", metadata=["x"]), "metadata"),  # type: ignore[arg-type]
     ("long name", lambda q: q.put_subject("user:alice", name="n" * 257), "name"),
     ("bad parent", lambda q: q.set_parents("user:alice", ["acme"]), "parents[0]"),
-    ("too many parents", lambda q: q.set_parents("user:alice", [f"group:g{i}" for i in range(17)]), "parents"),
+    (
+        "too many parents",
+        lambda q: q.set_parents("user:alice", [f"group:g{i}" for i in range(17)]),
+        "parents",
+    ),
     ("plan name", lambda q: q.create_plan("", []), "name"),
-    ("plan rule", lambda q: q.create_plan("Gold", [{"metric": "tokens", "window": "day"}]), "rules[0].limit"),
+    (
+        "plan rule",
+        lambda q: q.create_plan("Gold", [{"metric": "tokens", "window": "day"}]),
+        "rules[0].limit",
+    ),
     ("page size", lambda q: q.events(limit=5_000), "limit"),
     ("page offset", lambda q: q.events(offset=-1), "offset"),
     ("granularity", lambda q: q.history("user:alice", granularity="week"), "granularity"),
     ("group by", lambda q: q.history("user:alice", group_by="colour"), "group_by"),
     (
         "history range",
-        lambda q: q.history("user:alice", start=q.clock.now() - timedelta(days=3_000), granularity="hour"),
+        lambda q: q.history(
+            "user:alice", start=q.clock.now() - timedelta(days=3_000), granularity="hour"
+        ),
         "start",
     ),
 ]

@@ -66,7 +66,10 @@ def test_hierarchy_is_all_or_nothing(quota: Quota) -> None:
 
     assert not denied.allowed
     assert [b.subject for b in denied.blocked_by] == ["group:research"]
-    usage = {(s.subject, s.window): s.used for s in quota.usage("user:alice", include_ancestors=True).limits}
+    usage = {
+        (s.subject, s.window): s.used
+        for s in quota.usage("user:alice", include_ancestors=True).limits
+    }
     assert usage == {("company:acme", "month"): 400, ("group:research", "day"): 400}
 
 
@@ -144,7 +147,8 @@ def test_idempotent_retry_returns_the_first_answer_and_charges_once(quota: Quota
     quota.set_limit("user:alice", "tokens", "day", 10_000)
     first = quota.consume("user:alice", tokens=1_200, idempotency_key="req-81")
     again = quota.consume("user:alice", tokens=1_200, idempotency_key="req-81")
-    assert again.replayed and not first.replayed
+    assert again.replayed
+    assert not first.replayed
     assert again.event_id == first.event_id
     assert again.limits == first.limits
     assert quota.usage("user:alice").limits[0].used == 1_200
@@ -252,13 +256,21 @@ def test_back_dated_event_counts_in_the_window_of_its_timestamp(
 def test_usage_reports_every_effective_limit_with_its_source(quota: Quota) -> None:
     quota.set_default("user", "tokens", "day", 50_000)
     quota.set_default("user", "requests", "minute", 10)
-    plan = quota.create_plan("Gold", [{"metric": "tokens", "window": "day", "limit": 200_000},
-                                      {"metric": "credits", "window": "month", "limit": 2_000}])
+    plan = quota.create_plan(
+        "Gold",
+        [
+            {"metric": "tokens", "window": "day", "limit": 200_000},
+            {"metric": "credits", "window": "month", "limit": 2_000},
+        ],
+    )
     quota.assign_plan("user:alice", plan.id)
     quota.set_limit("user:alice", "requests", "minute", -1)
     quota.consume("user:alice", tokens=10)
 
-    rows = {(s.metric, s.window): (s.limit, s.source, s.remaining) for s in quota.usage("user:alice").limits}
+    rows = {
+        (s.metric, s.window): (s.limit, s.source, s.remaining)
+        for s in quota.usage("user:alice").limits
+    }
 
     assert rows == {
         ("tokens", "day"): (200_000, "plan", 199_990),
