@@ -54,7 +54,9 @@ def main() -> None:
                 f"consume 49000 more tokens: allowed={denied.allowed}, blocked by {blocked}, "
                 f"retry after {denied.retry_after} s"
             )
-            q.consume("user:alice", input_tokens=300, output_tokens=90, model="llama-70b", mode="record")
+            q.consume(
+                "user:alice", input_tokens=300, output_tokens=90, model="llama-70b", mode="record"
+            )
             before = q.usage("user:alice", include_ancestors=True)
             console.print(usage_table(before))
             replayed = q.rebuild()

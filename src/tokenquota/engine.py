@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final
-from zoneinfo import ZoneInfo
 
 from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, LimitStatus, Mode, status
@@ -109,14 +108,13 @@ class Quota:
         store: Store,
         *,
         clock: Clock | None = None,
-        timezone: str | ZoneInfo = "UTC",
         strict_subjects: bool = False,
         defaults: Iterable[Mapping[str, object]] = (),
         retention: timedelta = DEFAULT_RETENTION,
     ) -> None:
         self.store = store
         self.clock = clock or SystemClock()
-        self.tz = timezone if isinstance(timezone, ZoneInfo) else parse_timezone(timezone)
+        self.tz = store.tz
         self.strict_subjects = strict_subjects
         self.retention = retention
         self._config_defaults = _parse_config_defaults(defaults)
@@ -526,7 +524,9 @@ class Quota:
             raise ValidationError("group_by", "must be metric or model") from None
         unit = Calendar(grain.value)
         # By default: through the end of the current period, so "now" is included.
-        stop = ensure_utc(end, "end") if end else calendar_period(unit, self.clock.now(), self.tz)[1]
+        stop = (
+            ensure_utc(end, "end") if end else calendar_period(unit, self.clock.now(), self.tz)[1]
+        )
         begin = ensure_utc(start, "start") if start else stop - timedelta(days=30)
         if begin >= stop:
             raise ValidationError("start", "must be before end")
@@ -674,17 +674,23 @@ def open(
     url: str = "sqlite:///tokenquota.db",
     *,
     clock: Clock | None = None,
-    timezone: str = "UTC",
+    timezone: str | None = None,
+    move_timezone: bool = False,
     strict_subjects: bool = False,
     defaults: Iterable[Mapping[str, object]] = (),
     retention: timedelta = DEFAULT_RETENTION,
 ) -> Quota:
-    """Open a quota store: ``memory://`` or ``sqlite:///path.db`` (migrated on open)."""
-    tz = parse_timezone(timezone)
+    """Open a quota store: ``memory://`` or ``sqlite:///path.db`` (migrated on open).
+
+    Calendar windows are counted in one IANA ``timezone`` kept with the data:
+    a new store takes the one given (UTC by default), an existing one keeps its
+    own, and asking it for another is refused unless ``move_timezone`` is set,
+    which recomputes every counter in the new zone.
+    """
+    tz = parse_timezone(timezone) if timezone is not None else None
     return Quota(
-        open_store(url, tz),
+        open_store(url, tz, move_timezone=move_timezone),
         clock=clock,
-        timezone=tz,
         strict_subjects=strict_subjects,
         defaults=defaults,
         retention=retention,

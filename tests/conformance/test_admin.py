@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.conftest import QuotaFactory
-from tokenquota import Conflict, CycleError, FrozenClock, NotFound, Quota
+from tokenquota import Conflict, CycleError, FrozenClock, NotFound, Quota, ValidationError
 
 
 def test_subject_upsert_keeps_what_is_not_given(quota: Quota) -> None:
@@ -195,3 +195,29 @@ def test_rebuild_reproduces_the_counters(quota: Quota, clock: FrozenClock) -> No
     before = quota.usage("user:alice", include_ancestors=True)
     assert quota.rebuild() == 20
     assert quota.usage("user:alice", include_ancestors=True) == before
+
+
+def test_the_time_zone_is_kept_with_the_store(
+    backend: str, make_quota: QuotaFactory, clock: FrozenClock
+) -> None:
+    if backend == "memory":
+        pytest.skip("memory:// lives for one process; there is nothing to reopen")
+    clock.set(datetime(2026, 3, 10, 23, 30, tzinfo=UTC))  # 00:30 on the 11th in Stockholm
+    quota = make_quota(timezone="Europe/Stockholm")
+    quota.set_limit("user:alice", "tokens", "day", 100)
+    clock.set(datetime(2026, 3, 10, 22, 30, tzinfo=UTC))  # 23:30 on the 10th in Stockholm
+    quota.consume("user:alice", tokens=40)
+    clock.set(datetime(2026, 3, 10, 23, 30, tzinfo=UTC))
+    quota.consume("user:alice", tokens=10)
+    quota.close()
+
+    reopened = make_quota()  # no zone given: the store's own
+    assert reopened.tz.key == "Europe/Stockholm"
+    assert reopened.usage("user:alice").limits[0].used == 10
+    with pytest.raises(ValidationError) as caught:
+        make_quota(timezone="UTC")
+    assert caught.value.field == "timezone"
+
+    moved = make_quota(timezone="UTC", move_timezone=True)
+    assert moved.usage("user:alice").limits[0].used == 50  # both fall on the 10th in UTC
+    assert make_quota().tz.key == "UTC"

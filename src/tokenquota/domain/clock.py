@@ -45,7 +45,7 @@ def ensure_utc(value: datetime, field: str) -> datetime:
     from tokenquota.domain.errors import ValidationError
 
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValidationError(field, "timestamp must carry a time zone (e.g. end in Z or +00:00)")
+        raise ValidationError(field, "must carry a time zone (e.g. end in Z or +00:00)")
     return value.astimezone(UTC)
 
 

@@ -148,6 +148,16 @@ class EffectiveLimit:
     def unlimited(self) -> bool:
         return self.value == UNLIMITED
 
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "subject": str(self.subject),
+            "metric": self.key.metric.value,
+            "window": self.key.window.key if self.key.window else None,
+            "limit": wire_number(limit_to_wire(self.key.metric, self.value)),
+            "source": self.source.value,
+            "shadow": self.shadow,
+        }
+
 
 def resolve(
     subject: SubjectRef,

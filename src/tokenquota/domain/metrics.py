@@ -79,7 +79,11 @@ def to_units(metric: Metric, value: object, field: str) -> int:
 
 def from_units(metric: Metric, units: int) -> Number:
     if metric.is_decimal:
-        return (Decimal(units) / CREDIT_SCALE).normalize() if units else Decimal(0)
+        whole, frac = divmod(units, CREDIT_SCALE)
+        if not frac:
+            return Decimal(whole)
+        # Exact, with no trailing zeros and never in exponent form (2000, not 2E+3).
+        return Decimal(f"{whole}.{frac:09d}".rstrip("0"))
     return units
 
 
@@ -87,7 +91,7 @@ def wire_number(value: Number | None) -> int | str | None:
     """Credits travel as strings so no JSON parser turns them into floats."""
     if value is None or isinstance(value, int):
         return value
-    return str(value)
+    return format(value, "f")
 
 
 def _decimal(value: object, field: str) -> Decimal:

@@ -13,7 +13,8 @@ from tokenquota.storage.base import Layer, Page, RuleSet, Scope, Store
 __all__ = ["Layer", "Page", "RuleSet", "Scope", "Store", "open_store"]
 
 
-def open_store(url: str, tz: ZoneInfo) -> Store:
+def open_store(url: str, tz: ZoneInfo | None, *, move_timezone: bool = False) -> Store:
+    """``tz`` None takes the store's own zone (UTC for a new one)."""
     scheme = url.partition(":")[0].lower()
     if scheme == "memory":
         from tokenquota.storage.memory import MemoryStore
@@ -22,7 +23,8 @@ def open_store(url: str, tz: ZoneInfo) -> Store:
     if scheme == "sqlite" or scheme.startswith("sqlite+"):
         from tokenquota.storage.sql import SqlStore
 
-        return SqlStore(url, tz)
+        return SqlStore(url, tz, move_timezone=move_timezone)
+    # Only the scheme is echoed: a full URL may carry a password.
     raise ValidationError(
-        "db", f"unsupported store URL {url!r}; use memory:// or sqlite:///path/to/file.db"
+        "db", f"unsupported store scheme {scheme!r}; use memory:// or sqlite:///path/to/file.db"
     )

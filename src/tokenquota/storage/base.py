@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
+from zoneinfo import ZoneInfo
 
 from tokenquota.domain.decisions import Check, DebitPlan, Decision
 from tokenquota.domain.ledger import AuditEntry, Event
@@ -63,6 +64,9 @@ class Page(Generic[T]):
 
 
 class Store(Protocol):
+    # The zone calendar windows are counted in: fixed per store (see SqlStore).
+    tz: ZoneInfo
+
     def close(self) -> None: ...
 
     def ping(self) -> None:

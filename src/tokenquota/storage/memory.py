@@ -47,8 +47,8 @@ class _State:
 
 
 class MemoryStore:
-    def __init__(self, tz: ZoneInfo) -> None:
-        self._tz = tz
+    def __init__(self, tz: ZoneInfo | None) -> None:
+        self.tz = tz or ZoneInfo("UTC")
         self._lock = threading.RLock()
         self._s = _State()
         self._ids = itertools.count(1)
@@ -188,7 +188,7 @@ class MemoryStore:
 
     def _count(self, event: Event, keys: set[LimitKey]) -> None:
         for key, units in increments(
-            event.charged, event.amounts, event.timestamp, self._tz, keys
+            event.charged, event.amounts, event.timestamp, self.tz, keys
         ).items():
             self._s.counters[key] += units
 
@@ -196,7 +196,9 @@ class MemoryStore:
     def _plan(self, plan_id: str) -> Plan | None:
         if plan_id not in self._s.plans:
             return None
-        rules = sorted(self._s.rules[Scope(Layer.PLAN, plan_id)].values(), key=lambda r: r.key.sort_key)
+        rules = sorted(
+            self._s.rules[Scope(Layer.PLAN, plan_id)].values(), key=lambda r: r.key.sort_key
+        )
         return Plan(plan_id, self._s.plans[plan_id], tuple(rules))
 
     def create_plan(self, name: str, rules: Sequence[Rule], *, actor: str, now: datetime) -> Plan:

@@ -119,6 +119,12 @@ def upgrade() -> None:
     )
     op.create_index("ix_audit_target", "audit", ["target"])
     op.create_table(
+        "meta",
+        sa.Column("key", sa.String(64), nullable=False),
+        sa.Column("value", sa.String(256), nullable=False),
+        sa.PrimaryKeyConstraint("key", name="pk_meta"),
+    )
+    op.create_table(
         "shadow_hits",
         sa.Column("subject", REF, nullable=False),
         sa.Column("metric", sa.String(32), nullable=False),
@@ -131,6 +137,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in (
         "shadow_hits",
+        "meta",
         "audit",
         "idempotency",
         "event_subjects",

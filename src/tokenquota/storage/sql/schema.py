@@ -126,6 +126,14 @@ audit = sa.Table(
     sa.Column("after", sa.JSON, nullable=True),
 )
 
+# Settings the data depends on; today the time zone calendar counters are kept in.
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+)
+
 shadow_hits = sa.Table(
     "shadow_hits",
     metadata,

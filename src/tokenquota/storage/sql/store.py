@@ -25,7 +25,13 @@ from sqlalchemy.pool import StaticPool
 
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Mode, decide
-from tokenquota.domain.errors import Conflict, IdempotencyConflict, NotFound, StoreUnavailable
+from tokenquota.domain.errors import (
+    Conflict,
+    IdempotencyConflict,
+    NotFound,
+    StoreUnavailable,
+    ValidationError,
+)
 from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.metrics import Amounts
@@ -39,8 +45,14 @@ SQLITE_BUSY_SECONDS = 60
 
 
 class SqlStore:
-    def __init__(self, url: str, tz: ZoneInfo, *, migrate: bool = True) -> None:
-        self._tz = tz
+    def __init__(
+        self,
+        url: str,
+        tz: ZoneInfo | None,
+        *,
+        move_timezone: bool = False,
+        migrate: bool = True,
+    ) -> None:
         self.engine = _create_engine(url)
         self._dialect = self.engine.dialect.name
         if migrate:
@@ -48,6 +60,36 @@ class SqlStore:
                 upgrade(self.engine)
             except OperationalError as exc:
                 raise StoreUnavailable(f"cannot open the database: {exc.orig}") from exc
+        self.tz = self._pin_timezone(tz, move_timezone)
+
+    def _pin_timezone(self, wanted: ZoneInfo | None, move: bool) -> ZoneInfo:
+        """Calendar counters are bucketed in one zone; keep it with the data.
+
+        The first opener decides (UTC unless told); later openers get it by
+        default, and asking for another zone is refused unless ``move`` is set,
+        which re-buckets every counter in the same transaction.
+        """
+        with self._tx(write=True) as conn:
+            stored = conn.execute(
+                sa.select(t.meta.c.value).where(t.meta.c.key == "timezone")
+            ).scalar()
+            if stored is None:
+                self.tz = wanted or ZoneInfo("UTC")
+                conn.execute(t.meta.insert().values(key="timezone", value=self.tz.key))
+                return self.tz
+            if wanted is None or wanted.key == stored:
+                return ZoneInfo(stored)
+            if not move:
+                raise ValidationError(
+                    "timezone",
+                    f"this store keeps calendar windows in {stored}; open it without a time "
+                    f"zone (or with {stored}), or move it with "
+                    f"`tokenquota rebuild --timezone {wanted.key}`",
+                )
+            self.tz = wanted
+            conn.execute(t.meta.update().where(t.meta.c.key == "timezone").values(value=wanted.key))
+            self._rebuild(conn)
+            return wanted
 
     def close(self) -> None:
         self.engine.dispose()
@@ -288,7 +330,7 @@ class SqlStore:
         totals: dict[CounterKey, int] = defaultdict(int)
         for event in self._scan(conn, None, None, None):
             for key, units in increments(
-                event.charged, event.amounts, event.timestamp, self._tz, keys
+                event.charged, event.amounts, event.timestamp, self.tz, keys
             ).items():
                 totals[key] += units
         return totals
@@ -462,7 +504,7 @@ class SqlStore:
             )
             tracked = self._tracked(conn)
             self._add_counters(
-                conn, increments(plan.charged, plan.amounts, plan.timestamp, self._tz, tracked)
+                conn, increments(plan.charged, plan.amounts, plan.timestamp, self.tz, tracked)
             )
             decision = replace(decision, event_id=event_id)
             if plan.idempotency_key:
@@ -606,10 +648,12 @@ class SqlStore:
 
     def rebuild(self) -> int:
         with self._tx(write=True) as conn:
-            conn.execute(t.counters.delete())
-            totals = self._replay(conn, self._tracked(conn))
-            self._add_counters(conn, totals)
-            return int(conn.execute(sa.select(sa.func.count()).select_from(t.events)).scalar_one())
+            return self._rebuild(conn)
+
+    def _rebuild(self, conn: Connection) -> int:
+        conn.execute(t.counters.delete())
+        self._add_counters(conn, self._replay(conn, self._tracked(conn)))
+        return int(conn.execute(sa.select(sa.func.count()).select_from(t.events)).scalar_one())
 
 
 def _scope_filter(stmt: Any, scope: Scope) -> Any:

@@ -1,0 +1,32 @@
+"""The ``tokenquota`` command: every group and command, registered in one place."""
+
+import typer
+
+from tokenquota.cli import ledger, metering
+from tokenquota.cli.rules import defaults_app, limits_app, plans_app
+from tokenquota.cli.subjects import subjects_app
+
+app = typer.Typer(
+    name="tokenquota",
+    help=(
+        "Quota and usage metering for AI features. Every command opens the store named "
+        "by --db (env TOKENQUOTA_DB). Changes are audited as TOKENQUOTA_ACTOR, else "
+        "cli:<login>. Exit codes: 0 ok, 1 denied (consume, check), 2 bad input."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+app.add_typer(subjects_app, name="subjects")
+app.add_typer(limits_app, name="limits")
+app.add_typer(defaults_app, name="defaults")
+app.add_typer(plans_app, name="plans")
+app.command("consume")(metering.consume)
+app.command("check")(metering.check)
+app.command("usage")(metering.usage)
+app.command("history")(metering.history)
+app.command("events")(ledger.events)
+app.command("audit")(ledger.audit)
+app.command("rebuild")(ledger.rebuild)
+app.command("migrate")(ledger.migrate)

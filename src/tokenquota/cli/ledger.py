@@ -1,0 +1,210 @@
+"""The ledger and the audit log: export, inspect, rebuild counters, migrate."""
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TextIO
+
+import typer
+from rich.table import Table
+
+from tokenquota import Event, ValidationError
+from tokenquota.cli.common import (
+    DEFAULT_DB,
+    DEFAULT_TIMEZONE,
+    TIME_HELP,
+    Db,
+    Timezone,
+    amounts_text,
+    console,
+    opened,
+    page_note,
+    print_json,
+    reports_errors,
+    time_arg,
+    when,
+)
+from tokenquota.domain.metrics import COUNTERS
+
+
+class Format(StrEnum):
+    TABLE = "table"
+    CSV = "csv"
+    JSONL = "jsonl"
+
+
+# One column per consumable metric keeps the CSV flat for spreadsheets.
+CSV_COLUMNS = (
+    "id",
+    "kind",
+    "subject",
+    "charged",
+    "timestamp",
+    "recorded_at",
+    "mode",
+    *(m.value for m in COUNTERS),
+    "model",
+    "idempotency_key",
+    "tags",
+)
+
+Offset = Annotated[int, typer.Option("--offset", help="Skip this many (table only).")]
+Limit = Annotated[int, typer.Option("--limit", help="Show at most this many (table only).")]
+
+
+def csv_row(event: Event) -> dict[str, Any]:
+    wire = event.to_wire()
+    amounts = wire["amounts"]
+    row = {k: v for k, v in wire.items() if k in CSV_COLUMNS}
+    row["charged"] = " ".join(wire["charged"])
+    row["tags"] = json.dumps(wire["tags"], sort_keys=True) if wire["tags"] else ""
+    row.update({m.value: amounts.get(m.value, "") for m in COUNTERS})
+    return row
+
+
+@contextmanager
+def _sink(output: Path | None) -> Iterator[TextIO]:
+    if output is None:
+        yield sys.stdout
+        return
+    try:
+        stream = output.open("w", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise ValidationError("output", f"cannot write {str(output)!r}: {exc.strerror}") from None
+    with stream:
+        yield stream
+
+
+@reports_errors
+def events(
+    subject: Annotated[
+        str | None, typer.Option("--subject", help="Only events charged to this subject.")
+    ] = None,
+    start: Annotated[str | None, typer.Option("--start", metavar="ISO", help=TIME_HELP)] = None,
+    end: Annotated[str | None, typer.Option("--end", metavar="ISO", help="Exclusive.")] = None,
+    fmt: Annotated[
+        Format,
+        typer.Option(
+            "--format",
+            help="table shows one page; csv and jsonl stream every matching event.",
+        ),
+    ] = Format.TABLE,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", help="Write csv or jsonl to this file instead of stdout."),
+    ] = None,
+    offset: Offset = 0,
+    limit: Limit = 50,
+    db: Db = DEFAULT_DB,
+    timezone: Timezone = DEFAULT_TIMEZONE,
+) -> None:
+    """The usage ledger, the source of truth counters are rebuilt from."""
+    begin = time_arg(start, "start")
+    stop = time_arg(end, "end")
+    if fmt is Format.TABLE and output is not None:
+        raise ValidationError("output", "needs --format csv or jsonl")
+    with opened(db, timezone) as quota:
+        if fmt is Format.TABLE:
+            page = quota.events(subject=subject, start=begin, end=stop, offset=offset, limit=limit)
+            table = Table(title="events", title_justify="left")
+            for column in ("id", "timestamp", "subject", "mode", "amounts", "model", "charged"):
+                table.add_column(column, justify="right" if column == "id" else "left")
+            for e in page.items:
+                table.add_row(
+                    str(e.id),
+                    when(e.timestamp, quota.tz),
+                    str(e.subject),
+                    e.mode.value,
+                    amounts_text(e.amounts.to_wire()),
+                    e.model or "",
+                    ", ".join(map(str, e.charged[1:])),
+                )
+            out = console()
+            out.print(table)
+            out.print(page_note(len(page.items), page.total, page.offset, "events"))
+            return
+        # Stream: an export may be far larger than memory, so never build a list.
+        stream = quota.iter_events(subject=subject, start=begin, end=stop)
+        written = 0
+        try:
+            with _sink(output) as sink:
+                if fmt is Format.CSV:
+                    writer = csv.DictWriter(sink, fieldnames=CSV_COLUMNS)
+                    writer.writeheader()
+                    for event in stream:
+                        writer.writerow(csv_row(event))
+                        written += 1
+                else:
+                    for event in stream:
+                        sink.write(json.dumps(event.to_wire(), separators=(",", ":")) + "\n")
+                        written += 1
+        except BrokenPipeError:
+            # The reader (say `| head`) has stopped; that is its choice, not an error.
+            # Point stdout at /dev/null so the interpreter's final flush stays quiet.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        if output is not None:
+            typer.echo(f"wrote {written} events to {output}", err=True)
+
+
+@reports_errors
+def audit(
+    subject: Annotated[
+        str | None,
+        typer.Option(
+            "--subject", help="A subject, kind:<kind> for defaults, or plan:<id> for a plan."
+        ),
+    ] = None,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many.")] = 0,
+    limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    db: Db = DEFAULT_DB,
+    timezone: Timezone = DEFAULT_TIMEZONE,
+) -> None:
+    """Who changed which limit, default or plan, when, from what to what."""
+    with opened(db, timezone) as quota:
+        page = quota.audit(subject=subject, offset=offset, limit=limit)
+        if as_json:
+            print_json({"total": page.total, "items": [a.to_wire() for a in page.items]})
+            return
+        table = Table(title="audit log", title_justify="left")
+        for column in ("id", "at", "actor", "action", "target", "before", "after"):
+            table.add_column(column, justify="right" if column == "id" else "left")
+        for a in page.items:
+            table.add_row(
+                str(a.id),
+                when(a.at, quota.tz),
+                a.actor,
+                a.action,
+                a.target,
+                json.dumps(a.before, sort_keys=True, default=str),
+                json.dumps(a.after, sort_keys=True, default=str),
+            )
+        out = console()
+        out.print(table)
+        out.print(page_note(len(page.items), page.total, page.offset, "entries"))
+
+
+@reports_errors
+def rebuild(db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE) -> None:
+    """Recompute every counter from the ledger, e.g. after restoring a backup of the events.
+
+    With --timezone naming a zone other than the store's, this is also how a
+    store moves to that zone: every calendar counter is recomputed in it.
+    """
+    with opened(db, timezone, move_timezone=True) as quota:
+        replayed = quota.rebuild()
+    typer.echo(f"rebuilt the counters from the ledger: {replayed} events replayed")
+
+
+@reports_errors
+def migrate(db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE) -> None:
+    """Bring the database schema to the latest version (opening the store does it)."""
+    with opened(db, timezone):
+        pass
+    typer.echo("the database schema is at head")

@@ -1,0 +1,123 @@
+"""Subjects and their parents: who is charged when a subject consumes."""
+
+import json
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tokenquota import NotFound, Quota, Subject, ValidationError
+from tokenquota.cli.common import (
+    DEFAULT_DB,
+    DEFAULT_TIMEZONE,
+    SUBJECT_HELP,
+    Db,
+    Timezone,
+    actor,
+    console,
+    json_arg,
+    opened,
+    page_note,
+    reports_errors,
+)
+
+subjects_app = typer.Typer(
+    help="Subjects (kind:id) and the parent graph usage is charged through.",
+    no_args_is_help=True,
+)
+
+SubjectArg = Annotated[
+    str, typer.Argument(help=SUBJECT_HELP, show_default=False, metavar="SUBJECT")
+]
+
+
+def _print_subject(quota: Quota, subject: Subject) -> None:
+    plan = "none"
+    if subject.plan_id is not None:
+        try:
+            plan = f"{quota.get_plan(subject.plan_id).name} ({subject.plan_id})"
+        except NotFound:
+            plan = subject.plan_id
+    out = console()
+    out.print(f"subject    {subject.ref}")
+    out.print(f"name       {subject.name or '-'}")
+    out.print(f"parents    {', '.join(map(str, subject.parents)) or '-'}")
+    out.print(f"ancestors  {', '.join(map(str, quota.ancestors(subject.ref))) or '-'}")
+    out.print(f"plan       {plan}")
+    out.print(f"metadata   {json.dumps(dict(subject.metadata), sort_keys=True)}")
+
+
+@subjects_app.command("put")
+@reports_errors
+def subjects_put(
+    subject: SubjectArg,
+    name: Annotated[str | None, typer.Option("--name", help="Display name.")] = None,
+    parent: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--parent",
+            help="A parent (kind:id), repeatable; replaces the stored parents. "
+            "Charging the subject charges every ancestor.",
+        ),
+    ] = None,
+    no_parents: Annotated[
+        bool, typer.Option("--no-parents", help="Detach the subject from all its parents.")
+    ] = False,
+    metadata: Annotated[
+        str | None,
+        typer.Option("--metadata", metavar="JSON", help="A JSON object; replaces the stored one."),
+    ] = None,
+    db: Db = DEFAULT_DB,
+    timezone: Timezone = DEFAULT_TIMEZONE,
+) -> None:
+    """Create or update a subject; options left out keep what is stored."""
+    if parent and no_parents:
+        raise ValidationError("parents", "give --parent or --no-parents, not both")
+    parents: list[str] | None = [] if no_parents else (parent or None)
+    meta = json_arg(metadata, "metadata") if metadata is not None else None
+    with opened(db, timezone) as quota:
+        _print_subject(quota, quota.put_subject(subject, name=name, parents=parents, metadata=meta))
+
+
+@subjects_app.command("show")
+@reports_errors
+def subjects_show(
+    subject: SubjectArg, db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE
+) -> None:
+    with opened(db, timezone) as quota:
+        _print_subject(quota, quota.get_subject(subject))
+
+
+@subjects_app.command("list")
+@reports_errors
+def subjects_list(
+    kind: Annotated[str | None, typer.Option("--kind", help="Only this kind.")] = None,
+    parent: Annotated[
+        str | None, typer.Option("--parent", help="Only direct children of this subject.")
+    ] = None,
+    offset: Annotated[int, typer.Option("--offset", help="Skip this many.")] = 0,
+    limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = 100,
+    db: Db = DEFAULT_DB,
+    timezone: Timezone = DEFAULT_TIMEZONE,
+) -> None:
+    with opened(db, timezone) as quota:
+        page = quota.list_subjects(kind=kind, parent=parent, offset=offset, limit=limit)
+        table = Table(title="subjects", title_justify="left")
+        for column in ("subject", "name", "parents", "plan"):
+            table.add_column(column)
+        for s in page.items:
+            table.add_row(str(s.ref), s.name or "", ", ".join(map(str, s.parents)), s.plan_id or "")
+        out = console()
+        out.print(table)
+        out.print(page_note(len(page.items), page.total, page.offset, "subjects"))
+
+
+@subjects_app.command("delete")
+@reports_errors
+def subjects_delete(
+    subject: SubjectArg, db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE
+) -> None:
+    """Delete a subject; refused while it still has children. Its ledger events stay."""
+    with opened(db, timezone) as quota:
+        quota.delete_subject(subject, actor=actor())
+        typer.echo(f"deleted {subject}")
