@@ -28,7 +28,9 @@ def prepare(quota: Quota) -> None:
 def assert_spent_exactly(quota: Quota) -> None:
     (status,) = quota.usage("company:acme").limits
     assert status.used == LIMIT
-    ledger = sum(e.amounts.to_numbers()["tokens"] for e in quota.iter_events(subject="company:acme"))
+    ledger = sum(
+        e.amounts.to_numbers()["tokens"] for e in quota.iter_events(subject="company:acme")
+    )
     assert ledger == LIMIT
 
 
