@@ -9,7 +9,7 @@ arithmetic exact on every backend (SQL integers, Redis INCRBY) and make the
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from decimal import Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Final
 
@@ -18,6 +18,8 @@ from tokenquota.domain.errors import ValidationError
 MAX_UNITS: Final = 2**63 - 1
 CREDIT_PLACES: Final = 9
 CREDIT_SCALE: Final = 10**CREDIT_PLACES
+# Exact decimal arithmetic for validation: nothing is rounded, nothing overflows.
+_EXACT: Final = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN, traps=[])
 
 
 class Metric(StrEnum):
@@ -62,19 +64,21 @@ def to_units(metric: Metric, value: object, field: str) -> int:
     """Turn a caller's number into units, refusing anything inexact, negative or too big."""
     if isinstance(value, bool):
         raise ValidationError(field, "must be a number, not a boolean")
+    number = _decimal(value, field)  # exact, finite; Decimal(int) never rounds
     if metric.is_decimal:
-        number = _decimal(value, field)
-        scaled = number * CREDIT_SCALE
-        if scaled != scaled.to_integral_value():
-            raise ValidationError(field, f"credits carry at most {CREDIT_PLACES} decimal places")
-        units = int(scaled)
-    else:
-        units = _integer(value, field)
-    if units < 0:
+        # scaleb in the exact context: the default one keeps 28 digits and would
+        # round 1.0000000000000000000000000001 to a whole number of units.
+        number = number.scaleb(CREDIT_PLACES, _EXACT)
+    if number < 0:
         raise ValidationError(field, "must not be negative")
-    if units > MAX_UNITS:
+    # The bound comes before int(): int(Decimal("1e999999")) takes seconds.
+    if number > MAX_UNITS:
         raise ValidationError(field, "is too large (must fit in 63 bits)")
-    return units
+    if number != number.to_integral_value(context=_EXACT):
+        if metric.is_decimal:
+            raise ValidationError(field, f"credits carry at most {CREDIT_PLACES} decimal places")
+        raise ValidationError(field, "must be a whole number")
+    return int(number)
 
 
 def from_units(metric: Metric, units: int) -> Number:
@@ -107,15 +111,6 @@ def _decimal(value: object, field: str) -> Decimal:
     if not number.is_finite():
         raise ValidationError(field, "must be a finite number")
     return number
-
-
-def _integer(value: object, field: str) -> int:
-    if isinstance(value, int):
-        return value
-    number = _decimal(value, field)
-    if number != number.to_integral_value():
-        raise ValidationError(field, "must be a whole number")
-    return int(number)
 
 
 class Amounts(Mapping[Metric, int]):
@@ -169,6 +164,10 @@ class Amounts(Mapping[Metric, int]):
 
     def __len__(self) -> int:
         return len(self._units)
+
+    def __contains__(self, metric: object) -> bool:
+        # Mapping's default asks __getitem__, which answers 0 for every absent metric.
+        return metric in self._units
 
     def __repr__(self) -> str:
         return f"Amounts({ {m.value: u for m, u in self._units.items()} })"

@@ -74,7 +74,7 @@ def validate_metadata(metadata: object, field: str = "metadata") -> dict[str, An
     if not isinstance(metadata, Mapping):
         raise ValidationError(field, "must be a JSON object")
     try:
-        encoded = json.dumps(metadata, separators=(",", ":"), allow_nan=False)
+        encoded = json.dumps(metadata, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError(field, f"must be JSON-serialisable ({exc})") from None
     if len(encoded.encode()) > MAX_METADATA_BYTES:

@@ -177,7 +177,17 @@ def calendar_period(unit: Calendar, at: datetime, tz: ZoneInfo) -> tuple[datetim
             wall = wall.replace(minute=0)
         start = (wall - offset).replace(tzinfo=UTC)
         step = timedelta(minutes=1) if unit is Calendar.MINUTE else timedelta(hours=1)
-        return start, start + step
+        end = start + step
+        # A shift that is not a whole number of periods (Lord Howe moves its clocks
+        # by 30 minutes) moves the grid of periods: the period in force at the
+        # change is cut short at the transition, so consecutive periods still tile
+        # time. (A whole-hour shift leaves the grid, and every hour, as it is.)
+        instant = at.astimezone(UTC)
+        if (_offset(start, tz) - offset) % step:
+            start = _transition(start, instant, tz)
+        if (_offset(end - _TICK, tz) - offset) % step:
+            end = _transition(instant, end - _TICK, tz)
+        return start, end
     day = local.date()
     if unit is Calendar.DAY:
         first, after = day, day + timedelta(days=1)
@@ -190,6 +200,25 @@ def calendar_period(unit: Calendar, at: datetime, tz: ZoneInfo) -> tuple[datetim
     else:
         first, after = date(day.year, 1, 1), date(day.year + 1, 1, 1)
     return _local_midnight(first, tz), _local_midnight(after, tz)
+
+
+_TICK: Final = timedelta(microseconds=1)
+
+
+def _offset(at: datetime, tz: ZoneInfo) -> timedelta:
+    return at.astimezone(tz).utcoffset() or timedelta(0)
+
+
+def _transition(before: datetime, after: datetime, tz: ZoneInfo) -> datetime:
+    """The first instant in ``(before, after]`` whose UTC offset is no longer ``before``'s."""
+    old = _offset(before, tz)
+    while after - before > _TICK:
+        middle = before + (after - before) // 2
+        if _offset(middle, tz) == old:
+            before = middle
+        else:
+            after = middle
+    return after
 
 
 def _local_midnight(day: date, tz: ZoneInfo) -> datetime:
