@@ -19,7 +19,15 @@ from enum import StrEnum
 from typing import Any, Final
 
 from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, LimitStatus, Mode, status
+from tokenquota.domain.decisions import (
+    Check,
+    DebitPlan,
+    Decision,
+    LimitStatus,
+    Mode,
+    decide,
+    status,
+)
 from tokenquota.domain.errors import NotFound, ValidationError
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import (
@@ -43,7 +51,7 @@ from tokenquota.domain.subjects import (
     validate_parents,
 )
 from tokenquota.domain.windows import Calendar, calendar_period, parse_timezone
-from tokenquota.storage import Layer, Page, Scope, Store, open_store
+from tokenquota.storage import Layer, Page, RuleSet, Scope, Store, open_store
 from tokenquota.storage.base import MAX_PAGE
 
 log = logging.getLogger("tokenquota")
@@ -218,11 +226,17 @@ class Quota:
 
     def limits(self, subject: str | SubjectRef) -> LimitsView:
         ref = SubjectRef.parse(subject)
-        rules = self.store.rule_set(ref)
-        return LimitsView(str(ref), rules.overrides, rules.plan, tuple(self._effective(ref)))
+        ((_, rules),) = self.store.rule_sets(ref, with_ancestors=False)
+        return LimitsView(str(ref), rules.overrides, rules.plan, tuple(self._resolve(ref, rules)))
 
-    def _effective(self, ref: SubjectRef) -> list[EffectiveLimit]:
-        rules = self.store.rule_set(ref)
+    def _effective_chain(
+        self, ref: SubjectRef, *, with_ancestors: bool = True
+    ) -> list[tuple[SubjectRef, list[EffectiveLimit]]]:
+        """Each charged subject with its effective limits, the subject first."""
+        chain = self.store.rule_sets(ref, with_ancestors=with_ancestors)
+        return [(s, self._resolve(s, rules)) for s, rules in chain]
+
+    def _resolve(self, ref: SubjectRef, rules: RuleSet) -> list[EffectiveLimit]:
         defaults = list(rules.defaults) + self._config_defaults.get(ref.kind, [])
         return resolve(ref, rules.overrides, rules.plan.rules if rules.plan else (), defaults)
 
@@ -339,8 +353,6 @@ class Quota:
         ref = SubjectRef.parse(subject)
         self._require_known(ref)
         plan = self._plan(ref, _merge(amounts, metric_amounts), Mode.ENFORCE, timestamp)
-        from tokenquota.domain.decisions import decide
-
         return decide(plan, self.store.read(plan.checks))
 
     def consume(
@@ -401,13 +413,14 @@ class Quota:
         amounts = Amounts.parse(raw_amounts)
         now = self.clock.now()
         at = self._timestamp(timestamp, now)
-        charged = (ref, *self.store.ancestors(ref))
-        checks: list[Check] = []
-        for subject in charged:
-            for limit in self._effective(subject):
-                check = self._check(limit, amounts, at, now)
-                if check is not None:
-                    checks.append(check)
+        chain = self._effective_chain(ref)
+        charged = tuple(subject for subject, _ in chain)
+        checks = [
+            check
+            for _, limits in chain
+            for limit in limits
+            if (check := self._check(limit, amounts, at, now)) is not None
+        ]
         fingerprint = hashlib.sha256(
             json.dumps(
                 {
@@ -478,12 +491,10 @@ class Quota:
         ref = SubjectRef.parse(subject)
         self._require_known(ref)
         now = self.clock.now()
-        subjects = [ref, *self.store.ancestors(ref)] if include_ancestors else [ref]
         checks = [
-            check
-            for s in subjects
-            for limit in self._effective(s)
-            if (check := self._usage_check(limit, now)) is not None
+            self._usage_check(limit, now)
+            for _, limits in self._effective_chain(ref, with_ancestors=include_ancestors)
+            for limit in limits
         ]
         readings = self.store.read(checks)
         return Usage(
@@ -492,7 +503,7 @@ class Quota:
             tuple(status(c, r, self.tz) for c, r in zip(checks, readings, strict=True)),
         )
 
-    def _usage_check(self, limit: EffectiveLimit, now: datetime) -> Check | None:
+    def _usage_check(self, limit: EffectiveLimit, now: datetime) -> Check:
         window = limit.key.window
         if window is None:
             return Check(limit, 0, now, 0, 0, None)

@@ -126,15 +126,21 @@ class MemoryStore:
             return ancestors_of(ref, self._parents_of)
 
     # rules ------------------------------------------------------------------
-    def rule_set(self, ref: SubjectRef) -> RuleSet:
+    def rule_sets(
+        self, ref: SubjectRef, *, with_ancestors: bool
+    ) -> list[tuple[SubjectRef, RuleSet]]:
         with self._lock:
-            row = self._s.subjects.get(ref)
-            plan = self._plan(row.plan_id) if row and row.plan_id else None
-            return RuleSet(
-                tuple(self._s.rules[Scope(Layer.OVERRIDE, str(ref))].values()),
-                plan,
-                tuple(self._s.rules[Scope(Layer.DEFAULT, ref.kind)].values()),
-            )
+            chain = [ref, *ancestors_of(ref, self._parents_of)] if with_ancestors else [ref]
+            return [(s, self._rule_set(s)) for s in chain]
+
+    def _rule_set(self, ref: SubjectRef) -> RuleSet:
+        row = self._s.subjects.get(ref)
+        plan = self._plan(row.plan_id) if row and row.plan_id else None
+        return RuleSet(
+            tuple(self._s.rules.get(Scope(Layer.OVERRIDE, str(ref)), {}).values()),
+            plan,
+            tuple(self._s.rules.get(Scope(Layer.DEFAULT, ref.kind), {}).values()),
+        )
 
     def get_rules(self, scope: Scope) -> list[Rule]:
         with self._lock:

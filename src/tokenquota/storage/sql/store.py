@@ -250,16 +250,24 @@ class SqlStore:
             key=lambda r: r.key.sort_key,
         )
 
-    def rule_set(self, ref: SubjectRef) -> RuleSet:
+    def rule_sets(
+        self, ref: SubjectRef, *, with_ancestors: bool
+    ) -> list[tuple[SubjectRef, RuleSet]]:
         with self._tx() as conn:
-            plan_id = conn.execute(
-                sa.select(t.subjects.c.plan_id).where(t.subjects.c.ref == str(ref))
-            ).scalar()
-            return RuleSet(
-                tuple(self._rules(conn, Scope(Layer.OVERRIDE, str(ref)))),
-                self._plan(conn, plan_id) if plan_id else None,
-                tuple(self._rules(conn, Scope(Layer.DEFAULT, ref.kind))),
-            )
+            chain = [ref]
+            if with_ancestors:
+                chain += ancestors_of(ref, lambda r: self._parents(conn, r))
+            return [(s, self._rule_set(conn, s)) for s in chain]
+
+    def _rule_set(self, conn: Connection, ref: SubjectRef) -> RuleSet:
+        plan_id = conn.execute(
+            sa.select(t.subjects.c.plan_id).where(t.subjects.c.ref == str(ref))
+        ).scalar()
+        return RuleSet(
+            tuple(self._rules(conn, Scope(Layer.OVERRIDE, str(ref)))),
+            self._plan(conn, plan_id) if plan_id else None,
+            tuple(self._rules(conn, Scope(Layer.DEFAULT, ref.kind))),
+        )
 
     def get_rules(self, scope: Scope) -> list[Rule]:
         with self._tx() as conn:
