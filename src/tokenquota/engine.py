@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +30,16 @@ from tokenquota.domain.decisions import (
     status,
 )
 from tokenquota.domain.errors import NotFound, ValidationError
+from tokenquota.domain.keys import (
+    MAX_KEY_NAME,
+    ApiKey,
+    format_key,
+    hash_secret,
+    parse_role,
+    secret_matches,
+    split_key,
+    validate_key_binding,
+)
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import (
     EffectiveLimit,
@@ -600,7 +611,7 @@ class Quota:
         if subject is not None:
             target = (
                 subject
-                if subject.startswith(("kind:", "plan:"))
+                if subject.startswith(("kind:", "plan:", "key:"))
                 else str(SubjectRef.parse(subject))
             )
         return self.store.audit(target=target, offset=_offset(offset), limit=_limit(limit))
@@ -608,6 +619,53 @@ class Quota:
     def rebuild(self) -> int:
         """Recompute every counter from the ledger; returns the number of events replayed."""
         return self.store.rebuild()
+
+    # API keys ---------------------------------------------------------------
+    def create_key(
+        self,
+        role: str,
+        *,
+        subject: str | SubjectRef | None = None,
+        name: str | None = None,
+        actor: str = "library",
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret, which is shown this once and never stored."""
+        parsed_role = parse_role(role)
+        ref = SubjectRef.parse(subject) if subject is not None else None
+        validate_key_binding(parsed_role, ref)
+        key = ApiKey(
+            id=secrets.token_hex(8),
+            role=parsed_role,
+            subject=ref,
+            name=_bounded_text(name, "name", MAX_KEY_NAME),
+            created_at=self.clock.now(),
+        )
+        secret = secrets.token_urlsafe(32)
+        self.store.create_key(key, hash_secret(secret), actor=actor)
+        return key, format_key(key.id, secret)
+
+    def authenticate(self, presented: str) -> ApiKey | None:
+        """The live key a caller presented, or None; never says which part was wrong."""
+        parts = split_key(presented)
+        if parts is None:
+            return None
+        found = self.store.get_key(parts[0])
+        if found is None:
+            hash_secret(parts[1])  # the same work either way: no timing hint
+            return None
+        key, stored = found
+        if not secret_matches(parts[1], stored) or key.revoked_at is not None:
+            return None
+        return key
+
+    def list_keys(self, *, offset: int = 0, limit: int = 100) -> Page[ApiKey]:
+        return self.store.list_keys(offset=_offset(offset), limit=_limit(limit))
+
+    def revoke_key(self, key_id: str, *, actor: str = "library") -> None:
+        if not isinstance(key_id, str) or not self.store.revoke_key(
+            key_id, actor=actor, now=self.clock.now()
+        ):
+            raise NotFound(f"no live key {key_id!r}", details={"field": "id"})
 
 
 _GRAIN_SPAN: Final = {

@@ -33,6 +33,18 @@ class ValidationError(TokenQuotaError):
         self.field = field
 
 
+class Unauthorized(TokenQuotaError):
+    """No key, or not a live one; the message never says which."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(TokenQuotaError):
+    code = "forbidden"
+    status = 403
+
+
 class NotFound(TokenQuotaError):
     code = "not_found"
     status = 404

@@ -18,6 +18,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.decisions import Check, DebitPlan, Decision
+from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import Subject, SubjectRef
@@ -164,3 +165,14 @@ class Store(Protocol):
     def rebuild(self) -> int:
         """Recompute every counter from the ledger; returns the number of events replayed."""
         ...
+
+    # API keys
+    def create_key(self, key: ApiKey, secret_hash: str, *, actor: str) -> None: ...
+
+    def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """The key and its stored hash."""
+        ...
+
+    def list_keys(self, *, offset: int, limit: int) -> Page[ApiKey]: ...
+
+    def revoke_key(self, key_id: str, *, actor: str, now: datetime) -> bool: ...

@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, decide
 from tokenquota.domain.errors import Conflict, IdempotencyConflict, NotFound
+from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
@@ -44,6 +45,7 @@ class _State:
     idempotency: dict[tuple[str, str], tuple[str, Decision]] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
     shadow: dict[tuple[str, LimitKey], int] = field(default_factory=lambda: defaultdict(int))
+    keys: dict[str, tuple[ApiKey, str]] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -387,3 +389,30 @@ class MemoryStore:
             for event in self._s.events:
                 self._count(event, self._s.tracked)
             return len(self._s.events)
+
+    # API keys ---------------------------------------------------------------
+    def create_key(self, key: ApiKey, secret_hash: str, *, actor: str) -> None:
+        with self._lock:
+            self._s.keys[key.id] = (key, secret_hash)
+            self._audit(key.created_at, actor, "key.create", f"key:{key.id}", None, key.to_wire())
+
+    def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
+        with self._lock:
+            return self._s.keys.get(key_id)
+
+    def list_keys(self, *, offset: int, limit: int) -> Page[ApiKey]:
+        with self._lock:
+            rows = sorted((k for k, _ in self._s.keys.values()), key=lambda k: (k.created_at, k.id))
+        return Page(rows[offset : offset + limit], len(rows), offset, limit)
+
+    def revoke_key(self, key_id: str, *, actor: str, now: datetime) -> bool:
+        with self._lock:
+            found = self._s.keys.get(key_id)
+            if found is None or found[0].revoked_at is not None:
+                return False
+            revoked = replace(found[0], revoked_at=now)
+            self._s.keys[key_id] = (revoked, found[1])
+            self._audit(
+                now, actor, "key.revoke", f"key:{key_id}", found[0].to_wire(), revoked.to_wire()
+            )
+            return True

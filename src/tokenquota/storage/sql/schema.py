@@ -142,3 +142,15 @@ shadow_hits = sa.Table(
     sa.Column("window", sa.String(32), primary_key=True),
     sa.Column("hits", sa.BigInteger, nullable=False),
 )
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("subject", sa.String(161), nullable=True),
+    sa.Column("name", sa.String(128), nullable=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("revoked_at", sa.BigInteger, nullable=True),
+)

@@ -32,6 +32,7 @@ from tokenquota.domain.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.metrics import Amounts
@@ -663,6 +664,57 @@ class SqlStore:
         self._add_counters(conn, self._replay(conn, self._tracked(conn)))
         return int(conn.execute(sa.select(sa.func.count()).select_from(t.events)).scalar_one())
 
+    # API keys ---------------------------------------------------------------
+    def create_key(self, key: ApiKey, secret_hash: str, *, actor: str) -> None:
+        with self._tx(write=True) as conn:
+            conn.execute(
+                t.api_keys.insert().values(
+                    id=key.id,
+                    role=key.role.value,
+                    subject=str(key.subject) if key.subject else None,
+                    name=key.name,
+                    secret_hash=secret_hash,
+                    created_at=to_micros(key.created_at),
+                    revoked_at=None,
+                )
+            )
+            self._audit(
+                conn, key.created_at, actor, "key.create", f"key:{key.id}", None, key.to_wire()
+            )
+
+    def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
+        with self._tx() as conn:
+            row = conn.execute(sa.select(t.api_keys).where(t.api_keys.c.id == key_id)).first()
+        return None if row is None else (_key(row), row.secret_hash)
+
+    def list_keys(self, *, offset: int, limit: int) -> Page[ApiKey]:
+        with self._tx() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(t.api_keys)).scalar_one()
+            rows = conn.execute(
+                sa.select(t.api_keys)
+                .order_by(t.api_keys.c.created_at, t.api_keys.c.id)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+        return Page([_key(r) for r in rows], total, offset, limit)
+
+    def revoke_key(self, key_id: str, *, actor: str, now: datetime) -> bool:
+        with self._tx(write=True) as conn:
+            row = conn.execute(sa.select(t.api_keys).where(t.api_keys.c.id == key_id)).first()
+            if row is None or row.revoked_at is not None:
+                return False
+            conn.execute(
+                t.api_keys.update()
+                .where(t.api_keys.c.id == key_id)
+                .values(revoked_at=to_micros(now))
+            )
+            before = _key(row)
+            after = replace(before, revoked_at=now)
+            self._audit(
+                conn, now, actor, "key.revoke", f"key:{key_id}", before.to_wire(), after.to_wire()
+            )
+            return True
+
 
 def _scope_filter(stmt: Any, scope: Scope) -> Any:
     return stmt.where(t.rules.c.layer == scope.layer.value, t.rules.c.scope == scope.name)
@@ -725,3 +777,14 @@ def _create_engine(url: str) -> sa.Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _key(row: Any) -> ApiKey:
+    return ApiKey(
+        id=row.id,
+        role=Role(row.role),
+        subject=SubjectRef.parse(row.subject) if row.subject else None,
+        name=row.name,
+        created_at=from_micros(row.created_at),
+        revoked_at=from_micros(row.revoked_at) if row.revoked_at is not None else None,
+    )

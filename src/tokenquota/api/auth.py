@@ -1,0 +1,91 @@
+"""Who is calling, and what their role lets them touch (SPEC section 7).
+
+| role    | may                                                              |
+| ------- | ---------------------------------------------------------------- |
+| admin   | everything, including keys and defaults                          |
+| staff   | read any usage; set limits, plans and quotas; no keys            |
+| service | check / consume for any subject; read usage                      |
+| member  | its own subject and descendants: read; consume for itself only   |
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+
+from tokenquota.domain.errors import Forbidden, Unauthorized
+from tokenquota.domain.keys import ApiKey, Role
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.engine import Quota
+
+# Declared for the OpenAPI document; the header is parsed by hand below so that
+# "Bearer" and "Token" both work.
+_bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key> (or Token <key>)")
+_api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
+_BOOTSTRAP_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def get_quota(request: Request) -> Quota:
+    quota: Quota = request.app.state.quota
+    return quota
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() in ("bearer", "token") and value.strip():
+            return value.strip()
+        return None
+    return request.headers.get("x-api-key") or None
+
+
+def authenticate(
+    request: Request,
+    _b: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+    _k: Annotated[str | None, Depends(_api_key)] = None,
+) -> ApiKey:
+    presented = presented_key(request)
+    if presented is None:
+        raise Unauthorized("send an API key: Authorization: Bearer <key> or X-API-Key")
+    bootstrap: str | None = request.app.state.admin_key
+    if bootstrap and hmac.compare_digest(presented.encode(), bootstrap.encode()):
+        return ApiKey("bootstrap", Role.ADMIN, None, "TOKENQUOTA_ADMIN_KEY", _BOOTSTRAP_EPOCH)
+    key = get_quota(request).authenticate(presented)
+    if key is None:
+        raise Unauthorized("the API key is not valid")
+    return key
+
+
+Caller = Annotated[ApiKey, Depends(authenticate)]
+QuotaDep = Annotated[Quota, Depends(get_quota)]
+
+
+def require_role(caller: ApiKey, *roles: Role) -> None:
+    if caller.role not in roles:
+        raise Forbidden(f"a {caller.role.value} key may not do this")
+
+
+def in_scope(quota: Quota, caller: ApiKey, ref: SubjectRef) -> bool:
+    """A member sees its own subject and every subject below it."""
+    if caller.role is not Role.MEMBER:
+        return True
+    assert caller.subject is not None
+    return ref == caller.subject or caller.subject in quota.ancestors(ref)
+
+
+def require_read(quota: Quota, caller: ApiKey, ref: SubjectRef) -> None:
+    if not in_scope(quota, caller, ref):
+        raise Forbidden(f"this key may not read {ref}")
+
+
+def require_consume(caller: ApiKey, ref: SubjectRef) -> None:
+    if caller.role in (Role.ADMIN, Role.SERVICE):
+        return
+    if caller.role is Role.MEMBER and caller.subject == ref:
+        return
+    raise Forbidden(f"this key may not spend for {ref}")

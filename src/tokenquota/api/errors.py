@@ -1,0 +1,94 @@
+"""Every error leaves in one shape: ``{"error": {"code", "message", "details"}}``."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tokenquota.domain.errors import TokenQuotaError
+
+log = logging.getLogger("tokenquota.api")
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "quota_exceeded",
+    503: "store_unavailable",
+}
+
+
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    # ("body", "amounts", "tokens") -> "amounts.tokens"; ("query", "limit") -> "limit"
+    parts = (
+        [str(p) for p in loc[1:]]
+        if loc and loc[0] in ("body", "query", "path", "header")
+        else [str(p) for p in loc]
+    )
+    return ".".join(parts) or "body"
+
+
+async def _quota_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TokenQuotaError)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+
+
+async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = [
+        {"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))}
+        for e in exc.errors()
+    ]
+    first = problems[0] if problems else {"field": "body", "message": "invalid request"}
+    return error_response(
+        422,
+        "validation_error",
+        f"{first['field']}: {first['message']}",
+        {"field": first["field"], "errors": problems},
+    )
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "error")
+    return error_response(
+        exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
+    )
+
+
+async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+    log.exception("unexpected error", exc_info=exc)
+    return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(TokenQuotaError, _quota_error)
+    app.add_exception_handler(RequestValidationError, _request_validation)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

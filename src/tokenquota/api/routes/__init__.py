@@ -1,0 +1,1 @@
+"""Route modules; app.py includes every router listed in ``ROUTERS``."""

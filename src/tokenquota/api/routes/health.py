@@ -1,0 +1,45 @@
+"""Liveness, readiness and metrics: unauthenticated, for load balancers and Prometheus."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tokenquota.api.auth import QuotaDep
+from tokenquota.api.errors import error_response
+from tokenquota.api.schemas import ErrorOut, StatusOut
+from tokenquota.domain.errors import StoreUnavailable
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=StatusOut, summary="The process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get(
+    "/readyz",
+    response_model=StatusOut,
+    summary="The store can be reached",
+    responses={503: {"model": ErrorOut}},
+)
+def readyz(quota: QuotaDep) -> JSONResponse:
+    try:
+        quota.store.ping()
+    except StoreUnavailable as exc:
+        return error_response(503, exc.code, exc.message)
+    return JSONResponse({"status": "ready"})
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}}},
+)
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

@@ -1,0 +1,117 @@
+"""check and consume: the calls an application makes around each LLM request."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from tokenquota.api.auth import Caller, QuotaDep, require_consume
+from tokenquota.api.errors import error_body
+from tokenquota.api.schemas import CheckIn, ConsumeIn, DecisionOut, ErrorOut
+from tokenquota.domain.decisions import Decision, LimitStatus
+from tokenquota.domain.errors import ValidationError
+from tokenquota.domain.subjects import SubjectRef
+
+router = APIRouter(prefix="/v1", tags=["metering"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "No valid API key"},
+    403: {"model": ErrorOut, "description": "The key's role may not do this"},
+    404: {"model": ErrorOut, "description": "Unknown subject (strict_subjects)"},
+    409: {"model": ErrorOut, "description": "Idempotency key reused for another request"},
+    422: {"model": ErrorOut, "description": "Bad input; details.field names it"},
+}
+
+
+def _no_resource(resource: str | None) -> None:
+    if resource is not None:
+        raise ValidationError("resource", "resource quotas are not available in this version")
+
+
+def rate_limit_headers(decision: Decision, now: datetime) -> dict[str, str]:
+    """IETF RateLimit-* fields for the tightest limit (the blocking one when denied)."""
+    candidates = [s for s in decision.blocked_by if s.remaining is not None]
+    status: LimitStatus | None = (
+        min(candidates, key=lambda s: s.remaining or 0) if candidates else decision.tightest
+    )
+    if status is None or status.remaining is None:
+        return {}
+    headers = {"RateLimit-Limit": str(status.limit), "RateLimit-Remaining": str(status.remaining)}
+    if status.reset_at is not None:
+        seconds = max(0, math.ceil((status.reset_at - now).total_seconds()))
+        headers["RateLimit-Reset"] = str(seconds)
+    return headers
+
+
+def decision_response(request: Request, decision: Decision, operation: str) -> JSONResponse:
+    metrics = request.app.state.metrics
+    metrics.decisions.labels(
+        operation, decision.mode.value, "allowed" if decision.allowed else "denied"
+    ).inc()
+    if decision.shadow_blocked:
+        metrics.shadow_blocks.inc(len(decision.shadow_blocked))
+    headers = rate_limit_headers(decision, request.app.state.quota.clock.now())
+    if decision.allowed or operation == "check":
+        return JSONResponse(decision.to_wire(), headers=headers)
+    if decision.retry_after is not None:
+        headers["Retry-After"] = str(decision.retry_after)
+    blocked = ", ".join(f"{s.subject} {s.metric}/{s.window or '-'}" for s in decision.blocked_by)
+    body = error_body(
+        "quota_exceeded",
+        f"denied by {blocked}",
+        {
+            "blocked_by": [s.to_wire() for s in decision.blocked_by],
+            "retry_after": decision.retry_after,
+            "decision": decision.to_wire(),
+        },
+    )
+    return JSONResponse(body, status_code=429, headers=headers)
+
+
+@router.post(
+    "/check",
+    response_model=DecisionOut,
+    summary="The decision a consume would get now, spending nothing",
+    responses=ERRORS,
+)
+def check(body: CheckIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
+    ref = SubjectRef.parse(body.subject)
+    require_consume(caller, ref)
+    _no_resource(body.resource)
+    decision = quota.check(ref, body.amounts, timestamp=body.timestamp)
+    return decision_response(request, decision, "check")
+
+
+@router.post(
+    "/consume",
+    response_model=DecisionOut,
+    summary="Spend for a subject and every ancestor, all or nothing",
+    description=(
+        "enforce (default): admitted only if every limit of the subject and its ancestors "
+        "admits it; otherwise 429 with Retry-After and the blocking limits, and nothing is "
+        "charged. record: usage that already happened, always stored. A retry with the same "
+        "idempotency_key returns the first answer and charges nothing."
+    ),
+    responses={
+        **ERRORS,
+        429: {"model": ErrorOut, "description": "Denied: details name the blocking limits"},
+    },
+)
+def consume(body: ConsumeIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
+    ref = SubjectRef.parse(body.subject)
+    require_consume(caller, ref)
+    _no_resource(body.resource)
+    decision = quota.consume(
+        ref,
+        body.amounts,
+        mode=body.mode,
+        idempotency_key=body.idempotency_key,
+        timestamp=body.timestamp,
+        model=body.model,
+        tags=body.tags,
+    )
+    return decision_response(request, decision, "consume")

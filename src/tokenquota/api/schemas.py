@@ -1,0 +1,89 @@
+"""Wire models: what the OpenAPI document promises and the client relies on.
+
+Numbers are integers, except credits, which travel as decimal strings so no
+JSON parser turns them into floats. Validation of amounts, windows and refs
+is the engine's; these models only fix the shape.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+
+Num = int | str
+# Documented as a number or decimal string; the engine validates the value so
+# that the error names the field plainly ("amounts.tokens").
+Amount = Annotated[
+    Any,
+    WithJsonSchema({"anyOf": [{"type": "integer"}, {"type": "number"}, {"type": "string"}]}),
+]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(Model):
+    code: str = Field(description="Stable machine-readable code, e.g. validation_error")
+    message: str
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorOut(Model):
+    error: ErrorDetail
+
+
+class LimitStatusOut(Model):
+    subject: str
+    metric: str
+    window: str | None
+    limit: Num = Field(description="The cap; -1 means unlimited")
+    source: str = Field(description="override, plan or default")
+    shadow: bool
+    used: Num | None = Field(description="null for per-request caps")
+    reserved: Num
+    remaining: Num | None = Field(description="null when unlimited; never negative")
+    reset_at: datetime | None
+    within_limit: bool
+
+
+class DecisionOut(Model):
+    allowed: bool
+    subject: str
+    mode: str
+    amounts: dict[str, Num]
+    timestamp: datetime
+    limits: list[LimitStatusOut]
+    blocked_by: list[LimitStatusOut]
+    shadow_blocked: list[LimitStatusOut]
+    retry_after: int | None = Field(description="seconds; null when waiting will not help")
+    event_id: int | None
+    replayed: bool
+
+
+class CheckIn(Model):
+    subject: str = Field(max_length=200, examples=["user:alice"])
+    amounts: dict[str, Amount] = Field(
+        default_factory=dict, max_length=16, examples=[{"tokens": 1200}]
+    )
+    timestamp: datetime | None = None
+    resource: str | None = Field(None, description="Resource quotas arrive in a later version")
+
+
+class ConsumeIn(CheckIn):
+    mode: str = Field("enforce", description="enforce (default) or record")
+    idempotency_key: str | None = Field(None, max_length=255)
+    model: str | None = Field(None, max_length=128)
+    tags: dict[str, str] | None = Field(None, max_length=32)
+
+
+class UsageOut(Model):
+    subject: str
+    at: datetime
+    limits: list[LimitStatusOut]
+
+
+class StatusOut(Model):
+    status: str

@@ -1,0 +1,85 @@
+"""Service settings: flags > ``TOKENQUOTA_*`` environment > TOML file > defaults.
+
+Built by the app factory or the CLI, never at import time, so tests and
+several apps in one process each get their own.
+"""
+
+from __future__ import annotations
+
+import os
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("tokenquota_config_file", default=None)
+
+
+class DefaultLimit(BaseModel):
+    """One system default from the config file, e.g. every user gets 50,000 tokens a day."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: str
+    metric: str
+    window: str | None = None
+    limit: int | str | None
+    shadow: bool = False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TOKENQUOTA_", extra="forbid")
+
+    db: str = Field("sqlite:///tokenquota.db", description="Store URL: sqlite:///path or memory://")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+    timezone: str | None = Field(
+        None,
+        description="IANA zone for calendar windows of a new store; an existing one keeps its own",
+    )
+    strict_subjects: bool = False
+    admin_key: SecretStr | None = Field(None, description="A bootstrap admin key")
+    defaults: list[DefaultLimit] = Field(default_factory=list, max_length=1_000)
+    max_body_bytes: int = Field(256 * 1024, ge=1_024, le=16 * 1024 * 1024)
+    threads: int = Field(
+        40, ge=1, le=1_000, description="Threads that run store calls; the event loop never does"
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config_file = _CONFIG_FILE.get()
+        if config_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=config_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **flags: Any) -> Settings:
+        """Settings from flags (None means not given), the environment and a TOML file.
+
+        The file is ``config_file`` or ``$TOKENQUOTA_CONFIG``.
+        """
+        path = config_file or os.environ.get("TOKENQUOTA_CONFIG")
+        token = _CONFIG_FILE.set(Path(path) if path else None)
+        try:
+            return cls(**{k: v for k, v in flags.items() if v is not None})
+        finally:
+            _CONFIG_FILE.reset(token)
+
+    def default_rules(self) -> list[dict[str, Any]]:
+        return [d.model_dump() for d in self.defaults]
