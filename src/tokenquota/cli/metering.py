@@ -218,7 +218,7 @@ def history(
     db: Db = DEFAULT_DB,
     timezone: Timezone = DEFAULT_TIMEZONE,
 ) -> None:
-    """Usage over time from the ledger, in periods of --timezone."""
+    """Usage over time from the ledger, in periods of the store's time zone."""
     begin = time_arg(start, "start")
     stop = time_arg(end, "end")
     with opened(db, timezone) as quota:
