@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from alembic.script import ScriptDirectory
 
 import tokenquota
 from tests.services import require_postgres
@@ -44,7 +45,8 @@ def test_opening_a_store_migrates_it(tmp_path: Path) -> None:
     tokenquota.open(url).close()
     engine = sa.create_engine(url)
     with engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar() == "0001"
+        version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    assert version == ScriptDirectory.from_config(alembic_config()).get_current_head()
     check(engine)
 
 

@@ -52,3 +52,8 @@ __all__ = [
     "ValidationError",
     "open",
 ]
+
+# The HTTP client comes last: it builds on the engine's types imported above.
+from tokenquota.client import AsyncClient, Client, QuotaExceeded
+
+__all__ += ["AsyncClient", "Client", "QuotaExceeded"]

@@ -1,0 +1,12 @@
+"""The tokenquota service over HTTP, with the same methods as the embedded library.
+
+``AsyncClient`` for asyncio code, ``Client`` alongside for blocking code. Both
+build their requests and read their answers through ``_protocol``, so the two
+cannot drift apart; see README.md in this folder.
+"""
+
+from tokenquota.client._async import AsyncClient
+from tokenquota.client._protocol import QuotaExceeded
+from tokenquota.client._sync import Client
+
+__all__ = ["AsyncClient", "Client", "QuotaExceeded"]

@@ -1,0 +1,329 @@
+"""``AsyncClient``: the tokenquota service over HTTP, for asyncio (and trio) code."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from tokenquota.client import _protocol as p
+from tokenquota.domain.decisions import Decision, Mode
+from tokenquota.domain.keys import ApiKey, Role
+from tokenquota.domain.ledger import AuditEntry, Event
+from tokenquota.domain.limits import Plan
+from tokenquota.domain.subjects import Subject, SubjectRef
+from tokenquota.engine import DefaultRule, HistoryPoint, LimitsView, Usage
+from tokenquota.storage.base import Page
+
+T = TypeVar("T")
+
+
+class AsyncClient:
+    """A tokenquota service over HTTP, with the methods of ``tokenquota.Quota``.
+
+    Answers come back as the library's own types (``Decision``, ``Usage``,
+    ``Subject``, ``Plan``...), credits as ``Decimal``. Error answers raise the
+    library's exceptions by their code; a denied consume raises
+    ``QuotaExceeded``. Network failures raise ``httpx.TransportError``.
+
+    >>> async with AsyncClient("http://127.0.0.1:8000", "tq_...") as quota:  # doctest: +SKIP
+    ...     await quota.consume("user:alice", tokens=1200, model="gpt-4o")
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers=p.headers(api_key),
+            timeout=timeout,
+            transport=transport,
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    aclose = close
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def _run(self, call: p.Call[T]) -> T:
+        response = await self._http.request(
+            call.method, call.path, params=call.params, json=call.body
+        )
+        return p.finish(call, response)
+
+    # operations -------------------------------------------------------------
+    async def check(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        timestamp: datetime | None = None,
+        **metric_amounts: object,
+    ) -> Decision:
+        """The decision a consume in enforce mode would get now, spending nothing."""
+        return await self._run(p.check(subject, amounts, timestamp, metric_amounts))
+
+    async def consume(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        mode: str | Mode = Mode.ENFORCE,
+        idempotency_key: str | None = None,
+        timestamp: datetime | None = None,
+        model: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        **metric_amounts: object,
+    ) -> Decision:
+        """Spend for the subject and its ancestors, all or nothing.
+
+        Raises ``QuotaExceeded`` when denied. A retry with the same
+        ``idempotency_key`` returns the first answer (``replayed`` set) and
+        charges nothing more.
+        """
+        return await self._run(
+            p.consume(
+                subject,
+                amounts,
+                mode=mode,
+                idempotency_key=idempotency_key,
+                timestamp=timestamp,
+                model=model,
+                tags=tags,
+                metric_amounts=metric_amounts,
+            )
+        )
+
+    async def usage(self, subject: str | SubjectRef, *, include_ancestors: bool = False) -> Usage:
+        """Every effective limit with what is used, left and when it resets."""
+        return await self._run(p.usage(subject, include_ancestors))
+
+    async def history(
+        self,
+        subject: str | SubjectRef,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        granularity: str = "day",
+        group_by: str = "metric",
+    ) -> list[HistoryPoint]:
+        """A time series from the ledger."""
+        return await self._run(
+            p.history(subject, start=start, end=end, granularity=granularity, group_by=group_by)
+        )
+
+    async def events(
+        self,
+        *,
+        subject: str | SubjectRef | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Page[Event]:
+        """One page of the ledger."""
+        return await self._run(
+            p.events(subject=subject, start=start, end=end, offset=offset, limit=limit)
+        )
+
+    async def iter_events(
+        self,
+        *,
+        subject: str | SubjectRef | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> AsyncIterator[Event]:
+        """Every matching event, fetched a page at a time as the iteration goes."""
+        offset = 0
+        while True:
+            page = await self.events(
+                subject=subject, start=start, end=end, offset=offset, limit=p.PAGE_SIZE
+            )
+            for event in page.items:
+                yield event
+            offset += len(page.items)
+            if not page.items or offset >= page.total:
+                return
+
+    def export_events(
+        self,
+        format: p.ExportFormat = "csv",
+        *,
+        subject: str | SubjectRef | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> AsyncIterator[str]:
+        """The ledger as CSV (with a header) or JSON lines, streamed, one line at a time.
+
+        Lines keep their ending, as when iterating a file: ``csv.reader`` reads
+        them as they come (also quoted fields that hold a newline), and
+        ``writelines`` saves the export byte for byte.
+
+        Use with ``async for`` (no ``await``). The request is sent when iteration
+        starts; close the iterator (``aclose()``) or read it to the end to free
+        the connection.
+        """
+        call = p.export_events(format, subject=subject, start=start, end=end)
+        return self._stream_lines(call)
+
+    async def _stream_lines(self, call: p.Call[None]) -> AsyncIterator[str]:
+        async with self._http.stream(call.method, call.path, params=call.params) as response:
+            if response.is_error:
+                await response.aread()
+                raise p.error_from(response)
+            lines = p.LineSplitter()
+            async for text in response.aiter_text():
+                for line in lines.feed(text):
+                    yield line
+            for line in lines.end():
+                yield line
+
+    # subjects ---------------------------------------------------------------
+    async def put_subject(
+        self,
+        subject: str | SubjectRef,
+        *,
+        name: str | None = None,
+        parents: Sequence[str | SubjectRef] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Subject:
+        """Create or update a subject; arguments left as None keep what is stored."""
+        return await self._run(
+            p.put_subject(subject, name=name, parents=parents, metadata=metadata)
+        )
+
+    async def set_parents(
+        self, subject: str | SubjectRef, parents: Sequence[str | SubjectRef]
+    ) -> Subject:
+        return await self.put_subject(subject, parents=parents)
+
+    async def get_subject(self, subject: str | SubjectRef) -> Subject:
+        return await self._run(p.get_subject(subject))
+
+    async def list_subjects(
+        self,
+        *,
+        kind: str | None = None,
+        parent: str | SubjectRef | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Page[Subject]:
+        return await self._run(
+            p.list_subjects(kind=kind, parent=parent, offset=offset, limit=limit)
+        )
+
+    async def delete_subject(self, subject: str | SubjectRef) -> None:
+        await self._run(p.delete_subject(subject))
+
+    # limits -----------------------------------------------------------------
+    async def set_limit(
+        self,
+        subject: str | SubjectRef,
+        metric: str,
+        window: str | None,
+        value: object,
+        *,
+        shadow: bool = False,
+    ) -> LimitsView:
+        """Set one override; ``value`` None removes it, -1 makes the subject unlimited."""
+        return await self.set_limits(
+            subject, [{"metric": metric, "window": window, "limit": value, "shadow": shadow}]
+        )
+
+    async def set_limits(
+        self, subject: str | SubjectRef, limits: Sequence[Mapping[str, object]]
+    ) -> LimitsView:
+        return await self._run(p.set_limits(subject, limits))
+
+    async def limits(self, subject: str | SubjectRef) -> LimitsView:
+        """The subject's overrides, its plan and its effective limits with their sources."""
+        return await self._run(p.limits(subject))
+
+    async def set_default(
+        self,
+        kind: str,
+        metric: str,
+        window: str | None,
+        value: object,
+        *,
+        shadow: bool = False,
+    ) -> list[DefaultRule]:
+        return await self.set_defaults(
+            [{"kind": kind, "metric": metric, "window": window, "limit": value, "shadow": shadow}]
+        )
+
+    async def set_defaults(self, items: Sequence[Mapping[str, object]]) -> list[DefaultRule]:
+        """Runtime defaults win over the server's config; ``limit`` None removes one."""
+        return await self._run(p.set_defaults(items))
+
+    async def defaults(self) -> list[DefaultRule]:
+        return await self._run(p.defaults())
+
+    # plans ------------------------------------------------------------------
+    async def create_plan(self, name: str, rules: Sequence[Mapping[str, object]]) -> Plan:
+        return await self._run(p.create_plan(name, rules))
+
+    async def update_plan(
+        self,
+        plan: str,
+        *,
+        name: str | None = None,
+        rules: Sequence[Mapping[str, object]] | None = None,
+    ) -> Plan:
+        """Rename and/or replace the rules; every subject on the plan sees the change at once."""
+        return await self._run(p.update_plan(plan, name=name, rules=rules))
+
+    async def get_plan(self, plan: str) -> Plan:
+        return await self._run(p.get_plan(plan))
+
+    async def plans(self) -> list[Plan]:
+        return await self._run(p.plans())
+
+    async def delete_plan(self, plan: str) -> None:
+        await self._run(p.delete_plan(plan))
+
+    async def assign_plan(self, subject: str | SubjectRef, plan: str | None) -> LimitsView:
+        """Put a subject on a plan; None takes it off. Answers the subject's limits."""
+        return await self._run(p.assign_plan(subject, plan))
+
+    # API keys and audit -----------------------------------------------------
+    async def create_key(
+        self,
+        role: str | Role,
+        *,
+        subject: str | SubjectRef | None = None,
+        name: str | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key and its secret, which the server shows this once."""
+        return await self._run(p.create_key(role, subject=subject, name=name))
+
+    async def list_keys(self, *, offset: int = 0, limit: int = 100) -> Page[ApiKey]:
+        return await self._run(p.list_keys(offset=offset, limit=limit))
+
+    async def revoke_key(self, key_id: str) -> None:
+        await self._run(p.revoke_key(key_id))
+
+    async def audit(
+        self, *, subject: str | None = None, offset: int = 0, limit: int = 100
+    ) -> Page[AuditEntry]:
+        """Limit, default and plan changes; ``subject`` may be ``kind:<k>`` or ``plan:<id>`` too."""
+        return await self._run(p.audit(subject=subject, offset=offset, limit=limit))
