@@ -1,7 +1,256 @@
-"""Placeholder router; filled in by the reads routes work."""
+"""What was used: usage against limits, history, and the ledger (JSON pages or streamed exports).
+
+Every role may read usage and history; a member key only of its own subject
+and the subjects below it, and the ledger only with ``subject=`` inside that
+scope. Handlers are plain ``def``; exports stream from a sync generator,
+which Starlette iterates on the thread pool.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import csv
+import io
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any, Final, Literal
 
-router = APIRouter(prefix="/v1")
+from fastapi import APIRouter, Query, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from tokenquota.api.admin_schemas import (
+    EventPage,
+    HistoryOut,
+    Instant,
+    LimitQuery,
+    OffsetQuery,
+    RefPath,
+    error_responses,
+    page_wire,
+)
+from tokenquota.api.auth import Caller, QuotaDep, in_scope, require_read
+from tokenquota.api.schemas import UsageOut
+from tokenquota.domain.errors import Forbidden
+from tokenquota.domain.keys import Role
+from tokenquota.domain.ledger import Event
+from tokenquota.domain.metrics import wire_number
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.engine import Granularity, GroupBy
+
+router = APIRouter(prefix="/v1", tags=["usage"])
+
+# One column per counter metric keeps the CSV flat for spreadsheets. The list is
+# part of the wire contract, so it is spelled out rather than derived.
+AMOUNT_COLUMNS: Final = ("tokens", "input_tokens", "output_tokens", "requests", "credits")
+CSV_COLUMNS: Final = (
+    "id",
+    "kind",
+    "subject",
+    "charged",
+    "timestamp",
+    "recorded_at",
+    "mode",
+    *AMOUNT_COLUMNS,
+    "model",
+    "tags",
+    "idempotency_key",
+)
+EXPORT_CHUNK_CHARS: Final = 64 * 1024  # one thread hop per chunk, not per event
+
+Start = Annotated[
+    Instant | None,
+    Query(description="Inclusive; ISO 8601 with an offset, e.g. 2026-03-01T00:00:00Z"),
+]
+End = Annotated[Instant | None, Query(description="Exclusive; ISO 8601 with an offset")]
+
+
+@router.get(
+    "/subjects/{ref}/usage",
+    response_model=UsageOut,
+    summary="Usage against every effective limit",
+    description=(
+        "For each limit: used, reserved, remaining (null when unlimited, never negative), "
+        "reset_at and within_limit. With `include_ancestors=true` the ancestors' limits "
+        "follow the subject's; for a member key, ancestors above its own subject are left "
+        "out. A member key may read its own subject and below."
+    ),
+    responses=error_responses({404: "Unknown subject (only with strict_subjects)"}),
+)
+def usage(
+    ref: RefPath,
+    caller: Caller,
+    quota: QuotaDep,
+    include_ancestors: Annotated[
+        bool, Query(description="Also the limits of every ancestor")
+    ] = False,
+) -> JSONResponse:
+    subject = SubjectRef.parse(ref, "ref")
+    require_read(quota, caller, subject)
+    result = quota.usage(subject, include_ancestors=include_ancestors)
+    limits = result.limits
+    if include_ancestors and caller.role is Role.MEMBER:
+        # An ancestor above the member's own subject is outside what it may see (SPEC 10).
+        visible = {
+            s: in_scope(quota, caller, SubjectRef.parse(s)) for s in {x.subject for x in limits}
+        }
+        limits = tuple(x for x in limits if visible[x.subject])
+    return JSONResponse(
+        {
+            "subject": result.subject,
+            "at": result.at.isoformat(),
+            "limits": [x.to_wire() for x in limits],
+        }
+    )
+
+
+@router.get(
+    "/subjects/{ref}/history",
+    response_model=HistoryOut,
+    summary="Usage over time, from the ledger",
+    description=(
+        "Sums of every event charged to the subject (its own and its descendants'), per "
+        "calendar period of the configured time zone and per metric (`group_by=metric`) "
+        'or per metric and model (`group_by=model`; `model` is "" for events that named '
+        "none). Periods without usage are left out. By default the 30 days up to the end "
+        "of the current period. A member key may read its own subject and below."
+    ),
+    responses=error_responses(),
+)
+def history(
+    ref: RefPath,
+    caller: Caller,
+    quota: QuotaDep,
+    start: Start = None,
+    end: End = None,
+    granularity: Annotated[Granularity, Query(description="Period length")] = Granularity.DAY,
+    group_by: Annotated[GroupBy, Query(description="metric, or metric and model")] = (
+        GroupBy.METRIC
+    ),
+) -> JSONResponse:
+    subject = SubjectRef.parse(ref, "ref")
+    require_read(quota, caller, subject)
+    points = quota.history(
+        subject, start=start, end=end, granularity=granularity.value, group_by=group_by.value
+    )
+    return JSONResponse(
+        {
+            "subject": str(subject),
+            "granularity": granularity.value,
+            "group_by": group_by.value,
+            "points": [
+                {
+                    "start": p.start.isoformat(),
+                    "end": p.end.isoformat(),
+                    "metric": p.metric,
+                    "model": p.model,
+                    "value": wire_number(p.value),
+                }
+                for p in points
+            ],
+        }
+    )
+
+
+@router.get(
+    "/events",
+    response_model=EventPage,
+    summary="The usage ledger: a page as JSON, or every event as CSV or JSON lines",
+    description=(
+        "`format=json` (default) answers one page. `format=csv` and `format=jsonl` stream "
+        "every matching event (offset and limit do not apply), oldest first. CSV columns: "
+        + ", ".join(CSV_COLUMNS)
+        + " (charged space-separated, tags as JSON, credits as decimal strings, an absent "
+        "amount empty). `subject` keeps the events charged to it, i.e. its own and its "
+        "descendants'. A member key must name a `subject` within its scope."
+    ),
+    responses={
+        200: {
+            "description": "A page (json), or the whole export (csv, jsonl)",
+            "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "application/x-ndjson": {"schema": {"type": "string"}},
+            },
+        },
+        **error_responses(),
+    },
+)
+def events(
+    caller: Caller,
+    quota: QuotaDep,
+    subject: Annotated[
+        str | None, Query(description="Only events charged to this subject (kind:id)")
+    ] = None,
+    start: Start = None,
+    end: End = None,
+    offset: OffsetQuery = 0,
+    limit: LimitQuery = 100,
+    fmt: Annotated[
+        Literal["json", "csv", "jsonl"], Query(alias="format", description="json, csv or jsonl")
+    ] = "json",
+) -> Response:
+    ref = SubjectRef.parse(subject, "subject") if subject is not None else None
+    if caller.role is Role.MEMBER:
+        if ref is None:
+            raise Forbidden("a member key must name a subject= within its scope")
+        require_read(quota, caller, ref)
+    if fmt == "json":
+        page = quota.events(subject=ref, start=start, end=end, offset=offset, limit=limit)
+        return JSONResponse(page_wire([e.to_wire() for e in page.items], page))
+    # Validated now, read lazily: the export streams in batches as the client reads.
+    stream = quota.iter_events(subject=ref, start=start, end=end)
+    if fmt == "csv":
+        return StreamingResponse(
+            _csv(stream),
+            media_type="text/csv",
+            headers={"Content-Disposition": 'attachment; filename="events.csv"'},
+        )
+    return StreamingResponse(
+        _jsonl(stream),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": 'attachment; filename="events.jsonl"'},
+    )
+
+
+def csv_row(event: Event) -> list[Any]:
+    wire = event.to_wire()
+    amounts = wire["amounts"]
+    return [
+        wire["id"],
+        wire["kind"],
+        wire["subject"],
+        " ".join(wire["charged"]),
+        wire["timestamp"],
+        wire["recorded_at"],
+        wire["mode"],
+        *(amounts.get(name, "") for name in AMOUNT_COLUMNS),
+        wire["model"] or "",
+        json.dumps(wire["tags"], sort_keys=True, separators=(",", ":")),
+        wire["idempotency_key"] or "",
+    ]
+
+
+def _csv(events: Iterator[Event]) -> Iterator[str]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for event in events:
+        writer.writerow(csv_row(event))
+        if buffer.tell() >= EXPORT_CHUNK_CHARS:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _jsonl(events: Iterator[Event]) -> Iterator[str]:
+    lines: list[str] = []
+    held = 0
+    for event in events:
+        line = json.dumps(event.to_wire(), separators=(",", ":")) + "\n"
+        lines.append(line)
+        held += len(line)
+        if held >= EXPORT_CHUNK_CHARS:
+            yield "".join(lines)
+            lines.clear()
+            held = 0
+    if lines:
+        yield "".join(lines)
