@@ -514,7 +514,7 @@ def test_audit_records_who_changed_what(cli: Run) -> None:
     (entry,) = data["items"]
     assert (entry["actor"], entry["target"], entry["before"]) == ("tester", "user:alice", None)
     assert entry["after"]["limit"] == 10
-    kind = json.loads(ok(cli("audit", "--subject", "kind:user", "--json")))
+    kind = json.loads(ok(cli("audit", "--subject", "defaults/user", "--json")))
     assert kind["total"] == 1
     bad_input(cli("audit", "--limit", "0"), "limit")
     bad_input(cli("audit", "--subject", "no-colon"), "subject")

@@ -156,21 +156,36 @@ class Quota:
         name: str | None = None,
         parents: Sequence[str | SubjectRef] | None = None,
         metadata: Mapping[str, Any] | None = None,
+        actor: str = "library",
     ) -> Subject:
-        """Create or update a subject; arguments left as None keep what is stored."""
+        """Create or update a subject; arguments left as None keep what is stored.
+
+        Changes are audited: new parents change who is charged from then on.
+        With ``strict_subjects`` every parent must exist already.
+        """
         ref = SubjectRef.parse(subject)
+        parent_refs = validate_parents(ref, parents) if parents is not None else None
+        if self.strict_subjects:
+            for parent in parent_refs or ():
+                if self.store.get_subject(parent) is None:
+                    raise NotFound(f"unknown subject {parent}", details={"field": "parents"})
         return self.store.put_subject(
             ref,
             name=validate_name(name),
             metadata=validate_metadata(metadata) if metadata is not None else None,
-            parents=validate_parents(ref, parents) if parents is not None else None,
+            parents=parent_refs,
             now=self.clock.now(),
+            actor=actor,
         )
 
     def set_parents(
-        self, subject: str | SubjectRef, parents: Sequence[str | SubjectRef]
+        self,
+        subject: str | SubjectRef,
+        parents: Sequence[str | SubjectRef],
+        *,
+        actor: str = "library",
     ) -> Subject:
-        return self.put_subject(subject, parents=parents)
+        return self.put_subject(subject, parents=parents, actor=actor)
 
     def get_subject(self, subject: str | SubjectRef) -> Subject:
         ref = SubjectRef.parse(subject)
@@ -237,6 +252,7 @@ class Quota:
 
     def limits(self, subject: str | SubjectRef) -> LimitsView:
         ref = SubjectRef.parse(subject)
+        self._require_known(ref)
         ((_, rules),) = self.store.rule_sets(ref, with_ancestors=False)
         return LimitsView(str(ref), rules.overrides, rules.plan, tuple(self._resolve(ref, rules)))
 
@@ -536,6 +552,7 @@ class Quota:
     ) -> list[HistoryPoint]:
         """A time series from the ledger, in periods of the configured time zone."""
         ref = SubjectRef.parse(subject)
+        self._require_known(ref)
         try:
             grain = Granularity(granularity)
         except ValueError:
@@ -606,14 +623,12 @@ class Quota:
     def audit(
         self, *, subject: str | None = None, offset: int = 0, limit: int = 100
     ) -> Page[AuditEntry]:
-        """Limit, default and plan changes; ``subject`` may be ``kind:<k>`` or ``plan:<id>`` too."""
+        """Changes to a subject, or to ``defaults/<kind>``, ``plans/<id>`` or ``keys/<id>``."""
         target = None
         if subject is not None:
-            target = (
-                subject
-                if subject.startswith(("kind:", "plan:", "key:"))
-                else str(SubjectRef.parse(subject))
-            )
+            target = subject if "/" in subject else str(SubjectRef.parse(subject))
+            if len(target) > 200:
+                raise ValidationError("subject", "must be at most 200 characters")
         return self.store.audit(target=target, offset=_offset(offset), limit=_limit(limit))
 
     def rebuild(self) -> int:

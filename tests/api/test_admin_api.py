@@ -188,8 +188,8 @@ def test_bad_limits_change_nothing(api: Api, admin: httpx.Client) -> None:
     ]
     cases: list[tuple[dict[str, Any], str]] = [
         *(({"limits": [good, item]}, field) for item, field in second),
-        ({"limits": [{"metric": "tokens", "window": "day"}]}, "limits.0.limit"),
-        ({"limits": [{**good, "surprise": 1}]}, "limits.0.surprise"),
+        ({"limits": [{"metric": "tokens", "window": "day"}]}, "limits[0].limit"),
+        ({"limits": [{**good, "surprise": 1}]}, "limits[0].surprise"),
         ({"limits": [good], "extra": True}, "extra"),
         ({}, "limits"),
     ]
@@ -347,8 +347,8 @@ def test_defaults_runtime_wins_over_config(make_api: ServerFactory) -> None:
         for bad, field in [
             ({**good, "kind": "User"}, "defaults[1].kind"),
             ({**good, "window": "nope"}, "defaults[1].window"),
-            ({**good, "shadow": "maybe"}, "defaults.1.shadow"),
-            ({"kind": "user", "metric": "tokens", "window": "day"}, "defaults.1.limit"),
+            ({**good, "shadow": "maybe"}, "defaults[1].shadow"),
+            ({"kind": "user", "metric": "tokens", "window": "day"}, "defaults[1].limit"),
         ]:
             error(
                 admin.put("/v1/defaults", json={"defaults": [good, bad]}),
@@ -444,15 +444,15 @@ def test_audit_names_the_key_that_made_each_change(api: Api, admin: httpx.Client
     assert first["after"] == {"metric": "tokens", "window": "day", "limit": 10, "shadow": False}
     assert (second["before"]["limit"], second["after"]["limit"]) == (10, 20)
 
-    plan_audit = ok(admin.get("/v1/audit", params={"subject": f"plan:{plan['id']}"}), AuditPage)
+    plan_audit = ok(admin.get("/v1/audit", params={"subject": f"plans/{plan['id']}"}), AuditPage)
     assert [(a["actor"], a["action"]) for a in plan_audit["items"]] == [
         (f"key:{staff_key.id}", "plan.create")
     ]
-    defaults = ok(admin.get("/v1/audit", params={"subject": "kind:user"}), AuditPage)
+    defaults = ok(admin.get("/v1/audit", params={"subject": "defaults/user"}), AuditPage)
     assert [(a["actor"], a["action"]) for a in defaults["items"]] == [
         ("key:bootstrap", "default.set")
     ]
-    keys = ok(admin.get("/v1/audit", params={"subject": f"key:{created['id']}"}), AuditPage)
+    keys = ok(admin.get("/v1/audit", params={"subject": f"keys/{created['id']}"}), AuditPage)
     assert [(a["actor"], a["action"]) for a in keys["items"]] == [("key:bootstrap", "key.create")]
     assert created["key"] not in admin.get("/v1/audit").text
 

@@ -15,8 +15,8 @@ from pydantic import BaseModel
 from tests.api.conftest import Api, ServerFactory
 from tokenquota import FrozenClock
 from tokenquota.api.admin_schemas import EventPage, HistoryOut
-from tokenquota.api.routes.reads import CSV_COLUMNS
 from tokenquota.api.schemas import UsageOut
+from tokenquota.export import CSV_COLUMNS
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # a Tuesday
 

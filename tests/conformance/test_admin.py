@@ -142,7 +142,7 @@ def test_audit_log_keeps_who_when_before_and_after(quota: Quota, clock: FrozenCl
     assert entries[1].before["limit"] == 100
     assert entries[1].after["limit"] == 200
     assert entries[1].at == clock.now()
-    assert [e.action for e in quota.audit(subject="kind:user").items] == ["default.set"]
+    assert [e.action for e in quota.audit(subject="defaults/user").items] == ["default.set"]
     assert quota.audit().total == 5
 
 
@@ -221,3 +221,32 @@ def test_the_time_zone_is_kept_with_the_store(
     moved = make_quota(timezone="UTC", move_timezone=True)
     assert moved.usage("user:alice").limits[0].used == 50  # both fall on the 10th in UTC
     assert make_quota().tz.key == "UTC"
+
+
+def test_subject_changes_are_audited(quota: Quota) -> None:
+    quota.put_subject("user:alice", name="Alice", actor="ops")
+    quota.set_parents("user:alice", ["company:acme"], actor="ops")
+    quota.put_subject("user:alice", name="Alice")  # no change, no entry
+    entries = [e for e in quota.audit(subject="user:alice").items if e.action == "subject.put"]
+    assert [(e.actor, e.before is None) for e in entries] == [("ops", True), ("ops", False)]
+    assert entries[1].before["parents"] == []
+    assert entries[1].after["parents"] == ["company:acme"]
+
+
+def test_audit_targets_never_collide_with_subject_refs(quota: Quota) -> None:
+    quota.set_limit("kind:user", "tokens", "day", 1)  # "kind" is a valid subject kind
+    quota.set_default("user", "tokens", "day", 2)
+    assert [e.target for e in quota.audit(subject="kind:user").items] == ["kind:user"]
+    assert [e.target for e in quota.audit(subject="defaults/user").items] == ["defaults/user"]
+
+
+def test_strict_subjects_apply_to_every_read_and_to_parents(make_quota: QuotaFactory) -> None:
+    quota = make_quota(strict_subjects=True)
+    for call in (
+        lambda: quota.limits("user:ghost"),
+        lambda: quota.history("user:ghost"),
+        lambda: quota.put_subject("user:alice", parents=["company:ghost"]),
+    ):
+        with pytest.raises(NotFound):
+            call()
+    assert quota.list_subjects().total == 0

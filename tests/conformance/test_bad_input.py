@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -144,6 +144,16 @@ CASES: list[tuple[str, Callable[[Quota], object], str]] = [
         "plan rule",
         lambda q: q.create_plan("Gold", [{"metric": "tokens", "window": "day"}]),
         "rules[0].limit",
+    ),
+    (
+        "year one",
+        lambda q: q.events(start=datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))),
+        "start",
+    ),
+    (
+        "year 9999",
+        lambda q: q.history("user:alice", end=datetime(9999, 12, 31, 23, tzinfo=UTC)),
+        "end",
     ),
     ("page size", lambda q: q.events(limit=5_000), "limit"),
     ("page offset", lambda q: q.events(offset=-1), "offset"),

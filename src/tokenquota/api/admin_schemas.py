@@ -204,7 +204,7 @@ class AuditOut(Model):
     at: datetime
     actor: str = Field(description="Who: key:<id> for API calls")
     action: str = Field(description="e.g. override.set, default.set, plan.create, plan.assign")
-    target: str = Field(description="A subject, kind:<kind> for defaults, plan:<id>, key:<id>")
+    target: str = Field(description="A subject ref, or defaults/<kind>, plans/<id>, keys/<id>")
     before: Any
     after: Any
 

@@ -44,13 +44,13 @@ def error_response(
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    # ("body", "amounts", "tokens") -> "amounts.tokens"; ("query", "limit") -> "limit"
-    parts = (
-        [str(p) for p in loc[1:]]
-        if loc and loc[0] in ("body", "query", "path", "header")
-        else [str(p) for p in loc]
-    )
-    return ".".join(parts) or "body"
+    """("body", "limits", 1, "window") -> "limits[1].window", as the engine names fields."""
+    if loc and loc[0] in ("body", "query", "path", "header"):
+        loc = loc[1:]
+    field = ""
+    for part in loc:
+        field += f"[{part}]" if isinstance(part, int) else (f".{part}" if field else str(part))
+    return field or "body"
 
 
 async def _quota_error(_: Request, exc: Exception) -> JSONResponse:

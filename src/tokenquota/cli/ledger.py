@@ -1,6 +1,5 @@
 """The ledger and the audit log: export, inspect, rebuild counters, migrate."""
 
-import csv
 import json
 import os
 import sys
@@ -8,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, TextIO
 
 import typer
 from rich.table import Table
@@ -29,7 +28,7 @@ from tokenquota.cli.common import (
     time_arg,
     when,
 )
-from tokenquota.domain.metrics import COUNTERS
+from tokenquota.export import csv_chunks, jsonl_chunks
 
 
 class Format(StrEnum):
@@ -38,33 +37,8 @@ class Format(StrEnum):
     JSONL = "jsonl"
 
 
-# One column per consumable metric keeps the CSV flat for spreadsheets.
-CSV_COLUMNS = (
-    "id",
-    "kind",
-    "subject",
-    "charged",
-    "timestamp",
-    "recorded_at",
-    "mode",
-    *(m.value for m in COUNTERS),
-    "model",
-    "idempotency_key",
-    "tags",
-)
-
 Offset = Annotated[int, typer.Option("--offset", help="Skip this many (table only).")]
 Limit = Annotated[int, typer.Option("--limit", help="Show at most this many (table only).")]
-
-
-def csv_row(event: Event) -> dict[str, Any]:
-    wire = event.to_wire()
-    amounts = wire["amounts"]
-    row = {k: v for k, v in wire.items() if k in CSV_COLUMNS}
-    row["charged"] = " ".join(wire["charged"])
-    row["tags"] = json.dumps(wire["tags"], sort_keys=True) if wire["tags"] else ""
-    row.update({m.value: amounts.get(m.value, "") for m in COUNTERS})
-    return row
 
 
 @contextmanager
@@ -131,18 +105,18 @@ def events(
         # Stream: an export may be far larger than memory, so never build a list.
         stream = quota.iter_events(subject=subject, start=begin, end=stop)
         written = 0
+
+        def counted() -> Iterator[Event]:
+            nonlocal written
+            for event in stream:
+                written += 1
+                yield event
+
+        chunks = csv_chunks if fmt is Format.CSV else jsonl_chunks
         try:
             with _sink(output) as sink:
-                if fmt is Format.CSV:
-                    writer = csv.DictWriter(sink, fieldnames=CSV_COLUMNS)
-                    writer.writeheader()
-                    for event in stream:
-                        writer.writerow(csv_row(event))
-                        written += 1
-                else:
-                    for event in stream:
-                        sink.write(json.dumps(event.to_wire(), separators=(",", ":")) + "\n")
-                        written += 1
+                for chunk in chunks(counted()):
+                    sink.write(chunk)
         except BrokenPipeError:
             # The reader (say `| head`) has stopped; that is its choice, not an error.
             # Point stdout at /dev/null so the interpreter's final flush stays quiet.
@@ -156,9 +130,7 @@ def events(
 def audit(
     subject: Annotated[
         str | None,
-        typer.Option(
-            "--subject", help="A subject, kind:<kind> for defaults, or plan:<id> for a plan."
-        ),
+        typer.Option("--subject", help="A subject, or defaults/<kind>, plans/<id> or keys/<id>."),
     ] = None,
     offset: Annotated[int, typer.Option("--offset", help="Skip this many.")] = 0,
     limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = 50,

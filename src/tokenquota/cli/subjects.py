@@ -76,7 +76,10 @@ def subjects_put(
     parents: list[str] | None = [] if no_parents else (parent or None)
     meta = json_arg(metadata, "metadata") if metadata is not None else None
     with opened(db, timezone) as quota:
-        _print_subject(quota, quota.put_subject(subject, name=name, parents=parents, metadata=meta))
+        _print_subject(
+            quota,
+            quota.put_subject(subject, name=name, parents=parents, metadata=meta, actor=actor()),
+        )
 
 
 @subjects_app.command("show")

@@ -313,5 +313,5 @@ class Client:
     def audit(
         self, *, subject: str | None = None, offset: int = 0, limit: int = 100
     ) -> Page[AuditEntry]:
-        """Limit, default and plan changes; ``subject`` may be ``kind:<k>`` or ``plan:<id>`` too."""
+        """Changes to a subject, or to ``defaults/<kind>``, ``plans/<id>`` or ``keys/<id>``."""
         return self._run(p.audit(subject=subject, offset=offset, limit=limit))

@@ -46,7 +46,14 @@ def ensure_utc(value: datetime, field: str) -> datetime:
 
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValidationError(field, "must carry a time zone (e.g. end in Z or +00:00)")
-    return value.astimezone(UTC)
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    # A bound keeps every period arithmetic (next month, next year) in range.
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise ValidationError(field, "must be between 1970-01-01 and 9000-01-01")
+    return utc
 
 
 def to_micros(value: datetime) -> int:
@@ -60,3 +67,5 @@ def from_micros(value: int) -> datetime:
 
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+EARLIEST = EPOCH
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)

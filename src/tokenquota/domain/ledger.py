@@ -73,13 +73,27 @@ def increments(
     return dict(out)
 
 
+# Audit targets that are not subjects contain a "/", which no subject ref may,
+# so "kind:user" the subject and the defaults of kind "user" never collide.
+def defaults_target(kind: str) -> str:
+    return f"defaults/{kind}"
+
+
+def plan_target(plan_id: str) -> str:
+    return f"plans/{plan_id}"
+
+
+def key_target(key_id: str) -> str:
+    return f"keys/{key_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     id: int
     at: datetime
     actor: str
     action: str  # e.g. limit.set, default.set, plan.create, plan.assign
-    target: str  # a subject ref, "kind:<kind>" for defaults, "plan:<id>"
+    target: str  # a subject ref, or defaults/<kind>, plans/<id>, keys/<id> (see below)
     before: Any
     after: Any
 

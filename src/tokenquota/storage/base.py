@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from tokenquota.domain.decisions import Check, DebitPlan, Decision
 from tokenquota.domain.keys import ApiKey
-from tokenquota.domain.ledger import AuditEntry, Event
+from tokenquota.domain.ledger import AuditEntry, Event, defaults_target, plan_target
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import Subject, SubjectRef
 
@@ -44,7 +44,9 @@ class Scope:
     def audit_target(self) -> str:
         if self.layer is Layer.OVERRIDE:
             return self.name
-        return f"{'plan' if self.layer is Layer.PLAN else 'kind'}:{self.name}"
+        if self.layer is Layer.PLAN:
+            return plan_target(self.name)
+        return defaults_target(self.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +87,12 @@ class Store(Protocol):
         metadata: dict[str, Any] | None,
         parents: tuple[SubjectRef, ...] | None,
         now: datetime,
+        actor: str,
     ) -> Subject:
-        """Upsert; ``None`` keeps the stored value. Refuses a parent cycle atomically."""
+        """Upsert; ``None`` keeps the stored value. Refuses a parent cycle atomically.
+
+        A change is audited as ``subject.put`` with the subject before and after.
+        """
         ...
 
     def delete_subject(self, ref: SubjectRef, *, actor: str, now: datetime) -> bool: ...

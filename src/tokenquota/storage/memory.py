@@ -20,7 +20,14 @@ from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, decide
 from tokenquota.domain.errors import Conflict, IdempotencyConflict, NotFound
 from tokenquota.domain.keys import ApiKey
-from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
+from tokenquota.domain.ledger import (
+    AuditEntry,
+    CounterKey,
+    Event,
+    increments,
+    key_target,
+    plan_target,
+)
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
@@ -83,8 +90,11 @@ class MemoryStore:
         metadata: dict[str, Any] | None,
         parents: tuple[SubjectRef, ...] | None,
         now: datetime,
+        actor: str,
     ) -> Subject:
         with self._lock:
+            existing = self._s.subjects.get(ref)
+            before = self._subject(ref, existing).to_wire() if existing else None
             if parents is not None:
                 check_acyclic(ref, parents, self._parents_of)
                 ancestors_of(ref, lambda r: parents if r == ref else self._parents_of(r))
@@ -97,7 +107,10 @@ class MemoryStore:
                 row.metadata = dict(metadata)
             if parents is not None:
                 row.parents = parents
-            return self._subject(ref, row)
+            subject = self._subject(ref, row)
+            if subject.to_wire() != before:
+                self._audit(now, actor, "subject.put", str(ref), before, subject.to_wire())
+            return subject
 
     def delete_subject(self, ref: SubjectRef, *, actor: str, now: datetime) -> bool:
         with self._lock:
@@ -219,7 +232,7 @@ class MemoryStore:
             self._track([r.key for r in rules])
             plan = self._plan(plan_id)
             assert plan is not None
-            self._audit(now, actor, "plan.create", f"plan:{plan_id}", None, plan.to_wire())
+            self._audit(now, actor, "plan.create", plan_target(plan_id), None, plan.to_wire())
             return plan
 
     def update_plan(self, plan_id: str, *, name: str | None, actor: str, now: datetime) -> Plan:
@@ -231,7 +244,7 @@ class MemoryStore:
                 if name in self._s.plans.values():
                     raise Conflict(f"a plan named {name!r} exists", details={"field": "name"})
                 self._s.plans[plan_id] = name
-                self._audit(now, actor, "plan.rename", f"plan:{plan_id}", before.name, name)
+                self._audit(now, actor, "plan.rename", plan_target(plan_id), before.name, name)
             plan = self._plan(plan_id)
             assert plan is not None
             return plan
@@ -246,7 +259,7 @@ class MemoryStore:
                 raise Conflict(f"plan {before.name!r} is assigned to {len(users)} subject(s)")
             del self._s.plans[plan_id]
             self._s.rules.pop(Scope(Layer.PLAN, plan_id), None)
-            self._audit(now, actor, "plan.delete", f"plan:{plan_id}", before.to_wire(), None)
+            self._audit(now, actor, "plan.delete", plan_target(plan_id), before.to_wire(), None)
 
     def get_plan(self, plan_id: str) -> Plan | None:
         with self._lock:
@@ -394,7 +407,9 @@ class MemoryStore:
     def create_key(self, key: ApiKey, secret_hash: str, *, actor: str) -> None:
         with self._lock:
             self._s.keys[key.id] = (key, secret_hash)
-            self._audit(key.created_at, actor, "key.create", f"key:{key.id}", None, key.to_wire())
+            self._audit(
+                key.created_at, actor, "key.create", key_target(key.id), None, key.to_wire()
+            )
 
     def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
         with self._lock:
@@ -413,6 +428,6 @@ class MemoryStore:
             revoked = replace(found[0], revoked_at=now)
             self._s.keys[key_id] = (revoked, found[1])
             self._audit(
-                now, actor, "key.revoke", f"key:{key_id}", found[0].to_wire(), revoked.to_wire()
+                now, actor, "key.revoke", key_target(key_id), found[0].to_wire(), revoked.to_wire()
             )
             return True

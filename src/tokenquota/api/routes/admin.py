@@ -46,7 +46,7 @@ from tokenquota.api.admin_schemas import (
 )
 from tokenquota.api.auth import Caller, QuotaDep, require_read, require_role
 from tokenquota.domain.keys import ApiKey, Role
-from tokenquota.domain.subjects import Subject, SubjectRef
+from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import DefaultRule, LimitsView
 
 router = APIRouter(prefix="/v1")
@@ -63,18 +63,6 @@ STRICT_UNKNOWN = {404: "Unknown subject (only with strict_subjects)"}
 
 def _actor(caller: ApiKey) -> str:
     return f"key:{caller.id}"
-
-
-def subject_wire(subject: Subject) -> dict[str, Any]:
-    return {
-        "ref": str(subject.ref),
-        "kind": subject.ref.kind,
-        "id": subject.ref.id,
-        "name": subject.name,
-        "metadata": dict(subject.metadata),
-        "parents": [str(p) for p in subject.parents],
-        "plan_id": subject.plan_id,
-    }
 
 
 def limits_wire(view: LimitsView) -> dict[str, Any]:
@@ -100,8 +88,9 @@ def defaults_wire(defaults: list[DefaultRule]) -> dict[str, Any]:
     summary="Create or update a subject",
     description=(
         "Upsert. A field left out (or null) keeps what is stored; `parents` replaces the "
-        "whole list, and unknown parents are created. A change that would make the parent "
-        "graph cyclic is refused with 409 `parent_cycle`. Admin and staff."
+        "whole list; unknown parents are created (with strict_subjects: 404). A change "
+        "that would make the parent graph cyclic is refused with 409 `parent_cycle`. "
+        "Changes are audited. Admin and staff."
     ),
     responses=error_responses({409: "The parents would make a cycle"}),
 )
@@ -112,8 +101,9 @@ def put_subject(ref: RefPath, body: SubjectIn, caller: Caller, quota: QuotaDep) 
         name=body.name,
         parents=body.parents,
         metadata=body.metadata,
+        actor=_actor(caller),
     )
-    return JSONResponse(subject_wire(subject))
+    return JSONResponse(subject.to_wire())
 
 
 @router.get(
@@ -127,7 +117,7 @@ def put_subject(ref: RefPath, body: SubjectIn, caller: Caller, quota: QuotaDep) 
 def get_subject(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     subject = SubjectRef.parse(ref, "ref")
     require_read(quota, caller, subject)
-    return JSONResponse(subject_wire(quota.get_subject(subject)))
+    return JSONResponse(quota.get_subject(subject).to_wire())
 
 
 @router.delete(
@@ -168,7 +158,7 @@ def list_subjects(
 ) -> JSONResponse:
     require_role(caller, *READERS)
     page = quota.list_subjects(kind=kind, parent=parent, offset=offset, limit=limit)
-    return JSONResponse(page_wire([subject_wire(s) for s in page.items], page))
+    return JSONResponse(page_wire([s.to_wire() for s in page.items], page))
 
 
 # limits and plan assignment ----------------------------------------------------------
@@ -421,7 +411,7 @@ def revoke_key(key_id: KeyPath, caller: Caller, quota: QuotaDep) -> Response:
     description=(
         "Who changed which limit, default, plan, plan assignment, subject deletion or key, "
         "when, from what to what; oldest first. `subject` filters by target: a subject "
-        "(kind:id), `kind:<kind>` for defaults, `plan:<id>` or `key:<id>`. Admin and staff."
+        "(kind:id), `defaults/<kind>`, `plans/<id>` or `keys/<id>`. Admin and staff."
     ),
     responses=error_responses(),
 )

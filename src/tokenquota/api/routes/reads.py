@@ -8,11 +8,7 @@ which Starlette iterates on the thread pool.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from collections.abc import Iterator
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -31,30 +27,13 @@ from tokenquota.api.auth import Caller, QuotaDep, in_scope, require_read
 from tokenquota.api.schemas import UsageOut
 from tokenquota.domain.errors import Forbidden
 from tokenquota.domain.keys import Role
-from tokenquota.domain.ledger import Event
 from tokenquota.domain.metrics import wire_number
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Granularity, GroupBy
+from tokenquota.export import CSV_COLUMNS, csv_chunks, jsonl_chunks
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
-# One column per counter metric keeps the CSV flat for spreadsheets. The list is
-# part of the wire contract, so it is spelled out rather than derived.
-AMOUNT_COLUMNS: Final = ("tokens", "input_tokens", "output_tokens", "requests", "credits")
-CSV_COLUMNS: Final = (
-    "id",
-    "kind",
-    "subject",
-    "charged",
-    "timestamp",
-    "recorded_at",
-    "mode",
-    *AMOUNT_COLUMNS,
-    "model",
-    "tags",
-    "idempotency_key",
-)
-EXPORT_CHUNK_CHARS: Final = 64 * 1024  # one thread hop per chunk, not per event
 
 Start = Annotated[
     Instant | None,
@@ -199,58 +178,12 @@ def events(
     stream = quota.iter_events(subject=ref, start=start, end=end)
     if fmt == "csv":
         return StreamingResponse(
-            _csv(stream),
+            csv_chunks(stream),
             media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="events.csv"'},
         )
     return StreamingResponse(
-        _jsonl(stream),
+        jsonl_chunks(stream),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="events.jsonl"'},
     )
-
-
-def csv_row(event: Event) -> list[Any]:
-    wire = event.to_wire()
-    amounts = wire["amounts"]
-    return [
-        wire["id"],
-        wire["kind"],
-        wire["subject"],
-        " ".join(wire["charged"]),
-        wire["timestamp"],
-        wire["recorded_at"],
-        wire["mode"],
-        *(amounts.get(name, "") for name in AMOUNT_COLUMNS),
-        wire["model"] or "",
-        json.dumps(wire["tags"], sort_keys=True, separators=(",", ":")),
-        wire["idempotency_key"] or "",
-    ]
-
-
-def _csv(events: Iterator[Event]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    for event in events:
-        writer.writerow(csv_row(event))
-        if buffer.tell() >= EXPORT_CHUNK_CHARS:
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-    yield buffer.getvalue()
-
-
-def _jsonl(events: Iterator[Event]) -> Iterator[str]:
-    lines: list[str] = []
-    held = 0
-    for event in events:
-        line = json.dumps(event.to_wire(), separators=(",", ":")) + "\n"
-        lines.append(line)
-        held += len(line)
-        if held >= EXPORT_CHUNK_CHARS:
-            yield "".join(lines)
-            lines.clear()
-            held = 0
-    if lines:
-        yield "".join(lines)

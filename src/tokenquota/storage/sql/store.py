@@ -33,7 +33,14 @@ from tokenquota.domain.errors import (
     ValidationError,
 )
 from tokenquota.domain.keys import ApiKey, Role
-from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
+from tokenquota.domain.ledger import (
+    AuditEntry,
+    CounterKey,
+    Event,
+    increments,
+    key_target,
+    plan_target,
+)
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.metrics import Amounts
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
@@ -166,8 +173,11 @@ class SqlStore:
         metadata: dict[str, Any] | None,
         parents: tuple[SubjectRef, ...] | None,
         now: datetime,
+        actor: str,
     ) -> Subject:
         with self._tx(write=True) as conn:
+            existing = self._get_subject(conn, ref)
+            before = existing.to_wire() if existing else None
             self._ensure_subject(conn, ref, now)
             values: dict[str, Any] = {}
             if name is not None:
@@ -196,6 +206,8 @@ class SqlStore:
                     )
             subject = self._get_subject(conn, ref)
             assert subject is not None
+            if subject.to_wire() != before:
+                self._audit(conn, now, actor, "subject.put", str(ref), before, subject.to_wire())
             return subject
 
     def delete_subject(self, ref: SubjectRef, *, actor: str, now: datetime) -> bool:
@@ -381,7 +393,7 @@ class SqlStore:
             self._track(conn, [r.key for r in rules])
             plan = self._plan(conn, plan_id)
             assert plan is not None
-            self._audit(conn, now, actor, "plan.create", f"plan:{plan_id}", None, plan.to_wire())
+            self._audit(conn, now, actor, "plan.create", plan_target(plan_id), None, plan.to_wire())
             return plan
 
     def update_plan(self, plan_id: str, *, name: str | None, actor: str, now: datetime) -> Plan:
@@ -394,7 +406,9 @@ class SqlStore:
                 if taken is not None:
                     raise Conflict(f"a plan named {name!r} exists", details={"field": "name"})
                 conn.execute(t.plans.update().where(t.plans.c.id == plan_id).values(name=name))
-                self._audit(conn, now, actor, "plan.rename", f"plan:{plan_id}", before.name, name)
+                self._audit(
+                    conn, now, actor, "plan.rename", plan_target(plan_id), before.name, name
+                )
             plan = self._plan(conn, plan_id)
             assert plan is not None
             return plan
@@ -411,7 +425,9 @@ class SqlStore:
                 raise Conflict(f"plan {before.name!r} is assigned to {users} subject(s)")
             conn.execute(_scope_filter(t.rules.delete(), Scope(Layer.PLAN, plan_id)))
             conn.execute(t.plans.delete().where(t.plans.c.id == plan_id))
-            self._audit(conn, now, actor, "plan.delete", f"plan:{plan_id}", before.to_wire(), None)
+            self._audit(
+                conn, now, actor, "plan.delete", plan_target(plan_id), before.to_wire(), None
+            )
 
     def get_plan(self, plan_id: str) -> Plan | None:
         with self._tx() as conn:
@@ -679,7 +695,7 @@ class SqlStore:
                 )
             )
             self._audit(
-                conn, key.created_at, actor, "key.create", f"key:{key.id}", None, key.to_wire()
+                conn, key.created_at, actor, "key.create", key_target(key.id), None, key.to_wire()
             )
 
     def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
@@ -711,7 +727,13 @@ class SqlStore:
             before = _key(row)
             after = replace(before, revoked_at=now)
             self._audit(
-                conn, now, actor, "key.revoke", f"key:{key_id}", before.to_wire(), after.to_wire()
+                conn,
+                now,
+                actor,
+                "key.revoke",
+                key_target(key_id),
+                before.to_wire(),
+                after.to_wire(),
             )
             return True
 
