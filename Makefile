@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint typecheck pytest bench clean
+.PHONY: install demo serve test lint typecheck pytest bench clean
 
 install: $(STAMP)
 
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 # Until the HTTP service lands, the first command runs a short tour of the library on SQLite.
 demo: install
 	$(BIN)/python -m tokenquota.demo
+
+# The HTTP service on SQLite in the working directory; TOKENQUOTA_* or --config for the rest.
+serve: install
+	$(BIN)/tokenquota serve
 
 lint: install
 	$(BIN)/ruff format --check src tests bench

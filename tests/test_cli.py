@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -526,3 +527,8 @@ def test_rebuild_replays_the_ledger(three_events: Run) -> None:
     assert "3 events replayed" in ok(three_events("rebuild"))
     assert usage_rows(three_events, "user:alice") == before
     bad_input(three_events("rebuild", "--db", "redis://x"), "db")
+
+
+def test_keys_create_quiet_prints_only_the_key(cli: Run) -> None:
+    out = ok(cli("keys", "create", "--role", "service", "--quiet"))
+    assert re.fullmatch(r"tq_[0-9a-f]{16}_[A-Za-z0-9_-]{43}\n", out)

@@ -124,3 +124,12 @@ def test_health_readiness_metrics_and_openapi(api: Api, admin: httpx.Client) -> 
     schema = httpx.get(f"{api.url}/openapi.json").json()
     assert "/v1/consume" in schema["paths"]
     assert httpx.get(f"{api.url}/docs").status_code == 200
+
+
+def test_bodies_that_are_not_json_are_422_naming_the_body(api: Api, admin: httpx.Client) -> None:
+    for raw in (b"{not json", b"\xff"):
+        response = admin.post(
+            "/v1/consume", content=raw, headers={"content-type": "application/json"}
+        )
+        assert response.status_code == 422, raw
+        assert response.json()["error"]["details"]["field"] == "body"

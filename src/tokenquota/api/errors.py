@@ -62,7 +62,11 @@ async def _quota_error(_: Request, exc: Exception) -> JSONResponse:
 async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [
-        {"field": _field(tuple(e.get("loc", ()))), "message": str(e.get("msg", ""))}
+        {
+            # A body that is not JSON at all has no field to name but itself.
+            "field": "body" if e.get("type") == "json_invalid" else _field(tuple(e.get("loc", ()))),
+            "message": str(e.get("msg", "")),
+        }
         for e in exc.errors()
     ]
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
@@ -76,6 +80,11 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 400:
+        # Only the framework raises 400: a body it could not even decode (not UTF-8).
+        # That is bad input like any other, so it gets the documented 422.
+        message = f"body: {exc.detail}"
+        return error_response(422, "validation_error", message, {"field": "body"})
     code = _HTTP_CODES.get(exc.status_code, "error")
     return error_response(
         exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)

@@ -2,7 +2,8 @@
 
 import typer
 
-from tokenquota.cli import ledger, metering
+from tokenquota.cli import ledger, metering, serve
+from tokenquota.cli.keys import keys_app
 from tokenquota.cli.rules import defaults_app, limits_app, plans_app
 from tokenquota.cli.subjects import subjects_app
 
@@ -22,6 +23,7 @@ app.add_typer(subjects_app, name="subjects")
 app.add_typer(limits_app, name="limits")
 app.add_typer(defaults_app, name="defaults")
 app.add_typer(plans_app, name="plans")
+app.add_typer(keys_app, name="keys")
 app.command("consume")(metering.consume)
 app.command("check")(metering.check)
 app.command("usage")(metering.usage)
@@ -30,3 +32,4 @@ app.command("events")(ledger.events)
 app.command("audit")(ledger.audit)
 app.command("rebuild")(ledger.rebuild)
 app.command("migrate")(ledger.migrate)
+app.command("serve")(serve.serve)

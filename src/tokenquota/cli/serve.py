@@ -1,0 +1,188 @@
+"""``tokenquota serve``: the HTTP service on uvicorn (SPEC section 9).
+
+Options resolve as everywhere in the service: flags > ``TOKENQUOTA_*``
+environment > TOML config file > defaults (``Settings.load``). The store is
+opened once here before uvicorn starts, so migrations run once (not once per
+worker) and a bad URL, zone or default is reported as one line, exit code 2,
+instead of a traceback from inside a worker.
+"""
+
+import json
+import os
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Annotated, Final
+
+import pydantic
+import typer
+import uvicorn
+
+import tokenquota
+from tokenquota import ValidationError
+from tokenquota.cli.common import reports_errors
+from tokenquota.settings import Settings
+
+# The factory each worker process calls; it reads SETTINGS_ENV.
+APP_FACTORY: Final = "tokenquota.api:app_from_env"
+SETTINGS_ENV: Final = "TOKENQUOTA_SETTINGS_JSON"
+ADMIN_KEY_ENV: Final = "TOKENQUOTA_ADMIN_KEY"
+CONFIG_ENV: Final = "TOKENQUOTA_CONFIG"
+
+
+@reports_errors
+def serve(
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host", help="Interface to listen on (env TOKENQUOTA_HOST, default 127.0.0.1)."
+        ),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", help="TCP port (env TOKENQUOTA_PORT, default 8000).")
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            help=(
+                "Store URL (env TOKENQUOTA_DB, default sqlite:///tokenquota.db in the "
+                "working directory), migrated before the service starts."
+            ),
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            help="Worker processes sharing the port (env TOKENQUOTA_WORKERS, default 1).",
+        ),
+    ] = None,
+    timezone: Annotated[
+        str | None,
+        typer.Option(
+            "--timezone",
+            help=(
+                "IANA zone of calendar windows for a new store; an existing store keeps "
+                "its own (env TOKENQUOTA_TIMEZONE, default UTC)."
+            ),
+        ),
+    ] = None,
+    strict_subjects: Annotated[
+        bool | None,
+        typer.Option(
+            "--strict-subjects/--no-strict-subjects",
+            help="Refuse subjects not created first (env TOKENQUOTA_STRICT_SUBJECTS, default off).",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            metavar="FILE",
+            help=(
+                "TOML file with any of these settings, admin_key and defaults tables "
+                "(env TOKENQUOTA_CONFIG)."
+            ),
+        ),
+    ] = None,
+) -> None:
+    """Run the HTTP API (docs at /docs); TOKENQUOTA_ADMIN_KEY may hold a bootstrap admin key."""
+    settings = load_settings(
+        config,
+        host=host,
+        port=port,
+        db=db,
+        workers=workers,
+        timezone=timezone,
+        strict_subjects=strict_subjects,
+    )
+    if settings.workers > 1 and settings.db.lower().startswith("memory:"):
+        # Each worker would count on its own, and the limit would be enforced once per worker.
+        raise ValidationError(
+            "workers", "memory:// lives in one process; use a sqlite:/// store with --workers > 1"
+        )
+    # Migrate once and validate the zone and the config's defaults before any worker starts.
+    tokenquota.open(
+        settings.db,
+        timezone=settings.timezone,
+        strict_subjects=settings.strict_subjects,
+        defaults=settings.default_rules(),
+    ).close()
+    typer.echo(banner(settings))
+    if settings.workers == 1:
+        # Imported here: building the app pulls in FastAPI, which other commands never need.
+        from tokenquota.api import create_app
+
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+        return
+    # Worker processes rebuild the app from these settings instead of re-reading flags.
+    os.environ[SETTINGS_ENV] = settings_json(settings)
+    uvicorn.run(
+        APP_FACTORY,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+    )
+
+
+def load_settings(config: Path | None, **flags: object) -> Settings:
+    """``Settings.load`` with its failures turned into one-line ``ValidationError``s."""
+    path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if path is not None and not path.is_file():
+        raise ValidationError("config", f"no such file: {str(path)!r}")
+    try:
+        return Settings.load(path, **flags)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError("config", f"{path} is not valid TOML ({exc})") from None
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise ValidationError(field, str(first["msg"])) from None
+
+
+def settings_json(settings: Settings) -> str:
+    """The resolved settings for the worker processes, secret included.
+
+    A pydantic dump masks a ``SecretStr`` as ``**********``; the workers need
+    the real key, and the environment of our own children is where it already was.
+    """
+    data = settings.model_dump(mode="json")
+    data["admin_key"] = settings.admin_key.get_secret_value() if settings.admin_key else None
+    return json.dumps(data)
+
+
+def base_url(settings: Settings) -> str:
+    host = settings.host
+    if ":" in host:  # an IPv6 literal
+        host = f"[{host}]"
+    return f"http://{host}:{settings.port}"
+
+
+def banner(settings: Settings) -> str:
+    url = base_url(settings)
+    worker_text = "1 worker" if settings.workers == 1 else f"{settings.workers} workers"
+    lines = [
+        f"tokenquota listening on {url} ({worker_text}, store {redacted(settings.db)})",
+        f"API docs: {url}/docs",
+    ]
+    if settings.admin_key is None:
+        command = f"tokenquota keys create --role admin --db {shlex.quote(settings.db)}"
+        lines.append(f"admin key: none set; make one with: {command}")
+    elif os.environ.get(ADMIN_KEY_ENV):
+        lines.append(f"admin key: {ADMIN_KEY_ENV} is set")
+    else:
+        lines.append("admin key: admin_key is set in the config file")
+    return "\n".join(lines)
+
+
+def redacted(url: str) -> str:
+    """The URL without a password, should one be in it (a future postgresql:// store)."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, location = rest.rpartition("@")
+    if not sep or not at or ":" not in credentials:
+        return url
+    user = credentials.partition(":")[0]
+    return f"{scheme}://{user}:***@{location}"
