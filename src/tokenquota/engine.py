@@ -52,7 +52,7 @@ from tokenquota.domain.limits import (
     resolve,
     validate_plan_name,
 )
-from tokenquota.domain.metrics import Amounts, Metric, Number, from_units
+from tokenquota.domain.metrics import Amounts, Metric, Number, from_units, merge_amounts
 from tokenquota.domain.subjects import (
     Subject,
     SubjectRef,
@@ -379,7 +379,7 @@ class Quota:
         """The decision a consume in enforce mode would get now, spending nothing."""
         ref = SubjectRef.parse(subject)
         self._require_known(ref)
-        plan = self._plan(ref, _merge(amounts, metric_amounts), Mode.ENFORCE, timestamp)
+        plan = self._plan(ref, merge_amounts(amounts, metric_amounts), Mode.ENFORCE, timestamp)
         return decide(plan, self.store.read(plan.checks))
 
     def consume(
@@ -407,7 +407,7 @@ class Quota:
             raise ValidationError("mode", "must be enforce or record") from None
         plan = self._plan(
             ref,
-            _merge(amounts, metric_amounts),
+            merge_amounts(amounts, metric_amounts),
             parsed_mode,
             timestamp,
             idempotency_key=_bounded_text(idempotency_key, "idempotency_key", MAX_KEY_LENGTH),
@@ -688,17 +688,6 @@ _GRAIN_SPAN: Final = {
     Granularity.DAY: timedelta(days=1),
     Granularity.MONTH: timedelta(days=28),
 }
-
-
-def _merge(amounts: Mapping[str, object] | None, extra: Mapping[str, object]) -> dict[str, object]:
-    if amounts is not None and not isinstance(amounts, Mapping):
-        raise ValidationError("amounts", "must be an object of metric: amount")
-    merged = dict(amounts or {})
-    for name, value in extra.items():
-        if name in merged:
-            raise ValidationError(f"amounts.{name}", "given twice")
-        merged[name] = value
-    return merged
 
 
 def _bounded_text(value: object, field: str, size: int) -> str | None:

@@ -39,7 +39,7 @@ from tokenquota.domain.limits import (
     Source,
     parse_limit_value,
 )
-from tokenquota.domain.metrics import Amounts, Metric, Number, to_units
+from tokenquota.domain.metrics import Amounts, Metric, Number, merge_amounts, to_units
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.engine import DefaultRule, HistoryPoint, LimitsView, Usage
 from tokenquota.storage.base import Page
@@ -217,17 +217,6 @@ def _segment(value: object, field: str) -> str:
     return quoted.replace(".", "%2E") if set(value) == {"."} else quoted
 
 
-def _merge(amounts: Mapping[str, object] | None, extra: Mapping[str, object]) -> dict[str, object]:
-    if amounts is not None and not isinstance(amounts, Mapping):
-        raise ValidationError("amounts", "must be an object of metric: amount")
-    merged = dict(amounts or {})
-    for name, value in extra.items():
-        if name in merged:
-            raise ValidationError(f"amounts.{name}", "given twice")
-        merged[name] = value
-    return merged
-
-
 def _without_none(**values: object) -> dict[str, Any]:
     return {k: _jsonable(v) for k, v in values.items() if v is not None}
 
@@ -238,7 +227,7 @@ def check(
     timestamp: datetime | None,
     metric_amounts: Mapping[str, object],
 ) -> Call[Decision]:
-    body = {"subject": str(subject), "amounts": _jsonable(_merge(amounts, metric_amounts))}
+    body = {"subject": str(subject), "amounts": _jsonable(merge_amounts(amounts, metric_amounts))}
     body |= _without_none(timestamp=timestamp)
     return Call("POST", "/v1/check", Decision.from_wire, body=body)
 
@@ -256,7 +245,7 @@ def consume(
 ) -> Call[Decision]:
     body = {
         "subject": str(subject),
-        "amounts": _jsonable(_merge(amounts, metric_amounts)),
+        "amounts": _jsonable(merge_amounts(amounts, metric_amounts)),
         "mode": str(mode),
     }
     body |= _without_none(

@@ -113,6 +113,20 @@ def _decimal(value: object, field: str) -> Decimal:
     return number
 
 
+def merge_amounts(
+    amounts: Mapping[str, object] | None, extra: Mapping[str, object]
+) -> dict[str, object]:
+    """Join ``amounts={...}`` and keyword amounts (``tokens=5``); a metric given twice is an error."""
+    if amounts is not None and not isinstance(amounts, Mapping):
+        raise ValidationError("amounts", "must be an object of metric: amount")
+    merged = dict(amounts or {})
+    for name, value in extra.items():
+        if name in merged:
+            raise ValidationError(f"amounts.{name}", "given twice")
+        merged[name] = value
+    return merged
+
+
 class Amounts(Mapping[Metric, int]):
     """What one request spends, in units, with ``tokens`` and ``requests`` filled in."""
 
