@@ -116,7 +116,7 @@ def _decimal(value: object, field: str) -> Decimal:
 def merge_amounts(
     amounts: Mapping[str, object] | None, extra: Mapping[str, object]
 ) -> dict[str, object]:
-    """Join ``amounts={...}`` and keyword amounts (``tokens=5``); a metric given twice is an error."""
+    """Join ``amounts={...}`` and keyword amounts (``tokens=5``); a metric twice is an error."""
     if amounts is not None and not isinstance(amounts, Mapping):
         raise ValidationError("amounts", "must be an object of metric: amount")
     merged = dict(amounts or {})
