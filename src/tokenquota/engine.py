@@ -14,10 +14,11 @@ import logging
 import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
 from tokenquota.domain.decisions import (
@@ -26,10 +27,12 @@ from tokenquota.domain.decisions import (
     Decision,
     LimitStatus,
     Mode,
+    QuotaExceeded,
     decide,
     status,
 )
 from tokenquota.domain.errors import NotFound, ValidationError
+from tokenquota.domain.holds import Lease, Reservation, parse_ttl
 from tokenquota.domain.keys import (
     MAX_KEY_NAME,
     ApiKey,
@@ -74,6 +77,8 @@ MAX_TAGS: Final = 32
 MAX_TAG_LENGTH: Final = 256
 MAX_HISTORY_POINTS: Final = 10_000
 DEFAULT_RETENTION: Final = timedelta(days=400)
+DEFAULT_TTL: Final = 60.0
+Intent = Literal["consume", "reserve", "acquire"]
 MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
 
 
@@ -110,6 +115,47 @@ class HistoryPoint:
     metric: str
     model: str | None  # set when grouped by model ("" for events that named none)
     value: Number
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """A reserve's answer: the decision, and the reservation when it was admitted."""
+
+    decision: Decision
+    reservation: Reservation | None
+
+    @property
+    def allowed(self) -> bool:
+        return self.reservation is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Acquired:
+    decision: Decision
+    lease: Lease | None
+
+    @property
+    def allowed(self) -> bool:
+        return self.lease is not None
+
+
+class Hold:
+    """A live reservation inside ``Quota.reservation``; commit it with the real usage."""
+
+    def __init__(self, quota: Quota, reservation: Reservation) -> None:
+        self.quota = quota
+        self.reservation = reservation
+        self.result: Decision | None = None
+
+    @property
+    def id(self) -> str:
+        return self.reservation.id
+
+    def commit(
+        self, amounts: Mapping[str, object] | None = None, **metric_amounts: object
+    ) -> Decision:
+        self.result = self.quota.commit(self.id, amounts, **metric_amounts)
+        return self.result
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,7 +426,7 @@ class Quota:
         ref = SubjectRef.parse(subject)
         self._require_known(ref)
         plan = self._plan(ref, merge_amounts(amounts, metric_amounts), Mode.ENFORCE, timestamp)
-        return decide(plan, self.store.read(plan.checks))
+        return decide(plan, self.store.read(plan.checks, plan.now))
 
     def consume(
         self,
@@ -436,8 +482,14 @@ class Quota:
         idempotency_key: str | None = None,
         model: str | None = None,
         tags: Mapping[str, str] | None = None,
+        intent: Intent = "consume",
     ) -> DebitPlan:
-        amounts = Amounts.parse(raw_amounts)
+        """The checks a request must pass; ``intent`` says which limits apply.
+
+        A consume, commit or reservation is measured against counter limits and
+        input_sequence_length; a lease only against concurrent_requests.
+        """
+        amounts = Amounts.parse(raw_amounts) if intent != "acquire" else Amounts({})
         now = self.clock.now()
         at = self._timestamp(timestamp, now)
         chain = self._effective_chain(ref)
@@ -446,7 +498,7 @@ class Quota:
             check
             for _, limits in chain
             for limit in limits
-            if (check := self._check(limit, amounts, at, now)) is not None
+            if (check := self._check(limit, amounts, at, now, intent)) is not None
         ]
         fingerprint = hashlib.sha256(
             json.dumps(
@@ -473,15 +525,23 @@ class Quota:
             fingerprint=fingerprint,
             model=model,
             tags=dict(tags or {}),
+            hold=intent == "reserve",
         )
 
     def _check(
-        self, limit: EffectiveLimit, amounts: Amounts, at: datetime, now: datetime
+        self,
+        limit: EffectiveLimit,
+        amounts: Amounts,
+        at: datetime,
+        now: datetime,
+        intent: Intent = "consume",
     ) -> Check | None:
         window = limit.key.window
+        if (limit.key.metric is Metric.CONCURRENT_REQUESTS) != (intent == "acquire"):
+            return None  # leases answer to concurrency limits only, and only they do
         if window is None:
             if limit.key.metric is Metric.CONCURRENT_REQUESTS:
-                return None  # counted by leases, not by consume
+                return Check(limit, 1, now, 0, 0, None)
             return Check(limit, amounts[Metric.INPUT_TOKENS], at, 0, 0, None)
         # A calendar window is measured in the period holding the event; a
         # rolling one always as of now, where a back-dated event may still count.
@@ -523,7 +583,7 @@ class Quota:
             for _, limits in self._effective_chain(ref, with_ancestors=include_ancestors)
             for limit in limits
         ]
-        readings = self.store.read(checks)
+        readings = self.store.read(checks, now)
         return Usage(
             str(ref),
             now,
@@ -635,6 +695,135 @@ class Quota:
         """Recompute every counter from the ledger; returns the number of events replayed."""
         return self.store.rebuild()
 
+    # reservations -------------------------------------------------------------
+    def reserve(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        **metric_amounts: object,
+    ) -> Reserved:
+        """Hold an estimate before an LLM call, all or nothing across the hierarchy.
+
+        Held amounts count as used for every other caller until ``commit``,
+        ``release`` or ``ttl`` seconds pass, whichever comes first.
+        """
+        ref = SubjectRef.parse(subject)
+        lifetime = parse_ttl(ttl)
+        plan = self._plan(
+            ref, merge_amounts(amounts, metric_amounts), Mode.ENFORCE, None, intent="reserve"
+        )
+        reservation = Reservation(
+            id=secrets.token_hex(16),
+            subject=ref,
+            charged=plan.charged,
+            amounts=plan.amounts,
+            created_at=plan.now,
+            expires_at=plan.now + lifetime,
+        )
+        decision = self.store.reserve(plan, reservation, create_subject=not self.strict_subjects)
+        return Reserved(decision, reservation if decision.allowed else None)
+
+    def commit(
+        self,
+        reservation_id: str,
+        amounts: Mapping[str, object] | None = None,
+        **metric_amounts: object,
+    ) -> Decision:
+        """Replace the hold by what the call really used (more or less; never refused).
+
+        Without amounts, the held estimate is recorded. A second commit returns
+        the first one's answer; a commit after release or expiry is a 409.
+        """
+        reservation = self.get_reservation(reservation_id)
+        given = merge_amounts(amounts, metric_amounts)
+        actual = given if given else reservation.amounts.to_wire()
+        plan = self._plan(reservation.subject, actual, Mode.RECORD, None)
+        return self.store.commit(reservation.id, plan)
+
+    def release(self, reservation_id: str) -> bool:
+        """Free a hold now; False when there was nothing left to free (a no-op)."""
+        return self.store.release(_id(reservation_id), self.clock.now())
+
+    def get_reservation(self, reservation_id: str) -> Reservation:
+        found = self.store.get_reservation(_id(reservation_id))
+        if found is None:
+            raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
+        return found
+
+    @contextmanager
+    def reservation(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        **metric_amounts: object,
+    ) -> Iterator[Hold]:
+        """``with q.reservation("user:a", tokens=2000) as hold: ...; hold.commit(tokens=n)``
+
+        Raises QuotaExceeded when the hold is refused. An exception in the block
+        releases the hold; leaving the block without a commit records the estimate.
+        """
+        reserved = self.reserve(subject, amounts, ttl=ttl, **metric_amounts)
+        if reserved.reservation is None:
+            raise QuotaExceeded(_denied_message(reserved.decision), reserved.decision)
+        hold = Hold(self, reserved.reservation)
+        try:
+            yield hold
+        except BaseException:
+            if hold.result is None:
+                self.release(hold.id)
+            raise
+        if hold.result is None:
+            hold.commit()
+
+    # leases -------------------------------------------------------------------
+    def acquire(
+        self, subject: str | SubjectRef, *, ttl: float | timedelta = DEFAULT_TTL
+    ) -> Acquired:
+        """A concurrency slot on the subject and every ancestor, until released or expired."""
+        ref = SubjectRef.parse(subject)
+        lifetime = parse_ttl(ttl)
+        plan = self._plan(ref, {}, Mode.ENFORCE, None, intent="acquire")
+        lease = Lease(
+            id=secrets.token_hex(16),
+            subject=ref,
+            charged=plan.charged,
+            created_at=plan.now,
+            expires_at=plan.now + lifetime,
+        )
+        decision = self.store.acquire(plan, lease, create_subject=not self.strict_subjects)
+        return Acquired(decision, lease if decision.allowed else None)
+
+    def release_lease(self, lease_id: str) -> bool:
+        return self.store.release_lease(_id(lease_id), self.clock.now())
+
+    def heartbeat(self, lease_id: str, *, ttl: float | timedelta = DEFAULT_TTL) -> Lease:
+        """Extend a live lease to ``ttl`` seconds from now; an expired one is a 409."""
+        now = self.clock.now()
+        return self.store.extend_lease(_id(lease_id), now + parse_ttl(ttl), now)
+
+    def get_lease(self, lease_id: str) -> Lease:
+        found = self.store.get_lease(_id(lease_id))
+        if found is None:
+            raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
+        return found
+
+    @contextmanager
+    def lease(
+        self, subject: str | SubjectRef, *, ttl: float | timedelta = DEFAULT_TTL
+    ) -> Iterator[Lease]:
+        """``with q.lease("user:a"): call_the_model()``; raises QuotaExceeded when full."""
+        acquired = self.acquire(subject, ttl=ttl)
+        if acquired.lease is None:
+            raise QuotaExceeded(_denied_message(acquired.decision), acquired.decision)
+        try:
+            yield acquired.lease
+        finally:
+            self.release_lease(acquired.lease.id)
+
     # API keys ---------------------------------------------------------------
     def create_key(
         self,
@@ -688,6 +877,17 @@ _GRAIN_SPAN: Final = {
     Granularity.DAY: timedelta(days=1),
     Granularity.MONTH: timedelta(days=28),
 }
+
+
+def _id(value: object) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= 64:
+        raise ValidationError("id", "must be an id of 1 to 64 characters")
+    return value
+
+
+def _denied_message(decision: Decision) -> str:
+    blocked = ", ".join(f"{s.subject} {s.metric}/{s.window or '-'}" for s in decision.blocked_by)
+    return f"denied by {blocked}"
 
 
 def _bounded_text(value: object, field: str, size: int) -> str | None:

@@ -6,7 +6,7 @@ cannot drift apart; see README.md in this folder.
 """
 
 from tokenquota.client._async import AsyncClient
-from tokenquota.client._protocol import QuotaExceeded
 from tokenquota.client._sync import Client
+from tokenquota.domain.decisions import QuotaExceeded
 
 __all__ = ["AsyncClient", "Client", "QuotaExceeded"]

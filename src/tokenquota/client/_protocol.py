@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import httpx
 
-from tokenquota.domain.decisions import Decision, LimitStatus, Mode
+from tokenquota.domain.decisions import Decision, LimitStatus, Mode, QuotaExceeded
 from tokenquota.domain.errors import (
     Conflict,
     CycleError,
@@ -50,32 +50,6 @@ ExportFormat = Literal["csv", "jsonl"]
 
 USER_AGENT: Final = "tokenquota-client/0.1.0"
 PAGE_SIZE: Final = 1000  # the server's largest page, for iter_events
-
-
-class QuotaExceeded(TokenQuotaError):
-    """A consume in enforce mode was denied (HTTP 429); nothing was charged.
-
-    ``decision`` is the whole denied decision, ``blocked_by`` the limits that
-    refused it and ``retry_after`` the seconds until every one of them would
-    admit it (None when waiting will not help, e.g. a ``total`` window).
-    """
-
-    code = "quota_exceeded"
-    status = 429
-
-    def __init__(
-        self, message: str, decision: Decision, *, details: dict[str, Any] | None = None
-    ) -> None:
-        super().__init__(message, details=details)
-        self.decision = decision
-
-    @property
-    def retry_after(self) -> int | None:
-        return self.decision.retry_after
-
-    @property
-    def blocked_by(self) -> tuple[LimitStatus, ...]:
-        return self.decision.blocked_by
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from tokenquota.domain.errors import TokenQuotaError
 from tokenquota.domain.limits import UNLIMITED, EffectiveLimit
 from tokenquota.domain.metrics import Amounts, Metric, Number, from_units, wire_number
 from tokenquota.domain.subjects import SubjectRef
@@ -58,9 +59,21 @@ class DebitPlan:
     fingerprint: str = ""
     model: str | None = None
     tags: Mapping[str, str] = field(default_factory=dict)
+    # A reservation: admitted amounts are held (shown as reserved), not used.
+    hold: bool = False
 
 
-Readings = Sequence[Mapping[int, int]]  # per check, bucket -> units
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a store found for one check, inside the atomic section."""
+
+    buckets: Mapping[int, int] = field(default_factory=dict)  # bucket -> units used
+    # Live reservations holding this metric (windows) or live leases (concurrency):
+    reserved: int = 0
+    held_until: datetime | None = None  # when the last of those lapses by itself
+
+
+Readings = Sequence[Reading]
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,25 +191,27 @@ def _unnum(metric: Metric, value: Any) -> Number:
 
 
 def status(
-    check: Check, buckets: Mapping[int, int], tz: ZoneInfo, *, added: int = 0
+    check: Check, reading: Reading, tz: ZoneInfo, *, added: int = 0, held: int = 0
 ) -> LimitStatus:
-    """The limit as it stands with ``added`` units on top of what the buckets hold."""
+    """The limit as it stands with ``added`` used and ``held`` reserved on top of the reading."""
     limit = check.limit
     metric = limit.key.metric
     window = limit.key.window
-    if window is None:
-        used: int | None = None
+    reserved = reading.reserved + held
+    reset_at = None
+    if window is None and metric is not Metric.CONCURRENT_REQUESTS:
+        used: int | None = None  # a per-request cap has nothing to use up
         remaining = None if limit.unlimited else limit.value
-        reset_at = None
         within = True
     else:
-        used = sum(buckets.values()) + added
-        remaining = None if limit.unlimited else max(0, limit.value - used)
-        within = limit.unlimited or used < limit.value
-        held = dict(buckets)
-        if added and check.bucket is not None:
-            held[check.bucket] = held.get(check.bucket, 0) + added
-        reset_at = window.reset_at(check.read_at, tz, held)
+        used = sum(reading.buckets.values()) + added
+        remaining = None if limit.unlimited else max(0, limit.value - used - reserved)
+        within = limit.unlimited or used < limit.value  # SPEC: used < limit
+        if window is not None:
+            buckets = dict(reading.buckets)
+            if added and check.bucket is not None:
+                buckets[check.bucket] = buckets.get(check.bucket, 0) + added
+            reset_at = window.reset_at(check.read_at, tz, buckets)
     return LimitStatus(
         subject=str(limit.subject),
         metric=metric.value,
@@ -205,36 +220,44 @@ def status(
         source=limit.source.value,
         shadow=limit.shadow,
         used=None if used is None else from_units(metric, used),
-        reserved=from_units(metric, 0),
+        reserved=from_units(metric, reserved),
         remaining=None if remaining is None else from_units(metric, remaining),
         reset_at=reset_at,
         within_limit=within,
     )
 
 
-def blocks(check: Check, buckets: Mapping[int, int]) -> bool:
+def blocks(check: Check, reading: Reading) -> bool:
+    """Held reservations count as used: a hold is budget nobody else may take."""
     limit = check.limit
     if limit.unlimited:
         return False
-    if check.is_cap:
-        # input_sequence_length caps one request's input; concurrency is for leases.
-        return limit.key.metric is Metric.INPUT_SEQUENCE_LENGTH and check.amount > limit.value
-    if check.bucket is None:
+    metric = limit.key.metric
+    if metric is Metric.INPUT_SEQUENCE_LENGTH:
+        return check.amount > limit.value
+    if check.bucket is None and metric is not Metric.CONCURRENT_REQUESTS:
         return False
-    return not admits(sum(buckets.values()), check.amount, limit.value)
+    return not admits(sum(reading.buckets.values()) + reading.reserved, check.amount, limit.value)
 
 
 def decide(plan: DebitPlan, readings: Readings, event_id: int | None = None) -> Decision:
     """Measure the request against every check; enforce is all-or-nothing, record always passes."""
     blocked: list[int] = []
     shadow: list[int] = []
-    for i, (check, buckets) in enumerate(zip(plan.checks, readings, strict=True)):
-        if blocks(check, buckets):
+    for i, (check, reading) in enumerate(zip(plan.checks, readings, strict=True)):
+        if blocks(check, reading):
             (shadow if check.limit.shadow else blocked).append(i)
     allowed = plan.mode is Mode.RECORD or not blocked
+
+    def counted(check: Check) -> int:
+        lands = check.bucket is not None or check.limit.key.metric is Metric.CONCURRENT_REQUESTS
+        return check.amount if allowed and lands else 0
+
     statuses = tuple(
-        status(c, b, plan.tz, added=c.amount if allowed and c.bucket is not None else 0)
-        for c, b in zip(plan.checks, readings, strict=True)
+        status(c, r, plan.tz, held=counted(c))
+        if plan.hold
+        else status(c, r, plan.tz, added=counted(c))
+        for c, r in zip(plan.checks, readings, strict=True)
     )
     retry_after = None
     if not allowed:
@@ -254,17 +277,62 @@ def decide(plan: DebitPlan, readings: Readings, event_id: int | None = None) -> 
 
 
 def _retry_after(plan: DebitPlan, readings: Readings, blocked: Sequence[int]) -> int | None:
-    """Seconds until every blocking window would admit the request; None if one never will."""
+    """Seconds until every blocking limit would admit the request; None if one never will.
+
+    A reservation's hold is assumed to last until it expires; a lease likewise.
+    """
     latest = plan.now
     for i in blocked:
-        check = plan.checks[i]
+        check, reading = plan.checks[i], readings[i]
         window = check.limit.key.window
         if window is None:
-            return None  # a per-request cap does not pass with time
+            if check.limit.key.metric is not Metric.CONCURRENT_REQUESTS:
+                return None  # a per-request cap does not pass with time
+            if reading.held_until is None or not admits(0, check.amount, check.limit.value):
+                return None
+            latest = max(latest, reading.held_until)
+            continue
         when = window.admits_at(
-            check.read_at, plan.tz, readings[i], check.amount, check.limit.value
+            check.read_at,
+            plan.tz,
+            reading.buckets,
+            check.amount,
+            check.limit.value,
+            held=reading.reserved,
         )
+        if when is None and reading.reserved and reading.held_until is not None:
+            # Not while the holds last; perhaps once they have expired.
+            when = window.admits_at(
+                check.read_at, plan.tz, reading.buckets, check.amount, check.limit.value
+            )
+            when = max(when, reading.held_until) if when is not None else None
         if when is None:
             return None
         latest = max(latest, when)
     return max(1, math.ceil((latest - plan.now).total_seconds()))
+
+
+class QuotaExceeded(TokenQuotaError):
+    """A consume, reserve or acquire was denied (HTTP 429); nothing was charged or held.
+
+    ``decision`` is the whole denied decision, ``blocked_by`` the limits that
+    refused it and ``retry_after`` the seconds until every one of them would
+    admit it (None when waiting will not help, e.g. a ``total`` window).
+    """
+
+    code = "quota_exceeded"
+    status = 429
+
+    def __init__(
+        self, message: str, decision: Decision, *, details: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message, details=details)
+        self.decision = decision
+
+    @property
+    def retry_after(self) -> int | None:
+        return self.decision.retry_after
+
+    @property
+    def blocked_by(self) -> tuple[LimitStatus, ...]:
+        return self.decision.blocked_by

@@ -136,16 +136,19 @@ class Window:
         buckets: Mapping[int, int],
         amount: int,
         limit: int,
+        *,
+        held: int = 0,
     ) -> datetime | None:
         """The first moment at or after ``at`` when this window would admit ``amount``.
 
         None when it never will (``total``, or a cap the amount alone exceeds). This
-        assumes no other usage arrives meanwhile, which is what Retry-After promises.
+        assumes no other usage arrives meanwhile, which is what Retry-After promises,
+        and that ``held`` (reserved, not yet used) stays held throughout.
         """
-        used = sum(buckets.values())
+        used = sum(buckets.values()) + held
         if admits(used, amount, limit):
             return at
-        if not admits(0, amount, limit) or self.is_total:
+        if not admits(held, amount, limit) or self.is_total:
             return None
         if self.calendar is not None:
             return calendar_period(self.calendar, at, tz)[1]

@@ -17,7 +17,8 @@ from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
-from tokenquota.domain.decisions import Check, DebitPlan, Decision
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Reading
+from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, Event, defaults_target, plan_target
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
@@ -143,11 +144,38 @@ class Store(Protocol):
     ) -> None: ...
 
     # counting
-    def read(self, checks: Sequence[Check]) -> list[dict[int, int]]: ...
+    def read(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
+        """Counters, live holds and live leases for each check, as of ``now``."""
+        ...
 
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         """Decide and, if admitted, record, atomically; replays idempotent retries."""
         ...
+
+    # reservations and leases: holds that lapse by themselves at expires_at
+    def reserve(
+        self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
+    ) -> Decision:
+        """Decide as a consume would (holds count as used) and, if admitted, hold."""
+        ...
+
+    def get_reservation(self, reservation_id: str) -> Reservation | None: ...
+
+    def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
+        """Drop the hold and record ``plan`` (record mode), at once; a repeat replays."""
+        ...
+
+    def release(self, reservation_id: str, now: datetime) -> bool:
+        """Free a live hold; False (a no-op) when it was committed or released already."""
+        ...
+
+    def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision: ...
+
+    def get_lease(self, lease_id: str) -> Lease | None: ...
+
+    def release_lease(self, lease_id: str, now: datetime) -> bool: ...
+
+    def extend_lease(self, lease_id: str, expires_at: datetime, now: datetime) -> Lease: ...
 
     # the ledger and the audit log
     def events(

@@ -17,8 +17,15 @@ from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.clock import to_micros
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, decide
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Reading, decide
 from tokenquota.domain.errors import Conflict, IdempotencyConflict, NotFound
+from tokenquota.domain.holds import (
+    HoldState,
+    Lease,
+    Reservation,
+    check_committable,
+    check_extendable,
+)
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import (
     AuditEntry,
@@ -29,6 +36,7 @@ from tokenquota.domain.ledger import (
     plan_target,
 )
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
+from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
 
@@ -53,6 +61,8 @@ class _State:
     audit: list[AuditEntry] = field(default_factory=list)
     shadow: dict[tuple[str, LimitKey], int] = field(default_factory=lambda: defaultdict(int))
     keys: dict[str, tuple[ApiKey, str]] = field(default_factory=dict)
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -289,23 +299,51 @@ class MemoryStore:
                 row.plan_id = plan_id
 
     # counting ---------------------------------------------------------------
-    def read(self, checks: Sequence[Check]) -> list[dict[int, int]]:
+    def read(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
         with self._lock:
-            return [self._read(c) for c in checks]
+            return [self._read(c, now) for c in checks]
 
-    def _read(self, check: Check) -> dict[int, int]:
+    def _read(self, check: Check, now: datetime) -> Reading:
         key = check.limit.key
+        subject, metric = str(check.limit.subject), key.metric
+        if metric is Metric.CONCURRENT_REQUESTS:
+            ends = [
+                lease.expires_at
+                for lease in self._s.leases.values()
+                if lease.live(now) and check.limit.subject in lease.charged
+            ]
+            return Reading({0: len(ends)}, held_until=min(ends)) if ends else Reading()
         if key.window is None:
-            return {}
-        subject, metric, window = str(check.limit.subject), key.metric.value, key.window.key
-        if check.lo == check.hi:
-            value = self._s.counters.get((subject, metric, window, check.lo), 0)
-            return {check.lo: value} if value else {}
-        return {
+            return Reading()
+        window = key.window.key
+        buckets = {
             b: v
             for (s, m, w, b), v in self._s.counters.items()
-            if s == subject and m == metric and w == window and check.lo <= b <= check.hi and v
+            if s == subject
+            and m == metric.value
+            and w == window
+            and check.lo <= b <= check.hi
+            and v
         }
+        holds = [
+            (r.amounts[metric], r.expires_at)
+            for r in self._s.reservations.values()
+            if r.live(now) and check.limit.subject in r.charged and r.amounts[metric]
+        ]
+        if not holds:
+            return Reading(buckets)
+        return Reading(buckets, sum(a for a, _ in holds), max(e for _, e in holds))
+
+    def _require_subject(self, plan: DebitPlan, create: bool) -> None:
+        if plan.subject not in self._s.subjects and not create:
+            raise NotFound(f"unknown subject {plan.subject}")
+        self._s.subjects.setdefault(plan.subject, _Subject(None, {}, ()))
+
+    def _decide(self, plan: DebitPlan) -> Decision:
+        decision = decide(plan, [self._read(c, plan.now) for c in plan.checks])
+        for status in decision.shadow_blocked:
+            self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
+        return decision
 
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         with self._lock:
@@ -318,33 +356,101 @@ class MemoryStore:
                         details={"field": "idempotency_key"},
                     )
                 return first.as_replay()
-            if plan.subject not in self._s.subjects and not create_subject:
-                raise NotFound(f"unknown subject {plan.subject}")
-            readings = [self._read(c) for c in plan.checks]
-            decision = decide(plan, readings)
-            for status in decision.shadow_blocked:
-                self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
-            if not decision.allowed:
-                return decision
-            self._s.subjects.setdefault(plan.subject, _Subject(None, {}, ()))
-            event = Event(
-                id=next(self._ids),
-                subject=plan.subject,
-                charged=plan.charged,
-                timestamp=plan.timestamp,
-                recorded_at=plan.now,
-                mode=plan.mode,
-                amounts=plan.amounts,
-                model=plan.model,
-                tags=dict(plan.tags),
-                idempotency_key=plan.idempotency_key,
-            )
-            self._s.events.append(event)
-            self._count(event, self._s.tracked)
-            decision = replace(decision, event_id=event.id)
-            if key:
+            self._require_subject(plan, create_subject)
+            decision = self._apply(plan)
+            if decision.allowed and key:
                 self._s.idempotency[key] = (plan.fingerprint, decision)
             return decision
+
+    def _apply(self, plan: DebitPlan) -> Decision:
+        decision = self._decide(plan)
+        if not decision.allowed:
+            return decision
+        event = Event(
+            id=next(self._ids),
+            subject=plan.subject,
+            charged=plan.charged,
+            timestamp=plan.timestamp,
+            recorded_at=plan.now,
+            mode=plan.mode,
+            amounts=plan.amounts,
+            model=plan.model,
+            tags=dict(plan.tags),
+            idempotency_key=plan.idempotency_key,
+        )
+        self._s.events.append(event)
+        self._count(event, self._s.tracked)
+        return replace(decision, event_id=event.id)
+
+    # reservations and leases ------------------------------------------------
+    def reserve(
+        self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
+    ) -> Decision:
+        with self._lock:
+            self._require_subject(plan, create_subject)
+            decision = self._decide(plan)
+            if decision.allowed:
+                self._s.reservations[reservation.id] = reservation
+            return decision
+
+    def get_reservation(self, reservation_id: str) -> Reservation | None:
+        with self._lock:
+            return self._s.reservations.get(reservation_id)
+
+    def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
+        with self._lock:
+            reservation = self._s.reservations.get(reservation_id)
+            check_committable(reservation, reservation_id, plan.now)
+            assert reservation is not None
+            if reservation.committed is not None:
+                return reservation.committed.as_replay()
+            # The hold goes first, so the actual usage is measured without it.
+            self._s.reservations[reservation_id] = replace(reservation, state=HoldState.RELEASED)
+            decision = self._apply(plan)
+            self._s.reservations[reservation_id] = replace(
+                reservation, state=HoldState.COMMITTED, committed=decision
+            )
+            return decision
+
+    def release(self, reservation_id: str, now: datetime) -> bool:
+        with self._lock:
+            reservation = self._s.reservations.get(reservation_id)
+            if reservation is None:
+                raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
+            if reservation.state is not HoldState.HELD:
+                return False
+            self._s.reservations[reservation_id] = replace(reservation, state=HoldState.RELEASED)
+            return True
+
+    def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
+        with self._lock:
+            self._require_subject(plan, create_subject)
+            decision = self._decide(plan)
+            if decision.allowed:
+                self._s.leases[lease.id] = lease
+            return decision
+
+    def get_lease(self, lease_id: str) -> Lease | None:
+        with self._lock:
+            return self._s.leases.get(lease_id)
+
+    def release_lease(self, lease_id: str, now: datetime) -> bool:
+        with self._lock:
+            lease = self._s.leases.get(lease_id)
+            if lease is None:
+                raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
+            if lease.released_at is not None:
+                return False
+            self._s.leases[lease_id] = replace(lease, released_at=now)
+            return True
+
+    def extend_lease(self, lease_id: str, expires_at: datetime, now: datetime) -> Lease:
+        with self._lock:
+            lease = self._s.leases.get(lease_id)
+            check_extendable(lease, lease_id, now)
+            assert lease is not None
+            extended = self._s.leases[lease_id] = replace(lease, expires_at=expires_at)
+            return extended
 
     # ledger -----------------------------------------------------------------
     def _select(

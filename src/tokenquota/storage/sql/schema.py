@@ -154,3 +154,48 @@ api_keys = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("revoked_at", sa.BigInteger, nullable=True),
 )
+
+# A reservation holds budget on every charged subject until committed, released
+# or expired; expiry is judged at read time (expires_at > now), so no sweeper is
+# needed for correctness.
+reservations = sa.Table(
+    "reservations",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("subject", sa.String(161), nullable=False),
+    sa.Column("charged", sa.JSON, nullable=False),
+    sa.Column("amounts", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("decision", sa.JSON, nullable=True),
+)
+
+holds = sa.Table(
+    "holds",
+    metadata,
+    sa.Column("subject", sa.String(161), primary_key=True),
+    sa.Column("metric", sa.String(32), primary_key=True),
+    sa.Column("expires_at", sa.BigInteger, primary_key=True),
+    sa.Column("reservation_id", sa.String(32), primary_key=True, index=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("subject", sa.String(161), nullable=False),
+    sa.Column("charged", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=False),
+    sa.Column("released_at", sa.BigInteger, nullable=True),
+)
+
+lease_holders = sa.Table(
+    "lease_holders",
+    metadata,
+    sa.Column("subject", sa.String(161), primary_key=True),
+    sa.Column("expires_at", sa.BigInteger, primary_key=True),
+    sa.Column("lease_id", sa.String(32), primary_key=True, index=True),
+)

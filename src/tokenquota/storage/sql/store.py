@@ -24,13 +24,20 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from tokenquota.domain.clock import from_micros, to_micros
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, Mode, decide
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Mode, Reading, decide
 from tokenquota.domain.errors import (
     Conflict,
     IdempotencyConflict,
     NotFound,
     StoreUnavailable,
     ValidationError,
+)
+from tokenquota.domain.holds import (
+    HoldState,
+    Lease,
+    Reservation,
+    check_committable,
+    check_extendable,
 )
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import (
@@ -42,7 +49,7 @@ from tokenquota.domain.ledger import (
     plan_target,
 )
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
-from tokenquota.domain.metrics import Amounts
+from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
 from tokenquota.storage.sql import schema as t
@@ -460,24 +467,55 @@ class SqlStore:
                 self._audit(conn, now, actor, "plan.assign", str(ref), before, plan_id)
 
     # counting ---------------------------------------------------------------
-    def read(self, checks: Sequence[Check]) -> list[dict[int, int]]:
+    def read(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
         with self._tx() as conn:
-            return [self._read(conn, c) for c in checks]
+            return [self._read(conn, c, now) for c in checks]
 
-    def _read(self, conn: Connection, check: Check) -> dict[int, int]:
+    def _read(self, conn: Connection, check: Check, now: datetime) -> Reading:
         key = check.limit.key
+        subject = str(check.limit.subject)
+        live = to_micros(now)
+        if key.metric is Metric.CONCURRENT_REQUESTS:
+            lh = t.lease_holders.c
+            count, first = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(lh.expires_at)).where(
+                    lh.subject == subject, lh.expires_at > live
+                )
+            ).one()
+            if not count:
+                return Reading()
+            return Reading({0: int(count)}, held_until=from_micros(int(first)))
         if key.window is None:
-            return {}
+            return Reading()
         c = t.counters.c
         rows = conn.execute(
             sa.select(c.bucket, c.value).where(
-                c.subject == str(check.limit.subject),
+                c.subject == subject,
                 c.metric == key.metric.value,
                 c.window == key.window.key,
                 c.bucket.between(check.lo, check.hi),
             )
         )
-        return {r.bucket: r.value for r in rows if r.value}
+        buckets = {r.bucket: r.value for r in rows if r.value}
+        h = t.holds.c
+        held, last = conn.execute(
+            sa.select(sa.func.sum(h.amount), sa.func.max(h.expires_at)).where(
+                h.subject == subject, h.metric == key.metric.value, h.expires_at > live
+            )
+        ).one()
+        if not held:
+            return Reading(buckets)
+        return Reading(buckets, int(held), from_micros(int(last)))
+
+    def _require_subject(self, conn: Connection, plan: DebitPlan, create: bool) -> None:
+        if not create and self._get_subject(conn, plan.subject) is None:
+            raise NotFound(f"unknown subject {plan.subject}")
+        self._ensure_subject(conn, plan.subject, plan.now)
+
+    def _decide(self, conn: Connection, plan: DebitPlan) -> Decision:
+        decision = decide(plan, [self._read(conn, c, plan.now) for c in plan.checks])
+        self._count_shadow(conn, decision)
+        return decision
 
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         subject = str(plan.subject)
@@ -496,43 +534,9 @@ class SqlStore:
                             details={"field": "idempotency_key"},
                         )
                     return Decision.from_wire(row.decision).as_replay()
-            if not create_subject and self._get_subject(conn, plan.subject) is None:
-                raise NotFound(f"unknown subject {plan.subject}")
-            readings = [self._read(conn, c) for c in plan.checks]
-            decision = decide(plan, readings)
-            self._count_shadow(conn, decision)
-            if not decision.allowed:
-                return decision
-            self._ensure_subject(conn, plan.subject, plan.now)
-            inserted = conn.execute(
-                t.events.insert().values(
-                    kind="consume",
-                    subject=subject,
-                    charged=[str(s) for s in plan.charged],
-                    ts=to_micros(plan.timestamp),
-                    recorded_at=to_micros(plan.now),
-                    mode=plan.mode.value,
-                    amounts=plan.amounts.to_units_json(),
-                    model=plan.model,
-                    tags=dict(plan.tags),
-                    idempotency_key=plan.idempotency_key,
-                )
-            ).inserted_primary_key
-            assert inserted is not None
-            event_id = int(inserted[0])
-            conn.execute(
-                t.event_subjects.insert(),
-                [
-                    {"subject": str(s), "ts": to_micros(plan.timestamp), "event_id": event_id}
-                    for s in plan.charged
-                ],
-            )
-            tracked = self._tracked(conn)
-            self._add_counters(
-                conn, increments(plan.charged, plan.amounts, plan.timestamp, self.tz, tracked)
-            )
-            decision = replace(decision, event_id=event_id)
-            if plan.idempotency_key:
+            self._require_subject(conn, plan, create_subject)
+            decision = self._apply(conn, plan)
+            if decision.allowed and plan.idempotency_key:
                 conn.execute(
                     t.idempotency.insert().values(
                         subject=subject,
@@ -543,6 +547,205 @@ class SqlStore:
                     )
                 )
             return decision
+
+    def _apply(self, conn: Connection, plan: DebitPlan) -> Decision:
+        """Decide and, when admitted, append the event and bump the counters."""
+        decision = self._decide(conn, plan)
+        if not decision.allowed:
+            return decision
+        inserted = conn.execute(
+            t.events.insert().values(
+                kind="consume",
+                subject=str(plan.subject),
+                charged=[str(s) for s in plan.charged],
+                ts=to_micros(plan.timestamp),
+                recorded_at=to_micros(plan.now),
+                mode=plan.mode.value,
+                amounts=plan.amounts.to_units_json(),
+                model=plan.model,
+                tags=dict(plan.tags),
+                idempotency_key=plan.idempotency_key,
+            )
+        ).inserted_primary_key
+        assert inserted is not None
+        event_id = int(inserted[0])
+        conn.execute(
+            t.event_subjects.insert(),
+            [
+                {"subject": str(s), "ts": to_micros(plan.timestamp), "event_id": event_id}
+                for s in plan.charged
+            ],
+        )
+        self._add_counters(
+            conn,
+            increments(plan.charged, plan.amounts, plan.timestamp, self.tz, self._tracked(conn)),
+        )
+        return replace(decision, event_id=event_id)
+
+    # reservations and leases ---------------------------------------------------
+    def reserve(
+        self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
+    ) -> Decision:
+        with self._tx(write=True) as conn:
+            self._require_subject(conn, plan, create_subject)
+            decision = self._decide(conn, plan)
+            if not decision.allowed:
+                return decision
+            expires = to_micros(reservation.expires_at)
+            conn.execute(
+                t.reservations.insert().values(
+                    id=reservation.id,
+                    subject=str(reservation.subject),
+                    charged=[str(s) for s in reservation.charged],
+                    amounts=reservation.amounts.to_units_json(),
+                    created_at=to_micros(reservation.created_at),
+                    expires_at=expires,
+                    state=HoldState.HELD.value,
+                    decision=None,
+                )
+            )
+            conn.execute(
+                t.holds.insert(),
+                [
+                    {
+                        "subject": str(s),
+                        "metric": m.value,
+                        "expires_at": expires,
+                        "reservation_id": reservation.id,
+                        "amount": units,
+                    }
+                    for s in reservation.charged
+                    for m, units in reservation.amounts.items()
+                ],
+            )
+            return decision
+
+    def get_reservation(self, reservation_id: str) -> Reservation | None:
+        with self._tx() as conn:
+            return self._reservation(conn, reservation_id)
+
+    def _reservation(self, conn: Connection, reservation_id: str) -> Reservation | None:
+        row = conn.execute(
+            sa.select(t.reservations).where(t.reservations.c.id == reservation_id)
+        ).first()
+        if row is None:
+            return None
+        return Reservation(
+            id=row.id,
+            subject=SubjectRef.parse(row.subject),
+            charged=tuple(SubjectRef.parse(s) for s in row.charged),
+            amounts=Amounts.from_units_json(row.amounts),
+            created_at=from_micros(row.created_at),
+            expires_at=from_micros(row.expires_at),
+            state=HoldState(row.state),
+            committed=Decision.from_wire(row.decision) if row.decision else None,
+        )
+
+    def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
+        with self._tx(write=True) as conn:
+            reservation = self._reservation(conn, reservation_id)
+            check_committable(reservation, reservation_id, plan.now)
+            assert reservation is not None
+            if reservation.committed is not None:
+                return reservation.committed.as_replay()
+            conn.execute(t.holds.delete().where(t.holds.c.reservation_id == reservation_id))
+            decision = self._apply(conn, plan)
+            conn.execute(
+                t.reservations.update()
+                .where(t.reservations.c.id == reservation_id)
+                .values(state=HoldState.COMMITTED.value, decision=decision.to_wire())
+            )
+            return decision
+
+    def release(self, reservation_id: str, now: datetime) -> bool:
+        with self._tx(write=True) as conn:
+            reservation = self._reservation(conn, reservation_id)
+            if reservation is None:
+                raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
+            if reservation.state is not HoldState.HELD:
+                return False
+            conn.execute(t.holds.delete().where(t.holds.c.reservation_id == reservation_id))
+            conn.execute(
+                t.reservations.update()
+                .where(t.reservations.c.id == reservation_id)
+                .values(state=HoldState.RELEASED.value)
+            )
+            return True
+
+    def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
+        with self._tx(write=True) as conn:
+            self._require_subject(conn, plan, create_subject)
+            decision = self._decide(conn, plan)
+            if not decision.allowed:
+                return decision
+            expires = to_micros(lease.expires_at)
+            conn.execute(
+                t.leases.insert().values(
+                    id=lease.id,
+                    subject=str(lease.subject),
+                    charged=[str(s) for s in lease.charged],
+                    created_at=to_micros(lease.created_at),
+                    expires_at=expires,
+                    released_at=None,
+                )
+            )
+            conn.execute(
+                t.lease_holders.insert(),
+                [
+                    {"subject": str(s), "expires_at": expires, "lease_id": lease.id}
+                    for s in lease.charged
+                ],
+            )
+            return decision
+
+    def get_lease(self, lease_id: str) -> Lease | None:
+        with self._tx() as conn:
+            return self._lease(conn, lease_id)
+
+    def _lease(self, conn: Connection, lease_id: str) -> Lease | None:
+        row = conn.execute(sa.select(t.leases).where(t.leases.c.id == lease_id)).first()
+        if row is None:
+            return None
+        return Lease(
+            id=row.id,
+            subject=SubjectRef.parse(row.subject),
+            charged=tuple(SubjectRef.parse(s) for s in row.charged),
+            created_at=from_micros(row.created_at),
+            expires_at=from_micros(row.expires_at),
+            released_at=from_micros(row.released_at) if row.released_at is not None else None,
+        )
+
+    def release_lease(self, lease_id: str, now: datetime) -> bool:
+        with self._tx(write=True) as conn:
+            lease = self._lease(conn, lease_id)
+            if lease is None:
+                raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
+            if lease.released_at is not None:
+                return False
+            conn.execute(t.lease_holders.delete().where(t.lease_holders.c.lease_id == lease_id))
+            conn.execute(
+                t.leases.update()
+                .where(t.leases.c.id == lease_id)
+                .values(released_at=to_micros(now))
+            )
+            return True
+
+    def extend_lease(self, lease_id: str, expires_at: datetime, now: datetime) -> Lease:
+        with self._tx(write=True) as conn:
+            lease = self._lease(conn, lease_id)
+            check_extendable(lease, lease_id, now)
+            expires = to_micros(expires_at)
+            conn.execute(
+                t.lease_holders.update()
+                .where(t.lease_holders.c.lease_id == lease_id)
+                .values(expires_at=expires)
+            )
+            conn.execute(
+                t.leases.update().where(t.leases.c.id == lease_id).values(expires_at=expires)
+            )
+            extended = self._lease(conn, lease_id)
+            assert extended is not None
+            return extended
 
     def _count_shadow(self, conn: Connection, decision: Decision) -> None:
         for status in decision.shadow_blocked:
