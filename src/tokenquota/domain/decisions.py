@@ -18,7 +18,8 @@ from zoneinfo import ZoneInfo
 from tokenquota.domain.errors import TokenQuotaError
 from tokenquota.domain.limits import UNLIMITED, EffectiveLimit
 from tokenquota.domain.metrics import Amounts, Metric, Number, from_units, wire_number
-from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.resources import DenyReason, ResourceQuota, capacity_admits
+from tokenquota.domain.subjects import SubjectRef, consumer_series
 from tokenquota.domain.windows import admits
 
 
@@ -46,6 +47,26 @@ class Check:
 
 
 @dataclass(frozen=True, slots=True)
+class CapacityPlan:
+    """The SPEC section 6 capacity test for a request that names a resource.
+
+    ``total`` reads the resource's usage this minute in the capacity's unit;
+    ``shares`` read the usage of each consumer holding a reserved share.
+    """
+
+    quota: ResourceQuota
+    resource: SubjectRef
+    consumer: SubjectRef
+    amount: int
+    total: Check
+    shares: tuple[tuple[SubjectRef, Check], ...]
+
+    @property
+    def reads(self) -> tuple[Check, ...]:
+        return (self.total, *(check for _, check in self.shares))
+
+
+@dataclass(frozen=True, slots=True)
 class DebitPlan:
     subject: SubjectRef
     charged: tuple[SubjectRef, ...]  # the subject first, then every ancestor
@@ -61,6 +82,21 @@ class DebitPlan:
     tags: Mapping[str, str] = field(default_factory=dict)
     # A reservation: admitted amounts are held (shown as reserved), not used.
     hold: bool = False
+    resource: SubjectRef | None = None
+    capacity: CapacityPlan | None = None
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        """Every counter subject the request adds to (see ``ledger.Event.series``)."""
+        charged = tuple(str(s) for s in self.charged)
+        if self.resource is None:
+            return charged
+        return (*charged, consumer_series(self.resource, self.subject))
+
+    @property
+    def reads(self) -> tuple[Check, ...]:
+        """Everything the store must read atomically: the checks, then the capacity series."""
+        return self.checks + (self.capacity.reads if self.capacity else ())
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,10 +280,13 @@ def decide(plan: DebitPlan, readings: Readings, event_id: int | None = None) -> 
     """Measure the request against every check; enforce is all-or-nothing, record always passes."""
     blocked: list[int] = []
     shadow: list[int] = []
+    capacity_readings = readings[len(plan.checks) :]
+    readings = readings[: len(plan.checks)]
     for i, (check, reading) in enumerate(zip(plan.checks, readings, strict=True)):
         if blocks(check, reading):
             (shadow if check.limit.shadow else blocked).append(i)
-    allowed = plan.mode is Mode.RECORD or not blocked
+    capacity = _capacity(plan, capacity_readings)
+    allowed = plan.mode is Mode.RECORD or (not blocked and (capacity is None or capacity[1]))
 
     def counted(check: Check) -> int:
         lands = check.bucket is not None or check.limit.key.metric is Metric.CONCURRENT_REQUESTS
@@ -260,8 +299,18 @@ def decide(plan: DebitPlan, readings: Readings, event_id: int | None = None) -> 
         for c, r in zip(plan.checks, readings, strict=True)
     )
     retry_after = None
+    blocked_by = tuple(statuses[i] for i in blocked)
+    if capacity is not None:
+        cap_status, cap_admitted, _ = capacity
+        if allowed and plan.capacity is not None:
+            cap_status = _with_added(cap_status, plan.capacity.amount, hold=plan.hold)
+        statuses += (cap_status,)
+        if not cap_admitted and plan.mode is Mode.ENFORCE:
+            blocked_by += (cap_status,)
     if not allowed:
         retry_after = _retry_after(plan, readings, blocked)
+        if capacity is not None and not capacity[1] and retry_after is not None:
+            retry_after = max(retry_after, capacity[2]) if blocked else capacity[2]
     return Decision(
         allowed=allowed,
         subject=str(plan.subject),
@@ -269,10 +318,60 @@ def decide(plan: DebitPlan, readings: Readings, event_id: int | None = None) -> 
         amounts=plan.amounts.to_numbers(),
         timestamp=plan.timestamp,
         limits=statuses,
-        blocked_by=tuple(statuses[i] for i in blocked),
+        blocked_by=blocked_by,
         shadow_blocked=tuple(statuses[i] for i in shadow),
         retry_after=retry_after,
         event_id=event_id if allowed else None,
+    )
+
+
+def _capacity(plan: DebitPlan, readings: Readings) -> tuple[LimitStatus, bool, int] | None:
+    """The capacity verdict as a limit status, whether it admits, and seconds to wait."""
+    cap = plan.capacity
+    if cap is None or cap.quota.capacity is None:
+        return None
+    total = readings[0]
+    used = sum(total.buckets.values())
+    held = total.reserved
+    used_by = {
+        consumer: sum(r.buckets.values()) + r.reserved
+        for (consumer, _), r in zip(cap.shares, readings[1:], strict=True)
+    }
+    verdict = capacity_admits(cap.quota, cap.consumer, cap.amount, used + held, used_by)
+    metric = cap.total.limit.key.metric
+    window = cap.total.limit.key.window
+    assert window is not None
+    bound = cap.quota.capacity.value if verdict.headroom is None else int(verdict.headroom)
+    reset_at = window.reset_at(cap.total.read_at, plan.tz, {0: 1})
+    status = LimitStatus(
+        subject=str(cap.resource),
+        metric=metric.value,
+        window=window.key,
+        limit=cap.quota.capacity.value,
+        source="saturation" if verdict.reason is DenyReason.RESERVED_FOR_OTHERS else "capacity",
+        shadow=False,
+        used=used,
+        reserved=held,
+        remaining=max(0, bound - used - held),
+        reset_at=reset_at,
+        within_limit=used < cap.quota.capacity.value,
+    )
+    wait = math.ceil((reset_at - plan.now).total_seconds()) if reset_at else 60
+    return status, verdict.admitted, max(1, wait)
+
+
+def _with_added(status: LimitStatus, amount: int, *, hold: bool) -> LimitStatus:
+    assert isinstance(status.used, int)
+    assert isinstance(status.reserved, int)
+    assert isinstance(status.remaining, int)
+    if hold:
+        return replace(
+            status, reserved=status.reserved + amount, remaining=max(0, status.remaining - amount)
+        )
+    used = status.used + amount
+    limit = int(status.limit)
+    return replace(
+        status, used=used, remaining=max(0, status.remaining - amount), within_limit=used < limit
     )
 
 

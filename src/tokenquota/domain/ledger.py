@@ -16,7 +16,7 @@ from typing import Any
 from tokenquota.domain.decisions import Mode
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts
-from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.subjects import SubjectRef, consumer_series
 
 CounterKey = tuple[str, str, str, int]  # subject, metric, window key, bucket
 
@@ -34,6 +34,15 @@ class Event:
     tags: Mapping[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
     kind: str = "consume"
+    resource: SubjectRef | None = None  # the protected resource the usage was made on
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        """Every counter subject this event adds to: charged subjects and the consumer share."""
+        charged = tuple(str(s) for s in self.charged)
+        if self.resource is None:
+            return charged
+        return (*charged, consumer_series(self.resource, self.subject))
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -50,11 +59,12 @@ class Event:
             "model": self.model,
             "tags": dict(self.tags),
             "idempotency_key": self.idempotency_key,
+            "resource": str(self.resource) if self.resource else None,
         }
 
 
 def increments(
-    charged: Iterable[SubjectRef],
+    charged: Iterable[SubjectRef | str],
     amounts: Amounts,
     timestamp: datetime,
     tz: Any,
@@ -85,6 +95,10 @@ def plan_target(plan_id: str) -> str:
 
 def key_target(key_id: str) -> str:
     return f"keys/{key_id}"
+
+
+def resource_target(resource: str) -> str:
+    return f"resources/{resource}"
 
 
 @dataclass(frozen=True, slots=True)

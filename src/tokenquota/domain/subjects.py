@@ -139,3 +139,17 @@ def check_acyclic(
                 f"{parent} descends from {child}; making it a parent would create a cycle",
                 details={"field": "parents", "parent": str(parent)},
             )
+
+
+def consumer_series(resource: SubjectRef, consumer: SubjectRef) -> str:
+    """The counter key of one consumer's use of a resource (SPEC section 6 rules).
+
+    It holds a second ':' and a '~', which no subject ref may, so it never
+    collides with a subject; it is never parsed back.
+    """
+    return f"{resource}~{consumer}"
+
+
+def consumer_ref(resource: SubjectRef, consumer: SubjectRef) -> SubjectRef:
+    """A ref-shaped handle on that series, for checks and statuses (never validated)."""
+    return SubjectRef(resource.kind, f"{resource.id}~{consumer}")

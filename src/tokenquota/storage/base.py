@@ -177,6 +177,27 @@ class Store(Protocol):
 
     def extend_lease(self, lease_id: str, expires_at: datetime, now: datetime) -> Lease: ...
 
+    # resource quotas (SPEC section 6), kept as their validated wire form
+    def get_resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None: ...
+
+    def put_resource_quota(
+        self,
+        resource: SubjectRef,
+        quota: dict[str, Any],
+        keys: Sequence[LimitKey],
+        *,
+        actor: str,
+        now: datetime,
+    ) -> None:
+        """Upsert, audit, and track ``keys`` (the counters the quota is measured on)."""
+        ...
+
+    def delete_resource_quota(self, resource: SubjectRef, *, actor: str, now: datetime) -> bool: ...
+
+    def list_resource_quotas(
+        self, *, offset: int, limit: int
+    ) -> Page[tuple[SubjectRef, dict[str, Any]]]: ...
+
     # the ledger and the audit log
     def events(
         self,

@@ -34,6 +34,7 @@ from tokenquota.domain.ledger import (
     increments,
     key_target,
     plan_target,
+    resource_target,
 )
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.metrics import Metric
@@ -62,6 +63,7 @@ class _State:
     shadow: dict[tuple[str, LimitKey], int] = field(default_factory=lambda: defaultdict(int))
     keys: dict[str, tuple[ApiKey, str]] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
+    resource_quotas: dict[SubjectRef, dict[str, Any]] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
 
 
@@ -219,7 +221,7 @@ class MemoryStore:
 
     def _count(self, event: Event, keys: set[LimitKey]) -> None:
         for key, units in increments(
-            event.charged, event.amounts, event.timestamp, self.tz, keys
+            event.series, event.amounts, event.timestamp, self.tz, keys
         ).items():
             self._s.counters[key] += units
 
@@ -340,7 +342,7 @@ class MemoryStore:
         self._s.subjects.setdefault(plan.subject, _Subject(None, {}, ()))
 
     def _decide(self, plan: DebitPlan) -> Decision:
-        decision = decide(plan, [self._read(c, plan.now) for c in plan.checks])
+        decision = decide(plan, [self._read(c, plan.now) for c in plan.reads])
         for status in decision.shadow_blocked:
             self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
         return decision
@@ -377,6 +379,7 @@ class MemoryStore:
             model=plan.model,
             tags=dict(plan.tags),
             idempotency_key=plan.idempotency_key,
+            resource=plan.resource,
         )
         self._s.events.append(event)
         self._count(event, self._s.tracked)
@@ -537,3 +540,40 @@ class MemoryStore:
                 now, actor, "key.revoke", key_target(key_id), found[0].to_wire(), revoked.to_wire()
             )
             return True
+
+    # resource quotas --------------------------------------------------------
+    def get_resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None:
+        with self._lock:
+            return self._s.resource_quotas.get(resource)
+
+    def put_resource_quota(
+        self,
+        resource: SubjectRef,
+        quota: dict[str, Any],
+        keys: Sequence[LimitKey],
+        *,
+        actor: str,
+        now: datetime,
+    ) -> None:
+        with self._lock:
+            before = self._s.resource_quotas.get(resource)
+            self._s.subjects.setdefault(resource, _Subject(None, {}, ()))
+            self._s.resource_quotas[resource] = quota
+            self._track(keys)
+            if before != quota:
+                self._audit(now, actor, "quota.set", resource_target(str(resource)), before, quota)
+
+    def delete_resource_quota(self, resource: SubjectRef, *, actor: str, now: datetime) -> bool:
+        with self._lock:
+            before = self._s.resource_quotas.pop(resource, None)
+            if before is None:
+                return False
+            self._audit(now, actor, "quota.delete", resource_target(str(resource)), before, None)
+            return True
+
+    def list_resource_quotas(
+        self, *, offset: int, limit: int
+    ) -> Page[tuple[SubjectRef, dict[str, Any]]]:
+        with self._lock:
+            rows = sorted(self._s.resource_quotas.items())
+        return Page(rows[offset : offset + limit], len(rows), offset, limit)

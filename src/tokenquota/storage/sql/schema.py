@@ -92,6 +92,7 @@ events = sa.Table(
     sa.Column("model", sa.String(128), nullable=True),
     sa.Column("tags", sa.JSON, nullable=False),
     sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.Column("resource", sa.String(161), nullable=True),
 )
 
 # One row per charged subject and event, so a company's history and export
@@ -198,4 +199,15 @@ lease_holders = sa.Table(
     sa.Column("subject", sa.String(161), primary_key=True),
     sa.Column("expires_at", sa.BigInteger, primary_key=True),
     sa.Column("lease_id", sa.String(32), primary_key=True, index=True),
+)
+
+# One quota per protected resource, kept whole as validated JSON: it is read as
+# a unit on every request that names the resource.
+resource_quotas = sa.Table(
+    "resource_quotas",
+    metadata,
+    sa.Column("resource", sa.String(161), primary_key=True),
+    sa.Column("quota", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
 )

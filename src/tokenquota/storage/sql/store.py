@@ -47,6 +47,7 @@ from tokenquota.domain.ledger import (
     increments,
     key_target,
     plan_target,
+    resource_target,
 )
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.metrics import Amounts, Metric
@@ -358,7 +359,7 @@ class SqlStore:
         totals: dict[CounterKey, int] = defaultdict(int)
         for event in self._scan(conn, None, None, None):
             for key, units in increments(
-                event.charged, event.amounts, event.timestamp, self.tz, keys
+                event.series, event.amounts, event.timestamp, self.tz, keys
             ).items():
                 totals[key] += units
         return totals
@@ -513,7 +514,7 @@ class SqlStore:
         self._ensure_subject(conn, plan.subject, plan.now)
 
     def _decide(self, conn: Connection, plan: DebitPlan) -> Decision:
-        decision = decide(plan, [self._read(conn, c, plan.now) for c in plan.checks])
+        decision = decide(plan, [self._read(conn, c, plan.now) for c in plan.reads])
         self._count_shadow(conn, decision)
         return decision
 
@@ -565,6 +566,7 @@ class SqlStore:
                 model=plan.model,
                 tags=dict(plan.tags),
                 idempotency_key=plan.idempotency_key,
+                resource=str(plan.resource) if plan.resource else None,
             )
         ).inserted_primary_key
         assert inserted is not None
@@ -578,7 +580,7 @@ class SqlStore:
         )
         self._add_counters(
             conn,
-            increments(plan.charged, plan.amounts, plan.timestamp, self.tz, self._tracked(conn)),
+            increments(plan.series, plan.amounts, plan.timestamp, self.tz, self._tracked(conn)),
         )
         return replace(decision, event_id=event_id)
 
@@ -940,6 +942,78 @@ class SqlStore:
             )
             return True
 
+    # resource quotas --------------------------------------------------------
+    def get_resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None:
+        with self._tx() as conn:
+            return self._resource_quota(conn, resource)
+
+    def _resource_quota(self, conn: Connection, resource: SubjectRef) -> dict[str, Any] | None:
+        row = conn.execute(
+            sa.select(t.resource_quotas.c.quota).where(
+                t.resource_quotas.c.resource == str(resource)
+            )
+        ).first()
+        return dict(row.quota) if row else None
+
+    def put_resource_quota(
+        self,
+        resource: SubjectRef,
+        quota: dict[str, Any],
+        keys: Sequence[LimitKey],
+        *,
+        actor: str,
+        now: datetime,
+    ) -> None:
+        with self._tx(write=True) as conn:
+            before = self._resource_quota(conn, resource)
+            self._ensure_subject(conn, resource, now)
+            stamp = to_micros(now)
+            if before is None:
+                conn.execute(
+                    t.resource_quotas.insert().values(
+                        resource=str(resource), quota=quota, created_at=stamp, updated_at=stamp
+                    )
+                )
+            else:
+                conn.execute(
+                    t.resource_quotas.update()
+                    .where(t.resource_quotas.c.resource == str(resource))
+                    .values(quota=quota, updated_at=stamp)
+                )
+            self._track(conn, keys)
+            if before != quota:
+                target = resource_target(str(resource))
+                self._audit(conn, now, actor, "quota.set", target, before, quota)
+
+    def delete_resource_quota(self, resource: SubjectRef, *, actor: str, now: datetime) -> bool:
+        with self._tx(write=True) as conn:
+            before = self._resource_quota(conn, resource)
+            if before is None:
+                return False
+            conn.execute(
+                t.resource_quotas.delete().where(t.resource_quotas.c.resource == str(resource))
+            )
+            target = resource_target(str(resource))
+            self._audit(conn, now, actor, "quota.delete", target, before, None)
+            return True
+
+    def list_resource_quotas(
+        self, *, offset: int, limit: int
+    ) -> Page[tuple[SubjectRef, dict[str, Any]]]:
+        with self._tx() as conn:
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(t.resource_quotas)
+            ).scalar_one()
+            rows = conn.execute(
+                sa.select(t.resource_quotas)
+                .order_by(t.resource_quotas.c.resource)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+        return Page(
+            [(SubjectRef.parse(r.resource), dict(r.quota)) for r in rows], total, offset, limit
+        )
+
 
 def _scope_filter(stmt: Any, scope: Scope) -> Any:
     return stmt.where(t.rules.c.layer == scope.layer.value, t.rules.c.scope == scope.name)
@@ -969,6 +1043,7 @@ def _event(row: Any) -> Event:
         model=row.model,
         tags=dict(row.tags),
         idempotency_key=row.idempotency_key,
+        resource=SubjectRef.parse(row.resource) if row.resource else None,
     )
 
 
