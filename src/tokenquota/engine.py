@@ -15,13 +15,14 @@ import secrets
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any, Final, Literal
 
 from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
 from tokenquota.domain.decisions import (
+    CapacityPlan,
     Check,
     DebitPlan,
     Decision,
@@ -45,26 +46,30 @@ from tokenquota.domain.keys import (
 )
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import (
+    UNLIMITED,
     EffectiveLimit,
     LimitKey,
     Plan,
     Rule,
     RuleChange,
+    Source,
     parse_limit_value,
     parse_rule_changes,
     resolve,
     validate_plan_name,
 )
 from tokenquota.domain.metrics import Amounts, Metric, Number, from_units, merge_amounts
+from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import (
     Subject,
     SubjectRef,
+    consumer_ref,
     parse_kind,
     validate_metadata,
     validate_name,
     validate_parents,
 )
-from tokenquota.domain.windows import Calendar, calendar_period, parse_timezone
+from tokenquota.domain.windows import Calendar, Window, calendar_period, parse_timezone
 from tokenquota.storage import Layer, Page, RuleSet, Scope, Store, open_store
 from tokenquota.storage.base import MAX_PAGE
 
@@ -420,12 +425,15 @@ class Quota:
         amounts: Mapping[str, object] | None = None,
         *,
         timestamp: datetime | None = None,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Decision:
         """The decision a consume in enforce mode would get now, spending nothing."""
         ref = SubjectRef.parse(subject)
         self._require_known(ref)
-        plan = self._plan(ref, merge_amounts(amounts, metric_amounts), Mode.ENFORCE, timestamp)
+        plan = self._plan(
+            ref, merge_amounts(amounts, metric_amounts), Mode.ENFORCE, timestamp, resource=resource
+        )
         return decide(plan, self.store.read(plan.checks, plan.now))
 
     def consume(
@@ -438,6 +446,7 @@ class Quota:
         timestamp: datetime | None = None,
         model: str | None = None,
         tags: Mapping[str, str] | None = None,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Decision:
         """Spend, all or nothing across the subject, its ancestors and every limit.
@@ -459,6 +468,7 @@ class Quota:
             idempotency_key=_bounded_text(idempotency_key, "idempotency_key", MAX_KEY_LENGTH),
             model=_bounded_text(model, "model", MAX_MODEL_LENGTH),
             tags=_tags(tags),
+            resource=resource,
         )
         decision = self.store.debit(plan, create_subject=not self.strict_subjects)
         for hit in decision.shadow_blocked:
@@ -483,6 +493,7 @@ class Quota:
         model: str | None = None,
         tags: Mapping[str, str] | None = None,
         intent: Intent = "consume",
+        resource: str | SubjectRef | None = None,
     ) -> DebitPlan:
         """The checks a request must pass; ``intent`` says which limits apply.
 
@@ -493,13 +504,20 @@ class Quota:
         now = self.clock.now()
         at = self._timestamp(timestamp, now)
         chain = self._effective_chain(ref)
-        charged = tuple(subject for subject, _ in chain)
+        target = SubjectRef.parse(resource, "resource") if resource is not None else None
+        capacity = None
+        if target is not None:
+            chain, consumer_limits, quota = self._resource_chain(ref, target, chain)
+            chain.append((consumer_ref(target, ref), consumer_limits))
+        charged = tuple(subject for subject, _ in chain if not _is_share(subject))
         checks = [
             check
             for _, limits in chain
             for limit in limits
             if (check := self._check(limit, amounts, at, now, intent)) is not None
         ]
+        if target is not None and quota is not None and quota.capacity and intent != "acquire":
+            capacity = self._capacity_plan(quota, target, ref, amounts, at, now)
         fingerprint = hashlib.sha256(
             json.dumps(
                 {
@@ -508,6 +526,7 @@ class Quota:
                     "timestamp": timestamp.isoformat() if timestamp else None,
                     "model": model,
                     "tags": dict(tags or {}),
+                    "resource": str(target) if target else None,
                 },
                 sort_keys=True,
             ).encode()
@@ -526,7 +545,106 @@ class Quota:
             model=model,
             tags=dict(tags or {}),
             hold=intent == "reserve",
+            resource=target,
+            capacity=capacity,
         )
+
+    def _resource_chain(
+        self,
+        consumer: SubjectRef,
+        resource: SubjectRef,
+        chain: list[tuple[SubjectRef, list[EffectiveLimit]]],
+    ) -> tuple[
+        list[tuple[SubjectRef, list[EffectiveLimit]]], list[EffectiveLimit], ResourceQuota | None
+    ]:
+        """The resource (and its ancestors) join the charged chain; its quota adds rules.
+
+        The consumer's rules (its policy's, else the defaults) are measured on
+        its own share of the resource, a counter series of its own.
+        """
+        if resource == consumer:
+            raise ValidationError("resource", "a subject cannot be its own resource")
+        seen = {s for s, _ in chain}
+        chain = chain + [
+            (s, limits) for s, limits in self._effective_chain(resource) if s not in seen
+        ]
+        quota = self._quota(resource)
+        share = consumer_ref(resource, consumer)
+        rules = quota.rules_for(consumer) if quota is not None else ()
+        limits = [EffectiveLimit(share, r.key, r.limit, Source.RESOURCE, False) for r in rules]
+        return chain, limits, quota
+
+    def _capacity_plan(
+        self,
+        quota: ResourceQuota,
+        resource: SubjectRef,
+        consumer: SubjectRef,
+        amounts: Amounts,
+        at: datetime,
+        now: datetime,
+    ) -> CapacityPlan:
+        assert quota.capacity is not None
+        units = quota.capacity.units
+        key = LimitKey(units, Window.parse("minute"))
+
+        def series(subject: SubjectRef, amount: int) -> Check:
+            limit = EffectiveLimit(subject, key, UNLIMITED, Source.RESOURCE, False)
+            check = self._check(limit, amounts, at, now)
+            assert check is not None
+            return replace(check, amount=amount)
+
+        return CapacityPlan(
+            quota=quota,
+            resource=resource,
+            consumer=consumer,
+            amount=amounts[units],
+            total=series(resource, amounts[units]),
+            shares=tuple(
+                (other, series(consumer_ref(resource, other), 0))
+                for other in quota.reserved_shares()
+            ),
+        )
+
+    # resource quotas ----------------------------------------------------------
+    def _quota(self, resource: SubjectRef) -> ResourceQuota | None:
+        stored = self.store.get_resource_quota(resource)
+        return ResourceQuota.parse(stored, field="") if stored is not None else None
+
+    def set_resource_quota(
+        self, resource: str | SubjectRef, quota: Mapping[str, object], *, actor: str = "library"
+    ) -> ResourceQuota:
+        """Put a shared-capacity quota on a resource (SPEC section 6); replaces any earlier one."""
+        ref = SubjectRef.parse(resource, "resource")
+        if not isinstance(quota, Mapping):
+            raise ValidationError("body", "a quota is an object")
+        parsed = ResourceQuota.parse(quota, field="")
+        keys = [r.key for r in parsed.default_rules]
+        keys += [r.key for p in parsed.policies for r in p.rules]
+        if parsed.capacity is not None:
+            keys.append(LimitKey(parsed.capacity.units, Window.parse("minute")))
+        self.store.put_resource_quota(
+            ref, dict(parsed.to_wire()), keys, actor=actor, now=self.clock.now()
+        )
+        return parsed
+
+    def get_resource_quota(self, resource: str | SubjectRef) -> ResourceQuota:
+        ref = SubjectRef.parse(resource, "resource")
+        found = self._quota(ref)
+        if found is None:
+            raise NotFound(f"no quota on {ref}", details={"field": "resource"})
+        return found
+
+    def delete_resource_quota(self, resource: str | SubjectRef, *, actor: str = "library") -> None:
+        ref = SubjectRef.parse(resource, "resource")
+        if not self.store.delete_resource_quota(ref, actor=actor, now=self.clock.now()):
+            raise NotFound(f"no quota on {ref}", details={"field": "resource"})
+
+    def resource_quotas(
+        self, *, offset: int = 0, limit: int = 100
+    ) -> Page[tuple[SubjectRef, ResourceQuota]]:
+        page = self.store.list_resource_quotas(offset=_offset(offset), limit=_limit(limit))
+        items = [(ref, ResourceQuota.parse(q, field="")) for ref, q in page.items]
+        return Page(items, page.total, page.offset, page.limit)
 
     def _check(
         self,
@@ -702,6 +820,7 @@ class Quota:
         amounts: Mapping[str, object] | None = None,
         *,
         ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Reserved:
         """Hold an estimate before an LLM call, all or nothing across the hierarchy.
@@ -712,7 +831,12 @@ class Quota:
         ref = SubjectRef.parse(subject)
         lifetime = parse_ttl(ttl)
         plan = self._plan(
-            ref, merge_amounts(amounts, metric_amounts), Mode.ENFORCE, None, intent="reserve"
+            ref,
+            merge_amounts(amounts, metric_amounts),
+            Mode.ENFORCE,
+            None,
+            intent="reserve",
+            resource=resource,
         )
         reservation = Reservation(
             id=secrets.token_hex(16),
@@ -721,6 +845,7 @@ class Quota:
             amounts=plan.amounts,
             created_at=plan.now,
             expires_at=plan.now + lifetime,
+            resource=plan.resource,
         )
         decision = self.store.reserve(plan, reservation, create_subject=not self.strict_subjects)
         return Reserved(decision, reservation if decision.allowed else None)
@@ -739,7 +864,9 @@ class Quota:
         reservation = self.get_reservation(reservation_id)
         given = merge_amounts(amounts, metric_amounts)
         actual = given if given else reservation.amounts.to_wire()
-        plan = self._plan(reservation.subject, actual, Mode.RECORD, None)
+        plan = self._plan(
+            reservation.subject, actual, Mode.RECORD, None, resource=reservation.resource
+        )
         return self.store.commit(reservation.id, plan)
 
     def release(self, reservation_id: str) -> bool:
@@ -759,6 +886,7 @@ class Quota:
         amounts: Mapping[str, object] | None = None,
         *,
         ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Iterator[Hold]:
         """``with q.reservation("user:a", tokens=2000) as hold: ...; hold.commit(tokens=n)``
@@ -766,7 +894,9 @@ class Quota:
         Raises QuotaExceeded when the hold is refused. An exception in the block
         releases the hold; leaving the block without a commit records the estimate.
         """
-        reserved = self.reserve(subject, amounts, ttl=ttl, **metric_amounts)
+        reserved = self.reserve(
+            subject, merge_amounts(amounts, metric_amounts), ttl=ttl, resource=resource
+        )
         if reserved.reservation is None:
             raise QuotaExceeded(_denied_message(reserved.decision), reserved.decision)
         hold = Hold(self, reserved.reservation)
@@ -781,18 +911,23 @@ class Quota:
 
     # leases -------------------------------------------------------------------
     def acquire(
-        self, subject: str | SubjectRef, *, ttl: float | timedelta = DEFAULT_TTL
+        self,
+        subject: str | SubjectRef,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
     ) -> Acquired:
         """A concurrency slot on the subject and every ancestor, until released or expired."""
         ref = SubjectRef.parse(subject)
         lifetime = parse_ttl(ttl)
-        plan = self._plan(ref, {}, Mode.ENFORCE, None, intent="acquire")
+        plan = self._plan(ref, {}, Mode.ENFORCE, None, intent="acquire", resource=resource)
         lease = Lease(
             id=secrets.token_hex(16),
             subject=ref,
             charged=plan.charged,
             created_at=plan.now,
             expires_at=plan.now + lifetime,
+            resource=plan.resource,
         )
         decision = self.store.acquire(plan, lease, create_subject=not self.strict_subjects)
         return Acquired(decision, lease if decision.allowed else None)
@@ -877,6 +1012,11 @@ _GRAIN_SPAN: Final = {
     Granularity.DAY: timedelta(days=1),
     Granularity.MONTH: timedelta(days=28),
 }
+
+
+def _is_share(subject: SubjectRef) -> bool:
+    """A consumer's share of a resource (see ``consumer_ref``), not a subject."""
+    return "~" in subject.id
 
 
 def _id(value: object) -> str:

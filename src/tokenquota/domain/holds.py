@@ -17,7 +17,7 @@ from typing import Any, Final
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.errors import Conflict, NotFound, ValidationError
 from tokenquota.domain.metrics import Amounts
-from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.subjects import SubjectRef, consumer_series
 
 MIN_TTL: Final = timedelta(seconds=1)
 MAX_TTL: Final = timedelta(days=1)
@@ -39,6 +39,12 @@ class Reservation:
     expires_at: datetime
     state: HoldState = HoldState.HELD
     committed: Decision | None = None  # the commit's answer, replayed on a second commit
+    resource: SubjectRef | None = None
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        """The counter subjects the hold weighs on: the charged ones and a consumer share."""
+        return hold_series(self.charged, self.subject, self.resource)
 
     def live(self, now: datetime) -> bool:
         return self.state is HoldState.HELD and now < self.expires_at
@@ -63,6 +69,11 @@ class Lease:
     created_at: datetime
     expires_at: datetime
     released_at: datetime | None = None
+    resource: SubjectRef | None = None
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        return hold_series(self.charged, self.subject, self.resource)
 
     def live(self, now: datetime) -> bool:
         return self.released_at is None and now < self.expires_at
@@ -77,6 +88,13 @@ class Lease:
             if self.released_at is not None
             else ("held" if now < self.expires_at else "expired"),
         }
+
+
+def hold_series(
+    charged: tuple[SubjectRef, ...], subject: SubjectRef, resource: SubjectRef | None
+) -> tuple[str, ...]:
+    names = tuple(str(s) for s in charged)
+    return names if resource is None else (*names, consumer_series(resource, subject))
 
 
 def parse_ttl(value: object, field: str = "ttl") -> timedelta:

@@ -33,6 +33,7 @@ class Source(StrEnum):
     OVERRIDE = "override"
     PLAN = "plan"
     DEFAULT = "default"
+    RESOURCE = "resource"  # a resource quota's rule for one consumer (SPEC section 6)
     NONE = "none"
 
 

@@ -312,7 +312,7 @@ class MemoryStore:
             ends = [
                 lease.expires_at
                 for lease in self._s.leases.values()
-                if lease.live(now) and check.limit.subject in lease.charged
+                if lease.live(now) and subject in lease.series
             ]
             return Reading({0: len(ends)}, held_until=min(ends)) if ends else Reading()
         if key.window is None:
@@ -330,7 +330,7 @@ class MemoryStore:
         holds = [
             (r.amounts[metric], r.expires_at)
             for r in self._s.reservations.values()
-            if r.live(now) and check.limit.subject in r.charged and r.amounts[metric]
+            if r.live(now) and subject in r.series and r.amounts[metric]
         ]
         if not holds:
             return Reading(buckets)

@@ -26,11 +26,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("resource", name="pk_resource_quotas"),
     )
 
-    with op.batch_alter_table("events") as batch:
-        batch.add_column(sa.Column("resource", sa.String(161), nullable=True))
+    for table in ("events", "reservations", "leases"):
+        with op.batch_alter_table(table) as batch:
+            batch.add_column(sa.Column("resource", sa.String(161), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("events") as batch:
-        batch.drop_column("resource")
+    for table in ("events", "reservations", "leases"):
+        with op.batch_alter_table(table) as batch:
+            batch.drop_column("resource")
     op.drop_table("resource_quotas")

@@ -170,6 +170,7 @@ reservations = sa.Table(
     sa.Column("expires_at", sa.BigInteger, nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
     sa.Column("decision", sa.JSON, nullable=True),
+    sa.Column("resource", sa.String(161), nullable=True),
 )
 
 holds = sa.Table(
@@ -191,6 +192,7 @@ leases = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=False),
     sa.Column("released_at", sa.BigInteger, nullable=True),
+    sa.Column("resource", sa.String(161), nullable=True),
 )
 
 lease_holders = sa.Table(

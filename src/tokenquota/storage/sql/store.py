@@ -604,19 +604,20 @@ class SqlStore:
                     expires_at=expires,
                     state=HoldState.HELD.value,
                     decision=None,
+                    resource=str(reservation.resource) if reservation.resource else None,
                 )
             )
             conn.execute(
                 t.holds.insert(),
                 [
                     {
-                        "subject": str(s),
+                        "subject": s,
                         "metric": m.value,
                         "expires_at": expires,
                         "reservation_id": reservation.id,
                         "amount": units,
                     }
-                    for s in reservation.charged
+                    for s in reservation.series
                     for m, units in reservation.amounts.items()
                 ],
             )
@@ -641,6 +642,7 @@ class SqlStore:
             expires_at=from_micros(row.expires_at),
             state=HoldState(row.state),
             committed=Decision.from_wire(row.decision) if row.decision else None,
+            resource=SubjectRef.parse(row.resource) if row.resource else None,
         )
 
     def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
@@ -689,14 +691,12 @@ class SqlStore:
                     created_at=to_micros(lease.created_at),
                     expires_at=expires,
                     released_at=None,
+                    resource=str(lease.resource) if lease.resource else None,
                 )
             )
             conn.execute(
                 t.lease_holders.insert(),
-                [
-                    {"subject": str(s), "expires_at": expires, "lease_id": lease.id}
-                    for s in lease.charged
-                ],
+                [{"subject": s, "expires_at": expires, "lease_id": lease.id} for s in lease.series],
             )
             return decision
 
@@ -715,6 +715,7 @@ class SqlStore:
             created_at=from_micros(row.created_at),
             expires_at=from_micros(row.expires_at),
             released_at=from_micros(row.released_at) if row.released_at is not None else None,
+            resource=SubjectRef.parse(row.resource) if row.resource else None,
         )
 
     def release_lease(self, lease_id: str, now: datetime) -> bool:
