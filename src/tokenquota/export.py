@@ -30,6 +30,7 @@ CSV_COLUMNS: Final = (
     "model",
     "tags",
     "idempotency_key",
+    "resource",
 )
 CHUNK_CHARS: Final = 64 * 1024
 
@@ -50,6 +51,7 @@ def csv_row(event: Event) -> list[object]:
         wire["model"] or "",
         json.dumps(wire["tags"], sort_keys=True, separators=(",", ":")),
         wire["idempotency_key"] or "",
+        wire["resource"] or "",
     ]
 
 

@@ -271,6 +271,7 @@ def test_csv_export_streams_every_event(api: Api, admin: httpx.Client) -> None:
         "model",
         "tags",
         "idempotency_key",
+        "resource",
     )
     assert len(rows) == 503
     assert [int(r["id"]) for r in rows] == list(range(1, 504))

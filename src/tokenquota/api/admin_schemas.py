@@ -244,6 +244,7 @@ class EventOut(Model):
     model: str | None
     tags: dict[str, str]
     idempotency_key: str | None
+    resource: str | None = Field(None, description="The resource the usage was made on, if any")
 
 
 class EventPage(Model):

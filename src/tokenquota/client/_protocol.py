@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, Final, Generic, Literal, TypeVar
 from urllib.parse import quote
@@ -29,6 +29,7 @@ from tokenquota.domain.errors import (
     Unauthorized,
     ValidationError,
 )
+from tokenquota.domain.holds import HoldState, Lease, Reservation, ReservationClosed
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import (
@@ -41,7 +42,14 @@ from tokenquota.domain.limits import (
 )
 from tokenquota.domain.metrics import Amounts, Metric, Number, merge_amounts, to_units
 from tokenquota.domain.subjects import Subject, SubjectRef
-from tokenquota.engine import DefaultRule, HistoryPoint, LimitsView, Usage
+from tokenquota.engine import (
+    Acquired,
+    DefaultRule,
+    HistoryPoint,
+    LimitsView,
+    Reserved,
+    Usage,
+)
 from tokenquota.storage.base import Page
 
 T = TypeVar("T")
@@ -54,13 +62,18 @@ PAGE_SIZE: Final = 1000  # the server's largest page, for iter_events
 
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One request and how to read its answer (``None`` is passed for a 204)."""
+    """One request and how to read its answer (``None`` is passed for a 204).
+
+    ``refused``, when set, turns a 429's denied decision into an answer instead
+    of raising ``QuotaExceeded``: reserve and acquire report a refusal as a value.
+    """
 
     method: str
     path: str
     parse: Callable[[Any], T]
     params: Params | None = None
     body: Any = None
+    refused: Callable[[Decision], T] | None = None
 
 
 def headers(api_key: str) -> dict[str, str]:
@@ -70,7 +83,10 @@ def headers(api_key: str) -> dict[str, str]:
 def finish(call: Call[T], response: httpx.Response) -> T:
     """Raise the library's error for an error answer, else parse it (the body is read)."""
     if response.is_error:
-        raise error_from(response)
+        error = error_from(response)
+        if call.refused is not None and isinstance(error, QuotaExceeded):
+            return call.refused(error.decision)
+        raise error
     if response.status_code == 204 or not response.content:
         return call.parse(None)
     return call.parse(response.json())
@@ -83,6 +99,7 @@ _BY_CODE: Final[dict[str, type[TokenQuotaError]]] = {
         Conflict,
         CycleError,
         IdempotencyConflict,
+        ReservationClosed,
         Unauthorized,
         Forbidden,
         StoreUnavailable,
@@ -226,6 +243,92 @@ def consume(
         idempotency_key=idempotency_key, timestamp=timestamp, model=model, tags=tags
     )
     return Call("POST", "/v1/consume", Decision.from_wire, body=body)
+
+
+# reservations and leases
+
+
+def _ttl(ttl: float | timedelta) -> object:
+    # Any other value goes out as it is, for the server to refuse with a 422 naming ttl.
+    return ttl.total_seconds() if isinstance(ttl, timedelta) else ttl
+
+
+def reserve(
+    subject: str | SubjectRef,
+    amounts: Mapping[str, object] | None,
+    *,
+    ttl: float | timedelta,
+    metric_amounts: Mapping[str, object],
+    raise_refused: bool = False,
+) -> Call[Reserved]:
+    """``raise_refused``: a 429 raises ``QuotaExceeded`` instead of answering a refusal."""
+    body = {
+        "subject": str(subject),
+        "amounts": _jsonable(merge_amounts(amounts, metric_amounts)),
+        "ttl": _ttl(ttl),
+    }
+    return Call(
+        "POST",
+        "/v1/reservations",
+        parse_reserved,
+        body=body,
+        refused=None if raise_refused else _refused_reservation,
+    )
+
+
+def _reservation_path(reservation_id: str) -> str:
+    return f"/v1/reservations/{_segment(reservation_id, 'id')}"
+
+
+def commit(
+    reservation_id: str,
+    amounts: Mapping[str, object] | None,
+    metric_amounts: Mapping[str, object],
+) -> Call[Decision]:
+    body = {"amounts": _jsonable(merge_amounts(amounts, metric_amounts))}
+    return Call(
+        "POST", f"{_reservation_path(reservation_id)}/commit", Decision.from_wire, body=body
+    )
+
+
+def release(reservation_id: str) -> Call[bool]:
+    return Call("DELETE", _reservation_path(reservation_id), _released)
+
+
+def get_reservation(reservation_id: str) -> Call[Reservation]:
+    return Call("GET", _reservation_path(reservation_id), parse_reservation)
+
+
+def acquire(
+    subject: str | SubjectRef, *, ttl: float | timedelta, raise_refused: bool = False
+) -> Call[Acquired]:
+    """``raise_refused``: a 429 raises ``QuotaExceeded`` instead of answering a refusal."""
+    return Call(
+        "POST",
+        "/v1/leases",
+        parse_acquired,
+        body={"subject": str(subject), "ttl": _ttl(ttl)},
+        refused=None if raise_refused else _refused_lease,
+    )
+
+
+def _lease_path(lease_id: str) -> str:
+    return f"/v1/leases/{_segment(lease_id, 'id')}"
+
+
+def release_lease(lease_id: str) -> Call[bool]:
+    return Call("DELETE", _lease_path(lease_id), _released)
+
+
+def heartbeat(lease_id: str, *, ttl: float | timedelta) -> Call[Lease]:
+    return Call("POST", f"{_lease_path(lease_id)}/heartbeat", parse_lease, body={"ttl": _ttl(ttl)})
+
+
+def get_lease(lease_id: str) -> Call[Lease]:
+    return Call("GET", _lease_path(lease_id), parse_lease)
+
+
+# reads
 
 
 def usage(subject: str | SubjectRef, include_ancestors: bool) -> Call[Usage]:
@@ -463,11 +566,16 @@ def parse_history_point(data: Any) -> HistoryPoint:
     )
 
 
-def parse_event(data: Any) -> Event:
+def parse_amounts(data: Any) -> Amounts:
+    """Wire amounts (credits as decimal strings) back to units, as the engine keeps them."""
     units = {}
-    for name, value in data["amounts"].items():
+    for name, value in data.items():
         metric = Metric(name)
         units[metric] = to_units(metric, value, f"amounts.{name}")
+    return Amounts(units)
+
+
+def parse_event(data: Any) -> Event:
     return Event(
         id=int(data["id"]),
         subject=SubjectRef.parse(data["subject"]),
@@ -475,11 +583,12 @@ def parse_event(data: Any) -> Event:
         timestamp=_time(data["timestamp"]),
         recorded_at=_time(data["recorded_at"]),
         mode=Mode(data["mode"]),
-        amounts=Amounts(units),
+        amounts=parse_amounts(data["amounts"]),
         model=data.get("model"),
         tags=dict(data.get("tags") or {}),
         idempotency_key=data.get("idempotency_key"),
         kind=str(data.get("kind", "consume")),
+        resource=SubjectRef.parse(data["resource"]) if data.get("resource") else None,
     )
 
 
@@ -567,3 +676,55 @@ def parse_audit_entry(data: Any) -> AuditEntry:
         before=data.get("before"),
         after=data.get("after"),
     )
+
+
+def _released(data: Any) -> bool:
+    return bool(data["released"])
+
+
+def parse_reservation(data: Any) -> Reservation:
+    """A reservation from its wire form.
+
+    The wire leaves out ``charged`` (the ancestors: a member key may not see
+    them) and the commit's decision, so those come back as ``()`` and None.
+    "expired" is a hold past ``expires_at``, which the engine keeps as
+    ``HoldState.HELD`` (``live(now)`` is False).
+    """
+    state = str(data["state"])
+    return Reservation(
+        id=str(data["id"]),
+        subject=SubjectRef.parse(data["subject"]),
+        charged=(),
+        amounts=parse_amounts(data["amounts"]),
+        created_at=_time(data["created_at"]),
+        expires_at=_time(data["expires_at"]),
+        state=HoldState.HELD if state == "expired" else HoldState(state),
+    )
+
+
+def parse_reserved(data: Any) -> Reserved:
+    return Reserved(Decision.from_wire(data["decision"]), parse_reservation(data["reservation"]))
+
+
+def _refused_reservation(decision: Decision) -> Reserved:
+    return Reserved(decision, None)
+
+
+def parse_lease(data: Any) -> Lease:
+    """A lease from its wire form; ``charged`` is not sent, so it comes back as ``()``."""
+    return Lease(
+        id=str(data["id"]),
+        subject=SubjectRef.parse(data["subject"]),
+        charged=(),
+        created_at=_time(data["created_at"]),
+        expires_at=_time(data["expires_at"]),
+        released_at=_optional_time(data.get("released_at")),
+    )
+
+
+def parse_acquired(data: Any) -> Acquired:
+    return Acquired(Decision.from_wire(data["decision"]), parse_lease(data["lease"]))
+
+
+def _refused_lease(decision: Decision) -> Acquired:
+    return Acquired(decision, None)
