@@ -65,7 +65,7 @@ def test_bad_input_is_422_naming_the_field(api: Api, admin: httpx.Client) -> Non
         ({"subject": "user:alice", "amounts": {"tokens": {"x": 1}}}, "amounts.tokens"),
         ({"subject": "user:alice", "mode": "maybe"}, "mode"),
         ({"subject": "user:alice", "timestamp": "2026-01-01T00:00:00"}, "timestamp"),
-        ({"subject": "user:alice", "resource": "deployment:x"}, "resource"),
+        ({"subject": "user:alice", "resource": "deployment"}, "resource"),
         ({"amounts": {}}, "subject"),
         ({"subject": "user:alice", "surprise": 1}, "surprise"),
     ]

@@ -21,12 +21,19 @@ import tokenquota
 from tokenquota.api import errors
 from tokenquota.api.errors import error_body
 from tokenquota.api.metrics import Metrics
-from tokenquota.api.routes import admin, health, holds, metering, reads
+from tokenquota.api.routes import admin, health, holds, metering, reads, resources
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
 from tokenquota.settings import Settings
 
-ROUTERS = [metering.router, holds.router, reads.router, admin.router, health.router]
+ROUTERS = [
+    metering.router,
+    holds.router,
+    reads.router,
+    admin.router,
+    resources.router,
+    health.router,
+]
 
 DESCRIPTION = """\
 Quota and usage metering for AI features.

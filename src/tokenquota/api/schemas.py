@@ -69,7 +69,11 @@ class CheckIn(Model):
         default_factory=dict, max_length=16, examples=[{"tokens": 1200}]
     )
     timestamp: datetime | None = None
-    resource: str | None = Field(None, description="Resource quotas arrive in a later version")
+    resource: str | None = Field(
+        None,
+        max_length=200,
+        description="A protected resource (e.g. deployment:llama-70b): its quota applies too",
+    )
 
 
 class ConsumeIn(CheckIn):

@@ -13,7 +13,6 @@ from tokenquota.api.auth import Caller, QuotaDep, require_consume
 from tokenquota.api.errors import error_body
 from tokenquota.api.schemas import CheckIn, ConsumeIn, DecisionOut, ErrorOut
 from tokenquota.domain.decisions import Decision, LimitStatus
-from tokenquota.domain.errors import ValidationError
 from tokenquota.domain.subjects import SubjectRef
 
 router = APIRouter(prefix="/v1", tags=["metering"])
@@ -25,11 +24,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorOut, "description": "Idempotency key reused for another request"},
     422: {"model": ErrorOut, "description": "Bad input; details.field names it"},
 }
-
-
-def _no_resource(resource: str | None) -> None:
-    if resource is not None:
-        raise ValidationError("resource", "resource quotas are not available in this version")
 
 
 def rate_limit_headers(decision: Decision, now: datetime) -> dict[str, str]:
@@ -81,8 +75,7 @@ def decision_response(request: Request, decision: Decision, operation: str) -> J
 def check(body: CheckIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
-    _no_resource(body.resource)
-    decision = quota.check(ref, body.amounts, timestamp=body.timestamp)
+    decision = quota.check(ref, body.amounts, timestamp=body.timestamp, resource=body.resource)
     return decision_response(request, decision, "check")
 
 
@@ -104,7 +97,6 @@ def check(body: CheckIn, request: Request, caller: Caller, quota: QuotaDep) -> J
 def consume(body: ConsumeIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
-    _no_resource(body.resource)
     decision = quota.consume(
         ref,
         body.amounts,
@@ -113,5 +105,6 @@ def consume(body: ConsumeIn, request: Request, caller: Caller, quota: QuotaDep) 
         timestamp=body.timestamp,
         model=body.model,
         tags=body.tags,
+        resource=body.resource,
     )
     return decision_response(request, decision, "consume")
