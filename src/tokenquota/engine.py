@@ -30,9 +30,12 @@ from tokenquota.domain.decisions import (
     Mode,
     QuotaExceeded,
     decide,
+    prepaid_status,
     status,
 )
 from tokenquota.domain.errors import NotFound, ValidationError
+from tokenquota.domain.grants import Balance, Grant
+from tokenquota.domain.grants import balance as grant_balance
 from tokenquota.domain.holds import Lease, Reservation, parse_ttl
 from tokenquota.domain.keys import (
     MAX_KEY_NAME,
@@ -58,7 +61,7 @@ from tokenquota.domain.limits import (
     resolve,
     validate_plan_name,
 )
-from tokenquota.domain.metrics import Amounts, Metric, Number, from_units, merge_amounts
+from tokenquota.domain.metrics import Amounts, Metric, Number, from_units, merge_amounts, to_units
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import (
     Subject,
@@ -81,6 +84,7 @@ MAX_MODEL_LENGTH: Final = 128
 MAX_TAGS: Final = 32
 MAX_TAG_LENGTH: Final = 256
 MAX_HISTORY_POINTS: Final = 10_000
+MAX_GRANTS: Final = 10_000
 DEFAULT_RETENTION: Final = timedelta(days=400)
 DEFAULT_TTL: Final = 60.0
 Intent = Literal["consume", "reserve", "acquire"]
@@ -702,10 +706,13 @@ class Quota:
             for limit in limits
         ]
         readings = self.store.read(checks, now)
+        subjects = [ref, *self.store.ancestors(ref)] if include_ancestors else [ref]
+        wallets = [prepaid_status(p, now, self.tz) for p in self.store.prepaid(subjects, now)]
         return Usage(
             str(ref),
             now,
-            tuple(status(c, r, self.tz) for c, r in zip(checks, readings, strict=True)),
+            tuple(status(c, r, self.tz) for c, r in zip(checks, readings, strict=True))
+            + tuple(wallets),
         )
 
     def _usage_check(self, limit: EffectiveLimit, now: datetime) -> Check:
@@ -755,6 +762,8 @@ class Quota:
         sums: dict[tuple[datetime, str, str | None], int] = defaultdict(int)
         ends: dict[datetime, datetime] = {}
         for event in self.store.iter_events(subject=ref, start=begin, end=stop):
+            if event.kind != "consume":
+                continue  # grants are credit, not usage
             period_start, period_end = calendar_period(unit, event.timestamp, self.tz)
             ends[period_start] = period_end
             model = (event.model or "") if grouping is GroupBy.MODEL else None
@@ -958,6 +967,39 @@ class Quota:
             yield acquired.lease
         finally:
             self.release_lease(acquired.lease.id)
+
+    # prepaid credits ----------------------------------------------------------
+    def grant(
+        self,
+        subject: str | SubjectRef,
+        credits: object,
+        *,
+        expires_at: datetime | None = None,
+        actor: str = "library",
+    ) -> Grant:
+        """Add prepaid credits. From then on the subject's credit spending must fit its balance."""
+        ref = SubjectRef.parse(subject)
+        self._require_known(ref)
+        units = to_units(Metric.CREDITS, credits, "credits")
+        if units <= 0:
+            raise ValidationError("credits", "must be more than 0")
+        now = self.clock.now()
+        expiry = ensure_utc(expires_at, "expires_at") if expires_at is not None else None
+        if expiry is not None and expiry <= now:
+            raise ValidationError("expires_at", "must be in the future")
+        if len(self.store.grants(ref)) >= MAX_GRANTS:
+            raise ValidationError("subject", f"a subject holds at most {MAX_GRANTS} grants")
+        grant = Grant(secrets.token_hex(16), ref, units, now, expiry, units)
+        self.store.add_grant(grant, actor=actor)
+        return grant
+
+    def grants(self, subject: str | SubjectRef) -> list[Grant]:
+        return self.store.grants(SubjectRef.parse(subject))
+
+    def balance(self, subject: str | SubjectRef) -> Balance | None:
+        """What a prepaid subject has left now; None when it was never granted credits."""
+        ref = SubjectRef.parse(subject)
+        return grant_balance(ref, self.store.grants(ref), self.clock.now())
 
     # API keys ---------------------------------------------------------------
     def create_key(

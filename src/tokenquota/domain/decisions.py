@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.errors import TokenQuotaError
+from tokenquota.domain.grants import Grant, balance
 from tokenquota.domain.limits import UNLIMITED, EffectiveLimit
 from tokenquota.domain.metrics import Amounts, Metric, Number, from_units, wire_number
 from tokenquota.domain.resources import DenyReason, ResourceQuota, capacity_admits
@@ -110,6 +111,15 @@ class Reading:
 
 
 Readings = Sequence[Reading]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepaid:
+    """A charged subject's grants and the credits live reservations hold against them."""
+
+    subject: SubjectRef
+    grants: tuple[Grant, ...]
+    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,8 +286,17 @@ def blocks(check: Check, reading: Reading) -> bool:
     return not admits(sum(reading.buckets.values()) + reading.reserved, check.amount, limit.value)
 
 
-def decide(plan: DebitPlan, readings: Readings, event_id: int | None = None) -> Decision:
-    """Measure the request against every check; enforce is all-or-nothing, record always passes."""
+def decide(
+    plan: DebitPlan,
+    readings: Readings,
+    event_id: int | None = None,
+    prepaid: Sequence[Prepaid] = (),
+) -> Decision:
+    """Measure the request against every check; enforce is all-or-nothing, record always passes.
+
+    ``prepaid`` holds the grants of charged subjects that have any: their
+    credits must fit what is left (less what live reservations hold).
+    """
     blocked: list[int] = []
     shadow: list[int] = []
     capacity_readings = readings[len(plan.checks) :]
@@ -286,7 +305,11 @@ def decide(plan: DebitPlan, readings: Readings, event_id: int | None = None) -> 
         if blocks(check, reading):
             (shadow if check.limit.shadow else blocked).append(i)
     capacity = _capacity(plan, capacity_readings)
-    allowed = plan.mode is Mode.RECORD or (not blocked and (capacity is None or capacity[1]))
+    wallets = [_wallet(plan, p) for p in prepaid if p.grants]
+    broke = [status for status, fits in wallets if not fits]
+    allowed = plan.mode is Mode.RECORD or (
+        not blocked and not broke and (capacity is None or capacity[1])
+    )
 
     def counted(check: Check) -> int:
         lands = check.bucket is not None or check.limit.key.metric is Metric.CONCURRENT_REQUESTS
@@ -307,10 +330,15 @@ def decide(plan: DebitPlan, readings: Readings, event_id: int | None = None) -> 
         statuses += (cap_status,)
         if not cap_admitted and plan.mode is Mode.ENFORCE:
             blocked_by += (cap_status,)
+    statuses += tuple(status for status, _ in wallets)
+    if plan.mode is Mode.ENFORCE:
+        blocked_by += tuple(broke)
     if not allowed:
         retry_after = _retry_after(plan, readings, blocked)
         if capacity is not None and not capacity[1] and retry_after is not None:
             retry_after = max(retry_after, capacity[2]) if blocked else capacity[2]
+        if broke:
+            retry_after = None  # waiting adds no credits
     return Decision(
         allowed=allowed,
         subject=str(plan.subject),
@@ -358,6 +386,51 @@ def _capacity(plan: DebitPlan, readings: Readings) -> tuple[LimitStatus, bool, i
     )
     wait = math.ceil((reset_at - plan.now).total_seconds()) if reset_at else 60
     return status, verdict.admitted, max(1, wait)
+
+
+def prepaid_status(prepaid: Prepaid, now: datetime, tz: ZoneInfo) -> LimitStatus:
+    """A prepaid subject's balance as usage shows it."""
+    plan = DebitPlan(
+        subject=prepaid.subject,
+        charged=(prepaid.subject,),
+        amounts=Amounts({}),
+        mode=Mode.ENFORCE,
+        timestamp=now,
+        now=now,
+        tz=tz,
+        checks=(),
+    )
+    return _wallet(plan, prepaid)[0]
+
+
+def _wallet(plan: DebitPlan, prepaid: Prepaid) -> tuple[LimitStatus, bool]:
+    """A prepaid subject's balance as a limit status, and whether the request fits it."""
+    wallet = balance(prepaid.subject, prepaid.grants, plan.now)
+    assert wallet is not None
+    available = max(0, wallet.remaining - prepaid.held)
+    amount = plan.amounts[Metric.CREDITS]
+    fits = amount == 0 or amount <= available
+    spend = min(amount, available) if fits or plan.mode is Mode.RECORD else 0
+    held = prepaid.held + (spend if plan.hold else 0)
+    left = available - spend
+    return (
+        LimitStatus(
+            subject=str(prepaid.subject),
+            metric=Metric.CREDITS.value,
+            window="prepaid",
+            limit=from_units(Metric.CREDITS, wallet.granted),
+            source="grant",
+            shadow=False,
+            used=from_units(
+                Metric.CREDITS, wallet.granted - wallet.remaining + (0 if plan.hold else spend)
+            ),
+            reserved=from_units(Metric.CREDITS, held),
+            remaining=from_units(Metric.CREDITS, max(0, left)),
+            reset_at=wallet.next_expiry,
+            within_limit=left > 0,
+        ),
+        fits,
+    )
 
 
 def _with_added(status: LimitStatus, amount: int, *, hold: bool) -> LimitStatus:

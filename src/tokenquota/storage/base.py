@@ -17,7 +17,8 @@ from enum import StrEnum
 from typing import Any, Generic, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, Reading
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
+from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, Event, defaults_target, plan_target
@@ -197,6 +198,17 @@ class Store(Protocol):
     def list_resource_quotas(
         self, *, offset: int, limit: int
     ) -> Page[tuple[SubjectRef, dict[str, Any]]]: ...
+
+    # prepaid credits
+    def add_grant(self, grant: Grant, *, actor: str) -> int:
+        """Store the grant and its ledger event at once; returns the event id."""
+        ...
+
+    def grants(self, subject: SubjectRef) -> list[Grant]: ...
+
+    def prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
+        """The grants of those subjects that have any, with live held credits."""
+        ...
 
     # the ledger and the audit log
     def events(

@@ -17,8 +17,9 @@ from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.clock import to_micros
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, Reading, decide
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Mode, Prepaid, Reading, decide
 from tokenquota.domain.errors import Conflict, IdempotencyConflict, NotFound
+from tokenquota.domain.grants import Grant, allocate
 from tokenquota.domain.holds import (
     HoldState,
     Lease,
@@ -37,7 +38,7 @@ from tokenquota.domain.ledger import (
     resource_target,
 )
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
-from tokenquota.domain.metrics import Metric
+from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
 
@@ -64,6 +65,7 @@ class _State:
     keys: dict[str, tuple[ApiKey, str]] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
     resource_quotas: dict[SubjectRef, dict[str, Any]] = field(default_factory=dict)
+    grants: dict[str, Grant] = field(default_factory=dict)
     leases: dict[str, Lease] = field(default_factory=dict)
 
 
@@ -220,6 +222,8 @@ class MemoryStore:
             self._count(event, new)
 
     def _count(self, event: Event, keys: set[LimitKey]) -> None:
+        if event.kind != "consume":
+            return  # a grant adds credits to spend; it is not usage
         for key, units in increments(
             event.series, event.amounts, event.timestamp, self.tz, keys
         ).items():
@@ -341,8 +345,30 @@ class MemoryStore:
             raise NotFound(f"unknown subject {plan.subject}")
         self._s.subjects.setdefault(plan.subject, _Subject(None, {}, ()))
 
+    def prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
+        with self._lock:
+            return self._prepaid(subjects, now)
+
+    def _prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
+        out = []
+        for subject in subjects:
+            grants = tuple(g for g in self._s.grants.values() if g.subject == subject)
+            if not grants:
+                continue
+            held = sum(
+                r.amounts[Metric.CREDITS]
+                for r in self._s.reservations.values()
+                if r.live(now) and str(subject) in r.series
+            )
+            out.append(Prepaid(subject, grants, held))
+        return out
+
     def _decide(self, plan: DebitPlan) -> Decision:
-        decision = decide(plan, [self._read(c, plan.now) for c in plan.reads])
+        decision = decide(
+            plan,
+            [self._read(c, plan.now) for c in plan.reads],
+            prepaid=self._prepaid(plan.charged, plan.now),
+        )
         for status in decision.shadow_blocked:
             self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
         return decision
@@ -383,7 +409,51 @@ class MemoryStore:
         )
         self._s.events.append(event)
         self._count(event, self._s.tracked)
+        self._burn(event)
         return replace(decision, event_id=event.id)
+
+    def _burn(self, event: Event) -> None:
+        credits = event.amounts[Metric.CREDITS]
+        if not credits:
+            return
+        for subject in event.charged:
+            mine = [g for g in self._s.grants.values() if g.subject == subject]
+            burned, _ = allocate(mine, credits, event.recorded_at)
+            for grant_id, units in burned.items():
+                grant = self._s.grants[grant_id]
+                self._s.grants[grant_id] = replace(grant, remaining=grant.remaining - units)
+
+    # prepaid credits --------------------------------------------------------
+    def add_grant(self, grant: Grant, *, actor: str) -> int:
+        with self._lock:
+            self._s.subjects.setdefault(grant.subject, _Subject(None, {}, ()))
+            self._s.grants[grant.id] = grant
+            event = Event(
+                id=next(self._ids),
+                subject=grant.subject,
+                charged=(grant.subject,),
+                timestamp=grant.granted_at,
+                recorded_at=grant.granted_at,
+                mode=Mode.RECORD,
+                amounts=Amounts({Metric.CREDITS: grant.amount}),
+                tags={"grant": grant.id},
+                kind="grant",
+            )
+            self._s.events.append(event)
+            self._audit(
+                grant.granted_at,
+                actor,
+                "grant.add",
+                str(grant.subject),
+                None,
+                grant.to_wire(grant.granted_at),
+            )
+            return event.id
+
+    def grants(self, subject: SubjectRef) -> list[Grant]:
+        with self._lock:
+            mine = [g for g in self._s.grants.values() if g.subject == subject]
+        return sorted(mine, key=lambda g: (g.granted_at, g.id))
 
     # reservations and leases ------------------------------------------------
     def reserve(
@@ -508,8 +578,12 @@ class MemoryStore:
     def rebuild(self) -> int:
         with self._lock:
             self._s.counters.clear()
+            for grant_id, grant in self._s.grants.items():
+                self._s.grants[grant_id] = replace(grant, remaining=grant.amount)
             for event in self._s.events:
                 self._count(event, self._s.tracked)
+                if event.kind == "consume":
+                    self._burn(event)
             return len(self._s.events)
 
     # API keys ---------------------------------------------------------------

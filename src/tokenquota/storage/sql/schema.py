@@ -213,3 +213,16 @@ resource_quotas = sa.Table(
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
 )
+
+# What is left of each grant is kept here, updated in the transaction that spends
+# it; `rebuild` recomputes it from the ledger like every counter.
+grants = sa.Table(
+    "grants",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("subject", sa.String(161), nullable=False, index=True),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("granted_at", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.BigInteger, nullable=True),
+    sa.Column("remaining", sa.BigInteger, nullable=False),
+)

@@ -24,7 +24,15 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from tokenquota.domain.clock import from_micros, to_micros
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, Mode, Reading, decide
+from tokenquota.domain.decisions import (
+    Check,
+    DebitPlan,
+    Decision,
+    Mode,
+    Prepaid,
+    Reading,
+    decide,
+)
 from tokenquota.domain.errors import (
     Conflict,
     IdempotencyConflict,
@@ -32,6 +40,7 @@ from tokenquota.domain.errors import (
     StoreUnavailable,
     ValidationError,
 )
+from tokenquota.domain.grants import Grant, allocate
 from tokenquota.domain.holds import (
     HoldState,
     Lease,
@@ -358,6 +367,8 @@ class SqlStore:
         """What the whole ledger adds to ``keys``: the one path for backfill and rebuild."""
         totals: dict[CounterKey, int] = defaultdict(int)
         for event in self._scan(conn, None, None, None):
+            if event.kind != "consume":
+                continue  # a grant adds credits to spend; it is not usage
             for key, units in increments(
                 event.series, event.amounts, event.timestamp, self.tz, keys
             ).items():
@@ -513,8 +524,42 @@ class SqlStore:
             raise NotFound(f"unknown subject {plan.subject}")
         self._ensure_subject(conn, plan.subject, plan.now)
 
+    def prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
+        with self._tx() as conn:
+            return self._prepaid(conn, subjects, now)
+
+    def _prepaid(
+        self, conn: Connection, subjects: Sequence[SubjectRef], now: datetime
+    ) -> list[Prepaid]:
+        """Grants of the subjects that have any, with the credits held against them."""
+        rows = conn.execute(
+            sa.select(t.grants).where(t.grants.c.subject.in_([str(s) for s in subjects]))
+        ).all()
+        by_subject: dict[str, list[Grant]] = defaultdict(list)
+        for row in rows:
+            by_subject[row.subject].append(_grant(row))
+        out = []
+        h = t.holds.c
+        for subject in subjects:
+            grants = by_subject.get(str(subject))
+            if not grants:
+                continue
+            held = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(h.amount), 0)).where(
+                    h.subject == str(subject),
+                    h.metric == Metric.CREDITS.value,
+                    h.expires_at > to_micros(now),
+                )
+            ).scalar_one()
+            out.append(Prepaid(subject, tuple(grants), int(held)))
+        return out
+
     def _decide(self, conn: Connection, plan: DebitPlan) -> Decision:
-        decision = decide(plan, [self._read(conn, c, plan.now) for c in plan.reads])
+        decision = decide(
+            plan,
+            [self._read(conn, c, plan.now) for c in plan.reads],
+            prepaid=self._prepaid(conn, plan.charged, plan.now),
+        )
         self._count_shadow(conn, decision)
         return decision
 
@@ -582,7 +627,85 @@ class SqlStore:
             conn,
             increments(plan.series, plan.amounts, plan.timestamp, self.tz, self._tracked(conn)),
         )
+        self._burn(conn, plan.charged, plan.amounts[Metric.CREDITS], plan.now)
         return replace(decision, event_id=event_id)
+
+    def _burn(
+        self, conn: Connection, charged: Sequence[SubjectRef], credits: int, at: datetime
+    ) -> None:
+        """Spend credits from each charged subject's grants, earliest expiry first."""
+        if not credits:
+            return
+        rows = conn.execute(
+            sa.select(t.grants).where(t.grants.c.subject.in_([str(s) for s in charged]))
+        ).all()
+        grants = [_grant(r) for r in rows]
+        for subject in charged:
+            mine = [g for g in grants if g.subject == subject]
+            burned, _ = allocate(mine, credits, at)
+            for grant_id, units in burned.items():
+                conn.execute(
+                    t.grants.update()
+                    .where(t.grants.c.id == grant_id)
+                    .values(remaining=t.grants.c.remaining - units)
+                )
+
+    # prepaid credits ----------------------------------------------------------
+    def add_grant(self, grant: Grant, *, actor: str) -> int:
+        with self._tx(write=True) as conn:
+            self._ensure_subject(conn, grant.subject, grant.granted_at)
+            conn.execute(
+                t.grants.insert().values(
+                    id=grant.id,
+                    subject=str(grant.subject),
+                    amount=grant.amount,
+                    granted_at=to_micros(grant.granted_at),
+                    expires_at=to_micros(grant.expires_at) if grant.expires_at else None,
+                    remaining=grant.remaining,
+                )
+            )
+            stamp = to_micros(grant.granted_at)
+            inserted = conn.execute(
+                t.events.insert().values(
+                    kind="grant",
+                    subject=str(grant.subject),
+                    charged=[str(grant.subject)],
+                    ts=stamp,
+                    recorded_at=stamp,
+                    mode=Mode.RECORD.value,
+                    amounts={Metric.CREDITS.value: grant.amount},
+                    model=None,
+                    tags={"grant": grant.id},
+                    idempotency_key=None,
+                    resource=None,
+                )
+            ).inserted_primary_key
+            assert inserted is not None
+            event_id = int(inserted[0])
+            conn.execute(
+                t.event_subjects.insert().values(
+                    subject=str(grant.subject), ts=stamp, event_id=event_id
+                )
+            )
+            self._audit(
+                conn,
+                grant.granted_at,
+                actor,
+                "grant.add",
+                str(grant.subject),
+                None,
+                grant.to_wire(grant.granted_at),
+            )
+            return event_id
+
+    def grants(self, subject: SubjectRef) -> list[Grant]:
+        with self._tx() as conn:
+            rows = conn.execute(
+                sa.select(t.grants)
+                .where(t.grants.c.subject == str(subject))
+                .order_by(t.grants.c.granted_at, t.grants.c.id)
+            ).all()
+        return [_grant(r) for r in rows]
 
     # reservations and leases ---------------------------------------------------
     def reserve(
@@ -884,6 +1007,10 @@ class SqlStore:
     def _rebuild(self, conn: Connection) -> int:
         conn.execute(t.counters.delete())
         self._add_counters(conn, self._replay(conn, self._tracked(conn)))
+        conn.execute(t.grants.update().values(remaining=t.grants.c.amount))
+        for event in self._scan(conn, None, None, None):
+            if event.kind == "consume":
+                self._burn(conn, event.charged, event.amounts[Metric.CREDITS], event.recorded_at)
         return int(conn.execute(sa.select(sa.func.count()).select_from(t.events)).scalar_one())
 
     # API keys ---------------------------------------------------------------
@@ -1088,4 +1215,15 @@ def _key(row: Any) -> ApiKey:
         name=row.name,
         created_at=from_micros(row.created_at),
         revoked_at=from_micros(row.revoked_at) if row.revoked_at is not None else None,
+    )
+
+
+def _grant(row: Any) -> Grant:
+    return Grant(
+        id=row.id,
+        subject=SubjectRef.parse(row.subject),
+        amount=row.amount,
+        granted_at=from_micros(row.granted_at),
+        expires_at=from_micros(row.expires_at) if row.expires_at is not None else None,
+        remaining=row.remaining,
     )
