@@ -21,7 +21,7 @@ import tokenquota
 from tokenquota.api import errors
 from tokenquota.api.errors import error_body
 from tokenquota.api.metrics import Metrics
-from tokenquota.api.routes import admin, health, holds, metering, reads, resources
+from tokenquota.api.routes import admin, grants, health, holds, metering, reads, resources
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
 from tokenquota.settings import Settings
@@ -32,6 +32,7 @@ ROUTERS = [
     reads.router,
     admin.router,
     resources.router,
+    grants.router,
     health.router,
 ]
 

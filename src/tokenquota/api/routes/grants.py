@@ -1,0 +1,89 @@
+"""Prepaid credits: POST /v1/subjects/{ref}/grants and the list with the balance."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import Field
+
+from tokenquota.api.admin_schemas import RefPath, error_responses
+from tokenquota.api.auth import Caller, QuotaDep, require_read, require_role
+from tokenquota.api.schemas import Model, Num
+from tokenquota.domain.keys import Role
+from tokenquota.domain.subjects import SubjectRef
+
+router = APIRouter(prefix="/v1", tags=["grants"])
+
+
+class GrantIn(Model):
+    credits: int | float | str = Field(description="More than 0; at most 9 decimal places")
+    expires_at: datetime | None = Field(
+        None, description="When what is left lapses (ISO 8601 with an offset); null: never"
+    )
+
+
+class GrantOut(Model):
+    id: str
+    subject: str
+    amount: Num
+    remaining: Num
+    granted_at: datetime
+    expires_at: datetime | None
+    state: str = Field(description="active, spent or expired")
+
+
+class BalanceOut(Model):
+    subject: str
+    remaining: Num
+    granted: Num
+    next_expiry: datetime | None
+
+
+class GrantsOut(Model):
+    items: list[GrantOut]
+    balance: BalanceOut | None = Field(description="null when the subject was never granted")
+
+
+@router.post(
+    "/subjects/{ref}/grants",
+    status_code=201,
+    response_model=GrantOut,
+    summary="Grant prepaid credits",
+    description=(
+        "From its first grant on, a subject's credit spending in enforce mode must fit its "
+        "balance: what is left of its live grants, spent earliest expiry first. What is left "
+        "of a grant lapses at `expires_at`. Audited. Admin and staff."
+    ),
+    responses=error_responses(),
+)
+def add_grant(ref: RefPath, body: GrantIn, caller: Caller, quota: QuotaDep) -> JSONResponse:
+    require_role(caller, Role.ADMIN, Role.STAFF)
+    grant = quota.grant(
+        SubjectRef.parse(ref, "ref"),
+        body.credits,
+        expires_at=body.expires_at,
+        actor=f"key:{caller.id}",
+    )
+    return JSONResponse(grant.to_wire(quota.clock.now()), status_code=201)
+
+
+@router.get(
+    "/subjects/{ref}/grants",
+    response_model=GrantsOut,
+    summary="A subject's grants and prepaid balance",
+    description="A member key may read its own subject and the subjects below it.",
+    responses=error_responses(),
+)
+def list_grants(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
+    subject = SubjectRef.parse(ref, "ref")
+    require_read(quota, caller, subject)
+    now = quota.clock.now()
+    wallet = quota.balance(subject)
+    return JSONResponse(
+        {
+            "items": [g.to_wire(now) for g in quota.grants(subject)],
+            "balance": wallet.to_wire() if wallet else None,
+        }
+    )
