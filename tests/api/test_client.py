@@ -10,9 +10,11 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import anyio
 import pytest
 
 from tests.api.conftest import ADMIN_KEY, Api, ServerFactory
@@ -23,6 +25,7 @@ from tokenquota import (
     CycleError,
     Decision,
     IdempotencyConflict,
+    Mode,
     NotFound,
     QuotaExceeded,
     Subject,
@@ -34,9 +37,11 @@ from tokenquota import (
 from tokenquota.client._protocol import LineSplitter
 from tokenquota.domain.clock import FrozenClock
 from tokenquota.domain.errors import Forbidden, Unauthorized
+from tokenquota.domain.holds import HoldState, ReservationClosed
 from tokenquota.domain.keys import Role
 from tokenquota.domain.limits import Source
 from tokenquota.domain.metrics import Metric
+from tokenquota.engine import Acquired, Reserved
 
 NOW = datetime(2026, 3, 10, 23, 0, tzinfo=UTC)
 
@@ -457,3 +462,218 @@ def test_member_and_service_keys_may_not_administer(api: Api) -> None:
             member.get_subject("user:bob")
         with pytest.raises(Forbidden):
             member.list_keys()
+
+
+# reservations and leases --------------------------------------------------------
+
+
+def held_tokens(api: Api, subject: str = "user:alice") -> tuple[object, object]:
+    (status,) = [s for s in api.quota.usage(subject).limits if s.metric == "tokens"]
+    return status.used, status.reserved
+
+
+def test_reserve_commit_and_release_match_the_engine(frozen: Api) -> None:
+    frozen.quota.set_limit("user:alice", "tokens", "day", 1_000)
+    with client(frozen) as quota:
+        reserved = quota.reserve("user:alice", {"tokens": 800}, ttl=timedelta(seconds=90))
+        assert isinstance(reserved, Reserved)
+        assert reserved.allowed
+        held = reserved.reservation
+        assert held is not None
+        # The wire leaves out the ancestors charged and the commit's answer; all else is equal.
+        assert held == replace(frozen.quota.get_reservation(held.id), charged=())
+        assert held.expires_at == NOW + timedelta(seconds=90)
+        assert reserved.decision.allowed
+        assert reserved.decision.limits[0].reserved == 800
+        assert held_tokens(frozen) == (0, 800)
+
+        decision = quota.commit(held.id, tokens=500)
+        assert (decision.allowed, decision.mode, decision.replayed) == (True, Mode.RECORD, False)
+        assert frozen.quota.get_reservation(held.id).committed == decision
+        again = quota.commit(held.id, {"tokens": 999})
+        assert again == replace(decision, replayed=True)
+        assert quota.get_reservation(held.id).state is HoldState.COMMITTED
+        assert quota.release(held.id) is False
+        assert held_tokens(frozen) == (500, 0)
+
+        other = quota.reserve("user:alice", tokens=100).reservation
+        assert other is not None
+        assert quota.release(other.id) is True
+        assert quota.release(other.id) is False
+        with pytest.raises(ReservationClosed) as caught:
+            quota.commit(other.id)
+        estimate = quota.reserve("user:alice", tokens=40).reservation
+        assert estimate is not None
+        assert quota.commit(estimate.id).amounts == {"tokens": 40, "requests": 1}
+    assert isinstance(caught.value, Conflict)
+    assert (caught.value.code, caught.value.status) == ("hold_closed", 409)
+    assert held_tokens(frozen) == (540, 0)
+
+
+def test_a_refused_reserve_is_an_answer_not_an_exception(frozen: Api) -> None:
+    frozen.quota.set_limit("user:alice", "tokens", "total", 1_000)
+    with client(frozen) as quota:
+        assert quota.reserve("user:alice", tokens=800, ttl=45).allowed
+        refused = quota.reserve("user:alice", tokens=300)
+        never = quota.reserve("user:alice", tokens=5_000)
+    assert (refused.allowed, refused.reservation) == (False, None)
+    assert refused.decision.retry_after == 45  # when the first hold lapses
+    assert [(s.metric, s.reserved) for s in refused.decision.blocked_by] == [("tokens", 800)]
+    assert never.decision.retry_after is None
+    assert held_tokens(frozen) == (0, 800)
+
+
+def test_an_expired_reservation_cannot_be_committed(frozen: Api) -> None:
+    assert frozen.clock is not None
+    with client(frozen) as quota:
+        held = quota.reserve("user:alice", tokens=100, ttl=30).reservation
+        assert held is not None
+        frozen.clock.advance(seconds=30)
+        found = quota.get_reservation(held.id)
+        # "expired" on the wire: held in name, live no more, as the engine keeps it.
+        assert found.state is HoldState.HELD
+        assert not found.live(frozen.clock.now())
+        with pytest.raises(ReservationClosed, match="expired"):
+            quota.commit(held.id, tokens=100)
+        with pytest.raises(NotFound):
+            quota.get_reservation("nope")
+        with pytest.raises(ValidationError) as caught:
+            quota.release("")  # refused before sending: it would be another route
+    assert caught.value.field == "id"
+    assert frozen.quota.events().total == 0
+
+
+def test_the_reservation_context_manager_commits_releases_or_records(frozen: Api) -> None:
+    frozen.quota.set_limit("user:alice", "tokens", "day", 1_000)
+    with client(frozen) as quota:
+        with quota.reservation("user:alice", tokens=400) as hold:
+            assert held_tokens(frozen) == (0, 400)
+            assert hold.reservation.amounts[Metric.TOKENS] == 400
+            hold.commit(tokens=150)
+        assert hold.result is not None
+        assert hold.result.allowed
+        assert held_tokens(frozen) == (150, 0)
+
+        with pytest.raises(RuntimeError), quota.reservation("user:alice", tokens=400) as failed:
+            raise RuntimeError("the model call failed")
+        assert frozen.quota.get_reservation(failed.id).state is HoldState.RELEASED
+        assert held_tokens(frozen) == (150, 0)
+
+        with quota.reservation("user:alice", {"tokens": 100}, ttl=30):
+            pass
+        assert held_tokens(frozen) == (250, 0)
+
+        with (
+            pytest.raises(QuotaExceeded) as caught,
+            quota.reservation("user:alice", tokens=5_000),
+        ):
+            pytest.fail("the block must not run")
+    assert caught.value.blocked_by[0].metric == "tokens"
+    assert caught.value.retry_after is None
+    assert held_tokens(frozen) == (250, 0)
+
+
+@pytest.mark.anyio
+async def test_async_reservations_and_their_context_manager(frozen: Api) -> None:
+    frozen.quota.set_limit("user:alice", "tokens", "day", 1_000)
+    async with async_client(frozen) as quota:
+        reserved = await quota.reserve("user:alice", tokens=300)
+        assert reserved.reservation is not None
+        assert (await quota.get_reservation(reserved.reservation.id)) == replace(
+            frozen.quota.get_reservation(reserved.reservation.id), charged=()
+        )
+        assert (await quota.commit(reserved.reservation.id, tokens=200)).allowed
+        assert await quota.release(reserved.reservation.id) is False
+        refused = await quota.reserve("user:alice", tokens=900)
+        assert (refused.allowed, refused.decision.retry_after) == (False, 3600)
+
+        async with quota.reservation("user:alice", tokens=400) as hold:
+            assert held_tokens(frozen) == (200, 400)
+            await hold.commit(tokens=100)
+        assert held_tokens(frozen) == (300, 0)
+
+        with pytest.raises(RuntimeError):
+            async with quota.reservation("user:alice", tokens=400):
+                raise RuntimeError("the model call failed")
+        async with quota.reservation("user:alice", tokens=50):
+            pass
+        assert held_tokens(frozen) == (350, 0)
+
+        # A cancelled task frees its hold at once rather than at the TTL.
+        with anyio.CancelScope() as scope:
+            async with quota.reservation("user:alice", tokens=600, ttl=3600):
+                assert held_tokens(frozen) == (350, 600)
+                scope.cancel()
+                await anyio.sleep(30)
+        assert scope.cancelled_caught
+        assert held_tokens(frozen) == (350, 0)
+
+        with pytest.raises(QuotaExceeded):
+            async with quota.reservation("user:alice", tokens=700):
+                pytest.fail("the block must not run")
+
+
+def test_leases_match_the_engine(frozen: Api) -> None:
+    assert frozen.clock is not None
+    frozen.quota.set_limit("user:alice", "concurrent_requests", None, 1)
+    with client(frozen, frozen.key("member", "user:alice")) as quota:
+        acquired = quota.acquire("user:alice", ttl=10)
+        assert isinstance(acquired, Acquired)
+        lease = acquired.lease
+        assert lease is not None
+        assert lease == replace(frozen.quota.get_lease(lease.id), charged=())
+        refused = quota.acquire("user:alice")
+        assert (refused.allowed, refused.lease, refused.decision.retry_after) == (False, None, 10)
+
+        frozen.clock.advance(seconds=8)
+        extended = quota.heartbeat(lease.id, ttl=10)
+        assert extended.expires_at == NOW + timedelta(seconds=18)
+        assert extended == quota.get_lease(lease.id)
+        assert quota.release_lease(lease.id) is True
+        assert quota.release_lease(lease.id) is False
+        released = quota.get_lease(lease.id)
+        assert released.released_at == NOW + timedelta(seconds=8)
+        assert released == replace(frozen.quota.get_lease(lease.id), charged=())
+        with pytest.raises(ReservationClosed):
+            quota.heartbeat(lease.id)
+
+        with quota.lease("user:alice", ttl=5) as held:
+            assert held.live(frozen.clock.now())
+            with pytest.raises(QuotaExceeded) as caught, quota.lease("user:alice"):
+                pytest.fail("the block must not run")
+        assert frozen.quota.get_lease(held.id).released_at is not None
+        with pytest.raises(RuntimeError), quota.lease("user:alice"):
+            raise RuntimeError("the model call failed")
+        assert quota.acquire("user:alice").allowed  # every slot was given back
+        with pytest.raises(Forbidden):
+            quota.acquire("user:bob")
+    assert caught.value.blocked_by[0].metric == "concurrent_requests"
+    assert caught.value.retry_after == 5
+
+
+@pytest.mark.anyio
+async def test_async_leases_and_their_context_manager(frozen: Api) -> None:
+    frozen.quota.set_limit("user:alice", "concurrent_requests", None, 1)
+    async with async_client(frozen) as quota:
+        acquired = await quota.acquire("user:alice")
+        assert acquired.lease is not None
+        assert (await quota.acquire("user:alice")).lease is None
+        assert (await quota.heartbeat(acquired.lease.id, ttl=120)).expires_at == NOW + timedelta(
+            seconds=120
+        )
+        assert (await quota.get_lease(acquired.lease.id)).live(NOW)
+        assert await quota.release_lease(acquired.lease.id) is True
+
+        async with quota.lease("user:alice") as lease:
+            with pytest.raises(QuotaExceeded):
+                async with quota.lease("user:alice"):
+                    pytest.fail("the block must not run")
+        assert not (await quota.get_lease(lease.id)).live(NOW)
+
+        with anyio.CancelScope() as scope:
+            async with quota.lease("user:alice") as cancelled:
+                scope.cancel()
+                await anyio.sleep(30)
+        assert frozen.quota.get_lease(cancelled.id).released_at is not None
+        with pytest.raises(NotFound):
+            await quota.release_lease("nope")

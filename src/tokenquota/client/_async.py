@@ -3,22 +3,52 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
-from datetime import datetime
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
+import anyio
 import httpx
 
 from tokenquota.client import _protocol as p
 from tokenquota.domain.decisions import Decision, Mode
+from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import Plan
 from tokenquota.domain.subjects import Subject, SubjectRef
-from tokenquota.engine import DefaultRule, HistoryPoint, LimitsView, Usage
+from tokenquota.engine import (
+    DEFAULT_TTL,
+    Acquired,
+    DefaultRule,
+    HistoryPoint,
+    LimitsView,
+    Reserved,
+    Usage,
+)
 from tokenquota.storage.base import Page
 
 T = TypeVar("T")
+
+
+class AsyncHold:
+    """A live reservation inside ``AsyncClient.reservation``; commit it with the real usage."""
+
+    def __init__(self, client: AsyncClient, reservation: Reservation) -> None:
+        self.client = client
+        self.reservation = reservation
+        self.result: Decision | None = None
+
+    @property
+    def id(self) -> str:
+        return self.reservation.id
+
+    async def commit(
+        self, amounts: Mapping[str, object] | None = None, **metric_amounts: object
+    ) -> Decision:
+        self.result = await self.client.commit(self.id, amounts, **metric_amounts)
+        return self.result
 
 
 class AsyncClient:
@@ -113,6 +143,106 @@ class AsyncClient:
             )
         )
 
+    # reservations and leases ------------------------------------------------
+    async def reserve(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        **metric_amounts: object,
+    ) -> Reserved:
+        """Hold an estimate before an LLM call, all or nothing across the hierarchy.
+
+        A refusal is an answer, not an exception: ``reservation`` is None and
+        ``decision`` says what blocked and ``retry_after``.
+        """
+        return await self._run(p.reserve(subject, amounts, ttl=ttl, metric_amounts=metric_amounts))
+
+    async def commit(
+        self,
+        reservation_id: str,
+        amounts: Mapping[str, object] | None = None,
+        **metric_amounts: object,
+    ) -> Decision:
+        """Replace the hold by what the call really used; without amounts, the estimate.
+
+        A second commit returns the first answer (``replayed`` set); after release
+        or expiry it raises ``ReservationClosed`` (409 ``hold_closed``).
+        """
+        return await self._run(p.commit(reservation_id, amounts, metric_amounts))
+
+    async def release(self, reservation_id: str) -> bool:
+        """Free a hold now; False when there was nothing left to free (a no-op)."""
+        return await self._run(p.release(reservation_id))
+
+    async def get_reservation(self, reservation_id: str) -> Reservation:
+        return await self._run(p.get_reservation(reservation_id))
+
+    @asynccontextmanager
+    async def reservation(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        **metric_amounts: object,
+    ) -> AsyncIterator[AsyncHold]:
+        """``async with client.reservation("user:a", tokens=2000) as hold: ...``
+
+        Then ``await hold.commit(tokens=n)``. Raises QuotaExceeded when the hold is
+        refused. An exception in the block (cancellation too) releases the hold;
+        leaving the block without a commit records the estimate.
+        """
+        call = p.reserve(
+            subject, amounts, ttl=ttl, metric_amounts=metric_amounts, raise_refused=True
+        )
+        reservation = (await self._run(call)).reservation
+        assert reservation is not None  # a refusal raised
+        hold = AsyncHold(self, reservation)
+        try:
+            yield hold
+        except BaseException:
+            if hold.result is None:
+                # Shielded: a cancelled task still frees its hold instead of keeping it
+                # until the TTL runs out.
+                with anyio.CancelScope(shield=True):
+                    await self.release(hold.id)
+            raise
+        if hold.result is None:
+            await hold.commit()
+
+    async def acquire(
+        self, subject: str | SubjectRef, *, ttl: float | timedelta = DEFAULT_TTL
+    ) -> Acquired:
+        """A concurrency slot on the subject and every ancestor; a refusal has ``lease`` None."""
+        return await self._run(p.acquire(subject, ttl=ttl))
+
+    async def release_lease(self, lease_id: str) -> bool:
+        """Give the slot back; False when it was released already (a no-op)."""
+        return await self._run(p.release_lease(lease_id))
+
+    async def heartbeat(self, lease_id: str, *, ttl: float | timedelta = DEFAULT_TTL) -> Lease:
+        """Extend a live lease to ``ttl`` s from now; a lapsed one raises ReservationClosed."""
+        return await self._run(p.heartbeat(lease_id, ttl=ttl))
+
+    async def get_lease(self, lease_id: str) -> Lease:
+        return await self._run(p.get_lease(lease_id))
+
+    @asynccontextmanager
+    async def lease(
+        self, subject: str | SubjectRef, *, ttl: float | timedelta = DEFAULT_TTL
+    ) -> AsyncIterator[Lease]:
+        """``async with client.lease("user:a"): ...``; raises QuotaExceeded when full."""
+        lease = (await self._run(p.acquire(subject, ttl=ttl, raise_refused=True))).lease
+        assert lease is not None  # a refusal raised
+        try:
+            yield lease
+        finally:
+            with anyio.CancelScope(shield=True):  # as in reservation: free the slot at once
+                await self.release_lease(lease.id)
+
+    # reads ------------------------------------------------------------------
     async def usage(self, subject: str | SubjectRef, *, include_ancestors: bool = False) -> Usage:
         """Every effective limit with what is used, left and when it resets."""
         return await self._run(p.usage(subject, include_ancestors))

@@ -1,7 +1,248 @@
-"""Placeholder router; filled in by the reservations and leases routes work."""
+"""Reservations and leases: budget held while an LLM call runs (SPEC section 5).
+
+A reservation holds an estimate, then ``commit`` replaces it by what the call
+really used, or ``release`` frees it; a lease holds one concurrent_requests
+slot. Both lapse by themselves at ``expires_at``. A refused reserve or acquire
+is a 429 exactly like a refused consume (``metering.decision_response``).
+
+Roles are those of consume: admin and service for any subject, a member key
+only for its own subject, staff never. For the operations on an id, the rule
+is applied to the subject of the stored reservation or lease, and a staff key
+is refused before anything is looked up.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from tokenquota.api.admin_schemas import error_responses
+from tokenquota.api.auth import Caller, QuotaDep, require_consume, require_role
+from tokenquota.api.holds_schemas import (
+    AcquiredOut,
+    AcquireIn,
+    CommitIn,
+    HeartbeatIn,
+    LeaseOut,
+    LeasePath,
+    ReleasedOut,
+    ReservationOut,
+    ReservationPath,
+    ReservedOut,
+    ReserveIn,
+)
+from tokenquota.api.routes.metering import decision_response
+from tokenquota.api.schemas import DecisionOut
+from tokenquota.domain.decisions import Decision
+from tokenquota.domain.errors import ValidationError
+from tokenquota.domain.holds import Lease, Reservation
+from tokenquota.domain.keys import ApiKey, Role
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.engine import Quota
 
 router = APIRouter(prefix="/v1")
+
+HOLDERS = (Role.ADMIN, Role.SERVICE, Role.MEMBER)
+CREATE_ERRORS = error_responses(
+    {
+        404: "Unknown subject (only with strict_subjects)",
+        429: "Refused: details name the blocking limits; Retry-After says when to try again",
+    }
+)
+
+
+def _no_resource(resource: str | None) -> None:
+    # Holds on a resource's quota are not on the wire yet: Reservation.to_wire and
+    # Lease.to_wire do not carry the resource, so a client could not tell them apart.
+    if resource is not None:
+        raise ValidationError(
+            "resource", "reservations and leases on a resource are not available yet"
+        )
+
+
+def lease_wire(lease: Lease, quota: Quota) -> dict[str, Any]:
+    """``Lease.to_wire`` plus ``released_at``, so a client can rebuild the same ``Lease``."""
+    released_at = lease.released_at.isoformat() if lease.released_at else None
+    return {**lease.to_wire(quota.clock.now()), "released_at": released_at}
+
+
+def _created(
+    request: Request, decision: Decision, operation: str, name: str, hold: dict[str, Any] | None
+) -> JSONResponse:
+    """201 with the hold and the decision; a refusal (no hold) is decision_response's 429."""
+    answer = decision_response(request, decision, operation)  # counts it in /metrics too
+    if hold is None:
+        return answer
+    headers = {k: v for k, v in answer.headers.items() if k.lower().startswith("ratelimit-")}
+    return JSONResponse(
+        {name: hold, "decision": decision.to_wire()}, status_code=201, headers=headers
+    )
+
+
+def _reservation(quota: Quota, caller: ApiKey, reservation_id: str) -> Reservation:
+    require_role(caller, *HOLDERS)
+    reservation = quota.get_reservation(reservation_id)
+    require_consume(caller, reservation.subject)
+    return reservation
+
+
+def _lease(quota: Quota, caller: ApiKey, lease_id: str) -> Lease:
+    require_role(caller, *HOLDERS)
+    lease = quota.get_lease(lease_id)
+    require_consume(caller, lease.subject)
+    return lease
+
+
+# reservations -----------------------------------------------------------------------
+@router.post(
+    "/reservations",
+    tags=["reservations"],
+    status_code=201,
+    response_model=ReservedOut,
+    summary="Hold an estimate before an LLM call",
+    description=(
+        "All or nothing across the subject, its ancestors and every limit, like a consume "
+        "in enforce mode; the held amounts count as used for every other caller until "
+        "commit, release or `ttl` seconds pass. Refused: 429 with Retry-After (also when "
+        "other holds lapse) and the blocking limits, and nothing is held. Admin and service "
+        "for any subject; a member key for its own subject."
+    ),
+    responses=CREATE_ERRORS,
+)
+def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
+    ref = SubjectRef.parse(body.subject)
+    require_consume(caller, ref)
+    _no_resource(body.resource)
+    reserved = quota.reserve(ref, body.amounts, ttl=body.ttl)
+    hold = reserved.reservation
+    wire = hold.to_wire(quota.clock.now()) if hold is not None else None
+    return _created(request, reserved.decision, "reserve", "reservation", wire)
+
+
+@router.get(
+    "/reservations/{reservation_id}",
+    tags=["reservations"],
+    response_model=ReservationOut,
+    summary="One reservation and its state",
+    description="state: held, committed, released or expired (lapsed by itself).",
+    responses=error_responses({404: "Unknown reservation"}),
+)
+def get_reservation(
+    reservation_id: ReservationPath, caller: Caller, quota: QuotaDep
+) -> JSONResponse:
+    reservation = _reservation(quota, caller, reservation_id)
+    return JSONResponse(reservation.to_wire(quota.clock.now()))
+
+
+@router.post(
+    "/reservations/{reservation_id}/commit",
+    tags=["reservations"],
+    response_model=DecisionOut,
+    summary="Replace the hold by what the call really used",
+    description=(
+        "Records the actual amounts (more or less than held; never refused) as a consume "
+        "in record mode and frees the hold. Without amounts, the held estimate is "
+        "recorded. A repeat answers the first commit's decision with `replayed: true` and "
+        "charges nothing more. After release or expiry: 409 `hold_closed` (record the "
+        "usage with a consume in record mode instead)."
+    ),
+    responses=error_responses(
+        {404: "Unknown reservation", 409: "hold_closed: released, or expired"}
+    ),
+)
+def commit(
+    reservation_id: ReservationPath,
+    request: Request,
+    caller: Caller,
+    quota: QuotaDep,
+    body: CommitIn | None = None,
+) -> JSONResponse:
+    _reservation(quota, caller, reservation_id)
+    decision = quota.commit(reservation_id, body.amounts if body is not None else None)
+    return decision_response(request, decision, "commit")
+
+
+@router.delete(
+    "/reservations/{reservation_id}",
+    tags=["reservations"],
+    response_model=ReleasedOut,
+    summary="Free a hold now",
+    description=(
+        "`released: false` when there was nothing left to free (already committed or "
+        "released): a no-op, so a retry is safe."
+    ),
+    responses=error_responses({404: "Unknown reservation"}),
+)
+def release(reservation_id: ReservationPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
+    _reservation(quota, caller, reservation_id)
+    return JSONResponse({"released": quota.release(reservation_id)})
+
+
+# leases -----------------------------------------------------------------------------
+@router.post(
+    "/leases",
+    tags=["leases"],
+    status_code=201,
+    response_model=AcquiredOut,
+    summary="Take a concurrency slot",
+    description=(
+        "One concurrent_requests slot on the subject and every ancestor, until released or "
+        "`ttl` seconds pass (extend it with a heartbeat), so a crashed client cannot hold a "
+        "slot forever. Full: 429 with Retry-After (when the next lease lapses) and the "
+        "blocking limits. Admin and service for any subject; a member key for its own."
+    ),
+    responses=CREATE_ERRORS,
+)
+def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
+    ref = SubjectRef.parse(body.subject)
+    require_consume(caller, ref)
+    _no_resource(body.resource)
+    acquired = quota.acquire(ref, ttl=body.ttl)
+    wire = lease_wire(acquired.lease, quota) if acquired.lease is not None else None
+    return _created(request, acquired.decision, "acquire", "lease", wire)
+
+
+@router.get(
+    "/leases/{lease_id}",
+    tags=["leases"],
+    response_model=LeaseOut,
+    summary="One lease and its state",
+    description="state: held, released or expired (lapsed by itself).",
+    responses=error_responses({404: "Unknown lease"}),
+)
+def get_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
+    return JSONResponse(lease_wire(_lease(quota, caller, lease_id), quota))
+
+
+@router.post(
+    "/leases/{lease_id}/heartbeat",
+    tags=["leases"],
+    response_model=LeaseOut,
+    summary="Keep a lease alive",
+    description=(
+        "Moves `expires_at` to `ttl` seconds from now. A lease that has lapsed or was "
+        "released is gone: 409 `hold_closed`; acquire a new one."
+    ),
+    responses=error_responses({404: "Unknown lease", 409: "hold_closed: released, or expired"}),
+)
+def heartbeat(
+    lease_id: LeasePath, caller: Caller, quota: QuotaDep, body: HeartbeatIn | None = None
+) -> JSONResponse:
+    _lease(quota, caller, lease_id)
+    lease = quota.heartbeat(lease_id, ttl=(body or HeartbeatIn()).ttl)
+    return JSONResponse(lease_wire(lease, quota))
+
+
+@router.delete(
+    "/leases/{lease_id}",
+    tags=["leases"],
+    response_model=ReleasedOut,
+    summary="Give a concurrency slot back",
+    description="`released: false` when it was released already: a no-op.",
+    responses=error_responses({404: "Unknown lease"}),
+)
+def release_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
+    _lease(quota, caller, lease_id)
+    return JSONResponse({"released": quota.release_lease(lease_id)})
