@@ -36,7 +36,7 @@ from tokenquota.domain.decisions import (
 from tokenquota.domain.errors import NotFound, ValidationError
 from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.grants import balance as grant_balance
-from tokenquota.domain.holds import Lease, Reservation, parse_ttl
+from tokenquota.domain.holds import Lease, Reservation, check_committable, parse_ttl
 from tokenquota.domain.keys import (
     MAX_KEY_NAME,
     ApiKey,
@@ -871,6 +871,9 @@ class Quota:
         the first one's answer; a commit after release or expiry is a 409.
         """
         reservation = self.get_reservation(reservation_id)
+        if reservation.committed is not None:
+            return reservation.committed.as_replay()  # a repeat, whatever it says now
+        check_committable(reservation, reservation.id, self.clock.now())
         given = merge_amounts(amounts, metric_amounts)
         actual = given if given else reservation.amounts.to_wire()
         plan = self._plan(

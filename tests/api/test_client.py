@@ -677,3 +677,19 @@ async def test_async_leases_and_their_context_manager(frozen: Api) -> None:
         assert frozen.quota.get_lease(cancelled.id).released_at is not None
         with pytest.raises(NotFound):
             await quota.release_lease("nope")
+
+
+def test_client_passes_the_resource_through(api: Api) -> None:
+    api.quota.set_resource_quota(
+        "deployment:llama",
+        {"default_rules": [{"metric": "requests", "window": "minute", "limit": 1}]},
+    )
+    with Client(api.url, ADMIN_KEY) as client:
+        assert client.consume("user:alice", resource="deployment:llama").allowed
+        with pytest.raises(QuotaExceeded):
+            client.consume("user:alice", resource="deployment:llama")
+        assert not client.check("user:alice", resource="deployment:llama").allowed
+        assert not client.reserve("user:alice", resource="deployment:llama").allowed
+        acquired = client.acquire("user:alice", resource="deployment:llama")
+        assert acquired.lease is not None
+        assert acquired.lease.resource is not None

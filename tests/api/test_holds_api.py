@@ -359,11 +359,11 @@ def test_unknown_subjects_are_404_with_strict_subjects(make_api: ServerFactory) 
         ("/v1/reservations", {"subject": "user:alice", "ttl": "60"}, "ttl"),
         ("/v1/reservations", {"subject": "user:alice", "ttl": True}, "ttl"),
         ("/v1/reservations", {"subject": "user:alice", "ttl": None}, "ttl"),
-        ("/v1/reservations", {"subject": "user:alice", "resource": "deployment:x"}, "resource"),
+        ("/v1/reservations", {"subject": "user:alice", "resource": "deployment"}, "resource"),
         ("/v1/reservations", {"subject": "user:alice", "mode": "record"}, "mode"),
         ("/v1/reservations", {"amounts": {"tokens": 1}}, "subject"),
         ("/v1/leases", {"subject": "user:alice", "ttl": -5}, "ttl"),
-        ("/v1/leases", {"subject": "user:alice", "resource": "deployment:x"}, "resource"),
+        ("/v1/leases", {"subject": "user:alice", "resource": "deployment"}, "resource"),
         ("/v1/leases", {"subject": "user:alice", "amounts": {"tokens": 1}}, "amounts"),
         ("/v1/leases", {"subject": "user"}, "subject"),
         ("/v1/reservations/{r}/commit", {"amounts": {"tokens": "lots"}}, "amounts.tokens"),
@@ -442,3 +442,18 @@ def test_thirty_threads_reserving_never_oversubscribe(frozen: Api) -> None:
     assert statuses == {201: 1_000 // PER_HOLD, 429: CALLERS - 1_000 // PER_HOLD}
     assert sum(held) == 980
     assert tokens(frozen) == (0, 980, 20)
+
+
+def test_holds_on_a_resource_answer_to_its_quota(api: Api) -> None:
+    api.quota.set_resource_quota(
+        "deployment:llama",
+        {"default_rules": [{"metric": "concurrent_requests", "limit": 1}]},
+    )
+    with api.client() as http:
+        body = {"subject": "user:alice", "resource": "deployment:llama"}
+        first = http.post("/v1/leases", json=body)
+        assert first.status_code == 201
+        assert first.json()["lease"]["resource"] == "deployment:llama"
+        assert http.post("/v1/leases", json=body).status_code == 429
+        held = http.post("/v1/reservations", json={**body, "amounts": {"tokens": 5}})
+        assert held.json()["reservation"]["resource"] == "deployment:llama"

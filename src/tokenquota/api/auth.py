@@ -4,8 +4,8 @@
 | ------- | ---------------------------------------------------------------- |
 | admin   | everything, including keys and defaults                          |
 | staff   | read any usage; set limits, plans and quotas; no keys            |
-| service | check / consume for any subject; read usage                      |
-| member  | its own subject and descendants: read; consume for itself only   |
+| service | check, consume, reserve, lease for any subject; read usage       |
+| member  | its own subject and descendants: read; spend for itself only     |
 """
 
 from __future__ import annotations

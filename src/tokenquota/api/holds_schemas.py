@@ -48,7 +48,9 @@ class ReserveIn(Model):
     )
     ttl: Ttl = DEFAULT_TTL_SECONDS
     resource: str | None = Field(
-        None, max_length=200, description="Not yet for holds: must be null or left out"
+        None,
+        max_length=200,
+        description="A protected resource (e.g. deployment:llama-70b): its quota applies too",
     )
 
 
@@ -71,6 +73,7 @@ class ReservationOut(Model):
     state: Literal["held", "committed", "released", "expired"] = Field(
         description="expired: still held in name, but past expires_at, so it holds nothing"
     )
+    resource: str | None
 
 
 class ReservedOut(Model):
@@ -83,7 +86,9 @@ class AcquireIn(Model):
     subject: str = Field(max_length=200, examples=["user:alice"])
     ttl: Ttl = DEFAULT_TTL_SECONDS
     resource: str | None = Field(
-        None, max_length=200, description="Not yet for holds: must be null or left out"
+        None,
+        max_length=200,
+        description="A protected resource (e.g. deployment:llama-70b): its quota applies too",
     )
 
 
@@ -98,6 +103,7 @@ class LeaseOut(Model):
     expires_at: datetime
     released_at: datetime | None = Field(description="When it was released; null while not")
     state: Literal["held", "released", "expired"]
+    resource: str | None
 
 
 class AcquiredOut(Model):

@@ -107,10 +107,11 @@ class AsyncClient:
         amounts: Mapping[str, object] | None = None,
         *,
         timestamp: datetime | None = None,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Decision:
         """The decision a consume in enforce mode would get now, spending nothing."""
-        return await self._run(p.check(subject, amounts, timestamp, metric_amounts))
+        return await self._run(p.check(subject, amounts, timestamp, metric_amounts, resource))
 
     async def consume(
         self,
@@ -122,6 +123,7 @@ class AsyncClient:
         timestamp: datetime | None = None,
         model: str | None = None,
         tags: Mapping[str, str] | None = None,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Decision:
         """Spend for the subject and its ancestors, all or nothing.
@@ -140,6 +142,7 @@ class AsyncClient:
                 model=model,
                 tags=tags,
                 metric_amounts=metric_amounts,
+                resource=resource,
             )
         )
 
@@ -150,6 +153,7 @@ class AsyncClient:
         amounts: Mapping[str, object] | None = None,
         *,
         ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Reserved:
         """Hold an estimate before an LLM call, all or nothing across the hierarchy.
@@ -157,7 +161,9 @@ class AsyncClient:
         A refusal is an answer, not an exception: ``reservation`` is None and
         ``decision`` says what blocked and ``retry_after``.
         """
-        return await self._run(p.reserve(subject, amounts, ttl=ttl, metric_amounts=metric_amounts))
+        return await self._run(
+            p.reserve(subject, amounts, ttl=ttl, metric_amounts=metric_amounts, resource=resource)
+        )
 
     async def commit(
         self,
@@ -186,6 +192,7 @@ class AsyncClient:
         amounts: Mapping[str, object] | None = None,
         *,
         ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> AsyncIterator[AsyncHold]:
         """``async with client.reservation("user:a", tokens=2000) as hold: ...``
@@ -195,7 +202,12 @@ class AsyncClient:
         leaving the block without a commit records the estimate.
         """
         call = p.reserve(
-            subject, amounts, ttl=ttl, metric_amounts=metric_amounts, raise_refused=True
+            subject,
+            amounts,
+            ttl=ttl,
+            metric_amounts=metric_amounts,
+            raise_refused=True,
+            resource=resource,
         )
         reservation = (await self._run(call)).reservation
         assert reservation is not None  # a refusal raised
@@ -213,10 +225,14 @@ class AsyncClient:
             await hold.commit()
 
     async def acquire(
-        self, subject: str | SubjectRef, *, ttl: float | timedelta = DEFAULT_TTL
+        self,
+        subject: str | SubjectRef,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
     ) -> Acquired:
         """A concurrency slot on the subject and every ancestor; a refusal has ``lease`` None."""
-        return await self._run(p.acquire(subject, ttl=ttl))
+        return await self._run(p.acquire(subject, ttl=ttl, resource=resource))
 
     async def release_lease(self, lease_id: str) -> bool:
         """Give the slot back; False when it was released already (a no-op)."""
@@ -231,10 +247,16 @@ class AsyncClient:
 
     @asynccontextmanager
     async def lease(
-        self, subject: str | SubjectRef, *, ttl: float | timedelta = DEFAULT_TTL
+        self,
+        subject: str | SubjectRef,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
     ) -> AsyncIterator[Lease]:
         """``async with client.lease("user:a"): ...``; raises QuotaExceeded when full."""
-        lease = (await self._run(p.acquire(subject, ttl=ttl, raise_refused=True))).lease
+        lease = (
+            await self._run(p.acquire(subject, ttl=ttl, raise_refused=True, resource=resource))
+        ).lease
         assert lease is not None  # a refusal raised
         try:
             yield lease

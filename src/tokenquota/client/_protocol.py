@@ -217,9 +217,10 @@ def check(
     amounts: Mapping[str, object] | None,
     timestamp: datetime | None,
     metric_amounts: Mapping[str, object],
+    resource: str | SubjectRef | None = None,
 ) -> Call[Decision]:
     body = {"subject": str(subject), "amounts": _jsonable(merge_amounts(amounts, metric_amounts))}
-    body |= _without_none(timestamp=timestamp)
+    body |= _without_none(timestamp=timestamp, resource=resource)
     return Call("POST", "/v1/check", Decision.from_wire, body=body)
 
 
@@ -233,6 +234,7 @@ def consume(
     model: str | None,
     tags: Mapping[str, str] | None,
     metric_amounts: Mapping[str, object],
+    resource: str | SubjectRef | None = None,
 ) -> Call[Decision]:
     body = {
         "subject": str(subject),
@@ -240,7 +242,11 @@ def consume(
         "mode": str(mode),
     }
     body |= _without_none(
-        idempotency_key=idempotency_key, timestamp=timestamp, model=model, tags=tags
+        idempotency_key=idempotency_key,
+        timestamp=timestamp,
+        model=model,
+        tags=tags,
+        resource=resource,
     )
     return Call("POST", "/v1/consume", Decision.from_wire, body=body)
 
@@ -260,6 +266,7 @@ def reserve(
     ttl: float | timedelta,
     metric_amounts: Mapping[str, object],
     raise_refused: bool = False,
+    resource: str | SubjectRef | None = None,
 ) -> Call[Reserved]:
     """``raise_refused``: a 429 raises ``QuotaExceeded`` instead of answering a refusal."""
     body = {
@@ -267,6 +274,7 @@ def reserve(
         "amounts": _jsonable(merge_amounts(amounts, metric_amounts)),
         "ttl": _ttl(ttl),
     }
+    body |= _without_none(resource=resource)
     return Call(
         "POST",
         "/v1/reservations",
@@ -300,14 +308,18 @@ def get_reservation(reservation_id: str) -> Call[Reservation]:
 
 
 def acquire(
-    subject: str | SubjectRef, *, ttl: float | timedelta, raise_refused: bool = False
+    subject: str | SubjectRef,
+    *,
+    ttl: float | timedelta,
+    raise_refused: bool = False,
+    resource: str | SubjectRef | None = None,
 ) -> Call[Acquired]:
     """``raise_refused``: a 429 raises ``QuotaExceeded`` instead of answering a refusal."""
     return Call(
         "POST",
         "/v1/leases",
         parse_acquired,
-        body={"subject": str(subject), "ttl": _ttl(ttl)},
+        body={"subject": str(subject), "ttl": _ttl(ttl)} | _without_none(resource=resource),
         refused=None if raise_refused else _refused_lease,
     )
 
@@ -588,7 +600,7 @@ def parse_event(data: Any) -> Event:
         tags=dict(data.get("tags") or {}),
         idempotency_key=data.get("idempotency_key"),
         kind=str(data.get("kind", "consume")),
-        resource=SubjectRef.parse(data["resource"]) if data.get("resource") else None,
+        resource=_optional_ref(data.get("resource")),
     )
 
 
@@ -699,7 +711,12 @@ def parse_reservation(data: Any) -> Reservation:
         created_at=_time(data["created_at"]),
         expires_at=_time(data["expires_at"]),
         state=HoldState.HELD if state == "expired" else HoldState(state),
+        resource=_optional_ref(data.get("resource")),
     )
+
+
+def _optional_ref(value: Any) -> SubjectRef | None:
+    return SubjectRef.parse(value) if value else None
 
 
 def parse_reserved(data: Any) -> Reserved:
@@ -719,6 +736,7 @@ def parse_lease(data: Any) -> Lease:
         created_at=_time(data["created_at"]),
         expires_at=_time(data["expires_at"]),
         released_at=_optional_time(data.get("released_at")),
+        resource=_optional_ref(data.get("resource")),
     )
 
 

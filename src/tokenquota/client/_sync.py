@@ -102,10 +102,11 @@ class Client:
         amounts: Mapping[str, object] | None = None,
         *,
         timestamp: datetime | None = None,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Decision:
         """The decision a consume in enforce mode would get now, spending nothing."""
-        return self._run(p.check(subject, amounts, timestamp, metric_amounts))
+        return self._run(p.check(subject, amounts, timestamp, metric_amounts, resource))
 
     def consume(
         self,
@@ -117,6 +118,7 @@ class Client:
         timestamp: datetime | None = None,
         model: str | None = None,
         tags: Mapping[str, str] | None = None,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Decision:
         """Spend for the subject and its ancestors, all or nothing.
@@ -135,6 +137,7 @@ class Client:
                 model=model,
                 tags=tags,
                 metric_amounts=metric_amounts,
+                resource=resource,
             )
         )
 
@@ -145,6 +148,7 @@ class Client:
         amounts: Mapping[str, object] | None = None,
         *,
         ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Reserved:
         """Hold an estimate before an LLM call, all or nothing across the hierarchy.
@@ -152,7 +156,9 @@ class Client:
         A refusal is an answer, not an exception: ``reservation`` is None and
         ``decision`` says what blocked and ``retry_after``.
         """
-        return self._run(p.reserve(subject, amounts, ttl=ttl, metric_amounts=metric_amounts))
+        return self._run(
+            p.reserve(subject, amounts, ttl=ttl, metric_amounts=metric_amounts, resource=resource)
+        )
 
     def commit(
         self,
@@ -181,6 +187,7 @@ class Client:
         amounts: Mapping[str, object] | None = None,
         *,
         ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Iterator[ClientHold]:
         """``with client.reservation("user:a", tokens=2000) as hold: ...; hold.commit(tokens=n)``
@@ -189,7 +196,12 @@ class Client:
         releases the hold; leaving the block without a commit records the estimate.
         """
         call = p.reserve(
-            subject, amounts, ttl=ttl, metric_amounts=metric_amounts, raise_refused=True
+            subject,
+            amounts,
+            ttl=ttl,
+            metric_amounts=metric_amounts,
+            raise_refused=True,
+            resource=resource,
         )
         reservation = self._run(call).reservation
         assert reservation is not None  # a refusal raised
@@ -204,10 +216,14 @@ class Client:
             hold.commit()
 
     def acquire(
-        self, subject: str | SubjectRef, *, ttl: float | timedelta = DEFAULT_TTL
+        self,
+        subject: str | SubjectRef,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
     ) -> Acquired:
         """A concurrency slot on the subject and every ancestor; a refusal has ``lease`` None."""
-        return self._run(p.acquire(subject, ttl=ttl))
+        return self._run(p.acquire(subject, ttl=ttl, resource=resource))
 
     def release_lease(self, lease_id: str) -> bool:
         """Give the slot back; False when it was released already (a no-op)."""
@@ -222,10 +238,14 @@ class Client:
 
     @contextmanager
     def lease(
-        self, subject: str | SubjectRef, *, ttl: float | timedelta = DEFAULT_TTL
+        self,
+        subject: str | SubjectRef,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
     ) -> Iterator[Lease]:
         """``with client.lease("user:a"): call_the_model()``; raises QuotaExceeded when full."""
-        lease = self._run(p.acquire(subject, ttl=ttl, raise_refused=True)).lease
+        lease = self._run(p.acquire(subject, ttl=ttl, raise_refused=True, resource=resource)).lease
         assert lease is not None  # a refusal raised
         try:
             yield lease

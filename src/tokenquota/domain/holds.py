@@ -58,6 +58,7 @@ class Reservation:
             "created_at": self.created_at.isoformat(),
             "expires_at": self.expires_at.isoformat(),
             "state": "expired" if expired else self.state.value,
+            "resource": str(self.resource) if self.resource else None,
         }
 
 
@@ -87,6 +88,8 @@ class Lease:
             "state": "released"
             if self.released_at is not None
             else ("held" if now < self.expires_at else "expired"),
+            "released_at": self.released_at.isoformat() if self.released_at else None,
+            "resource": str(self.resource) if self.resource else None,
         }
 
 

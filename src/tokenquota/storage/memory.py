@@ -342,7 +342,7 @@ class MemoryStore:
 
     def _require_subject(self, plan: DebitPlan, create: bool) -> None:
         if plan.subject not in self._s.subjects and not create:
-            raise NotFound(f"unknown subject {plan.subject}")
+            raise NotFound(f"unknown subject {plan.subject}", details={"field": "subject"})
         self._s.subjects.setdefault(plan.subject, _Subject(None, {}, ()))
 
     def prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:

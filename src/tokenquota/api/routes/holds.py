@@ -36,7 +36,6 @@ from tokenquota.api.holds_schemas import (
 from tokenquota.api.routes.metering import decision_response
 from tokenquota.api.schemas import DecisionOut
 from tokenquota.domain.decisions import Decision
-from tokenquota.domain.errors import ValidationError
 from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
@@ -51,21 +50,6 @@ CREATE_ERRORS = error_responses(
         429: "Refused: details name the blocking limits; Retry-After says when to try again",
     }
 )
-
-
-def _no_resource(resource: str | None) -> None:
-    # Holds on a resource's quota are not on the wire yet: Reservation.to_wire and
-    # Lease.to_wire do not carry the resource, so a client could not tell them apart.
-    if resource is not None:
-        raise ValidationError(
-            "resource", "reservations and leases on a resource are not available yet"
-        )
-
-
-def lease_wire(lease: Lease, quota: Quota) -> dict[str, Any]:
-    """``Lease.to_wire`` plus ``released_at``, so a client can rebuild the same ``Lease``."""
-    released_at = lease.released_at.isoformat() if lease.released_at else None
-    return {**lease.to_wire(quota.clock.now()), "released_at": released_at}
 
 
 def _created(
@@ -114,8 +98,7 @@ def _lease(quota: Quota, caller: ApiKey, lease_id: str) -> Lease:
 def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
-    _no_resource(body.resource)
-    reserved = quota.reserve(ref, body.amounts, ttl=body.ttl)
+    reserved = quota.reserve(ref, body.amounts, ttl=body.ttl, resource=body.resource)
     hold = reserved.reservation
     wire = hold.to_wire(quota.clock.now()) if hold is not None else None
     return _created(request, reserved.decision, "reserve", "reservation", wire)
@@ -198,9 +181,8 @@ def release(reservation_id: ReservationPath, caller: Caller, quota: QuotaDep) ->
 def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
-    _no_resource(body.resource)
-    acquired = quota.acquire(ref, ttl=body.ttl)
-    wire = lease_wire(acquired.lease, quota) if acquired.lease is not None else None
+    acquired = quota.acquire(ref, ttl=body.ttl, resource=body.resource)
+    wire = acquired.lease.to_wire(quota.clock.now()) if acquired.lease is not None else None
     return _created(request, acquired.decision, "acquire", "lease", wire)
 
 
@@ -213,7 +195,7 @@ def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) 
     responses=error_responses({404: "Unknown lease"}),
 )
 def get_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
-    return JSONResponse(lease_wire(_lease(quota, caller, lease_id), quota))
+    return JSONResponse(_lease(quota, caller, lease_id).to_wire(quota.clock.now()))
 
 
 @router.post(
@@ -232,7 +214,7 @@ def heartbeat(
 ) -> JSONResponse:
     _lease(quota, caller, lease_id)
     lease = quota.heartbeat(lease_id, ttl=(body or HeartbeatIn()).ttl)
-    return JSONResponse(lease_wire(lease, quota))
+    return JSONResponse(lease.to_wire(quota.clock.now()))
 
 
 @router.delete(

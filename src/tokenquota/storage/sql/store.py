@@ -521,7 +521,7 @@ class SqlStore:
 
     def _require_subject(self, conn: Connection, plan: DebitPlan, create: bool) -> None:
         if not create and self._get_subject(conn, plan.subject) is None:
-            raise NotFound(f"unknown subject {plan.subject}")
+            raise NotFound(f"unknown subject {plan.subject}", details={"field": "subject"})
         self._ensure_subject(conn, plan.subject, plan.now)
 
     def prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
