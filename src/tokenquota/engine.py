@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
 from tokenquota.domain.decisions import (
@@ -148,11 +148,22 @@ class Acquired:
         return self.lease is not None
 
 
-class Hold:
-    """A live reservation inside ``Quota.reservation``; commit it with the real usage."""
+class Committer(Protocol):
+    """What a hold commits through: the engine, or the synchronous HTTP client."""
 
-    def __init__(self, quota: Quota, reservation: Reservation) -> None:
-        self.quota = quota
+    def commit(
+        self,
+        reservation_id: str,
+        amounts: Mapping[str, object] | None = None,
+        **metric_amounts: object,
+    ) -> Decision: ...
+
+
+class Hold:
+    """A live reservation inside ``reservation(...)``; commit it with the real usage."""
+
+    def __init__(self, owner: Committer, reservation: Reservation) -> None:
+        self.owner = owner
         self.reservation = reservation
         self.result: Decision | None = None
 
@@ -163,7 +174,7 @@ class Hold:
     def commit(
         self, amounts: Mapping[str, object] | None = None, **metric_amounts: object
     ) -> Decision:
-        self.result = self.quota.commit(self.id, amounts, **metric_amounts)
+        self.result = self.owner.commit(self.id, amounts, **metric_amounts)
         return self.result
 
 

@@ -22,6 +22,7 @@ from tokenquota.engine import (
     Acquired,
     DefaultRule,
     HistoryPoint,
+    Hold,
     LimitsView,
     Reserved,
     Usage,
@@ -29,25 +30,6 @@ from tokenquota.engine import (
 from tokenquota.storage.base import Page
 
 T = TypeVar("T")
-
-
-class ClientHold:
-    """A live reservation inside ``Client.reservation``; commit it with the real usage."""
-
-    def __init__(self, client: Client, reservation: Reservation) -> None:
-        self.client = client
-        self.reservation = reservation
-        self.result: Decision | None = None
-
-    @property
-    def id(self) -> str:
-        return self.reservation.id
-
-    def commit(
-        self, amounts: Mapping[str, object] | None = None, **metric_amounts: object
-    ) -> Decision:
-        self.result = self.client.commit(self.id, amounts, **metric_amounts)
-        return self.result
 
 
 class Client:
@@ -189,7 +171,7 @@ class Client:
         ttl: float | timedelta = DEFAULT_TTL,
         resource: str | SubjectRef | None = None,
         **metric_amounts: object,
-    ) -> Iterator[ClientHold]:
+    ) -> Iterator[Hold]:
         """``with client.reservation("user:a", tokens=2000) as hold: ...; hold.commit(tokens=n)``
 
         Raises QuotaExceeded when the hold is refused. An exception in the block
@@ -205,7 +187,7 @@ class Client:
         )
         reservation = self._run(call).reservation
         assert reservation is not None  # a refusal raised
-        hold = ClientHold(self, reservation)
+        hold = Hold(self, reservation)
         try:
             yield hold
         except BaseException:

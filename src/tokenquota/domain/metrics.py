@@ -64,7 +64,7 @@ def to_units(metric: Metric, value: object, field: str) -> int:
     """Turn a caller's number into units, refusing anything inexact, negative or too big."""
     if isinstance(value, bool):
         raise ValidationError(field, "must be a number, not a boolean")
-    number = _decimal(value, field)  # exact, finite; Decimal(int) never rounds
+    number = parse_decimal(value, field)  # exact, finite; Decimal(int) never rounds
     if metric.is_decimal:
         # scaleb in the exact context: the default one keeps 28 digits and would
         # round 1.0000000000000000000000000001 to a whole number of units.
@@ -98,7 +98,8 @@ def wire_number(value: Number | None) -> int | str | None:
     return format(value, "f")
 
 
-def _decimal(value: object, field: str) -> Decimal:
+def parse_decimal(value: object, field: str) -> Decimal:
+    """An exact, finite decimal from an int, str, Decimal or float (read by its repr)."""
     try:
         if isinstance(value, float):
             number = Decimal(repr(value))

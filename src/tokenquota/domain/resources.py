@@ -29,13 +29,20 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from enum import StrEnum
 from typing import Final
 
 from tokenquota.domain.errors import ValidationError
 from tokenquota.domain.limits import LimitKey
-from tokenquota.domain.metrics import MAX_UNITS, WINDOWLESS, Metric, to_units, wire_number
+from tokenquota.domain.metrics import (
+    MAX_UNITS,
+    WINDOWLESS,
+    Metric,
+    parse_decimal,
+    to_units,
+    wire_number,
+)
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import Calendar, Window, admits
 
@@ -485,17 +492,7 @@ def _fraction(value: object, field: str) -> Decimal:
     """
     if isinstance(value, bool):
         raise ValidationError(field, "must be a number, not a boolean")
-    try:
-        if isinstance(value, float):
-            number = Decimal(repr(value))
-        elif isinstance(value, int | str | Decimal):
-            number = Decimal(value)
-        else:
-            raise ValidationError(field, f"must be a number, got {type(value).__name__}")
-    except InvalidOperation:
-        raise ValidationError(field, f"is not a number: {value!r}") from None
-    if not number.is_finite():
-        raise ValidationError(field, "must be a finite number")
+    number = parse_decimal(value, field)
     if not 0 <= number <= 1:
         raise ValidationError(field, "must be between 0 and 1")
     if number == 0:
