@@ -449,7 +449,11 @@ class Quota:
         plan = self._plan(
             ref, merge_amounts(amounts, metric_amounts), Mode.ENFORCE, timestamp, resource=resource
         )
-        return decide(plan, self.store.read(plan.checks, plan.now))
+        return decide(
+            plan,
+            self.store.read(plan.reads, plan.now),
+            prepaid=self.store.prepaid(plan.charged, plan.now),
+        )
 
     def consume(
         self,

@@ -153,3 +153,16 @@ def test_quota_crud_validates_and_is_audited(quota: Quota) -> None:
     assert [e.action for e in quota.audit(subject=f"resources/{LLAMA}").items] == ["quota.set"]
     quota.delete_resource_quota(LLAMA)
     assert quota.resource_quotas().total == 0
+
+
+def test_check_sees_capacity_and_prepaid_balances_as_consume_does(quota: Quota) -> None:
+    quota.set_resource_quota(LLAMA, {"capacity": {"value": 1, "units": "requests"}})
+    assert quota.check("user:dave", resource=LLAMA).allowed
+    quota.consume("user:dave", resource=LLAMA)
+    denied = quota.check("user:erin", resource=LLAMA)
+    assert not denied.allowed
+    assert denied.blocked_by[0].source == "capacity"
+    quota.grant("workspace:w1", 2)
+    assert quota.check("workspace:w1", credits=2).allowed
+    assert not quota.check("workspace:w1", credits=3).allowed
+    assert quota.events(subject="workspace:w1").total == 1  # the grant; checks spend nothing

@@ -222,10 +222,9 @@ def amounts_text(amounts: Mapping[str, object]) -> str:
 
 def status_table(statuses: Iterable[LimitStatus], tz: ZoneInfo, title: str) -> Table:
     table = Table(title=title, title_justify="left")
-    for name in ("subject", "metric", "window", "limit", "source", "used", "remaining"):
-        table.add_column(
-            name, justify="right" if name in ("limit", "used", "remaining") else "left"
-        )
+    numbers = ("limit", "used", "reserved", "remaining")
+    for name in ("subject", "metric", "window", "limit", "source", "used", "reserved", "remaining"):
+        table.add_column(name, justify="right" if name in numbers else "left")
     table.add_column("reset_at")
     for s in statuses:
         remaining = Text(
@@ -239,6 +238,7 @@ def status_table(statuses: Iterable[LimitStatus], tz: ZoneInfo, title: str) -> T
             limit_text(s.limit),
             source_text(s.source, s.shadow),
             number(s.used),
+            number(s.reserved),
             remaining,
             when(s.reset_at, tz),
         )

@@ -59,6 +59,14 @@ Timestamp = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+Resource = Annotated[
+    str | None,
+    typer.Option(
+        "--resource",
+        metavar="REF",
+        help="A protected resource (kind:id) whose quota also applies; see tokenquota resources.",
+    ),
+]
 
 
 def _print_decision(decision: Decision, tz: ZoneInfo, *, dry_run: bool) -> None:
@@ -112,6 +120,7 @@ def consume(
         list[str] | None, typer.Option("--tag", metavar="KEY=VALUE", help="Repeatable.")
     ] = None,
     timestamp: Timestamp = None,
+    resource: Resource = None,
     as_json: AsJson = False,
     db: Db = DEFAULT_DB,
     timezone: Timezone = DEFAULT_TIMEZONE,
@@ -135,6 +144,7 @@ def consume(
             timestamp=at,
             model=model,
             tags=tags,
+            resource=resource,
         )
         if as_json:
             print_json(decision.to_wire())
@@ -153,6 +163,7 @@ def check(
     requests: Requests = None,
     credits: Credits = None,
     timestamp: Timestamp = None,
+    resource: Resource = None,
     as_json: AsJson = False,
     db: Db = DEFAULT_DB,
     timezone: Timezone = DEFAULT_TIMEZONE,
@@ -167,7 +178,7 @@ def check(
     )
     at = time_arg(timestamp, "timestamp")
     with opened(db, timezone) as quota:
-        decision = quota.check(subject, amounts, timestamp=at)
+        decision = quota.check(subject, amounts, timestamp=at, resource=resource)
         if as_json:
             print_json(decision.to_wire())
         else:
