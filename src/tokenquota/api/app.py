@@ -22,6 +22,7 @@ from tokenquota.api import errors
 from tokenquota.api.errors import error_body
 from tokenquota.api.metrics import Metrics
 from tokenquota.api.routes import admin, grants, health, holds, metering, reads, resources
+from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
 from tokenquota.settings import Settings
@@ -80,6 +81,9 @@ def create_app(
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    for surface in SURFACES:
+        app.include_router(surface.router)
+        errors.register_surface(app, surface.PREFIXES, surface.render_error)
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,6 +43,43 @@ def error_response(
     return JSONResponse(error_body(code, message, details), status_code=status, headers=headers)
 
 
+class Renderer(Protocol):
+    """Renders an error in one API surface's own shape (SPEC section 8)."""
+
+    def __call__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: dict[str, Any],
+        headers: dict[str, str] | None,
+    ) -> JSONResponse: ...
+
+
+def register_surface(app: FastAPI, prefixes: tuple[str, ...], renderer: Renderer) -> None:
+    """Errors on paths under ``prefixes`` leave in ``renderer``'s shape, not the native one."""
+    app.state.error_surfaces = [
+        *getattr(app.state, "error_surfaces", []),
+        *((prefix, renderer) for prefix in prefixes),
+    ]
+
+
+def _render(
+    request: Request,
+    status: int,
+    code: str,
+    message: str,
+    details: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    path = request.url.path
+    surfaces: list[tuple[str, Renderer]] = getattr(request.app.state, "error_surfaces", [])
+    for prefix, renderer in surfaces:
+        if path.startswith(prefix):
+            return renderer(status, code, message, details or {}, headers)
+    return error_response(status, code, message, details, headers)
+
+
 def _field(loc: tuple[Any, ...]) -> str:
     """("body", "limits", 1, "window") -> "limits[1].window", as the engine names fields."""
     if loc and loc[0] in ("body", "query", "path", "header"):
@@ -53,13 +90,13 @@ def _field(loc: tuple[Any, ...]) -> str:
     return field or "body"
 
 
-async def _quota_error(_: Request, exc: Exception) -> JSONResponse:
+async def _quota_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TokenQuotaError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return error_response(exc.status, exc.code, exc.message, exc.details, headers)
+    return _render(request, exc.status, exc.code, exc.message, exc.details, headers)
 
 
-async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
+async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     problems = [
         {
@@ -70,7 +107,8 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
         for e in exc.errors()
     ]
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
-    return error_response(
+    return _render(
+        request,
         422,
         "validation_error",
         f"{first['field']}: {first['message']}",
@@ -78,16 +116,16 @@ async def _request_validation(_: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:
         # Only the framework raises 400: a body it could not even decode (not UTF-8).
         # That is bad input like any other, so it gets the documented 422.
         message = f"body: {exc.detail}"
-        return error_response(422, "validation_error", message, {"field": "body"})
+        return _render(request, 422, "validation_error", message, {"field": "body"})
     code = _HTTP_CODES.get(exc.status_code, "error")
-    return error_response(
-        exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
+    return _render(
+        request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
     )
 
 
