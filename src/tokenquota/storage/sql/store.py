@@ -80,6 +80,11 @@ class SqlStore:
     ) -> None:
         self.engine = _create_engine(url)
         self._dialect = self.engine.dialect.name
+        upsert = self._insert(t.counters)
+        self._bump = upsert.on_conflict_do_update(
+            index_elements=["subject", "metric", "window", "bucket"],
+            set_={"value": t.counters.c.value + upsert.excluded.value},
+        )
         if migrate:
             try:
                 upgrade(self.engine)
@@ -287,17 +292,63 @@ class SqlStore:
             chain = [ref]
             if with_ancestors:
                 chain += ancestors_of(ref, lambda r: self._parents(conn, r))
-            return [(s, self._rule_set(conn, s)) for s in chain]
+            return self._rule_sets(conn, chain)
 
-    def _rule_set(self, conn: Connection, ref: SubjectRef) -> RuleSet:
-        plan_id = conn.execute(
-            sa.select(t.subjects.c.plan_id).where(t.subjects.c.ref == str(ref))
-        ).scalar()
-        return RuleSet(
-            tuple(self._rules(conn, Scope(Layer.OVERRIDE, str(ref)))),
-            self._plan(conn, plan_id) if plan_id else None,
-            tuple(self._rules(conn, Scope(Layer.DEFAULT, ref.kind))),
+    def _rule_sets(
+        self, conn: Connection, chain: list[SubjectRef]
+    ) -> list[tuple[SubjectRef, RuleSet]]:
+        """Every layer of every subject in three queries, however long the chain."""
+        names = [str(s) for s in chain]
+        plan_of = {
+            row.ref: row.plan_id
+            for row in conn.execute(
+                sa.select(t.subjects.c.ref, t.subjects.c.plan_id).where(
+                    t.subjects.c.ref.in_(names), t.subjects.c.plan_id.is_not(None)
+                )
+            )
+        }
+        plan_names = (
+            {
+                row.id: row.name
+                for row in conn.execute(
+                    sa.select(t.plans.c.id, t.plans.c.name).where(
+                        t.plans.c.id.in_(set(plan_of.values()))
+                    )
+                )
+            }
+            if plan_of
+            else {}
         )
+        r = t.rules.c
+        found: dict[tuple[str, str], list[Rule]] = defaultdict(list)
+        for row in conn.execute(
+            sa.select(t.rules).where(
+                sa.or_(
+                    sa.and_(r.layer == Layer.OVERRIDE.value, r.scope.in_(names)),
+                    sa.and_(r.layer == Layer.DEFAULT.value, r.scope.in_({s.kind for s in chain})),
+                    sa.and_(r.layer == Layer.PLAN.value, r.scope.in_(list(plan_names))),
+                )
+            )
+        ):
+            rule = Rule(LimitKey.from_storage(row.metric, row.window), row.value, row.shadow)
+            found[(row.layer, row.scope)].append(rule)
+
+        def layer(name: Layer, scope: str) -> tuple[Rule, ...]:
+            return tuple(sorted(found.get((name.value, scope), []), key=lambda x: x.key.sort_key))
+
+        out = []
+        for subject in chain:
+            plan_id = plan_of.get(str(subject))
+            plan = (
+                Plan(plan_id, plan_names[plan_id], layer(Layer.PLAN, plan_id))
+                if plan_id is not None and plan_id in plan_names
+                else None
+            )
+            rules = RuleSet(
+                layer(Layer.OVERRIDE, str(subject)), plan, layer(Layer.DEFAULT, subject.kind)
+            )
+            out.append((subject, rules))
+        return out
 
     def get_rules(self, scope: Scope) -> list[Rule]:
         with self._tx() as conn:
@@ -376,18 +427,16 @@ class SqlStore:
         return totals
 
     def _add_counters(self, conn: Connection, deltas: dict[CounterKey, int]) -> None:
+        if not deltas:
+            return
         rows = [
             {"subject": s, "metric": m, "window": w, "bucket": b, "value": v}
             for (s, m, w, b), v in deltas.items()
         ]
+        # One statement, many parameter sets: compiled once, then served from
+        # SQLAlchemy's cache (a multi-row VALUES would be compiled every time).
         for start in range(0, len(rows), BATCH):
-            stmt = self._insert(t.counters).values(rows[start : start + BATCH])
-            conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=["subject", "metric", "window", "bucket"],
-                    set_={"value": t.counters.c.value + stmt.excluded.value},
-                )
-            )
+            conn.execute(self._bump, rows[start : start + BATCH])
 
     # plans ------------------------------------------------------------------
     def _plan(self, conn: Connection, plan_id: str) -> Plan | None:
