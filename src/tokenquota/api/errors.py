@@ -75,7 +75,9 @@ def _render(
     path = request.url.path
     surfaces: list[tuple[str, Renderer]] = getattr(request.app.state, "error_surfaces", [])
     for prefix, renderer in surfaces:
-        if path.startswith(prefix):
+        # A whole path segment: "/v1/quotas" claims "/v1/quotas/…", not "/v1/quotasX".
+        stem = prefix.rstrip("/")
+        if path == stem or path.startswith(stem + "/"):
             return renderer(status, code, message, details or {}, headers)
     return error_response(status, code, message, details, headers)
 
@@ -129,9 +131,10 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
-    return error_response(500, "internal_error", "an unexpected error occurred; it has been logged")
+    message = "an unexpected error occurred; it has been logged"
+    return _render(request, 500, "internal_error", message)
 
 
 def install(app: FastAPI) -> None:
