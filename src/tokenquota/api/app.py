@@ -7,19 +7,17 @@ waits on storage. See docs/architecture.md for why the core is synchronous.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokenquota
 from tokenquota.api import errors
-from tokenquota.api.errors import error_body
 from tokenquota.api.metrics import Metrics
 from tokenquota.api.routes import admin, grants, health, holds, metering, reads, resources
 from tokenquota.compat import SURFACES
@@ -122,7 +120,7 @@ class BodyLimit:
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._too_large(send)
+            await self._too_large(scope, receive, send)
             return
         seen = 0
 
@@ -138,23 +136,17 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
-            await self._too_large(send)
+            await self._too_large(scope, receive, send)
 
-    async def _too_large(self, send: Send) -> None:
-        body = json.dumps(
-            error_body("payload_too_large", f"request bodies are limited to {self.max_bytes} bytes")
-        ).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                ],
-            }
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Rendered like every other error, so a compatibility surface keeps its shape.
+        response = errors.render(
+            Request(scope),
+            413,
+            "payload_too_large",
+            f"request bodies are limited to {self.max_bytes} bytes",
         )
-        await send({"type": "http.response.body", "body": body})
+        await response(scope, receive, send)
 
 
 class _TooLarge(Exception):

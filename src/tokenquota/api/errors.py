@@ -64,7 +64,7 @@ def register_surface(app: FastAPI, prefixes: tuple[str, ...], renderer: Renderer
     ]
 
 
-def _render(
+def render(
     request: Request,
     status: int,
     code: str,
@@ -95,7 +95,7 @@ def _field(loc: tuple[Any, ...]) -> str:
 async def _quota_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, TokenQuotaError)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return _render(request, exc.status, exc.code, exc.message, exc.details, headers)
+    return render(request, exc.status, exc.code, exc.message, exc.details, headers)
 
 
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
@@ -109,7 +109,7 @@ async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
         for e in exc.errors()
     ]
     first = problems[0] if problems else {"field": "body", "message": "invalid request"}
-    return _render(
+    return render(
         request,
         422,
         "validation_error",
@@ -124,9 +124,9 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         # Only the framework raises 400: a body it could not even decode (not UTF-8).
         # That is bad input like any other, so it gets the documented 422.
         message = f"body: {exc.detail}"
-        return _render(request, 422, "validation_error", message, {"field": "body"})
+        return render(request, 422, "validation_error", message, {"field": "body"})
     code = _HTTP_CODES.get(exc.status_code, "error")
-    return _render(
+    return render(
         request, exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
     )
 
@@ -134,7 +134,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unexpected error", exc_info=exc)
     message = "an unexpected error occurred; it has been logged"
-    return _render(request, 500, "internal_error", message)
+    return render(request, 500, "internal_error", message)
 
 
 def install(app: FastAPI) -> None:
