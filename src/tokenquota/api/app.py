@@ -20,7 +20,6 @@ import tokenquota
 from tokenquota.api import errors
 from tokenquota.api.metrics import Metrics
 from tokenquota.api.routes import admin, grants, health, holds, metering, reads, resources
-from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
 from tokenquota.settings import Settings
@@ -79,6 +78,9 @@ def create_app(
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router)
+    # Imported here: the surfaces use api.errors, so a module-level import would cycle.
+    from tokenquota.compat import SURFACES
+
     for surface in SURFACES:
         app.include_router(surface.router)
         errors.register_surface(app, surface.PREFIXES, surface.render_error)
