@@ -1,7 +1,7 @@
 """Shared fixtures: a frozen clock and a quota over every backend.
 
-Adding a backend means adding its name to ``BACKENDS`` and a branch to
-``store_url``; the conformance suite then runs on it unchanged.
+Adding a backend means adding its name to ``BACKENDS`` and a way to make a
+fresh store of it; the conformance suite then runs on it unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import tokenquota
 from tokenquota import FrozenClock, Quota
 
-BACKENDS = ["memory", "sqlite"]
+BACKENDS = ["memory", "sqlite", "postgres"]
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # a Tuesday
 REQUIRE_SERVICES = os.environ.get("TOKENQUOTA_REQUIRE_SERVICES") == "1"
 
@@ -44,12 +44,41 @@ QuotaFactory = Callable[..., Quota]
 
 
 @pytest.fixture
-def make_quota(backend: str, tmp_path: Path, clock: FrozenClock) -> Iterator[QuotaFactory]:
+def postgres_url() -> Iterator[str]:
+    """A URL whose connections live in a fresh schema of the machine's PostgreSQL."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from tests.services import require_postgres
+
+    base = require_postgres()
+    schema = f"tq_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        yield f"{base}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def make_quota(
+    backend: str, tmp_path: Path, clock: FrozenClock, request: pytest.FixtureRequest
+) -> Iterator[QuotaFactory]:
     opened: list[Quota] = []
+    url = (
+        request.getfixturevalue("postgres_url")
+        if backend == "postgres"
+        else store_url(backend, tmp_path)
+    )
 
     def factory(**kwargs: Any) -> Quota:
         kwargs.setdefault("clock", clock)
-        quota = tokenquota.open(store_url(backend, tmp_path), **kwargs)
+        quota = tokenquota.open(url, **kwargs)
         opened.append(quota)
         return quota
 

@@ -1,6 +1,6 @@
-"""Backends, chosen by the URL scheme: ``memory://``, ``sqlite:///path``.
+"""Backends, chosen by the URL scheme: ``memory://``, ``sqlite:///path``, ``postgresql://``.
 
-PostgreSQL and Redis arrive with their own issue and register here.
+Redis arrives with its own issue and registers here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ def open_store(url: str, tz: ZoneInfo | None, *, move_timezone: bool = False) ->
         from tokenquota.storage.sql import SqlStore
 
         return SqlStore(url, tz, move_timezone=move_timezone)
+    if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
+        from tokenquota.storage.sql import SqlStore
+
+        # psycopg 3 is the driver we ship (the `postgres` extra), whatever the URL says.
+        driver_url = "postgresql+psycopg:" + url.partition(":")[2]
+        return SqlStore(driver_url, tz, move_timezone=move_timezone)
     # Only the scheme is echoed: a full URL may carry a password.
     raise ValidationError(
-        "db", f"unsupported store scheme {scheme!r}; use memory:// or sqlite:///path/to/file.db"
+        "db",
+        f"unsupported store scheme {scheme!r}; use memory://, sqlite:///path/to/file.db "
+        "or postgresql://user@host/db",
     )

@@ -1,9 +1,13 @@
-"""SQLite (and, through the same queries, PostgreSQL) via SQLAlchemy Core.
+"""SQLite and PostgreSQL via SQLAlchemy Core, with the same queries.
 
 Atomicity on SQLite: every write runs in ``BEGIN IMMEDIATE``, which takes the
 database's single write lock before the first read, so the read-decide-write
 of a debit is serialised across threads and processes; WAL lets readers go on
 meanwhile. ``synchronous=FULL`` makes a commit durable before we answer.
+
+On PostgreSQL every write transaction first takes one transaction-scoped
+advisory lock, for the same serialisation across connections, processes and
+replicas; a commit is durable when it returns.
 """
 
 from __future__ import annotations
@@ -66,6 +70,8 @@ from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.migrate import upgrade
 
 BATCH = 500
+# pg_advisory_xact_lock key: "tq" in ASCII; released by the transaction's end.
+_WRITE_LOCK = sa.text("SELECT pg_advisory_xact_lock(29809)")
 SQLITE_BUSY_SECONDS = 60
 
 
@@ -85,12 +91,16 @@ class SqlStore:
             index_elements=["subject", "metric", "window", "bucket"],
             set_={"value": t.counters.c.value + upsert.excluded.value},
         )
-        if migrate:
-            try:
-                upgrade(self.engine)
-            except OperationalError as exc:
-                raise StoreUnavailable(f"cannot open the database: {exc.orig}") from exc
-        self.tz = self._pin_timezone(tz, move_timezone)
+        try:
+            if migrate:
+                try:
+                    upgrade(self.engine)
+                except OperationalError as exc:
+                    raise StoreUnavailable(f"cannot open the database: {exc.orig}") from exc
+            self.tz = self._pin_timezone(tz, move_timezone)
+        except BaseException:
+            self.engine.dispose()  # a store that failed to open keeps no connections
+            raise
 
     def _pin_timezone(self, wanted: ZoneInfo | None, move: bool) -> ZoneInfo:
         """Calendar counters are bucketed in one zone; keep it with the data.
@@ -135,6 +145,12 @@ class SqlStore:
                 if write:
                     conn.execution_options(tokenquota_write=True)
                 with conn.begin():
+                    if write and self._dialect == "postgresql":
+                        # One writer at a time, as SQLite's BEGIN IMMEDIATE: the
+                        # read-decide-write of a debit sees every committed change
+                        # (READ COMMITTED reads afresh after the lock) and no lock
+                        # order can deadlock. Finer locks for hot rows: issue 6.
+                        conn.execute(_WRITE_LOCK)
                     yield conn
         except OperationalError as exc:
             raise StoreUnavailable(f"the database did not answer: {exc.orig}") from exc
