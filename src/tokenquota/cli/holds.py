@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import typer
 
-from tokenquota import Decision, ValidationError
+from tokenquota import Decision, Quota, ValidationError
 from tokenquota.cli.common import (
     DEFAULT_DB,
     DEFAULT_TIMEZONE,
@@ -170,23 +170,38 @@ def reservations_create(
     seconds = ttl_arg(ttl)
     with opened(db, timezone) as quota:
         reserved = quota.reserve(subject, amounts, ttl=seconds, resource=resource)
-        hold = reserved.reservation
-        wire = hold.to_wire(quota.clock.now()) if hold is not None else None
-        if as_json:
-            print_json({"reservation": wire, "decision": reserved.decision.to_wire()})
-        elif hold is None:
-            if not quiet:
-                _print_refusal(reserved.decision, quota.tz)
-        elif quiet:
-            typer.echo(hold.id)
-        else:
-            typer.echo(f"reserved: {hold.subject} {amounts_text(reserved.decision.amounts)}")
-            typer.echo(f"id       {hold.id}")
-            typer.echo(f"expires  {when(hold.expires_at, quota.tz)}")
-            if hold.resource is not None:
-                typer.echo(f"resource {hold.resource}")
-    if hold is None:
+        headline = f"reserved: {subject} {amounts_text(reserved.decision.amounts)}"
+        _report_hold(
+            quota, "reservation", reserved.reservation, reserved.decision, headline, quiet, as_json
+        )
+    if reserved.reservation is None:
         raise typer.Exit(EXIT_DENIED)
+
+
+def _report_hold(
+    quota: Quota,
+    name: str,
+    hold: Reservation | Lease | None,
+    decision: Decision,
+    headline: str,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """A new reservation or lease: JSON, its id alone (--quiet), or a few lines; or the refusal."""
+    if as_json:
+        wire = hold.to_wire(quota.clock.now()) if hold is not None else None
+        print_json({name: wire, "decision": decision.to_wire()})
+    elif hold is None:
+        if not quiet:
+            _print_refusal(decision, quota.tz)
+    elif quiet:
+        typer.echo(hold.id)
+    else:
+        typer.echo(headline)
+        typer.echo(f"id       {hold.id}")
+        typer.echo(f"expires  {when(hold.expires_at, quota.tz)}")
+        if hold.resource is not None:
+            typer.echo(f"resource {hold.resource}")
 
 
 @reservations_app.command("commit")
@@ -286,22 +301,9 @@ def leases_acquire(
     seconds = ttl_arg(ttl)
     with opened(db, timezone) as quota:
         acquired = quota.acquire(subject, ttl=seconds, resource=resource)
-        lease = acquired.lease
-        wire = lease.to_wire(quota.clock.now()) if lease is not None else None
-        if as_json:
-            print_json({"lease": wire, "decision": acquired.decision.to_wire()})
-        elif lease is None:
-            if not quiet:
-                _print_refusal(acquired.decision, quota.tz)
-        elif quiet:
-            typer.echo(lease.id)
-        else:
-            typer.echo(f"acquired: a concurrency slot for {lease.subject}")
-            typer.echo(f"id       {lease.id}")
-            typer.echo(f"expires  {when(lease.expires_at, quota.tz)}")
-            if lease.resource is not None:
-                typer.echo(f"resource {lease.resource}")
-    if lease is None:
+        headline = f"acquired: a concurrency slot for {subject}"
+        _report_hold(quota, "lease", acquired.lease, acquired.decision, headline, quiet, as_json)
+    if acquired.lease is None:
         raise typer.Exit(EXIT_DENIED)
 
 
