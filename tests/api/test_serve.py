@@ -336,7 +336,7 @@ def test_workers_get_the_resolved_settings_with_the_real_admin_key(
         ([], {"TOKENQUOTA_PORT": "eighty"}, "port"),
         (["--workers", "0"], {}, "workers"),
         (["--workers", "2", "--db", "memory://"], {}, "workers"),
-        (["--db", "postgres://user:secret@db/quota"], {}, "db"),
+        (["--db", "mysql://user:secret@db/quota"], {}, "db"),
         (["--timezone", "Mars/Olympus_Mons"], {}, "timezone"),
         (["--config", "missing.toml"], {}, "config"),
     ],
