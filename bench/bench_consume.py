@@ -1,17 +1,21 @@
 """Consume throughput per backend, against a raw floor measured in the same run.
 
 Run with ``make bench``. Prints a table; asserts nothing. Figures are ratios
-to the floor because machines are noisy: the floor is a bare sqlite3
+to a floor measured in the same run, because machines are noisy: a bare
 transaction of the same shape as one consume (take the write lock, read two
-counters, bump them, append one event, commit durably).
+counters, bump them, append one event, commit durably), in sqlite3 for the
+SQLite row and in psycopg for the PostgreSQL row (left out when no server).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -67,6 +71,51 @@ def raw_floor(path: Path) -> Callable[[], None]:
     return once
 
 
+POSTGRES = os.environ.get("TOKENQUOTA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str | None]:
+    """A throwaway schema on the local PostgreSQL, or None when there is none."""
+    import psycopg
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError:
+        yield None
+        return
+    with admin:
+        admin.execute(f'CREATE SCHEMA "{name}"')
+        try:
+            yield name
+        finally:
+            admin.execute(f'DROP SCHEMA "{name}" CASCADE')
+
+
+def postgres_floor(schema: str) -> Callable[[], None]:
+    """The same shape on PostgreSQL: lock, read two counters, bump them, append, commit."""
+    import psycopg
+
+    conn = psycopg.connect(POSTGRES, options=f"-csearch_path={schema}")
+    conn.execute("CREATE TABLE c (k TEXT PRIMARY KEY, v BIGINT NOT NULL)")
+    conn.execute("CREATE TABLE e (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)")
+    conn.commit()
+
+    def once() -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(1)")
+            conn.execute("SELECT v FROM c WHERE k IN ('user', 'company')").fetchall()
+            for key in ("user", "company"):
+                conn.execute(
+                    "INSERT INTO c VALUES (%s, 1) ON CONFLICT (k) DO UPDATE SET v = c.v + 1",
+                    (key,),
+                )
+            conn.execute("INSERT INTO e (body) VALUES ('{}')")
+
+    return once
+
+
 def library(url: str) -> Callable[[], None]:
     quota = tokenquota.open(url, clock=FrozenClock(datetime(2026, 3, 10, 12, tzinfo=UTC)))
     quota.set_parents("user:alice", ["company:acme"])
@@ -80,18 +129,27 @@ def library(url: str) -> Callable[[], None]:
 
 
 def main() -> None:
+    # Each row: (what, figures, the floor it is compared with).
+    rows: list[tuple[str, tuple[float, float, float], tuple[float, float, float]]] = []
     with tempfile.TemporaryDirectory() as tmp:
         floor = timed(raw_floor(Path(tmp) / "floor.db"))
-        rows = [
-            ("sqlite3 floor (1 durable tx)", floor),
-            ("tokenquota memory://", timed(library("memory://"))),
-            ("tokenquota sqlite (durable)", timed(library(f"sqlite:///{Path(tmp) / 'q.db'}"))),
-        ]
+        rows.append(("sqlite3 floor (1 durable tx)", floor, floor))
+        rows.append(("tokenquota memory://", timed(library("memory://")), floor))
+        sqlite = timed(library(f"sqlite:///{Path(tmp) / 'q.db'}"))
+        rows.append(("tokenquota sqlite (durable)", sqlite, floor))
+    with postgres_schema() as schema:
+        if schema is None:
+            Console().print(f"PostgreSQL not reachable at {POSTGRES}: its rows are left out")
+        else:
+            pg_floor = timed(postgres_floor(schema))
+            rows.append(("psycopg floor (1 locked tx)", pg_floor, pg_floor))
+            url = f"{POSTGRES}?options=-csearch_path%3D{schema}"
+            rows.append(("tokenquota postgresql", timed(library(url)), pg_floor))
     table = Table(title=f"consume, in-process, best of {ROUNDS} x {CALLS} calls")
-    for column in ("what", "calls/s", "p50 µs", "p99 µs", "time vs floor"):
+    for column in ("what", "calls/s", "p50 µs", "p99 µs", "time vs its floor"):
         table.add_column(column, justify="right")
-    for name, (rate, p50, p99) in rows:
-        table.add_row(name, f"{rate:,.0f}", f"{p50:,.0f}", f"{p99:,.0f}", f"{floor[0] / rate:.2f}x")
+    for name, (rate, p50, p99), (base, _, _) in rows:
+        table.add_row(name, f"{rate:,.0f}", f"{p50:,.0f}", f"{p99:,.0f}", f"{base / rate:.2f}x")
     Console().print(table)
 
 
