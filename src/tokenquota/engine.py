@@ -925,7 +925,7 @@ class Quota:
             subject, merge_amounts(amounts, metric_amounts), ttl=ttl, resource=resource
         )
         if reserved.reservation is None:
-            raise QuotaExceeded(_denied_message(reserved.decision), reserved.decision)
+            raise QuotaExceeded(reserved.decision.denial(), reserved.decision)
         hold = Hold(self, reserved.reservation)
         try:
             yield hold
@@ -980,7 +980,7 @@ class Quota:
         """``with q.lease("user:a"): call_the_model()``; raises QuotaExceeded when full."""
         acquired = self.acquire(subject, ttl=ttl)
         if acquired.lease is None:
-            raise QuotaExceeded(_denied_message(acquired.decision), acquired.decision)
+            raise QuotaExceeded(acquired.decision.denial(), acquired.decision)
         try:
             yield acquired.lease
         finally:
@@ -1083,11 +1083,6 @@ def _id(value: object) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= 64:
         raise ValidationError("id", "must be an id of 1 to 64 characters")
     return value
-
-
-def _denied_message(decision: Decision) -> str:
-    blocked = ", ".join(f"{s.subject} {s.metric}/{s.window or '-'}" for s in decision.blocked_by)
-    return f"denied by {blocked}"
 
 
 def _bounded_text(value: object, field: str, size: int) -> str | None:

@@ -62,6 +62,16 @@ def authenticate(
 
 
 Caller = Annotated[ApiKey, Depends(authenticate)]
+
+READERS = (Role.ADMIN, Role.STAFF, Role.SERVICE)  # may read configuration and any usage
+WRITERS = (Role.ADMIN, Role.STAFF)  # may change limits, plans, quotas and grants
+
+
+def actor_of(caller: ApiKey) -> str:
+    """How the audit log names a change made through the API."""
+    return f"key:{caller.id}"
+
+
 QuotaDep = Annotated[Quota, Depends(get_quota)]
 
 

@@ -30,7 +30,7 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from tokenquota.api.auth import Caller, QuotaDep, require_role
+from tokenquota.api.auth import READERS, WRITERS, Caller, QuotaDep, actor_of, require_role
 from tokenquota.compat.datarobot_schemas import (
     MAX_QUOTAS_PAGE,
     MAX_TEMPLATES_PAGE,
@@ -46,7 +46,7 @@ from tokenquota.compat.datarobot_schemas import (
     QuotaUpdate,
 )
 from tokenquota.domain.errors import Conflict, NotFound, ValidationError
-from tokenquota.domain.keys import ApiKey, Role
+from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.limits import UNLIMITED, Plan
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.resources import ResourceQuota, ResourceRule
@@ -56,8 +56,6 @@ from tokenquota.engine import Quota
 PREFIXES: tuple[str, ...] = ("/api/v2/quotaTemplates", "/api/v2/quotas")
 router = APIRouter(prefix="/api/v2", tags=["DataRobot quotas"])
 
-READERS: Final = (Role.ADMIN, Role.STAFF, Role.SERVICE)
-WRITERS: Final = (Role.ADMIN, Role.STAFF)
 RESOURCE_KIND: Final = "deployment"
 
 RULE_TO_METRIC: Final = {
@@ -131,10 +129,6 @@ def _datarobot_fields(rename: Callable[[str], str] = _renamed) -> Iterator[None]
     except ValidationError as exc:
         message = exc.message.removeprefix(f"{exc.field}: ")
         raise ValidationError(rename(exc.field), message) from None
-
-
-def _actor(caller: ApiKey) -> str:
-    return f"key:{caller.id}"
 
 
 # rules ---------------------------------------------------------------------------
@@ -309,14 +303,14 @@ def _apply(
     if "saturation_threshold" in given:
         native["saturation_threshold"] = body.saturation_threshold
     with _datarobot_fields():
-        stored = quota.set_resource_quota(resource, native, actor=_actor(caller))
+        stored = quota.set_resource_quota(resource, native, actor=actor_of(caller))
     for consumer, name in names.items():
         try:
             known = quota.get_subject(consumer).name
         except NotFound:
             known = None
         if known != name:
-            quota.put_subject(consumer, name=name, actor=_actor(caller))
+            quota.put_subject(consumer, name=name, actor=actor_of(caller))
     return stored
 
 
@@ -406,7 +400,7 @@ def create_template(body: QuotaTemplateCreate, caller: Caller, quota: QuotaDep) 
     require_role(caller, *WRITERS)
     with _datarobot_fields():
         plan = quota.create_plan(
-            body.name, [_native_rule(r) for r in body.rules], actor=_actor(caller)
+            body.name, [_native_rule(r) for r in body.rules], actor=actor_of(caller)
         )
     return JSONResponse(_template_wire(plan), status_code=201)
 
@@ -546,5 +540,5 @@ def patch_quota(
 )
 def delete_quota(quota_id: QuotaId, caller: Caller, quota: QuotaDep) -> Response:
     require_role(caller, *WRITERS)
-    quota.delete_resource_quota(_resource(quota_id), actor=_actor(caller))
+    quota.delete_resource_quota(_resource(quota_id), actor=actor_of(caller))
     return Response(status_code=204)

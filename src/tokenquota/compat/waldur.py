@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
 from pydantic_core import PydanticCustomError
 
-from tokenquota.api.auth import QuotaDep, authenticate
+from tokenquota.api.auth import QuotaDep, actor_of, authenticate
 from tokenquota.domain.errors import Forbidden, ValidationError
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.limits import Source
@@ -335,7 +335,7 @@ def set_quota(
     ]
     try:
         if items:
-            quota.set_limits(ref, items, actor=f"key:{caller.id}")
+            quota.set_limits(ref, items, actor=actor_of(caller))
         else:
             quota.limits(ref)  # nothing to change; with strict_subjects, still a 404 if unknown
     except ValidationError as exc:

@@ -224,6 +224,11 @@ class Decision:
             replayed=data["replayed"],
         )
 
+    def denial(self) -> str:
+        """One line naming the limits that refused this decision."""
+        blocked = ", ".join(f"{s.subject} {s.metric}/{s.window or '-'}" for s in self.blocked_by)
+        return f"denied by {blocked}"
+
     def as_replay(self) -> Decision:
         return replace(self, replayed=True)
 

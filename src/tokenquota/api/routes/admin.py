@@ -44,25 +44,27 @@ from tokenquota.api.admin_schemas import (
     error_responses,
     page_wire,
 )
-from tokenquota.api.auth import Caller, QuotaDep, require_read, require_role
-from tokenquota.domain.keys import ApiKey, Role
+from tokenquota.api.auth import (
+    READERS,
+    WRITERS,
+    Caller,
+    QuotaDep,
+    actor_of,
+    require_read,
+    require_role,
+)
+from tokenquota.domain.keys import Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import DefaultRule, LimitsView
 
 router = APIRouter(prefix="/v1")
 
-READERS = (Role.ADMIN, Role.STAFF, Role.SERVICE)
-WRITERS = (Role.ADMIN, Role.STAFF)
 
 PlanPath = Annotated[str, Path(description="A plan's id (its name is accepted too)")]
 KeyPath = Annotated[str, Path(description="An API key's id")]
 
 UNKNOWN_SUBJECT = {404: "Unknown subject"}
 STRICT_UNKNOWN = {404: "Unknown subject (only with strict_subjects)"}
-
-
-def _actor(caller: ApiKey) -> str:
-    return f"key:{caller.id}"
 
 
 def limits_wire(view: LimitsView) -> dict[str, Any]:
@@ -101,7 +103,7 @@ def put_subject(ref: RefPath, body: SubjectIn, caller: Caller, quota: QuotaDep) 
         name=body.name,
         parents=body.parents,
         metadata=body.metadata,
-        actor=_actor(caller),
+        actor=actor_of(caller),
     )
     return JSONResponse(subject.to_wire())
 
@@ -134,7 +136,7 @@ def get_subject(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
 )
 def delete_subject(ref: RefPath, caller: Caller, quota: QuotaDep) -> Response:
     require_role(caller, *WRITERS)
-    quota.delete_subject(SubjectRef.parse(ref, "ref"), actor=_actor(caller))
+    quota.delete_subject(SubjectRef.parse(ref, "ref"), actor=actor_of(caller))
     return Response(status_code=204)
 
 
@@ -179,7 +181,7 @@ def put_limits(ref: RefPath, body: LimitsIn, caller: Caller, quota: QuotaDep) ->
     view = quota.set_limits(
         SubjectRef.parse(ref, "ref"),
         [item.model_dump() for item in body.limits],
-        actor=_actor(caller),
+        actor=actor_of(caller),
     )
     return JSONResponse(limits_wire(view))
 
@@ -212,7 +214,7 @@ def get_limits(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
 def assign_plan(ref: RefPath, body: PlanAssignIn, caller: Caller, quota: QuotaDep) -> JSONResponse:
     require_role(caller, *WRITERS)
     subject = SubjectRef.parse(ref, "ref")
-    quota.assign_plan(subject, body.plan_id, actor=_actor(caller))
+    quota.assign_plan(subject, body.plan_id, actor=actor_of(caller))
     return JSONResponse(limits_wire(quota.limits(subject)))
 
 
@@ -227,7 +229,7 @@ def assign_plan(ref: RefPath, body: PlanAssignIn, caller: Caller, quota: QuotaDe
 def unassign_plan(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     require_role(caller, *WRITERS)
     subject = SubjectRef.parse(ref, "ref")
-    quota.assign_plan(subject, None, actor=_actor(caller))
+    quota.assign_plan(subject, None, actor=actor_of(caller))
     return JSONResponse(limits_wire(quota.limits(subject)))
 
 
@@ -263,7 +265,7 @@ def get_defaults(caller: Caller, quota: QuotaDep) -> JSONResponse:
 def put_defaults(body: DefaultsIn, caller: Caller, quota: QuotaDep) -> JSONResponse:
     require_role(caller, Role.ADMIN)
     defaults = quota.set_defaults(
-        [item.model_dump() for item in body.defaults], actor=_actor(caller)
+        [item.model_dump() for item in body.defaults], actor=actor_of(caller)
     )
     return JSONResponse(defaults_wire(defaults))
 
@@ -297,7 +299,7 @@ def list_plans(caller: Caller, quota: QuotaDep) -> JSONResponse:
 def create_plan(body: PlanIn, caller: Caller, quota: QuotaDep) -> JSONResponse:
     require_role(caller, *WRITERS)
     plan = quota.create_plan(
-        body.name, [rule.model_dump() for rule in body.rules], actor=_actor(caller)
+        body.name, [rule.model_dump() for rule in body.rules], actor=actor_of(caller)
     )
     return JSONResponse(plan.to_wire(), status_code=201)
 
@@ -331,7 +333,7 @@ def update_plan(
 ) -> JSONResponse:
     require_role(caller, *WRITERS)
     rules = None if body.rules is None else [rule.model_dump() for rule in body.rules]
-    plan = quota.update_plan(plan_id, name=body.name, rules=rules, actor=_actor(caller))
+    plan = quota.update_plan(plan_id, name=body.name, rules=rules, actor=actor_of(caller))
     return JSONResponse(plan.to_wire())
 
 
@@ -346,7 +348,7 @@ def update_plan(
 )
 def delete_plan(plan_id: PlanPath, caller: Caller, quota: QuotaDep) -> Response:
     require_role(caller, *WRITERS)
-    quota.delete_plan(plan_id, actor=_actor(caller))
+    quota.delete_plan(plan_id, actor=actor_of(caller))
     return Response(status_code=204)
 
 
@@ -366,7 +368,7 @@ def delete_plan(plan_id: PlanPath, caller: Caller, quota: QuotaDep) -> Response:
 def create_key(body: KeyIn, caller: Caller, quota: QuotaDep) -> JSONResponse:
     require_role(caller, Role.ADMIN)
     key, secret = quota.create_key(
-        body.role, subject=body.subject, name=body.name, actor=_actor(caller)
+        body.role, subject=body.subject, name=body.name, actor=actor_of(caller)
     )
     return JSONResponse({**key.to_wire(), "key": secret}, status_code=201)
 
@@ -398,7 +400,7 @@ def list_keys(
 )
 def revoke_key(key_id: KeyPath, caller: Caller, quota: QuotaDep) -> Response:
     require_role(caller, Role.ADMIN)
-    quota.revoke_key(key_id, actor=_actor(caller))
+    quota.revoke_key(key_id, actor=actor_of(caller))
     return Response(status_code=204)
 
 

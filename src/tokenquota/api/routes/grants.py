@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from tokenquota.api.admin_schemas import RefPath, error_responses
-from tokenquota.api.auth import Caller, QuotaDep, require_read, require_role
+from tokenquota.api.auth import Caller, QuotaDep, actor_of, require_read, require_role
 from tokenquota.api.schemas import Model, Num
 from tokenquota.domain.keys import Role
 from tokenquota.domain.subjects import SubjectRef
@@ -64,7 +64,7 @@ def add_grant(ref: RefPath, body: GrantIn, caller: Caller, quota: QuotaDep) -> J
         SubjectRef.parse(ref, "ref"),
         body.credits,
         expires_at=body.expires_at,
-        actor=f"key:{caller.id}",
+        actor=actor_of(caller),
     )
     return JSONResponse(grant.to_wire(quota.clock.now()), status_code=201)
 

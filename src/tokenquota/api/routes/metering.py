@@ -53,10 +53,9 @@ def decision_response(request: Request, decision: Decision, operation: str) -> J
         return JSONResponse(decision.to_wire(), headers=headers)
     if decision.retry_after is not None:
         headers["Retry-After"] = str(decision.retry_after)
-    blocked = ", ".join(f"{s.subject} {s.metric}/{s.window or '-'}" for s in decision.blocked_by)
     body = error_body(
         "quota_exceeded",
-        f"denied by {blocked}",
+        decision.denial(),
         {
             "blocked_by": [s.to_wire() for s in decision.blocked_by],
             "retry_after": decision.retry_after,

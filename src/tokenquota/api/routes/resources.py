@@ -13,16 +13,12 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from tokenquota.api.admin_schemas import RefPath, error_responses
-from tokenquota.api.auth import Caller, QuotaDep, require_role
+from tokenquota.api.auth import READERS, WRITERS, Caller, QuotaDep, actor_of, require_role
 from tokenquota.api.schemas import Model, Num
-from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef
 
 router = APIRouter(prefix="/v1", tags=["resources"])
-
-READERS = (Role.ADMIN, Role.STAFF, Role.SERVICE)
-WRITERS = (Role.ADMIN, Role.STAFF)
 
 
 class ResourceRuleIn(Model):
@@ -84,10 +80,6 @@ def quota_wire(resource: SubjectRef, quota: ResourceQuota) -> dict[str, Any]:
     return {"resource": str(resource), **quota.to_wire()}
 
 
-def _actor(caller: ApiKey) -> str:
-    return f"key:{caller.id}"
-
-
 @router.get(
     "/resources/{ref}/quota",
     response_model=QuotaOut,
@@ -116,7 +108,7 @@ def get_quota(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
 def put_quota(ref: RefPath, body: QuotaIn, caller: Caller, quota: QuotaDep) -> JSONResponse:
     require_role(caller, *WRITERS)
     resource = SubjectRef.parse(ref, "ref")
-    parsed = quota.set_resource_quota(resource, body.model_dump(), actor=_actor(caller))
+    parsed = quota.set_resource_quota(resource, body.model_dump(), actor=actor_of(caller))
     return JSONResponse(quota_wire(resource, parsed))
 
 
@@ -130,5 +122,5 @@ def put_quota(ref: RefPath, body: QuotaIn, caller: Caller, quota: QuotaDep) -> J
 )
 def delete_quota(ref: RefPath, caller: Caller, quota: QuotaDep) -> Response:
     require_role(caller, *WRITERS)
-    quota.delete_resource_quota(SubjectRef.parse(ref, "ref"), actor=_actor(caller))
+    quota.delete_resource_quota(SubjectRef.parse(ref, "ref"), actor=actor_of(caller))
     return Response(status_code=204)
