@@ -39,3 +39,7 @@ clean:
 
 bench: install
 	$(BIN)/python bench/bench_consume.py
+
+# Hot rows on PostgreSQL: the single write lock against per-series locks (a table; slow).
+bench-hot: install
+	$(BIN)/python bench/bench_hot_rows.py

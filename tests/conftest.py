@@ -17,7 +17,7 @@ import pytest
 import tokenquota
 from tokenquota import FrozenClock, Quota
 
-BACKENDS = ["memory", "sqlite", "postgres"]
+BACKENDS = ["memory", "sqlite", "postgres", "redis", "cluster"]
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # a Tuesday
 REQUIRE_SERVICES = os.environ.get("TOKENQUOTA_REQUIRE_SERVICES") == "1"
 
@@ -66,18 +66,53 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture
+def redis_url() -> Iterator[str]:
+    """A URL for the machine's Redis under a fresh key prefix, wiped afterwards."""
+    from tests.services import fresh_redis_prefix
+
+    yield from fresh_redis_prefix()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Three local ``redis-server --cluster-enabled yes`` primaries, for the whole run."""
+    from tests.services import start_redis_cluster, stop
+
+    seed, procs = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield seed
+    finally:
+        stop(procs)
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: str) -> Iterator[str]:
+    from tests.services import fresh_cluster_prefix
+
+    yield from fresh_cluster_prefix(redis_cluster)
+
+
+@pytest.fixture
 def make_quota(
     backend: str, tmp_path: Path, clock: FrozenClock, request: pytest.FixtureRequest
 ) -> Iterator[QuotaFactory]:
+    """Opens quotas on ``backend``; "redis" and "cluster" sit beside PostgreSQL, as deployed."""
     opened: list[Quota] = []
     url = (
         request.getfixturevalue("postgres_url")
-        if backend == "postgres"
+        if backend in ("postgres", "redis", "cluster")
         else store_url(backend, tmp_path)
+    )
+    redis = (
+        request.getfixturevalue({"redis": "redis_url", "cluster": "cluster_url"}[backend])
+        if backend in ("redis", "cluster")
+        else None
     )
 
     def factory(**kwargs: Any) -> Quota:
         kwargs.setdefault("clock", clock)
+        if redis is not None:
+            kwargs.setdefault("redis", redis)
         quota = tokenquota.open(url, **kwargs)
         opened.append(quota)
         return quota

@@ -6,10 +6,21 @@ never a silent skip.
 
 from __future__ import annotations
 
+import functools
 import os
+import random
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
+REDIS_URL = os.environ.get("TOKENQUOTA_TEST_REDIS", "redis://127.0.0.1:6379/0")
 POSTGRES_URL = os.environ.get(
     "TOKENQUOTA_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
@@ -28,3 +39,140 @@ def require_postgres() -> str:
             pytest.fail(f"PostgreSQL is required (TOKENQUOTA_REQUIRE_SERVICES=1): {exc}")
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
     return POSTGRES_URL
+
+
+def _unreachable(what: str, url: str, exc: Exception) -> NoReturn:
+    if os.environ.get("TOKENQUOTA_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{what} is required (TOKENQUOTA_REQUIRE_SERVICES=1): {exc}")
+    pytest.skip(f"{what} not reachable at {url}: {exc}")
+
+
+def require_redis() -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=3)
+        client.ping()
+        client.close()
+    except redis.RedisError as exc:
+        _unreachable("Redis", REDIS_URL, exc)
+    return REDIS_URL
+
+
+def fresh_redis_prefix() -> Iterator[str]:
+    """The machine's Redis under a key prefix of its own, deleted afterwards."""
+    import redis
+
+    base = require_redis()
+    prefix = f"tqt{uuid.uuid4().hex[:12]}"
+    yield f"{base}?prefix={prefix}"
+    client = redis.Redis.from_url(base)
+    names = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    for start in range(0, len(names), 500):
+        client.unlink(*names[start : start + 500])
+    client.close()
+
+
+CREATE_FLAGS = ("--cluster-replicas", "0", "--cluster-yes")
+
+
+def start_redis_cluster(workdir: Path, nodes: int = 3) -> tuple[str, list[subprocess.Popen[bytes]]]:
+    """A real Redis Cluster on loopback: ``nodes`` primaries sharing the 16384 slots.
+
+    Returns a seed URL and the processes (the caller stops them).
+    """
+    server = shutil.which("redis-server")
+    cli = shutil.which("redis-cli")
+    if server is None or cli is None:
+        _unreachable("redis-server and redis-cli", "PATH", FileNotFoundError("not installed"))
+    ports = [cluster_port() for _ in range(nodes)]
+    procs = [_start_node(server, port, workdir / str(port)) for port in ports]
+    try:
+        for port in ports:
+            _wait(functools.partial(_node_answers, port))
+        subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports), *CREATE_FLAGS],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        for port in ports:
+            _wait(functools.partial(_cluster_ok, port))
+    except BaseException:
+        stop(procs)
+        raise
+    return f"redis://127.0.0.1:{ports[0]}", procs
+
+
+def _start_node(server: str, port: int, home: Path) -> subprocess.Popen[bytes]:
+    home.mkdir(parents=True)
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes"]
+    args += ["--cluster-config-file", str(home / "nodes.conf"), "--dir", str(home)]
+    args += ["--save", "", "--appendonly", "no", "--logfile", str(home / "redis.log")]
+    return subprocess.Popen([server, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _node_answers(port: int) -> bool:
+    import redis
+
+    with redis.Redis(port=port) as client:
+        return bool(client.ping())
+
+
+def _cluster_ok(port: int) -> bool:
+    import redis
+
+    with redis.Redis(port=port, decode_responses=True) as client:
+        info: dict[str, str] = client.execute_command("CLUSTER INFO")
+    return info.get("cluster_state") == "ok"
+
+
+def cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, so at most 55535."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20_000, 45_000)
+        try:
+            for candidate in (port, port + 10_000):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+
+
+def _wait(ready: Callable[[], object], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if ready():
+                return
+        except Exception:  # not up yet
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError("the Redis cluster did not come up")
+        time.sleep(0.1)
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def fresh_cluster_prefix(seed: str) -> Iterator[str]:
+    """A prefix of its own on the test cluster, its keys deleted afterwards."""
+    from redis.cluster import RedisCluster
+
+    prefix = f"tqt{uuid.uuid4().hex[:12]}"
+    yield f"{seed}?prefix={prefix}"
+    client = RedisCluster.from_url(seed)
+    for name in list(client.scan_iter(match=f"{prefix}:*", count=1000)):
+        client.unlink(name)
+    client.close()

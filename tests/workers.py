@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import tokenquota
 
@@ -38,5 +39,16 @@ def retry_in_process(url: str, subject: str, key: str) -> tuple[int | None, bool
     try:
         decision = quota.consume(subject, tokens=100, idempotency_key=key)
         return decision.event_id, decision.replayed
+    finally:
+        quota.close()
+
+
+def drain_each_in_process(url: str, subjects: list[str], at: str) -> int:
+    """One thread per subject on one store, its clock frozen at ``at`` like the test's."""
+    quota = tokenquota.open(url, clock=tokenquota.FrozenClock(datetime.fromisoformat(at)))
+    try:
+        barrier = threading.Barrier(len(subjects))
+        with ThreadPoolExecutor(len(subjects)) as pool:
+            return sum(pool.map(lambda s: drain(quota, s, barrier), subjects))
     finally:
         quota.close()

@@ -13,12 +13,12 @@ import json
 import logging
 import secrets
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, TypeVar
 
 from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
 from tokenquota.domain.decisions import (
@@ -33,7 +33,7 @@ from tokenquota.domain.decisions import (
     prepaid_status,
     status,
 )
-from tokenquota.domain.errors import NotFound, ValidationError
+from tokenquota.domain.errors import NotFound, StoreUnavailable, ValidationError
 from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.grants import balance as grant_balance
 from tokenquota.domain.holds import Lease, Reservation, check_committable, parse_ttl
@@ -74,7 +74,7 @@ from tokenquota.domain.subjects import (
 )
 from tokenquota.domain.windows import Calendar, Window, calendar_period, parse_timezone
 from tokenquota.storage import Layer, Page, RuleSet, Scope, Store, open_store
-from tokenquota.storage.base import MAX_PAGE
+from tokenquota.storage.base import MAX_PAGE, StaleConfig
 
 log = logging.getLogger("tokenquota")
 shadow_log = logging.getLogger("tokenquota.shadow")
@@ -87,6 +87,8 @@ MAX_HISTORY_POINTS: Final = 10_000
 MAX_GRANTS: Final = 10_000
 DEFAULT_RETENTION: Final = timedelta(days=400)
 DEFAULT_TTL: Final = 60.0
+STALE_ROUNDS: Final = 5  # see _planned
+T = TypeVar("T")
 Intent = Literal["consume", "reserve", "acquire"]
 MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
 
@@ -479,17 +481,25 @@ class Quota:
             parsed_mode = Mode(mode)
         except ValueError:
             raise ValidationError("mode", "must be enforce or record") from None
-        plan = self._plan(
-            ref,
-            merge_amounts(amounts, metric_amounts),
-            parsed_mode,
-            timestamp,
-            idempotency_key=_bounded_text(idempotency_key, "idempotency_key", MAX_KEY_LENGTH),
-            model=_bounded_text(model, "model", MAX_MODEL_LENGTH),
-            tags=_tags(tags),
-            resource=resource,
-        )
-        decision = self.store.debit(plan, create_subject=not self.strict_subjects)
+        raw = merge_amounts(amounts, metric_amounts)
+        key = _bounded_text(idempotency_key, "idempotency_key", MAX_KEY_LENGTH)
+        model = _bounded_text(model, "model", MAX_MODEL_LENGTH)
+        parsed_tags = _tags(tags)
+
+        def attempt() -> Decision:
+            plan = self._plan(
+                ref,
+                raw,
+                parsed_mode,
+                timestamp,
+                idempotency_key=key,
+                model=model,
+                tags=parsed_tags,
+                resource=resource,
+            )
+            return self.store.debit(plan, create_subject=not self.strict_subjects)
+
+        decision = _planned(attempt)
         for hit in decision.shadow_blocked:
             shadow_log.warning(
                 "shadow limit would have blocked %s: %s %s used %s of %s",
@@ -854,25 +864,25 @@ class Quota:
         """
         ref = SubjectRef.parse(subject)
         lifetime = parse_ttl(ttl)
-        plan = self._plan(
-            ref,
-            merge_amounts(amounts, metric_amounts),
-            Mode.ENFORCE,
-            None,
-            intent="reserve",
-            resource=resource,
-        )
-        reservation = Reservation(
-            id=secrets.token_hex(16),
-            subject=ref,
-            charged=plan.charged,
-            amounts=plan.amounts,
-            created_at=plan.now,
-            expires_at=plan.now + lifetime,
-            resource=plan.resource,
-        )
-        decision = self.store.reserve(plan, reservation, create_subject=not self.strict_subjects)
-        return Reserved(decision, reservation if decision.allowed else None)
+        raw = merge_amounts(amounts, metric_amounts)
+
+        def attempt() -> Reserved:
+            plan = self._plan(ref, raw, Mode.ENFORCE, None, intent="reserve", resource=resource)
+            reservation = Reservation(
+                id=secrets.token_hex(16),
+                subject=ref,
+                charged=plan.charged,
+                amounts=plan.amounts,
+                created_at=plan.now,
+                expires_at=plan.now + lifetime,
+                resource=plan.resource,
+            )
+            decision = self.store.reserve(
+                plan, reservation, create_subject=not self.strict_subjects
+            )
+            return Reserved(decision, reservation if decision.allowed else None)
+
+        return _planned(attempt)
 
     def commit(
         self,
@@ -891,10 +901,14 @@ class Quota:
         check_committable(reservation, reservation.id, self.clock.now())
         given = merge_amounts(amounts, metric_amounts)
         actual = given if given else reservation.amounts.to_wire()
-        plan = self._plan(
-            reservation.subject, actual, Mode.RECORD, None, resource=reservation.resource
-        )
-        return self.store.commit(reservation.id, plan)
+
+        def attempt() -> Decision:
+            plan = self._plan(
+                reservation.subject, actual, Mode.RECORD, None, resource=reservation.resource
+            )
+            return self.store.commit(reservation.id, plan)
+
+        return _planned(attempt)
 
     def release(self, reservation_id: str) -> bool:
         """Free a hold now; False when there was nothing left to free (a no-op)."""
@@ -947,17 +961,21 @@ class Quota:
         """A concurrency slot on the subject and every ancestor, until released or expired."""
         ref = SubjectRef.parse(subject)
         lifetime = parse_ttl(ttl)
-        plan = self._plan(ref, {}, Mode.ENFORCE, None, intent="acquire", resource=resource)
-        lease = Lease(
-            id=secrets.token_hex(16),
-            subject=ref,
-            charged=plan.charged,
-            created_at=plan.now,
-            expires_at=plan.now + lifetime,
-            resource=plan.resource,
-        )
-        decision = self.store.acquire(plan, lease, create_subject=not self.strict_subjects)
-        return Acquired(decision, lease if decision.allowed else None)
+
+        def attempt() -> Acquired:
+            plan = self._plan(ref, {}, Mode.ENFORCE, None, intent="acquire", resource=resource)
+            lease = Lease(
+                id=secrets.token_hex(16),
+                subject=ref,
+                charged=plan.charged,
+                created_at=plan.now,
+                expires_at=plan.now + lifetime,
+                resource=plan.resource,
+            )
+            decision = self.store.acquire(plan, lease, create_subject=not self.strict_subjects)
+            return Acquired(decision, lease if decision.allowed else None)
+
+        return _planned(attempt)
 
     def release_lease(self, lease_id: str) -> bool:
         return self.store.release_lease(_id(lease_id), self.clock.now())
@@ -1079,6 +1097,20 @@ def _is_share(subject: SubjectRef) -> bool:
     return "~" in subject.id
 
 
+def _planned(attempt: Callable[[], T]) -> T:
+    """Run a planned store call, planning again when the store's cached limits were stale.
+
+    Only a store that caches its configuration (Redis) says so; each round
+    means a limit or the hierarchy changed in the meantime.
+    """
+    for _ in range(STALE_ROUNDS):
+        try:
+            return attempt()
+        except StaleConfig:
+            continue
+    raise StoreUnavailable("the limits kept changing while this request was planned; retry")
+
+
 def _id(value: object) -> str:
     if not isinstance(value, str) or not 1 <= len(value) <= 64:
         raise ValidationError("id", "must be an id of 1 to 64 characters")
@@ -1141,6 +1173,7 @@ def _parse_config_defaults(items: Iterable[Mapping[str, object]]) -> dict[str, l
 def open(
     url: str = "sqlite:///tokenquota.db",
     *,
+    redis: str | None = None,
     clock: Clock | None = None,
     timezone: str | None = None,
     move_timezone: bool = False,
@@ -1148,7 +1181,11 @@ def open(
     defaults: Iterable[Mapping[str, object]] = (),
     retention: timedelta = DEFAULT_RETENTION,
 ) -> Quota:
-    """Open a quota store: ``memory://`` or ``sqlite:///path.db`` (migrated on open).
+    """Open a quota store: ``memory://``, ``sqlite:///path.db`` or ``postgresql://…``.
+
+    SQL stores are migrated on open. ``redis="redis://host:port"`` keeps the
+    hot counters in Redis (or a Redis Cluster) beside a SQL store that holds
+    the ledger: see docs/redis.md.
 
     Calendar windows are counted in one IANA ``timezone`` kept with the data:
     a new store takes the one given (UTC by default), an existing one keeps its
@@ -1157,7 +1194,7 @@ def open(
     """
     tz = parse_timezone(timezone) if timezone is not None else None
     return Quota(
-        open_store(url, tz, move_timezone=move_timezone),
+        open_store(url, tz, move_timezone=move_timezone, redis=redis),
         clock=clock,
         strict_subjects=strict_subjects,
         defaults=defaults,

@@ -37,7 +37,13 @@ class DefaultLimit(BaseModel):
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TOKENQUOTA_", extra="forbid")
 
-    db: str = Field("sqlite:///tokenquota.db", description="Store URL: sqlite:///path or memory://")
+    db: str = Field(
+        "sqlite:///tokenquota.db",
+        description="Store URL: sqlite:///path, postgresql://user@host/db or memory://",
+    )
+    redis: str | None = Field(
+        None, description="redis://host:port: hot counters in Redis (or a Redis Cluster)"
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)

@@ -92,6 +92,7 @@ def create_app(
 def _open(settings: Settings, clock: Clock | None) -> Quota:
     return tokenquota.open(
         settings.db,
+        redis=settings.redis,
         timezone=settings.timezone,
         strict_subjects=settings.strict_subjects,
         defaults=settings.default_rules(),

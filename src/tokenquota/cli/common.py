@@ -45,6 +45,15 @@ Db = Annotated[
         help="Store URL: sqlite:///path/file.db (migrated on open) or memory://.",
     ),
 ]
+REDIS_ENV: Final = "TOKENQUOTA_REDIS"
+Redis = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        envvar=REDIS_ENV,
+        help="redis://host:port: the store's hot counters live there (see docs/redis.md).",
+    ),
+]
 Timezone = Annotated[
     str | None,
     typer.Option(
@@ -99,8 +108,12 @@ def error_line(exc: TokenQuotaError) -> str:
 
 
 @contextmanager
-def opened(db: str, timezone: str | None, *, move_timezone: bool = False) -> Iterator[Quota]:
-    with tokenquota.open(db, timezone=timezone, move_timezone=move_timezone) as quota:
+def opened(
+    db: str, timezone: str | None, *, move_timezone: bool = False, redis: str | None = None
+) -> Iterator[Quota]:
+    """The store of ``--db``, with Redis when ``--redis`` or TOKENQUOTA_REDIS names one."""
+    redis = redis or os.environ.get(REDIS_ENV) or None
+    with tokenquota.open(db, redis=redis, timezone=timezone, move_timezone=move_timezone) as quota:
         yield quota
 
 

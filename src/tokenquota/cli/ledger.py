@@ -18,6 +18,7 @@ from tokenquota.cli.common import (
     DEFAULT_TIMEZONE,
     TIME_HELP,
     Db,
+    Redis,
     Timezone,
     amounts_text,
     console,
@@ -163,13 +164,16 @@ def audit(
 
 
 @reports_errors
-def rebuild(db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE) -> None:
+def rebuild(
+    db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE, redis: Redis = None
+) -> None:
     """Recompute every counter from the ledger, e.g. after restoring a backup of the events.
 
     With --timezone naming a zone other than the store's, this is also how a
-    store moves to that zone: every calendar counter is recomputed in it.
+    store moves to that zone: every calendar counter is recomputed in it. With
+    --redis, it restores Redis (after it lost its data) from the ledger in --db.
     """
-    with opened(db, timezone, move_timezone=True) as quota:
+    with opened(db, timezone, move_timezone=True, redis=redis) as quota:
         replayed = quota.rebuild()
     typer.echo(f"rebuilt the counters from the ledger: {replayed} events replayed")
 

@@ -51,6 +51,16 @@ def serve(
             ),
         ),
     ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option(
+            "--redis",
+            help=(
+                "redis://host:port (env TOKENQUOTA_REDIS): hot counters in Redis or a Redis "
+                "Cluster, the ledger in --db (PostgreSQL for several replicas)."
+            ),
+        ),
+    ] = None,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -94,6 +104,7 @@ def serve(
         host=host,
         port=port,
         db=db,
+        redis=redis,
         workers=workers,
         timezone=timezone,
         strict_subjects=strict_subjects,
@@ -106,6 +117,7 @@ def serve(
     # Migrate once and validate the zone and the config's defaults before any worker starts.
     tokenquota.open(
         settings.db,
+        redis=settings.redis,
         timezone=settings.timezone,
         strict_subjects=settings.strict_subjects,
         defaults=settings.default_rules(),
@@ -165,7 +177,8 @@ def banner(settings: Settings) -> str:
     url = base_url(settings)
     worker_text = "1 worker" if settings.workers == 1 else f"{settings.workers} workers"
     lines = [
-        f"tokenquota listening on {url} ({worker_text}, store {redacted(settings.db)})",
+        f"tokenquota listening on {url} ({worker_text}, store {redacted(settings.db)}"
+        + (f", redis {redacted(settings.redis)})" if settings.redis else ")"),
         f"API docs: {url}/docs",
     ]
     if settings.admin_key is None:

@@ -358,6 +358,16 @@ def decide(
     )
 
 
+def capacity_refuses(plan: DebitPlan, capacity_readings: Readings) -> bool:
+    """Whether the SPEC section 6 capacity test alone refuses an enforced request.
+
+    A store that cannot run ``decide`` inside its atomic section (Redis) asks
+    this first, then makes the atomic section confirm it read the same.
+    """
+    verdict = _capacity(plan, capacity_readings)
+    return plan.mode is Mode.ENFORCE and verdict is not None and not verdict[1]
+
+
 def _capacity(plan: DebitPlan, readings: Readings) -> tuple[LimitStatus, bool, int] | None:
     """The capacity verdict as a limit status, whether it admits, and seconds to wait."""
     cap = plan.capacity

@@ -68,6 +68,10 @@ class Page(Generic[T]):
     limit: int
 
 
+class StaleConfig(Exception):
+    """A store that caches limits found them changed: the caller plans again."""
+
+
 class Store(Protocol):
     # The zone calendar windows are counted in: fixed per store (see SqlStore).
     tz: ZoneInfo

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+
+# Replicas that start together on an empty PostgreSQL must not all create the
+# tables: the first migrates, the others wait here and find the schema at head.
+_MIGRATION_LOCK = text("SELECT pg_advisory_xact_lock(29810)")
 
 
 def alembic_config() -> Config:
@@ -14,11 +18,14 @@ def alembic_config() -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    # One transaction holding the write lock: processes that start together
-    # queue here, and each later one finds the schema already at head.
+    # One transaction holding the write lock (BEGIN IMMEDIATE on SQLite, an
+    # advisory lock on PostgreSQL): processes that start together queue here,
+    # and each later one finds the schema already at head.
     with engine.connect() as conn:
         conn.execution_options(tokenquota_write=True)
         with conn.begin():
+            if engine.dialect.name == "postgresql":
+                conn.execute(_MIGRATION_LOCK)
             config = alembic_config()
             config.attributes["connection"] = conn
             command.upgrade(config, revision)

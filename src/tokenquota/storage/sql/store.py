@@ -5,15 +5,17 @@ database's single write lock before the first read, so the read-decide-write
 of a debit is serialised across threads and processes; WAL lets readers go on
 meanwhile. ``synchronous=FULL`` makes a commit durable before we answer.
 
-On PostgreSQL every write transaction first takes one transaction-scoped
-advisory lock, for the same serialisation across connections, processes and
-replicas; a commit is durable when it returns.
+On PostgreSQL writes are serialised per counter series instead, so one hot
+company does not hold up every other one: see ``SqlStore._tx`` and
+``SqlStore._lock_series`` for the locks and why they cannot deadlock. A commit
+is durable when it returns.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -70,12 +72,29 @@ from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.migrate import upgrade
 
 BATCH = 500
-# pg_advisory_xact_lock key: "tq" in ASCII; released by the transaction's end.
-_WRITE_LOCK = sa.text("SELECT pg_advisory_xact_lock(29809)")
+# The global advisory key, "tq" in ASCII, in PostgreSQL's one-bigint key space.
+# Every write transaction takes it first: shared by the hot operations, which then
+# lock their series; exclusive by everything that needs a quiet store. Released
+# by the transaction's end, like every lock below.
+_GLOBAL_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(29809)")
+_GLOBAL_EXCLUSIVE = sa.text("SELECT pg_advisory_xact_lock(29809)")
+# Series locks live in the two-int4 key space, which PostgreSQL keeps apart from
+# the bigint one, so no series hash can ever equal the global key. unnest scans
+# the arrays in order and the locks are taken row by row in that order: the
+# order the keys are given in (sorted, see ``_series_keys``).
+_SERIES_LOCKS = sa.text(
+    "SELECT pg_advisory_xact_lock(k.hi, k.lo)"
+    " FROM unnest(CAST(:hi AS integer[]), CAST(:lo AS integer[])) AS k(hi, lo)"
+)
 SQLITE_BUSY_SECONDS = 60
 
 
 class SqlStore:
+    # True takes the global key exclusively in every write, as before issue 6,
+    # and no series locks: bench/bench_hot_rows.py sets it to measure both
+    # designs in one run. Nothing else should.
+    _single_lock: bool = False
+
     def __init__(
         self,
         url: str,
@@ -139,21 +158,83 @@ class SqlStore:
             conn.execute(sa.text("SELECT 1"))
 
     @contextmanager
-    def _tx(self, *, write: bool = False) -> Iterator[Connection]:
+    def _tx(self, *, write: bool = False, hot: bool = False) -> Iterator[Connection]:
+        """One transaction; ``write`` or ``hot`` ones are serialised against each other.
+
+        SQLite: every write is ``BEGIN IMMEDIATE``, one writer at a time.
+
+        PostgreSQL: a write first takes the global advisory key. A ``hot`` write
+        (debit, reserve, commit, release, leases, grants) takes it *shared*, so
+        hot writes run side by side, and must then call ``_lock_series`` before
+        it reads anything it decides on. Every other write takes it
+        *exclusively*: rebuild, backfill of a newly tracked window, a time zone
+        move and the admin changes (subjects, rules, plans, quotas, keys) see
+        and leave a store no hot write is half-way through, exactly as under
+        the single lock this replaced.
+
+        Why no deadlock: the global key is always the first lock a transaction
+        takes, so a transaction waiting for it holds nothing anyone waits for;
+        a hot one then takes all its series locks in one statement in one
+        global order (``_series_keys``) and never another advisory lock after
+        them. The rows hot writes change are the rows of series they have
+        locked (counters, holds, grants, idempotency keys, shadow hits) or new
+        rows with unique ids (events, reservations, leases), so no row lock
+        wait can close a cycle either. The exclusive key waits for the shared
+        holders, and new shared requests queue behind a waiting exclusive one,
+        so admin changes are not starved.
+
+        Why still no overspend: two writes that touch a common series hold a
+        common series lock, so their read-decide-write steps are serialised as
+        before, and READ COMMITTED reads afresh after the lock: each sees every
+        change committed by the one before. Writes with no common series share
+        no counter, hold, grant or key, so running them at once changes nothing
+        either of them reads.
+        """
         try:
             with self.engine.connect() as conn:
-                if write:
+                if write or hot:
                     conn.execution_options(tokenquota_write=True)
+                conn.info["tokenquota_series_locked"] = False  # info outlives the checkout
                 with conn.begin():
-                    if write and self._dialect == "postgresql":
-                        # One writer at a time, as SQLite's BEGIN IMMEDIATE: the
-                        # read-decide-write of a debit sees every committed change
-                        # (READ COMMITTED reads afresh after the lock) and no lock
-                        # order can deadlock. Finer locks for hot rows: issue 6.
-                        conn.execute(_WRITE_LOCK)
+                    if (write or hot) and self._dialect == "postgresql":
+                        shared = hot and not self._single_lock
+                        conn.execute(_GLOBAL_SHARED if shared else _GLOBAL_EXCLUSIVE)
                     yield conn
         except OperationalError as exc:
             raise StoreUnavailable(f"the database did not answer: {exc.orig}") from exc
+
+    def _lock_series(self, conn: Connection, names: Iterable[str]) -> None:
+        """Lock every counter series a hot write reads or writes, before its first read.
+
+        ``names`` must be the whole set: the subjects and the resource-consumer
+        series the decision reads (capacity shares too), the ones the write
+        adds to, holds on or burns grants of, and the subject whose idempotency
+        key is used. One call per transaction, so the locks are taken in one
+        sorted order and a second batch can never be taken out of that order.
+        """
+        if self._dialect != "postgresql" or self._single_lock:
+            return  # SQLite's BEGIN IMMEDIATE (or the exclusive key) already serialises
+        assert not conn.info.get("tokenquota_series_locked"), "series locked twice in one tx"
+        conn.info["tokenquota_series_locked"] = True
+        keys = _series_keys(names)
+        conn.execute(_SERIES_LOCKS, {"hi": [k[0] for k in keys], "lo": [k[1] for k in keys]})
+
+    def _lock_hold(
+        self, conn: Connection, plan: DebitPlan | None, hold: Reservation | Lease | None
+    ) -> None:
+        """Lock the series of an existing hold (and of a commit's plan) by its first read.
+
+        That read, made before any series lock, is used only for the hold's
+        series, which never change once it is written; the caller reads the
+        hold again under the locks for its state. Two calls on one hold (a
+        commit racing a release, two releases) lock its series in common, so
+        the second sees what the first did.
+        """
+        names = set(hold.series) if hold is not None else set()
+        if plan is not None:
+            names |= _plan_series(plan)
+        if names:
+            self._lock_series(conn, names)
 
     def _insert(self, table: sa.Table) -> Any:
         if self._dialect == "postgresql":
@@ -630,7 +711,8 @@ class SqlStore:
 
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         subject = str(plan.subject)
-        with self._tx(write=True) as conn:
+        with self._tx(hot=True) as conn:
+            self._lock_series(conn, _plan_series(plan))
             if plan.idempotency_key:
                 row = conn.execute(
                     sa.select(t.idempotency).where(
@@ -717,7 +799,10 @@ class SqlStore:
 
     # prepaid credits ----------------------------------------------------------
     def add_grant(self, grant: Grant, *, actor: str) -> int:
-        with self._tx(write=True) as conn:
+        with self._tx(hot=True) as conn:
+            # A debit of this subject reads its grants to decide, then burns them:
+            # a grant must not appear between the two.
+            self._lock_series(conn, [str(grant.subject)])
             self._ensure_subject(conn, grant.subject, grant.granted_at)
             conn.execute(
                 t.grants.insert().values(
@@ -776,7 +861,8 @@ class SqlStore:
     def reserve(
         self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
     ) -> Decision:
-        with self._tx(write=True) as conn:
+        with self._tx(hot=True) as conn:
+            self._lock_series(conn, _plan_series(plan) | set(reservation.series))
             self._require_subject(conn, plan, create_subject)
             decision = self._decide(conn, plan)
             if not decision.allowed:
@@ -834,7 +920,8 @@ class SqlStore:
         )
 
     def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
-        with self._tx(write=True) as conn:
+        with self._tx(hot=True) as conn:
+            self._lock_hold(conn, plan, self._reservation(conn, reservation_id))
             reservation = self._reservation(conn, reservation_id)
             check_committable(reservation, reservation_id, plan.now)
             assert reservation is not None
@@ -850,7 +937,8 @@ class SqlStore:
             return decision
 
     def release(self, reservation_id: str, now: datetime) -> bool:
-        with self._tx(write=True) as conn:
+        with self._tx(hot=True) as conn:
+            self._lock_hold(conn, None, self._reservation(conn, reservation_id))
             reservation = self._reservation(conn, reservation_id)
             if reservation is None:
                 raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
@@ -865,7 +953,8 @@ class SqlStore:
             return True
 
     def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
-        with self._tx(write=True) as conn:
+        with self._tx(hot=True) as conn:
+            self._lock_series(conn, _plan_series(plan) | set(lease.series))
             self._require_subject(conn, plan, create_subject)
             decision = self._decide(conn, plan)
             if not decision.allowed:
@@ -907,7 +996,8 @@ class SqlStore:
         )
 
     def release_lease(self, lease_id: str, now: datetime) -> bool:
-        with self._tx(write=True) as conn:
+        with self._tx(hot=True) as conn:
+            self._lock_hold(conn, None, self._lease(conn, lease_id))
             lease = self._lease(conn, lease_id)
             if lease is None:
                 raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
@@ -922,7 +1012,8 @@ class SqlStore:
             return True
 
     def extend_lease(self, lease_id: str, expires_at: datetime, now: datetime) -> Lease:
-        with self._tx(write=True) as conn:
+        with self._tx(hot=True) as conn:
+            self._lock_hold(conn, None, self._lease(conn, lease_id))
             lease = self._lease(conn, lease_id)
             check_extendable(lease, lease_id, now)
             expires = to_micros(expires_at)
@@ -1206,6 +1297,37 @@ class SqlStore:
         return Page(
             [(SubjectRef.parse(r.resource), dict(r.quota)) for r in rows], total, offset, limit
         )
+
+
+def _series_keys(names: Iterable[str]) -> list[tuple[int, int]]:
+    """Two-int4 advisory keys for counter series, deduplicated and in one global order.
+
+    A 64-bit BLAKE2b hash, not Python's ``hash`` (salted per process) nor a
+    server function: every process and replica must map a series to the same
+    key and sort the keys the same way, or two of them could lock in opposite
+    orders. Two series that share a key only wait for each other needlessly.
+    """
+    keys: set[tuple[int, int]] = set()
+    for name in names:
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        keys.add(
+            (
+                int.from_bytes(digest[:4], "big", signed=True),
+                int.from_bytes(digest[4:], "big", signed=True),
+            )
+        )
+    return sorted(keys)
+
+
+def _plan_series(plan: DebitPlan) -> set[str]:
+    """Every series a plan's decision reads and its write touches, to lock them all.
+
+    ``plan.series`` holds the charged subjects (counters bumped, grants
+    burned, the subject's idempotency key) and the resource-consumer share;
+    the reads add what is only read: limits' subjects and the capacity
+    series of SPEC section 6, other consumers' shares among them.
+    """
+    return {*plan.series, *(str(check.limit.subject) for check in plan.reads)}
 
 
 def _scope_filter(stmt: Any, scope: Scope) -> Any:

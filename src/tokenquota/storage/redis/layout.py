@@ -1,0 +1,190 @@
+"""Where everything lives in Redis, and how one operation splits into script steps.
+
+Every key carries a hash tag, so Redis Cluster places together what one
+script must touch:
+
+- ``{subject}`` for a subject's counters, holds, leases and grants. A
+  consumer's share of a resource (``resource:gpu~user:ann``) is tagged with
+  the resource, so a capacity test reads all the shares of one resource in
+  one slot.
+- ``{L<n>}`` for ledger shard ``n`` (one on a single Redis): its event
+  sequence, its event stream, idempotency records and reservation and lease
+  records. A request picks its shard from its idempotency key (or its
+  hold's id), so a retry always lands where the first attempt did.
+
+docs/redis.md lists the keys with their types.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from tokenquota.domain.clock import from_micros
+from tokenquota.domain.decisions import Reading
+
+# A cluster spreads the ledger over this many shards; a single Redis keeps one,
+# so its event ids follow the order events happened in exactly.
+CLUSTER_SHARDS = 16
+
+
+def tag_of(series: str) -> str:
+    """The hash tag of a counter series: a subject, or the resource of a share."""
+    return series.split("~", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    prefix: str
+    shards: int = 1
+
+    def shard_of(self, routing: str) -> int:
+        return zlib.crc32(routing.encode()) % self.shards
+
+    def _key(self, tag: str, rest: str) -> str:
+        return f"{self.prefix}:{{{tag}}}:{rest}"
+
+    def counter(self, series: str, metric: str, window: str) -> str:
+        return self._key(tag_of(series), f"c:{series}:{metric}:{window}")
+
+    def holds(self, series: str, metric: str) -> tuple[str, str]:
+        """A sorted set of reservation ids by expiry, and a hash of their amounts."""
+        tag = tag_of(series)
+        return self._key(tag, f"hz:{series}:{metric}"), self._key(tag, f"ha:{series}:{metric}")
+
+    def leases(self, series: str) -> str:
+        return self._key(tag_of(series), f"lz:{series}")
+
+    def grants(self, subject: str) -> str:
+        return self._key(subject, f"g:{subject}")
+
+    def ledger(self, shard: int, rest: str) -> str:
+        return self._key(f"L{shard}", rest)
+
+    def seq(self, shard: int) -> str:
+        return self.ledger(shard, "seq")
+
+    def stream(self, shard: int) -> str:
+        return self.ledger(shard, "events")
+
+    def idem(self, subject: str, key: str) -> tuple[int, str]:
+        shard = self.shard_of(f"{subject}\n{key}")
+        return shard, self.ledger(shard, f"i:{subject}:{key}")
+
+    def record(self, kind: str, record_id: str) -> tuple[int, str]:
+        shard = self.shard_of(record_id)
+        return shard, self.ledger(shard, f"{kind}:{record_id}")
+
+    def config(self, shard: int) -> str:
+        """A token that changes with every configuration write (limits, subjects...)."""
+        return self.ledger(shard, "cfg")
+
+    def epoch(self) -> str:
+        return self.ledger(0, "epoch")
+
+    def pattern(self, what: str) -> str:
+        """A SCAN pattern for one kind of subject key (c, hz, ha, lz, g) or ledger key."""
+        return f"{self.prefix}:{{*}}:{what}:*"
+
+
+@dataclass
+class Step:
+    """One script call: the keys it names and the spec it runs (see step.lua)."""
+
+    keys: list[str] = field(default_factory=list)
+    spec: dict[str, Any] = field(default_factory=dict)
+    _index: dict[str, int] = field(default_factory=dict)
+
+    def key(self, name: str) -> int:
+        """The 1-based position of ``name`` in KEYS, added on first use."""
+        found = self._index.get(name)
+        if found is None:
+            self.keys.append(name)
+            found = self._index[name] = len(self.keys)
+        return found
+
+    def add(self, op: str, value: Any) -> int:
+        """Append to a list op; returns the position (0-based) within that list."""
+        ops: list[Any] = self.spec.setdefault(op, [])
+        ops.append(value)
+        return len(ops) - 1
+
+    def argv(self, now: int, *, dry: bool = False) -> str:
+        return json.dumps({**self.spec, "now": now, "dry": dry}, separators=(",", ":"))
+
+
+class Steps:
+    """Splits one operation into steps: one for all of it on a single Redis,
+    one per hash slot on a cluster, with the ledger step always last."""
+
+    def __init__(self, slot_of: Callable[[str], int] | None) -> None:
+        self._slot_of = slot_of
+        self._steps: dict[int, Step] = {}
+        self._ledger_slot: int | None = None
+
+    def at(self, key: str) -> Step:
+        slot = self._slot_of(key) if self._slot_of else 0
+        return self._steps.setdefault(slot, Step())
+
+    def ledger(self, key: str) -> Step:
+        step = self.at(key)
+        self._ledger_slot = self._slot_of(key) if self._slot_of else 0
+        return step
+
+    def ordered(self) -> list[Step]:
+        """Ascending slot order (one global order, so steps never wait on each other
+        in a cycle), the ledger step last: it is what makes the operation count."""
+        slots = sorted(s for s in self._steps if s != self._ledger_slot)
+        if self._ledger_slot is not None:
+            slots.append(self._ledger_slot)
+        return [self._steps[s] for s in slots]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    status: str  # ok | denied | replay | state | conflict | lost
+    event_id: int
+    readings: str
+    wallets: str
+    extra: str  # burned credits on ok, the fingerprint on replay
+    decision: str = ""  # on replay: the first answer, as JSON, once the service stored it
+
+    @classmethod
+    def parse(cls, raw: Sequence[Any]) -> Reply:
+        def text(v: Any) -> str:
+            return v.decode() if isinstance(v, bytes) else str(v)
+
+        return cls(text(raw[0]), int(text(raw[1]) or 0), *(text(v) for v in raw[2:6]))
+
+
+def split(text: str) -> list[str]:
+    return text.split("|") if text else []
+
+
+def parse_reading(text: str, fields: Sequence[int], lease: bool) -> Reading:
+    values, held, last = text.split(";")
+    if lease:
+        count = int(values)
+        if not count:
+            return Reading()
+        return Reading({0: count}, held_until=from_micros(int(last)))
+    buckets = {f: int(v) for f, v in zip(fields, values.split(",") if values else (), strict=True)}
+    buckets = {f: v for f, v in buckets.items() if v}
+    if not int(held):
+        return Reading(buckets)
+    return Reading(buckets, int(held), from_micros(int(last)))
+
+
+def parse_wallet(text: str) -> tuple[list[int], int]:
+    remaining, held = text.split(";")
+    return [int(v) for v in remaining.split(",")] if remaining else [], int(held)
+
+
+def micros_text(at: datetime) -> str:
+    from tokenquota.domain.clock import to_micros
+
+    return str(to_micros(at))

@@ -1,0 +1,224 @@
+-- One atomic step of an enforcing operation (docs/redis.md has the key layout).
+--
+-- On a single Redis the whole operation is one step: idempotency, every
+-- check, every counter and hold, the grant burn and the ledger event happen
+-- here or not at all. On a cluster the service runs one step per hash slot
+-- (ascending slot order, the ledger step last) and undoes the earlier steps
+-- when a later one refuses; each step is still all-or-nothing for its keys.
+--
+-- ARGV[1] is a JSON spec built by tokenquota.storage.redis.steps; keys are
+-- named by their index in KEYS. "now" comes from the service's clock, never
+-- from Redis, so every backend decides against the same instant.
+--
+-- Reply: { status, event id, readings, wallets, burned }, where status is
+-- ok | denied | replay | state | conflict | lost | stale; a replay puts the stored
+-- fingerprint in place of "burned" and adds the stored decision.
+
+local spec = cjson.decode(ARGV[1])
+local now = spec.now
+local dry = spec.dry
+
+local function num(v)
+  if v then return tonumber(v) end
+  return 0
+end
+
+-- Integers as decimal text: Lua numbers are doubles, and the default
+-- tostring would print large ones in exponent form.
+local function int(v)
+  return string.format('%d', v)
+end
+
+-- Live holds of one (series, metric): their sum and the last expiry.
+-- Lapsed ones are dropped first (a write, so not on a dry read).
+local function holds(hz, ha)
+  if hz == nil then return 0, 0 end
+  if not dry then
+    local gone = redis.call('ZRANGEBYSCORE', KEYS[hz], '-inf', int(now))
+    if #gone > 0 then
+      redis.call('HDEL', KEYS[ha], unpack(gone))
+      redis.call('ZREMRANGEBYSCORE', KEYS[hz], '-inf', int(now))
+    end
+  end
+  local live = redis.call('ZRANGEBYSCORE', KEYS[hz], '(' .. int(now), '+inf', 'WITHSCORES')
+  if #live == 0 then return 0, 0 end
+  local ids = {}
+  local last = 0
+  for i = 1, #live, 2 do
+    ids[#ids + 1] = live[i]
+    local score = tonumber(live[i + 1])
+    if score > last then last = score end
+  end
+  local amounts = redis.call('HMGET', KEYS[ha], unpack(ids))
+  local sum = 0
+  for _, a in ipairs(amounts) do sum = sum + num(a) end
+  return sum, last
+end
+
+-- SPEC section 3: a request fits when the limit is not yet reached and the
+-- request does not cross it (the same rule as domain.windows.admits).
+local function admits(used, amount, limit)
+  return used < limit and used + amount <= limit
+end
+
+-- A grant counts from its start until its expiry (-1: never expires).
+local function live(w, j)
+  return w.from[j] <= now and (w.exp[j] < 0 or now < w.exp[j])
+end
+
+-- Every number handed to a command goes as text (see int above); the spec
+-- sends scores and field values as strings for the same reason.
+
+-- phase 0: what must hold before anything is read ---------------------------
+if spec.seq and redis.call('EXISTS', KEYS[spec.seq]) == 0 then
+  -- The sequence is set when the store opens or is rebuilt; without it this
+  -- Redis has lost its data and would count from zero.
+  return { 'lost', 0, '', '', '' }
+end
+if spec.cfg and (redis.call('GET', KEYS[spec.cfg.k]) or '0') ~= spec.cfg.v then
+  -- The limits this request was planned with changed since: plan again.
+  return { 'stale', 0, '', '', '' }
+end
+if spec.idem then
+  local found = redis.call('HMGET', KEYS[spec.idem.k], 'fp', 'eid', 'd')
+  if found[1] then
+    return { 'replay', found[2] or '0', '', '', found[1], found[3] or '' }
+  end
+end
+if spec.state then
+  local state = redis.call('HGET', KEYS[spec.state.k], 'state')
+  if state ~= spec.state.want then
+    return { 'state', 0, state or '', '', '' }
+  end
+end
+if not dry and spec.unhold then
+  for _, op in ipairs(spec.unhold) do
+    redis.call('ZREM', KEYS[op[1]], op[3])
+    redis.call('HDEL', KEYS[op[2]], op[3])
+  end
+end
+if not dry and spec.unlease then
+  for _, op in ipairs(spec.unlease) do
+    redis.call('ZREM', KEYS[op[1]], op[2])
+  end
+end
+
+-- phase 1: read every check and decide ----------------------------------------
+local denied = false
+local conflict = false
+local readings = {}
+for i, c in ipairs(spec.checks or {}) do
+  local text
+  if c.t == 'l' then
+    if not dry then redis.call('ZREMRANGEBYSCORE', KEYS[c.z], '-inf', int(now)) end
+    local count = redis.call('ZCOUNT', KEYS[c.z], '(' .. int(now), '+inf')
+    local first = 0
+    if count > 0 then
+      first = tonumber(redis.call('ZRANGEBYSCORE', KEYS[c.z], '(' .. int(now), '+inf',
+        'WITHSCORES', 'LIMIT', 0, 1)[2])
+    end
+    if c.e == 1 and not admits(count, c.n, c.lim) then denied = true end
+    text = int(count) .. ';0;' .. int(first)
+  else
+    local values = {}
+    local used = 0
+    if #c.f > 0 then
+      local got = redis.call('HMGET', KEYS[c.c], unpack(c.f))
+      for j = 1, #c.f do
+        local v = num(got[j])
+        used = used + v
+        values[j] = int(v)
+      end
+    end
+    local held, last = holds(c.hz, c.ha)
+    if c.t == 'g' then
+      if used ~= c.used or held ~= c.held then conflict = true end
+    elseif c.e == 1 and not admits(used + held, c.n, c.lim) then
+      denied = true
+    end
+    text = table.concat(values, ',') .. ';' .. int(held) .. ';' .. int(last)
+  end
+  readings[i] = text
+end
+
+-- Prepaid wallets: live grants in burn order, less the credits held.
+local wallets = {}
+local burns = {}
+for i, w in ipairs(spec.wallets or {}) do
+  local rem = {}
+  local available = 0
+  if #w.ids > 0 then
+    local got = redis.call('HMGET', KEYS[w.g], unpack(w.ids))
+    for j = 1, #w.ids do
+      rem[j] = num(got[j])
+      if live(w, j) then available = available + rem[j] end
+    end
+  end
+  local held = holds(w.hz, w.ha)
+  if w.e == 1 and w.n > 0 and w.n > available - held then denied = true end
+  local parts = {}
+  for j = 1, #rem do parts[j] = int(rem[j]) end
+  wallets[i] = table.concat(parts, ',') .. ';' .. int(held)
+  burns[i] = rem
+end
+
+local rd = table.concat(readings, '|')
+local wl = table.concat(wallets, '|')
+if conflict then return { 'conflict', 0, rd, wl, '' } end
+if denied then return { 'denied', 0, rd, wl, '' } end
+if dry then return { 'ok', 0, rd, wl, '' } end
+
+-- phase 2: admitted, so write everything -------------------------------------
+for _, op in ipairs(spec.incr or {}) do
+  redis.call('HINCRBY', KEYS[op[1]], op[2], op[3])
+end
+for _, op in ipairs(spec.hold or {}) do
+  redis.call('ZADD', KEYS[op[1]], op[4], op[3])
+  redis.call('HSET', KEYS[op[2]], op[3], op[5])
+end
+for _, op in ipairs(spec.lease or {}) do
+  redis.call('ZADD', KEYS[op[1]], op[3], op[2])
+end
+for _, op in ipairs(spec.extend or {}) do
+  redis.call('ZADD', KEYS[op[1]], 'XX', op[3], op[2])
+end
+-- Burn credits, earliest expiry first (the order the service sent).
+local burned = {}
+for i, w in ipairs(spec.wallets or {}) do
+  local left = w.burn
+  for j = 1, #w.ids do
+    if left <= 0 then break end
+    if live(w, j) then
+      local take = math.min(left, burns[i][j])
+      if take > 0 then
+        redis.call('HINCRBY', KEYS[w.g], w.ids[j], int(-take))
+        burned[#burned + 1] = w.g .. ',' .. w.ids[j] .. ',' .. int(take)
+        left = left - take
+      end
+    end
+  end
+end
+
+local eid = 0
+if spec.event then
+  local ev = spec.event
+  -- Ids grow with time (in 4 microsecond ticks, so that id * shards stays
+  -- an exact double) and within a shard with every event, so the ledger
+  -- in SQL reads in time order across shards too.
+  local last = tonumber(redis.call('GET', KEYS[spec.seq]))
+  local base = math.max(math.floor(now / 4), last + 1)
+  redis.call('SET', KEYS[spec.seq], int(base))
+  eid = base * ev.shards + ev.shard
+  redis.call('XADD', KEYS[ev.stream], '*', 'id', int(eid), 'e', ev.body)
+end
+-- The service adds the whole answer ("d") right after; until then a retry
+-- gets one rebuilt from the counters (see RedisStore._stored_decision).
+if spec.idem then
+  redis.call('HSET', KEYS[spec.idem.k], 'fp', spec.idem.fp, 'eid', int(eid))
+end
+if spec.record then
+  local r = spec.record
+  redis.call('HSET', KEYS[r.k], unpack(r.fields))
+  if spec.event then redis.call('HSET', KEYS[r.k], 'eid', int(eid)) end
+end
+return { 'ok', int(eid), rd, wl, table.concat(burned, '|') }
