@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[postgres,redis]" --group dev
 	touch $(STAMP)
 
-# Until the HTTP service lands, the first command runs a short tour of the library on SQLite.
+# A short tour of the Python library on SQLite, without the HTTP service.
 demo: install
 	$(BIN)/python -m tokenquota.demo
 
