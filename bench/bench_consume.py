@@ -14,6 +14,9 @@ consume on its backend, with no tokenquota code in it:
   company's counter hashes, HINCRBY both, XADD one event to a stream), with
   the client settings the Redis backend uses. The Redis rows are compared
   with it.
+- redis-py ``RedisCluster``: the same script on a three-node Redis Cluster
+  started for the run (all three keys in one slot). The cluster rows, the
+  Redis backend on that cluster, are compared with it.
 
 Every backend is measured in-process (library calls) and through HTTP: a
 ``tokenquota serve`` subprocess on a free port, consume called with
@@ -183,11 +186,19 @@ def redis_client() -> Any:
     return redis.Redis.from_url(REDIS, socket_timeout=10, socket_connect_timeout=5)
 
 
-def redis_floor(prefix: str) -> tuple[Callable[[], None], Callable[[], None]]:
-    """One EVALSHA per call (redis-py loads the script on the first NOSCRIPT); and a closer."""
-    client = redis_client()
+def redis_floor(prefix: str, client: Any = None) -> tuple[Callable[[], None], Callable[[], None]]:
+    """One EVALSHA per call (redis-py loads the script on the first NOSCRIPT); and a closer.
+
+    ``client`` is the local Redis unless given (a cluster client): on a
+    cluster the three keys share one hash tag, since a script reaches one slot.
+    """
+    if client is None:
+        client = redis_client()
+        keys = [f"{prefix}:{{user:alice}}:c", f"{prefix}:{{company:acme}}:c"]
+        keys.append(f"{prefix}:{{L0}}:events")
+    else:
+        keys = [f"{prefix}:{{alice}}:{name}" for name in ("user", "company", "events")]
     script = client.register_script(FLOOR_LUA)
-    keys = [f"{prefix}:{{user:alice}}:c", f"{prefix}:{{company:acme}}:c", f"{prefix}:{{L0}}:events"]
     args = ["20260310", "10", str(LIMIT), "{}"]
 
     def once() -> None:
@@ -265,6 +276,27 @@ def redis_prefixes(notes: list[str]) -> Iterator[Callable[[], str] | None]:
             for start in range(0, len(names), 500):
                 client.unlink(*names[start : start + 500])
         client.close()
+
+
+@contextmanager
+def redis_cluster(notes: list[str], workdir: Path) -> Iterator[str | None]:
+    """A three-node Redis Cluster on loopback for this run (the tests' launcher), or None.
+
+    Nothing else uses it, so its keys need no cleaning: it is stopped at the end.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.services import start_redis_cluster, stop
+
+    try:
+        seed, procs = start_redis_cluster(workdir)
+    except (OSError, subprocess.SubprocessError) as exc:
+        notes.append(f"no local Redis Cluster ({one_line(exc)}): cluster rows left out")
+        yield None
+        return
+    try:
+        yield seed
+    finally:
+        stop(procs)
 
 
 def one_line(exc: BaseException) -> str:
@@ -530,7 +562,26 @@ def main() -> None:
                     lambda: (postgres_url(make_schema()), redis_url(make_prefix())),
                     hot=True,
                 )
+        seed = stack.enter_context(redis_cluster(run.notes, tmp / "cluster"))
+        if seed is not None and schemas is not None:
+            make_cluster_schema = schemas
+            cluster_run(run, seed, lambda: postgres_url(make_cluster_schema()))
     print_tables(Console(), run, load)
+
+
+def cluster_run(run: Run, seed: str, make_db: Callable[[], str]) -> None:
+    """The cluster's floor, then the Redis backend on the cluster (fresh prefixes)."""
+    from redis.cluster import RedisCluster
+
+    prefixes = (f"bench{uuid.uuid4().hex[:10]}" for _ in itertools.count())
+    once, close = redis_floor(
+        next(prefixes), RedisCluster.from_url(seed, socket_timeout=10, socket_connect_timeout=5)
+    )
+    try:
+        floor = run.floor("RedisCluster", timed(once))
+    finally:
+        close()
+    run.backend("cluster", floor, lambda: (make_db(), f"{seed}?prefix={next(prefixes)}"), hot=True)
 
 
 def print_tables(console: Console, run: Run, load: float) -> None:
@@ -582,6 +633,12 @@ def print_tables(console: Console, run: Run, load: float) -> None:
     ]
     if any(row.backend == "redis" for row in run.rows):
         legend.append("redis: counters in Redis; ledger, subjects and limits in PostgreSQL.")
+    if any(row.backend == "cluster" for row in run.rows):
+        legend += [
+            "cluster: the same on a local 3-node Redis Cluster; user, company and ledger",
+            "shard sit in different slots, so a consume runs one script per slot (3 or so);",
+            "its floor is one EVALSHA of the 3-key script with all keys in one slot.",
+        ]
     legend.append(f"Load average at the start: {load:.1f} on {os.cpu_count()} CPUs.")
     cut = [r for r in run.rows if r.figures.cut] + [f for _, f, _ in run.hot if f.cut]
     if cut:

@@ -76,9 +76,9 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Three local ``redis-server --cluster-enabled yes`` primaries, for the whole run."""
-    from tests.services import start_redis_cluster, stop
+    from tests.services import require_redis_cluster, stop
 
-    seed, procs = start_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    seed, procs = require_redis_cluster(tmp_path_factory.mktemp("redis-cluster"))
     try:
         yield seed
     finally:
