@@ -125,3 +125,19 @@ def make_quota(
 @pytest.fixture
 def quota(make_quota: QuotaFactory) -> Quota:
     return make_quota()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """Replicas for one test: always stopped, and their output shown when the test failed."""
+    failed_before = request.session.testsfailed
+    from tests.replicas import Fleet
+
+    started = Fleet(tmp_path)
+    try:
+        yield started
+    finally:
+        started.stop_all()
+        # The call's report is logged before teardown runs, so a failure is counted by now.
+        if request.session.testsfailed > failed_before:
+            print(f"\nreplica output:\n{started.logs()}")

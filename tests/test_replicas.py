@@ -17,9 +17,8 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -67,20 +66,6 @@ def backend(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def shared_store(backend: str, request: pytest.FixtureRequest) -> list[str]:
     return store_args(backend, request.getfixturevalue)
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
-    """Replicas for one test: always stopped, and their output shown when the test failed."""
-    failed_before = request.session.testsfailed
-    started = Fleet(tmp_path)
-    try:
-        yield started
-    finally:
-        started.stop_all()
-        # The call's report is logged before teardown runs, so a failure is counted by now.
-        if request.session.testsfailed > failed_before:
-            print(f"\nreplica output:\n{started.logs()}")
 
 
 def admin(replica: Replica) -> httpx.Client:

@@ -16,6 +16,7 @@ from tokenquota.domain.errors import (
     IdempotencyConflict,
     NotFound,
     StoreUnavailable,
+    StoreUnreachable,
     TokenQuotaError,
     ValidationError,
 )
@@ -44,6 +45,7 @@ __all__ = [
     "Quota",
     "Rule",
     "StoreUnavailable",
+    "StoreUnreachable",
     "Subject",
     "SubjectRef",
     "SystemClock",

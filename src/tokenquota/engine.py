@@ -12,12 +12,14 @@ import hashlib
 import json
 import logging
 import secrets
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Final, Literal, Protocol, TypeVar
 
 from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
@@ -33,10 +35,23 @@ from tokenquota.domain.decisions import (
     prepaid_status,
     status,
 )
-from tokenquota.domain.errors import NotFound, StoreUnavailable, ValidationError
+from tokenquota.domain.errors import (
+    NotFound,
+    StoreUnavailable,
+    StoreUnreachable,
+    TokenQuotaError,
+    ValidationError,
+)
 from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.grants import balance as grant_balance
-from tokenquota.domain.holds import Lease, Reservation, check_committable, parse_ttl
+from tokenquota.domain.holds import (
+    HoldState,
+    Lease,
+    Reservation,
+    check_committable,
+    check_extendable,
+    parse_ttl,
+)
 from tokenquota.domain.keys import (
     MAX_KEY_NAME,
     ApiKey,
@@ -73,6 +88,7 @@ from tokenquota.domain.subjects import (
     validate_parents,
 )
 from tokenquota.domain.windows import Calendar, Window, calendar_period, parse_timezone
+from tokenquota.spool import OPEN_PREFIX, Queued, Spool, hold_body, lease_from, reservation_from
 from tokenquota.storage import Layer, Page, RuleSet, Scope, Store, open_store
 from tokenquota.storage.base import MAX_PAGE, StaleConfig
 
@@ -91,6 +107,11 @@ STALE_ROUNDS: Final = 5  # see _planned
 T = TypeVar("T")
 Intent = Literal["consume", "reserve", "acquire"]
 MAX_FUTURE_SKEW: Final = timedelta(minutes=5)
+OnStoreError = Literal["closed", "open"]
+DEFAULT_SPOOL: Final = "tokenquota-spool.db"
+DRAIN_SECONDS: Final = 1.0  # how often a replica tries to store what it queued
+DRAIN_BATCH: Final = 100
+MAX_REMEMBERED_KEYS: Final = 10_000
 
 
 class Granularity(StrEnum):
@@ -198,6 +219,8 @@ class Quota:
         strict_subjects: bool = False,
         defaults: Iterable[Mapping[str, object]] = (),
         retention: timedelta = DEFAULT_RETENTION,
+        on_store_error: OnStoreError = "closed",
+        spool: str | Path | None = None,
     ) -> None:
         self.store = store
         self.clock = clock or SystemClock()
@@ -206,8 +229,25 @@ class Quota:
         self.retention = retention
         self._config_defaults = _parse_config_defaults(defaults)
         self.store.track([r.key for rules in self._config_defaults.values() for r in rules])
+        if on_store_error not in ("closed", "open"):
+            raise ValidationError("on_store_error", "must be closed or open")
+        # on_store_error="open" (SPEC section 5): see docs/operations.md.
+        self.spool = Spool(spool or DEFAULT_SPOOL) if on_store_error == "open" else None
+        self._keys: OrderedDict[str, tuple[ApiKey, str]] = OrderedDict()
+        self._keys_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._drainer: threading.Thread | None = None
+        if self.spool is not None:
+            self._drainer = threading.Thread(
+                target=self._drain_forever, name="tokenquota-spool", daemon=True
+            )
+            self._drainer.start()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._drainer is not None:
+            self._drainer.join(timeout=30)
         self.store.close()
 
     def __enter__(self) -> Quota:
@@ -447,15 +487,22 @@ class Quota:
     ) -> Decision:
         """The decision a consume in enforce mode would get now, spending nothing."""
         ref = SubjectRef.parse(subject)
-        self._require_known(ref)
-        plan = self._plan(
-            ref, merge_amounts(amounts, metric_amounts), Mode.ENFORCE, timestamp, resource=resource
-        )
-        return decide(
-            plan,
-            self.store.read(plan.reads, plan.now),
-            prepaid=self.store.prepaid(plan.charged, plan.now),
-        )
+        raw = merge_amounts(amounts, metric_amounts)
+        try:
+            self._require_known(ref)
+            plan = self._plan(ref, raw, Mode.ENFORCE, timestamp, resource=resource)
+            return decide(
+                plan,
+                self.store.read(plan.reads, plan.now),
+                prepaid=self.store.prepaid(plan.charged, plan.now),
+            )
+        except StoreUnreachable:
+            if self.spool is None:
+                raise
+            parsed = Amounts.parse(raw)
+            return _failed_open(
+                ref, parsed, Mode.ENFORCE, self._timestamp(timestamp, self.clock.now())
+            )
 
     def consume(
         self,
@@ -499,7 +546,14 @@ class Quota:
             )
             return self.store.debit(plan, create_subject=not self.strict_subjects)
 
-        decision = _planned(attempt)
+        try:
+            decision = _planned(attempt)
+        except StoreUnreachable:
+            if self.spool is None:
+                raise
+            return self._queue(
+                ref, Amounts.parse(raw), parsed_mode, key, timestamp, model, parsed_tags, resource
+            )
         for hit in decision.shadow_blocked:
             shadow_log.warning(
                 "shadow limit would have blocked %s: %s %s used %s of %s",
@@ -511,10 +565,99 @@ class Quota:
             )
         return decision
 
+    # on_store_error="open": admit, queue, store later ------------------------------
+    def _queue(
+        self,
+        ref: SubjectRef,
+        amounts: Amounts,
+        mode: Mode,
+        key: str | None,
+        timestamp: datetime | None,
+        model: str | None,
+        tags: Mapping[str, str],
+        resource: str | SubjectRef | None,
+    ) -> Decision:
+        """Admit a consume the store could not take, and keep it in the spool.
+
+        Without a caller's idempotency key the spool makes one up: storing the
+        entry later is then idempotent too, should a drain be cut short.
+        """
+        assert self.spool is not None
+        at = self._timestamp(timestamp, self.clock.now())
+        target = SubjectRef.parse(resource, "resource") if resource is not None else None
+        request = _request(amounts, mode, timestamp, model, tags, target)
+        request["at"] = at.isoformat()  # when it happened: the windows it counts in
+        answer = _failed_open(ref, amounts, mode, at)
+        entry_key = key if key is not None else f"spool:{secrets.token_hex(16)}"
+        decision = self.spool.queue(str(ref), entry_key, request, answer, _fingerprint(request))
+        if not decision.replayed:
+            log.warning("store unreachable: admitted %s for %s, queued", amounts.to_wire(), ref)
+        return decision
+
+    def drain(self) -> int:
+        """Store what was admitted while the store was unreachable; returns how many.
+
+        Runs every DRAIN_SECONDS on its own; stops at the first entry the store
+        cannot take yet, so the spool keeps its order. Entries are stored as
+        ``mode=record`` (they were admitted already) in the windows of the time
+        they happened. One the store refuses for good (a subject deleted since,
+        say) is set aside in the spool's ``failed`` table and logged.
+        """
+        if self.spool is None:
+            return 0
+        stored = 0
+        with self._drain_lock:
+            while batch := self.spool.pending(DRAIN_BATCH):
+                for entry in batch:
+                    try:
+                        self._store_queued(entry)
+                    except StoreUnavailable:
+                        return stored
+                    except TokenQuotaError as exc:
+                        log.error("the store refused queued usage %s: %s", entry.key, exc.message)
+                        self.spool.fail(entry, f"{exc.code}: {exc.message}", self.clock.now())
+                        continue
+                    self.spool.done(entry)
+                    stored += 1
+        return stored
+
+    def _store_queued(self, entry: Queued) -> None:
+        r = entry.request
+        asked_at = datetime.fromisoformat(r["timestamp"]) if r["timestamp"] else None
+
+        def attempt() -> Decision:
+            plan = self._plan(
+                SubjectRef.parse(entry.subject),
+                Amounts.from_units_json(r["amounts"]),
+                Mode.RECORD,
+                datetime.fromisoformat(r["at"]),
+                idempotency_key=entry.key,
+                model=r["model"],
+                tags=r["tags"],
+                resource=r["resource"],
+                asked=(Mode(r["mode"]), asked_at),
+            )
+            return self.store.debit(plan, create_subject=not self.strict_subjects)
+
+        _planned(attempt)
+
+    def _drain_forever(self) -> None:
+        while not self._stop.wait(DRAIN_SECONDS):
+            try:
+                self.drain()
+            except Exception:  # a bug must not stop the drainer for good
+                log.exception("storing queued usage failed; trying again")
+
+    def _open_hold(self, kind: str, hold_id: str, body: dict[str, Any]) -> None:
+        assert self.spool is not None
+        self.spool.put_hold(
+            kind, hold_id, body, datetime.fromisoformat(body["expires_at"]), self.clock.now()
+        )
+
     def _plan(
         self,
         ref: SubjectRef,
-        raw_amounts: Mapping[str, object],
+        raw_amounts: Mapping[str, object] | Amounts,
         mode: Mode,
         timestamp: datetime | None,
         *,
@@ -523,13 +666,22 @@ class Quota:
         tags: Mapping[str, str] | None = None,
         intent: Intent = "consume",
         resource: str | SubjectRef | None = None,
+        asked: tuple[Mode, datetime | None] | None = None,
     ) -> DebitPlan:
         """The checks a request must pass; ``intent`` says which limits apply.
 
         A consume, commit or reservation is measured against counter limits and
         input_sequence_length; a lease only against concurrent_requests.
+        ``asked`` is the mode and timestamp a queued request came with: its
+        idempotency fingerprint is the original one, so that a first attempt
+        that did reach the store is replayed, not stored a second time.
         """
-        amounts = Amounts.parse(raw_amounts) if intent != "acquire" else Amounts({})
+        if intent == "acquire":
+            amounts = Amounts({})
+        elif isinstance(raw_amounts, Amounts):
+            amounts = raw_amounts
+        else:
+            amounts = Amounts.parse(raw_amounts)
         now = self.clock.now()
         at = self._timestamp(timestamp, now)
         chain = self._effective_chain(ref)
@@ -547,19 +699,10 @@ class Quota:
         ]
         if target is not None and quota is not None and quota.capacity and intent != "acquire":
             capacity = self._capacity_plan(quota, target, ref, amounts, at, now)
-        fingerprint = hashlib.sha256(
-            json.dumps(
-                {
-                    "amounts": amounts.to_units_json(),
-                    "mode": mode.value,
-                    "timestamp": timestamp.isoformat() if timestamp else None,
-                    "model": model,
-                    "tags": dict(tags or {}),
-                    "resource": str(target) if target else None,
-                },
-                sort_keys=True,
-            ).encode()
-        ).hexdigest()
+        asked_mode, asked_at = asked or (mode, timestamp)
+        fingerprint = _fingerprint(
+            _request(amounts, asked_mode, asked_at, model, tags or {}, target)
+        )
         return DebitPlan(
             subject=ref,
             charged=charged,
@@ -882,7 +1025,25 @@ class Quota:
             )
             return Reserved(decision, reservation if decision.allowed else None)
 
-        return _planned(attempt)
+        try:
+            return _planned(attempt)
+        except StoreUnreachable:
+            if self.spool is None:
+                raise
+        parsed = Amounts.parse(raw)
+        now = self.clock.now()
+        target = SubjectRef.parse(resource, "resource") if resource is not None else None
+        held = Reservation(
+            id=OPEN_PREFIX + secrets.token_hex(16),
+            subject=ref,
+            charged=(ref,),
+            amounts=parsed,
+            created_at=now,
+            expires_at=now + lifetime,
+            resource=target,
+        )
+        self._open_hold("reservation", held.id, hold_body(held))
+        return Reserved(_failed_open(ref, parsed, Mode.ENFORCE, now), held)
 
     def commit(
         self,
@@ -901,6 +1062,22 @@ class Quota:
         check_committable(reservation, reservation.id, self.clock.now())
         given = merge_amounts(amounts, metric_amounts)
         actual = given if given else reservation.amounts.to_wire()
+        if self.spool is not None and reservation.id.startswith(OPEN_PREFIX):
+            # Held while the store was away: the usage joins the queue. The key is
+            # the reservation's, so a repeated commit is queued (and stored) once.
+            decision = self._queue(
+                reservation.subject,
+                Amounts.parse(actual),
+                Mode.RECORD,
+                f"commit:{reservation.id}",
+                None,
+                None,
+                {},
+                reservation.resource,
+            )
+            committed = replace(reservation, state=HoldState.COMMITTED, committed=decision)
+            self.spool.set_hold("reservation", reservation.id, hold_body(committed))
+            return decision
 
         def attempt() -> Decision:
             plan = self._plan(
@@ -912,10 +1089,22 @@ class Quota:
 
     def release(self, reservation_id: str) -> bool:
         """Free a hold now; False when there was nothing left to free (a no-op)."""
-        return self.store.release(_id(reservation_id), self.clock.now())
+        now = self.clock.now()
+        if self.spool is not None and _id(reservation_id).startswith(OPEN_PREFIX):
+            held = self.get_reservation(reservation_id)
+            if not held.live(now):
+                return False
+            released = replace(held, state=HoldState.RELEASED)
+            self.spool.set_hold("reservation", held.id, hold_body(released))
+            return True
+        return self.store.release(_id(reservation_id), now)
 
     def get_reservation(self, reservation_id: str) -> Reservation:
-        found = self.store.get_reservation(_id(reservation_id))
+        if self.spool is not None and _id(reservation_id).startswith(OPEN_PREFIX):
+            body = self.spool.get_hold("reservation", reservation_id)
+            found = reservation_from(reservation_id, body) if body is not None else None
+        else:
+            found = self.store.get_reservation(_id(reservation_id))
         if found is None:
             raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
         return found
@@ -975,18 +1164,52 @@ class Quota:
             decision = self.store.acquire(plan, lease, create_subject=not self.strict_subjects)
             return Acquired(decision, lease if decision.allowed else None)
 
-        return _planned(attempt)
+        try:
+            return _planned(attempt)
+        except StoreUnreachable:
+            if self.spool is None:
+                raise
+        now = self.clock.now()
+        target = SubjectRef.parse(resource, "resource") if resource is not None else None
+        held = Lease(
+            id=OPEN_PREFIX + secrets.token_hex(16),
+            subject=ref,
+            charged=(ref,),
+            created_at=now,
+            expires_at=now + lifetime,
+            resource=target,
+        )
+        self._open_hold("lease", held.id, hold_body(held))
+        return Acquired(_failed_open(ref, Amounts({}), Mode.ENFORCE, now), held)
 
     def release_lease(self, lease_id: str) -> bool:
-        return self.store.release_lease(_id(lease_id), self.clock.now())
+        now = self.clock.now()
+        if self.spool is not None and _id(lease_id).startswith(OPEN_PREFIX):
+            held = self.get_lease(lease_id)
+            if not held.live(now):
+                return False
+            self.spool.set_hold("lease", held.id, hold_body(replace(held, released_at=now)))
+            return True
+        return self.store.release_lease(_id(lease_id), now)
 
     def heartbeat(self, lease_id: str, *, ttl: float | timedelta = DEFAULT_TTL) -> Lease:
         """Extend a live lease to ``ttl`` seconds from now; an expired one is a 409."""
         now = self.clock.now()
-        return self.store.extend_lease(_id(lease_id), now + parse_ttl(ttl), now)
+        lifetime = parse_ttl(ttl)
+        if self.spool is not None and _id(lease_id).startswith(OPEN_PREFIX):
+            held = self.get_lease(lease_id)
+            check_extendable(held, held.id, now)
+            extended = replace(held, expires_at=now + lifetime)
+            self.spool.set_hold("lease", held.id, hold_body(extended))
+            return extended
+        return self.store.extend_lease(_id(lease_id), now + lifetime, now)
 
     def get_lease(self, lease_id: str) -> Lease:
-        found = self.store.get_lease(_id(lease_id))
+        if self.spool is not None and _id(lease_id).startswith(OPEN_PREFIX):
+            body = self.spool.get_hold("lease", lease_id)
+            found = lease_from(lease_id, body) if body is not None else None
+        else:
+            found = self.store.get_lease(_id(lease_id))
         if found is None:
             raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
         return found
@@ -1066,7 +1289,14 @@ class Quota:
         parts = split_key(presented)
         if parts is None:
             return None
-        found = self.store.get_key(parts[0])
+        try:
+            found = self.store.get_key(parts[0])
+        except StoreUnreachable:
+            found = self._remembered_key(parts[0])
+            if found is None:
+                raise
+        else:
+            self._remember_key(parts[0], found)
         if found is None:
             hash_secret(parts[1])  # the same work either way: no timing hint
             return None
@@ -1074,6 +1304,25 @@ class Quota:
         if not secret_matches(parts[1], stored) or key.revoked_at is not None:
             return None
         return key
+
+    def _remember_key(self, key_id: str, found: tuple[ApiKey, str] | None) -> None:
+        """With on_store_error="open", keys this process has seen live still work
+        while the store is unreachable (a service could not consume otherwise).
+        Only the hash is kept, and a key found revoked or gone is forgotten."""
+        if self.spool is None:
+            return
+        with self._keys_lock:
+            if found is None or found[0].revoked_at is not None:
+                self._keys.pop(key_id, None)
+                return
+            self._keys[key_id] = found
+            self._keys.move_to_end(key_id)
+            while len(self._keys) > MAX_REMEMBERED_KEYS:
+                self._keys.popitem(last=False)
+
+    def _remembered_key(self, key_id: str) -> tuple[ApiKey, str] | None:
+        with self._keys_lock:
+            return self._keys.get(key_id)
 
     def list_keys(self, *, offset: int = 0, limit: int = 100) -> Page[ApiKey]:
         return self.store.list_keys(offset=_offset(offset), limit=_limit(limit))
@@ -1095,6 +1344,42 @@ _GRAIN_SPAN: Final = {
 def _is_share(subject: SubjectRef) -> bool:
     """A consumer's share of a resource (see ``consumer_ref``), not a subject."""
     return "~" in subject.id
+
+
+def _request(
+    amounts: Amounts,
+    mode: Mode,
+    timestamp: datetime | None,
+    model: str | None,
+    tags: Mapping[str, str],
+    resource: SubjectRef | None,
+) -> dict[str, Any]:
+    """What a consume asked for, as the idempotency fingerprint and the spool see it."""
+    return {
+        "amounts": amounts.to_units_json(),
+        "mode": mode.value,
+        "timestamp": timestamp.isoformat() if timestamp else None,
+        "model": model,
+        "tags": dict(tags),
+        "resource": str(resource) if resource else None,
+    }
+
+
+def _fingerprint(request: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+
+
+def _failed_open(ref: SubjectRef, amounts: Amounts, mode: Mode, at: datetime) -> Decision:
+    """The answer given without the store: admitted, nothing measured."""
+    return Decision(
+        allowed=True,
+        subject=str(ref),
+        mode=mode,
+        amounts=amounts.to_numbers(),
+        timestamp=at,
+        limits=(),
+        failed_open=True,
+    )
 
 
 def _planned(attempt: Callable[[], T]) -> T:
@@ -1180,6 +1465,8 @@ def open(
     strict_subjects: bool = False,
     defaults: Iterable[Mapping[str, object]] = (),
     retention: timedelta = DEFAULT_RETENTION,
+    on_store_error: OnStoreError = "closed",
+    spool: str | Path | None = None,
 ) -> Quota:
     """Open a quota store: ``memory://``, ``sqlite:///path.db`` or ``postgresql://…``.
 
@@ -1191,6 +1478,11 @@ def open(
     a new store takes the one given (UTC by default), an existing one keeps its
     own, and asking it for another is refused unless ``move_timezone`` is set,
     which recomputes every counter in the new zone.
+
+    ``on_store_error="open"`` admits consumes, checks, reservations and leases
+    while the store is unreachable, and keeps the usage in a local ``spool``
+    file (``tokenquota-spool.db`` by default) until the store takes it; see
+    docs/operations.md. The default, ``"closed"``, answers StoreUnavailable.
     """
     tz = parse_timezone(timezone) if timezone is not None else None
     return Quota(
@@ -1199,6 +1491,8 @@ def open(
         strict_subjects=strict_subjects,
         defaults=defaults,
         retention=retention,
+        on_store_error=on_store_error,
+        spool=spool,
     )
 
 

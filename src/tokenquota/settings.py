@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
@@ -52,6 +52,19 @@ class Settings(BaseSettings):
         description="IANA zone for calendar windows of a new store; an existing one keeps its own",
     )
     strict_subjects: bool = False
+    on_store_error: Literal["closed", "open"] = Field(
+        "closed",
+        description=(
+            "closed: answer 503 while the store is unreachable; open: admit and queue the "
+            "usage in the spool file until the store is back"
+        ),
+    )
+    spool: str = Field(
+        "tokenquota-spool.db",
+        min_length=1,
+        max_length=4_096,
+        description="With on_store_error=open: the local file that keeps queued usage",
+    )
     admin_key: SecretStr | None = Field(None, description="A bootstrap admin key")
     defaults: list[DefaultLimit] = Field(default_factory=list, max_length=1_000)
     max_body_bytes: int = Field(256 * 1024, ge=1_024, le=16 * 1024 * 1024)

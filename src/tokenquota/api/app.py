@@ -97,6 +97,8 @@ def _open(settings: Settings, clock: Clock | None) -> Quota:
         strict_subjects=settings.strict_subjects,
         defaults=settings.default_rules(),
         clock=clock,
+        on_store_error=settings.on_store_error,
+        spool=settings.spool,
     )
 
 

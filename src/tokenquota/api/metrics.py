@@ -19,6 +19,12 @@ class Metrics:
             "Decisions a shadow limit would have blocked.",
             registry=self.registry,
         )
+        self.failed_open = Counter(
+            "tokenquota_failed_open_total",
+            "Requests admitted without the store (on_store_error=open), by operation.",
+            ["operation"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "tokenquota_request_seconds",
             "Time to answer a request, by route template.",

@@ -61,6 +61,14 @@ class DecisionOut(Model):
     retry_after: int | None = Field(description="seconds; null when waiting will not help")
     event_id: int | None
     replayed: bool
+    failed_open: bool = Field(
+        False,
+        description=(
+            "true when the store was unreachable and on_store_error=open admitted the "
+            "request without it: no limit was checked and limits is empty; the usage is "
+            "queued on the replica and stored when the store is back"
+        ),
+    )
 
 
 class CheckIn(Model):

@@ -22,6 +22,7 @@ import tokenquota
 from tokenquota import ValidationError
 from tokenquota.cli.common import reports_errors
 from tokenquota.settings import Settings
+from tokenquota.spool import Spool
 
 # The factory each worker process calls; it reads SETTINGS_ENV.
 APP_FACTORY: Final = "tokenquota.api:app_from_env"
@@ -86,6 +87,28 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    on_store_error: Annotated[
+        str | None,
+        typer.Option(
+            "--on-store-error",
+            metavar="closed|open",
+            help=(
+                "While the store is unreachable: closed answers 503, open admits and queues "
+                "the usage in --spool (env TOKENQUOTA_ON_STORE_ERROR, default closed)."
+            ),
+        ),
+    ] = None,
+    spool: Annotated[
+        str | None,
+        typer.Option(
+            "--spool",
+            metavar="FILE",
+            help=(
+                "With --on-store-error open: the local file of queued usage "
+                "(env TOKENQUOTA_SPOOL, default tokenquota-spool.db)."
+            ),
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -108,6 +131,8 @@ def serve(
         workers=workers,
         timezone=timezone,
         strict_subjects=strict_subjects,
+        on_store_error=on_store_error,
+        spool=spool,
     )
     if settings.workers > 1 and settings.db.lower().startswith("memory:"):
         # Each worker would count on its own, and the limit would be enforced once per worker.
@@ -122,6 +147,8 @@ def serve(
         strict_subjects=settings.strict_subjects,
         defaults=settings.default_rules(),
     ).close()
+    if settings.on_store_error == "open":
+        Spool(settings.spool)  # a spool file that cannot be used stops the start here
     typer.echo(banner(settings))
     if settings.workers == 1:
         # Imported here: building the app pulls in FastAPI, which other commands never need.
@@ -181,6 +208,8 @@ def banner(settings: Settings) -> str:
         + (f", redis {redacted(settings.redis)})" if settings.redis else ")"),
         f"API docs: {url}/docs",
     ]
+    if settings.on_store_error == "open":
+        lines.append(f"store unreachable: admit and queue in {settings.spool} (fails open)")
     if settings.admin_key is None:
         command = f"tokenquota keys create --role admin --db {shlex.quote(settings.db)}"
         lines.append(f"admin key: none set; make one with: {command}")

@@ -184,6 +184,9 @@ class Decision:
     retry_after: int | None = None  # seconds; None when waiting will not help
     event_id: int | None = None
     replayed: bool = False  # True when an idempotency key returned an earlier result
+    # True when the store was unreachable and on_store_error="open" admitted
+    # the request without it: no limit was checked, the usage waits in the spool.
+    failed_open: bool = False
 
     @property
     def tightest(self) -> LimitStatus | None:
@@ -206,6 +209,7 @@ class Decision:
             "retry_after": self.retry_after,
             "event_id": self.event_id,
             "replayed": self.replayed,
+            "failed_open": self.failed_open,
         }
 
     @classmethod
@@ -222,6 +226,7 @@ class Decision:
             retry_after=data["retry_after"],
             event_id=data["event_id"],
             replayed=data["replayed"],
+            failed_open=data.get("failed_open", False),  # absent from answers stored before
         )
 
     def denial(self) -> str:

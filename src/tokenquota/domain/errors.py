@@ -68,7 +68,15 @@ class IdempotencyConflict(Conflict):
 
 
 class StoreUnavailable(TokenQuotaError):
-    """The store cannot be reached; callers fail closed unless configured otherwise."""
+    """The store cannot answer now; callers fail closed unless configured otherwise."""
 
     code = "store_unavailable"
     status = 503
+
+
+class StoreUnreachable(StoreUnavailable):
+    """The store did not answer at all (connection refused, timed out, data lost).
+
+    The one case ``on_store_error="open"`` admits without the store: a store
+    that answers "retry" (a busy resource, limits changing) is still deciding.
+    """

@@ -48,6 +48,8 @@ def decision_response(request: Request, decision: Decision, operation: str) -> J
     ).inc()
     if decision.shadow_blocked:
         metrics.shadow_blocks.inc(len(decision.shadow_blocked))
+    if decision.failed_open:
+        metrics.failed_open.labels(operation).inc()
     headers = rate_limit_headers(decision, request.app.state.quota.clock.now())
     if decision.allowed or operation == "check":
         return JSONResponse(decision.to_wire(), headers=headers)

@@ -46,7 +46,12 @@ from tokenquota.domain.decisions import (
     capacity_refuses,
     decide,
 )
-from tokenquota.domain.errors import IdempotencyConflict, NotFound, StoreUnavailable
+from tokenquota.domain.errors import (
+    IdempotencyConflict,
+    NotFound,
+    StoreUnavailable,
+    StoreUnreachable,
+)
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import (
     HoldState,
@@ -108,7 +113,7 @@ def _connect(url: str) -> tuple[Any, bool, str]:
             return client, True, prefix
         return client, False, prefix
     except redis.RedisError as exc:
-        raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+        raise StoreUnreachable(f"Redis did not answer: {exc}") from exc
 
 
 @dataclass
@@ -196,7 +201,7 @@ class RedisStore(SqlStore):
         try:
             return fn()
         except redis.RedisError as exc:
-            raise StoreUnavailable(f"Redis did not answer: {exc}") from exc
+            raise StoreUnreachable(f"Redis did not answer: {exc}") from exc
 
     def _warn_on_eviction(self) -> None:
         """An evicted counter reads as zero: say so at start if Redis may evict."""
@@ -621,7 +626,7 @@ class RedisStore(SqlStore):
             last = replies[-1]
             statuses = {r.status for r in replies}
             if "lost" in statuses:
-                raise StoreUnavailable(
+                raise StoreUnreachable(
                     "Redis has lost tokenquota's data; run `tokenquota rebuild` to restore it "
                     "from the ledger"
                 )
@@ -759,7 +764,7 @@ class RedisStore(SqlStore):
             self._add_increments(op, plan, tracked)
             replies = self._execute_ledger_first(op, plan.now)
             if replies[-1].status == "lost":
-                raise StoreUnavailable("Redis has lost tokenquota's data; run `tokenquota rebuild`")
+                raise StoreUnreachable("Redis has lost tokenquota's data; run `tokenquota rebuild`")
             if replies[-1].status == "stale":
                 self._invalidate()
                 raise StaleConfig
@@ -912,7 +917,7 @@ class RedisStore(SqlStore):
         self._add_event(step, shard, body)
         replies = self._execute(op, grant.granted_at)
         if replies[-1].status == "lost":
-            raise StoreUnavailable("Redis has lost tokenquota's data; run `tokenquota rebuild`")
+            raise StoreUnreachable("Redis has lost tokenquota's data; run `tokenquota rebuild`")
         with self._tx(write=True) as conn:
             self._ensure_subject(conn, grant.subject, grant.granted_at)
             conn.execute(

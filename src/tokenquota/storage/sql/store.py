@@ -43,7 +43,7 @@ from tokenquota.domain.errors import (
     Conflict,
     IdempotencyConflict,
     NotFound,
-    StoreUnavailable,
+    StoreUnreachable,
     ValidationError,
 )
 from tokenquota.domain.grants import Grant, allocate
@@ -115,7 +115,7 @@ class SqlStore:
                 try:
                     upgrade(self.engine)
                 except OperationalError as exc:
-                    raise StoreUnavailable(f"cannot open the database: {exc.orig}") from exc
+                    raise StoreUnreachable(f"cannot open the database: {exc.orig}") from exc
             self.tz = self._pin_timezone(tz, move_timezone)
         except BaseException:
             self.engine.dispose()  # a store that failed to open keeps no connections
@@ -201,7 +201,7 @@ class SqlStore:
                         conn.execute(_GLOBAL_SHARED if shared else _GLOBAL_EXCLUSIVE)
                     yield conn
         except OperationalError as exc:
-            raise StoreUnavailable(f"the database did not answer: {exc.orig}") from exc
+            raise StoreUnreachable(f"the database did not answer: {exc.orig}") from exc
 
     def _lock_series(self, conn: Connection, names: Iterable[str]) -> None:
         """Lock every counter series a hot write reads or writes, before its first read.
