@@ -288,3 +288,23 @@ def test_the_service_fails_open_over_http_and_a_killed_replica_loses_nothing(
     assert used_over_http(again.url, ADMIN_KEY, "user:ann") == {("tokens", "day"): 60}
     stored = stored_event_keys(postgres_url)
     assert {k: stored[k] for k in (f"o{i}" for i in range(5))} == {f"o{i}": 1 for i in range(5)}
+
+
+def test_with_redis_cached_limits_are_still_enforced_while_postgresql_is_away(
+    postgres_url: str, redis_url: str, clock: FrozenClock
+) -> None:
+    """The hot path needs only Redis once a replica has a subject's limits cached."""
+    proxy, db = _proxied(postgres_url)
+    with proxy, tokenquota.open(db, redis=redis_url, clock=clock) as quota:
+        quota.set_limit("user:ann", "tokens", "day", 100)
+        assert quota.consume("user:ann", tokens=60).allowed
+        proxy.cut()
+        enforced = quota.consume("user:ann", tokens=30)
+        assert enforced.allowed
+        assert not enforced.failed_open
+        assert not quota.consume("user:ann", tokens=30).allowed  # 90 + 30 > 100
+        with pytest.raises(StoreUnavailable):  # not cached: PostgreSQL must answer
+            quota.consume("user:new", tokens=1)
+        proxy.restore()
+        assert used(quota, "user:ann") == 90
+        assert len(quota.events(subject="user:ann").items) == 2

@@ -231,7 +231,7 @@ class Quota:
         self.store.track([r.key for rules in self._config_defaults.values() for r in rules])
         if on_store_error not in ("closed", "open"):
             raise ValidationError("on_store_error", "must be closed or open")
-        # on_store_error="open" (SPEC section 5): see docs/operations.md.
+        # on_store_error="open" (SPEC section 5): see docs/outages.md.
         self.spool = Spool(spool or DEFAULT_SPOOL) if on_store_error == "open" else None
         self._keys: OrderedDict[str, tuple[ApiKey, str]] = OrderedDict()
         self._keys_lock = threading.Lock()
@@ -1482,7 +1482,7 @@ def open(
     ``on_store_error="open"`` admits consumes, checks, reservations and leases
     while the store is unreachable, and keeps the usage in a local ``spool``
     file (``tokenquota-spool.db`` by default) until the store takes it; see
-    docs/operations.md. The default, ``"closed"``, answers StoreUnavailable.
+    docs/outages.md. The default, ``"closed"``, answers StoreUnavailable.
     """
     tz = parse_timezone(timezone) if timezone is not None else None
     return Quota(
