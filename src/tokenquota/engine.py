@@ -3,7 +3,9 @@
 It validates input, resolves each charged subject's limits (override, plan,
 default), builds a ``DebitPlan`` naming every bucket to read, and lets the
 store decide and write atomically. It holds no state of its own that decides
-anything, so any number of engines may share one store.
+anything, so any number of engines may share one store. The one exception is
+``on_store_error="open"``: while the store is unreachable, an engine admits
+from its own spool and the keys it has seen (docs/outages.md).
 """
 
 from __future__ import annotations
@@ -1485,15 +1487,20 @@ def open(
     docs/outages.md. The default, ``"closed"``, answers StoreUnavailable.
     """
     tz = parse_timezone(timezone) if timezone is not None else None
-    return Quota(
-        open_store(url, tz, move_timezone=move_timezone, redis=redis),
-        clock=clock,
-        strict_subjects=strict_subjects,
-        defaults=defaults,
-        retention=retention,
-        on_store_error=on_store_error,
-        spool=spool,
-    )
+    store = open_store(url, tz, move_timezone=move_timezone, redis=redis)
+    try:
+        return Quota(
+            store,
+            clock=clock,
+            strict_subjects=strict_subjects,
+            defaults=defaults,
+            retention=retention,
+            on_store_error=on_store_error,
+            spool=spool,
+        )
+    except BaseException:
+        store.close()  # bad settings: no connection pool or mover thread left behind
+        raise
 
 
 __all__ = [
