@@ -10,12 +10,15 @@ import os
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 import tokenquota
 from tokenquota import FrozenClock, Quota
+
+if TYPE_CHECKING:
+    from tests.replicas import Fleet
 
 BACKENDS = ["memory", "sqlite", "postgres", "redis", "cluster"]
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # a Tuesday
@@ -128,7 +131,7 @@ def quota(make_quota: QuotaFactory) -> Quota:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
     """Replicas for one test: always stopped, and their output shown when the test failed."""
     failed_before = request.session.testsfailed
     from tests.replicas import Fleet

@@ -47,11 +47,9 @@ from tokenquota.domain.errors import (
 from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.grants import balance as grant_balance
 from tokenquota.domain.holds import (
-    HoldState,
     Lease,
     Reservation,
     check_committable,
-    check_extendable,
     parse_ttl,
 )
 from tokenquota.domain.keys import (
@@ -90,7 +88,7 @@ from tokenquota.domain.subjects import (
     validate_parents,
 )
 from tokenquota.domain.windows import Calendar, Window, calendar_period, parse_timezone
-from tokenquota.spool import OPEN_PREFIX, Queued, Spool, hold_body, lease_from, reservation_from
+from tokenquota.spool import OPEN_PREFIX, Queued, Spool
 from tokenquota.storage import Layer, Page, RuleSet, Scope, Store, open_store
 from tokenquota.storage.base import MAX_PAGE, StaleConfig
 
@@ -554,7 +552,14 @@ class Quota:
             if self.spool is None:
                 raise
             return self._queue(
-                ref, Amounts.parse(raw), parsed_mode, key, timestamp, model, parsed_tags, resource
+                ref,
+                Amounts.parse(raw),
+                parsed_mode,
+                key=key,
+                timestamp=timestamp,
+                model=model,
+                tags=parsed_tags,
+                resource=resource,
             )
         for hit in decision.shadow_blocked:
             shadow_log.warning(
@@ -573,11 +578,12 @@ class Quota:
         ref: SubjectRef,
         amounts: Amounts,
         mode: Mode,
+        *,
         key: str | None,
-        timestamp: datetime | None,
-        model: str | None,
-        tags: Mapping[str, str],
-        resource: str | SubjectRef | None,
+        timestamp: datetime | None = None,
+        model: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        resource: str | SubjectRef | None = None,
     ) -> Decision:
         """Admit a consume the store could not take, and keep it in the spool.
 
@@ -586,8 +592,7 @@ class Quota:
         """
         assert self.spool is not None
         at = self._timestamp(timestamp, self.clock.now())
-        target = SubjectRef.parse(resource, "resource") if resource is not None else None
-        request = _request(amounts, mode, timestamp, model, tags, target)
+        request = _request(amounts, mode, timestamp, model, tags or {}, _resource(resource))
         request["at"] = at.isoformat()  # when it happened: the windows it counts in
         answer = _failed_open(ref, amounts, mode, at)
         entry_key = key if key is not None else f"spool:{secrets.token_hex(16)}"
@@ -650,11 +655,12 @@ class Quota:
             except Exception:  # a bug must not stop the drainer for good
                 log.exception("storing queued usage failed; trying again")
 
-    def _open_hold(self, kind: str, hold_id: str, body: dict[str, Any]) -> None:
-        assert self.spool is not None
-        self.spool.put_hold(
-            kind, hold_id, body, datetime.fromisoformat(body["expires_at"]), self.clock.now()
-        )
+    def _holds(self, hold_id: str) -> Store | Spool:
+        """Where a reservation or lease lives: an ``open-`` one, taken while the store
+        was unreachable, in the spool; every other one in the store."""
+        if _id(hold_id).startswith(OPEN_PREFIX) and self.spool is not None:
+            return self.spool
+        return self.store
 
     def _plan(
         self,
@@ -687,7 +693,7 @@ class Quota:
         now = self.clock.now()
         at = self._timestamp(timestamp, now)
         chain = self._effective_chain(ref)
-        target = SubjectRef.parse(resource, "resource") if resource is not None else None
+        target = _resource(resource)
         capacity = None
         if target is not None:
             chain, consumer_limits, quota = self._resource_chain(ref, target, chain)
@@ -1034,7 +1040,6 @@ class Quota:
                 raise
         parsed = Amounts.parse(raw)
         now = self.clock.now()
-        target = SubjectRef.parse(resource, "resource") if resource is not None else None
         held = Reservation(
             id=OPEN_PREFIX + secrets.token_hex(16),
             subject=ref,
@@ -1042,9 +1047,9 @@ class Quota:
             amounts=parsed,
             created_at=now,
             expires_at=now + lifetime,
-            resource=target,
+            resource=_resource(resource),
         )
-        self._open_hold("reservation", held.id, hold_body(held))
+        self.spool.add_reservation(held, now)
         return Reserved(_failed_open(ref, parsed, Mode.ENFORCE, now), held)
 
     def commit(
@@ -1064,21 +1069,18 @@ class Quota:
         check_committable(reservation, reservation.id, self.clock.now())
         given = merge_amounts(amounts, metric_amounts)
         actual = given if given else reservation.amounts.to_wire()
-        if self.spool is not None and reservation.id.startswith(OPEN_PREFIX):
+        spool = self._holds(reservation.id)
+        if isinstance(spool, Spool):
             # Held while the store was away: the usage joins the queue. The key is
             # the reservation's, so a repeated commit is queued (and stored) once.
             decision = self._queue(
                 reservation.subject,
                 Amounts.parse(actual),
                 Mode.RECORD,
-                f"commit:{reservation.id}",
-                None,
-                None,
-                {},
-                reservation.resource,
+                key=f"commit:{reservation.id}",
+                resource=reservation.resource,
             )
-            committed = replace(reservation, state=HoldState.COMMITTED, committed=decision)
-            self.spool.set_hold("reservation", reservation.id, hold_body(committed))
+            spool.committed(reservation.id, decision)
             return decision
 
         def attempt() -> Decision:
@@ -1091,22 +1093,10 @@ class Quota:
 
     def release(self, reservation_id: str) -> bool:
         """Free a hold now; False when there was nothing left to free (a no-op)."""
-        now = self.clock.now()
-        if self.spool is not None and _id(reservation_id).startswith(OPEN_PREFIX):
-            held = self.get_reservation(reservation_id)
-            if not held.live(now):
-                return False
-            released = replace(held, state=HoldState.RELEASED)
-            self.spool.set_hold("reservation", held.id, hold_body(released))
-            return True
-        return self.store.release(_id(reservation_id), now)
+        return self._holds(reservation_id).release(reservation_id, self.clock.now())
 
     def get_reservation(self, reservation_id: str) -> Reservation:
-        if self.spool is not None and _id(reservation_id).startswith(OPEN_PREFIX):
-            body = self.spool.get_hold("reservation", reservation_id)
-            found = reservation_from(reservation_id, body) if body is not None else None
-        else:
-            found = self.store.get_reservation(_id(reservation_id))
+        found = self._holds(reservation_id).get_reservation(reservation_id)
         if found is None:
             raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
         return found
@@ -1172,46 +1162,27 @@ class Quota:
             if self.spool is None:
                 raise
         now = self.clock.now()
-        target = SubjectRef.parse(resource, "resource") if resource is not None else None
         held = Lease(
             id=OPEN_PREFIX + secrets.token_hex(16),
             subject=ref,
             charged=(ref,),
             created_at=now,
             expires_at=now + lifetime,
-            resource=target,
+            resource=_resource(resource),
         )
-        self._open_hold("lease", held.id, hold_body(held))
+        self.spool.add_lease(held, now)
         return Acquired(_failed_open(ref, Amounts({}), Mode.ENFORCE, now), held)
 
     def release_lease(self, lease_id: str) -> bool:
-        now = self.clock.now()
-        if self.spool is not None and _id(lease_id).startswith(OPEN_PREFIX):
-            held = self.get_lease(lease_id)
-            if not held.live(now):
-                return False
-            self.spool.set_hold("lease", held.id, hold_body(replace(held, released_at=now)))
-            return True
-        return self.store.release_lease(_id(lease_id), now)
+        return self._holds(lease_id).release_lease(lease_id, self.clock.now())
 
     def heartbeat(self, lease_id: str, *, ttl: float | timedelta = DEFAULT_TTL) -> Lease:
         """Extend a live lease to ``ttl`` seconds from now; an expired one is a 409."""
         now = self.clock.now()
-        lifetime = parse_ttl(ttl)
-        if self.spool is not None and _id(lease_id).startswith(OPEN_PREFIX):
-            held = self.get_lease(lease_id)
-            check_extendable(held, held.id, now)
-            extended = replace(held, expires_at=now + lifetime)
-            self.spool.set_hold("lease", held.id, hold_body(extended))
-            return extended
-        return self.store.extend_lease(_id(lease_id), now + lifetime, now)
+        return self._holds(lease_id).extend_lease(lease_id, now + parse_ttl(ttl), now)
 
     def get_lease(self, lease_id: str) -> Lease:
-        if self.spool is not None and _id(lease_id).startswith(OPEN_PREFIX):
-            body = self.spool.get_hold("lease", lease_id)
-            found = lease_from(lease_id, body) if body is not None else None
-        else:
-            found = self.store.get_lease(_id(lease_id))
+        found = self._holds(lease_id).get_lease(lease_id)
         if found is None:
             raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
         return found
@@ -1365,6 +1336,10 @@ def _request(
         "tags": dict(tags),
         "resource": str(resource) if resource else None,
     }
+
+
+def _resource(value: str | SubjectRef | None) -> SubjectRef | None:
+    return SubjectRef.parse(value, "resource") if value is not None else None
 
 
 def _fingerprint(request: Mapping[str, Any]) -> str:

@@ -20,14 +20,24 @@ import json
 import sqlite3
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
 from tokenquota.domain.decisions import Decision
-from tokenquota.domain.errors import IdempotencyConflict, StoreUnavailable, ValidationError
-from tokenquota.domain.holds import HoldState, Lease, Reservation
+from tokenquota.domain.errors import (
+    IdempotencyConflict,
+    NotFound,
+    StoreUnavailable,
+    ValidationError,
+)
+from tokenquota.domain.holds import (
+    HoldState,
+    Lease,
+    Reservation,
+    check_extendable,
+)
 from tokenquota.domain.metrics import Amounts
 from tokenquota.domain.subjects import SubjectRef
 
@@ -85,6 +95,8 @@ class Spool:
         if self.path.is_dir():
             raise ValidationError("spool", f"{self.path} is a directory; give a file path")
         try:
+            with closing(sqlite3.connect(self.path, timeout=BUSY_SECONDS)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")  # kept by the file from now on
             with self._tx() as conn:
                 found = conn.execute("PRAGMA user_version").fetchone()[0]
                 if found not in (0, LAYOUT):
@@ -107,8 +119,7 @@ class Spool:
         """
         conn = sqlite3.connect(self.path, timeout=BUSY_SECONDS, isolation_level=None)
         with closing(conn):
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=FULL")  # per connection: durable before the answer
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -189,9 +200,60 @@ class Spool:
         ]
 
     # holds taken while the store was away ---------------------------------------
-    def put_hold(
-        self, kind: str, hold_id: str, body: dict[str, Any], expires_at: datetime, now: datetime
-    ) -> None:
+    # The same calls, with the same answers, as the store's (storage.base.Store):
+    # the engine sends an open- id here and every other id to the store.
+    def add_reservation(self, reservation: Reservation, now: datetime) -> None:
+        self._add_hold("reservation", reservation, now)
+
+    def add_lease(self, lease: Lease, now: datetime) -> None:
+        self._add_hold("lease", lease, now)
+
+    def get_reservation(self, reservation_id: str) -> Reservation | None:
+        with self._tx() as conn:
+            return self._reservation(conn, reservation_id)
+
+    def get_lease(self, lease_id: str) -> Lease | None:
+        with self._tx() as conn:
+            return self._lease(conn, lease_id)
+
+    def committed(self, reservation_id: str, decision: Decision) -> None:
+        """Record a commit's answer, replayed to a repeated commit."""
+        with self._tx() as conn:
+            held = self._reservation(conn, reservation_id)
+            if held is not None and held.committed is None:
+                done = replace(held, state=HoldState.COMMITTED, committed=decision)
+                self._put(conn, "reservation", done)
+
+    def release(self, reservation_id: str, now: datetime) -> bool:
+        with self._tx() as conn:
+            held = self._reservation(conn, reservation_id)
+            if held is None:
+                raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
+            if held.state is not HoldState.HELD:
+                return False
+            self._put(conn, "reservation", replace(held, state=HoldState.RELEASED))
+            return True
+
+    def release_lease(self, lease_id: str, now: datetime) -> bool:
+        with self._tx() as conn:
+            lease = self._lease(conn, lease_id)
+            if lease is None:
+                raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
+            if lease.released_at is not None:
+                return False
+            self._put(conn, "lease", replace(lease, released_at=now))
+            return True
+
+    def extend_lease(self, lease_id: str, expires_at: datetime, now: datetime) -> Lease:
+        with self._tx() as conn:
+            lease = self._lease(conn, lease_id)
+            check_extendable(lease, lease_id, now)
+            assert lease is not None
+            extended = replace(lease, expires_at=expires_at)
+            self._put(conn, "lease", extended)
+            return extended
+
+    def _add_hold(self, kind: str, hold: Reservation | Lease, now: datetime) -> None:
         with self._tx() as conn:
             # A lapsed hold is kept a day, to answer a late commit or heartbeat clearly.
             conn.execute(
@@ -202,28 +264,45 @@ class Spool:
                 raise StoreUnavailable(
                     f"the store is unreachable and the spool holds {MAX_HOLDS:,} holds already"
                 )
-            conn.execute(
-                "INSERT INTO holds (id, kind, body, expires_at) VALUES (?, ?, ?, ?)",
-                (hold_id, kind, json.dumps(body), expires_at.isoformat()),
-            )
+            self._put(conn, kind, hold)
 
-    def get_hold(self, kind: str, hold_id: str) -> dict[str, Any] | None:
-        with self._tx() as conn:
-            row = conn.execute(
-                "SELECT body FROM holds WHERE id = ? AND kind = ?", (hold_id, kind)
-            ).fetchone()
+    def _put(self, conn: sqlite3.Connection, kind: str, hold: Reservation | Lease) -> None:
+        conn.execute(
+            "INSERT OR REPLACE INTO holds (id, kind, body, expires_at) VALUES (?, ?, ?, ?)",
+            (hold.id, kind, json.dumps(_hold_body(hold)), hold.expires_at.isoformat()),
+        )
+
+    def _body(self, conn: sqlite3.Connection, kind: str, hold_id: str) -> dict[str, Any] | None:
+        row = conn.execute(
+            "SELECT body FROM holds WHERE id = ? AND kind = ?", (hold_id, kind)
+        ).fetchone()
         return json.loads(row[0]) if row else None
 
-    def set_hold(self, kind: str, hold_id: str, body: dict[str, Any]) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "UPDATE holds SET body = ?, expires_at = ? WHERE id = ? AND kind = ?",
-                (json.dumps(body), body["expires_at"], hold_id, kind),
-            )
+    def _reservation(self, conn: sqlite3.Connection, hold_id: str) -> Reservation | None:
+        body = self._body(conn, "reservation", hold_id)
+        if body is None:
+            return None
+        return Reservation(
+            id=hold_id,
+            **_hold_fields(body),
+            amounts=Amounts.from_units_json(body["amounts"]),
+            state=HoldState(body["state"]),
+            committed=Decision.from_wire(body["committed"]) if body["committed"] else None,
+        )
+
+    def _lease(self, conn: sqlite3.Connection, hold_id: str) -> Lease | None:
+        body = self._body(conn, "lease", hold_id)
+        if body is None:
+            return None
+        released = body["released_at"]
+        return Lease(
+            id=hold_id,
+            **_hold_fields(body),
+            released_at=datetime.fromisoformat(released) if released else None,
+        )
 
 
-# holds as spool rows ------------------------------------------------------------------
-def hold_body(hold: Reservation | Lease) -> dict[str, Any]:
+def _hold_body(hold: Reservation | Lease) -> dict[str, Any]:
     body: dict[str, Any] = {
         "subject": str(hold.subject),
         "created_at": hold.created_at.isoformat(),
@@ -239,29 +318,14 @@ def hold_body(hold: Reservation | Lease) -> dict[str, Any]:
     return body
 
 
-def reservation_from(hold_id: str, body: dict[str, Any]) -> Reservation:
+def _hold_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """What reservations and leases share. A hold taken without the store knows no
+    ancestors: it is charged to its own subject only."""
     subject = SubjectRef.parse(body["subject"])
-    return Reservation(
-        id=hold_id,
-        subject=subject,
-        charged=(subject,),
-        amounts=Amounts.from_units_json(body["amounts"]),
-        created_at=datetime.fromisoformat(body["created_at"]),
-        expires_at=datetime.fromisoformat(body["expires_at"]),
-        state=HoldState(body["state"]),
-        committed=Decision.from_wire(body["committed"]) if body["committed"] else None,
-        resource=SubjectRef.parse(body["resource"]) if body["resource"] else None,
-    )
-
-
-def lease_from(hold_id: str, body: dict[str, Any]) -> Lease:
-    subject = SubjectRef.parse(body["subject"])
-    return Lease(
-        id=hold_id,
-        subject=subject,
-        charged=(subject,),
-        created_at=datetime.fromisoformat(body["created_at"]),
-        expires_at=datetime.fromisoformat(body["expires_at"]),
-        released_at=datetime.fromisoformat(body["released_at"]) if body["released_at"] else None,
-        resource=SubjectRef.parse(body["resource"]) if body["resource"] else None,
-    )
+    return {
+        "subject": subject,
+        "charged": (subject,),
+        "created_at": datetime.fromisoformat(body["created_at"]),
+        "expires_at": datetime.fromisoformat(body["expires_at"]),
+        "resource": SubjectRef.parse(body["resource"]) if body["resource"] else None,
+    }

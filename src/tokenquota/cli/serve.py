@@ -22,7 +22,6 @@ import tokenquota
 from tokenquota import ValidationError
 from tokenquota.cli.common import reports_errors
 from tokenquota.settings import Settings
-from tokenquota.spool import Spool
 
 # The factory each worker process calls; it reads SETTINGS_ENV.
 APP_FACTORY: Final = "tokenquota.api:app_from_env"
@@ -139,16 +138,16 @@ def serve(
         raise ValidationError(
             "workers", "memory:// lives in one process; use a sqlite:/// store with --workers > 1"
         )
-    # Migrate once and validate the zone and the config's defaults before any worker starts.
+    # Migrate once and validate the zone, the defaults and the spool before any worker starts.
     tokenquota.open(
         settings.db,
         redis=settings.redis,
         timezone=settings.timezone,
         strict_subjects=settings.strict_subjects,
         defaults=settings.default_rules(),
+        on_store_error=settings.on_store_error,
+        spool=settings.spool,
     ).close()
-    if settings.on_store_error == "open":
-        Spool(settings.spool)  # a spool file that cannot be used stops the start here
     typer.echo(banner(settings))
     if settings.workers == 1:
         # Imported here: building the app pulls in FastAPI, which other commands never need.
