@@ -22,8 +22,7 @@ def display(value: str) -> str:
     if value.isprintable():  # the common case; every unsafe character is non-printable
         return value
     return "".join(
-        _escape(char) if unicodedata.category(char) in UNSAFE_CATEGORIES else char
-        for char in value
+        _escape(char) if unicodedata.category(char) in UNSAFE_CATEGORIES else char for char in value
     )
 
 
