@@ -64,6 +64,7 @@ from tokenquota.domain.keys import (
 )
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import (
+    MAX_PLAN_NAME,
     UNLIMITED,
     EffectiveLimit,
     LimitKey,
@@ -87,6 +88,7 @@ from tokenquota.domain.subjects import (
     validate_name,
     validate_parents,
 )
+from tokenquota.domain.text import check_text
 from tokenquota.domain.windows import Calendar, Window, calendar_period, parse_timezone
 from tokenquota.spool import OPEN_PREFIX, Queued, Spool
 from tokenquota.storage import Layer, Page, RuleSet, Scope, Store, open_store
@@ -99,6 +101,8 @@ MAX_KEY_LENGTH: Final = 255
 MAX_MODEL_LENGTH: Final = 128
 MAX_TAGS: Final = 32
 MAX_TAG_LENGTH: Final = 256
+MAX_TAG_NAME: Final = 64
+MAX_ID_LENGTH: Final = 64
 MAX_HISTORY_POINTS: Final = 10_000
 MAX_GRANTS: Final = 10_000
 DEFAULT_RETENTION: Final = timedelta(days=400)
@@ -453,8 +457,7 @@ class Quota:
 
     def get_plan(self, plan: str) -> Plan:
         """Find a plan by id, or else by name."""
-        if not isinstance(plan, str) or not plan:
-            raise ValidationError("plan_id", "must be a plan id or name")
+        check_text(plan, "plan_id", max_length=MAX_PLAN_NAME)
         found = self.store.get_plan(plan) or self.store.find_plan(plan)
         if found is None:
             raise NotFound(f"no plan {plan!r}", details={"field": "plan_id"})
@@ -990,8 +993,7 @@ class Quota:
         target = None
         if subject is not None:
             target = subject if "/" in subject else str(SubjectRef.parse(subject))
-            if len(target) > 200:
-                raise ValidationError("subject", "must be at most 200 characters")
+            check_text(target, "subject", max_length=200)
         return self.store.audit(target=target, offset=_offset(offset), limit=_limit(limit))
 
     def rebuild(self) -> int:
@@ -1301,9 +1303,8 @@ class Quota:
         return self.store.list_keys(offset=_offset(offset), limit=_limit(limit))
 
     def revoke_key(self, key_id: str, *, actor: str = "library") -> None:
-        if not isinstance(key_id, str) or not self.store.revoke_key(
-            key_id, actor=actor, now=self.clock.now()
-        ):
+        check_text(key_id, "id", max_length=MAX_ID_LENGTH)
+        if not self.store.revoke_key(key_id, actor=actor, now=self.clock.now()):
             raise NotFound(f"no live key {key_id!r}", details={"field": "id"})
 
 
@@ -1373,20 +1374,12 @@ def _planned(attempt: Callable[[], T]) -> T:
     raise StoreUnavailable("the limits kept changing while this request was planned; retry")
 
 
-def _id(value: object) -> str:
-    if not isinstance(value, str) or not 1 <= len(value) <= 64:
-        raise ValidationError("id", "must be an id of 1 to 64 characters")
-    return value
+def _id(value: object, field: str = "id") -> str:
+    return check_text(value, field, max_length=MAX_ID_LENGTH)
 
 
 def _bounded_text(value: object, field: str, size: int) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValidationError(field, "must be a non-empty string")
-    if len(value) > size:
-        raise ValidationError(field, f"must be at most {size} characters")
-    return value
+    return None if value is None else check_text(value, field, max_length=size)
 
 
 def _tags(tags: object) -> dict[str, str]:
@@ -1398,13 +1391,8 @@ def _tags(tags: object) -> dict[str, str]:
         raise ValidationError("tags", f"at most {MAX_TAGS} tags")
     out: dict[str, str] = {}
     for key, value in tags.items():
-        if not isinstance(key, str) or not key or len(key) > 64:
-            raise ValidationError("tags", f"tag name {key!r} must be 1 to 64 characters")
-        if not isinstance(value, str) or len(value) > MAX_TAG_LENGTH:
-            raise ValidationError(
-                f"tags.{key}", f"must be a string of at most {MAX_TAG_LENGTH} characters"
-            )
-        out[key] = value
+        name = check_text(key, "tags", max_length=MAX_TAG_NAME)
+        out[name] = check_text(value, f"tags.{name}", max_length=MAX_TAG_LENGTH, allow_empty=True)
     return out
 
 

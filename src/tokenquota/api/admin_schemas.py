@@ -258,7 +258,19 @@ class EventPage(Model):
 # The engine checks the same bound (storage.base.MAX_PAGE); stating it here puts it
 # in the OpenAPI document.
 MAX_PAGE = 1000
-RefPath = Annotated[str, Path(description="A subject as kind:id, e.g. user:alice")]
+# The pattern documents SPEC section 1's rule; SubjectRef.parse enforces the same
+# rule in the route, so a bad ref is a 422 naming `ref` with which half is wrong.
+REF_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9._@-]{1,128}$"
+RefPath = Annotated[
+    str,
+    Path(
+        description=(
+            "A subject as kind:id, e.g. user:alice: kind matches [a-z][a-z0-9_-]{0,31}, "
+            "id matches [A-Za-z0-9._@-]{1,128}"
+        ),
+        json_schema_extra={"pattern": REF_PATTERN},
+    ),
+]
 OffsetQuery = Annotated[int, Query(ge=0, le=2**31, description="Skip this many")]
 # Far-off instants overflow datetime arithmetic (a zone shift past year 1 or 9999,
 # the period after December 9999), so the query bounds them up front.

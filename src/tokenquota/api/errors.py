@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tokenquota.domain.errors import TokenQuotaError
+from tokenquota.domain.errors import TokenQuotaError, display, display_json
 
 log = logging.getLogger("tokenquota.api")
 
@@ -72,6 +72,12 @@ def render(
     details: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    # One door for every surface's renderer: a field name or message built from
+    # the request (a JSON key, a path segment) may hold a lone surrogate, which
+    # no encoder takes; rendering it raw turned the 422 into a 500 and a reset
+    # keep-alive connection.
+    message = display(message)
+    details = display_json(details or {})
     path = request.url.path
     surfaces: list[tuple[str, Renderer]] = getattr(request.app.state, "error_surfaces", [])
     for prefix, renderer in surfaces:

@@ -31,10 +31,24 @@ Ttl = Annotated[
         examples=[60],
     ),
 ]
+# Hold ids are text like any other: the engine refuses NUL, control characters
+# and lone surrogates in them with a 422 naming `id` (SPEC section 1).
 ReservationPath = Annotated[
-    str, Path(min_length=1, max_length=MAX_ID_LENGTH, description="A reservation's id")
+    str,
+    Path(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="A reservation's id (text without control characters)",
+    ),
 ]
-LeasePath = Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, description="A lease's id")]
+LeasePath = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=MAX_ID_LENGTH,
+        description="A lease's id (text without control characters)",
+    ),
+]
 
 
 # reservations ---------------------------------------------------------------------

@@ -7,7 +7,41 @@ raises the same types a client of the service would see.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import unicodedata
+from collections.abc import Mapping
+from typing import Any, ClassVar, Final
+
+# Characters an error message shows as escapes, never raw: lone surrogates
+# (no encoder takes them: a message holding one made its own 500), controls
+# and line separators (they forge log lines and break terminals).
+UNSAFE_CATEGORIES: Final = frozenset({"Cs", "Cc", "Zl", "Zp"})
+
+
+def display(value: str) -> str:
+    """``value`` safe to put in a message or a log: unsafe characters as visible escapes."""
+    if value.isprintable():  # the common case; every unsafe character is non-printable
+        return value
+    return "".join(
+        _escape(char) if unicodedata.category(char) in UNSAFE_CATEGORIES else char for char in value
+    )
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def display_json(value: Any) -> Any:
+    """``display`` applied to every string (and key) inside a JSON-shaped value."""
+    if isinstance(value, str):
+        return display(value)
+    if isinstance(value, Mapping):
+        return {
+            (display(k) if isinstance(k, str) else k): display_json(v) for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [display_json(v) for v in value]
+    return value
 
 
 class TokenQuotaError(Exception):
@@ -17,9 +51,11 @@ class TokenQuotaError(Exception):
     status: ClassVar[int] = 400
 
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        # Made safe once, here: every surface and log renders what it is given.
+        message = display(message)
         super().__init__(message)
         self.message = message
-        self.details: dict[str, Any] = details or {}
+        self.details: dict[str, Any] = display_json(details or {})
 
 
 class ValidationError(TokenQuotaError):
@@ -29,6 +65,7 @@ class ValidationError(TokenQuotaError):
     status = 422
 
     def __init__(self, field: str, message: str, *, details: dict[str, Any] | None = None) -> None:
+        field = display(field)
         super().__init__(f"{field}: {message}", details={"field": field, **(details or {})})
         self.field = field
 

@@ -23,6 +23,7 @@ from tokenquota.domain.metrics import (
     wire_number,
 )
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.text import check_text
 from tokenquota.domain.windows import Window
 
 UNLIMITED: Final = -1
@@ -216,6 +217,4 @@ MAX_PLAN_NAME: Final = 128
 def validate_plan_name(name: object, field: str = "name") -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValidationError(field, "must be a non-empty string")
-    if len(name) > MAX_PLAN_NAME:
-        raise ValidationError(field, f"must be at most {MAX_PLAN_NAME} characters")
-    return name.strip()
+    return check_text(name.strip(), field, max_length=MAX_PLAN_NAME)

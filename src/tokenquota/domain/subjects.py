@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from tokenquota.domain.errors import CycleError, ValidationError
+from tokenquota.domain.text import check_json_text, check_text
 
 KIND_RE: Final = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 ID_RE: Final = re.compile(r"[A-Za-z0-9._@-]{1,128}")
@@ -72,11 +73,7 @@ class Subject:
 def validate_name(name: object, field: str = "name") -> str | None:
     if name is None:
         return None
-    if not isinstance(name, str):
-        raise ValidationError(field, "must be a string")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValidationError(field, f"must be at most {MAX_NAME_LENGTH} characters")
-    return name
+    return check_text(name, field, max_length=MAX_NAME_LENGTH, allow_empty=True)
 
 
 def validate_metadata(metadata: object, field: str = "metadata") -> dict[str, Any]:
@@ -84,6 +81,8 @@ def validate_metadata(metadata: object, field: str = "metadata") -> dict[str, An
         return {}
     if not isinstance(metadata, Mapping):
         raise ValidationError(field, "must be a JSON object")
+    # PostgreSQL's jsonb cannot hold \u0000, and no encoder takes a lone surrogate.
+    check_json_text(metadata, field)
     try:
         encoded = json.dumps(metadata, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as exc:

@@ -79,6 +79,10 @@ class Layout:
         shard = self.shard_of(record_id)
         return shard, self.ledger(shard, f"{kind}:{record_id}")
 
+    def quarantine(self, shard: int) -> str:
+        """A stream of shard ``shard``'s events the SQL ledger refused, kept for an operator."""
+        return self.ledger(shard, "quarantine")
+
     def config(self, shard: int) -> str:
         """A token that changes with every configuration write (limits, subjects...)."""
         return self.ledger(shard, "cfg")

@@ -51,6 +51,7 @@ from tokenquota.domain.errors import (
     NotFound,
     StoreUnavailable,
     StoreUnreachable,
+    display,
 )
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import (
@@ -967,9 +968,9 @@ class RedisStore(SqlStore):
                 if not entries:
                     break
                 with self._tx(hot=True) as conn:  # unique ids: nothing to serialise
-                    self._insert_events(conn, entries)
-                self._call(lambda s=stream, e=entries: self.redis.xdel(s, *[i for i, _ in e]))
-                moved += len(entries)
+                    refused = self._insert_events(conn, entries)
+                self._set_aside(shard, stream, entries, refused)
+                moved += len(entries) - len(refused)
                 if len(entries) < MOVE_BATCH:
                     break
         return moved
@@ -982,21 +983,96 @@ class RedisStore(SqlStore):
                 entries = self._call(lambda s=stream: self.redis.xrange(s, count=MOVE_BATCH))
                 if not entries:
                     break
-                self._insert_events(conn, entries)
-                self._call(lambda s=stream, e=entries: self.redis.xdel(s, *[i for i, _ in e]))
+                refused = self._insert_events(conn, entries)
+                self._set_aside(shard, stream, entries, refused)
 
-    def _insert_events(self, conn: Connection, entries: Sequence[Any]) -> None:
-        rows = []
-        links = []
-        for _, data in entries:
-            body = json.loads(data[b"e"])
-            event_id = int(data[b"id"])
-            rows.append({"id": event_id, **body})
-            links += [
-                {"subject": s, "ts": body["ts"], "event_id": event_id} for s in body["charged"]
-            ]
-        conn.execute(self._insert(t.events).on_conflict_do_nothing(index_elements=["id"]), rows)
-        conn.execute(self._insert(t.event_subjects).on_conflict_do_nothing(), links)
+    def _insert_events(self, conn: Connection, entries: Sequence[Any]) -> dict[Any, str]:
+        """Insert a batch; returns the entries the ledger refused, by stream id, with why.
+
+        One bad entry (a NUL a pre-validation version let in, a body that is not
+        an event) must not hold back the rest, or the mover, ``rebuild`` and
+        every ledger read fail on it forever. The batch is tried whole; when the
+        database refuses it for its data, each entry is retried on its own and
+        only the refused ones are set aside. A database that is down is not a
+        data error: that still fails the whole pass, to be retried later.
+        """
+        refused: dict[Any, str] = {}
+        parsed: list[tuple[Any, dict[str, Any], list[dict[str, Any]]]] = []
+        for entry_id, data in entries:
+            try:
+                body = json.loads(data[b"e"])
+                event_id = int(data[b"id"])
+                row = {"id": event_id, **body}
+                links = [
+                    {"subject": s, "ts": body["ts"], "event_id": event_id} for s in body["charged"]
+                ]
+            except (KeyError, TypeError, ValueError) as exc:
+                refused[entry_id] = f"not an event: {type(exc).__name__}: {exc}"
+                continue
+            parsed.append((entry_id, row, links))
+        try:
+            with conn.begin_nested():
+                self._insert_rows(
+                    conn, [r for _, r, _ in parsed], [k for *_, ks in parsed for k in ks]
+                )
+            return refused
+        except _DATA_ERRORS:
+            pass
+        for entry_id, row, links in parsed:
+            try:
+                with conn.begin_nested():
+                    self._insert_rows(conn, [row], links)
+            except _DATA_ERRORS as exc:
+                refused[entry_id] = f"refused by the ledger: {_reason(exc)}"
+        return refused
+
+    def _insert_rows(
+        self, conn: Connection, rows: list[dict[str, Any]], links: list[dict[str, Any]]
+    ) -> None:
+        if rows:
+            insert = self._insert(t.events).on_conflict_do_nothing(index_elements=["id"])
+            conn.execute(insert, rows)
+        if links:
+            conn.execute(self._insert(t.event_subjects).on_conflict_do_nothing(), links)
+
+    def _set_aside(
+        self, shard: int, stream: str, entries: Sequence[Any], refused: dict[Any, str]
+    ) -> None:
+        """Quarantine the refused entries, then drop the batch from the stream.
+
+        Quarantine comes first: a crash in between leaves an entry in both
+        places (seen twice by an operator), never in neither. docs/redis.md
+        says how to read the quarantine.
+        """
+        if refused:
+            pipe = self.redis.pipeline(transaction=False)
+            for entry_id, data in entries:
+                if entry_id in refused:
+                    fields = {**data, b"stream_id": entry_id, b"reason": refused[entry_id]}
+                    pipe.xadd(self.layout.quarantine(shard), fields)
+            self._call(pipe.execute)
+            for entry_id, reason in refused.items():
+                log.error(
+                    "ledger refused Redis event %s; quarantined in %s: %s",
+                    display(_text(entry_id)),
+                    self.layout.quarantine(shard),
+                    display(reason),
+                )
+        self._call(lambda: self.redis.xdel(stream, *[i for i, _ in entries]))
+
+    def quarantined(self) -> list[dict[str, str]]:
+        """Every quarantined event, oldest first per shard, for an operator to inspect."""
+        out: list[dict[str, str]] = []
+        for shard in range(self.layout.shards):
+            key = self.layout.quarantine(shard)
+            for qid, data in self._call(lambda k=key: self.redis.xrange(k)):
+                out.append(
+                    {
+                        "quarantine_id": _text(qid),
+                        **{_text(k): _text(v) for k, v in data.items()},
+                    }
+                )
+        return out
 
     def events(
         self,
@@ -1086,6 +1162,21 @@ class RedisStore(SqlStore):
             self._call(pipe.execute)
         else:
             self._call(lambda: self.redis.unlink(*names))
+
+
+# A row the database refuses for what it holds (NUL in text, a string no encoder
+# takes, a missing column). A database that cannot be reached (OperationalError,
+# also a StatementError) is not among them: that pass fails and is retried.
+_DATA_ERRORS = (sa.exc.DataError, sa.exc.IntegrityError, UnicodeError)
+
+
+def _reason(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig or exc).__name__}: {orig or exc}".splitlines()[0]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
 
 
 def _back_off(attempt: int) -> None:
