@@ -310,7 +310,7 @@ def usage(
         "Sets the user's own token limits (admin and staff). For each of `daily_limit`, "
         "`weekly_limit`, `monthly_limit`: null removes the user's limit so the system "
         "default applies, -1 is unlimited, 0 or more is the cap; a field left out is the "
-        "same as null (Waldur: \"Omit field or send null: use system default\"), so every "
+        'same as null (Waldur: "Omit field or send null: use system default"), so every '
         "call sets all three periods. Usage already counted is kept; the change is "
         "audited. Answers 200 with no body."
     ),
