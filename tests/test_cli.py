@@ -165,7 +165,9 @@ def test_limits_set_show_and_unset(cli: Run) -> None:
     assert row(rows, "user:alice", "requests")["limit"] == -1
     assert row(rows, "user:alice", "requests")["remaining"] is None
     assert row(rows, "user:alice", "concurrent_requests")["window"] is None
-    assert row(rows, "user:alice", "credits")["shadow"] is True
+    # Only a shadow rule on credits: an unenforced (source none) entry, then the trial.
+    credits = [(r["source"], r["shadow"]) for r in rows if r["metric"] == "credits"]
+    assert credits == [("none", False), ("override", True)]
 
     ok(cli("limits", "unset", "user:alice", "concurrent_requests"))
     ok(cli("limits", "unset", "user:alice", "tokens", "day"))

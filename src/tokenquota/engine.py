@@ -742,8 +742,10 @@ class Quota:
     ]:
         """The resource (and its ancestors) join the charged chain; its quota adds rules.
 
-        The consumer's rules (its policy's, else the defaults) are measured on
-        its own share of the resource, a counter series of its own.
+        The consumer's rules (its own policy's, else its nearest ancestor's
+        policy's, else the defaults) are measured on its own share of the
+        resource, a counter series of its own: a group's policy rules bind each
+        member on its own use, as default rules bind each consumer.
         """
         if resource == consumer:
             raise ValidationError("resource", "a subject cannot be its own resource")
@@ -753,7 +755,9 @@ class Quota:
         ]
         quota = self._quota(resource)
         share = consumer_ref(resource, consumer)
-        rules = quota.rules_for(consumer) if quota is not None else ()
+        # A group's policy reaches its members (own policy > nearest group's > defaults).
+        lineage = self.store.ancestors(consumer) if quota is not None and quota.policies else []
+        rules = quota.rules_for(consumer, lineage) if quota is not None else ()
         limits = [EffectiveLimit(share, r.key, r.limit, Source.RESOURCE, False) for r in rules]
         return chain, limits, quota
 
@@ -776,10 +780,13 @@ class Quota:
             assert check is not None
             return replace(check, amount=amount)
 
+        # The reservation a consumer may use is its governing policy's: a member of a
+        # group with a reserved share is never held back by its own group's share.
+        policy = quota.governing_policy(consumer, self.store.ancestors(consumer))
         return CapacityPlan(
             quota=quota,
             resource=resource,
-            consumer=consumer,
+            consumer=policy.consumer if policy is not None else consumer,
             amount=amounts[units],
             total=series(resource, amounts[units]),
             shares=tuple(

@@ -153,6 +153,7 @@ def test_limits_set_read_and_remove(api: Api, admin: httpx.Client) -> None:
     ]
     assert {(e["metric"], e["window"], e["limit"], e["source"]) for e in body["effective"]} == {
         ("concurrent_requests", None, 2, "override"),
+        ("credits", "month", -1, "none"),  # only a shadow rule: nothing enforces credits
         ("credits", "month", "12.5", "override"),
         ("tokens", "day", 10_000, "override"),
         ("requests", "minute", 60, "default"),

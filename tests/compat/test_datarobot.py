@@ -678,6 +678,74 @@ def test_a_consumer_policy_rule_governs_consumption(admin: httpx.Client) -> None
     assert admin.post("/v1/consume", json=alice).status_code == 200
 
 
+def test_a_usergroup_policy_holds_its_members(api: Api, admin: httpx.Client) -> None:
+    """A member without a policy of its own is held to its nearest group's policy."""
+    create(
+        admin,
+        {
+            "resourceId": "grp",
+            "resourceType": "deployment",
+            "defaultRules": [{"rule": "requests", "window": "min", "limit": 100}],
+            "policies": [
+                {
+                    "consumerId": "research",
+                    "consumerType": "usergroup",
+                    "rules": [{"rule": "requests", "window": "min", "limit": 2}],
+                },
+                {
+                    "consumerId": "lead",
+                    "consumerType": "user",
+                    "rules": [{"rule": "requests", "window": "min", "limit": 5}],
+                },
+            ],
+        },
+    )
+    for user in ("ann", "lead"):
+        api.quota.put_subject(f"user:{user}", parents=["usergroup:research"])
+    ann = {"subject": "user:ann", "resource": "deployment:grp"}
+    assert admin.post("/v1/consume", json=ann).status_code == 200
+    assert admin.post("/v1/consume", json=ann).status_code == 200
+    refused = admin.post("/v1/consume", json=ann)
+    assert refused.status_code == 429, refused.text
+    assert [b["limit"] for b in refused.json()["error"]["details"]["blocked_by"]] == [2]
+    # Its own policy wins over its group's; an outsider keeps the default rules.
+    lead = {"subject": "user:lead", "resource": "deployment:grp"}
+    assert all(admin.post("/v1/consume", json=lead).status_code == 200 for _ in range(5))
+    assert admin.post("/v1/consume", json=lead).status_code == 429
+    bob = {"subject": "user:bob", "resource": "deployment:grp"}
+    assert all(admin.post("/v1/consume", json=bob).status_code == 200 for _ in range(6))
+
+
+def test_a_usergroup_reservation_is_its_members_to_use(api: Api, admin: httpx.Client) -> None:
+    """Saturated, a member may use its group's reserved share; an outsider may not."""
+    create(
+        admin,
+        {
+            "resourceId": "res",
+            "resourceType": "deployment",
+            "policies": [
+                {
+                    "consumerId": "research",
+                    "consumerType": "usergroup",
+                    "rules": [],
+                    "reserved": 0.5,
+                },
+            ],
+            "capacity": {"capacity": 4, "units": "requests"},
+            "saturationThreshold": 0,
+        },
+    )
+    api.quota.put_subject("user:ann", parents=["usergroup:research"])
+    outsider = {"subject": "user:bob", "resource": "deployment:res"}
+    assert admin.post("/v1/consume", json=outsider).status_code == 200
+    assert admin.post("/v1/consume", json=outsider).status_code == 200
+    assert admin.post("/v1/consume", json=outsider).status_code == 429  # 2 kept for research
+    ann = {"subject": "user:ann", "resource": "deployment:res"}
+    assert admin.post("/v1/consume", json=ann).status_code == 200
+    assert admin.post("/v1/consume", json=ann).status_code == 200
+    assert admin.post("/v1/consume", json=ann).status_code == 429  # capacity used up
+
+
 def test_the_openapi_document_lists_the_seed_operations(admin: httpx.Client) -> None:
     schema = admin.get("/openapi.json").json()
     paths = schema["paths"]

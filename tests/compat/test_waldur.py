@@ -374,32 +374,72 @@ def test_set_quota_answers_200_with_no_body_and_sets_the_users_own_limits(
     assert overrides(api, ref) == {"day": 1_000, "week": -1, "month": 0}
 
 
-def test_set_quota_null_removes_a_limit_and_an_omitted_one_is_kept(api: Api, staff: str) -> None:
+def test_set_quota_null_and_an_omitted_field_both_return_to_the_default(
+    api: Api, staff: str
+) -> None:
     user, ref = new_user()
     api.quota.set_default("user", "tokens", "day", 2_000)
+    api.quota.set_default("user", "tokens", "month", 9_000)
     assert (
         set_quota(
-            api, staff, {"user_uuid": user, "daily_limit": 10, "weekly_limit": 20}
+            api,
+            staff,
+            {"user_uuid": user, "daily_limit": 10, "weekly_limit": -1, "monthly_limit": 5_000},
         ).status_code
         == 200
     )
 
+    # Seed 000: "Omit field or send null: Use system default".
     response = set_quota(api, staff, {"user_uuid": user, "daily_limit": None})
 
     assert response.status_code == 200
-    assert overrides(api, ref) == {"week": 20}  # daily removed, weekly untouched
+    assert overrides(api, ref) == {}  # daily sent as null, weekly and monthly left out
     body = usage(api, staff, user)
     assert (body["daily_limit"], body["daily_system_default"]) == (None, 2_000)
     assert body["daily_remaining"] == 2_000  # the default applies again
-    assert body["weekly_limit"] == 20
+    assert (body["weekly_limit"], body["weekly_system_default"]) == (None, -1)
+    assert body["weekly_remaining"] is None  # no default for the week: not limited
+    assert (body["monthly_limit"], body["monthly_remaining"]) == (None, 9_000)
 
 
-def test_set_quota_with_only_a_user_changes_nothing(api: Api, staff: str) -> None:
+def test_set_quota_with_one_field_resets_the_other_two(api: Api, staff: str) -> None:
+    """The audit's case: weekly -1 and monthly 5000 do not survive a call naming only daily."""
+    user, ref = new_user()
+    first = {"user_uuid": user, "daily_limit": 100, "weekly_limit": -1, "monthly_limit": 5_000}
+    assert set_quota(api, staff, first).status_code == 200
+
+    assert set_quota(api, staff, {"user_uuid": user, "daily_limit": 200}).status_code == 200
+
+    assert overrides(api, ref) == {"day": 200}
+    body = usage(api, staff, user)
+    assert (body["weekly_limit"], body["monthly_limit"]) == (None, None)
+
+
+def test_set_quota_with_only_a_user_returns_every_period_to_the_default(
+    api: Api, staff: str
+) -> None:
     user, ref = new_user()
     api.quota.set_limit(ref, "tokens", "month", 99)
 
     assert set_quota(api, staff, {"user_uuid": user}).status_code == 200
-    assert overrides(api, ref) == {"month": 99}
+    assert overrides(api, ref) == {}
+
+
+def test_waldur_reads_the_enforced_limit_not_a_shadow_trial(api: Api, staff: str) -> None:
+    """A shadow rule sits beside the enforced one; Waldur's one limit per period is the latter."""
+    user, ref = new_user()
+    api.quota.set_default("user", "tokens", "day", 1_000)
+    api.quota.set_default("user", "tokens", "week", 50, shadow=True)
+    api.quota.set_limit(ref, "tokens", "day", 10, shadow=True)
+    api.quota.consume(ref, {"tokens": 300})
+
+    body = usage(api, staff, user)
+
+    assert (body["daily_limit"], body["daily_usage"], body["daily_remaining"]) == (None, 300, 700)
+    assert body["daily_system_default"] == 1_000
+    # Only a trial on the week: nothing enforces it, and the trial is no system default.
+    assert (body["weekly_usage"], body["weekly_remaining"]) == (300, None)
+    assert body["weekly_system_default"] == -1
 
 
 def test_set_quota_takes_integers_as_drf_does(api: Api, staff: str) -> None:
@@ -586,6 +626,7 @@ def test_waldur_api_client_reads_and_sets(api: Api, waldur_client: ClientFactory
     user, ref = new_user()
     staff = waldur_client(api.key("staff"))
     member = waldur_client(api.key("member", ref))
+    api.quota.set_limit(ref, "tokens", "month", 5_000)  # the client leaves monthly_limit out
 
     sent = chat_quota_set_quota.sync_detailed(
         client=staff,
@@ -601,7 +642,8 @@ def test_waldur_api_client_reads_and_sets(api: Api, waldur_client: ClientFactory
     assert got.additional_properties == {}  # nothing the client does not know
     assert (got.daily_limit, got.daily_usage, got.daily_remaining) == (900, 100, 800)
     assert (got.weekly_limit, got.weekly_remaining) == (-1, None)
-    assert got.monthly_limit is None  # present and null, not left out
+    assert got.monthly_limit is None  # left out by the client: back to the default
+    assert got.monthly_remaining is None  # no default set: not limited
     assert got.monthly_system_default == -1
     assert got.daily_reset_at.tzinfo is not None
     assert got.daily_reset_at - datetime.now(UTC) <= timedelta(days=1)

@@ -112,8 +112,19 @@ class EffectiveLimitOut(Model):
     metric: str
     window: str | None
     limit: Num
-    source: str = Field(description="override, plan or default")
-    shadow: bool
+    source: str = Field(
+        description="override, plan or default; none when only a shadow rule names this "
+        "(metric, window): nothing enforces it (limit -1)"
+    )
+    shadow: bool = Field(
+        description="A rule on trial: it never blocks and never replaces the enforced limit "
+        "listed before it for the same (metric, window)"
+    )
+    shadow_hits: int | None = Field(
+        None,
+        description="For a shadow limit, how many decisions it would have blocked; "
+        "null for an enforced one",
+    )
 
 
 class LimitsIn(Model):

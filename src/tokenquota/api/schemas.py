@@ -40,7 +40,11 @@ class LimitStatusOut(Model):
     metric: str
     window: str | None
     limit: Num = Field(description="The cap; -1 means unlimited")
-    source: str = Field(description="override, plan or default")
+    source: str = Field(
+        description="override, plan or default; none when only a shadow rule names this "
+        "(metric, window), so nothing enforces it; resource, capacity, saturation or "
+        "grant for a resource quota's rules and prepaid credits"
+    )
     shadow: bool
     used: Num | None = Field(description="null for per-request caps")
     reserved: Num
@@ -91,10 +95,18 @@ class ConsumeIn(CheckIn):
     tags: dict[str, str] | None = Field(None, max_length=32)
 
 
+class UsageLimitOut(LimitStatusOut):
+    shadow_hits: int | None = Field(
+        None,
+        description="For a shadow limit, how many decisions it would have blocked; "
+        "null for an enforced one",
+    )
+
+
 class UsageOut(Model):
     subject: str
     at: datetime
-    limits: list[LimitStatusOut]
+    limits: list[UsageLimitOut]
 
 
 class StatusOut(Model):

@@ -309,9 +309,10 @@ def usage(
     description=(
         "Sets the user's own token limits (admin and staff). For each of `daily_limit`, "
         "`weekly_limit`, `monthly_limit`: null removes the user's limit so the system "
-        "default applies, -1 is unlimited, 0 or more is the cap; a field left out keeps "
-        "what is set. Usage already counted is kept; the change is audited. Answers 200 "
-        "with no body."
+        "default applies, -1 is unlimited, 0 or more is the cap; a field left out is the "
+        'same as null (Waldur: "Omit field or send null: use system default"), so every '
+        "call sets all three periods. Usage already counted is kept; the change is "
+        "audited. Answers 200 with no body."
     ),
     responses={
         200: {"description": "No response body"},
@@ -324,20 +325,15 @@ def set_quota(
     quota: QuotaDep,
 ) -> Response:
     ref = user_ref(body.user_uuid)
-    given = [
-        (f"{period}_limit", window)
-        for period, window in PERIODS
-        if f"{period}_limit" in body.model_fields_set
-    ]
+    # Seed 000: "Omit field or send null: use system default". An omitted period is
+    # written as null (the override removed) like an explicit null, never kept.
+    given = [(f"{period}_limit", window) for period, window in PERIODS]
     items = [
         {"metric": METRIC, "window": window.value, "limit": getattr(body, name)}
         for name, window in given
     ]
     try:
-        if items:
-            quota.set_limits(ref, items, actor=actor_of(caller))
-        else:
-            quota.limits(ref)  # nothing to change; with strict_subjects, still a 404 if unknown
+        quota.set_limits(ref, items, actor=actor_of(caller))
     except ValidationError as exc:
         # The engine names fields as limits[i].limit; Waldur names them daily_limit.
         field = _waldur_field(exc.field, [name for name, _ in given])
@@ -359,7 +355,8 @@ def usage_of(quota: Quota, ref: SubjectRef) -> TokenQuotaUsageResponse:
     statuses = {
         s.window: s
         for s in now_usage.limits
-        if s.subject == str(ref) and s.metric == METRIC and s.window is not None
+        # Waldur knows one limit per period: the enforced one, never a shadow trial.
+        if s.subject == str(ref) and s.metric == METRIC and s.window is not None and not s.shadow
     }
     defaults = _system_defaults(quota, ref.kind)
     unlimited_used = _ledger_usage(
@@ -390,7 +387,12 @@ def _system_defaults(quota: Quota, kind: str) -> dict[str, int]:
     for default in quota.defaults():
         rule = default.rule
         window = rule.key.window
-        if default.kind == kind and rule.key.metric.value == METRIC and window is not None:
+        if (
+            default.kind == kind
+            and rule.key.metric.value == METRIC
+            and window is not None
+            and not rule.shadow  # a default on trial is not the default in force
+        ):
             out.setdefault(window.key, rule.value)  # tokens: one unit is one token
     return out
 

@@ -1,9 +1,11 @@
 """Limits and their resolution (SPEC section 4).
 
 A rule is (metric, window, value). Values are in units (see ``metrics``);
-``UNLIMITED`` (-1) never blocks. A subject's effective limit for one
-(metric, window) comes from the first layer that has a rule for it: the
+``UNLIMITED`` (-1) never blocks. A subject's enforced limit for one
+(metric, window) comes from the first layer with an enforcing rule for it: the
 subject's own override, then its plan, then the system default for its kind.
+Shadow rules take no part in that choice (a trial must never loosen what is
+enforced); the nearest shadow rule is measured beside the enforced limit.
 """
 
 from __future__ import annotations
@@ -167,19 +169,40 @@ def resolve(
     plan_rules: Iterable[Rule],
     defaults: Iterable[Rule],
 ) -> list[EffectiveLimit]:
-    """Every (metric, window) any layer names, taken from the nearest layer that names it."""
-    chosen: dict[LimitKey, EffectiveLimit] = {}
+    """Per (metric, window): the enforced limit, and beside it the shadow limit on trial.
+
+    The enforced limit is the nearest enforcing rule; shadow rules are skipped
+    while choosing it, so a shadow override never switches off the plan or
+    default under it (SPEC section 4). The nearest shadow rule of the same
+    (metric, window) is listed too, after the enforced one; it only counts the
+    decisions it would have blocked. One shadow limit per (metric, window), so
+    its hit counter, kept per (subject, metric, window), means one rule.
+
+    A (metric, window) with a shadow rule but no enforcing rule on any layer
+    gets an enforced entry of source ``none`` (unlimited): the answer says
+    outright that nothing enforces it, rather than showing only the trial.
+    """
+    enforced: dict[LimitKey, EffectiveLimit] = {}
+    trials: dict[LimitKey, EffectiveLimit] = {}
     for source, rules in (
         (Source.OVERRIDE, overrides),
         (Source.PLAN, plan_rules),
         (Source.DEFAULT, defaults),
     ):
         for rule in rules:
+            chosen = trials if rule.shadow else enforced
             if rule.key not in chosen:
                 chosen[rule.key] = EffectiveLimit(
                     subject, rule.key, rule.value, source, rule.shadow
                 )
-    return [chosen[k] for k in sorted(chosen, key=_key_order)]
+    for key in trials.keys() - enforced.keys():
+        enforced[key] = EffectiveLimit(subject, key, UNLIMITED, Source.NONE, False)
+    out: list[EffectiveLimit] = []
+    for key in sorted(enforced, key=_key_order):
+        out.append(enforced[key])
+        if key in trials:
+            out.append(trials[key])
+    return out
 
 
 def _key_order(key: LimitKey) -> tuple[str, int, str]:

@@ -268,13 +268,31 @@ class ResourceQuota:
     def policy_for(self, consumer: SubjectRef) -> Policy | None:
         return self._by_consumer.get(consumer)
 
-    def rules_for(self, consumer: SubjectRef) -> tuple[ResourceRule, ...]:
-        """The consumer's policy rules if it has a policy (even an empty list), else the defaults.
+    def governing_policy(
+        self, consumer: SubjectRef, ancestors: Sequence[SubjectRef] = ()
+    ) -> Policy | None:
+        """The policy a consumer is held to: its own, else its nearest ancestor's, else none.
+
+        ``ancestors`` are the consumer's, nearest first (``subjects.ancestors_of``).
+        A policy on a group (DataRobot's ``usergroup``) thus reaches every member
+        that has none of its own; a member's own policy always wins over a group's,
+        and a nearer group's over a farther one's.
+        """
+        for subject in (consumer, *ancestors):
+            policy = self._by_consumer.get(subject)
+            if policy is not None:
+                return policy
+        return None
+
+    def rules_for(
+        self, consumer: SubjectRef, ancestors: Sequence[SubjectRef] = ()
+    ) -> tuple[ResourceRule, ...]:
+        """The governing policy's rules (even an empty list), else the default rules.
 
         A policy replaces the default rules wholesale; nothing is merged, as with
         plans and overrides elsewhere, so one list is the whole truth for a consumer.
         """
-        policy = self._by_consumer.get(consumer)
+        policy = self.governing_policy(consumer, ancestors)
         return policy.rules if policy is not None else self.default_rules
 
     def reserved_shares(self) -> dict[SubjectRef, Decimal]:

@@ -55,7 +55,7 @@ from tokenquota.api.auth import (
 )
 from tokenquota.domain.keys import Role
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.engine import DefaultRule, LimitsView
+from tokenquota.engine import DefaultRule, LimitsView, Quota
 
 router = APIRouter(prefix="/v1")
 
@@ -67,12 +67,17 @@ UNKNOWN_SUBJECT = {404: "Unknown subject"}
 STRICT_UNKNOWN = {404: "Unknown subject (only with strict_subjects)"}
 
 
-def limits_wire(view: LimitsView) -> dict[str, Any]:
+def limits_wire(view: LimitsView, quota: Quota) -> dict[str, Any]:
+    """The limits view; each shadow limit carries the decisions it would have blocked."""
+    hits = quota.shadow_hits(view.subject) if any(e.shadow for e in view.effective) else {}
     return {
         "subject": view.subject,
         "overrides": [r.to_wire() for r in view.overrides],
         "plan": view.plan.to_wire() if view.plan else None,
-        "effective": [e.to_wire() for e in view.effective],
+        "effective": [
+            {**e.to_wire(), "shadow_hits": hits.get(str(e.key), 0) if e.shadow else None}
+            for e in view.effective
+        ],
     }
 
 
@@ -183,7 +188,7 @@ def put_limits(ref: RefPath, body: LimitsIn, caller: Caller, quota: QuotaDep) ->
         [item.model_dump() for item in body.limits],
         actor=actor_of(caller),
     )
-    return JSONResponse(limits_wire(view))
+    return JSONResponse(limits_wire(view, quota))
 
 
 @router.get(
@@ -193,14 +198,17 @@ def put_limits(ref: RefPath, body: LimitsIn, caller: Caller, quota: QuotaDep) ->
     summary="A subject's overrides, plan and effective limits",
     description=(
         "`effective` lists every limit that applies to the subject itself, each with its "
-        "source: override, plan or default. A member key may read its own subject and below."
+        "source: override, plan or default, or none for a (metric, window) that only a "
+        "shadow rule names (nothing enforces it). A shadow rule is listed after the "
+        "enforced limit it sits beside, with `shadow_hits`: the decisions it would have "
+        "blocked. A member key may read its own subject and below."
     ),
     responses=error_responses(),
 )
 def get_limits(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     subject = SubjectRef.parse(ref, "ref")
     require_read(quota, caller, subject)
-    return JSONResponse(limits_wire(quota.limits(subject)))
+    return JSONResponse(limits_wire(quota.limits(subject), quota))
 
 
 @router.put(
@@ -215,7 +223,7 @@ def assign_plan(ref: RefPath, body: PlanAssignIn, caller: Caller, quota: QuotaDe
     require_role(caller, *WRITERS)
     subject = SubjectRef.parse(ref, "ref")
     quota.assign_plan(subject, body.plan_id, actor=actor_of(caller))
-    return JSONResponse(limits_wire(quota.limits(subject)))
+    return JSONResponse(limits_wire(quota.limits(subject), quota))
 
 
 @router.delete(
@@ -230,7 +238,7 @@ def unassign_plan(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse
     require_role(caller, *WRITERS)
     subject = SubjectRef.parse(ref, "ref")
     quota.assign_plan(subject, None, actor=actor_of(caller))
-    return JSONResponse(limits_wire(quota.limits(subject)))
+    return JSONResponse(limits_wire(quota.limits(subject), quota))
 
 
 # defaults ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from tokenquota.api.auth import Caller, QuotaDep, in_scope, require_read
 from tokenquota.api.schemas import UsageOut
 from tokenquota.domain.errors import Forbidden
 from tokenquota.domain.keys import Role
+from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import wire_number
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Granularity, GroupBy
@@ -48,9 +49,11 @@ End = Annotated[Instant | None, Query(description="Exclusive; ISO 8601 with an o
     summary="Usage against every effective limit",
     description=(
         "For each limit: used, reserved, remaining (null when unlimited, never negative), "
-        "reset_at and within_limit. With `include_ancestors=true` the ancestors' limits "
-        "follow the subject's; for a member key, ancestors above its own subject are left "
-        "out. A member key may read its own subject and below."
+        "reset_at and within_limit; a shadow limit follows the enforced one it sits beside "
+        "and carries `shadow_hits`, the decisions it would have blocked. With "
+        "`include_ancestors=true` the ancestors' limits follow the subject's; for a member "
+        "key, ancestors above its own subject are left out. "
+        "A member key may read its own subject and below."
     ),
     responses=error_responses({404: "Unknown subject (only with strict_subjects)"}),
 )
@@ -72,11 +75,21 @@ def usage(
             s: in_scope(quota, caller, SubjectRef.parse(s)) for s in {x.subject for x in limits}
         }
         limits = tuple(x for x in limits if visible[x.subject])
+    # Hits are kept per (subject, metric, window): one shadow limit each (limits.resolve).
+    hits = {s: quota.shadow_hits(s) for s in {x.subject for x in limits if x.shadow}}
     return JSONResponse(
         {
             "subject": result.subject,
             "at": result.at.isoformat(),
-            "limits": [x.to_wire() for x in limits],
+            "limits": [
+                {
+                    **x.to_wire(),
+                    "shadow_hits": hits[x.subject].get(str(LimitKey.parse(x.metric, x.window)), 0)
+                    if x.shadow
+                    else None,
+                }
+                for x in limits
+            ],
         }
     )
 
