@@ -20,7 +20,11 @@ router = APIRouter(prefix="/v1", tags=["grants"])
 class GrantIn(Model):
     # Any JSON value: the engine validates it, so `true` or `null` is a 422 naming
     # `credits` rather than a coerced 1 (pydantic's lax mode reads true as 1).
-    credits: Amount = Field(description="More than 0; at most 9 decimal places")
+    credits: Amount = Field(
+        description="A number or decimal string (not a boolean or null); more than 0, at most "
+        "9 decimal places; 422 amount_too_large when the subject's grants would sum past "
+        "2^63 - 1 units"
+    )
     expires_at: datetime | None = Field(
         None, description="When what is left lapses (ISO 8601 with an offset); null: never"
     )
