@@ -232,7 +232,9 @@ class Quota:
         self.strict_subjects = strict_subjects
         self.retention = retention
         self._config_defaults = _parse_config_defaults(defaults)
-        self.store.track([r.key for rules in self._config_defaults.values() for r in rules])
+        self.store.track(
+            [r.key for rules in self._config_defaults.values() for r in rules], self.clock.now()
+        )
         if on_store_error not in ("closed", "open"):
             raise ValidationError("on_store_error", "must be closed or open")
         # on_store_error="open" (SPEC section 5): see docs/outages.md.

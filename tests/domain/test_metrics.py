@@ -97,7 +97,6 @@ def test_tokens_alone_is_not_split() -> None:
 def test_requests_default_to_one() -> None:
     assert Amounts.parse({})[Metric.REQUESTS] == 1
     assert Amounts.parse({"tokens": 5})[Metric.REQUESTS] == 1
-    assert Amounts.parse({"requests": None})[Metric.REQUESTS] == 1
     assert Amounts.parse({"requests": 3})[Metric.REQUESTS] == 3
     # "unless the call says otherwise": an explicit 0 is kept.
     zero = Amounts.parse({"requests": 0, "tokens": 5})
@@ -107,10 +106,12 @@ def test_requests_default_to_one() -> None:
     assert Amounts.parse({}, default_requests=2)[Metric.REQUESTS] == 2
 
 
-def test_none_values_are_absent() -> None:
-    amounts = Amounts.parse({"tokens": None, "credits": None, "input_tokens": 4})
-    assert amounts[Metric.TOKENS] == 4
-    assert amounts[Metric.CREDITS] == 0
+def test_null_and_boolean_amounts_are_refused_naming_the_field() -> None:
+    for bad in (None, True, False):
+        for name in ("tokens", "requests", "credits"):
+            with pytest.raises(ValidationError) as caught:
+                Amounts.parse({name: bad, "input_tokens": 4})
+            assert caught.value.field == f"amounts.{name}"
 
 
 def test_absent_metrics_are_not_in_amounts() -> None:

@@ -62,6 +62,10 @@ def parse_metric(value: object, field: str = "metric") -> Metric:
 
 def to_units(metric: Metric, value: object, field: str) -> int:
     """Turn a caller's number into units, refusing anything inexact, negative or too big."""
+    if value is None:
+        # An explicit null is not "nothing": refusing it keeps a typo'd field
+        # from being recorded as an event with nothing in it.
+        raise ValidationError(field, "must be a number, not null")
     if isinstance(value, bool):
         raise ValidationError(field, "must be a number, not a boolean")
     number = parse_decimal(value, field)  # exact, finite; Decimal(int) never rounds
@@ -147,8 +151,6 @@ class Amounts(Mapping[Metric, int]):
         """
         units: dict[Metric, int] = {}
         for name, raw in values.items():
-            if raw is None:
-                continue
             metric = parse_metric(name, f"{field}.{name}")
             if metric not in CONSUMABLE:
                 raise ValidationError(

@@ -126,8 +126,12 @@ class Store(Protocol):
 
     def list_default_kinds(self) -> list[str]: ...
 
-    def track(self, keys: Sequence[LimitKey]) -> None:
-        """Count these (metric, window) pairs from now on, backfilled from the ledger."""
+    def track(self, keys: Sequence[LimitKey], now: datetime) -> None:
+        """Count these (metric, window) pairs from now on, backfilled from the ledger.
+
+        The backfill replays only the events a decision at ``now`` or later can
+        read (``bounds.backfill_start``), never the whole ledger.
+        """
         ...
 
     def create_plan(

@@ -7,6 +7,7 @@ trivially atomic; nothing survives the process.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -16,6 +17,13 @@ from typing import Any
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
+from tokenquota.domain.bounds import (
+    LIFETIME,
+    LIFETIME_BUCKET,
+    backfill_start,
+    check_granted,
+    check_lifetime,
+)
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Mode, Prepaid, Reading, decide
 from tokenquota.domain.errors import Conflict, IdempotencyConflict, NotFound
@@ -42,6 +50,8 @@ from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
 
+log = logging.getLogger("tokenquota.memory")
+
 
 @dataclass
 class _Subject:
@@ -56,7 +66,7 @@ class _State:
     subjects: dict[SubjectRef, _Subject] = field(default_factory=dict)
     rules: dict[Scope, dict[LimitKey, Rule]] = field(default_factory=lambda: defaultdict(dict))
     plans: dict[str, str] = field(default_factory=dict)  # id -> name
-    tracked: set[LimitKey] = field(default_factory=set)
+    tracked: set[LimitKey] = field(default_factory=lambda: set(LIFETIME))
     counters: dict[CounterKey, int] = field(default_factory=lambda: defaultdict(int))
     events: list[Event] = field(default_factory=list)
     idempotency: dict[tuple[str, str], tuple[str, Decision]] = field(default_factory=dict)
@@ -200,7 +210,7 @@ class MemoryStore:
                         before.to_wire() if before else None,
                         after.to_wire() if after else None,
                     )
-            self._track([c.key for c in changes if c.value is not None])
+            self._track([c.key for c in changes if c.value is not None], now)
             return self.get_rules(scope)
 
     def list_default_kinds(self) -> list[str]:
@@ -209,17 +219,25 @@ class MemoryStore:
                 s.name for s, r in self._s.rules.items() if s.layer is Layer.DEFAULT and r
             )
 
-    def track(self, keys: Sequence[LimitKey]) -> None:
+    def track(self, keys: Sequence[LimitKey], now: datetime) -> None:
         with self._lock:
-            self._track(keys)
+            self._track(keys, now)
 
-    def _track(self, keys: Sequence[LimitKey]) -> None:
+    def _track(self, keys: Sequence[LimitKey], now: datetime) -> None:
         new = {k for k in keys if k.window is not None} - self._s.tracked
         if not new:
             return
         self._s.tracked |= new
-        for event in self._s.events:
-            self._count(event, new)
+        for key in new:
+            start = backfill_start(key, now, self.tz)
+            if start is None:
+                continue
+            # Events are appended in recording order, not by timestamp (they may
+            # be back-dated), so this filters the list; the SQL stores use an index.
+            since = [e for e in self._s.events if e.timestamp >= start]
+            log.info("backfilled %s from %d ledger events since %s", key, len(since), start)
+            for event in since:
+                self._count(event, {key})
 
     def _count(self, event: Event, keys: set[LimitKey]) -> None:
         if event.kind != "consume":
@@ -245,7 +263,7 @@ class MemoryStore:
             plan_id = uuid4().hex
             self._s.plans[plan_id] = name
             self._s.rules[Scope(Layer.PLAN, plan_id)] = {r.key: r for r in rules}
-            self._track([r.key for r in rules])
+            self._track([r.key for r in rules], now)
             plan = self._plan(plan_id)
             assert plan is not None
             self._audit(now, actor, "plan.create", plan_target(plan_id), None, plan.to_wire())
@@ -390,7 +408,20 @@ class MemoryStore:
                 self._s.idempotency[key] = (plan.fingerprint, decision)
             return decision
 
+    def _check_bounds(self, plan: DebitPlan) -> None:
+        counters = self._s.counters
+        lifetime = {
+            (series, key.metric): counters.get(
+                (series, key.metric.value, key.window_key, LIFETIME_BUCKET), 0
+            )
+            for series in plan.series
+            for key in LIFETIME
+        }
+        check_lifetime(plan.series, plan.amounts, lifetime)
+
     def _apply(self, plan: DebitPlan) -> Decision:
+        # Before deciding, which counts shadow hits: a refused amount changes nothing.
+        self._check_bounds(plan)
         decision = self._decide(plan)
         if not decision.allowed:
             return decision
@@ -426,6 +457,8 @@ class MemoryStore:
     # prepaid credits --------------------------------------------------------
     def add_grant(self, grant: Grant, *, actor: str) -> int:
         with self._lock:
+            granted = sum(g.amount for g in self._s.grants.values() if g.subject == grant.subject)
+            check_granted(str(grant.subject), granted, grant.amount)
             self._s.subjects.setdefault(grant.subject, _Subject(None, {}, ()))
             self._s.grants[grant.id] = grant
             event = Event(
@@ -477,6 +510,7 @@ class MemoryStore:
             assert reservation is not None
             if reservation.committed is not None:
                 return reservation.committed.as_replay()
+            self._check_bounds(plan)  # while the hold is still in place
             # The hold goes first, so the actual usage is measured without it.
             self._s.reservations[reservation_id] = replace(reservation, state=HoldState.RELEASED)
             decision = self._apply(plan)
@@ -633,7 +667,7 @@ class MemoryStore:
             before = self._s.resource_quotas.get(resource)
             self._s.subjects.setdefault(resource, _Subject(None, {}, ()))
             self._s.resource_quotas[resource] = quota
-            self._track(keys)
+            self._track(keys, now)
             if before != quota:
                 self._audit(now, actor, "quota.set", resource_target(str(resource)), before, quota)
 

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from tokenquota.api.admin_schemas import RefPath, error_responses
 from tokenquota.api.auth import Caller, QuotaDep, actor_of, require_read, require_role
-from tokenquota.api.schemas import Model, Num
+from tokenquota.api.schemas import Amount, Model, Num
 from tokenquota.domain.keys import Role
 from tokenquota.domain.subjects import SubjectRef
 
@@ -18,7 +18,13 @@ router = APIRouter(prefix="/v1", tags=["grants"])
 
 
 class GrantIn(Model):
-    credits: int | float | str = Field(description="More than 0; at most 9 decimal places")
+    # Any JSON value: the engine validates it, so `true` or `null` is a 422 naming
+    # `credits` rather than a coerced 1 (pydantic's lax mode reads true as 1).
+    credits: Amount = Field(
+        description="A number or decimal string (not a boolean or null); more than 0, at most "
+        "9 decimal places; 422 amount_too_large when the subject's grants would sum past "
+        "2^63 - 1 units"
+    )
     expires_at: datetime | None = Field(
         None, description="When what is left lapses (ISO 8601 with an offset); null: never"
     )

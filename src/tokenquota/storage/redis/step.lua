@@ -55,6 +55,23 @@ local function holds(hz, ha)
   return sum, last
 end
 
+-- Whether a + b <= 2^63 - 1, exactly, for counters given as decimal text.
+-- Lua numbers are doubles (exact only to 2^53), so each number is split into
+-- its last nine digits and the rest, two parts a double holds exactly.
+local function split9(v)
+  local n = #v
+  if n <= 9 then return 0, tonumber(v) end
+  return tonumber(string.sub(v, 1, n - 9)), tonumber(string.sub(v, n - 8))
+end
+local function fits(a, b)
+  if string.sub(a, 1, 1) == '-' then return true end -- below 0: a + b < b, which fits
+  local ah, al = split9(a)
+  local bh, bl = split9(b)
+  local hi, lo = ah + bh, al + bl
+  if lo >= 1000000000 then hi, lo = hi + 1, lo - 1000000000 end
+  return hi < 9223372036 or (hi == 9223372036 and lo <= 854775807)
+end
+
 -- SPEC section 3: a request fits when the limit is not yet reached and the
 -- request does not cross it (the same rule as domain.windows.admits).
 local function admits(used, amount, limit)
@@ -90,6 +107,13 @@ if spec.state then
   if state ~= spec.state.want then
     return { 'state', 0, state or '', '', '' }
   end
+end
+-- The 63-bit bound (domain/bounds.py): { key, field, amount, name } per
+-- lifetime counter this step adds to; a refusal names the first that overflows
+-- and comes before the first write, so it changes nothing.
+for _, cap in ipairs(spec.cap or {}) do
+  local current = redis.call('HGET', KEYS[cap[1]], cap[2]) or '0'
+  if not fits(current, cap[3]) then return { 'too_large', 0, '', '', cap[4] } end
 end
 if not dry and spec.unhold then
   for _, op in ipairs(spec.unhold) do
@@ -127,7 +151,7 @@ for i, c in ipairs(spec.checks or {}) do
       for j = 1, #c.f do
         local v = num(got[j])
         used = used + v
-        values[j] = int(v)
+        values[j] = got[j] or '0' -- the stored text: exact, where int(v) is not past 2^53
       end
     end
     local held, last = holds(c.hz, c.ha)

@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from tokenquota.domain.bounds import grant_too_large, too_large
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import (
     Check,
@@ -91,6 +92,10 @@ BACK_OFF_CAP = 0.1  # seconds: the longest pause between two rounds
 # How long a replica serves limits from its cache before asking Redis whether
 # they changed. Reads may lag by this much; decisions never do (see _cached).
 CONFIG_TTL = 1.0
+# In a subject's grants hash (grant id -> what is left), the sum of every grant
+# it was ever given: what the 63-bit bound is checked on. Grant ids are hex, so
+# no grant can take this name.
+GRANTED = "+granted"
 MIXED = "mixed"  # a plan read from two cache versions: always stale
 
 
@@ -398,6 +403,8 @@ class RedisStore(SqlStore):
             counter = self.layout.counter(series, metric, window)
             step = op.steps.at(counter)
             step.add("incr", [step.key(counter), str(bucket), str(delta)])
+            if window == "total":  # the lifetime counter: checked against 2^63 - 1 first
+                step.add("cap", [step.key(counter), str(bucket), str(delta), f"{metric}|{series}"])
 
     def _add_event(self, step: Step, shard: int, body: dict[str, Any]) -> None:
         step.spec["seq"] = step.key(self.layout.seq(shard))
@@ -639,6 +646,7 @@ class RedisStore(SqlStore):
                 raise StaleConfig
             if "replay" in statuses:
                 return self._replayed(plan, next(r for r in replies if r.status == "replay")), None
+            _refuse_too_large(replies)
             if "conflict" in statuses:
                 continue
             readings, prepaid = self._answers(op, replies)
@@ -774,6 +782,7 @@ class RedisStore(SqlStore):
                 raise StaleConfig
             if replies[-1].status == "state":
                 continue  # released, expired or committed meanwhile: look again
+            _refuse_too_large(replies)
             readings, prepaid = self._answers(op, replies)
             decision = decide(plan, readings, replies[-1].event_id, prepaid=prepaid)
             wire = json.dumps(decision.to_wire())
@@ -904,7 +913,9 @@ class RedisStore(SqlStore):
         step = self._ledger_step(op, shard, self.layout.stream(shard))
         gkey = self.layout.grants(str(grant.subject))
         at = op.steps.at(gkey)
+        at.add("cap", [at.key(gkey), GRANTED, str(grant.amount), "credits"])
         at.add("incr", [at.key(gkey), grant.id, str(grant.amount)])
+        at.add("incr", [at.key(gkey), GRANTED, str(grant.amount)])
         body = {
             "kind": "grant",
             "subject": str(grant.subject),
@@ -922,6 +933,8 @@ class RedisStore(SqlStore):
         replies = self._execute(op, grant.granted_at)
         if replies[-1].status == "lost":
             raise StoreUnreachable("Redis has lost tokenquota's data; run `tokenquota rebuild`")
+        if any(r.status == "too_large" for r in replies):
+            raise grant_too_large(str(grant.subject))
         with self._tx(write=True) as conn:
             self._ensure_subject(conn, grant.subject, grant.granted_at)
             conn.execute(
@@ -1093,9 +1106,11 @@ class RedisStore(SqlStore):
         return super().iter_events(subject=subject, start=start, end=end)
 
     # counters written by SQL paths (backfill of a new limit, rebuild) go to Redis
-    def _replay(self, conn: Connection, keys: set[LimitKey]) -> dict[CounterKey, int]:
+    def _replay(
+        self, conn: Connection, keys: set[LimitKey], start: datetime | None = None
+    ) -> dict[CounterKey, int]:
         self._drain(conn)
-        return super()._replay(conn, keys)
+        return super()._replay(conn, keys, start)
 
     def _add_counters(self, conn: Connection, deltas: dict[CounterKey, int]) -> None:
         if not deltas:
@@ -1123,6 +1138,11 @@ class RedisStore(SqlStore):
         pipe = self.redis.pipeline(transaction=False)
         for row in conn.execute(sa.select(t.grants.c.id, t.grants.c.subject, t.grants.c.remaining)):
             pipe.hset(self.layout.grants(row.subject), row.id, row.remaining)
+        total = sa.func.sum(t.grants.c.amount)
+        for subject, granted in conn.execute(
+            sa.select(t.grants.c.subject, total).group_by(t.grants.c.subject)
+        ):
+            pipe.hset(self.layout.grants(subject), GRANTED, int(granted))
         ev = t.events.c
         for row in conn.execute(
             sa.select(ev.id, ev.subject, ev.idempotency_key).where(ev.idempotency_key.is_not(None))
@@ -1177,6 +1197,14 @@ def _reason(exc: Exception) -> str:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)
+
+
+def _refuse_too_large(replies: Sequence[Reply]) -> None:
+    """A step found a lifetime counter without room for the amount: a 422, nothing kept."""
+    for reply in replies:
+        if reply.status == "too_large":
+            metric, series = reply.extra.split("|", 1)
+            raise too_large(Metric(metric), series)
 
 
 def _back_off(attempt: int) -> None:

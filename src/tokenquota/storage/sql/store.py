@@ -14,6 +14,7 @@ is durable when it returns.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,6 +30,13 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.pool import StaticPool
 
+from tokenquota.domain.bounds import (
+    LIFETIME,
+    LIFETIME_BUCKET,
+    backfill_start,
+    check_granted,
+    check_lifetime,
+)
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import (
     Check,
@@ -65,11 +73,13 @@ from tokenquota.domain.ledger import (
     resource_target,
 )
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
-from tokenquota.domain.metrics import Amounts, Metric
+from tokenquota.domain.metrics import COUNTERS, Amounts, Metric
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.migrate import upgrade
+
+log = logging.getLogger("tokenquota.sql")
 
 BATCH = 500
 # The global advisory key, "tq" in ASCII, in PostgreSQL's one-bigint key space.
@@ -483,7 +493,7 @@ class SqlStore:
                     before.to_wire() if before else None,
                     after.to_wire() if after else None,
                 )
-            self._track(conn, [c.key for c in changes if c.value is not None])
+            self._track(conn, [c.key for c in changes if c.value is not None], now)
             return self._rules(conn, scope)
 
     def list_default_kinds(self) -> list[str]:
@@ -493,35 +503,66 @@ class SqlStore:
             )
             return sorted(r.scope for r in rows)
 
-    def track(self, keys: Sequence[LimitKey]) -> None:
+    def track(self, keys: Sequence[LimitKey], now: datetime) -> None:
         with self._tx(write=True) as conn:
-            self._track(conn, keys)
+            self._track(conn, keys, now)
 
     def _tracked(self, conn: Connection) -> set[LimitKey]:
-        return {
+        # Migration 0006 adds the LIFETIME pairs to the table; the union keeps a
+        # store counting them even if a row was removed by hand.
+        return set(LIFETIME) | {
             LimitKey.from_storage(r.metric, r.window) for r in conn.execute(sa.select(t.tracked))
         }
 
-    def _track(self, conn: Connection, keys: Sequence[LimitKey]) -> None:
+    def _track(self, conn: Connection, keys: Sequence[LimitKey], now: datetime) -> None:
         new = {k for k in keys if k.window is not None} - self._tracked(conn)
         if not new:
             return
         conn.execute(
             t.tracked.insert(), [{"metric": k.metric.value, "window": k.window_key} for k in new]
         )
-        self._add_counters(conn, self._replay(conn, new))
+        starts: dict[datetime | None, set[LimitKey]] = defaultdict(set)
+        for key in new:
+            starts[backfill_start(key, now, self.tz)].add(key)
+        for start, group in starts.items():
+            if start is not None:  # None: a lifetime pair, kept from the first event
+                self._add_counters(conn, self._replay(conn, group, start))
 
-    def _replay(self, conn: Connection, keys: set[LimitKey]) -> dict[CounterKey, int]:
-        """What the whole ledger adds to ``keys``: the one path for backfill and rebuild."""
+    def _replay(
+        self, conn: Connection, keys: set[LimitKey], start: datetime | None = None
+    ) -> dict[CounterKey, int]:
+        """What the ledger adds to ``keys``: the one path for backfill and rebuild.
+
+        Rebuild replays it all (``start`` None); a backfill only the events from
+        ``start`` on, read through the index on ``ts``.
+        """
         totals: dict[CounterKey, int] = defaultdict(int)
-        for event in self._scan(conn, None, None, None):
+        events = self._scan(conn, None, None, None) if start is None else self._since(conn, start)
+        read = 0
+        for event in events:
+            read += 1
             if event.kind != "consume":
                 continue  # a grant adds credits to spend; it is not usage
             for key, units in increments(
                 event.series, event.amounts, event.timestamp, self.tz, keys
             ).items():
                 totals[key] += units
+        if start is not None:
+            log.info(
+                "backfilled %s from %d ledger events since %s",
+                ", ".join(sorted(map(str, keys))),
+                read,
+                start,
+            )
         return totals
+
+    def _since(self, conn: Connection, start: datetime) -> Iterator[Event]:
+        stmt = sa.select(t.events).where(t.events.c.ts >= to_micros(start))
+        result = conn.execute(
+            stmt.order_by(t.events.c.ts, t.events.c.id).execution_options(yield_per=BATCH)
+        )
+        for row in result:
+            yield _event(row)
 
     def _add_counters(self, conn: Connection, deltas: dict[CounterKey, int]) -> None:
         if not deltas:
@@ -555,7 +596,7 @@ class SqlStore:
                 raise Conflict(f"a plan named {name!r} exists", details={"field": "name"}) from None
             if rules:
                 conn.execute(t.rules.insert(), [_rule_row(scope, r) for r in rules])
-            self._track(conn, [r.key for r in rules])
+            self._track(conn, [r.key for r in rules], now)
             plan = self._plan(conn, plan_id)
             assert plan is not None
             self._audit(conn, now, actor, "plan.create", plan_target(plan_id), None, plan.to_wire())
@@ -654,7 +695,8 @@ class SqlStore:
                 c.bucket.between(check.lo, check.hi),
             )
         )
-        buckets = {r.bucket: r.value for r in rows if r.value}
+        # int(): a counter is an integer; never let a driver's type leak to the wire.
+        buckets = {r.bucket: int(r.value) for r in rows if r.value}
         h = t.holds.c
         held, last = conn.execute(
             sa.select(sa.func.sum(h.amount), sa.func.max(h.expires_at)).where(
@@ -741,8 +783,26 @@ class SqlStore:
                 )
             return decision
 
+    def _check_bounds(self, conn: Connection, plan: DebitPlan) -> None:
+        """Refuse usage past the 63-bit bound; the series are locked, so this is race-free."""
+        metrics = [m.value for m in COUNTERS if plan.amounts[m]]
+        if not metrics:
+            return
+        c = t.counters.c
+        rows = conn.execute(
+            sa.select(c.subject, c.metric, c.value).where(
+                c.subject.in_(plan.series),
+                c.metric.in_(metrics),
+                c.window == "total",
+                c.bucket == LIFETIME_BUCKET,
+            )
+        )
+        lifetime = {(r.subject, Metric(r.metric)): int(r.value) for r in rows}
+        check_lifetime(plan.series, plan.amounts, lifetime)
+
     def _apply(self, conn: Connection, plan: DebitPlan) -> Decision:
         """Decide and, when admitted, append the event and bump the counters."""
+        self._check_bounds(conn, plan)  # before _decide, which counts shadow hits
         decision = self._decide(conn, plan)
         if not decision.allowed:
             return decision
@@ -803,6 +863,12 @@ class SqlStore:
             # A debit of this subject reads its grants to decide, then burns them:
             # a grant must not appear between the two.
             self._lock_series(conn, [str(grant.subject)])
+            granted = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(t.grants.c.amount), 0)).where(
+                    t.grants.c.subject == str(grant.subject)
+                )
+            ).scalar_one()
+            check_granted(str(grant.subject), int(granted), grant.amount)
             self._ensure_subject(conn, grant.subject, grant.granted_at)
             conn.execute(
                 t.grants.insert().values(
@@ -1264,7 +1330,7 @@ class SqlStore:
                     .where(t.resource_quotas.c.resource == str(resource))
                     .values(quota=quota, updated_at=stamp)
                 )
-            self._track(conn, keys)
+            self._track(conn, keys, now)
             if before != quota:
                 target = resource_target(str(resource))
                 self._audit(conn, now, actor, "quota.set", target, before, quota)
