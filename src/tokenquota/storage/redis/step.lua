@@ -11,8 +11,9 @@
 -- from Redis, so every backend decides against the same instant.
 --
 -- Reply: { status, event id, readings, wallets, burned }, where status is
--- ok | denied | replay | state | conflict | lost | stale; a replay puts the stored
--- fingerprint in place of "burned" and adds the stored decision.
+-- ok | denied | replay | state | conflict | lost | stale; a replay returns the
+-- stored readings and wallets, the stored fingerprint in place of "burned",
+-- then the stored decision (older keyspaces), plan and earlier steps' reads.
 
 local spec = cjson.decode(ARGV[1])
 local now = spec.now
@@ -80,9 +81,10 @@ if spec.cfg and (redis.call('GET', KEYS[spec.cfg.k]) or '0') ~= spec.cfg.v then
   return { 'stale', 0, '', '', '' }
 end
 if spec.idem then
-  local found = redis.call('HMGET', KEYS[spec.idem.k], 'fp', 'eid', 'd')
+  local found = redis.call('HMGET', KEYS[spec.idem.k], 'fp', 'eid', 'd', 'rd', 'wl', 'p', 'pre')
   if found[1] then
-    return { 'replay', found[2] or '0', '', '', found[1], found[3] or '' }
+    return { 'replay', found[2] or '0', found[4] or '', found[5] or '', found[1], found[3] or '',
+      found[6] or '', found[7] or '' }
   end
 end
 if spec.state then
@@ -211,10 +213,12 @@ if spec.event then
   eid = base * ev.shards + ev.shard
   redis.call('XADD', KEYS[ev.stream], '*', 'id', int(eid), 'e', ev.body)
 end
--- The service adds the whole answer ("d") right after; until then a retry
--- gets one rebuilt from the counters (see RedisStore._stored_decision).
+-- The first answer's inputs, in the step that charges (no crash can come
+-- between): the plan the service sent, what this step and the earlier ones
+-- read. A retry recomputes the answer from them (storage/redis/answers.py).
 if spec.idem then
-  redis.call('HSET', KEYS[spec.idem.k], 'fp', spec.idem.fp, 'eid', int(eid))
+  redis.call('HSET', KEYS[spec.idem.k], 'fp', spec.idem.fp, 'eid', int(eid),
+    'rd', rd, 'wl', wl, 'p', spec.idem.p or '', 'pre', spec.idem.pre or '')
 end
 if spec.record then
   local r = spec.record

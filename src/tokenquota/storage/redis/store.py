@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -65,6 +65,7 @@ from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Page, RuleSet, StaleConfig
+from tokenquota.storage.redis.answers import CheckPlace, WalletPlace, first_answer, plan_json
 from tokenquota.storage.redis.layout import (
     CLUSTER_SHARDS,
     Layout,
@@ -76,7 +77,7 @@ from tokenquota.storage.redis.layout import (
     split,
 )
 from tokenquota.storage.sql import schema as t
-from tokenquota.storage.sql.store import SqlStore, _grant
+from tokenquota.storage.sql.store import SqlStore, _event, _grant
 
 log = logging.getLogger("tokenquota.redis")
 
@@ -261,6 +262,8 @@ class RedisStore(SqlStore):
         steps = op.steps.ordered()
         replies: list[Reply] = []
         for i, step in enumerate(steps):
+            if "idem" in step.spec:  # it keeps what the steps before it read (see answers.py)
+                step.spec["idem"]["pre"] = json.dumps([[r.readings, r.wallets] for r in replies])
             reply = self._run(step, now, dry=dry)
             replies.append(reply)
             if reply.status == "ok":
@@ -610,8 +613,6 @@ class RedisStore(SqlStore):
             op = self._op()
             shard, lkey = ledger
             step = self._ledger_step(op, shard, lkey, config=True)
-            if idem is not None:
-                step.spec["idem"] = {"k": step.key(idem["key"]), "fp": idem["fp"]}
             self._add_checks(
                 op, plan.reads, enforce=enforce, guards=guards, first_guard=len(plan.checks)
             )
@@ -625,6 +626,12 @@ class RedisStore(SqlStore):
             if not plan.hold:
                 self._add_increments(op, plan, tracked)
             effects(op, step)
+            if idem is not None:
+                step.spec["idem"] = {
+                    "k": step.key(idem["key"]),
+                    "fp": idem["fp"],
+                    "p": plan_json(plan, *self._places(op)),
+                }
             replies = self._execute(op, plan.now, dry=refuse)
             last = replies[-1]
             statuses = {r.status for r in replies}
@@ -651,6 +658,17 @@ class RedisStore(SqlStore):
             return decision, last if admitted else None
         raise StoreUnavailable("the resource is too busy to measure its capacity; retry")
 
+    def _places(self, op: _Op) -> tuple[list[CheckPlace], list[WalletPlace]]:
+        """Where each check's and wallet's answer comes back, by step index."""
+        index = {id(step): i for i, step in enumerate(op.steps.ordered())}
+        checks: list[CheckPlace] = [
+            None if e is None else (index[id(e[0])], e[1], e[2], e[3]) for e in op.checks
+        ]
+        wallets: list[WalletPlace] = [
+            (index[id(step)], pos, subject, mine) for step, pos, subject, mine in op.wallets
+        ]
+        return checks, wallets
+
     def _replayed(self, plan: DebitPlan, reply: Reply) -> Decision:
         """A retry of an idempotent request gets the first answer."""
         if reply.extra not in (plan.fingerprint, ""):  # "" after a rebuild: not known
@@ -658,21 +676,38 @@ class RedisStore(SqlStore):
                 "this idempotency key was used for a different request",
                 details={"field": "idempotency_key"},
             )
-        return self._stored_decision(plan, reply.event_id, reply.decision)
+        if reply.decision:  # stored by a version that wrote the answer after the script
+            return Decision.from_wire(json.loads(reply.decision)).as_replay()
+        if reply.plan:
+            steps = [tuple(s) for s in json.loads(reply.pre or "[]")]
+            steps.append((reply.readings, reply.wallets))
+            return first_answer(reply.plan, steps, reply.event_id).as_replay()
+        return self._from_ledger(reply.event_id)
 
-    def _stored_decision(self, plan: DebitPlan, event_id: int, stored: str) -> Decision:
-        """The stored answer; without one (a crash right after the script, or a
-        rebuild), an answer with the same verdict and event and today's figures."""
-        if stored:
-            return Decision.from_wire(json.loads(stored)).as_replay()
-        nothing = replace(plan, amounts=Amounts({}))  # the counters hold it already
-        found = decide(
-            nothing,
-            self.read(plan.reads, plan.now),
-            event_id,
-            prepaid=self.prepaid(plan.charged, plan.now),
+    def _from_ledger(self, event_id: int) -> Decision:
+        """The admission an event in the ledger records, when nothing else is left of
+        its answer (Redis rebuilt from the ledger): admitted, the same event, subject,
+        mode, amounts and timestamp, and no limits, since the ledger keeps none of the
+        figures the first answer showed. Deciding again against today's counters
+        could refuse a request that was charged."""
+        self.flush()
+        with self._tx() as conn:
+            row = conn.execute(sa.select(t.events).where(t.events.c.id == event_id)).first()
+        if row is None:
+            raise StoreUnavailable(
+                f"the ledger has no event {event_id} for this idempotency key; retry shortly"
+            )
+        event = _event(row)
+        return Decision(
+            allowed=True,
+            subject=str(event.subject),
+            mode=event.mode,
+            amounts=event.amounts.to_numbers(),
+            timestamp=event.timestamp,
+            limits=(),
+            event_id=event_id,
+            replayed=True,
         )
-        return replace(found, amounts=plan.amounts.to_numbers(), event_id=event_id).as_replay()
 
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         subject = str(plan.subject)
@@ -687,14 +722,7 @@ class RedisStore(SqlStore):
         def effects(op: _Op, step: Step) -> None:
             self._add_event(step, shard, _event_body(plan, "consume"))
 
-        decision, reply = self._decide_and_apply(
-            plan, create_subject, (shard, key), effects, idem=idem
-        )
-        if reply is not None and idem is not None and not decision.replayed:
-            # The exact answer for a retry (the script kept the readings it was made on).
-            wire = json.dumps(decision.to_wire())
-            self._call(lambda: self.redis.hset(idem["key"], "d", wire))
-        return decision
+        return self._decide_and_apply(plan, create_subject, (shard, key), effects, idem=idem)[0]
 
     # reservations and leases ----------------------------------------------------
     def reserve(
@@ -784,7 +812,9 @@ class RedisStore(SqlStore):
         _, key = self.layout.record("r", reservation_id)
         row = self._call(lambda: self.redis.hmget(key, "eid", "d"))
         eid, stored = (v.decode() if v else "" for v in row)
-        return self._stored_decision(plan, int(eid or 0), stored)
+        if stored:
+            return Decision.from_wire(json.loads(stored)).as_replay()
+        return self._from_ledger(int(eid or 0))
 
     def _execute_ledger_first(self, op: _Op, now: datetime) -> list[Reply]:
         """For commit: the record step decides (one commit wins); the rest cannot refuse."""
