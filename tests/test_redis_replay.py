@@ -77,13 +77,14 @@ def test_a_commit_retried_after_its_stored_answer_is_lost_answers_the_admission(
     quota: Quota,
 ) -> None:
     quota.set_limit("user:ann", "tokens", "day", 14)
-    held = quota.reserve("user:ann", tokens=7)
-    first = quota.commit(held.reservation.id, tokens=7)
+    held = quota.reserve("user:ann", tokens=7).reservation
+    assert held is not None
+    first = quota.commit(held.id, tokens=7)
     store = store_of(quota)
-    store.redis.hdel(store.layout.record("r", held.reservation.id)[1], "d")
+    store.redis.hdel(store.layout.record("r", held.id)[1], "d")
     assert quota.consume("user:ann", tokens=7).allowed
 
-    again = quota.commit(held.reservation.id, tokens=7)
+    again = quota.commit(held.id, tokens=7)
 
     assert (again.allowed, again.replayed, again.event_id) == (True, True, first.event_id)
     assert quota.usage("user:ann").limits[0].used == 14

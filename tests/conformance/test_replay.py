@@ -34,11 +34,12 @@ def test_a_retry_of_a_commit_after_the_limit_was_reached_answers_the_first_commi
     quota: Quota,
 ) -> None:
     quota.set_limit("user:ann", "tokens", "day", 14)
-    held = quota.reserve("user:ann", tokens=7)
-    first = quota.commit(held.reservation.id, tokens=7)
+    held = quota.reserve("user:ann", tokens=7).reservation
+    assert held is not None
+    first = quota.commit(held.id, tokens=7)
     assert quota.consume("user:ann", tokens=7).allowed
 
-    again = quota.commit(held.reservation.id, tokens=7)
+    again = quota.commit(held.id, tokens=7)
 
     assert again.allowed
     assert again.event_id == first.event_id
