@@ -86,6 +86,10 @@ class Layout:
     def epoch(self) -> str:
         return self.ledger(0, "epoch")
 
+    def deployment(self) -> str:
+        """The id of the deployment (SQL database) this keyspace belongs to."""
+        return self.ledger(0, "deployment")
+
     def pattern(self, what: str) -> str:
         """A SCAN pattern for one kind of subject key (c, hz, ha, lz, g) or ledger key."""
         return f"{self.prefix}:{{*}}:{what}:*"

@@ -127,6 +127,12 @@ class _Op:
     wallets: list[tuple[Step, int, SubjectRef, list[Grant]]] = field(default_factory=list)
 
 
+class KeyspaceTaken(StoreUnavailable):
+    """The Redis keyspace belongs to another deployment: this store will not start."""
+
+    code = "redis_keyspace_taken"
+
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -172,9 +178,15 @@ class RedisStore(SqlStore):
         self._warn_on_eviction()
         try:
             super().__init__(url, tz, move_timezone=move_timezone, migrate=migrate)
+        except BaseException:
+            self.redis.close()
+            raise
+        try:
+            self._stamp(prefix)
             self._open_epoch()
         except BaseException:
             self.redis.close()
+            super().close()
             raise
         self._stop = threading.Event()
         self._mover = threading.Thread(target=self._move_forever, name="tq-mover", daemon=True)
@@ -220,6 +232,49 @@ class RedisStore(SqlStore):
                 policy,
             )
 
+    def _deployment(self) -> str:
+        """This deployment's id, kept in the SQL catalog and made on first use."""
+        # The exclusive SQL write lock, so two first starts agree on one id (no
+        # configuration bump: no limit changes).
+        with super()._tx(write=True) as conn:
+            found = conn.execute(
+                sa.select(t.meta.c.value).where(t.meta.c.key == "deployment_id")
+            ).scalar()
+            if found is None:
+                found = uuid.uuid4().hex
+                conn.execute(t.meta.insert().values(key="deployment_id", value=found))
+            return str(found)
+
+    def _stamp(self, prefix: str) -> None:
+        """Claim the keyspace under our prefix, or refuse one that another deployment owns.
+
+        Two deployments on one keyspace would move each other's events into
+        their own ledgers and count each other's usage (issue 11, item 7).
+        An unstamped keyspace is ours to claim, unless it holds an epoch our
+        SQL database did not write: then a deployment from before stamps
+        writes there.
+        """
+        self.deployment_id = self._deployment()
+        with super()._tx() as conn:
+            epoch = conn.execute(
+                sa.select(t.meta.c.value).where(t.meta.c.key == "redis_epoch")
+            ).scalar()
+        key = self.layout.deployment()
+        claimed = self._call(lambda: self.redis.set(key, self.deployment_id, nx=True))
+        raw = self._call(lambda: self.redis.get(key))
+        owner = raw.decode() if raw else self.deployment_id
+        if claimed:
+            theirs = self._call(lambda: self.redis.get(self.layout.epoch()))
+            if theirs is not None and theirs.decode() != epoch:
+                self._call(lambda: self.redis.delete(key))  # not ours to claim after all
+                owner = f"an unstamped deployment (Redis epoch {theirs.decode()})"
+        if owner != self.deployment_id:
+            raise KeyspaceTaken(
+                f"the Redis keyspace under prefix {prefix!r} belongs to deployment {owner}, "
+                f"not to this one ({self.deployment_id}, the database this store opened): "
+                "give each deployment its own keyspace with ?prefix=NAME in the Redis URL"
+            )
+
     def _open_epoch(self) -> None:
         """Tell a new Redis from one that lost our data.
 
@@ -248,6 +303,7 @@ class RedisStore(SqlStore):
         conn.execute(t.meta.delete().where(t.meta.c.key == "redis_epoch"))
         conn.execute(t.meta.insert().values(key="redis_epoch", value=epoch))
         self._call(lambda: self.redis.set(self.layout.epoch(), epoch))
+        self._call(lambda: self.redis.set(self.layout.deployment(), self.deployment_id))
 
     # running steps -------------------------------------------------------------
     def _run(self, step: Step, now: datetime, *, dry: bool = False) -> Reply:
