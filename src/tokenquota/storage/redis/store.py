@@ -60,7 +60,7 @@ from tokenquota.domain.holds import (
     check_committable,
     check_extendable,
 )
-from tokenquota.domain.ledger import CounterKey, Event, increments
+from tokenquota.domain.ledger import CounterKey, Event, increments, usage_kind
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
@@ -776,7 +776,7 @@ class RedisStore(SqlStore):
             key = self.layout.stream(shard)
 
         def effects(op: _Op, step: Step) -> None:
-            self._add_event(step, shard, _event_body(plan, "consume"))
+            self._add_event(step, shard, _event_body(plan))
 
         return self._decide_and_apply(plan, create_subject, (shard, key), effects, idem=idem)[0]
 
@@ -833,7 +833,7 @@ class RedisStore(SqlStore):
                 "k": step.key(key),
                 "fields": ["state", HoldState.COMMITTED.value],
             }
-            self._add_event(step, shard, _event_body(plan, "consume"))
+            self._add_event(step, shard, _event_body(plan, reservation_id))
             for series in reservation.series:
                 for metric in reservation.amounts:
                     hz, ha = self.layout.holds(series, metric.value)
@@ -1211,7 +1211,8 @@ def _burn_key(g: Grant) -> tuple[bool, datetime, datetime, str]:
     return (g.expires_at is None, g.expires_at or g.granted_at, g.granted_at, g.id)
 
 
-def _event_body(plan: DebitPlan, kind: str) -> dict[str, Any]:
+def _event_body(plan: DebitPlan, reservation_id: str | None = None) -> dict[str, Any]:
+    kind, tags = usage_kind(plan.tags, reservation_id)
     return {
         "kind": kind,
         "subject": str(plan.subject),
@@ -1221,7 +1222,7 @@ def _event_body(plan: DebitPlan, kind: str) -> dict[str, Any]:
         "mode": plan.mode.value,
         "amounts": plan.amounts.to_units_json(),
         "model": plan.model,
-        "tags": dict(plan.tags),
+        "tags": tags,
         "idempotency_key": plan.idempotency_key,
         "resource": str(plan.resource) if plan.resource else None,
     }
