@@ -18,6 +18,7 @@ def test_a_commit_is_a_commit_event_naming_its_reservation(quota: Quota) -> None
 
     events = {e.id: e for e in quota.events(subject="user:ann").items}
 
+    assert committed.event_id is not None
     commit = events[committed.event_id]
     assert commit.kind == "commit"
     assert commit.reservation_id == held.id
