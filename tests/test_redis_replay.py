@@ -88,3 +88,35 @@ def test_a_commit_retried_after_its_stored_answer_is_lost_answers_the_admission(
 
     assert (again.allowed, again.replayed, again.event_id) == (True, True, first.event_id)
     assert quota.usage("user:ann").limits[0].used == 14
+
+
+def test_the_recomputed_first_answer_covers_capacity_wallets_and_rolling_windows(
+    quota: Quota,
+) -> None:
+    """Every part of a plan the script keeps comes back: a resource's capacity test
+    with reserved shares, a prepaid wallet, a rolling window and a shadow limit."""
+    llama = "deployment:llama"
+    quota.set_resource_quota(
+        llama,
+        {
+            "capacity": {"value": 100, "units": "tokens"},
+            "saturation_threshold": "0.5",
+            "policies": [
+                {"consumer": "user:bob", "rules": [], "reserved": "0.3"},
+                {"consumer": "user:ann", "rules": [], "reserved": "0.2"},
+            ],
+        },
+    )
+    quota.set_limit("user:ann", "tokens", "rolling:1h", 50)
+    quota.set_limit("user:ann", "requests", "day", 1, shadow=True)
+    quota.grant("user:ann", 10)
+    first = quota.consume("user:ann", tokens=20, credits=3, resource=llama, idempotency_key="rich")
+    assert first.allowed
+    store = store_of(quota)
+    store.redis.hdel(_idem_key(quota, "user:ann", "rich"), "d")
+    assert quota.consume("user:ann", tokens=30, credits=3, resource=llama).allowed
+
+    again = quota.consume("user:ann", tokens=20, credits=3, resource=llama, idempotency_key="rich")
+
+    assert again.to_wire() == {**first.to_wire(), "replayed": True}
+    assert {s.window for s in again.limits} >= {"rolling:1h", "day", "prepaid"}

@@ -45,8 +45,10 @@ WalletPlace = tuple[int, int, SubjectRef, list[Grant]]
 
 def _check(c: Check) -> list[Any]:
     limit = c.limit
+    # Kind and id apart: a resource share's handle (domain.subjects.consumer_ref)
+    # is ref-shaped but would not parse back.
     return [
-        str(limit.subject),
+        [limit.subject.kind, limit.subject.id],
         limit.key.metric.value,
         limit.key.window_key,
         limit.value,
@@ -63,7 +65,7 @@ def _check(c: Check) -> list[Any]:
 def _uncheck(d: Sequence[Any]) -> Check:
     subject, metric, window, value, source, shadow, amount, read_at, lo, hi, bucket = d
     limit = EffectiveLimit(
-        SubjectRef.parse(subject),
+        SubjectRef(*subject),
         LimitKey.from_storage(metric, window),
         int(value),
         Source(source),
