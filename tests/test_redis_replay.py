@@ -76,6 +76,9 @@ def test_a_retry_after_a_rebuild_answers_an_admission_from_the_ledger(
 def test_a_commit_retried_after_its_stored_answer_is_lost_answers_the_admission(
     quota: Quota,
 ) -> None:
+    """On a single Redis a commit is one script, which keeps its answer's inputs: the
+    retry is the first answer. A cluster's commit spans steps: the retry answers
+    the admission its ledger event records (docs/redis.md)."""
     quota.set_limit("user:ann", "tokens", "day", 14)
     held = quota.reserve("user:ann", tokens=7).reservation
     assert held is not None
@@ -87,6 +90,10 @@ def test_a_commit_retried_after_its_stored_answer_is_lost_answers_the_admission(
     again = quota.commit(held.id, tokens=7)
 
     assert (again.allowed, again.replayed, again.event_id) == (True, True, first.event_id)
+    if store.cluster:
+        assert (again.amounts, again.limits) == (first.amounts, ())
+    else:
+        assert again.to_wire() == {**first.to_wire(), "replayed": True}
     assert quota.usage("user:ann").limits[0].used == 14
 
 

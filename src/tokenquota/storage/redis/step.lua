@@ -224,5 +224,7 @@ if spec.record then
   local r = spec.record
   redis.call('HSET', KEYS[r.k], unpack(r.fields))
   if spec.event then redis.call('HSET', KEYS[r.k], 'eid', int(eid)) end
+  -- A commit that is one step keeps its answer's inputs too (see idem above).
+  if r.p then redis.call('HSET', KEYS[r.k], 'p', r.p, 'rd', rd, 'wl', wl) end
 end
 return { 'ok', int(eid), rd, wl, table.concat(burned, '|') }

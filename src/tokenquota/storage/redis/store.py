@@ -811,7 +811,7 @@ class RedisStore(SqlStore):
             created_at=from_micros(int(row["created_at"])),
             expires_at=from_micros(int(row["expires_at"])),
             state=HoldState(row["state"]),
-            committed=Decision.from_wire(json.loads(row["d"])) if row.get("d") else None,
+            committed=_committed_answer(row),
             resource=SubjectRef.parse(row["resource"]) if row.get("resource") else None,
         )
 
@@ -849,6 +849,8 @@ class RedisStore(SqlStore):
                 burn=credits,
             )
             self._add_increments(op, plan, tracked)
+            if len(op.steps.ordered()) == 1:  # one atomic step: its answer's inputs go in it
+                step.spec["record"]["p"] = plan_json(plan, *self._places(op))
             replies = self._execute_ledger_first(op, plan.now)
             if replies[-1].status == "lost":
                 raise StoreUnreachable("Redis has lost tokenquota's data; run `tokenquota rebuild`")
@@ -866,11 +868,12 @@ class RedisStore(SqlStore):
 
     def _committed(self, reservation_id: str, plan: DebitPlan) -> Decision:
         _, key = self.layout.record("r", reservation_id)
-        row = self._call(lambda: self.redis.hmget(key, "eid", "d"))
-        eid, stored = (v.decode() if v else "" for v in row)
-        if stored:
-            return Decision.from_wire(json.loads(stored)).as_replay()
-        return self._from_ledger(int(eid or 0))
+        raw = self._call(lambda: self.redis.hgetall(key))
+        row = {k.decode(): v.decode() for k, v in raw.items()}
+        answer = _committed_answer(row)
+        if answer is not None:
+            return answer.as_replay()
+        return self._from_ledger(int(row.get("eid") or 0))
 
     def _execute_ledger_first(self, op: _Op, now: datetime) -> list[Reply]:
         """For commit: the record step decides (one commit wins); the rest cannot refuse."""
@@ -1226,6 +1229,16 @@ def _event_body(plan: DebitPlan, reservation_id: str | None = None) -> dict[str,
         "idempotency_key": plan.idempotency_key,
         "resource": str(plan.resource) if plan.resource else None,
     }
+
+
+def _committed_answer(row: dict[str, str]) -> Decision | None:
+    """A committed reservation's answer: as stored after the script, or recomputed from
+    the inputs a one-step commit kept; None when neither survived."""
+    if row.get("d"):
+        return Decision.from_wire(json.loads(row["d"]))
+    if row.get("p") and row.get("state") == HoldState.COMMITTED.value:
+        return first_answer(row["p"], [(row.get("rd", ""), row.get("wl", ""))], int(row["eid"]))
+    return None
 
 
 def _reservation_fields(r: Reservation) -> list[str]:
