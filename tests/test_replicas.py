@@ -481,3 +481,117 @@ def test_one_request_sent_to_every_replica_at_once_is_charged_once(
     total = sum(a.tokens for a in firsts)
     for replica in replicas:
         assert used(replica.url, service_key, COMPANY)[("tokens", "total")] == total
+
+
+# retries after a kill, once the limit is reached -------------------------------------
+FULL_CLIENTS = 12
+FULL_LIMIT = 1_200
+ACKS_BEFORE_FULL_KILL = 60
+
+
+def test_retries_after_a_kill_answer_their_admission_though_the_limit_was_reached(
+    fleet: Fleet, shared_store: list[str], postgres_url: str
+) -> None:
+    """SIGKILL a replica mid-load, let the others fill the limit, then retry every key.
+
+    A retry of an admitted request must answer its original admission (issue
+    11, item 6): 200 with the first answer's figures, never 429, although the
+    limit is now reached. A request the kill cut off may or may not have been
+    charged: if the ledger has it, its retry is that admission; if not, 429.
+    """
+    replicas = fleet.start(REPLICAS, shared_store)
+    victim = replicas[1]
+    survivors = [r for r in replicas if r is not victim]
+    users = [f"user:filler{i:02d}" for i in range(FULL_CLIENTS)]
+    service_key = set_up_company(replicas, users, [("total", FULL_LIMIT)])
+    outcomes = Outcomes()
+    answers: dict[str, dict[str, Any]] = {}  # key -> the 200 body first acknowledged
+    cut: dict[str, dict[str, Any]] = {}  # key -> the request a failed call carried
+
+    def worker(index: int, barrier: threading.Barrier) -> None:
+        """Consume until refused at one token: then the company's limit is reached."""
+        clients = [client(r.url, service_key) for r in replicas]
+        try:
+            barrier.wait()
+            sequence, tokens = 0, index % MAX_TOKENS + 1
+            while True:
+                key = f"full-{index}-{sequence}"
+                body = consume_body(users[index], tokens, key)
+                target = (index + sequence) % len(replicas)
+                sequence += 1
+                try:
+                    response = clients[target].post("/v1/consume", json=body)
+                except httpx.TransportError as exc:
+                    with outcomes.lock:  # retried after the limit is reached, below
+                        outcomes.failures.append((replicas[target].name, key, type(exc).__name__))
+                        cut[key] = body
+                    continue
+                if response.status_code == 200:
+                    outcomes.add(acked(response, key, tokens, replicas[target].name))
+                    with outcomes.lock:
+                        answers[key] = response.json()
+                    tokens = (tokens + index) % MAX_TOKENS + 1
+                elif response.status_code == 429 and tokens > 1:
+                    tokens = 1
+                elif response.status_code == 429:
+                    return
+                else:
+                    with outcomes.lock:
+                        outcomes.unexpected.append(f"{key}: {response.status_code} {response.text}")
+                    return
+        finally:
+            for http in clients:
+                http.close()
+
+    threads = start_threads(FULL_CLIENTS, outcomes, worker)
+    try:
+        wait_for(
+            lambda: outcomes.count() >= ACKS_BEFORE_FULL_KILL or bool(outcomes.problems()),
+            "load before the kill",
+            LOAD_TIMEOUT_SECONDS,
+        )
+        victim.kill()  # SIGKILL, mid-load
+    finally:
+        join_all(threads)
+    assert not outcomes.problems(), outcomes.problems()[:20]
+    assert any(a.replica == victim.name for a in outcomes.acks), "the victim admitted nothing"
+    assert cut, "no call failed: the kill did not interrupt the clients"
+    failed_at = {replica for replica, _, _ in outcomes.failures}
+    assert failed_at == {victim.name}, f"calls failed on live replicas: {failed_at}"
+    for replica in survivors:
+        assert used(replica.url, service_key, COMPANY)[("tokens", "total")] == FULL_LIMIT
+
+    in_ledger = {
+        e["idempotency_key"]: e["id"] for e in ledger(survivors[0].url, service_key, COMPANY)
+    }
+    charged_unanswered = 0
+    with (
+        client(survivors[0].url, service_key) as first,
+        client(survivors[1].url, service_key) as second,
+    ):
+        for i, (key, answer) in enumerate(sorted(answers.items())):
+            user = answer["subject"]
+            tokens = int(answer["amounts"]["tokens"])
+            again = (first, second)[i % 2].post("/v1/consume", json=consume_body(user, tokens, key))
+            assert again.status_code == 200, f"{key}: {again.status_code} {again.text}"
+            replay = again.json()
+            assert replay["replayed"] is True, replay
+            assert {**replay, "replayed": False} == {**answer, "replayed": False}, key
+        for key, body in sorted(cut.items()):
+            again = first.post("/v1/consume", json=body)
+            if key in in_ledger:  # charged, but the answer died with the victim
+                charged_unanswered += 1
+                assert again.status_code == 200, f"{key}: {again.status_code} {again.text}"
+                assert (again.json()["event_id"], again.json()["replayed"]) == (
+                    in_ledger[key],
+                    True,
+                )
+            else:
+                assert again.status_code == 429, f"{key}: {again.status_code} {again.text}"
+    print(
+        f"\nfull: {len(answers)} admitted, {len(cut)} calls cut off, "
+        f"{charged_unanswered} of them charged before the kill; all retried after the limit"
+    )
+    assert in_ledger.keys() == answers.keys() | {k for k in cut if k in in_ledger}
+    for replica in survivors:
+        assert used(replica.url, service_key, COMPANY)[("tokens", "total")] == FULL_LIMIT

@@ -950,7 +950,7 @@ class Quota:
         sums: dict[tuple[datetime, str, str | None], int] = defaultdict(int)
         ends: dict[datetime, datetime] = {}
         for event in self.store.iter_events(subject=ref, start=begin, end=stop):
-            if event.kind != "consume":
+            if not event.is_usage:
                 continue  # grants are credit, not usage
             period_start, period_end = calendar_period(unit, event.timestamp, self.tz)
             ends[period_start] = period_end

@@ -384,7 +384,7 @@ def _ledger_tokens(quota: Quota, company: SubjectRef, days: int, now: datetime) 
     return sum(
         event.amounts[Metric.TOKENS]
         for event in quota.iter_events(subject=company, start=start, end=end)
-        if event.kind == "consume"
+        if event.is_usage
     )
 
 

@@ -20,6 +20,19 @@ from tokenquota.domain.subjects import SubjectRef, consumer_series
 
 CounterKey = tuple[str, str, str, int]  # subject, metric, window key, bucket
 
+# Event kinds that are usage: they add to counters and burn credits. A
+# "commit" is the usage a reservation turned into; it names the reservation
+# in its tags (RESERVATION_TAG), as a "grant" names its grant.
+USAGE_KINDS = frozenset({"consume", "commit"})
+RESERVATION_TAG = "reservation"
+
+
+def usage_kind(tags: Mapping[str, str], reservation_id: str | None) -> tuple[str, dict[str, str]]:
+    """The kind and tags of a usage event: a commit names the reservation it settles."""
+    if reservation_id is None:
+        return "consume", dict(tags)
+    return "commit", {**tags, RESERVATION_TAG: reservation_id}
+
 
 @dataclass(frozen=True, slots=True)
 class Event:
@@ -35,6 +48,16 @@ class Event:
     idempotency_key: str | None = None
     kind: str = "consume"
     resource: SubjectRef | None = None  # the protected resource the usage was made on
+
+    @property
+    def is_usage(self) -> bool:
+        """A consume or a commit; a grant adds credits to spend and is not usage."""
+        return self.kind in USAGE_KINDS
+
+    @property
+    def reservation_id(self) -> str | None:
+        """The reservation a commit event settled."""
+        return self.tags.get(RESERVATION_TAG) if self.kind == "commit" else None
 
     @property
     def series(self) -> tuple[str, ...]:

@@ -44,6 +44,7 @@ from tokenquota.domain.ledger import (
     key_target,
     plan_target,
     resource_target,
+    usage_kind,
 )
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.metrics import Amounts, Metric
@@ -240,7 +241,7 @@ class MemoryStore:
                 self._count(event, {key})
 
     def _count(self, event: Event, keys: set[LimitKey]) -> None:
-        if event.kind != "consume":
+        if not event.is_usage:
             return  # a grant adds credits to spend; it is not usage
         for key, units in increments(
             event.series, event.amounts, event.timestamp, self.tz, keys
@@ -419,12 +420,13 @@ class MemoryStore:
         }
         check_lifetime(plan.series, plan.amounts, lifetime)
 
-    def _apply(self, plan: DebitPlan) -> Decision:
+    def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
         # Before deciding, which counts shadow hits: a refused amount changes nothing.
         self._check_bounds(plan)
         decision = self._decide(plan)
         if not decision.allowed:
             return decision
+        kind, tags = usage_kind(plan.tags, reservation_id)
         event = Event(
             id=next(self._ids),
             subject=plan.subject,
@@ -434,8 +436,9 @@ class MemoryStore:
             mode=plan.mode,
             amounts=plan.amounts,
             model=plan.model,
-            tags=dict(plan.tags),
+            tags=tags,
             idempotency_key=plan.idempotency_key,
+            kind=kind,
             resource=plan.resource,
         )
         self._s.events.append(event)
@@ -513,7 +516,7 @@ class MemoryStore:
             self._check_bounds(plan)  # while the hold is still in place
             # The hold goes first, so the actual usage is measured without it.
             self._s.reservations[reservation_id] = replace(reservation, state=HoldState.RELEASED)
-            decision = self._apply(plan)
+            decision = self._apply(plan, reservation_id)
             self._s.reservations[reservation_id] = replace(
                 reservation, state=HoldState.COMMITTED, committed=decision
             )
@@ -616,7 +619,7 @@ class MemoryStore:
                 self._s.grants[grant_id] = replace(grant, remaining=grant.amount)
             for event in self._s.events:
                 self._count(event, self._s.tracked)
-                if event.kind == "consume":
+                if event.is_usage:
                     self._burn(event)
             return len(self._s.events)
 

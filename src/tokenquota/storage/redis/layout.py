@@ -90,6 +90,10 @@ class Layout:
     def epoch(self) -> str:
         return self.ledger(0, "epoch")
 
+    def deployment(self) -> str:
+        """The id of the deployment (SQL database) this keyspace belongs to."""
+        return self.ledger(0, "deployment")
+
     def pattern(self, what: str) -> str:
         """A SCAN pattern for one kind of subject key (c, hz, ha, lz, g) or ledger key."""
         return f"{self.prefix}:{{*}}:{what}:*"
@@ -155,14 +159,16 @@ class Reply:
     readings: str
     wallets: str
     extra: str  # burned credits on ok, the fingerprint on replay
-    decision: str = ""  # on replay: the first answer, as JSON, once the service stored it
+    decision: str = ""  # on replay: the first answer as JSON, if an older version stored it
+    plan: str = ""  # on replay: the plan the first answer was decided on (redis/answers.py)
+    pre: str = ""  # on replay: what the earlier steps of a cluster read, as JSON
 
     @classmethod
     def parse(cls, raw: Sequence[Any]) -> Reply:
         def text(v: Any) -> str:
             return v.decode() if isinstance(v, bytes) else str(v)
 
-        return cls(text(raw[0]), int(text(raw[1]) or 0), *(text(v) for v in raw[2:6]))
+        return cls(text(raw[0]), int(text(raw[1]) or 0), *(text(v) for v in raw[2:8]))
 
 
 def split(text: str) -> list[str]:

@@ -11,8 +11,9 @@
 -- from Redis, so every backend decides against the same instant.
 --
 -- Reply: { status, event id, readings, wallets, burned }, where status is
--- ok | denied | replay | state | conflict | lost | stale; a replay puts the stored
--- fingerprint in place of "burned" and adds the stored decision.
+-- ok | denied | replay | state | conflict | lost | stale; a replay returns the
+-- stored readings and wallets, the stored fingerprint in place of "burned",
+-- then the stored decision (older keyspaces), plan and earlier steps' reads.
 
 local spec = cjson.decode(ARGV[1])
 local now = spec.now
@@ -97,9 +98,10 @@ if spec.cfg and (redis.call('GET', KEYS[spec.cfg.k]) or '0') ~= spec.cfg.v then
   return { 'stale', 0, '', '', '' }
 end
 if spec.idem then
-  local found = redis.call('HMGET', KEYS[spec.idem.k], 'fp', 'eid', 'd')
+  local found = redis.call('HMGET', KEYS[spec.idem.k], 'fp', 'eid', 'd', 'rd', 'wl', 'p', 'pre')
   if found[1] then
-    return { 'replay', found[2] or '0', '', '', found[1], found[3] or '' }
+    return { 'replay', found[2] or '0', found[4] or '', found[5] or '', found[1], found[3] or '',
+      found[6] or '', found[7] or '' }
   end
 end
 if spec.state then
@@ -235,14 +237,18 @@ if spec.event then
   eid = base * ev.shards + ev.shard
   redis.call('XADD', KEYS[ev.stream], '*', 'id', int(eid), 'e', ev.body)
 end
--- The service adds the whole answer ("d") right after; until then a retry
--- gets one rebuilt from the counters (see RedisStore._stored_decision).
+-- The first answer's inputs, in the step that charges (no crash can come
+-- between): the plan the service sent, what this step and the earlier ones
+-- read. A retry recomputes the answer from them (storage/redis/answers.py).
 if spec.idem then
-  redis.call('HSET', KEYS[spec.idem.k], 'fp', spec.idem.fp, 'eid', int(eid))
+  redis.call('HSET', KEYS[spec.idem.k], 'fp', spec.idem.fp, 'eid', int(eid),
+    'rd', rd, 'wl', wl, 'p', spec.idem.p or '', 'pre', spec.idem.pre or '')
 end
 if spec.record then
   local r = spec.record
   redis.call('HSET', KEYS[r.k], unpack(r.fields))
   if spec.event then redis.call('HSET', KEYS[r.k], 'eid', int(eid)) end
+  -- A commit that is one step keeps its answer's inputs too (see idem above).
+  if r.p then redis.call('HSET', KEYS[r.k], 'p', r.p, 'rd', rd, 'wl', wl) end
 end
 return { 'ok', int(eid), rd, wl, table.concat(burned, '|') }

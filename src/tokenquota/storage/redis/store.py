@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -62,11 +62,12 @@ from tokenquota.domain.holds import (
     check_committable,
     check_extendable,
 )
-from tokenquota.domain.ledger import CounterKey, Event, increments
+from tokenquota.domain.ledger import CounterKey, Event, increments, usage_kind
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Page, RuleSet, StaleConfig
+from tokenquota.storage.redis.answers import CheckPlace, WalletPlace, first_answer, plan_json
 from tokenquota.storage.redis.layout import (
     CLUSTER_SHARDS,
     Layout,
@@ -78,7 +79,7 @@ from tokenquota.storage.redis.layout import (
     split,
 )
 from tokenquota.storage.sql import schema as t
-from tokenquota.storage.sql.store import SqlStore, _grant
+from tokenquota.storage.sql.store import SqlStore, _event, _grant
 
 log = logging.getLogger("tokenquota.redis")
 
@@ -132,6 +133,12 @@ class _Op:
     wallets: list[tuple[Step, int, SubjectRef, list[Grant]]] = field(default_factory=list)
 
 
+class KeyspaceTaken(StoreUnavailable):
+    """The Redis keyspace belongs to another deployment: this store will not start."""
+
+    code = "redis_keyspace_taken"
+
+
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -177,9 +184,15 @@ class RedisStore(SqlStore):
         self._warn_on_eviction()
         try:
             super().__init__(url, tz, move_timezone=move_timezone, migrate=migrate)
+        except BaseException:
+            self.redis.close()
+            raise
+        try:
+            self._stamp(prefix)
             self._open_epoch()
         except BaseException:
             self.redis.close()
+            super().close()
             raise
         self._stop = threading.Event()
         self._mover = threading.Thread(target=self._move_forever, name="tq-mover", daemon=True)
@@ -225,6 +238,49 @@ class RedisStore(SqlStore):
                 policy,
             )
 
+    def _deployment(self) -> str:
+        """This deployment's id, kept in the SQL catalog and made on first use."""
+        # The exclusive SQL write lock, so two first starts agree on one id (no
+        # configuration bump: no limit changes).
+        with super()._tx(write=True) as conn:
+            found = conn.execute(
+                sa.select(t.meta.c.value).where(t.meta.c.key == "deployment_id")
+            ).scalar()
+            if found is None:
+                found = uuid.uuid4().hex
+                conn.execute(t.meta.insert().values(key="deployment_id", value=found))
+            return str(found)
+
+    def _stamp(self, prefix: str) -> None:
+        """Claim the keyspace under our prefix, or refuse one that another deployment owns.
+
+        Two deployments on one keyspace would move each other's events into
+        their own ledgers and count each other's usage (issue 11, item 7).
+        An unstamped keyspace is ours to claim, unless it holds an epoch our
+        SQL database did not write: then a deployment from before stamps
+        writes there.
+        """
+        self.deployment_id = self._deployment()
+        with super()._tx() as conn:
+            epoch = conn.execute(
+                sa.select(t.meta.c.value).where(t.meta.c.key == "redis_epoch")
+            ).scalar()
+        key = self.layout.deployment()
+        claimed = self._call(lambda: self.redis.set(key, self.deployment_id, nx=True))
+        raw = self._call(lambda: self.redis.get(key))
+        owner = raw.decode() if raw else self.deployment_id
+        if claimed:
+            theirs = self._call(lambda: self.redis.get(self.layout.epoch()))
+            if theirs is not None and theirs.decode() != epoch:
+                self._call(lambda: self.redis.delete(key))  # not ours to claim after all
+                owner = f"an unstamped deployment (Redis epoch {theirs.decode()})"
+        if owner != self.deployment_id:
+            raise KeyspaceTaken(
+                f"the Redis keyspace under prefix {prefix!r} belongs to deployment {owner}, "
+                f"not to this one ({self.deployment_id}, the database this store opened): "
+                "give each deployment its own keyspace with ?prefix=NAME in the Redis URL"
+            )
+
     def _open_epoch(self) -> None:
         """Tell a new Redis from one that lost our data.
 
@@ -253,6 +309,7 @@ class RedisStore(SqlStore):
         conn.execute(t.meta.delete().where(t.meta.c.key == "redis_epoch"))
         conn.execute(t.meta.insert().values(key="redis_epoch", value=epoch))
         self._call(lambda: self.redis.set(self.layout.epoch(), epoch))
+        self._call(lambda: self.redis.set(self.layout.deployment(), self.deployment_id))
 
     # running steps -------------------------------------------------------------
     def _run(self, step: Step, now: datetime, *, dry: bool = False) -> Reply:
@@ -267,6 +324,8 @@ class RedisStore(SqlStore):
         steps = op.steps.ordered()
         replies: list[Reply] = []
         for i, step in enumerate(steps):
+            if "idem" in step.spec:  # it keeps what the steps before it read (see answers.py)
+                step.spec["idem"]["pre"] = json.dumps([[r.readings, r.wallets] for r in replies])
             reply = self._run(step, now, dry=dry)
             replies.append(reply)
             if reply.status == "ok":
@@ -618,8 +677,6 @@ class RedisStore(SqlStore):
             op = self._op()
             shard, lkey = ledger
             step = self._ledger_step(op, shard, lkey, config=True)
-            if idem is not None:
-                step.spec["idem"] = {"k": step.key(idem["key"]), "fp": idem["fp"]}
             self._add_checks(
                 op, plan.reads, enforce=enforce, guards=guards, first_guard=len(plan.checks)
             )
@@ -633,6 +690,12 @@ class RedisStore(SqlStore):
             if not plan.hold:
                 self._add_increments(op, plan, tracked)
             effects(op, step)
+            if idem is not None:
+                step.spec["idem"] = {
+                    "k": step.key(idem["key"]),
+                    "fp": idem["fp"],
+                    "p": plan_json(plan, *self._places(op)),
+                }
             replies = self._execute(op, plan.now, dry=refuse)
             last = replies[-1]
             statuses = {r.status for r in replies}
@@ -660,6 +723,17 @@ class RedisStore(SqlStore):
             return decision, last if admitted else None
         raise StoreUnavailable("the resource is too busy to measure its capacity; retry")
 
+    def _places(self, op: _Op) -> tuple[list[CheckPlace], list[WalletPlace]]:
+        """Where each check's and wallet's answer comes back, by step index."""
+        index = {id(step): i for i, step in enumerate(op.steps.ordered())}
+        checks: list[CheckPlace] = [
+            None if e is None else (index[id(e[0])], e[1], e[2], e[3]) for e in op.checks
+        ]
+        wallets: list[WalletPlace] = [
+            (index[id(step)], pos, subject, mine) for step, pos, subject, mine in op.wallets
+        ]
+        return checks, wallets
+
     def _replayed(self, plan: DebitPlan, reply: Reply) -> Decision:
         """A retry of an idempotent request gets the first answer."""
         if reply.extra not in (plan.fingerprint, ""):  # "" after a rebuild: not known
@@ -667,21 +741,38 @@ class RedisStore(SqlStore):
                 "this idempotency key was used for a different request",
                 details={"field": "idempotency_key"},
             )
-        return self._stored_decision(plan, reply.event_id, reply.decision)
+        if reply.decision:  # stored by a version that wrote the answer after the script
+            return Decision.from_wire(json.loads(reply.decision)).as_replay()
+        if reply.plan:
+            steps = [tuple(s) for s in json.loads(reply.pre or "[]")]
+            steps.append((reply.readings, reply.wallets))
+            return first_answer(reply.plan, steps, reply.event_id).as_replay()
+        return self._from_ledger(reply.event_id)
 
-    def _stored_decision(self, plan: DebitPlan, event_id: int, stored: str) -> Decision:
-        """The stored answer; without one (a crash right after the script, or a
-        rebuild), an answer with the same verdict and event and today's figures."""
-        if stored:
-            return Decision.from_wire(json.loads(stored)).as_replay()
-        nothing = replace(plan, amounts=Amounts({}))  # the counters hold it already
-        found = decide(
-            nothing,
-            self.read(plan.reads, plan.now),
-            event_id,
-            prepaid=self.prepaid(plan.charged, plan.now),
+    def _from_ledger(self, event_id: int) -> Decision:
+        """The admission an event in the ledger records, when nothing else is left of
+        its answer (Redis rebuilt from the ledger): admitted, the same event, subject,
+        mode, amounts and timestamp, and no limits, since the ledger keeps none of the
+        figures the first answer showed. Deciding again against today's counters
+        could refuse a request that was charged."""
+        self.flush()
+        with self._tx() as conn:
+            row = conn.execute(sa.select(t.events).where(t.events.c.id == event_id)).first()
+        if row is None:
+            raise StoreUnavailable(
+                f"the ledger has no event {event_id} for this idempotency key; retry shortly"
+            )
+        event = _event(row)
+        return Decision(
+            allowed=True,
+            subject=str(event.subject),
+            mode=event.mode,
+            amounts=event.amounts.to_numbers(),
+            timestamp=event.timestamp,
+            limits=(),
+            event_id=event_id,
+            replayed=True,
         )
-        return replace(found, amounts=plan.amounts.to_numbers(), event_id=event_id).as_replay()
 
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         subject = str(plan.subject)
@@ -694,16 +785,9 @@ class RedisStore(SqlStore):
             key = self.layout.stream(shard)
 
         def effects(op: _Op, step: Step) -> None:
-            self._add_event(step, shard, _event_body(plan, "consume"))
+            self._add_event(step, shard, _event_body(plan))
 
-        decision, reply = self._decide_and_apply(
-            plan, create_subject, (shard, key), effects, idem=idem
-        )
-        if reply is not None and idem is not None and not decision.replayed:
-            # The exact answer for a retry (the script kept the readings it was made on).
-            wire = json.dumps(decision.to_wire())
-            self._call(lambda: self.redis.hset(idem["key"], "d", wire))
-        return decision
+        return self._decide_and_apply(plan, create_subject, (shard, key), effects, idem=idem)[0]
 
     # reservations and leases ----------------------------------------------------
     def reserve(
@@ -736,7 +820,7 @@ class RedisStore(SqlStore):
             created_at=from_micros(int(row["created_at"])),
             expires_at=from_micros(int(row["expires_at"])),
             state=HoldState(row["state"]),
-            committed=Decision.from_wire(json.loads(row["d"])) if row.get("d") else None,
+            committed=_committed_answer(row),
             resource=SubjectRef.parse(row["resource"]) if row.get("resource") else None,
         )
 
@@ -758,7 +842,7 @@ class RedisStore(SqlStore):
                 "k": step.key(key),
                 "fields": ["state", HoldState.COMMITTED.value],
             }
-            self._add_event(step, shard, _event_body(plan, "consume"))
+            self._add_event(step, shard, _event_body(plan, reservation_id))
             for series in reservation.series:
                 for metric in reservation.amounts:
                     hz, ha = self.layout.holds(series, metric.value)
@@ -774,6 +858,8 @@ class RedisStore(SqlStore):
                 burn=credits,
             )
             self._add_increments(op, plan, tracked)
+            if len(op.steps.ordered()) == 1:  # one atomic step: its answer's inputs go in it
+                step.spec["record"]["p"] = plan_json(plan, *self._places(op))
             replies = self._execute_ledger_first(op, plan.now)
             if replies[-1].status == "lost":
                 raise StoreUnreachable("Redis has lost tokenquota's data; run `tokenquota rebuild`")
@@ -792,9 +878,12 @@ class RedisStore(SqlStore):
 
     def _committed(self, reservation_id: str, plan: DebitPlan) -> Decision:
         _, key = self.layout.record("r", reservation_id)
-        row = self._call(lambda: self.redis.hmget(key, "eid", "d"))
-        eid, stored = (v.decode() if v else "" for v in row)
-        return self._stored_decision(plan, int(eid or 0), stored)
+        raw = self._call(lambda: self.redis.hgetall(key))
+        row = {k.decode(): v.decode() for k, v in raw.items()}
+        answer = _committed_answer(row)
+        if answer is not None:
+            return answer.as_replay()
+        return self._from_ledger(int(row.get("eid") or 0))
 
     def _execute_ledger_first(self, op: _Op, now: datetime) -> list[Reply]:
         """For commit: the record step decides (one commit wins); the rest cannot refuse."""
@@ -1244,7 +1333,8 @@ def _burn_key(g: Grant) -> tuple[bool, datetime, datetime, str]:
     return (g.expires_at is None, g.expires_at or g.granted_at, g.granted_at, g.id)
 
 
-def _event_body(plan: DebitPlan, kind: str) -> dict[str, Any]:
+def _event_body(plan: DebitPlan, reservation_id: str | None = None) -> dict[str, Any]:
+    kind, tags = usage_kind(plan.tags, reservation_id)
     return {
         "kind": kind,
         "subject": str(plan.subject),
@@ -1254,10 +1344,20 @@ def _event_body(plan: DebitPlan, kind: str) -> dict[str, Any]:
         "mode": plan.mode.value,
         "amounts": plan.amounts.to_units_json(),
         "model": plan.model,
-        "tags": dict(plan.tags),
+        "tags": tags,
         "idempotency_key": plan.idempotency_key,
         "resource": str(plan.resource) if plan.resource else None,
     }
+
+
+def _committed_answer(row: dict[str, str]) -> Decision | None:
+    """A committed reservation's answer: as stored after the script, or recomputed from
+    the inputs a one-step commit kept; None when neither survived."""
+    if row.get("d"):
+        return Decision.from_wire(json.loads(row["d"]))
+    if row.get("p") and row.get("state") == HoldState.COMMITTED.value:
+        return first_answer(row["p"], [(row.get("rd", ""), row.get("wl", ""))], int(row["eid"]))
+    return None
 
 
 def _reservation_fields(r: Reservation) -> list[str]:

@@ -71,6 +71,7 @@ from tokenquota.domain.ledger import (
     key_target,
     plan_target,
     resource_target,
+    usage_kind,
 )
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.metrics import COUNTERS, Amounts, Metric
@@ -541,7 +542,7 @@ class SqlStore:
         read = 0
         for event in events:
             read += 1
-            if event.kind != "consume":
+            if not event.is_usage:
                 continue  # a grant adds credits to spend; it is not usage
             for key, units in increments(
                 event.series, event.amounts, event.timestamp, self.tz, keys
@@ -800,15 +801,20 @@ class SqlStore:
         lifetime = {(r.subject, Metric(r.metric)): int(r.value) for r in rows}
         check_lifetime(plan.series, plan.amounts, lifetime)
 
-    def _apply(self, conn: Connection, plan: DebitPlan) -> Decision:
-        """Decide and, when admitted, append the event and bump the counters."""
+    def _apply(
+        self, conn: Connection, plan: DebitPlan, reservation_id: str | None = None
+    ) -> Decision:
+        """Decide and, when admitted, append the event and bump the counters.
+
+        ``reservation_id`` makes the event a commit of that reservation."""
         self._check_bounds(conn, plan)  # before _decide, which counts shadow hits
         decision = self._decide(conn, plan)
         if not decision.allowed:
             return decision
+        kind, tags = usage_kind(plan.tags, reservation_id)
         inserted = conn.execute(
             t.events.insert().values(
-                kind="consume",
+                kind=kind,
                 subject=str(plan.subject),
                 charged=[str(s) for s in plan.charged],
                 ts=to_micros(plan.timestamp),
@@ -816,7 +822,7 @@ class SqlStore:
                 mode=plan.mode.value,
                 amounts=plan.amounts.to_units_json(),
                 model=plan.model,
-                tags=dict(plan.tags),
+                tags=tags,
                 idempotency_key=plan.idempotency_key,
                 resource=str(plan.resource) if plan.resource else None,
             )
@@ -994,7 +1000,7 @@ class SqlStore:
             if reservation.committed is not None:
                 return reservation.committed.as_replay()
             conn.execute(t.holds.delete().where(t.holds.c.reservation_id == reservation_id))
-            decision = self._apply(conn, plan)
+            decision = self._apply(conn, plan, reservation_id)
             conn.execute(
                 t.reservations.update()
                 .where(t.reservations.c.id == reservation_id)
@@ -1231,7 +1237,7 @@ class SqlStore:
         self._add_counters(conn, self._replay(conn, self._tracked(conn)))
         conn.execute(t.grants.update().values(remaining=t.grants.c.amount))
         for event in self._scan(conn, None, None, None):
-            if event.kind == "consume":
+            if event.is_usage:
                 self._burn(conn, event.charged, event.amounts[Metric.CREDITS], event.recorded_at)
         return int(conn.execute(sa.select(sa.func.count()).select_from(t.events)).scalar_one())
 
