@@ -13,6 +13,7 @@ is refused before anything is looked up.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -53,15 +54,24 @@ CREATE_ERRORS = error_responses(
 
 
 def _created(
-    request: Request, decision: Decision, operation: str, name: str, hold: dict[str, Any] | None
+    request: Request,
+    caller: ApiKey,
+    decision: Decision,
+    operation: str,
+    name: str,
+    hold: dict[str, Any] | None,
 ) -> JSONResponse:
-    """201 with the hold and the decision; a refusal (no hold) is decision_response's 429."""
-    answer = decision_response(request, decision, operation)  # counts it in /metrics too
+    """201 with the hold and the decision; a refusal (no hold) is decision_response's 429.
+
+    The 201 reuses decision_response's body, so a member sees the same part of the
+    decision either way.
+    """
+    answer = decision_response(request, decision, operation, caller)  # counts it in /metrics
     if hold is None:
         return answer
     headers = {k: v for k, v in answer.headers.items() if k.lower().startswith("ratelimit-")}
     return JSONResponse(
-        {name: hold, "decision": decision.to_wire()}, status_code=201, headers=headers
+        {name: hold, "decision": json.loads(bytes(answer.body))}, status_code=201, headers=headers
     )
 
 
@@ -101,7 +111,7 @@ def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) 
     reserved = quota.reserve(ref, body.amounts, ttl=body.ttl, resource=body.resource)
     hold = reserved.reservation
     wire = hold.to_wire(quota.clock.now()) if hold is not None else None
-    return _created(request, reserved.decision, "reserve", "reservation", wire)
+    return _created(request, caller, reserved.decision, "reserve", "reservation", wire)
 
 
 @router.get(
@@ -144,7 +154,7 @@ def commit(
 ) -> JSONResponse:
     _reservation(quota, caller, reservation_id)
     decision = quota.commit(reservation_id, body.amounts if body is not None else None)
-    return decision_response(request, decision, "commit")
+    return decision_response(request, decision, "commit", caller)
 
 
 @router.delete(
@@ -183,7 +193,7 @@ def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) 
     require_consume(caller, ref)
     acquired = quota.acquire(ref, ttl=body.ttl, resource=body.resource)
     wire = acquired.lease.to_wire(quota.clock.now()) if acquired.lease is not None else None
-    return _created(request, acquired.decision, "acquire", "lease", wire)
+    return _created(request, caller, acquired.decision, "acquire", "lease", wire)
 
 
 @router.get(
