@@ -41,7 +41,7 @@ class Reason(StrEnum):
     INSUFFICIENT_CREDITS = "insufficient_credits"  # the prepaid balance is too low
     # Only in what a member sees: a limit outside its subtree refused it.
     ANCESTOR_LIMIT = "ancestor_limit"
-    RESOURCE_CAPACITY = "resource_capacity"
+    RESOURCE_LIMIT = "resource_limit"  # a resource's capacity or its rule for the consumer
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,8 +277,8 @@ class Decision:
 
         withheld = tuple(
             WithheldBlock(
-                Reason.RESOURCE_CAPACITY
-                if s.source in _CAPACITY_SOURCES
+                Reason.RESOURCE_LIMIT
+                if s.source in _RESOURCE_SOURCES
                 else Reason.ANCESTOR_LIMIT,
                 s.metric,
             )
@@ -336,8 +336,8 @@ class Decision:
         """One line naming the limits that refused this decision (only those it shows)."""
         named = [f"{s.subject} {s.metric}/{s.window or '-'}" for s in self.blocked_by]
         named += [
-            "a resource's capacity"
-            if w.reason is Reason.RESOURCE_CAPACITY
+            f"a resource's {w.metric} limit"
+            if w.reason is Reason.RESOURCE_LIMIT
             else f"an ancestor's {w.metric} limit"
             for w in self.blocked_outside
         ]
@@ -347,7 +347,7 @@ class Decision:
         return replace(self, replayed=True)
 
 
-_CAPACITY_SOURCES = frozenset({"capacity", "saturation"})
+_RESOURCE_SOURCES = frozenset({"capacity", "saturation", "resource"})
 
 
 def _fraction_left(status: LimitStatus) -> Fraction:
