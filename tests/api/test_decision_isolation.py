@@ -152,7 +152,12 @@ def test_a_members_events_are_charged_no_higher_than_its_subject(live: LiveFacto
     assert [e["charged"] for e in page.json()["items"]] == [["user:alice-bot", MEMBER]]
     with api.client() as admin:
         everything = admin.get("/v1/events", params={"subject": MEMBER}).json()["items"]
-    assert everything[0]["charged"] == ["user:alice-bot", MEMBER, "team:crimsonq9", "company:acmeq7"]
+    assert everything[0]["charged"] == [
+        "user:alice-bot",
+        MEMBER,
+        "team:crimsonq9",
+        "company:acmeq7",
+    ]
 
 
 def test_more_than_a_whole_limit_is_refused_as_exceeding_it_not_as_a_wait(

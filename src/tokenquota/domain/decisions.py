@@ -277,9 +277,7 @@ class Decision:
 
         withheld = tuple(
             WithheldBlock(
-                Reason.RESOURCE_LIMIT
-                if s.source in _RESOURCE_SOURCES
-                else Reason.ANCESTOR_LIMIT,
+                Reason.RESOURCE_LIMIT if s.source in _RESOURCE_SOURCES else Reason.ANCESTOR_LIMIT,
                 s.metric,
             )
             for s in self.blocked_by

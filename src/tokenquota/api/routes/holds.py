@@ -37,6 +37,7 @@ from tokenquota.api.holds_schemas import (
 from tokenquota.api.routes.metering import decision_response
 from tokenquota.api.schemas import DecisionOut
 from tokenquota.domain.decisions import Decision
+from tokenquota.domain.errors import Forbidden
 from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
@@ -78,15 +79,24 @@ def _created(
 def _reservation(quota: Quota, caller: ApiKey, reservation_id: str) -> Reservation:
     require_role(caller, *HOLDERS)
     reservation = quota.get_reservation(reservation_id)
-    require_consume(caller, reservation.subject)
+    _require_holder(caller, reservation.subject, "reservation")
     return reservation
 
 
 def _lease(quota: Quota, caller: ApiKey, lease_id: str) -> Lease:
     require_role(caller, *HOLDERS)
     lease = quota.get_lease(lease_id)
-    require_consume(caller, lease.subject)
+    _require_holder(caller, lease.subject, "lease")
     return lease
+
+
+def _require_holder(caller: ApiKey, subject: SubjectRef, what: str) -> None:
+    """require_consume, without naming the hold's subject: the caller sent only an id,
+    and a member must not learn whose hold it is (SPEC section 10)."""
+    try:
+        require_consume(caller, subject)
+    except Forbidden:
+        raise Forbidden(f"this key may not use this {what}") from None
 
 
 # reservations -----------------------------------------------------------------------
