@@ -99,7 +99,8 @@ def check(body: CheckIn, request: Request, caller: Caller, quota: QuotaDep) -> J
         "admits it; otherwise 429 with Retry-After and the blocking limits, and nothing is "
         "charged; `reason: exceeds_limit` (and no Retry-After) when the amount alone is "
         "more than a limit's whole size. A member key sees only its own subtree's limits: "
-        "an ancestor's refusal is an entry of `blocked_outside` without its figures. record: usage that already happened, always stored. A retry with the same "
+        "an ancestor's refusal is an entry of `blocked_outside` without its figures. "
+        "record: usage that already happened, always stored. A retry with the same "
         "idempotency_key returns the first answer and charges nothing."
     ),
     responses={
