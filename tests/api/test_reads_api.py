@@ -70,6 +70,7 @@ def test_usage_reports_used_remaining_and_reset(frozen: Api) -> None:
             "reset_at": "2026-03-11T00:00:00+00:00",
             "within_limit": True,
             "shadow_hits": None,  # an enforced limit; shadow limits carry their count
+            "reason": None,
         }
         assert (by_metric["credits"]["used"], by_metric["credits"]["remaining"]) == (
             "1.25",

@@ -17,7 +17,8 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from tokenquota.domain.errors import Forbidden, Unauthorized
+from tokenquota.domain.decisions import Decision, Scope
+from tokenquota.domain.errors import Forbidden, TokenQuotaError, Unauthorized
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
@@ -99,3 +100,22 @@ def require_consume(caller: ApiKey, ref: SubjectRef) -> None:
     if caller.role is Role.MEMBER and caller.subject == ref:
         return
     raise Forbidden(f"this key may not spend for {ref}")
+
+
+def decision_scope(quota: Quota, caller: ApiKey, decision: Decision) -> Scope | None:
+    """Which subjects named in ``decision`` the caller may see; None when it sees all.
+
+    A decision names its subject and every ancestor, the resource it asked for and
+    prepaid wallets: for a member only those in its own subtree stay (SPEC section 10).
+    """
+    if caller.role is not Role.MEMBER:
+        return None
+    named = {s.subject for s in (*decision.limits, *decision.blocked_by, *decision.shadow_blocked)}
+    return Scope(frozenset(s for s in named if _inside(quota, caller, s)))
+
+
+def _inside(quota: Quota, caller: ApiKey, subject: str) -> bool:
+    try:
+        return in_scope(quota, caller, SubjectRef.parse(subject))
+    except TokenQuotaError:  # not a subject at all (e.g. a resource share): outside
+        return False

@@ -51,6 +51,21 @@ class LimitStatusOut(Model):
     remaining: Num | None = Field(description="null when unlimited; never negative")
     reset_at: datetime | None
     within_limit: bool
+    reason: str | None = Field(
+        None,
+        description=(
+            "Why this limit refused the request, null unless it did: limit_reached (a wait "
+            "may help), exceeds_limit (the amount alone is more than the whole limit: no "
+            "wait helps) or insufficient_credits (the prepaid balance is too low)"
+        ),
+    )
+
+
+class WithheldOut(Model):
+    reason: str = Field(
+        description="ancestor_limit or resource_limit: a limit the caller may not see refused it"
+    )
+    metric: str
 
 
 class DecisionOut(Model):
@@ -71,6 +86,21 @@ class DecisionOut(Model):
             "true when the store was unreachable and on_store_error=open admitted the "
             "request without it: no limit was checked and limits is empty; the usage is "
             "queued on the replica and stored when the store is back"
+        ),
+    )
+    reason: str | None = Field(
+        None,
+        description=(
+            "Why it was refused, null when allowed: exceeds_limit when some blocking limit "
+            "is smaller than the amount itself (retry_after is then null), else "
+            "insufficient_credits or limit_reached"
+        ),
+    )
+    blocked_outside: list[WithheldOut] = Field(
+        default_factory=list,
+        description=(
+            "For a member key: refusals by limits outside its subtree (an ancestor's, or a "
+            "resource's), without naming them or giving their figures"
         ),
     )
 

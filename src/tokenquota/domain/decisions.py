@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
+from fractions import Fraction
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -27,6 +28,47 @@ from tokenquota.domain.windows import admits
 class Mode(StrEnum):
     ENFORCE = "enforce"
     RECORD = "record"
+
+
+class Reason(StrEnum):
+    """Why a limit refused a request; stable wire values.
+
+    Clients need this more than the figures: it says whether waiting helps.
+    """
+
+    LIMIT_REACHED = "limit_reached"  # what is used (or held) leaves too little now
+    EXCEEDS_LIMIT = "exceeds_limit"  # the amount alone is more than the whole limit
+    INSUFFICIENT_CREDITS = "insufficient_credits"  # the prepaid balance is too low
+    # Only in what a member sees: a limit outside its subtree refused it.
+    ANCESTOR_LIMIT = "ancestor_limit"
+    RESOURCE_LIMIT = "resource_limit"  # a resource's capacity or its rule for the consumer
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """The subjects a viewer may see in a decision (SPEC section 10).
+
+    A member key sees its own subject and its descendants; a decision lists the
+    subject and its ancestors, resources and prepaid wallets. ``subjects`` holds
+    those of them inside the member's subtree; everything else is withheld.
+    """
+
+    subjects: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class WithheldBlock:
+    """A refusal by a limit the viewer may not see: why, never whose or how much."""
+
+    reason: Reason
+    metric: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"reason": self.reason.value, "metric": self.metric}
+
+    @classmethod
+    def from_wire(cls, data: Mapping[str, Any]) -> WithheldBlock:
+        return cls(Reason(data["reason"]), data["metric"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +179,8 @@ class LimitStatus:
     remaining: Number | None  # None when unlimited; never negative
     reset_at: datetime | None
     within_limit: bool
+    # Why this limit refused the request (``Reason``); None unless it did.
+    reason: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -151,6 +195,7 @@ class LimitStatus:
             "remaining": wire_number(self.remaining),
             "reset_at": self.reset_at.isoformat() if self.reset_at else None,
             "within_limit": self.within_limit,
+            "reason": self.reason,
         }
 
     @classmethod
@@ -168,6 +213,7 @@ class LimitStatus:
             remaining=None if data["remaining"] is None else _unnum(metric, data["remaining"]),
             reset_at=datetime.fromisoformat(data["reset_at"]) if data["reset_at"] else None,
             within_limit=data["within_limit"],
+            reason=data.get("reason"),  # absent from answers stored before
         )
 
 
@@ -187,14 +233,63 @@ class Decision:
     # True when the store was unreachable and on_store_error="open" admitted
     # the request without it: no limit was checked, the usage waits in the spool.
     failed_open: bool = False
+    # Why it was refused (a ``Reason``): exceeds_limit when some blocking limit is
+    # smaller than the amount itself, so no wait helps. None when allowed.
+    reason: str | None = None
+    # Refusals by limits outside the viewer's subtree (``visible_to``).
+    blocked_outside: tuple[WithheldBlock, ...] = ()
 
-    @property
-    def tightest(self) -> LimitStatus | None:
-        """The enforcing limit with the least left: what RateLimit-* headers describe."""
-        bounded = [s for s in self.limits if s.remaining is not None and not s.shadow]
+    def tightest(self, now: datetime) -> LimitStatus | None:
+        """The limit closest to blocking: what RateLimit-* headers describe.
+
+        Measured as a fraction of the limit's size, so a credits limit of 10.5
+        with 10.4 left is not tighter than a tokens limit of 100 with 50 left.
+        When denied, the blocking limits come first. A status whose period
+        ended before ``now`` (a back-dated record's) says nothing about what
+        may be spent now, so it never describes the headers.
+        """
+
+        def current(pool: Sequence[LimitStatus]) -> list[LimitStatus]:
+            return [
+                s
+                for s in pool
+                if s.remaining is not None
+                and not s.shadow
+                and (s.reset_at is None or s.reset_at > now)
+            ]
+
+        bounded = current(self.blocked_by) or current(self.limits)
         if not bounded:
             return None
-        return min(bounded, key=lambda s: (s.remaining, s.reset_at is None))
+        return min(bounded, key=lambda s: (_fraction_left(s), s.reset_at is None))
+
+    def visible_to(self, scope: Scope) -> Decision:
+        """This decision as a viewer confined to ``scope`` may see it (SPEC section 10).
+
+        Statuses of subjects outside the scope (ancestors, resources, their
+        wallets) are dropped; a refusal by one becomes a ``WithheldBlock``
+        saying only that an ancestor's limit (or a resource) refused, and
+        ``retry_after`` stays, since when to retry is the member's to know.
+        """
+
+        def sees(status: LimitStatus) -> bool:
+            return status.subject in scope.subjects
+
+        withheld = tuple(
+            WithheldBlock(
+                Reason.RESOURCE_LIMIT if s.source in _RESOURCE_SOURCES else Reason.ANCESTOR_LIMIT,
+                s.metric,
+            )
+            for s in self.blocked_by
+            if not sees(s)
+        )
+        return replace(
+            self,
+            limits=tuple(s for s in self.limits if sees(s)),
+            blocked_by=tuple(s for s in self.blocked_by if sees(s)),
+            shadow_blocked=tuple(s for s in self.shadow_blocked if sees(s)),
+            blocked_outside=self.blocked_outside + withheld,
+        )
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -210,6 +305,8 @@ class Decision:
             "event_id": self.event_id,
             "replayed": self.replayed,
             "failed_open": self.failed_open,
+            "reason": self.reason,
+            "blocked_outside": [w.to_wire() for w in self.blocked_outside],
         }
 
     @classmethod
@@ -227,15 +324,35 @@ class Decision:
             event_id=data["event_id"],
             replayed=data["replayed"],
             failed_open=data.get("failed_open", False),  # absent from answers stored before
+            reason=data.get("reason"),
+            blocked_outside=tuple(
+                WithheldBlock.from_wire(w) for w in data.get("blocked_outside", ())
+            ),
         )
 
     def denial(self) -> str:
-        """One line naming the limits that refused this decision."""
-        blocked = ", ".join(f"{s.subject} {s.metric}/{s.window or '-'}" for s in self.blocked_by)
-        return f"denied by {blocked}"
+        """One line naming the limits that refused this decision (only those it shows)."""
+        named = [f"{s.subject} {s.metric}/{s.window or '-'}" for s in self.blocked_by]
+        named += [
+            f"a resource's {w.metric} limit"
+            if w.reason is Reason.RESOURCE_LIMIT
+            else f"an ancestor's {w.metric} limit"
+            for w in self.blocked_outside
+        ]
+        return f"denied by {', '.join(named)}"
 
     def as_replay(self) -> Decision:
         return replace(self, replayed=True)
+
+
+_RESOURCE_SOURCES = frozenset({"capacity", "saturation", "resource"})
+
+
+def _fraction_left(status: LimitStatus) -> Fraction:
+    """remaining / limit, exactly; a limit of 0 has nothing left."""
+    assert status.remaining is not None
+    limit = Fraction(str(status.limit))
+    return Fraction(str(status.remaining)) / limit if limit > 0 else Fraction(0)
 
 
 def _unnum(metric: Metric, value: Any) -> Number:
@@ -325,30 +442,50 @@ def decide(
         lands = check.bucket is not None or check.limit.key.metric is Metric.CONCURRENT_REQUESTS
         return check.amount if allowed and lands else 0
 
+    refusing = set(blocked) | set(shadow)
     statuses = tuple(
-        status(c, r, plan.tz, held=counted(c))
-        if plan.hold
-        else status(c, r, plan.tz, added=counted(c))
-        for c, r in zip(plan.checks, readings, strict=True)
+        replace(
+            status(c, r, plan.tz, held=counted(c))
+            if plan.hold
+            else status(c, r, plan.tz, added=counted(c)),
+            reason=_reason(c) if i in refusing else None,
+        )
+        for i, (c, r) in enumerate(zip(plan.checks, readings, strict=True))
     )
     retry_after = None
     blocked_by = tuple(statuses[i] for i in blocked)
+    cap_refuses = capacity is not None and not capacity[1] and plan.mode is Mode.ENFORCE
+    cap_exceeded = False
     if capacity is not None:
-        cap_status, cap_admitted, _ = capacity
+        cap_status, _, _ = capacity
         if allowed and plan.capacity is not None:
             cap_status = _with_added(cap_status, plan.capacity.amount, hold=plan.hold)
-        statuses += (cap_status,)
-        if not cap_admitted and plan.mode is Mode.ENFORCE:
+        if cap_refuses:
+            assert plan.capacity is not None
+            # More than the whole capacity: no minute ever admits it.
+            cap_exceeded = plan.capacity.amount > int(cap_status.limit)
+            cap_status = replace(
+                cap_status, reason=Reason.EXCEEDS_LIMIT if cap_exceeded else Reason.LIMIT_REACHED
+            )
             blocked_by += (cap_status,)
-    statuses += tuple(status for status, _ in wallets)
-    if plan.mode is Mode.ENFORCE:
-        blocked_by += tuple(broke)
+        statuses += (cap_status,)
+    enforce = plan.mode is Mode.ENFORCE
+    wallet_statuses = tuple(
+        status if fits or not enforce else replace(status, reason=Reason.INSUFFICIENT_CREDITS)
+        for status, fits in wallets
+    )
+    statuses += wallet_statuses
+    if enforce:
+        blocked_by += tuple(
+            s for s, (_, fits) in zip(wallet_statuses, wallets, strict=True) if not fits
+        )
     if not allowed:
         retry_after = _retry_after(plan, readings, blocked)
-        if capacity is not None and not capacity[1] and retry_after is not None:
+        if cap_refuses and retry_after is not None:
+            assert capacity is not None
             retry_after = max(retry_after, capacity[2]) if blocked else capacity[2]
-        if broke:
-            retry_after = None  # waiting adds no credits
+        if broke or cap_exceeded:
+            retry_after = None  # waiting adds no credits, and no minute fits the amount
     return Decision(
         allowed=allowed,
         subject=str(plan.subject),
@@ -360,7 +497,24 @@ def decide(
         shadow_blocked=tuple(statuses[i] for i in shadow),
         retry_after=retry_after,
         event_id=event_id if allowed else None,
+        reason=None if allowed else _overall(blocked_by),
     )
+
+
+def _reason(check: Check) -> Reason:
+    """Why a blocking check refuses: the amount alone is too big, or the limit is used up."""
+    if not admits(0, check.amount, check.limit.value):
+        return Reason.EXCEEDS_LIMIT
+    return Reason.LIMIT_REACHED
+
+
+def _overall(blocked_by: Sequence[LimitStatus]) -> str:
+    """The refusal's reason: the one that most tells a client not to wait."""
+    reasons = {s.reason for s in blocked_by}
+    for reason in (Reason.EXCEEDS_LIMIT, Reason.INSUFFICIENT_CREDITS):
+        if reason in reasons:
+            return reason.value
+    return Reason.LIMIT_REACHED.value
 
 
 def capacity_refuses(plan: DebitPlan, capacity_readings: Readings) -> bool:

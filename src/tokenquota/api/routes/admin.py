@@ -50,6 +50,7 @@ from tokenquota.api.auth import (
     Caller,
     QuotaDep,
     actor_of,
+    in_scope,
     require_read,
     require_role,
 )
@@ -118,13 +119,22 @@ def put_subject(ref: RefPath, body: SubjectIn, caller: Caller, quota: QuotaDep) 
     tags=["subjects"],
     response_model=SubjectOut,
     summary="One subject",
-    description="A member key may read its own subject and the subjects below it.",
+    description=(
+        "A member key may read its own subject and the subjects below it; `parents` "
+        "then lists only the parents inside its subtree (its own subject has none)."
+    ),
     responses=error_responses(UNKNOWN_SUBJECT),
 )
 def get_subject(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     subject = SubjectRef.parse(ref, "ref")
     require_read(quota, caller, subject)
-    return JSONResponse(quota.get_subject(subject).to_wire())
+    wire = quota.get_subject(subject).to_wire()
+    if caller.role is Role.MEMBER:
+        # A parent above the member's own subject is outside what it may see (SPEC 10).
+        wire["parents"] = [
+            p for p in wire["parents"] if in_scope(quota, caller, SubjectRef.parse(p))
+        ]
+    return JSONResponse(wire)
 
 
 @router.delete(

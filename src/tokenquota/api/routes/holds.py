@@ -13,6 +13,7 @@ is refused before anything is looked up.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -36,6 +37,7 @@ from tokenquota.api.holds_schemas import (
 from tokenquota.api.routes.metering import decision_response
 from tokenquota.api.schemas import DecisionOut
 from tokenquota.domain.decisions import Decision
+from tokenquota.domain.errors import Forbidden
 from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
@@ -53,30 +55,48 @@ CREATE_ERRORS = error_responses(
 
 
 def _created(
-    request: Request, decision: Decision, operation: str, name: str, hold: dict[str, Any] | None
+    request: Request,
+    caller: ApiKey,
+    decision: Decision,
+    operation: str,
+    name: str,
+    hold: dict[str, Any] | None,
 ) -> JSONResponse:
-    """201 with the hold and the decision; a refusal (no hold) is decision_response's 429."""
-    answer = decision_response(request, decision, operation)  # counts it in /metrics too
+    """201 with the hold and the decision; a refusal (no hold) is decision_response's 429.
+
+    The 201 reuses decision_response's body, so a member sees the same part of the
+    decision either way.
+    """
+    answer = decision_response(request, decision, operation, caller)  # counts it in /metrics
     if hold is None:
         return answer
     headers = {k: v for k, v in answer.headers.items() if k.lower().startswith("ratelimit-")}
     return JSONResponse(
-        {name: hold, "decision": decision.to_wire()}, status_code=201, headers=headers
+        {name: hold, "decision": json.loads(bytes(answer.body))}, status_code=201, headers=headers
     )
 
 
 def _reservation(quota: Quota, caller: ApiKey, reservation_id: str) -> Reservation:
     require_role(caller, *HOLDERS)
     reservation = quota.get_reservation(reservation_id)
-    require_consume(caller, reservation.subject)
+    _require_holder(caller, reservation.subject, "reservation")
     return reservation
 
 
 def _lease(quota: Quota, caller: ApiKey, lease_id: str) -> Lease:
     require_role(caller, *HOLDERS)
     lease = quota.get_lease(lease_id)
-    require_consume(caller, lease.subject)
+    _require_holder(caller, lease.subject, "lease")
     return lease
+
+
+def _require_holder(caller: ApiKey, subject: SubjectRef, what: str) -> None:
+    """require_consume, without naming the hold's subject: the caller sent only an id,
+    and a member must not learn whose hold it is (SPEC section 10)."""
+    try:
+        require_consume(caller, subject)
+    except Forbidden:
+        raise Forbidden(f"this key may not use this {what}") from None
 
 
 # reservations -----------------------------------------------------------------------
@@ -101,7 +121,7 @@ def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) 
     reserved = quota.reserve(ref, body.amounts, ttl=body.ttl, resource=body.resource)
     hold = reserved.reservation
     wire = hold.to_wire(quota.clock.now()) if hold is not None else None
-    return _created(request, reserved.decision, "reserve", "reservation", wire)
+    return _created(request, caller, reserved.decision, "reserve", "reservation", wire)
 
 
 @router.get(
@@ -144,7 +164,7 @@ def commit(
 ) -> JSONResponse:
     _reservation(quota, caller, reservation_id)
     decision = quota.commit(reservation_id, body.amounts if body is not None else None)
-    return decision_response(request, decision, "commit")
+    return decision_response(request, decision, "commit", caller)
 
 
 @router.delete(
@@ -183,7 +203,7 @@ def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) 
     require_consume(caller, ref)
     acquired = quota.acquire(ref, ttl=body.ttl, resource=body.resource)
     wire = acquired.lease.to_wire(quota.clock.now()) if acquired.lease is not None else None
-    return _created(request, acquired.decision, "acquire", "lease", wire)
+    return _created(request, caller, acquired.decision, "acquire", "lease", wire)
 
 
 @router.get(

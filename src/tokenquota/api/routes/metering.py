@@ -9,10 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from tokenquota.api.auth import Caller, QuotaDep, require_consume
+from tokenquota.api.auth import Caller, QuotaDep, decision_scope, require_consume
 from tokenquota.api.errors import error_body
 from tokenquota.api.schemas import CheckIn, ConsumeIn, DecisionOut, ErrorOut
-from tokenquota.domain.decisions import Decision, LimitStatus
+from tokenquota.domain.decisions import Decision
+from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.subjects import SubjectRef
 
 router = APIRouter(prefix="/v1", tags=["metering"])
@@ -27,11 +28,11 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 def rate_limit_headers(decision: Decision, now: datetime) -> dict[str, str]:
-    """IETF RateLimit-* fields for the tightest limit (the blocking one when denied)."""
-    candidates = [s for s in decision.blocked_by if s.remaining is not None]
-    status: LimitStatus | None = (
-        min(candidates, key=lambda s: s.remaining or 0) if candidates else decision.tightest
-    )
+    """IETF RateLimit-* fields for the limit closest to blocking (``Decision.tightest``).
+
+    RateLimit-Reset is never negative: a status whose period has ended is not chosen.
+    """
+    status = decision.tightest(now)
     if status is None or status.remaining is None:
         return {}
     headers = {"RateLimit-Limit": str(status.limit), "RateLimit-Remaining": str(status.remaining)}
@@ -41,7 +42,10 @@ def rate_limit_headers(decision: Decision, now: datetime) -> dict[str, str]:
     return headers
 
 
-def decision_response(request: Request, decision: Decision, operation: str) -> JSONResponse:
+def decision_response(
+    request: Request, decision: Decision, operation: str, caller: ApiKey
+) -> JSONResponse:
+    """The answer to a decision, as much of it as the caller may see (SPEC section 10)."""
     metrics = request.app.state.metrics
     metrics.decisions.labels(
         operation, decision.mode.value, "allowed" if decision.allowed else "denied"
@@ -50,7 +54,11 @@ def decision_response(request: Request, decision: Decision, operation: str) -> J
         metrics.shadow_blocks.inc(len(decision.shadow_blocked))
     if decision.failed_open:
         metrics.failed_open.labels(operation).inc()
-    headers = rate_limit_headers(decision, request.app.state.quota.clock.now())
+    quota = request.app.state.quota
+    scope = decision_scope(quota, caller, decision)
+    if scope is not None:
+        decision = decision.visible_to(scope)
+    headers = rate_limit_headers(decision, quota.clock.now())
     if decision.allowed or operation == "check":
         return JSONResponse(decision.to_wire(), headers=headers)
     if decision.retry_after is not None:
@@ -59,7 +67,9 @@ def decision_response(request: Request, decision: Decision, operation: str) -> J
         "quota_exceeded",
         decision.denial(),
         {
+            "reason": decision.reason,
             "blocked_by": [s.to_wire() for s in decision.blocked_by],
+            "blocked_outside": [w.to_wire() for w in decision.blocked_outside],
             "retry_after": decision.retry_after,
             "decision": decision.to_wire(),
         },
@@ -77,7 +87,7 @@ def check(body: CheckIn, request: Request, caller: Caller, quota: QuotaDep) -> J
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
     decision = quota.check(ref, body.amounts, timestamp=body.timestamp, resource=body.resource)
-    return decision_response(request, decision, "check")
+    return decision_response(request, decision, "check", caller)
 
 
 @router.post(
@@ -87,7 +97,10 @@ def check(body: CheckIn, request: Request, caller: Caller, quota: QuotaDep) -> J
     description=(
         "enforce (default): admitted only if every limit of the subject and its ancestors "
         "admits it; otherwise 429 with Retry-After and the blocking limits, and nothing is "
-        "charged. record: usage that already happened, always stored. A retry with the same "
+        "charged; `reason: exceeds_limit` (and no Retry-After) when the amount alone is "
+        "more than a limit's whole size. A member key sees only its own subtree's limits: "
+        "an ancestor's refusal is an entry of `blocked_outside` without its figures. "
+        "record: usage that already happened, always stored. A retry with the same "
         "idempotency_key returns the first answer and charges nothing."
     ),
     responses={
@@ -108,4 +121,4 @@ def consume(body: ConsumeIn, request: Request, caller: Caller, quota: QuotaDep) 
         tags=body.tags,
         resource=body.resource,
     )
-    return decision_response(request, decision, "consume")
+    return decision_response(request, decision, "consume", caller)

@@ -8,6 +8,8 @@ which Starlette iterates on the thread pool.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import replace
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
@@ -27,6 +29,7 @@ from tokenquota.api.auth import Caller, QuotaDep, in_scope, require_read
 from tokenquota.api.schemas import UsageOut
 from tokenquota.domain.errors import Forbidden
 from tokenquota.domain.keys import Role
+from tokenquota.domain.ledger import Event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import wire_number
 from tokenquota.domain.subjects import SubjectRef
@@ -180,15 +183,20 @@ def events(
     ] = "json",
 ) -> Response:
     ref = SubjectRef.parse(subject, "subject") if subject is not None else None
+    root: SubjectRef | None = None
     if caller.role is Role.MEMBER:
         if ref is None:
             raise Forbidden("a member key must name a subject= within its scope")
         require_read(quota, caller, ref)
+        root = caller.subject
     if fmt == "json":
         page = quota.events(subject=ref, start=start, end=end, offset=offset, limit=limit)
-        return JSONResponse(page_wire([e.to_wire() for e in page.items], page))
+        items = [_within(e, root, ref).to_wire() for e in page.items]
+        return JSONResponse(page_wire(items, page))
     # Validated now, read lazily: the export streams in batches as the client reads.
-    stream = quota.iter_events(subject=ref, start=start, end=end)
+    stream: Iterable[Event] = quota.iter_events(subject=ref, start=start, end=end)
+    if root is not None:
+        stream = (_within(e, root, ref) for e in stream)
     if fmt == "csv":
         return StreamingResponse(
             csv_chunks(stream),
@@ -200,3 +208,19 @@ def events(
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="events.jsonl"'},
     )
+
+
+def _within(event: Event, root: SubjectRef | None, ref: SubjectRef | None) -> Event:
+    """The event as a member bound to ``root`` may see it: ``charged`` cut above its subtree.
+
+    ``charged`` runs from the event's subject up through every ancestor; the
+    member's own subject is the last one inside its subtree (SPEC section 10).
+    If the hierarchy has changed since and ``root`` is not in it, the cut is at
+    ``ref``, the subject the member asked for, which is inside.
+    """
+    if root is None:
+        return event
+    for last in (root, ref):
+        if last in event.charged:
+            return replace(event, charged=event.charged[: event.charged.index(last) + 1])
+    return replace(event, charged=(event.subject,))
