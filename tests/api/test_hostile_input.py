@@ -1,0 +1,362 @@
+"""Generated hostile input against every write route: a documented 4xx, and nothing changed.
+
+Every POST, PUT, PATCH and DELETE the app's OpenAPI document lists (the native
+/v1 API and the compatibility surfaces alike) is sent, on a live server over
+SQLite and over PostgreSQL, a valid request with one or two of its leaves made
+hostile (see tests/api/hostile.py for what that means), whole bodies that are
+hostile, and hostile path parameters. For each:
+
+- the status is a 4xx the route documents (413 for a body over the cap), never
+  a 2xx and never a 5xx;
+- the answer is JSON in the route's documented error shape for that status;
+- the store is as it was: ledger, audit log, subjects, every subject's usage,
+  limits and credits, defaults, plans, keys, resource quotas and the open holds;
+- a plain request on the same connection still works.
+
+The runs are derandomized and bounded (``TOKENQUOTA_FUZZ_EXAMPLES`` per route,
+25 by default); ``make fuzz`` runs many more.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, Phase, given, settings
+from pydantic import SecretStr
+
+from tests.api.conftest import ADMIN_KEY, LiveServer
+from tests.api.hostile import (
+    Attack,
+    Route,
+    Schemas,
+    Snapshot,
+    Target,
+    _plain,
+    body_attacks,
+    path_attacks,
+    resolve_example,
+    whole_body_attacks,
+    write_routes,
+)
+from tokenquota import FrozenClock, Quota
+from tokenquota.api import create_app
+from tokenquota.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+EXAMPLES = int(os.environ.get("TOKENQUOTA_FUZZ_EXAMPLES", "25"))
+USED = 1_200  # tokens already counted on alice and on the BokaMera company before every run
+
+DEPLOYMENT = "65f1c0de0123456789abcdef"
+WALDUR_USER = "2a6a1f9e-8c3b-4d5e-9f70-112233445566"
+COMPANY_ID = "5b8f1c2e-3a4d-4e6f-8a9b-0c1d2e3f4a5b"
+
+# A body each route accepts, by route; ``{name}`` is filled from the seeded store.
+# A route missing here still runs, from a body built out of its schema.
+EXAMPLES_BY_ROUTE: dict[str, dict[str, Any]] = {
+    "POST /v1/check": {
+        "subject": "user:alice",
+        "amounts": {"input_tokens": 10, "output_tokens": 5},
+        "timestamp": START.isoformat(),
+        "resource": "deployment:{deployment}",
+    },
+    "POST /v1/consume": {
+        "subject": "user:alice",
+        "amounts": {"input_tokens": 10, "output_tokens": 5},
+        "mode": "record",
+        "idempotency_key": "req-1",
+        "model": "gpt-4o",
+        "tags": {"feature": "chat"},
+    },
+    "POST /v1/reservations": {
+        "subject": "user:alice",
+        "amounts": {"tokens": 100},
+        "ttl": 60,
+        "resource": "deployment:{deployment}",
+    },
+    "POST /v1/reservations/{reservation_id}/commit": {"amounts": {"tokens": 50}},
+    "POST /v1/leases": {"subject": "user:alice", "ttl": 60},
+    "POST /v1/leases/{lease_id}/heartbeat": {"ttl": 30},
+    "PUT /v1/subjects/{ref}": {
+        "name": "Alice",
+        "parents": ["team:red", "company:acme"],
+        "metadata": {"tier": "gold", "region": ["eu", "us"]},
+    },
+    "PUT /v1/subjects/{ref}/limits": {
+        "limits": [{"metric": "tokens", "window": "day", "limit": 5_000, "shadow": False}]
+    },
+    "PUT /v1/subjects/{ref}/plan": {"plan_id": "{plan_id}"},
+    "PUT /v1/defaults": {
+        "defaults": [{"kind": "user", "metric": "tokens", "window": "day", "limit": 1_000}]
+    },
+    "POST /v1/plans": {
+        "name": "Silver",
+        "rules": [{"metric": "tokens", "window": "day", "limit": 100}],
+    },
+    "PUT /v1/plans/{plan_id}": {
+        "name": "Gold",
+        "rules": [{"metric": "requests", "window": "minute", "limit": 10}],
+    },
+    "POST /v1/keys": {"role": "member", "subject": "user:alice", "name": "ci"},
+    "PUT /v1/resources/{ref}/quota": {
+        "default_rules": [{"metric": "requests", "window": "minute", "limit": 2}],
+        "policies": [
+            {
+                "consumer": "group:research",
+                "reserved": 0.25,
+                "rules": [{"metric": "tokens", "window": "day", "limit": 500}],
+            }
+        ],
+        "capacity": {"value": 4, "units": "requests"},
+        "saturation_threshold": 0.5,
+    },
+    "POST /v1/subjects/{ref}/grants": {"credits": 10, "expires_at": "2026-04-01T00:00:00Z"},
+    "POST /api/chat-quota/set_quota/": {
+        "user_uuid": WALDUR_USER,
+        "daily_limit": 100,
+        "weekly_limit": 500,
+        "monthly_limit": 1_000,
+    },
+    "POST /assistant/ai-chat/usage": {
+        "CompanyId": COMPANY_ID,
+        "TokensUsed": 100,
+        "WindowDays": 30,
+    },
+    "POST /api/v2/quotaTemplates/": {
+        "name": "Bronze",
+        "rules": [{"rule": "token", "window": "day", "limit": 100}],
+    },
+    "POST /api/v2/quotas/": {
+        "resourceId": "75f1c0de0123456789abcdef",
+        "resourceType": "deployment",
+        "defaultRules": [{"rule": "requests", "window": "min", "limit": 2}],
+        "policies": [
+            {
+                "consumerId": "bob",
+                "consumerType": "user",
+                "consumerName": "Bob",
+                "reserved": 0.25,
+                "rules": [{"rule": "token", "window": "hour", "limit": 10}],
+            }
+        ],
+        "capacity": {"capacity": 4, "units": "requests"},
+        "saturationThreshold": 0.5,
+    },
+    "PATCH /api/v2/quotas/{quotaId}/": {
+        "capacity": {"capacity": 8, "units": "token"},
+        "defaultRules": [{"rule": "token", "window": "day", "limit": 1_000}],
+        "saturationThreshold": 0.75,
+    },
+}
+
+# Number fields that are amounts charged to a counter already holding USED.
+AMOUNTS: dict[str, list[tuple[str | int, ...]]] = {
+    "POST /v1/consume": [("amounts", "input_tokens")],
+    "POST /v1/reservations": [("amounts", "tokens")],
+    "POST /v1/reservations/{reservation_id}/commit": [("amounts", "tokens")],
+    "POST /assistant/ai-chat/usage": [("TokensUsed",)],
+}
+
+# Real path values, by parameter name.
+PATH_VALUES = {
+    "ref": "user:alice",
+    "reservation_id": "{reservation_id}",
+    "lease_id": "{lease_id}",
+    "plan_id": "{plan_id}",
+    "key_id": "{key_id}",
+    "quotaId": "deployment:{deployment}",
+}
+RESOURCE_ROUTES = ("/v1/resources/",)
+
+
+def _document() -> dict[str, Any]:
+    settings_ = Settings(db="memory://", admin_key=SecretStr(ADMIN_KEY))
+    return create_app(settings_).openapi()
+
+
+DOCUMENT = _document()
+ROUTES = write_routes(DOCUMENT)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LiveServer]:
+    db = (
+        f"sqlite:///{tmp_path / 'hostile.db'}"
+        if request.param == "sqlite"
+        else request.getfixturevalue("postgres_url")
+    )
+    built = Settings(admin_key=SecretStr(ADMIN_KEY), db=db)
+    live = LiveServer(create_app(built, clock=FrozenClock(START)))
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
+def seed(quota: Quota, client: httpx.Client) -> dict[str, str]:
+    """A small store every route has something real to act on; the ids it made, by name."""
+    quota.set_parents("user:alice", ["team:red", "company:acme"])
+    quota.set_parents("team:red", ["company:acme"])
+    quota.set_limit("company:acme", "tokens", "day", 1_000_000)
+    quota.consume("user:alice", {"tokens": USED}, mode="record")
+    quota.set_parents(f"user:{COMPANY_ID[:8]}", [f"company:{COMPANY_ID}"])
+    quota.consume(f"company:{COMPANY_ID}", {"tokens": USED}, mode="record")
+    quota.put_subject(f"user:{WALDUR_USER}")
+    quota.put_subject("user:ghost")
+    plan = quota.create_plan("Gold", [{"metric": "tokens", "window": "day", "limit": 500}])
+    key, _ = quota.create_key("service", name="seeded")
+    created = client.post(
+        "/api/v2/quotas/",
+        json={
+            "resourceId": DEPLOYMENT,
+            "resourceType": "deployment",
+            "defaultRules": [{"rule": "token", "window": "day", "limit": 100_000}],
+            "capacity": {"capacity": 1_000_000, "units": "token"},
+        },
+    )
+    assert created.status_code == 201, created.text
+    reservation = quota.reserve("user:alice", {"tokens": 10}, ttl=3_600).reservation
+    lease = quota.acquire("user:alice", ttl=3_600).lease
+    assert reservation is not None
+    assert lease is not None
+    return {
+        "plan_id": plan.id,
+        "key_id": key.id,
+        "reservation_id": reservation.id,
+        "lease_id": lease.id,
+        "deployment": DEPLOYMENT,
+    }
+
+
+def snapshot(quota: Quota, ids: dict[str, str]) -> Snapshot:
+    """Everything a write route could change, read through the engine the server runs on."""
+    subjects = quota.list_subjects(limit=1_000)
+    state: Snapshot = {
+        "events": [_plain(e) for e in quota.iter_events()],
+        "audit": _plain(quota.audit(limit=1_000)),
+        "subjects": _plain(subjects),
+        "defaults": _plain(quota.defaults()),
+        "plans": _plain(quota.plans()),
+        "keys": _plain(quota.list_keys(limit=1_000)),
+        "resources": _plain(quota.resource_quotas(limit=1_000)),
+        "reservation": _plain(quota.get_reservation(ids["reservation_id"])),
+        "lease": _plain(quota.get_lease(ids["lease_id"])),
+    }
+    for subject in subjects.items:
+        ref = str(subject.ref)
+        state[f"usage {ref}"] = _plain(quota.usage(ref))
+        state[f"limits {ref}"] = _plain(quota.limits(ref))
+        state[f"balance {ref}"] = _plain(quota.balance(ref))
+    return state
+
+
+def target_for(route: Route, ids: dict[str, str], schemas: Schemas) -> Target:
+    values = {name: resolve_example(PATH_VALUES.get(name, "x"), ids) for name in route.params}
+    if route.path.startswith(RESOURCE_ROUTES):
+        values["ref"] = f"deployment:{DEPLOYMENT}"
+    schema = route.body_schema()
+    body = None
+    if schema is not None:
+        template = EXAMPLES_BY_ROUTE.get(route.label)
+        body = resolve_example(template, ids) if template is not None else schemas.example(schema)
+    return Target(route, values, body, AMOUNTS.get(route.label, []))
+
+
+def send(client: httpx.Client, route: Route, attack: Attack) -> httpx.Response:
+    headers = {"Content-Type": "application/json"} if attack.body is not None else {}
+    return client.request(route.method.upper(), attack.path, content=attack.body, headers=headers)
+
+
+def judge(
+    route: Route,
+    attack: Attack,
+    response: httpx.Response,
+    schemas: Schemas,
+    before: Snapshot,
+    after: Snapshot,
+) -> None:
+    said = f"{route.label} with {attack.what}: {response.status_code} {response.text[:300]}"
+    allowed = route.error_statuses() | {413}
+    assert response.status_code in allowed, f"not a documented 4xx: {said}"
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pytest.fail(f"the error is not JSON: {said}")
+    shape = route.error_schema(response.status_code)
+    assert shape is not None, f"no documented error shape for {said}"
+    assert schemas.accepts(shape, body), f"not in the route's error shape: {said}"
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"changed {changed}: {said}"
+
+
+RUN = settings(
+    max_examples=EXAMPLES,
+    deadline=None,  # a live server's latency is not the property under test
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],  # no shrinking: a failure names its input
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[r.label for r in ROUTES])
+def test_hostile_input_is_refused_and_changes_nothing(server: LiveServer, route: Route) -> None:
+    quota: Quota = server.app.state.quota
+    schemas = Schemas(DOCUMENT)
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60
+    ) as client:
+        ids = seed(quota, client)
+        target = target_for(route, ids, schemas)
+
+        def attempt(attack: Attack) -> None:
+            before = snapshot(quota, ids)
+            response = send(client, route, attack)
+            after = snapshot(quota, ids)
+            judge(route, attack, response, schemas, before, after)
+            after_it = client.get("/healthz")
+            assert after_it.status_code == 200, f"the next request failed after {attack.what}"
+
+        fixed = path_attacks(target)
+        if target.body is not None:
+            fixed += whole_body_attacks(target)
+        for attack in fixed:
+            attempt(attack)
+
+        if target.body is not None:
+
+            @RUN
+            @given(attack=body_attacks(target, schemas))
+            def generated(attack: Attack) -> None:
+                attempt(attack)
+
+            generated()
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=[r.label for r in ROUTES])
+def test_the_starting_bodies_are_accepted(server: LiveServer, route: Route) -> None:
+    """Each hostile body differs from one the route accepts, so its 4xx is the hostile part's."""
+    quota: Quota = server.app.state.quota
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}, timeout=60
+    ) as client:
+        ids = seed(quota, client)
+        target = target_for(route, ids, Schemas(DOCUMENT))
+        body = json.dumps(target.body).encode() if target.body is not None else None
+        attack = Attack("the valid body", target.url(), body)
+        response = send(client, route, attack)
+        assert response.status_code < 300, f"{route.label}: {response.status_code} {response.text}"
+
+
+def test_every_write_route_is_attacked() -> None:
+    """The routes come from the document; these are the ones every build has."""
+    labels = {r.label for r in ROUTES}
+    assert {"POST /v1/consume", "PUT /v1/subjects/{ref}", "POST /assistant/ai-chat/usage"} <= labels
