@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
 import jsonschema_rs
+import sqlalchemy as sa
 from hypothesis import strategies as st
 
 WRITE_METHODS = ("post", "put", "patch", "delete")
@@ -442,17 +442,29 @@ def resolve_example(template: Any, values: dict[str, str]) -> Any:
 
 
 Snapshot = dict[str, Any]
-Snapper = Callable[[], Snapshot]
 
 
-def _plain(value: Any) -> Any:
-    """Dataclasses and the like, as comparable plain data (so a diff can be read)."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if hasattr(value, "__dataclass_fields__"):
-        return {k: _plain(getattr(value, k)) for k in value.__dataclass_fields__}
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value if isinstance(value, int | float | str | bool | type(None)) else repr(value)
+class Tables:
+    """Every row of every table of the store, read on a connection of its own.
+
+    Comparing whole tables is what "nothing changed" means: the ledger, counters,
+    holds, idempotency answers, the audit log, keys and quotas alike, including
+    tables added after this was written. The server's clock is frozen, so a
+    read cannot expire anything between two looks.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.engine = sa.create_engine(url)
+        reflected = sa.MetaData()
+        reflected.reflect(self.engine)
+        self.tables = list(reflected.sorted_tables)
+
+    def snapshot(self) -> Snapshot:
+        with self.engine.connect() as conn:
+            return {
+                table.name: sorted(repr(tuple(row)) for row in conn.execute(sa.select(table)))
+                for table in self.tables
+            }
+
+    def close(self) -> None:
+        self.engine.dispose()
