@@ -340,15 +340,15 @@ def _shown(value: Any) -> str:
 
 
 @st.composite
-def replacing(draw: st.DrawFn, path: Path, values: st.SearchStrategy[Any]) -> Change:
+def replacing(draw: st.DrawFn, kind: str, path: Path, values: st.SearchStrategy[Any]) -> Change:
     value = draw(values)
-    return Change(f"{_shown(value)} at {path}", path, value)
+    return Change(f"[{kind}] {_shown(value)} at {path}", path, value)
 
 
 @st.composite
 def renaming(draw: st.DrawFn, path: Path, key: str) -> Change:
     new = draw(tainted_text(key))
-    return Change(f"key {new!a} at {path}", path, new, key)
+    return Change(f"[text key] {new!a} at {path}", path, new, key)
 
 
 def body_attacks(target: Target, schemas: Schemas) -> st.SearchStrategy[Attack]:
@@ -363,19 +363,20 @@ def body_attacks(target: Target, schemas: Schemas) -> st.SearchStrategy[Attack]:
         if path == ():
             continue
         if isinstance(value, str):
-            options.append(replacing(path, tainted_text(value)))
-            options.append(replacing(path, st.just(not_utf8(value))))
+            options.append(replacing("text", path, tainted_text(value)))
+            options.append(replacing("not UTF-8", path, st.just(not_utf8(value))))
         if isinstance(value, int | float) and not isinstance(value, bool):
-            options.append(replacing(path, st.sampled_from(HUGE)))
-            options.append(replacing(path, st.sampled_from([Raw(t.encode()) for t in NON_NUMBERS])))
+            options.append(replacing("past 63 bits", path, st.sampled_from(HUGE)))
+            non_numbers = st.sampled_from([Raw(t.encode()) for t in NON_NUMBERS])
+            options.append(replacing("no number", path, non_numbers))
         odd = [
             v for v in (None, True, False) if not schemas.accepts_any(schemas.at(schema, path), v)
         ]
         if odd:
-            options.append(replacing(path, st.sampled_from(odd)))
-        options.append(replacing(path, st.sampled_from([nested(), nested_objects()])))
+            options.append(replacing("null or boolean", path, st.sampled_from(odd)))
+        options.append(replacing("nesting", path, st.sampled_from([nested(), nested_objects()])))
     for path in target.amounts:
-        options.append(st.just(Change(f"{MAX_63} at {path} (a counter in use)", path, MAX_63)))
+        options.append(st.just(Change(f"[counter past 63 bits] {MAX_63} at {path}", path, MAX_63)))
     for path in maps(body):
         # Only keys a map may choose (amounts, tags, metadata); a renamed fixed field is
         # merely unknown, which some foreign surfaces ignore, as their originals do.
@@ -384,7 +385,9 @@ def body_attacks(target: Target, schemas: Schemas) -> st.SearchStrategy[Attack]:
     if isinstance(body, dict) and isinstance(body.get("amounts"), dict):
         half = 2**62
         split = {"input_tokens": half, "output_tokens": half}
-        options.append(st.just(Change("input_tokens + output_tokens = 2^63", ("amounts",), split)))
+        options.append(
+            st.just(Change("[sum past 63 bits] input_tokens + output_tokens", ("amounts",), split))
+        )
 
     @st.composite
     def attack(draw: st.DrawFn) -> Attack:
@@ -402,14 +405,53 @@ def body_attacks(target: Target, schemas: Schemas) -> st.SearchStrategy[Attack]:
     return attack()
 
 
+def sweep(target: Target, schemas: Schemas) -> list[Attack]:
+    """Each kind of hostile value once at every leaf (and key), so none depends on luck."""
+    body = target.body
+    schema = target.route.body_schema()
+    assert schema is not None
+    changes: list[Change] = []
+    for path, value in leaves(body):
+        if path == ():
+            continue
+        if isinstance(value, str):
+            middle = len(value) // 2
+            for bad in ("\x00", "\x1b", "\x85", "\ud800"):
+                tainted = value[:middle] + bad + value[middle:]
+                changes.append(Change(f"[text] {tainted!a} at {path}", path, tainted))
+            changes.append(Change(f"[not UTF-8] at {path}", path, not_utf8(value)))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            changes.append(Change(f"[past 63 bits] 2**63 at {path}", path, 2**63))
+            changes.append(Change(f"[no number] NaN at {path}", path, Raw(b"NaN")))
+        for odd in (None, True):
+            if not schemas.accepts_any(schemas.at(schema, path), odd):
+                changes.append(Change(f"[null or boolean] {odd} at {path}", path, odd))
+        changes.append(Change(f"[nesting] lists {DEPTH} deep at {path}", path, nested()))
+    for path in maps(body):
+        if any(not b.get("properties") for b in schemas.at(schema, path)):
+            for key in get(body, path):
+                changes.append(
+                    Change(f"[text key] NUL in {key!a} at {path}", path, key + "\x00", key)
+                )
+    for path in target.amounts:
+        changes.append(Change(f"[counter past 63 bits] {MAX_63} at {path}", path, MAX_63))
+    if isinstance(body, dict) and isinstance(body.get("amounts"), dict):
+        split = {"input_tokens": 2**62, "output_tokens": 2**62}
+        changes.append(
+            Change("[sum past 63 bits] input_tokens + output_tokens", ("amounts",), split)
+        )
+    url = target.url()
+    return [Attack(change.note, url, encode(change.apply(body))) for change in changes]
+
+
 def whole_body_attacks(target: Target) -> list[Attack]:
     url = target.url()
     return [
-        Attack(f"a body of {OVERSIZE} bytes", url, encode(padded(target.body))),
-        Attack(f"a body of lists nested {DEPTH} deep", url, nested().text),
-        Attack("a body of a lone surrogate", url, b'"\\ud800"'),
-        Attack("a body that is no UTF-8", url, b'{"\xff": 1}'),
-        Attack("a body of NaN", url, b"NaN"),
+        Attack(f"[oversize] a body of {OVERSIZE} bytes", url, encode(padded(target.body))),
+        Attack(f"[nesting] a body of lists nested {DEPTH} deep", url, nested().text),
+        Attack("[text] a body of a lone surrogate", url, b'"\\ud800"'),
+        Attack("[not UTF-8] a body that is no UTF-8", url, b'{"\xff": 1}'),
+        Attack("[no number] a body of NaN", url, b"NaN"),
     ]
 
 
@@ -424,7 +466,7 @@ def padded(body: Any) -> Any:
 def path_attacks(target: Target) -> list[Attack]:
     body = encode(target.body) if target.route.body_schema() is not None else None
     return [
-        Attack(f"{{{name}}} = {value[:40]}", target.url({name: value}), body)
+        Attack(f"[path] {{{name}}} = {value[:40]}", target.url({name: value}), body)
         for name in target.route.params
         for value in HOSTILE_PATHS
     ]
