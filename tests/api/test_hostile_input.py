@@ -325,6 +325,9 @@ def judge(
     shape = route.error_schema(response.status_code)
     assert shape is not None, f"no documented error shape for {said}"
     assert schemas.accepts(shape, body), f"not in the route's error shape: {said}"
+    if response.status_code == 422 and "error" in body:
+        # The native shape names the field at fault (the surfaces have their own ways).
+        assert body["error"]["details"].get("field"), f"no field named: {said}"
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
     assert not changed, f"changed {changed}: {said}"
 
