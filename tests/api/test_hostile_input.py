@@ -15,7 +15,7 @@ hostile, and hostile path parameters. For each:
 
 Every kind of hostile value is first put once at every leaf of the body (a
 sweep that does not depend on luck); then hypothesis combines them at random
-places, derandomized and bounded (``TOKENQUOTA_FUZZ_EXAMPLES`` per route, 20 by
+places, derandomized and bounded (``TOKENQUOTA_FUZZ_EXAMPLES`` per route, 15 by
 default); ``make fuzz`` runs many more.
 """
 
@@ -60,7 +60,7 @@ from tokenquota.settings import Settings
 pytestmark = pytest.mark.slow
 
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
-EXAMPLES = int(os.environ.get("TOKENQUOTA_FUZZ_EXAMPLES", "20"))
+EXAMPLES = int(os.environ.get("TOKENQUOTA_FUZZ_EXAMPLES", "15"))
 USED = 1_200  # tokens already counted on alice and on the BokaMera company before every run
 
 DEPLOYMENT = "65f1c0de0123456789abcdef"
