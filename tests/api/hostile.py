@@ -472,6 +472,34 @@ def path_attacks(target: Target) -> list[Attack]:
     ]
 
 
+# Query values, percent-encoded: text no field may hold, and for a parameter that is not
+# free text (a number, a UUID) values that are no such thing.
+HOSTILE_QUERY_TEXT = ["%00", "a%01b", "a%7Fb", "a%C2%85b", "%ED%A0%80", "%FF"]
+HOSTILE_QUERY_VALUES = ["9223372036854775808", "-9223372036854775809", "true", "NaN", "a" * 5_000]
+
+
+def query_attacks(target: Target, schemas: Schemas) -> list[Attack]:
+    """Each query parameter the route documents, hostile, beside the valid body.
+
+    Under its own name and lower-cased too: a surface that matches names without
+    regard to case (BokaMera's) reads it by a path of its own.
+    """
+    body = encode(target.body) if target.route.body_schema() is not None else None
+    attacks = []
+    for param in target.route.operation.get("parameters", []):
+        if param.get("in") != "query":
+            continue
+        name = param["name"]
+        schema = schemas.branches(param.get("schema", {}))
+        free_text = any(b.get("type") == "string" and not b.get("format") for b in schema)
+        values = HOSTILE_QUERY_TEXT + ([] if free_text else HOSTILE_QUERY_VALUES)
+        for spelled in dict.fromkeys((name, name.lower())):
+            for value in values:
+                url = f"{target.url()}?{quote(spelled)}={value}"
+                attacks.append(Attack(f"[query] {spelled}={value[:40]}", url, body))
+    return attacks
+
+
 def resolve_example(template: Any, values: dict[str, str]) -> Any:
     """The example with ``{name}`` placeholders in its strings filled in from the seed."""
     if isinstance(template, str):

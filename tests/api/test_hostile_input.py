@@ -4,7 +4,7 @@ Every POST, PUT, PATCH and DELETE the app's OpenAPI document lists (the native
 /v1 API and the compatibility surfaces alike) is sent, on a live server over
 SQLite and over PostgreSQL, a valid request with one or two of its leaves made
 hostile (see tests/api/hostile.py for what that means), whole bodies that are
-hostile, and hostile path parameters. For each:
+hostile, and hostile path and query parameters. For each:
 
 - the status is a 4xx the route documents (413 for a body over the cap), never
   a 2xx and never a 5xx;
@@ -47,6 +47,7 @@ from tests.api.hostile import (
     Target,
     body_attacks,
     path_attacks,
+    query_attacks,
     resolve_example,
     sweep,
     whole_body_attacks,
@@ -356,7 +357,7 @@ def test_hostile_input_is_refused_and_changes_nothing(server: Served, route: Rou
             after_it = client.get("/healthz")
             assert after_it.status_code == 200, f"the next request failed after {attack.what}"
 
-        fixed = path_attacks(target)
+        fixed = path_attacks(target) + query_attacks(target, schemas)
         if target.body is not None:
             fixed += whole_body_attacks(target) + sweep(target, schemas)
         for attack in fixed:
