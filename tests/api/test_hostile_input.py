@@ -24,8 +24,8 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -220,30 +220,64 @@ def serve(db: str) -> Served:
     return Served(live, Tables(db), ids)  # the tables after the server's migrations made them
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
-def server(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Served]:
-    """One server per backend for every route: hostile requests must leave it as seeded.
+class Servers:
+    """One live server at a time per backend, shared by the routes' tests.
 
-    A route whose attack did change something fails; the routes after it still
-    compare each request's before and after, so they stay meaningful.
+    Hostile requests must leave it as seeded, so the next route can use it as it
+    is. When a test did change it (that test failed), the next one gets a fresh
+    server, so one defect is reported once and not again by every later route.
     """
+
+    def __init__(self, new_db: Callable[[], str]) -> None:
+        self.new_db = new_db
+        self.stack = ExitStack()
+        self.current: Served | None = None
+        self.seeded: Snapshot = {}
+
+    def get(self) -> Served:
+        if self.current is None or self.current.tables.snapshot() != self.seeded:
+            self.stack.close()
+            self.stack = ExitStack()
+            self.current = self.stack.enter_context(served_on(self.new_db()))
+            self.seeded = self.current.tables.snapshot()
+        return self.current
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def servers(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Servers]:
     if request.param == "sqlite":
-        with served_on(f"sqlite:///{tmp_path_factory.mktemp('hostile') / 'hostile.db'}") as served:
-            yield served
+        folder = tmp_path_factory.mktemp("hostile")
+        pool = Servers(lambda: f"sqlite:///{folder / f'{uuid.uuid4().hex}.db'}")
+        try:
+            yield pool
+        finally:
+            pool.stack.close()
         return
-    schema = f"tq_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(require_postgres())
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        with served_on(f"{require_postgres()}?options=-csearch_path%3D{schema}") as served:
-            yield served
-    finally:
+    schemas: list[str] = []
+
+    def new_schema() -> str:
+        schemas.append(f"tq_{uuid.uuid4().hex[:12]}")
         with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+            conn.execute(sa.text(f'CREATE SCHEMA "{schemas[-1]}"'))
+        return f"{require_postgres()}?options=-csearch_path%3D{schemas[-1]}"
+
+    pool = Servers(new_schema)
+    try:
+        yield pool
+    finally:
+        pool.stack.close()
+        with admin.begin() as conn:
+            for schema in schemas:
+                conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+@pytest.fixture
+def server(servers: Servers) -> Served:
+    return servers.get()
 
 
 @contextmanager
