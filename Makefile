@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint typecheck pytest bench clean
+.PHONY: install demo serve test lint typecheck pytest bench clean fuzz
 
 install: $(STAMP)
 
@@ -36,6 +36,12 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+
+# Hostile input against every write route, on SQLite and PostgreSQL, with many more
+# examples than `make test` runs (FUZZ_EXAMPLES per route; slow).
+FUZZ_EXAMPLES ?= 500
+fuzz: install
+	TOKENQUOTA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/api/test_hostile_input.py -p no:cacheprovider
 
 bench: install
 	$(BIN)/python bench/bench_consume.py

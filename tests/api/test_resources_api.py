@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 
-from tests.api.conftest import Api
+from tests.api.conftest import Api, ServerFactory
 
 LLAMA = "deployment:llama-70b"
 QUOTA: dict[str, Any] = {
@@ -86,6 +87,35 @@ def test_bad_quotas_are_422_naming_the_field_and_change_nothing(admin: httpx.Cli
         assert response.status_code == 422, (body, response.text)
         assert response.json()["error"]["details"]["field"] == field, (body, response.text)
     assert admin.get(f"/v1/resources/{LLAMA}/quota").status_code == 404
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+def test_booleans_are_no_numbers_in_a_quota(
+    make_api: ServerFactory, request: pytest.FixtureRequest, db: str
+) -> None:
+    """JSON true and false were read as 1 and 0: a share of all the capacity, a limit of 0."""
+    settings = {"db": request.getfixturevalue("postgres_url")} if db == "postgres" else {}
+    api = make_api(**settings)
+    policy = QUOTA["policies"][0]
+    rule = QUOTA["default_rules"][0]
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({**QUOTA, "saturation_threshold": True}, "saturation_threshold"),
+        ({**QUOTA, "policies": [{**policy, "reserved": True}]}, "policies[0].reserved"),
+        ({**QUOTA, "policies": [{**policy, "reserved": False}]}, "policies[0].reserved"),
+        ({**QUOTA, "default_rules": [{**rule, "limit": False}]}, "default_rules[0].limit"),
+        (
+            {**QUOTA, "policies": [{**policy, "rules": [{**rule, "limit": True}]}]},
+            "policies[0].rules[0].limit",
+        ),
+        ({**QUOTA, "capacity": {"value": True, "units": "requests"}}, "capacity.value"),
+    ]
+    with api.client() as admin:
+        stored = admin.put(f"/v1/resources/{LLAMA}/quota", json=QUOTA).json()
+        for body, field in cases:
+            response = admin.put(f"/v1/resources/{LLAMA}/quota", json=body)
+            assert response.status_code == 422, (body, response.text)
+            assert response.json()["error"]["details"]["field"] == field, response.text
+        assert admin.get(f"/v1/resources/{LLAMA}/quota").json() == stored
 
 
 def test_roles_on_quotas(api: Api) -> None:

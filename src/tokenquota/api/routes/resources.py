@@ -6,11 +6,11 @@ field at fault, e.g. ``policies[1].reserved``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import BeforeValidator, Field
 
 from tokenquota.api.admin_schemas import RefPath, error_responses
 from tokenquota.api.auth import READERS, WRITERS, Caller, QuotaDep, actor_of, require_role
@@ -21,24 +21,35 @@ from tokenquota.domain.subjects import SubjectRef
 router = APIRouter(prefix="/v1", tags=["resources"])
 
 
+def _no_bool(value: Any) -> Any:
+    # A lax union would read JSON true as 1 (all the capacity) before the engine sees it.
+    if isinstance(value, bool):
+        raise ValueError("must be a number or a decimal string, not true or false")
+    return value
+
+
+# A share in [0, 1] as a number or a decimal string; the engine checks the value.
+Share = Annotated[int | float | str | None, BeforeValidator(_no_bool)]
+
+
 class ResourceRuleIn(Model):
     metric: Literal["requests", "tokens", "concurrent_requests", "input_sequence_length"]
     window: Literal["minute", "hour", "day"] | None = Field(
         None, description="Required for requests and tokens; none for the other two"
     )
-    limit: int = Field(ge=0, le=2**63 - 1)
+    # Strict, as every number here: JSON true and false are no numbers, though a lax
+    # int would read them as 1 and 0 and store a limit nobody asked for.
+    limit: int = Field(ge=0, le=2**63 - 1, strict=True)
 
 
 class PolicyIn(Model):
     consumer: str = Field(description="The consuming subject, kind:id", max_length=200)
     rules: list[ResourceRuleIn] = Field(max_length=100)
-    reserved: int | float | str | None = Field(
-        None, description="Share of capacity kept for this consumer, in [0, 1]"
-    )
+    reserved: Share = Field(None, description="Share of capacity kept for this consumer, in [0, 1]")
 
 
 class CapacityIn(Model):
-    value: int = Field(ge=0, le=2**63 - 1, description="Total per calendar minute")
+    value: int = Field(ge=0, le=2**63 - 1, strict=True, description="Total per calendar minute")
     units: Literal["requests", "tokens"]
 
 
@@ -46,9 +57,7 @@ class QuotaIn(Model):
     default_rules: list[ResourceRuleIn] = Field(default_factory=list, max_length=100)
     policies: list[PolicyIn] = Field(default_factory=list, max_length=10_000)
     capacity: CapacityIn | None = None
-    saturation_threshold: int | float | str | None = Field(
-        None, description="In [0, 1]; null means never saturated"
-    )
+    saturation_threshold: Share = Field(None, description="In [0, 1]; null means never saturated")
 
 
 class ResourceRuleOut(Model):
