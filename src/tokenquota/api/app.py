@@ -137,6 +137,9 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
     """405 with ``Allow`` naming every method the path takes.
 
@@ -144,12 +147,17 @@ async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
     route holds one method, so its own ``Allow`` named only that one.
     """
     assert isinstance(exc, HTTPException)
-    allowed: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches({**request.scope, "method": "OPTIONS"})
-        if match is not Match.NONE:
-            allowed.update(getattr(route, "methods", None) or ())
-    headers = {**(exc.headers or {}), "Allow": ", ".join(sorted(allowed))}
+    # Asked of the router itself, method by method: a full match is a method the
+    # path takes, whichever route (or included router) serves it.
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
     return errors.render(request, 405, "method_not_allowed", str(exc.detail), headers=headers)
 
 
