@@ -17,7 +17,6 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -112,29 +111,24 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     runs, in the shape of the surface the path belongs to, which is the shape
     that surface documents for its 401.
     """
-    if app.openapi_schema is None:
-        schema = get_openapi(
-            title=app.title,
-            version=app.version,
-            description=app.description,
-            routes=app.routes,
-        )
-        limit = app.state.settings.max_body_bytes
-        for path in schema.get("paths", {}).values():
-            for operation in path.values():
-                responses = operation.get("responses", {})
-                if "requestBody" not in operation or "413" in responses:
-                    continue
-                shape = responses.get("401", {}).get("content")
-                responses["413"] = {
-                    "description": (
-                        f"payload_too_large: the body is over max_body_bytes ({limit} "
-                        "bytes), with or without a Content-Length"
-                    ),
-                    **({"content": shape} if shape else {}),
-                }
-        app.openapi_schema = schema
-    return app.openapi_schema
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)  # generated as usual, and cached on the app
+    limit = app.state.settings.max_body_bytes
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if "requestBody" not in operation or "413" in responses:
+                continue
+            shape = responses.get("401", {}).get("content")
+            responses["413"] = {
+                "description": (
+                    f"payload_too_large: the body is over max_body_bytes ({limit} "
+                    "bytes), with or without a Content-Length"
+                ),
+                **({"content": shape} if shape else {}),
+            }
+    return schema
 
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
