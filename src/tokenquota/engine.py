@@ -1074,11 +1074,15 @@ class Quota:
         Without amounts, the held estimate is recorded. A second commit returns
         the first one's answer; a commit after release or expiry is a 409.
         """
+        given = merge_amounts(amounts, metric_amounts)
+        if given:
+            # Validated before the replay below, which never reads them: a bad
+            # body is refused on a repeat too, as on the first commit.
+            Amounts.parse(given)
         reservation = self.get_reservation(reservation_id)
         if reservation.committed is not None:
             return reservation.committed.as_replay()  # a repeat, whatever it says now
         check_committable(reservation, reservation.id, self.clock.now())
-        given = merge_amounts(amounts, metric_amounts)
         actual = given if given else reservation.amounts.to_wire()
         spool = self._holds(reservation.id)
         if isinstance(spool, Spool):

@@ -69,7 +69,40 @@ class Settings(BaseSettings):
     defaults: list[DefaultLimit] = Field(default_factory=list, max_length=1_000)
     max_body_bytes: int = Field(256 * 1024, ge=1_024, le=16 * 1024 * 1024)
     threads: int = Field(
-        40, ge=1, le=1_000, description="Threads that run store calls; the event loop never does"
+        40,
+        ge=1,
+        le=1_000,
+        description=(
+            "Threads for store calls other than decisions and reads (authentication, "
+            "administration); the event loop never makes one"
+        ),
+    )
+    decision_threads: int = Field(
+        40,
+        ge=1,
+        le=1_000,
+        description=(
+            "Threads only decisions use (check, consume, reservations, leases, compat "
+            "record calls), so they never queue behind reads"
+        ),
+    )
+    read_threads: int = Field(
+        8,
+        ge=1,
+        le=1_000,
+        description=(
+            "Threads for reads (usage, history, the ledger and exports, audit, lists); "
+            "keep it below the store's connection pool (15) so decisions find a connection"
+        ),
+    )
+    heavy_reads_per_key: int = Field(
+        2,
+        ge=1,
+        le=1_000,
+        description=(
+            "History and ledger reads one API key may have in flight; one more is a 429 "
+            "too_many_requests"
+        ),
     )
 
     @classmethod

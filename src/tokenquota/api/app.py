@@ -1,23 +1,30 @@
 """The FastAPI application, built by ``create_app(settings)``.
 
-Route handlers that touch the store are plain ``def`` functions: FastAPI runs
-them on a bounded thread pool (``Settings.threads``), so the event loop never
-waits on storage. See docs/architecture.md for why the core is synchronous.
+Route handlers that touch the store are plain ``def`` functions run on bounded
+thread pools, so the event loop never waits on storage: decisions and reads
+each on their own (``api.capacity``), everything else on AnyIO's default
+(``Settings.threads``). See docs/architecture.md for why the core is synchronous.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokenquota
 from tokenquota.api import errors
+from tokenquota.api.capacity import RETRY_AFTER_SECONDS, Capacity, Lanes, TooManyHeavyReads
 from tokenquota.api.metrics import Metrics
 from tokenquota.api.routes import admin, grants, health, holds, metering, reads, resources
 from tokenquota.domain.clock import Clock
@@ -76,6 +83,8 @@ def create_app(
     app.state.admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
     app.state.metrics = Metrics()
     errors.install(app)
+    app.add_exception_handler(405, _method_not_allowed)
+    app.add_exception_handler(TooManyHeavyReads, _too_many_heavy_reads)
     for router in ROUTERS:
         app.include_router(router)
     # Imported here: the surfaces use api.errors, so a module-level import would cycle.
@@ -86,7 +95,76 @@ def create_app(
         errors.register_surface(app, surface.PREFIXES, surface.render_error)
     app.add_middleware(Timing)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    capacity = Capacity.of(
+        settings.decision_threads, settings.read_threads, settings.heavy_reads_per_key
+    )
+    app.add_middleware(Lanes, capacity=capacity)
+    app.state.capacity = capacity
+    app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated document, plus the 413 every operation with a body can answer.
+
+    Added here rather than on each route: BodyLimit answers it before any route
+    runs, in the shape of the surface the path belongs to, which is the shape
+    that surface documents for its 401.
+    """
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = FastAPI.openapi(app)  # generated as usual, and cached on the app
+    limit = app.state.settings.max_body_bytes
+    for path in schema.get("paths", {}).values():
+        for operation in path.values():
+            responses = operation.get("responses", {})
+            if "requestBody" not in operation or "413" in responses:
+                continue
+            shape = responses.get("401", {}).get("content")
+            responses["413"] = {
+                "description": (
+                    f"payload_too_large: the body is over max_body_bytes ({limit} "
+                    "bytes), with or without a Content-Length"
+                ),
+                **({"content": shape} if shape else {}),
+            }
+    return schema
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+async def _method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+    """405 with ``Allow`` naming every method the path takes.
+
+    The router answers 405 from the first route whose path matched, and each
+    route holds one method, so its own ``Allow`` named only that one.
+    """
+    assert isinstance(exc, HTTPException)
+    # Asked of the router itself, method by method: a full match is a method the
+    # path takes, whichever route (or included router) serves it.
+    allowed = [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] is Match.FULL
+            for route in request.app.router.routes
+        )
+    ]
+    headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
+    return errors.render(request, 405, "method_not_allowed", str(exc.detail), headers=headers)
+
+
+async def _too_many_heavy_reads(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TooManyHeavyReads)
+    return errors.render(
+        request,
+        429,
+        "too_many_requests",
+        str(exc),
+        {"in_flight_per_key": exc.bound},
+        {"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def _open(settings: Settings, clock: Clock | None) -> Quota:
@@ -135,27 +213,34 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         try:
             await self.app(scope, limited, send)
         except _TooLarge:
+            # Only when the body was read outside a route (a route's exception
+            # handlers answer it themselves, in the same shape).
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Rendered like every other error, so a compatibility surface keeps its shape.
         response = errors.render(
-            Request(scope),
-            413,
-            "payload_too_large",
-            f"request bodies are limited to {self.max_bytes} bytes",
+            Request(scope), 413, "payload_too_large", str(_TooLarge(self.max_bytes).detail)
         )
         await response(scope, receive, send)
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """The body went over the cap while being read (no Content-Length told us before).
+
+    An ``HTTPException``, not a bare error: FastAPI reads a route's body inside
+    a handler that turns any other exception into "error parsing the body",
+    which is how a streamed 5 MB body became a 400/422 instead of this 413.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request bodies are limited to {max_bytes} bytes")
 
 
 class Timing:

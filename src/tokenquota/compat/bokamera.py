@@ -31,6 +31,7 @@ from pydantic import ValidationError as PydanticValidationError
 from pydantic.alias_generators import to_pascal
 
 from tokenquota.api.auth import Caller, QuotaDep, require_consume
+from tokenquota.api.capacity import runs_on
 from tokenquota.api.errors import Renderer
 from tokenquota.domain.decisions import LimitStatus, Mode
 from tokenquota.domain.errors import Forbidden, ValidationError
@@ -197,6 +198,7 @@ ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     operation_id="GetAiChatUsage",
     responses=ERRORS,
 )
+@runs_on("reads")
 def get_ai_chat_usage(
     request: Request,
     caller: Caller,
@@ -224,6 +226,7 @@ def get_ai_chat_usage(
     operation_id="RecordAiChatUsage",
     responses=ERRORS,
 )
+@runs_on("decisions")
 def record_ai_chat_usage(
     body: RecordAiChatUsage,
     request: Request,

@@ -38,6 +38,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from tokenquota.api.auth import Caller, QuotaDep
+from tokenquota.api.capacity import runs_on
 from tokenquota.domain.errors import Forbidden, NotFound
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.metrics import Metric
@@ -208,6 +209,7 @@ def _json_object(fields: dict[str, object]) -> bytes:
         },
     },
 )
+@runs_on("reads")
 def captaindata_quotas(caller: Caller, quota: QuotaDep) -> Response:
     workspace = caller_workspace(quota, caller)
     credits = month_credits(quota, workspace)

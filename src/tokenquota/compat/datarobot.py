@@ -31,6 +31,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from tokenquota.api.auth import READERS, WRITERS, Caller, QuotaDep, actor_of, require_role
+from tokenquota.api.capacity import runs_on
 from tokenquota.compat.datarobot_schemas import (
     MAX_QUOTAS_PAGE,
     MAX_TEMPLATES_PAGE,
@@ -366,6 +367,7 @@ QuotaId = Annotated[
     description="Templates are plans, ordered by name. Admin, staff and service.",
     responses=_responses(),
 )
+@runs_on("reads")
 def list_templates(
     request: Request,
     caller: Caller,
@@ -432,6 +434,7 @@ def get_template(template_id: TemplateId, caller: Caller, quota: QuotaDep) -> JS
     ),
     responses=_responses(),
 )
+@runs_on("reads")
 def list_quotas(
     request: Request,
     caller: Caller,

@@ -29,6 +29,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
 from pydantic_core import PydanticCustomError
 
 from tokenquota.api.auth import QuotaDep, actor_of, authenticate
+from tokenquota.api.capacity import runs_on
 from tokenquota.domain.errors import Forbidden, ValidationError
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.limits import Source
@@ -284,6 +285,7 @@ def target(caller: ApiKey, user_uuid: UUID | None) -> SubjectRef:
     ),
     responses=_errors({400: (FieldErrorsOut, "A bad user_uuid, or none from an admin/staff key")}),
 )
+@runs_on("reads")
 def usage(
     caller: Annotated[ApiKey, Depends(authenticate)],
     quota: QuotaDep,

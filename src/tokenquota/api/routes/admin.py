@@ -54,6 +54,7 @@ from tokenquota.api.auth import (
     require_read,
     require_role,
 )
+from tokenquota.api.capacity import runs_on
 from tokenquota.domain.keys import Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import DefaultRule, LimitsView, Quota
@@ -163,6 +164,7 @@ def delete_subject(ref: RefPath, caller: Caller, quota: QuotaDep) -> Response:
     description="Ordered by ref; filter by `kind` and/or direct `parent`. Not for member keys.",
     responses=error_responses(),
 )
+@runs_on("reads")
 def list_subjects(
     caller: Caller,
     quota: QuotaDep,
@@ -297,6 +299,7 @@ def put_defaults(body: DefaultsIn, caller: Caller, quota: QuotaDep) -> JSONRespo
     description="Ordered by name. Admin, staff and service.",
     responses=error_responses(),
 )
+@runs_on("reads")
 def list_plans(caller: Caller, quota: QuotaDep) -> JSONResponse:
     require_role(caller, *READERS)
     return JSONResponse({"items": [p.to_wire() for p in quota.plans()]})
@@ -399,6 +402,7 @@ def create_key(body: KeyIn, caller: Caller, quota: QuotaDep) -> JSONResponse:
     description="Live and revoked keys, oldest first; never their secrets. Admin only.",
     responses=error_responses(),
 )
+@runs_on("reads")
 def list_keys(
     caller: Caller, quota: QuotaDep, offset: OffsetQuery = 0, limit: LimitQuery = 100
 ) -> JSONResponse:
@@ -435,6 +439,7 @@ def revoke_key(key_id: KeyPath, caller: Caller, quota: QuotaDep) -> Response:
     ),
     responses=error_responses(),
 )
+@runs_on("reads")
 def audit(
     caller: Caller,
     quota: QuotaDep,

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from tokenquota.api.admin_schemas import RefPath, error_responses
 from tokenquota.api.auth import Caller, QuotaDep, actor_of, require_read, require_role
+from tokenquota.api.capacity import runs_on
 from tokenquota.api.schemas import Amount, Model, Num
 from tokenquota.domain.keys import Role
 from tokenquota.domain.subjects import SubjectRef
@@ -82,6 +83,7 @@ def add_grant(ref: RefPath, body: GrantIn, caller: Caller, quota: QuotaDep) -> J
     description="A member key may read its own subject and the subjects below it.",
     responses=error_responses(),
 )
+@runs_on("reads")
 def list_grants(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     subject = SubjectRef.parse(ref, "ref")
     require_read(quota, caller, subject)

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 
 from tokenquota.api.admin_schemas import error_responses
 from tokenquota.api.auth import Caller, QuotaDep, require_consume, require_role
+from tokenquota.api.capacity import runs_on
 from tokenquota.api.holds_schemas import (
     AcquiredOut,
     AcquireIn,
@@ -115,6 +116,7 @@ def _require_holder(caller: ApiKey, subject: SubjectRef, what: str) -> None:
     ),
     responses=CREATE_ERRORS,
 )
+@runs_on("decisions")
 def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
@@ -132,6 +134,7 @@ def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) 
     description="state: held, committed, released or expired (lapsed by itself).",
     responses=error_responses({404: "Unknown reservation"}),
 )
+@runs_on("decisions")
 def get_reservation(
     reservation_id: ReservationPath, caller: Caller, quota: QuotaDep
 ) -> JSONResponse:
@@ -155,6 +158,7 @@ def get_reservation(
         {404: "Unknown reservation", 409: "hold_closed: released, or expired"}
     ),
 )
+@runs_on("decisions")
 def commit(
     reservation_id: ReservationPath,
     request: Request,
@@ -178,6 +182,7 @@ def commit(
     ),
     responses=error_responses({404: "Unknown reservation"}),
 )
+@runs_on("decisions")
 def release(reservation_id: ReservationPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     _reservation(quota, caller, reservation_id)
     return JSONResponse({"released": quota.release(reservation_id)})
@@ -198,6 +203,7 @@ def release(reservation_id: ReservationPath, caller: Caller, quota: QuotaDep) ->
     ),
     responses=CREATE_ERRORS,
 )
+@runs_on("decisions")
 def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
@@ -214,6 +220,7 @@ def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) 
     description="state: held, released or expired (lapsed by itself).",
     responses=error_responses({404: "Unknown lease"}),
 )
+@runs_on("decisions")
 def get_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     return JSONResponse(_lease(quota, caller, lease_id).to_wire(quota.clock.now()))
 
@@ -229,6 +236,7 @@ def get_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONRespo
     ),
     responses=error_responses({404: "Unknown lease", 409: "hold_closed: released, or expired"}),
 )
+@runs_on("decisions")
 def heartbeat(
     lease_id: LeasePath, caller: Caller, quota: QuotaDep, body: HeartbeatIn | None = None
 ) -> JSONResponse:
@@ -245,6 +253,7 @@ def heartbeat(
     description="`released: false` when it was released already: a no-op.",
     responses=error_responses({404: "Unknown lease"}),
 )
+@runs_on("decisions")
 def release_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     _lease(quota, caller, lease_id)
     return JSONResponse({"released": quota.release_lease(lease_id)})

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tokenquota.api.auth import Caller, QuotaDep, decision_scope, require_consume
+from tokenquota.api.capacity import runs_on
 from tokenquota.api.errors import error_body
 from tokenquota.api.schemas import CheckIn, ConsumeIn, DecisionOut, ErrorOut
 from tokenquota.domain.decisions import Decision
@@ -83,6 +84,7 @@ def decision_response(
     summary="The decision a consume would get now, spending nothing",
     responses=ERRORS,
 )
+@runs_on("decisions")
 def check(body: CheckIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
@@ -108,6 +110,7 @@ def check(body: CheckIn, request: Request, caller: Caller, quota: QuotaDep) -> J
         429: {"model": ErrorOut, "description": "Denied: details name the blocking limits"},
     },
 )
+@runs_on("decisions")
 def consume(body: ConsumeIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)

@@ -2,8 +2,10 @@
 
 Every role may read usage and history; a member key only of its own subject
 and the subjects below it, and the ledger only with ``subject=`` inside that
-scope. Handlers are plain ``def``; exports stream from a sync generator,
-which Starlette iterates on the thread pool.
+scope. Handlers are plain ``def`` run on the read threads (``api.capacity``);
+exports stream from a sync generator, each batch read on those threads too.
+History and the ledger are heavy reads: a key may have only
+``heavy_reads_per_key`` of them in flight (429 ``too_many_requests`` beyond).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tokenquota.api.admin_schemas import (
     page_wire,
 )
 from tokenquota.api.auth import Caller, QuotaDep, in_scope, require_read
+from tokenquota.api.capacity import HeavyRead, iterate_on, runs_on
 from tokenquota.api.schemas import UsageOut
 from tokenquota.domain.errors import Forbidden
 from tokenquota.domain.keys import Role
@@ -37,6 +40,11 @@ from tokenquota.engine import Granularity, GroupBy
 from tokenquota.export import CSV_COLUMNS, csv_chunks, jsonl_chunks
 
 router = APIRouter(prefix="/v1", tags=["usage"])
+
+HEAVY_429 = (
+    "too_many_requests: this key already has heavy_reads_per_key history or ledger reads "
+    "in flight (an export counts until it is fully sent); Retry-After says when to retry"
+)
 
 
 Start = Annotated[
@@ -60,6 +68,7 @@ End = Annotated[Instant | None, Query(description="Exclusive; ISO 8601 with an o
     ),
     responses=error_responses({404: "Unknown subject (only with strict_subjects)"}),
 )
+@runs_on("reads")
 def usage(
     ref: RefPath,
     caller: Caller,
@@ -108,12 +117,14 @@ def usage(
         "none). Periods without usage are left out. By default the 30 days up to the end "
         "of the current period. A member key may read its own subject and below."
     ),
-    responses=error_responses(),
+    responses=error_responses({429: HEAVY_429}),
 )
+@runs_on("reads")
 def history(
     ref: RefPath,
     caller: Caller,
     quota: QuotaDep,
+    _heavy: HeavyRead,
     start: Start = None,
     end: End = None,
     granularity: Annotated[Granularity, Query(description="Period length")] = Granularity.DAY,
@@ -165,12 +176,14 @@ def history(
                 "application/x-ndjson": {"schema": {"type": "string"}},
             },
         },
-        **error_responses(),
+        **error_responses({429: HEAVY_429}),
     },
 )
+@runs_on("reads")
 def events(
     caller: Caller,
     quota: QuotaDep,
+    _heavy: HeavyRead,
     subject: Annotated[
         str | None, Query(description="Only events charged to this subject (kind:id)")
     ] = None,
@@ -199,12 +212,12 @@ def events(
         stream = (_within(e, root, ref) for e in stream)
     if fmt == "csv":
         return StreamingResponse(
-            csv_chunks(stream),
+            iterate_on("reads", csv_chunks(stream)),
             media_type="text/csv",
             headers={"Content-Disposition": 'attachment; filename="events.csv"'},
         )
     return StreamingResponse(
-        jsonl_chunks(stream),
+        iterate_on("reads", jsonl_chunks(stream)),
         media_type="application/x-ndjson",
         headers={"Content-Disposition": 'attachment; filename="events.jsonl"'},
     )

@@ -1,0 +1,147 @@
+"""Who may use the service's threads: decisions never queue behind reads.
+
+Store calls block, so they run on threads, and threads are a bounded pool.
+With one pool for everything, a member running forty slow history queries and
+ten exports held every thread, and another tenant's consume waited for one
+(issue 11, item 8). So each kind of work draws from its own capacity:
+
+- decisions (check, consume, reservations and leases, the compatibility
+  surfaces' record calls): ``Settings.decision_threads``;
+- reads (usage, history, the ledger and its exports, audit, lists):
+  ``Settings.read_threads``, including each batch an export streams;
+- everything else, authentication included: AnyIO's default limiter
+  (``Settings.threads``), which neither of the above ever borrows from.
+
+Heavy reads (history and the ledger) are also bounded per API key
+(``Settings.heavy_reads_per_key``, held until the response is fully sent), so
+one key cannot take all read capacity either: the one over the bound is a 429
+``too_many_requests`` at once, instead of a wait. docs/architecture.md says why.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, ParamSpec, TypeVar
+
+import anyio
+import anyio.to_thread
+from fastapi import Depends
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from tokenquota.api.auth import Caller
+
+Lane = Literal["decisions", "reads"]
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+RETRY_AFTER_SECONDS = 1
+
+
+@dataclass
+class Capacity:
+    """One app's lanes; created with the app, used only on its event loop."""
+
+    decisions: anyio.CapacityLimiter
+    reads: anyio.CapacityLimiter
+    heavy_per_key: int
+    heavy: Counter[str] = field(default_factory=Counter)  # in-flight heavy reads per key id
+
+    @classmethod
+    def of(cls, decisions: int, reads: int, heavy_per_key: int) -> Capacity:
+        return cls(anyio.CapacityLimiter(decisions), anyio.CapacityLimiter(reads), heavy_per_key)
+
+    def lane(self, lane: Lane) -> anyio.CapacityLimiter:
+        return self.decisions if lane == "decisions" else self.reads
+
+
+class TooManyHeavyReads(Exception):
+    """A key already has its share of heavy reads in flight; rendered as a 429."""
+
+    def __init__(self, bound: int) -> None:
+        super().__init__(
+            f"this key already has {bound} history or ledger reads in flight; "
+            "retry when one has finished"
+        )
+        self.bound = bound
+
+
+# The capacity of the app serving the current request. Set per request by
+# ``Lanes`` (not module state), so several apps in one process keep their own.
+_CURRENT: ContextVar[Capacity] = ContextVar("tokenquota_capacity")
+
+
+class Lanes:
+    """ASGI middleware: makes the app's ``Capacity`` visible to its handlers."""
+
+    def __init__(self, app: ASGIApp, capacity: Capacity) -> None:
+        self.app = app
+        self.capacity = capacity
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = _CURRENT.set(self.capacity)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _CURRENT.reset(token)
+
+
+def runs_on(
+    lane: Lane,
+) -> Callable[[Callable[P, R]], Callable[P, Coroutine[Any, Any, R]]]:
+    """Run a plain ``def`` handler on ``lane``'s threads instead of the shared pool.
+
+    FastAPI would run it with AnyIO's default limiter; declared async here, it
+    hands the same call to a thread of its own lane. The signature FastAPI reads
+    is the handler's (``functools.wraps``), so parameters and OpenAPI are unchanged.
+    """
+
+    def decorate(handler: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
+        @functools.wraps(handler)
+        async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+            limiter = _CURRENT.get().lane(lane)
+            call = functools.partial(handler, *args, **kwargs)
+            return await anyio.to_thread.run_sync(call, limiter=limiter)
+
+        return run
+
+    return decorate
+
+
+async def iterate_on(lane: Lane, chunks: Iterator[T]) -> AsyncIterator[T]:
+    """Each step of a streamed response on ``lane``'s threads (Starlette would use the default)."""
+    limiter = _CURRENT.get().lane(lane)
+    while True:
+        step = await anyio.to_thread.run_sync(_step, chunks, limiter=limiter)
+        if not step:
+            return
+        yield step[0]
+
+
+def _step(chunks: Iterator[T]) -> tuple[T] | tuple[()]:
+    # StopIteration cannot cross a thread boundary into a coroutine: say "no more" instead.
+    for chunk in chunks:
+        return (chunk,)
+    return ()
+
+
+async def _heavy_read(caller: Caller) -> AsyncIterator[None]:
+    # Counted on the event loop, before any thread is taken: the 429 never waits.
+    capacity = _CURRENT.get()
+    if capacity.heavy[caller.id] >= capacity.heavy_per_key:
+        raise TooManyHeavyReads(capacity.heavy_per_key)
+    capacity.heavy[caller.id] += 1
+    try:
+        yield
+    finally:
+        capacity.heavy[caller.id] -= 1
+        if not capacity.heavy[caller.id]:
+            del capacity.heavy[caller.id]
+
+
+# scope="request": released after the response is sent, an export's last batch included.
+HeavyRead = Annotated[None, Depends(_heavy_read, scope="request")]
