@@ -72,11 +72,18 @@ def test_hostile_text_is_a_422_naming_the_field(
     assert snapshot(quota) == before
 
 
-def test_metadata_keeps_newlines_but_refuses_nul_in_keys(quota: Quota) -> None:
-    """Metadata is JSON: a description may span lines; NUL and surrogates no store keeps."""
-    kept = quota.put_subject("user:m", metadata={"about": "line 1\nline 2\ttab"})
-    assert kept.metadata == {"about": "line 1\nline 2\ttab"}
-    for bad in ({"k\x00": 1}, {"k": NUL}, {"k": ["ok", SURROGATE]}, {"k": {"deep": "\x00"}}):
+def test_metadata_keeps_layout_but_refuses_other_controls(quota: Quota) -> None:
+    """Metadata is JSON: a description may span lines; other controls, NUL and surrogates not."""
+    kept = quota.put_subject("user:m", metadata={"about": "line 1\r\nline 2\ttab"})
+    assert kept.metadata == {"about": "line 1\r\nline 2\ttab"}
+    for bad in (
+        {"k\x00": 1},
+        {"k": NUL},
+        {"k": ["ok", SURROGATE]},
+        {"k": {"deep": "\x00"}},
+        {"k": "go\x1bld"},
+        {"k\x85": 1},
+    ):
         with pytest.raises(ValidationError) as raised:
             quota.put_subject("user:m", metadata=bad)
         assert raised.value.field.startswith("metadata")

@@ -20,28 +20,33 @@ in right-to-left names, soft hyphens) are part of how real names are written;
 private-use and not-yet-assigned code points are valid Unicode a newer
 version may give meaning to.
 
-Metadata is JSON, not a name: its strings and keys may carry newlines and
-tabs (a description), but never NUL or a lone surrogate, which no store keeps.
+Metadata is JSON, not a name: its strings and keys may carry tabs, newlines
+and carriage returns (a description), but no other control character, and
+never NUL or a lone surrogate, which no store keeps.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from tokenquota.domain.errors import UNSAFE_CATEGORIES, ValidationError
 
 
-def text_problem(value: str, *, controls: bool = False) -> str | None:
-    """Why ``value`` is not acceptable text, or None; ``controls`` lets Cc other than NUL pass."""
+# The layout characters a multi-line description needs; metadata may hold them.
+LAYOUT: Final = frozenset("\t\n\r")
+
+
+def text_problem(value: str, *, allow: frozenset[str] = frozenset()) -> str | None:
+    """Why ``value`` is not acceptable text, or None; ``allow`` names controls that may pass."""
     for index, char in enumerate(value):
         category = unicodedata.category(char)
         if category == "Cs":
             return f"is not valid Unicode (a lone surrogate at position {index})"
         if char == "\x00":
             return f"must not contain NUL (at position {index})"
-        if category in UNSAFE_CATEGORIES and not controls:
+        if category in UNSAFE_CATEGORIES and char not in allow:
             return f"must not contain control characters (U+{ord(char):04X} at position {index})"
     return None
 
@@ -61,18 +66,15 @@ def check_text(value: object, field: str, *, max_length: int, allow_empty: bool 
 
 
 def check_json_text(value: Any, field: str) -> None:
-    """Refuse NUL and lone surrogates anywhere in a JSON value's strings and keys.
-
-    Other control characters stay: JSON escapes them and every store keeps them.
-    """
+    """Refuse NUL, lone surrogates and controls other than ``LAYOUT`` in a JSON value."""
     if isinstance(value, str):
-        problem = text_problem(value, controls=True)
+        problem = text_problem(value, allow=LAYOUT)
         if problem is not None:
             raise ValidationError(field, problem)
     elif isinstance(value, Mapping):
         for key, item in value.items():
             if isinstance(key, str):
-                problem = text_problem(key, controls=True)
+                problem = text_problem(key, allow=LAYOUT)
                 if problem is not None:
                     raise ValidationError(field, f"a key {problem}")
             check_json_text(item, f"{field}.{key}")
