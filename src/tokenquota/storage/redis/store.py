@@ -243,13 +243,7 @@ class RedisStore(SqlStore):
         # The exclusive SQL write lock, so two first starts agree on one id (no
         # configuration bump: no limit changes).
         with super()._tx(write=True) as conn:
-            found = conn.execute(
-                sa.select(t.meta.c.value).where(t.meta.c.key == "deployment_id")
-            ).scalar()
-            if found is None:
-                found = uuid.uuid4().hex
-                conn.execute(t.meta.insert().values(key="deployment_id", value=found))
-            return str(found)
+            return _deployment_id(conn)
 
     def _stamp(self, prefix: str) -> None:
         """Claim the keyspace under our prefix, or refuse one that another deployment owns.
@@ -309,7 +303,10 @@ class RedisStore(SqlStore):
         conn.execute(t.meta.delete().where(t.meta.c.key == "redis_epoch"))
         conn.execute(t.meta.insert().values(key="redis_epoch", value=epoch))
         self._call(lambda: self.redis.set(self.layout.epoch(), epoch))
-        self._call(lambda: self.redis.set(self.layout.deployment(), self.deployment_id))
+        # A time-zone move rebuilds while the SQL store opens, before _stamp has
+        # read our id: read it here, under the write lock this caller holds.
+        deployment = _deployment_id(conn)
+        self._call(lambda: self.redis.set(self.layout.deployment(), deployment))
 
     # running steps -------------------------------------------------------------
     def _run(self, step: Step, now: datetime, *, dry: bool = False) -> Reply:
@@ -1294,6 +1291,15 @@ def _refuse_too_large(replies: Sequence[Reply]) -> None:
         if reply.status == "too_large":
             metric, series = reply.extra.split("|", 1)
             raise too_large(Metric(metric), series)
+
+
+def _deployment_id(conn: Connection) -> str:
+    """This deployment's id from the SQL catalog, made on first use (under a write lock)."""
+    found = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == "deployment_id")).scalar()
+    if found is None:
+        found = uuid.uuid4().hex
+        conn.execute(t.meta.insert().values(key="deployment_id", value=found))
+    return str(found)
 
 
 def _back_off(attempt: int) -> None:
