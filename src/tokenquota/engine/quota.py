@@ -90,7 +90,7 @@ from tokenquota.domain.subjects import (
 )
 from tokenquota.domain.text import check_text
 from tokenquota.domain.windows import Calendar, Window, calendar_period, parse_timezone
-from tokenquota.spool import OPEN_PREFIX, Queued, Spool
+from tokenquota.engine.spool import OPEN_PREFIX, Queued, Spool
 from tokenquota.storage import Layer, Page, RuleSet, Scope, Store, open_store
 from tokenquota.storage.base import MAX_PAGE, StaleConfig
 
