@@ -22,7 +22,7 @@ from tests.replicas import used as used_over_http
 from tokenquota import FrozenClock, Quota, StoreUnavailable, ValidationError
 from tokenquota.domain.errors import IdempotencyConflict
 from tokenquota.domain.metrics import Metric
-from tokenquota.spool import OPEN_PREFIX
+from tokenquota.engine.spool import OPEN_PREFIX
 
 OUTAGE_BACKENDS = ["postgres", "redis"]
 

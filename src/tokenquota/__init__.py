@@ -8,6 +8,7 @@ LimitsView(...)
 True
 """
 
+from tokenquota.client import AsyncClient, Client, QuotaExceeded
 from tokenquota.domain.clock import Clock, FrozenClock, SystemClock
 from tokenquota.domain.decisions import Decision, LimitStatus, Mode
 from tokenquota.domain.errors import (
@@ -23,11 +24,14 @@ from tokenquota.domain.errors import (
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import UNLIMITED, Plan, Rule
 from tokenquota.domain.subjects import Subject, SubjectRef
-from tokenquota.engine import DefaultRule, HistoryPoint, LimitsView, Quota, Usage, open
+from tokenquota.domain.views import DefaultRule, HistoryPoint, LimitsView, Usage
+from tokenquota.engine import Quota, open
 
 __all__ = [
     "UNLIMITED",
+    "AsyncClient",
     "AuditEntry",
+    "Client",
     "Clock",
     "Conflict",
     "CycleError",
@@ -43,6 +47,7 @@ __all__ = [
     "NotFound",
     "Plan",
     "Quota",
+    "QuotaExceeded",
     "Rule",
     "StoreUnavailable",
     "StoreUnreachable",
@@ -54,8 +59,3 @@ __all__ = [
     "ValidationError",
     "open",
 ]
-
-# The HTTP client comes last: it builds on the engine's types imported above.
-from tokenquota.client import AsyncClient, Client, QuotaExceeded
-
-__all__ += ["AsyncClient", "Client", "QuotaExceeded"]

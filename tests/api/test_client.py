@@ -41,7 +41,7 @@ from tokenquota.domain.holds import HoldState, ReservationClosed
 from tokenquota.domain.keys import Role
 from tokenquota.domain.limits import Source
 from tokenquota.domain.metrics import Metric
-from tokenquota.engine import Acquired, Reserved
+from tokenquota.domain.views import Acquired, Reserved
 
 NOW = datetime(2026, 3, 10, 23, 0, tzinfo=UTC)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tokenquota import FrozenClock, Quota, ValidationError
+from tokenquota import FrozenClock, Quota, QuotaExceeded, ValidationError
 
 LLAMA = "deployment:llama"
 
@@ -98,6 +98,31 @@ def test_input_sequence_length_and_concurrency_rules_per_consumer(quota: Quota) 
     assert not quota.acquire("user:alice", resource=LLAMA).allowed
     assert quota.acquire("user:bob", resource=LLAMA).allowed
     assert quota.acquire("user:alice").allowed  # outside the resource: no rule
+
+
+def test_a_lease_on_a_resource_holds_the_consumer_slot_until_the_block_ends(
+    quota: Quota,
+) -> None:
+    """``Quota.lease(resource=)`` takes the slot ``acquire(resource=)`` takes, and frees it."""
+    quota.set_resource_quota(
+        LLAMA, {"default_rules": [{"metric": "concurrent_requests", "limit": 1}]}
+    )
+    with quota.lease("user:alice", resource=LLAMA) as lease:
+        assert lease.resource is not None
+        assert str(lease.resource) == LLAMA
+        assert quota.get_lease(lease.id).resource == lease.resource
+        with pytest.raises(QuotaExceeded) as full, quota.lease("user:alice", resource=LLAMA):
+            pytest.fail("a second slot on the resource was granted")
+        assert [(b.subject, b.source) for b in full.value.decision.blocked_by] == [
+            ("deployment:llama~user:alice", "resource")
+        ]
+        with quota.lease("user:bob", resource=LLAMA):
+            pass  # each consumer has a slot of its own
+        with quota.lease("user:alice"):
+            pass  # outside the resource its rules do not apply
+    assert not quota.get_lease(lease.id).live(quota.clock.now())
+    with quota.lease("user:alice", resource=LLAMA):
+        pass  # released when the block ended
 
 
 def test_reservations_on_a_resource_hold_the_consumer_share_and_capacity(quota: Quota) -> None:

@@ -37,8 +37,7 @@ from tokenquota.cli.metering import (
     Resource,
     Tokens,
 )
-from tokenquota.domain.holds import MAX_TTL, MIN_TTL, Lease, Reservation
-from tokenquota.engine import DEFAULT_TTL
+from tokenquota.domain.holds import DEFAULT_TTL, MAX_TTL, MIN_TTL, Lease, Reservation
 
 reservations_app = typer.Typer(
     help=(

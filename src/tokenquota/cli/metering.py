@@ -27,7 +27,7 @@ from tokenquota.cli.common import (
     time_arg,
     when,
 )
-from tokenquota.engine import Granularity, GroupBy
+from tokenquota.domain.views import Granularity, GroupBy
 
 SubjectArg = Annotated[
     str, typer.Argument(help=SUBJECT_HELP, show_default=False, metavar="SUBJECT")

@@ -13,21 +13,20 @@ import httpx
 
 from tokenquota.client import _protocol as p
 from tokenquota.domain.decisions import Decision, Mode
-from tokenquota.domain.holds import Lease, Reservation
+from tokenquota.domain.holds import DEFAULT_TTL, Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import Plan
 from tokenquota.domain.subjects import Subject, SubjectRef
-from tokenquota.engine import (
-    DEFAULT_TTL,
+from tokenquota.domain.views import (
     Acquired,
     DefaultRule,
     HistoryPoint,
     LimitsView,
+    Page,
     Reserved,
     Usage,
 )
-from tokenquota.storage.base import Page
 
 T = TypeVar("T")
 

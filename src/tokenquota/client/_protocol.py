@@ -42,15 +42,15 @@ from tokenquota.domain.limits import (
 )
 from tokenquota.domain.metrics import Amounts, Metric, Number, merge_amounts, to_units
 from tokenquota.domain.subjects import Subject, SubjectRef
-from tokenquota.engine import (
+from tokenquota.domain.views import (
     Acquired,
     DefaultRule,
     HistoryPoint,
     LimitsView,
+    Page,
     Reserved,
     Usage,
 )
-from tokenquota.storage.base import Page
 
 T = TypeVar("T")
 Params = dict[str, str | int | bool]

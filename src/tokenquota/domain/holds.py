@@ -21,6 +21,7 @@ from tokenquota.domain.subjects import SubjectRef, consumer_series
 
 MIN_TTL: Final = timedelta(seconds=1)
 MAX_TTL: Final = timedelta(days=1)
+DEFAULT_TTL: Final = 60.0  # seconds, when a caller names no ttl
 
 
 class HoldState(StrEnum):

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
@@ -24,9 +24,9 @@ from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, Event, defaults_target, plan_target
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import Subject, SubjectRef
+from tokenquota.domain.views import Page as Page  # re-exported: stores name it from here
 
 MAX_PAGE = 1000
-T = TypeVar("T")
 
 
 class Layer(StrEnum):
@@ -58,14 +58,6 @@ class RuleSet:
     overrides: tuple[Rule, ...]
     plan: Plan | None
     defaults: tuple[Rule, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    items: list[T]
-    total: int
-    offset: int
-    limit: int
 
 
 class StaleConfig(Exception):

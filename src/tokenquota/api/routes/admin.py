@@ -57,7 +57,8 @@ from tokenquota.api.auth import (
 from tokenquota.api.capacity import runs_on
 from tokenquota.domain.keys import Role
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.engine import DefaultRule, LimitsView, Quota
+from tokenquota.domain.views import DefaultRule, LimitsView
+from tokenquota.engine import Quota
 
 router = APIRouter(prefix="/v1")
 

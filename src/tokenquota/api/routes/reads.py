@@ -36,7 +36,7 @@ from tokenquota.domain.ledger import Event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import wire_number
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.engine import Granularity, GroupBy
+from tokenquota.domain.views import Granularity, GroupBy
 from tokenquota.export import CSV_COLUMNS, csv_chunks, jsonl_chunks
 
 router = APIRouter(prefix="/v1", tags=["usage"])

@@ -1,0 +1,312 @@
+"""The planner: which limits bind a request, and the ``DebitPlan`` that checks them.
+
+It resolves every charged subject's limits (override, plan, default; a
+resource's quota and the consumer's share of it), turns each into the
+``Check`` of the window buckets a store must read, and fingerprints the
+request for idempotency. It reads configuration through ``ConfigSource``,
+a read-only view a store provides, and writes nothing: a plan is a value,
+and the store alone decides and writes it atomically. That is why any
+number of engines can share one store, and why this is one piece: every
+step here feeds the one plan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, Final, Literal, Protocol, TypeVar
+from zoneinfo import ZoneInfo
+
+from tokenquota.domain.clock import Clock
+from tokenquota.domain.decisions import CapacityPlan, Check, DebitPlan, Mode
+from tokenquota.domain.errors import StoreUnavailable, ValidationError
+from tokenquota.domain.limits import (
+    UNLIMITED,
+    EffectiveLimit,
+    LimitKey,
+    Rule,
+    Source,
+    parse_limit_value,
+    resolve,
+)
+from tokenquota.domain.metrics import Amounts, Metric
+from tokenquota.domain.resources import ResourceQuota
+from tokenquota.domain.subjects import SubjectRef, consumer_ref, parse_kind
+from tokenquota.domain.windows import Window
+from tokenquota.engine import inputs
+from tokenquota.storage.base import RuleSet, StaleConfig
+
+STALE_ROUNDS: Final = 5  # see planned
+T = TypeVar("T")
+Intent = Literal["consume", "reserve", "acquire"]
+Chain = list[tuple[SubjectRef, list[EffectiveLimit]]]
+
+
+class ConfigSource(Protocol):
+    """What the planner reads from a store: configuration only, never a write."""
+
+    # The zone calendar windows are counted in.
+    tz: ZoneInfo
+
+    def rule_sets(
+        self, ref: SubjectRef, *, with_ancestors: bool
+    ) -> list[tuple[SubjectRef, RuleSet]]: ...
+
+    def ancestors(self, ref: SubjectRef) -> list[SubjectRef]: ...
+
+    def get_resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None: ...
+
+
+class Planner:
+    """Builds plans from a store's configuration, the config file's defaults and a clock."""
+
+    def __init__(
+        self,
+        source: ConfigSource,
+        clock: Clock,
+        *,
+        defaults: Mapping[str, list[Rule]],
+        retention: timedelta,
+    ) -> None:
+        self.source = source
+        self.clock = clock
+        self.tz = source.tz
+        self.config_defaults = dict(defaults)
+        self.retention = retention
+
+    def timestamp(self, value: datetime | None, now: datetime) -> datetime:
+        return inputs.timestamp(value, now, self.retention)
+
+    def plan(
+        self,
+        ref: SubjectRef,
+        raw_amounts: Mapping[str, object] | Amounts,
+        mode: Mode,
+        timestamp: datetime | None,
+        *,
+        idempotency_key: str | None = None,
+        model: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        intent: Intent = "consume",
+        resource: str | SubjectRef | None = None,
+        asked: tuple[Mode, datetime | None] | None = None,
+    ) -> DebitPlan:
+        """The checks a request must pass; ``intent`` says which limits apply.
+
+        A consume, commit or reservation is measured against counter limits and
+        input_sequence_length; a lease only against concurrent_requests.
+        ``asked`` is the mode and timestamp a queued request came with: its
+        idempotency fingerprint is the original one, so that a first attempt
+        that did reach the store is replayed, not stored a second time.
+        """
+        if intent == "acquire":
+            amounts = Amounts({})
+        elif isinstance(raw_amounts, Amounts):
+            amounts = raw_amounts
+        else:
+            amounts = Amounts.parse(raw_amounts)
+        now = self.clock.now()
+        at = self.timestamp(timestamp, now)
+        chain = self.effective_chain(ref)
+        target = inputs.resource(resource)
+        capacity = None
+        if target is not None:
+            chain, consumer_limits, quota = self._resource_chain(ref, target, chain)
+            chain.append((consumer_ref(target, ref), consumer_limits))
+        charged = tuple(subject for subject, _ in chain if not is_share(subject))
+        checks = [
+            check
+            for _, limits in chain
+            for limit in limits
+            if (check := self.check(limit, amounts, at, now, intent)) is not None
+        ]
+        if target is not None and quota is not None and quota.capacity and intent != "acquire":
+            capacity = self._capacity_plan(quota, target, ref, amounts, at, now)
+        asked_mode, asked_at = asked or (mode, timestamp)
+        fingerprint = request_fingerprint(
+            request(amounts, asked_mode, asked_at, model, tags or {}, target)
+        )
+        return DebitPlan(
+            subject=ref,
+            charged=charged,
+            amounts=amounts,
+            mode=mode,
+            timestamp=at,
+            now=now,
+            tz=self.tz,
+            checks=tuple(checks),
+            idempotency_key=idempotency_key,
+            fingerprint=fingerprint,
+            model=model,
+            tags=dict(tags or {}),
+            hold=intent == "reserve",
+            resource=target,
+            capacity=capacity,
+        )
+
+    def effective_chain(self, ref: SubjectRef, *, with_ancestors: bool = True) -> Chain:
+        """Each charged subject with its effective limits, the subject first."""
+        chain = self.source.rule_sets(ref, with_ancestors=with_ancestors)
+        return [(s, self.resolve(s, rules)) for s, rules in chain]
+
+    def resolve(self, ref: SubjectRef, rules: RuleSet) -> list[EffectiveLimit]:
+        defaults = list(rules.defaults) + self.config_defaults.get(ref.kind, [])
+        return resolve(ref, rules.overrides, rules.plan.rules if rules.plan else (), defaults)
+
+    def quota(self, resource: SubjectRef) -> ResourceQuota | None:
+        stored = self.source.get_resource_quota(resource)
+        return ResourceQuota.parse(stored, field="") if stored is not None else None
+
+    def _resource_chain(
+        self, consumer: SubjectRef, resource: SubjectRef, chain: Chain
+    ) -> tuple[Chain, list[EffectiveLimit], ResourceQuota | None]:
+        """The resource (and its ancestors) join the charged chain; its quota adds rules.
+
+        The consumer's rules (its own policy's, else its nearest ancestor's
+        policy's, else the defaults) are measured on its own share of the
+        resource, a counter series of its own: a group's policy rules bind each
+        member on its own use, as default rules bind each consumer.
+        """
+        if resource == consumer:
+            raise ValidationError("resource", "a subject cannot be its own resource")
+        seen = {s for s, _ in chain}
+        chain = chain + [
+            (s, limits) for s, limits in self.effective_chain(resource) if s not in seen
+        ]
+        quota = self.quota(resource)
+        share = consumer_ref(resource, consumer)
+        # A group's policy reaches its members (own policy > nearest group's > defaults).
+        lineage = self.source.ancestors(consumer) if quota is not None and quota.policies else []
+        rules = quota.rules_for(consumer, lineage) if quota is not None else ()
+        limits = [EffectiveLimit(share, r.key, r.limit, Source.RESOURCE, False) for r in rules]
+        return chain, limits, quota
+
+    def _capacity_plan(
+        self,
+        quota: ResourceQuota,
+        resource: SubjectRef,
+        consumer: SubjectRef,
+        amounts: Amounts,
+        at: datetime,
+        now: datetime,
+    ) -> CapacityPlan:
+        assert quota.capacity is not None
+        units = quota.capacity.units
+        key = LimitKey(units, Window.parse("minute"))
+
+        def series(subject: SubjectRef, amount: int) -> Check:
+            limit = EffectiveLimit(subject, key, UNLIMITED, Source.RESOURCE, False)
+            check = self.check(limit, amounts, at, now)
+            assert check is not None
+            return replace(check, amount=amount)
+
+        # The reservation a consumer may use is its governing policy's: a member of a
+        # group with a reserved share is never held back by its own group's share.
+        policy = quota.governing_policy(consumer, self.source.ancestors(consumer))
+        return CapacityPlan(
+            quota=quota,
+            resource=resource,
+            consumer=policy.consumer if policy is not None else consumer,
+            amount=amounts[units],
+            total=series(resource, amounts[units]),
+            shares=tuple(
+                (other, series(consumer_ref(resource, other), 0))
+                for other in quota.reserved_shares()
+            ),
+        )
+
+    def check(
+        self,
+        limit: EffectiveLimit,
+        amounts: Amounts,
+        at: datetime,
+        now: datetime,
+        intent: Intent = "consume",
+    ) -> Check | None:
+        window = limit.key.window
+        if (limit.key.metric is Metric.CONCURRENT_REQUESTS) != (intent == "acquire"):
+            return None  # leases answer to concurrency limits only, and only they do
+        if window is None:
+            if limit.key.metric is Metric.CONCURRENT_REQUESTS:
+                return Check(limit, 1, now, 0, 0, None)
+            return Check(limit, amounts[Metric.INPUT_TOKENS], at, 0, 0, None)
+        # A calendar window is measured in the period holding the event; a
+        # rolling one always as of now, where a back-dated event may still count.
+        read_at = now if window.is_rolling else at
+        lo, hi = window.read_range(read_at, self.tz)
+        bucket = window.bucket_of(at, self.tz)
+        return Check(
+            limit,
+            amounts[limit.key.metric],
+            read_at,
+            lo,
+            hi,
+            bucket if lo <= bucket <= hi else None,
+        )
+
+    def usage_check(self, limit: EffectiveLimit, now: datetime) -> Check:
+        """What a usage read measures for one limit: the window as of now, adding nothing."""
+        window = limit.key.window
+        if window is None:
+            return Check(limit, 0, now, 0, 0, None)
+        lo, hi = window.read_range(now, self.tz)
+        return Check(limit, 0, now, lo, hi, hi)
+
+
+def is_share(subject: SubjectRef) -> bool:
+    """A consumer's share of a resource (see ``consumer_ref``), not a subject."""
+    return "~" in subject.id
+
+
+def request(
+    amounts: Amounts,
+    mode: Mode,
+    timestamp: datetime | None,
+    model: str | None,
+    tags: Mapping[str, str],
+    resource: SubjectRef | None,
+) -> dict[str, Any]:
+    """What a consume asked for, as the idempotency fingerprint and the spool see it."""
+    return {
+        "amounts": amounts.to_units_json(),
+        "mode": mode.value,
+        "timestamp": timestamp.isoformat() if timestamp else None,
+        "model": model,
+        "tags": dict(tags),
+        "resource": str(resource) if resource else None,
+    }
+
+
+def request_fingerprint(asked: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+
+
+def planned(attempt: Callable[[], T]) -> T:
+    """Run a planned store call, planning again when the store's cached limits were stale.
+
+    Only a store that caches its configuration (Redis) says so; each round
+    means a limit or the hierarchy changed in the meantime.
+    """
+    for _ in range(STALE_ROUNDS):
+        try:
+            return attempt()
+        except StaleConfig:
+            continue
+    raise StoreUnavailable("the limits kept changing while this request was planned; retry")
+
+
+def parse_config_defaults(items: Iterable[Mapping[str, object]]) -> dict[str, list[Rule]]:
+    """The config file's default rules by kind; runtime defaults in the store win over them."""
+    out: dict[str, list[Rule]] = defaultdict(list)
+    for i, item in enumerate(items):
+        kind = parse_kind(item.get("kind"), f"defaults[{i}].kind")
+        key = LimitKey.parse(item.get("metric"), item.get("window"), f"defaults[{i}]")
+        value = parse_limit_value(key.metric, item.get("limit"), f"defaults[{i}].limit")
+        if value is None:
+            continue
+        out[kind].append(Rule(key, value, bool(item.get("shadow", False))))
+    return dict(out)

@@ -1,0 +1,611 @@
+"""The engine's facade: ``Quota``, the one place that turns a request into a decision.
+
+Each public method validates its input (``inputs``), asks the ``Planner``
+for a ``DebitPlan`` naming every bucket to read, and lets the store decide
+and write atomically. It holds no state of its own that decides anything,
+so any number of engines may share one store. The one exception is
+``on_store_error="open"``: while the store is unreachable, the ``Outage``
+admits from its spool and the keys it has seen (docs/outages.md).
+
+This file holds the hot path (consume, check, holds, grants) and the reads
+of usage; ``config.py`` holds the configuration methods ``Quota`` inherits.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Final, Literal, TypeVar
+
+from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
+from tokenquota.domain.decisions import (
+    Decision,
+    Mode,
+    QuotaExceeded,
+    decide,
+    prepaid_status,
+    status,
+)
+from tokenquota.domain.errors import NotFound, StoreUnreachable, ValidationError
+from tokenquota.domain.grants import Balance, Grant
+from tokenquota.domain.grants import balance as grant_balance
+from tokenquota.domain.holds import (
+    DEFAULT_TTL,
+    Lease,
+    Reservation,
+    check_committable,
+    parse_ttl,
+)
+from tokenquota.domain.ledger import Event
+from tokenquota.domain.metrics import Amounts, Metric, from_units, merge_amounts, to_units
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.views import (
+    Acquired,
+    Granularity,
+    GroupBy,
+    HistoryPoint,
+    Hold,
+    Page,
+    Reserved,
+    Usage,
+)
+from tokenquota.domain.windows import Calendar, calendar_period, parse_timezone
+from tokenquota.engine import inputs
+from tokenquota.engine.config import Configuration
+from tokenquota.engine.outage import Outage
+from tokenquota.engine.planner import Planner, parse_config_defaults, planned
+from tokenquota.engine.spool import Spool
+from tokenquota.storage import Store, open_store
+
+shadow_log = logging.getLogger("tokenquota.shadow")
+
+MAX_HISTORY_POINTS: Final = 10_000
+MAX_GRANTS: Final = 10_000
+DEFAULT_RETENTION: Final = timedelta(days=400)
+T = TypeVar("T")
+OnStoreError = Literal["closed", "open"]
+
+
+class Quota(Configuration):
+    """The library's entry point; see ``tokenquota.open``."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock | None = None,
+        strict_subjects: bool = False,
+        defaults: Iterable[Mapping[str, object]] = (),
+        retention: timedelta = DEFAULT_RETENTION,
+        on_store_error: OnStoreError = "closed",
+        spool: str | Path | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock or SystemClock()
+        self.tz = store.tz
+        self.strict_subjects = strict_subjects
+        self.retention = retention
+        self.planner = Planner(
+            store, self.clock, defaults=parse_config_defaults(defaults), retention=retention
+        )
+        self.store.track(
+            [r.key for rules in self.planner.config_defaults.values() for r in rules],
+            self.clock.now(),
+        )
+        if on_store_error not in ("closed", "open"):
+            raise ValidationError("on_store_error", "must be closed or open")
+        # on_store_error="open" (SPEC section 5): see docs/outages.md.
+        self.outage = Outage(
+            store,
+            self.planner,
+            self.clock,
+            spool=spool,
+            fail_open=on_store_error == "open",
+            create_subject=not strict_subjects,
+        )
+
+    @property
+    def spool(self) -> Spool | None:
+        """The local queue of usage admitted without the store; None when failing closed."""
+        return self.outage.spool
+
+    def close(self) -> None:
+        self.outage.close()
+        self.store.close()
+
+    def __enter__(self) -> Quota:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # operations -------------------------------------------------------------
+    def check(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        timestamp: datetime | None = None,
+        resource: str | SubjectRef | None = None,
+        **metric_amounts: object,
+    ) -> Decision:
+        """The decision a consume in enforce mode would get now, spending nothing."""
+        ref = SubjectRef.parse(subject)
+        raw = merge_amounts(amounts, metric_amounts)
+
+        def attempt() -> Decision:
+            self._require_known(ref)
+            plan = self.planner.plan(ref, raw, Mode.ENFORCE, timestamp, resource=resource)
+            return decide(
+                plan,
+                self.store.read(plan.reads, plan.now),
+                prepaid=self.store.prepaid(plan.charged, plan.now),
+            )
+
+        return self._or_outage(attempt, lambda outage: outage.check(ref, raw, timestamp))
+
+    def consume(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        mode: str | Mode = Mode.ENFORCE,
+        idempotency_key: str | None = None,
+        timestamp: datetime | None = None,
+        model: str | None = None,
+        tags: Mapping[str, str] | None = None,
+        resource: str | SubjectRef | None = None,
+        **metric_amounts: object,
+    ) -> Decision:
+        """Spend, all or nothing across the subject, its ancestors and every limit.
+
+        ``mode="record"`` stores usage that already happened, whatever the limits
+        say. A retry with the same ``idempotency_key`` returns the first answer
+        and charges nothing; a denied call is not remembered, so it may be retried.
+        """
+        ref = SubjectRef.parse(subject)
+        parsed_mode = inputs.mode(mode)
+        raw = merge_amounts(amounts, metric_amounts)
+        key = inputs.bounded_text(idempotency_key, "idempotency_key", inputs.MAX_KEY_LENGTH)
+        model = inputs.bounded_text(model, "model", inputs.MAX_MODEL_LENGTH)
+        parsed_tags = inputs.tags(tags)
+
+        def attempt() -> Decision:
+            plan = self.planner.plan(
+                ref,
+                raw,
+                parsed_mode,
+                timestamp,
+                idempotency_key=key,
+                model=model,
+                tags=parsed_tags,
+                resource=resource,
+            )
+            return self.store.debit(plan, create_subject=not self.strict_subjects)
+
+        def queue(outage: Outage) -> Decision:
+            return outage.queue(
+                ref,
+                Amounts.parse(raw),
+                parsed_mode,
+                key=key,
+                timestamp=timestamp,
+                model=model,
+                tags=parsed_tags,
+                resource=resource,
+            )
+
+        decision = self._or_outage(lambda: planned(attempt), queue)
+        for hit in decision.shadow_blocked:
+            shadow_log.warning(
+                "shadow limit would have blocked %s: %s %s used %s of %s",
+                decision.subject,
+                hit.subject,
+                f"{hit.metric}/{hit.window}",
+                hit.used,
+                hit.limit,
+            )
+        return decision
+
+    def _or_outage(self, attempt: Callable[[], T], fallback: Callable[[Outage], T]) -> T:
+        """``attempt`` through the store; when it is unreachable, ``fallback`` through
+        the outage path if the engine fails open (else the store's error stands)."""
+        try:
+            return attempt()
+        except StoreUnreachable:
+            if not self.outage.admits:
+                raise
+        return fallback(self.outage)
+
+    def drain(self) -> int:
+        """Store what was admitted while the store was unreachable; see ``Outage.drain``."""
+        return self.outage.drain()
+
+    def _holds(self, hold_id: str) -> Store | Spool:
+        """Where a reservation or lease lives: the spool for one taken while the store
+        was unreachable, the store for every other one."""
+        held = self.outage.holds(inputs.issued_id(hold_id))
+        return held if held is not None else self.store
+
+    # reads ------------------------------------------------------------------
+    def usage(self, subject: str | SubjectRef, *, include_ancestors: bool = False) -> Usage:
+        """Every effective limit with what is used, left and when it resets."""
+        ref = SubjectRef.parse(subject)
+        self._require_known(ref)
+        now = self.clock.now()
+        checks = [
+            self.planner.usage_check(limit, now)
+            for _, limits in self.planner.effective_chain(ref, with_ancestors=include_ancestors)
+            for limit in limits
+        ]
+        readings = self.store.read(checks, now)
+        subjects = [ref, *self.store.ancestors(ref)] if include_ancestors else [ref]
+        wallets = [prepaid_status(p, now, self.tz) for p in self.store.prepaid(subjects, now)]
+        return Usage(
+            str(ref),
+            now,
+            tuple(status(c, r, self.tz) for c, r in zip(checks, readings, strict=True))
+            + tuple(wallets),
+        )
+
+    def shadow_hits(self, subject: str | SubjectRef) -> dict[str, int]:
+        """How many decisions each shadow limit of the subject would have blocked."""
+        return {str(k): v for k, v in self.store.shadow_hits(SubjectRef.parse(subject)).items()}
+
+    def history(
+        self,
+        subject: str | SubjectRef,
+        *,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        granularity: str = "day",
+        group_by: str = "metric",
+    ) -> list[HistoryPoint]:
+        """A time series from the ledger, in periods of the configured time zone."""
+        ref = SubjectRef.parse(subject)
+        self._require_known(ref)
+        try:
+            grain = Granularity(granularity)
+        except ValueError:
+            raise ValidationError("granularity", "must be hour, day or month") from None
+        try:
+            grouping = GroupBy(group_by)
+        except ValueError:
+            raise ValidationError("group_by", "must be metric or model") from None
+        unit = Calendar(grain.value)
+        # By default: through the end of the current period, so "now" is included.
+        stop = (
+            ensure_utc(end, "end") if end else calendar_period(unit, self.clock.now(), self.tz)[1]
+        )
+        begin = ensure_utc(start, "start") if start else stop - timedelta(days=30)
+        if begin >= stop:
+            raise ValidationError("start", "must be before end")
+        first = calendar_period(unit, begin, self.tz)[0]
+        if (stop - first) / _GRAIN_SPAN[grain] > MAX_HISTORY_POINTS:
+            raise ValidationError(
+                "start", f"the range spans more than {MAX_HISTORY_POINTS} periods"
+            )
+        sums: dict[tuple[datetime, str, str | None], int] = defaultdict(int)
+        ends: dict[datetime, datetime] = {}
+        for event in self.store.iter_events(subject=ref, start=begin, end=stop):
+            if not event.is_usage:
+                continue  # grants are credit, not usage
+            period_start, period_end = calendar_period(unit, event.timestamp, self.tz)
+            ends[period_start] = period_end
+            model = (event.model or "") if grouping is GroupBy.MODEL else None
+            for metric, units in event.amounts.items():
+                sums[(period_start, metric.value, model)] += units
+        return [
+            HistoryPoint(p, ends[p], metric, model, from_units(Metric(metric), units))
+            for (p, metric, model), units in sorted(
+                sums.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
+            )
+        ]
+
+    def events(
+        self,
+        *,
+        subject: str | SubjectRef | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> Page[Event]:
+        return self.store.events(
+            subject=SubjectRef.parse(subject) if subject is not None else None,
+            start=ensure_utc(start, "start") if start else None,
+            end=ensure_utc(end, "end") if end else None,
+            offset=inputs.offset(offset),
+            limit=inputs.limit(limit),
+        )
+
+    def iter_events(
+        self,
+        *,
+        subject: str | SubjectRef | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> Iterator[Event]:
+        """Every matching event, streamed in batches: for exports."""
+        return self.store.iter_events(
+            subject=SubjectRef.parse(subject) if subject is not None else None,
+            start=ensure_utc(start, "start") if start else None,
+            end=ensure_utc(end, "end") if end else None,
+        )
+
+    def rebuild(self) -> int:
+        """Recompute every counter from the ledger; returns the number of events replayed."""
+        return self.store.rebuild()
+
+    # reservations -------------------------------------------------------------
+    def reserve(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
+        **metric_amounts: object,
+    ) -> Reserved:
+        """Hold an estimate before an LLM call, all or nothing across the hierarchy.
+
+        Held amounts count as used for every other caller until ``commit``,
+        ``release`` or ``ttl`` seconds pass, whichever comes first.
+        """
+        ref = SubjectRef.parse(subject)
+        lifetime = parse_ttl(ttl)
+        raw = merge_amounts(amounts, metric_amounts)
+
+        def attempt() -> Reserved:
+            plan = self.planner.plan(
+                ref, raw, Mode.ENFORCE, None, intent="reserve", resource=resource
+            )
+            reservation = Reservation(
+                id=secrets.token_hex(16),
+                subject=ref,
+                charged=plan.charged,
+                amounts=plan.amounts,
+                created_at=plan.now,
+                expires_at=plan.now + lifetime,
+                resource=plan.resource,
+            )
+            decision = self.store.reserve(
+                plan, reservation, create_subject=not self.strict_subjects
+            )
+            return Reserved(decision, reservation if decision.allowed else None)
+
+        return self._or_outage(
+            lambda: planned(attempt),
+            lambda outage: outage.reserve(ref, raw, lifetime, resource),
+        )
+
+    def commit(
+        self,
+        reservation_id: str,
+        amounts: Mapping[str, object] | None = None,
+        **metric_amounts: object,
+    ) -> Decision:
+        """Replace the hold by what the call really used (more or less; never refused).
+
+        Without amounts, the held estimate is recorded. A second commit returns
+        the first one's answer; a commit after release or expiry is a 409.
+        """
+        given = merge_amounts(amounts, metric_amounts)
+        if given:
+            # Validated before the replay below, which never reads them: a bad
+            # body is refused on a repeat too, as on the first commit.
+            Amounts.parse(given)
+        reservation = self.get_reservation(reservation_id)
+        if reservation.committed is not None:
+            return reservation.committed.as_replay()  # a repeat, whatever it says now
+        check_committable(reservation, reservation.id, self.clock.now())
+        actual = given if given else reservation.amounts.to_wire()
+        if self.outage.holds(reservation.id) is not None:
+            return self.outage.commit(reservation, actual)  # held while the store was away
+
+        def attempt() -> Decision:
+            plan = self.planner.plan(
+                reservation.subject, actual, Mode.RECORD, None, resource=reservation.resource
+            )
+            return self.store.commit(reservation.id, plan)
+
+        return planned(attempt)
+
+    def release(self, reservation_id: str) -> bool:
+        """Free a hold now; False when there was nothing left to free (a no-op)."""
+        return self._holds(reservation_id).release(reservation_id, self.clock.now())
+
+    def get_reservation(self, reservation_id: str) -> Reservation:
+        found = self._holds(reservation_id).get_reservation(reservation_id)
+        if found is None:
+            raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
+        return found
+
+    @contextmanager
+    def reservation(
+        self,
+        subject: str | SubjectRef,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
+        **metric_amounts: object,
+    ) -> Iterator[Hold]:
+        """``with q.reservation("user:a", tokens=2000) as hold: ...; hold.commit(tokens=n)``
+
+        Raises QuotaExceeded when the hold is refused. An exception in the block
+        releases the hold; leaving the block without a commit records the estimate.
+        """
+        reserved = self.reserve(
+            subject, merge_amounts(amounts, metric_amounts), ttl=ttl, resource=resource
+        )
+        if reserved.reservation is None:
+            raise QuotaExceeded(reserved.decision.denial(), reserved.decision)
+        hold = Hold(self, reserved.reservation)
+        try:
+            yield hold
+        except BaseException:
+            if hold.result is None:
+                self.release(hold.id)
+            raise
+        if hold.result is None:
+            hold.commit()
+
+    # leases -------------------------------------------------------------------
+    def acquire(
+        self,
+        subject: str | SubjectRef,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
+    ) -> Acquired:
+        """A concurrency slot on the subject and every ancestor, until released or expired."""
+        ref = SubjectRef.parse(subject)
+        lifetime = parse_ttl(ttl)
+
+        def attempt() -> Acquired:
+            plan = self.planner.plan(
+                ref, {}, Mode.ENFORCE, None, intent="acquire", resource=resource
+            )
+            lease = Lease(
+                id=secrets.token_hex(16),
+                subject=ref,
+                charged=plan.charged,
+                created_at=plan.now,
+                expires_at=plan.now + lifetime,
+                resource=plan.resource,
+            )
+            decision = self.store.acquire(plan, lease, create_subject=not self.strict_subjects)
+            return Acquired(decision, lease if decision.allowed else None)
+
+        return self._or_outage(
+            lambda: planned(attempt), lambda outage: outage.acquire(ref, lifetime, resource)
+        )
+
+    def release_lease(self, lease_id: str) -> bool:
+        return self._holds(lease_id).release_lease(lease_id, self.clock.now())
+
+    def heartbeat(self, lease_id: str, *, ttl: float | timedelta = DEFAULT_TTL) -> Lease:
+        """Extend a live lease to ``ttl`` seconds from now; an expired one is a 409."""
+        now = self.clock.now()
+        return self._holds(lease_id).extend_lease(lease_id, now + parse_ttl(ttl), now)
+
+    def get_lease(self, lease_id: str) -> Lease:
+        found = self._holds(lease_id).get_lease(lease_id)
+        if found is None:
+            raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
+        return found
+
+    @contextmanager
+    def lease(
+        self,
+        subject: str | SubjectRef,
+        *,
+        ttl: float | timedelta = DEFAULT_TTL,
+        resource: str | SubjectRef | None = None,
+    ) -> Iterator[Lease]:
+        """``with q.lease("user:a"): call_the_model()``; raises QuotaExceeded when full.
+
+        With ``resource`` the slot is taken on the resource too, as ``acquire`` takes it.
+        """
+        acquired = self.acquire(subject, ttl=ttl, resource=resource)
+        if acquired.lease is None:
+            raise QuotaExceeded(acquired.decision.denial(), acquired.decision)
+        try:
+            yield acquired.lease
+        finally:
+            self.release_lease(acquired.lease.id)
+
+    # prepaid credits ----------------------------------------------------------
+    def grant(
+        self,
+        subject: str | SubjectRef,
+        credits: object,
+        *,
+        expires_at: datetime | None = None,
+        actor: str = "library",
+    ) -> Grant:
+        """Add prepaid credits. From then on the subject's credit spending must fit its balance."""
+        ref = SubjectRef.parse(subject)
+        self._require_known(ref)
+        units = to_units(Metric.CREDITS, credits, "credits")
+        if units <= 0:
+            raise ValidationError("credits", "must be more than 0")
+        now = self.clock.now()
+        expiry = ensure_utc(expires_at, "expires_at") if expires_at is not None else None
+        if expiry is not None and expiry <= now:
+            raise ValidationError("expires_at", "must be in the future")
+        if len(self.store.grants(ref)) >= MAX_GRANTS:
+            raise ValidationError("subject", f"a subject holds at most {MAX_GRANTS} grants")
+        grant = Grant(secrets.token_hex(16), ref, units, now, expiry, units)
+        self.store.add_grant(grant, actor=actor)
+        return grant
+
+    def grants(self, subject: str | SubjectRef) -> list[Grant]:
+        return self.store.grants(SubjectRef.parse(subject))
+
+    def balance(self, subject: str | SubjectRef) -> Balance | None:
+        """What a prepaid subject has left now; None when it was never granted credits."""
+        ref = SubjectRef.parse(subject)
+        return grant_balance(ref, self.store.grants(ref), self.clock.now())
+
+
+_GRAIN_SPAN: Final = {
+    Granularity.HOUR: timedelta(hours=1),
+    Granularity.DAY: timedelta(days=1),
+    Granularity.MONTH: timedelta(days=28),
+}
+
+
+def open(
+    url: str = "sqlite:///tokenquota.db",
+    *,
+    redis: str | None = None,
+    clock: Clock | None = None,
+    timezone: str | None = None,
+    move_timezone: bool = False,
+    strict_subjects: bool = False,
+    defaults: Iterable[Mapping[str, object]] = (),
+    retention: timedelta = DEFAULT_RETENTION,
+    on_store_error: OnStoreError = "closed",
+    spool: str | Path | None = None,
+) -> Quota:
+    """Open a quota store: ``memory://``, ``sqlite:///path.db`` or ``postgresql://…``.
+
+    SQL stores are migrated on open. ``redis="redis://host:port"`` keeps the
+    hot counters in Redis (or a Redis Cluster) beside a SQL store that holds
+    the ledger: see docs/redis.md.
+
+    Calendar windows are counted in one IANA ``timezone`` kept with the data:
+    a new store takes the one given (UTC by default), an existing one keeps its
+    own, and asking it for another is refused unless ``move_timezone`` is set,
+    which recomputes every counter in the new zone.
+
+    ``on_store_error="open"`` admits consumes, checks, reservations and leases
+    while the store is unreachable, and keeps the usage in a local ``spool``
+    file (``tokenquota-spool.db`` by default) until the store takes it; see
+    docs/outages.md. The default, ``"closed"``, answers StoreUnavailable.
+    """
+    tz = parse_timezone(timezone) if timezone is not None else None
+    store = open_store(url, tz, move_timezone=move_timezone, redis=redis)
+    try:
+        return Quota(
+            store,
+            clock=clock,
+            strict_subjects=strict_subjects,
+            defaults=defaults,
+            retention=retention,
+            on_store_error=on_store_error,
+            spool=spool,
+        )
+    except BaseException:
+        store.close()  # bad settings: no connection pool or mover thread left behind
+        raise
+
+
+__all__ = ["DEFAULT_RETENTION", "OnStoreError", "Quota", "open"]
