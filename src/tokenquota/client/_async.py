@@ -1,4 +1,8 @@
-"""``AsyncClient``: the tokenquota service over HTTP, for asyncio (and trio) code."""
+"""``AsyncClient``: the tokenquota service over HTTP, for asyncio (and trio) code.
+
+The source of ``_sync.py``: ``make client`` generates the blocking ``Client`` from
+this file (scripts/gen_sync_client.py), so a change here is a change to both.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +12,10 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
-import anyio
 import httpx
 
 from tokenquota.client import _protocol as p
+from tokenquota.client._twins import AsyncHold, shielded
 from tokenquota.domain.decisions import Decision, Mode
 from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
@@ -30,25 +34,6 @@ from tokenquota.engine import (
 from tokenquota.storage.base import Page
 
 T = TypeVar("T")
-
-
-class AsyncHold:
-    """A live reservation inside ``AsyncClient.reservation``; commit it with the real usage."""
-
-    def __init__(self, client: AsyncClient, reservation: Reservation) -> None:
-        self.client = client
-        self.reservation = reservation
-        self.result: Decision | None = None
-
-    @property
-    def id(self) -> str:
-        return self.reservation.id
-
-    async def commit(
-        self, amounts: Mapping[str, object] | None = None, **metric_amounts: object
-    ) -> Decision:
-        self.result = await self.client.commit(self.id, amounts, **metric_amounts)
-        return self.result
 
 
 class AsyncClient:
@@ -198,8 +183,8 @@ class AsyncClient:
         """``async with client.reservation("user:a", tokens=2000) as hold: ...``
 
         Then ``await hold.commit(tokens=n)``. Raises QuotaExceeded when the hold is
-        refused. An exception in the block (cancellation too) releases the hold;
-        leaving the block without a commit records the estimate.
+        refused. An exception in the block (a cancellation or an interrupt too)
+        releases the hold; leaving the block without a commit records the estimate.
         """
         call = p.reserve(
             subject,
@@ -209,16 +194,15 @@ class AsyncClient:
             raise_refused=True,
             resource=resource,
         )
-        reservation = (await self._run(call)).reservation
+        reserved = await self._run(call)
+        reservation = reserved.reservation
         assert reservation is not None  # a refusal raised
         hold = AsyncHold(self, reservation)
         try:
             yield hold
         except BaseException:
             if hold.result is None:
-                # Shielded: a cancelled task still frees its hold instead of keeping it
-                # until the TTL runs out.
-                with anyio.CancelScope(shield=True):
+                with shielded():
                     await self.release(hold.id)
             raise
         if hold.result is None:
@@ -254,14 +238,15 @@ class AsyncClient:
         resource: str | SubjectRef | None = None,
     ) -> AsyncIterator[Lease]:
         """``async with client.lease("user:a"): ...``; raises QuotaExceeded when full."""
-        lease = (
-            await self._run(p.acquire(subject, ttl=ttl, raise_refused=True, resource=resource))
-        ).lease
+        acquired = await self._run(
+            p.acquire(subject, ttl=ttl, raise_refused=True, resource=resource)
+        )
+        lease = acquired.lease
         assert lease is not None  # a refusal raised
         try:
             yield lease
         finally:
-            with anyio.CancelScope(shield=True):  # as in reservation: free the slot at once
+            with shielded():
                 await self.release_lease(lease.id)
 
     # reads ------------------------------------------------------------------
@@ -330,9 +315,9 @@ class AsyncClient:
         them as they come (also quoted fields that hold a newline), and
         ``writelines`` saves the export byte for byte.
 
-        Use with ``async for`` (no ``await``). The request is sent when iteration
-        starts; close the iterator (``aclose()``) or read it to the end to free
-        the connection.
+        Iterate with ``async for``; the method itself is not awaited. The request
+        is sent when iteration starts; close the iterator (``aclose()``) or read it
+        to the end to free the connection.
         """
         call = p.export_events(format, subject=subject, start=start, end=end)
         return self._stream_lines(call)
@@ -346,8 +331,8 @@ class AsyncClient:
             async for text in response.aiter_text():
                 for line in lines.feed(text):
                     yield line
-            for line in lines.end():
-                yield line
+            for rest in lines.end():
+                yield rest
 
     # subjects ---------------------------------------------------------------
     async def put_subject(

@@ -1,3 +1,5 @@
+# Generated from _async.py by scripts/gen_sync_client.py: do not edit by hand.
+# Change _async.py, then run `make client` (`make lint` fails while this file is stale).
 """``Client``: the blocking twin of ``AsyncClient``, method for method."""
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any, TypeVar
 import httpx
 
 from tokenquota.client import _protocol as p
+from tokenquota.client._twins import Hold, unshielded
 from tokenquota.domain.decisions import Decision, Mode
 from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
@@ -22,7 +25,6 @@ from tokenquota.engine import (
     Acquired,
     DefaultRule,
     HistoryPoint,
-    Hold,
     LimitsView,
     Reserved,
     Usage,
@@ -172,9 +174,10 @@ class Client:
         resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Iterator[Hold]:
-        """``with client.reservation("user:a", tokens=2000) as hold: ...; hold.commit(tokens=n)``
+        """``with client.reservation("user:a", tokens=2000) as hold: ...``
 
-        Raises QuotaExceeded when the hold is refused. An exception in the block
+        Then ``hold.commit(tokens=n)``. Raises QuotaExceeded when the hold is
+        refused. An exception in the block (a cancellation or an interrupt too)
         releases the hold; leaving the block without a commit records the estimate.
         """
         call = p.reserve(
@@ -185,14 +188,16 @@ class Client:
             raise_refused=True,
             resource=resource,
         )
-        reservation = self._run(call).reservation
+        reserved = self._run(call)
+        reservation = reserved.reservation
         assert reservation is not None  # a refusal raised
         hold = Hold(self, reservation)
         try:
             yield hold
         except BaseException:
             if hold.result is None:
-                self.release(hold.id)
+                with unshielded():
+                    self.release(hold.id)
             raise
         if hold.result is None:
             hold.commit()
@@ -226,13 +231,15 @@ class Client:
         ttl: float | timedelta = DEFAULT_TTL,
         resource: str | SubjectRef | None = None,
     ) -> Iterator[Lease]:
-        """``with client.lease("user:a"): call_the_model()``; raises QuotaExceeded when full."""
-        lease = self._run(p.acquire(subject, ttl=ttl, raise_refused=True, resource=resource)).lease
+        """``with client.lease("user:a"): ...``; raises QuotaExceeded when full."""
+        acquired = self._run(p.acquire(subject, ttl=ttl, raise_refused=True, resource=resource))
+        lease = acquired.lease
         assert lease is not None  # a refusal raised
         try:
             yield lease
         finally:
-            self.release_lease(lease.id)
+            with unshielded():
+                self.release_lease(lease.id)
 
     # reads ------------------------------------------------------------------
     def usage(self, subject: str | SubjectRef, *, include_ancestors: bool = False) -> Usage:
@@ -299,8 +306,9 @@ class Client:
         them as they come (also quoted fields that hold a newline), and
         ``writelines`` saves the export byte for byte.
 
-        The request is sent when iteration starts; close the iterator (or read
-        it to the end) to free the connection.
+        Iterate with ``for``; the method itself is not awaited. The request
+        is sent when iteration starts; close the iterator (``close()``) or read it
+        to the end to free the connection.
         """
         call = p.export_events(format, subject=subject, start=start, end=end)
         return self._stream_lines(call)
