@@ -17,10 +17,12 @@ import httpx
 from tokenquota.client import _protocol as p
 from tokenquota.client._twins import AsyncHold, shielded
 from tokenquota.domain.decisions import Decision, Mode
+from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import Plan
+from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.engine import (
     DEFAULT_TTL,
@@ -254,6 +256,10 @@ class AsyncClient:
         """Every effective limit with what is used, left and when it resets."""
         return await self._run(p.usage(subject, include_ancestors))
 
+    async def shadow_hits(self, subject: str | SubjectRef) -> dict[str, int]:
+        """How many decisions each shadow limit of the subject would have blocked."""
+        return await self._run(p.shadow_hits(subject))
+
     async def history(
         self,
         subject: str | SubjectRef,
@@ -441,6 +447,37 @@ class AsyncClient:
     async def assign_plan(self, subject: str | SubjectRef, plan: str | None) -> LimitsView:
         """Put a subject on a plan; None takes it off. Answers the subject's limits."""
         return await self._run(p.assign_plan(subject, plan))
+
+    # prepaid credits --------------------------------------------------------
+    async def grant(
+        self,
+        subject: str | SubjectRef,
+        credits: object,
+        *,
+        expires_at: datetime | None = None,
+    ) -> Grant:
+        """Add prepaid credits. From then on the subject's credit spending must fit its balance."""
+        return await self._run(p.grant(subject, credits, expires_at=expires_at))
+
+    async def grants(self, subject: str | SubjectRef) -> list[Grant]:
+        return await self._run(p.grants(subject))
+
+    async def balance(self, subject: str | SubjectRef) -> Balance | None:
+        """What a prepaid subject has left now; None when it was never granted credits."""
+        return await self._run(p.balance(subject))
+
+    # resource quotas --------------------------------------------------------
+    async def set_resource_quota(
+        self, resource: str | SubjectRef, quota: Mapping[str, object]
+    ) -> ResourceQuota:
+        """Put a shared-capacity quota on a resource (SPEC section 6); replaces any earlier one."""
+        return await self._run(p.set_resource_quota(resource, quota))
+
+    async def get_resource_quota(self, resource: str | SubjectRef) -> ResourceQuota:
+        return await self._run(p.get_resource_quota(resource))
+
+    async def delete_resource_quota(self, resource: str | SubjectRef) -> None:
+        await self._run(p.delete_resource_quota(resource))
 
     # API keys and audit -----------------------------------------------------
     async def create_key(

@@ -15,10 +15,12 @@ import httpx
 from tokenquota.client import _protocol as p
 from tokenquota.client._twins import Hold, unshielded
 from tokenquota.domain.decisions import Decision, Mode
+from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import Plan
+from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.engine import (
     DEFAULT_TTL,
@@ -246,6 +248,10 @@ class Client:
         """Every effective limit with what is used, left and when it resets."""
         return self._run(p.usage(subject, include_ancestors))
 
+    def shadow_hits(self, subject: str | SubjectRef) -> dict[str, int]:
+        """How many decisions each shadow limit of the subject would have blocked."""
+        return self._run(p.shadow_hits(subject))
+
     def history(
         self,
         subject: str | SubjectRef,
@@ -426,6 +432,37 @@ class Client:
     def assign_plan(self, subject: str | SubjectRef, plan: str | None) -> LimitsView:
         """Put a subject on a plan; None takes it off. Answers the subject's limits."""
         return self._run(p.assign_plan(subject, plan))
+
+    # prepaid credits --------------------------------------------------------
+    def grant(
+        self,
+        subject: str | SubjectRef,
+        credits: object,
+        *,
+        expires_at: datetime | None = None,
+    ) -> Grant:
+        """Add prepaid credits. From then on the subject's credit spending must fit its balance."""
+        return self._run(p.grant(subject, credits, expires_at=expires_at))
+
+    def grants(self, subject: str | SubjectRef) -> list[Grant]:
+        return self._run(p.grants(subject))
+
+    def balance(self, subject: str | SubjectRef) -> Balance | None:
+        """What a prepaid subject has left now; None when it was never granted credits."""
+        return self._run(p.balance(subject))
+
+    # resource quotas --------------------------------------------------------
+    def set_resource_quota(
+        self, resource: str | SubjectRef, quota: Mapping[str, object]
+    ) -> ResourceQuota:
+        """Put a shared-capacity quota on a resource (SPEC section 6); replaces any earlier one."""
+        return self._run(p.set_resource_quota(resource, quota))
+
+    def get_resource_quota(self, resource: str | SubjectRef) -> ResourceQuota:
+        return self._run(p.get_resource_quota(resource))
+
+    def delete_resource_quota(self, resource: str | SubjectRef) -> None:
+        self._run(p.delete_resource_quota(resource))
 
     # API keys and audit -----------------------------------------------------
     def create_key(
