@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint typecheck pytest bench clean fuzz
+.PHONY: install demo serve test lint typecheck pytest bench clean fuzz client
 
 install: $(STAMP)
 
@@ -25,6 +25,11 @@ serve: install
 lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
+	$(BIN)/python scripts/gen_sync_client.py --check
+
+# The blocking client is generated from the async one; edit _async.py, then run this.
+client: install
+	$(BIN)/python scripts/gen_sync_client.py
 
 typecheck: install
 	$(BIN)/mypy

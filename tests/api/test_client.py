@@ -695,3 +695,155 @@ def test_client_passes_the_resource_through(api: Api) -> None:
         acquired = client.acquire("user:alice", resource="deployment:llama")
         assert acquired.lease is not None
         assert acquired.lease.resource is not None
+
+
+# prepaid credits ----------------------------------------------------------------
+
+
+def test_grants_and_balance_match_the_engine(frozen: Api) -> None:
+    with client(frozen) as quota:
+        assert quota.balance("user:alice") is None  # never granted: not prepaid
+        assert quota.grants("user:alice") == []
+        first = quota.grant("user:alice", Decimal("2.5"), expires_at=NOW + timedelta(days=1))
+        second = quota.grant("user:alice", 1)
+        assert (first.amount, first.remaining, first.expires_at) == (
+            2_500_000_000,
+            2_500_000_000,
+            NOW + timedelta(days=1),
+        )
+        assert second.expires_at is None
+        quota.consume("user:alice", credits=Decimal("0.75"))
+        grants = quota.grants("user:alice")
+        assert grants == frozen.quota.grants("user:alice")
+        assert {g.id: g.remaining for g in grants} == {
+            first.id: 1_750_000_000,  # the grant that lapses first is spent first
+            second.id: 1_000_000_000,
+        }
+        wallet = quota.balance("user:alice")
+        assert wallet == frozen.quota.balance("user:alice")
+        assert wallet is not None
+        assert (wallet.remaining, wallet.granted) == (2_750_000_000, 3_500_000_000)
+        assert wallet.next_expiry == NOW + timedelta(days=1)
+
+        refused: list[tuple[Callable[[], object], str]] = [
+            (lambda: quota.grant("user:alice", 0), "credits"),
+            (lambda: quota.grant("user:alice", True), "credits"),
+            (lambda: quota.grant("user:alice", 1, expires_at=NOW), "expires_at"),
+        ]
+        for bad, field in refused:
+            with pytest.raises(ValidationError) as caught:
+                bad()
+            assert caught.value.field == field
+        with pytest.raises(ValidationError) as caught:
+            quota.grants("no-kind")
+        assert caught.value.field == "subject"  # refused before a request is sent
+    assert len(frozen.quota.grants("user:alice")) == 2  # the refused grants changed nothing
+
+
+def test_a_member_key_reads_its_own_grants_but_may_not_grant(api: Api) -> None:
+    api.quota.grant("user:alice", 5)
+    with client(api, api.key("member", "user:alice")) as quota:
+        assert quota.grants("user:alice") == api.quota.grants("user:alice")
+        with pytest.raises(Forbidden):
+            quota.grant("user:alice", 5)
+        with pytest.raises(Forbidden):
+            quota.balance("user:bob")
+
+
+@pytest.mark.anyio
+async def test_async_grants_and_balance(frozen: Api) -> None:
+    async with async_client(frozen) as quota:
+        assert await quota.balance("user:alice") is None
+        granted = await quota.grant("user:alice", "1.5")
+        assert await quota.grants("user:alice") == [granted] == frozen.quota.grants("user:alice")
+        assert await quota.balance("user:alice") == frozen.quota.balance("user:alice")
+
+
+# resource quotas ----------------------------------------------------------------
+
+RESOURCE_QUOTA: dict[str, object] = {
+    "default_rules": [{"metric": "requests", "window": "minute", "limit": 10}],
+    "policies": [
+        {
+            "consumer": "company:acme",
+            "rules": [{"metric": "tokens", "window": "minute", "limit": 5_000}],
+            "reserved": "0.25",
+        }
+    ],
+    "capacity": {"value": 20_000, "units": "tokens"},
+    "saturation_threshold": 0.8,
+}
+
+
+def test_resource_quotas_match_the_engine(api: Api) -> None:
+    with client(api) as quota:
+        stored = quota.set_resource_quota("deployment:llama", RESOURCE_QUOTA)
+        assert stored == api.quota.get_resource_quota("deployment:llama")
+        assert quota.get_resource_quota("deployment:llama") == stored
+        assert stored.policies[0].reserved == Decimal("0.25")
+        assert stored.saturation_threshold == Decimal("0.8")
+
+        bad = {"policies": [{"consumer": "company:acme", "rules": [], "reserved": 2}]}
+        with pytest.raises(ValidationError) as caught:
+            quota.set_resource_quota("deployment:llama", bad)
+        with pytest.raises(ValidationError) as direct:
+            api.quota.set_resource_quota("deployment:llama", bad)
+        assert caught.value.field == direct.value.field == "policies[0].reserved"
+        assert quota.get_resource_quota("deployment:llama") == stored  # the refusal changed nothing
+
+        quota.delete_resource_quota("deployment:llama")
+        with pytest.raises(NotFound):
+            quota.get_resource_quota("deployment:llama")
+        with pytest.raises(NotFound):
+            quota.delete_resource_quota("deployment:llama")
+        with pytest.raises(ValidationError) as caught:
+            quota.get_resource_quota("a/b")
+        assert caught.value.field == "resource"
+
+
+def test_a_member_key_may_not_set_resource_quotas(api: Api) -> None:
+    with client(api, api.key("member", "user:alice")) as quota, pytest.raises(Forbidden):
+        quota.set_resource_quota("deployment:llama", RESOURCE_QUOTA)
+    with pytest.raises(NotFound):
+        api.quota.get_resource_quota("deployment:llama")
+
+
+@pytest.mark.anyio
+async def test_async_resource_quotas(api: Api) -> None:
+    async with async_client(api) as quota:
+        stored = await quota.set_resource_quota("deployment:llama", RESOURCE_QUOTA)
+        assert await quota.get_resource_quota("deployment:llama") == stored
+        await quota.delete_resource_quota("deployment:llama")
+        with pytest.raises(NotFound):
+            await quota.get_resource_quota("deployment:llama")
+
+
+# shadow limits ------------------------------------------------------------------
+
+
+def test_shadow_hits_match_the_engine(frozen: Api) -> None:
+    frozen.quota.set_limits(
+        "user:alice",
+        [
+            {"metric": "tokens", "window": "day", "limit": 50, "shadow": True},
+            {"metric": "requests", "window": "day", "limit": 100, "shadow": True},
+        ],
+    )
+    with client(frozen) as quota:
+        assert quota.shadow_hits("user:alice") == {} == frozen.quota.shadow_hits("user:alice")
+        quota.consume("user:alice", tokens=40)
+        quota.consume("user:alice", tokens=40)  # past the shadow 50: counted, not blocked
+        quota.consume("user:alice", tokens=1)
+        assert quota.shadow_hits("user:alice") == {"tokens/day": 2}
+        assert quota.shadow_hits("user:alice") == frozen.quota.shadow_hits("user:alice")
+        assert quota.shadow_hits("user:bob") == {}
+
+
+@pytest.mark.anyio
+async def test_async_shadow_hits(frozen: Api) -> None:
+    frozen.quota.set_limit("user:alice", "requests", "day", 1, shadow=True)
+    async with async_client(frozen) as quota:
+        await quota.consume("user:alice", requests=1)
+        await quota.consume("user:alice", requests=1)
+        assert await quota.shadow_hits("user:alice") == {"requests/day": 1}
+        assert await quota.shadow_hits("user:alice") == frozen.quota.shadow_hits("user:alice")

@@ -1,4 +1,8 @@
-"""``AsyncClient``: the tokenquota service over HTTP, for asyncio (and trio) code."""
+"""``AsyncClient``: the tokenquota service over HTTP, for asyncio (and trio) code.
+
+The source of ``_sync.py``: ``make client`` generates the blocking ``Client`` from
+this file (scripts/gen_sync_client.py), so a change here is a change to both.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +12,17 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
-import anyio
 import httpx
 
 from tokenquota.client import _protocol as p
+from tokenquota.client._twins import AsyncHold, shielded
 from tokenquota.domain.decisions import Decision, Mode
+from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.holds import DEFAULT_TTL, Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import Plan
+from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.domain.views import (
     Acquired,
@@ -29,25 +35,6 @@ from tokenquota.domain.views import (
 )
 
 T = TypeVar("T")
-
-
-class AsyncHold:
-    """A live reservation inside ``AsyncClient.reservation``; commit it with the real usage."""
-
-    def __init__(self, client: AsyncClient, reservation: Reservation) -> None:
-        self.client = client
-        self.reservation = reservation
-        self.result: Decision | None = None
-
-    @property
-    def id(self) -> str:
-        return self.reservation.id
-
-    async def commit(
-        self, amounts: Mapping[str, object] | None = None, **metric_amounts: object
-    ) -> Decision:
-        self.result = await self.client.commit(self.id, amounts, **metric_amounts)
-        return self.result
 
 
 class AsyncClient:
@@ -197,8 +184,8 @@ class AsyncClient:
         """``async with client.reservation("user:a", tokens=2000) as hold: ...``
 
         Then ``await hold.commit(tokens=n)``. Raises QuotaExceeded when the hold is
-        refused. An exception in the block (cancellation too) releases the hold;
-        leaving the block without a commit records the estimate.
+        refused. An exception in the block (a cancellation or an interrupt too)
+        releases the hold; leaving the block without a commit records the estimate.
         """
         call = p.reserve(
             subject,
@@ -208,16 +195,15 @@ class AsyncClient:
             raise_refused=True,
             resource=resource,
         )
-        reservation = (await self._run(call)).reservation
+        reserved = await self._run(call)
+        reservation = reserved.reservation
         assert reservation is not None  # a refusal raised
         hold = AsyncHold(self, reservation)
         try:
             yield hold
         except BaseException:
             if hold.result is None:
-                # Shielded: a cancelled task still frees its hold instead of keeping it
-                # until the TTL runs out.
-                with anyio.CancelScope(shield=True):
+                with shielded():
                     await self.release(hold.id)
             raise
         if hold.result is None:
@@ -253,20 +239,25 @@ class AsyncClient:
         resource: str | SubjectRef | None = None,
     ) -> AsyncIterator[Lease]:
         """``async with client.lease("user:a"): ...``; raises QuotaExceeded when full."""
-        lease = (
-            await self._run(p.acquire(subject, ttl=ttl, raise_refused=True, resource=resource))
-        ).lease
+        acquired = await self._run(
+            p.acquire(subject, ttl=ttl, raise_refused=True, resource=resource)
+        )
+        lease = acquired.lease
         assert lease is not None  # a refusal raised
         try:
             yield lease
         finally:
-            with anyio.CancelScope(shield=True):  # as in reservation: free the slot at once
+            with shielded():
                 await self.release_lease(lease.id)
 
     # reads ------------------------------------------------------------------
     async def usage(self, subject: str | SubjectRef, *, include_ancestors: bool = False) -> Usage:
         """Every effective limit with what is used, left and when it resets."""
         return await self._run(p.usage(subject, include_ancestors))
+
+    async def shadow_hits(self, subject: str | SubjectRef) -> dict[str, int]:
+        """How many decisions each shadow limit of the subject would have blocked."""
+        return await self._run(p.shadow_hits(subject))
 
     async def history(
         self,
@@ -329,9 +320,9 @@ class AsyncClient:
         them as they come (also quoted fields that hold a newline), and
         ``writelines`` saves the export byte for byte.
 
-        Use with ``async for`` (no ``await``). The request is sent when iteration
-        starts; close the iterator (``aclose()``) or read it to the end to free
-        the connection.
+        Iterate with ``async for``; the method itself is not awaited. The request
+        is sent when iteration starts; close the iterator (``aclose()``) or read it
+        to the end to free the connection.
         """
         call = p.export_events(format, subject=subject, start=start, end=end)
         return self._stream_lines(call)
@@ -345,8 +336,8 @@ class AsyncClient:
             async for text in response.aiter_text():
                 for line in lines.feed(text):
                     yield line
-            for line in lines.end():
-                yield line
+            for rest in lines.end():
+                yield rest
 
     # subjects ---------------------------------------------------------------
     async def put_subject(
@@ -455,6 +446,37 @@ class AsyncClient:
     async def assign_plan(self, subject: str | SubjectRef, plan: str | None) -> LimitsView:
         """Put a subject on a plan; None takes it off. Answers the subject's limits."""
         return await self._run(p.assign_plan(subject, plan))
+
+    # prepaid credits --------------------------------------------------------
+    async def grant(
+        self,
+        subject: str | SubjectRef,
+        credits: object,
+        *,
+        expires_at: datetime | None = None,
+    ) -> Grant:
+        """Add prepaid credits. From then on the subject's credit spending must fit its balance."""
+        return await self._run(p.grant(subject, credits, expires_at=expires_at))
+
+    async def grants(self, subject: str | SubjectRef) -> list[Grant]:
+        return await self._run(p.grants(subject))
+
+    async def balance(self, subject: str | SubjectRef) -> Balance | None:
+        """What a prepaid subject has left now; None when it was never granted credits."""
+        return await self._run(p.balance(subject))
+
+    # resource quotas --------------------------------------------------------
+    async def set_resource_quota(
+        self, resource: str | SubjectRef, quota: Mapping[str, object]
+    ) -> ResourceQuota:
+        """Put a shared-capacity quota on a resource (SPEC section 6); replaces any earlier one."""
+        return await self._run(p.set_resource_quota(resource, quota))
+
+    async def get_resource_quota(self, resource: str | SubjectRef) -> ResourceQuota:
+        return await self._run(p.get_resource_quota(resource))
+
+    async def delete_resource_quota(self, resource: str | SubjectRef) -> None:
+        await self._run(p.delete_resource_quota(resource))
 
     # API keys and audit -----------------------------------------------------
     async def create_key(

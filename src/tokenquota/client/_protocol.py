@@ -29,6 +29,7 @@ from tokenquota.domain.errors import (
     Unauthorized,
     ValidationError,
 )
+from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.holds import HoldState, Lease, Reservation, ReservationClosed
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
@@ -41,6 +42,7 @@ from tokenquota.domain.limits import (
     parse_limit_value,
 )
 from tokenquota.domain.metrics import Amounts, Metric, Number, merge_amounts, to_units
+from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.domain.views import (
     Acquired,
@@ -386,6 +388,16 @@ def events(
     )
 
 
+def shadow_hits(subject: str | SubjectRef) -> Call[dict[str, int]]:
+    """Read from the subject's usage, which carries each shadow limit's count."""
+    return Call(
+        "GET",
+        f"/v1/subjects/{_ref(subject)}/usage",
+        parse_shadow_hits,
+        params=_params(include_ancestors=False),
+    )
+
+
 def export_events(
     format: str,
     *,
@@ -496,6 +508,52 @@ def assign_plan(subject: str | SubjectRef, plan: str | None) -> Call[LimitsView]
     return Call("PUT", path, parse_limits_view, body={"plan_id": plan})
 
 
+# prepaid credits
+
+
+def grant(
+    subject: str | SubjectRef, credits: object, *, expires_at: datetime | None
+) -> Call[Grant]:
+    body = {"credits": _jsonable(credits)} | _without_none(expires_at=expires_at)
+    return Call("POST", f"/v1/subjects/{_ref(subject)}/grants", parse_grant, body=body)
+
+
+def grants(subject: str | SubjectRef) -> Call[list[Grant]]:
+    return Call(
+        "GET",
+        f"/v1/subjects/{_ref(subject)}/grants",
+        lambda data: [parse_grant(g) for g in data["items"]],
+    )
+
+
+def balance(subject: str | SubjectRef) -> Call[Balance | None]:
+    """The same answer as ``grants``: the list comes with the balance."""
+    return Call("GET", f"/v1/subjects/{_ref(subject)}/grants", parse_balance)
+
+
+# resource quotas
+
+
+def _quota_path(resource: str | SubjectRef) -> str:
+    return f"/v1/resources/{_ref(resource, 'resource')}/quota"
+
+
+def set_resource_quota(
+    resource: str | SubjectRef, quota: Mapping[str, object]
+) -> Call[ResourceQuota]:
+    # Anything but an object goes out as it is, for the server to refuse with a 422.
+    body = _jsonable(quota) if isinstance(quota, Mapping) else quota
+    return Call("PUT", _quota_path(resource), parse_resource_quota, body=body)
+
+
+def get_resource_quota(resource: str | SubjectRef) -> Call[ResourceQuota]:
+    return Call("GET", _quota_path(resource), parse_resource_quota)
+
+
+def delete_resource_quota(resource: str | SubjectRef) -> Call[None]:
+    return Call("DELETE", _quota_path(resource), _nothing)
+
+
 # keys and audit
 
 
@@ -566,6 +624,18 @@ def parse_usage(data: Any) -> Usage:
         at=_time(data["at"]),
         limits=tuple(LimitStatus.from_wire(s) for s in data["limits"]),
     )
+
+
+def parse_shadow_hits(data: Any) -> dict[str, int]:
+    """Counts by ``metric/window``; a shadow limit that blocked nothing is left out.
+
+    As the engine's ``shadow_hits``, which counts only what would have been blocked.
+    """
+    hits: dict[str, int] = {}
+    for limit in data["limits"]:
+        if limit.get("shadow") and limit.get("shadow_hits"):
+            hits[str(_key(limit))] = int(limit["shadow_hits"])
+    return hits
 
 
 def parse_history_point(data: Any) -> HistoryPoint:
@@ -688,6 +758,39 @@ def parse_audit_entry(data: Any) -> AuditEntry:
         before=data.get("before"),
         after=data.get("after"),
     )
+
+
+def _credit_units(value: Any, field: str) -> int:
+    return to_units(Metric.CREDITS, value, field)
+
+
+def parse_grant(data: Any) -> Grant:
+    """A grant from its wire form; ``state`` is left out, as it is derived from the others."""
+    return Grant(
+        id=str(data["id"]),
+        subject=SubjectRef.parse(data["subject"]),
+        amount=_credit_units(data["amount"], "amount"),
+        granted_at=_time(data["granted_at"]),
+        expires_at=_optional_time(data.get("expires_at")),
+        remaining=_credit_units(data["remaining"], "remaining"),
+    )
+
+
+def parse_balance(data: Any) -> Balance | None:
+    wallet = data["balance"]
+    if wallet is None:
+        return None
+    return Balance(
+        subject=SubjectRef.parse(wallet["subject"]),
+        remaining=_credit_units(wallet["remaining"], "remaining"),
+        granted=_credit_units(wallet["granted"], "granted"),
+        next_expiry=_optional_time(wallet.get("next_expiry")),
+    )
+
+
+def parse_resource_quota(data: Any) -> ResourceQuota:
+    """The quota from its wire form; the answer's ``resource`` names whose it is."""
+    return ResourceQuota.parse({k: v for k, v in data.items() if k != "resource"}, field="")
 
 
 def _released(data: Any) -> bool:

@@ -1,3 +1,5 @@
+# Generated from _async.py by scripts/gen_sync_client.py: do not edit by hand.
+# Change _async.py, then run `make client` (`make lint` fails while this file is stale).
 """``Client``: the blocking twin of ``AsyncClient``, method for method."""
 
 from __future__ import annotations
@@ -11,17 +13,19 @@ from typing import Any, TypeVar
 import httpx
 
 from tokenquota.client import _protocol as p
+from tokenquota.client._twins import Hold, unshielded
 from tokenquota.domain.decisions import Decision, Mode
+from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.holds import DEFAULT_TTL, Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import Plan
+from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.domain.views import (
     Acquired,
     DefaultRule,
     HistoryPoint,
-    Hold,
     LimitsView,
     Page,
     Reserved,
@@ -171,9 +175,10 @@ class Client:
         resource: str | SubjectRef | None = None,
         **metric_amounts: object,
     ) -> Iterator[Hold]:
-        """``with client.reservation("user:a", tokens=2000) as hold: ...; hold.commit(tokens=n)``
+        """``with client.reservation("user:a", tokens=2000) as hold: ...``
 
-        Raises QuotaExceeded when the hold is refused. An exception in the block
+        Then ``hold.commit(tokens=n)``. Raises QuotaExceeded when the hold is
+        refused. An exception in the block (a cancellation or an interrupt too)
         releases the hold; leaving the block without a commit records the estimate.
         """
         call = p.reserve(
@@ -184,14 +189,16 @@ class Client:
             raise_refused=True,
             resource=resource,
         )
-        reservation = self._run(call).reservation
+        reserved = self._run(call)
+        reservation = reserved.reservation
         assert reservation is not None  # a refusal raised
         hold = Hold(self, reservation)
         try:
             yield hold
         except BaseException:
             if hold.result is None:
-                self.release(hold.id)
+                with unshielded():
+                    self.release(hold.id)
             raise
         if hold.result is None:
             hold.commit()
@@ -225,18 +232,24 @@ class Client:
         ttl: float | timedelta = DEFAULT_TTL,
         resource: str | SubjectRef | None = None,
     ) -> Iterator[Lease]:
-        """``with client.lease("user:a"): call_the_model()``; raises QuotaExceeded when full."""
-        lease = self._run(p.acquire(subject, ttl=ttl, raise_refused=True, resource=resource)).lease
+        """``with client.lease("user:a"): ...``; raises QuotaExceeded when full."""
+        acquired = self._run(p.acquire(subject, ttl=ttl, raise_refused=True, resource=resource))
+        lease = acquired.lease
         assert lease is not None  # a refusal raised
         try:
             yield lease
         finally:
-            self.release_lease(lease.id)
+            with unshielded():
+                self.release_lease(lease.id)
 
     # reads ------------------------------------------------------------------
     def usage(self, subject: str | SubjectRef, *, include_ancestors: bool = False) -> Usage:
         """Every effective limit with what is used, left and when it resets."""
         return self._run(p.usage(subject, include_ancestors))
+
+    def shadow_hits(self, subject: str | SubjectRef) -> dict[str, int]:
+        """How many decisions each shadow limit of the subject would have blocked."""
+        return self._run(p.shadow_hits(subject))
 
     def history(
         self,
@@ -298,8 +311,9 @@ class Client:
         them as they come (also quoted fields that hold a newline), and
         ``writelines`` saves the export byte for byte.
 
-        The request is sent when iteration starts; close the iterator (or read
-        it to the end) to free the connection.
+        Iterate with ``for``; the method itself is not awaited. The request
+        is sent when iteration starts; close the iterator (``close()``) or read it
+        to the end to free the connection.
         """
         call = p.export_events(format, subject=subject, start=start, end=end)
         return self._stream_lines(call)
@@ -417,6 +431,37 @@ class Client:
     def assign_plan(self, subject: str | SubjectRef, plan: str | None) -> LimitsView:
         """Put a subject on a plan; None takes it off. Answers the subject's limits."""
         return self._run(p.assign_plan(subject, plan))
+
+    # prepaid credits --------------------------------------------------------
+    def grant(
+        self,
+        subject: str | SubjectRef,
+        credits: object,
+        *,
+        expires_at: datetime | None = None,
+    ) -> Grant:
+        """Add prepaid credits. From then on the subject's credit spending must fit its balance."""
+        return self._run(p.grant(subject, credits, expires_at=expires_at))
+
+    def grants(self, subject: str | SubjectRef) -> list[Grant]:
+        return self._run(p.grants(subject))
+
+    def balance(self, subject: str | SubjectRef) -> Balance | None:
+        """What a prepaid subject has left now; None when it was never granted credits."""
+        return self._run(p.balance(subject))
+
+    # resource quotas --------------------------------------------------------
+    def set_resource_quota(
+        self, resource: str | SubjectRef, quota: Mapping[str, object]
+    ) -> ResourceQuota:
+        """Put a shared-capacity quota on a resource (SPEC section 6); replaces any earlier one."""
+        return self._run(p.set_resource_quota(resource, quota))
+
+    def get_resource_quota(self, resource: str | SubjectRef) -> ResourceQuota:
+        return self._run(p.get_resource_quota(resource))
+
+    def delete_resource_quota(self, resource: str | SubjectRef) -> None:
+        self._run(p.delete_resource_quota(resource))
 
     # API keys and audit -----------------------------------------------------
     def create_key(
