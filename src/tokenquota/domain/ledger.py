@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from tokenquota.domain.decisions import Mode
+from tokenquota.domain.decisions import DebitPlan, Mode
+from tokenquota.domain.grants import Grant
 from tokenquota.domain.limits import LimitKey
-from tokenquota.domain.metrics import Amounts
+from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef, consumer_series
 
 CounterKey = tuple[str, str, str, int]  # subject, metric, window key, bucket
@@ -84,6 +85,45 @@ class Event:
             "idempotency_key": self.idempotency_key,
             "resource": str(self.resource) if self.resource else None,
         }
+
+
+def usage_event(plan: DebitPlan, reservation_id: str | None = None, event_id: int = 0) -> Event:
+    """The event an admitted plan appends, before the store numbers it.
+
+    Every backend builds its usage events here (the memory store keeps the
+    Event, the SQL and Redis stores its row, ``storage.ledger_rows``), so a
+    replay from any of them counts the same amounts in the same series.
+    """
+    kind, tags = usage_kind(plan.tags, reservation_id)
+    return Event(
+        id=event_id,
+        subject=plan.subject,
+        charged=plan.charged,
+        timestamp=plan.timestamp,
+        recorded_at=plan.now,
+        mode=plan.mode,
+        amounts=plan.amounts,
+        model=plan.model,
+        tags=tags,
+        idempotency_key=plan.idempotency_key,
+        kind=kind,
+        resource=plan.resource,
+    )
+
+
+def grant_event(grant: Grant, event_id: int = 0) -> Event:
+    """The event a grant appends: credits to spend, recorded when granted; not usage."""
+    return Event(
+        id=event_id,
+        subject=grant.subject,
+        charged=(grant.subject,),
+        timestamp=grant.granted_at,
+        recorded_at=grant.granted_at,
+        mode=Mode.RECORD,
+        amounts=Amounts({Metric.CREDITS: grant.amount}),
+        tags={"grant": grant.id},
+        kind="grant",
+    )
 
 
 def increments(

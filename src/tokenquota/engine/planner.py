@@ -49,8 +49,10 @@ Chain = list[tuple[SubjectRef, list[EffectiveLimit]]]
 class ConfigSource(Protocol):
     """What the planner reads from a store: configuration only, never a write."""
 
-    # The zone calendar windows are counted in.
-    tz: ZoneInfo
+    @property
+    def tz(self) -> ZoneInfo:
+        """The zone calendar windows are counted in."""
+        ...
 
     def rule_sets(
         self, ref: SubjectRef, *, with_ancestors: bool

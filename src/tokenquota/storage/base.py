@@ -64,15 +64,13 @@ class StaleConfig(Exception):
     """A store that caches limits found them changed: the caller plans again."""
 
 
-class Store(Protocol):
-    # The zone calendar windows are counted in: fixed per store (see SqlStore).
-    tz: ZoneInfo
+class Catalog(Protocol):
+    """Configuration: who is metered and against what. Read often, written rarely.
 
-    def close(self) -> None: ...
-
-    def ping(self) -> None:
-        """Raise StoreUnavailable when the backend cannot be reached."""
-        ...
+    Subjects and their hierarchy, rules, plans and defaults, the (metric,
+    window) pairs counted, resource quotas, API keys and the audit log of
+    every change to them.
+    """
 
     # subjects and the hierarchy
     def get_subject(self, ref: SubjectRef) -> Subject | None: ...
@@ -144,6 +142,50 @@ class Store(Protocol):
         self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime
     ) -> None: ...
 
+    # resource quotas (SPEC section 6), kept as their validated wire form
+    def get_resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None: ...
+
+    def put_resource_quota(
+        self,
+        resource: SubjectRef,
+        quota: dict[str, Any],
+        keys: Sequence[LimitKey],
+        *,
+        actor: str,
+        now: datetime,
+    ) -> None:
+        """Upsert, audit, and track ``keys`` (the counters the quota is measured on)."""
+        ...
+
+    def delete_resource_quota(self, resource: SubjectRef, *, actor: str, now: datetime) -> bool: ...
+
+    def list_resource_quotas(
+        self, *, offset: int, limit: int
+    ) -> Page[tuple[SubjectRef, dict[str, Any]]]: ...
+
+    # the audit log
+    def audit(self, *, target: str | None, offset: int, limit: int) -> Page[AuditEntry]: ...
+
+    # API keys
+    def create_key(self, key: ApiKey, secret_hash: str, *, actor: str) -> None: ...
+
+    def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """The key and its stored hash."""
+        ...
+
+    def list_keys(self, *, offset: int, limit: int) -> Page[ApiKey]: ...
+
+    def revoke_key(self, key_id: str, *, actor: str, now: datetime) -> bool: ...
+
+
+class Meter(Protocol):
+    """Metering: the hot path. Counters, holds, prepaid credits and the ledger."""
+
+    @property
+    def tz(self) -> ZoneInfo:
+        """The zone calendar windows are counted in: fixed per store (see Database.pin_timezone)."""
+        ...
+
     # counting
     def read(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
         """Counters, live holds and live leases for each check, as of ``now``."""
@@ -178,27 +220,6 @@ class Store(Protocol):
 
     def extend_lease(self, lease_id: str, expires_at: datetime, now: datetime) -> Lease: ...
 
-    # resource quotas (SPEC section 6), kept as their validated wire form
-    def get_resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None: ...
-
-    def put_resource_quota(
-        self,
-        resource: SubjectRef,
-        quota: dict[str, Any],
-        keys: Sequence[LimitKey],
-        *,
-        actor: str,
-        now: datetime,
-    ) -> None:
-        """Upsert, audit, and track ``keys`` (the counters the quota is measured on)."""
-        ...
-
-    def delete_resource_quota(self, resource: SubjectRef, *, actor: str, now: datetime) -> bool: ...
-
-    def list_resource_quotas(
-        self, *, offset: int, limit: int
-    ) -> Page[tuple[SubjectRef, dict[str, Any]]]: ...
-
     # prepaid credits
     def add_grant(self, grant: Grant, *, actor: str) -> int:
         """Store the grant and its ledger event at once; returns the event id."""
@@ -210,7 +231,7 @@ class Store(Protocol):
         """The grants of those subjects that have any, with live held credits."""
         ...
 
-    # the ledger and the audit log
+    # the ledger
     def events(
         self,
         *,
@@ -225,21 +246,18 @@ class Store(Protocol):
         self, *, subject: SubjectRef | None, start: datetime | None, end: datetime | None
     ) -> Iterator[Event]: ...
 
-    def audit(self, *, target: str | None, offset: int, limit: int) -> Page[AuditEntry]: ...
-
     def shadow_hits(self, ref: SubjectRef) -> dict[LimitKey, int]: ...
 
     def rebuild(self) -> int:
         """Recompute every counter from the ledger; returns the number of events replayed."""
         ...
 
-    # API keys
-    def create_key(self, key: ApiKey, secret_hash: str, *, actor: str) -> None: ...
 
-    def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
-        """The key and its stored hash."""
+class Store(Catalog, Meter, Protocol):
+    """What the engine holds: a catalog and a meter (see composed.ComposedStore)."""
+
+    def close(self) -> None: ...
+
+    def ping(self) -> None:
+        """Raise StoreUnavailable when the backend cannot be reached."""
         ...
-
-    def list_keys(self, *, offset: int, limit: int) -> Page[ApiKey]: ...
-
-    def revoke_key(self, key_id: str, *, actor: str, now: datetime) -> bool: ...

@@ -25,7 +25,7 @@ from tokenquota.domain.bounds import (
     check_lifetime,
 )
 from tokenquota.domain.clock import to_micros
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, Mode, Prepaid, Reading, decide
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
 from tokenquota.domain.errors import Conflict, IdempotencyConflict, NotFound
 from tokenquota.domain.grants import Grant, allocate
 from tokenquota.domain.holds import (
@@ -40,14 +40,15 @@ from tokenquota.domain.ledger import (
     AuditEntry,
     CounterKey,
     Event,
+    grant_event,
     increments,
     key_target,
     plan_target,
     resource_target,
-    usage_kind,
+    usage_event,
 )
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
-from tokenquota.domain.metrics import Amounts, Metric
+from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
 
@@ -426,21 +427,7 @@ class MemoryStore:
         decision = self._decide(plan)
         if not decision.allowed:
             return decision
-        kind, tags = usage_kind(plan.tags, reservation_id)
-        event = Event(
-            id=next(self._ids),
-            subject=plan.subject,
-            charged=plan.charged,
-            timestamp=plan.timestamp,
-            recorded_at=plan.now,
-            mode=plan.mode,
-            amounts=plan.amounts,
-            model=plan.model,
-            tags=tags,
-            idempotency_key=plan.idempotency_key,
-            kind=kind,
-            resource=plan.resource,
-        )
+        event = usage_event(plan, reservation_id, next(self._ids))
         self._s.events.append(event)
         self._count(event, self._s.tracked)
         self._burn(event)
@@ -464,17 +451,7 @@ class MemoryStore:
             check_granted(str(grant.subject), granted, grant.amount)
             self._s.subjects.setdefault(grant.subject, _Subject(None, {}, ()))
             self._s.grants[grant.id] = grant
-            event = Event(
-                id=next(self._ids),
-                subject=grant.subject,
-                charged=(grant.subject,),
-                timestamp=grant.granted_at,
-                recorded_at=grant.granted_at,
-                mode=Mode.RECORD,
-                amounts=Amounts({Metric.CREDITS: grant.amount}),
-                tags={"grant": grant.id},
-                kind="grant",
-            )
+            event = grant_event(grant, next(self._ids))
             self._s.events.append(event)
             self._audit(
                 grant.granted_at,

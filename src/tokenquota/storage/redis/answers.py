@@ -1,4 +1,7 @@
-"""The first answer to an idempotent request, kept by the script that charged it.
+"""The stored records of a Redis store: the first answer to an idempotent request,
+and the fields of reservation and lease records.
+
+The first answer is kept by the script that charged it.
 
 An answer is ``decide(plan, readings, event id, prepaid)``: a pure function
 of the plan and of what the script read. The script cannot run ``decide``,
@@ -30,6 +33,7 @@ from tokenquota.domain.decisions import (
     decide,
 )
 from tokenquota.domain.grants import Grant
+from tokenquota.domain.holds import HoldState, Lease, Reservation
 from tokenquota.domain.limits import EffectiveLimit, LimitKey, Source
 from tokenquota.domain.metrics import Amounts
 from tokenquota.domain.resources import ResourceQuota
@@ -172,3 +176,49 @@ def first_answer(stored_plan: str, steps: Sequence[tuple[str, str]], event_id: i
         grants = tuple(_ungrant(g, r) for g, r in zip(mine, remaining, strict=True))
         prepaid.append(Prepaid(SubjectRef.parse(subject), grants, held))
     return decide(plan, readings, event_id, prepaid=prepaid)
+
+
+def committed_answer(row: dict[str, str]) -> Decision | None:
+    """A committed reservation's answer: as stored after the script, or recomputed from
+    the inputs a one-step commit kept; None when neither survived."""
+    if row.get("d"):
+        return Decision.from_wire(json.loads(row["d"]))
+    if row.get("p") and row.get("state") == HoldState.COMMITTED.value:
+        return first_answer(row["p"], [(row.get("rd", ""), row.get("wl", ""))], int(row["eid"]))
+    return None
+
+
+def reservation_fields(r: Reservation) -> list[str]:
+    return [
+        "state",
+        HoldState.HELD.value,
+        "subject",
+        str(r.subject),
+        "charged",
+        json.dumps([str(s) for s in r.charged]),
+        "amounts",
+        json.dumps(r.amounts.to_units_json()),
+        "created_at",
+        str(to_micros(r.created_at)),
+        "expires_at",
+        str(to_micros(r.expires_at)),
+        "resource",
+        str(r.resource) if r.resource else "",
+    ]
+
+
+def lease_fields(lease: Lease) -> list[str]:
+    return [
+        "state",
+        "live",
+        "subject",
+        str(lease.subject),
+        "charged",
+        json.dumps([str(s) for s in lease.charged]),
+        "created_at",
+        str(to_micros(lease.created_at)),
+        "expires_at",
+        str(to_micros(lease.expires_at)),
+        "resource",
+        str(lease.resource) if lease.resource else "",
+    ]

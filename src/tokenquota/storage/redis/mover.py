@@ -1,0 +1,176 @@
+"""The mover: events from the Redis streams into the SQL ledger.
+
+Redis assigns an event its id and keeps it in a stream until the mover has
+inserted it into SQL, where the id is the primary key: a second copy (two
+replicas moving at once, a crash between insert and delete) is skipped.
+A row the ledger refuses for its data is quarantined, never dropped and
+never allowed to hold back the rest (docs/redis.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+
+from tokenquota.domain.errors import display
+from tokenquota.storage.ledger_rows import event_links
+from tokenquota.storage.redis.keyspace import call
+from tokenquota.storage.redis.layout import Layout
+from tokenquota.storage.sql.ledger import SqlLedger
+from tokenquota.storage.sql.tx import Database
+
+log = logging.getLogger("tokenquota.redis")
+
+MOVE_BATCH = 500
+MOVE_INTERVAL = 0.2  # seconds between mover passes
+
+
+class Mover:
+    def __init__(self, db: Database, ledger: SqlLedger, client: Any, layout: Layout) -> None:
+        self.db = db
+        self.ledger = ledger
+        self.redis = client
+        self.layout = layout
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._forever, name="tq-mover", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def _forever(self) -> None:
+        while not self.stop.wait(MOVE_INTERVAL):
+            try:
+                self.flush()
+            except Exception:  # keep moving once the database is back
+                log.exception("moving events to the ledger failed; retrying")
+
+    def flush(self) -> int:
+        """Move every event in the Redis streams into the SQL ledger; returns how many.
+
+        Safe to run in many replicas at once: an event's id is its primary key,
+        so a second copy is skipped, and it leaves the stream only after its
+        transaction committed.
+        """
+        moved = 0
+        for shard in range(self.layout.shards):
+            stream = self.layout.stream(shard)
+            while True:
+                entries = call(lambda s=stream: self.redis.xrange(s, count=MOVE_BATCH))
+                if not entries:
+                    break
+                with self.db.tx(hot=True) as conn:  # unique ids: nothing to serialise
+                    refused = self._insert_events(conn, entries)
+                self._set_aside(shard, stream, entries, refused)
+                moved += len(entries) - len(refused)
+                if len(entries) < MOVE_BATCH:
+                    break
+        return moved
+
+    def drain(self, conn: Connection) -> None:
+        """Move everything now, inside ``conn`` (which may hold the write lock)."""
+        for shard in range(self.layout.shards):
+            stream = self.layout.stream(shard)
+            while True:
+                entries = call(lambda s=stream: self.redis.xrange(s, count=MOVE_BATCH))
+                if not entries:
+                    break
+                refused = self._insert_events(conn, entries)
+                self._set_aside(shard, stream, entries, refused)
+
+    def _insert_events(self, conn: Connection, entries: Sequence[Any]) -> dict[Any, str]:
+        """Insert a batch; returns the entries the ledger refused, by stream id, with why.
+
+        One bad entry (a NUL a pre-validation version let in, a body that is not
+        an event) must not hold back the rest, or the mover, ``rebuild`` and
+        every ledger read fail on it forever. The batch is tried whole; when the
+        database refuses it for its data, each entry is retried on its own and
+        only the refused ones are set aside. A database that is down is not a
+        data error: that still fails the whole pass, to be retried later.
+        """
+        refused: dict[Any, str] = {}
+        parsed: list[tuple[Any, dict[str, Any], list[dict[str, Any]]]] = []
+        for entry_id, data in entries:
+            try:
+                body = json.loads(data[b"e"])
+                event_id = int(data[b"id"])
+                row = {"id": event_id, **body}
+                links = event_links(event_id, body)
+            except (KeyError, TypeError, ValueError) as exc:
+                refused[entry_id] = f"not an event: {type(exc).__name__}: {exc}"
+                continue
+            parsed.append((entry_id, row, links))
+        try:
+            with conn.begin_nested():
+                self.ledger.copy(
+                    conn, [r for _, r, _ in parsed], [k for *_, ks in parsed for k in ks]
+                )
+            return refused
+        except _DATA_ERRORS:
+            pass
+        for entry_id, row, links in parsed:
+            try:
+                with conn.begin_nested():
+                    self.ledger.copy(conn, [row], links)
+            except _DATA_ERRORS as exc:
+                refused[entry_id] = f"refused by the ledger: {_reason(exc)}"
+        return refused
+
+    def _set_aside(
+        self, shard: int, stream: str, entries: Sequence[Any], refused: dict[Any, str]
+    ) -> None:
+        """Quarantine the refused entries, then drop the batch from the stream.
+
+        Quarantine comes first: a crash in between leaves an entry in both
+        places (seen twice by an operator), never in neither. docs/redis.md
+        says how to read the quarantine.
+        """
+        if refused:
+            pipe = self.redis.pipeline(transaction=False)
+            for entry_id, data in entries:
+                if entry_id in refused:
+                    fields = {**data, b"stream_id": entry_id, b"reason": refused[entry_id]}
+                    pipe.xadd(self.layout.quarantine(shard), fields)
+            call(pipe.execute)
+            for entry_id, reason in refused.items():
+                log.error(
+                    "ledger refused Redis event %s; quarantined in %s: %s",
+                    display(_text(entry_id)),
+                    self.layout.quarantine(shard),
+                    display(reason),
+                )
+        call(lambda: self.redis.xdel(stream, *[i for i, _ in entries]))
+
+    def quarantined(self) -> list[dict[str, str]]:
+        """Every quarantined event, oldest first per shard, for an operator to inspect."""
+        out: list[dict[str, str]] = []
+        for shard in range(self.layout.shards):
+            key = self.layout.quarantine(shard)
+            for qid, data in call(lambda k=key: self.redis.xrange(k)):
+                out.append(
+                    {
+                        "quarantine_id": _text(qid),
+                        **{_text(k): _text(v) for k, v in data.items()},
+                    }
+                )
+        return out
+
+
+# A row the database refuses for what it holds (NUL in text, a string no encoder
+# takes, a missing column). A database that cannot be reached (OperationalError,
+# also a StatementError) is not among them: that pass fails and is retried.
+_DATA_ERRORS = (sa.exc.DataError, sa.exc.IntegrityError, UnicodeError)
+
+
+def _reason(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None)
+    return f"{type(orig or exc).__name__}: {orig or exc}".splitlines()[0]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "backslashreplace") if isinstance(value, bytes) else str(value)

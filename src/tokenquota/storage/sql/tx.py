@@ -1,0 +1,277 @@
+"""Connections, transactions and locks of the SQL stores (SQLite and PostgreSQL).
+
+Atomicity on SQLite: every write runs in ``BEGIN IMMEDIATE``, which takes the
+database's single write lock before the first read, so the read-decide-write
+of a debit is serialised across threads and processes; WAL lets readers go on
+meanwhile. ``synchronous=FULL`` makes a commit durable before we answer.
+
+On PostgreSQL writes are serialised per counter series instead, so one hot
+company does not hold up every other one: see ``Database.tx`` and
+``Database.lock_series`` for the locks and why they cannot deadlock. A commit
+is durable when it returns.
+
+The catalog, the meter and the ledger of a SQL store (and the SQL half of a
+Redis store) share one ``Database``: one pool, one lock discipline, one zone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy import Connection
+from sqlalchemy import event as sa_event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.pool import StaticPool
+
+from tokenquota.domain.decisions import DebitPlan
+from tokenquota.domain.errors import StoreUnreachable, ValidationError
+from tokenquota.domain.holds import Lease, Reservation
+from tokenquota.storage.sql import schema as t
+from tokenquota.storage.sql.migrate import upgrade
+
+BATCH = 500
+# The global advisory key, "tq" in ASCII, in PostgreSQL's one-bigint key space.
+# Every write transaction takes it first: shared by the hot operations, which then
+# lock their series; exclusive by everything that needs a quiet store. Released
+# by the transaction's end, like every lock below.
+_GLOBAL_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(29809)")
+_GLOBAL_EXCLUSIVE = sa.text("SELECT pg_advisory_xact_lock(29809)")
+# Series locks live in the two-int4 key space, which PostgreSQL keeps apart from
+# the bigint one, so no series hash can ever equal the global key. unnest scans
+# the arrays in order and the locks are taken row by row in that order: the
+# order the keys are given in (sorted, see ``series_keys``).
+_SERIES_LOCKS = sa.text(
+    "SELECT pg_advisory_xact_lock(k.hi, k.lo)"
+    " FROM unnest(CAST(:hi AS integer[]), CAST(:lo AS integer[])) AS k(hi, lo)"
+)
+SQLITE_BUSY_SECONDS = 60
+
+
+class Database:
+    """One SQL database: its engine, its transactions and locks, and its time zone."""
+
+    # True takes the global key exclusively in every write, as before issue 6,
+    # and no series locks: bench/bench_hot_rows.py sets it (through
+    # ``SqlStore._single_lock``) to measure both designs in one run. Nothing else should.
+    single_lock: bool = False
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self.engine = create_engine(url)
+        self.dialect = self.engine.dialect.name
+        self.tz = ZoneInfo("UTC")  # until pin_timezone reads the stored one
+        # Called after every write transaction that announces itself (see tx):
+        # the Redis store drops its configuration caches there.
+        self.after_write: list[Callable[[], None]] = []
+        if migrate:
+            try:
+                upgrade(self.engine)
+            except OperationalError as exc:
+                self.engine.dispose()  # a store that failed to open keeps no connections
+                raise StoreUnreachable(f"cannot open the database: {exc.orig}") from exc
+            except BaseException:
+                self.engine.dispose()
+                raise
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> None:
+        with self.tx() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def pin_timezone(
+        self, wanted: ZoneInfo | None, move: bool, rebuild: Callable[[Connection], int]
+    ) -> ZoneInfo:
+        """Calendar counters are bucketed in one zone; keep it with the data.
+
+        The first opener decides (UTC unless told); later openers get it by
+        default, and asking for another zone is refused unless ``move`` is set,
+        which re-buckets every counter (``rebuild``) in the same transaction.
+        """
+        with self.tx(write=True) as conn:
+            stored = conn.execute(
+                sa.select(t.meta.c.value).where(t.meta.c.key == "timezone")
+            ).scalar()
+            if stored is None:
+                self.tz = wanted or ZoneInfo("UTC")
+                conn.execute(t.meta.insert().values(key="timezone", value=self.tz.key))
+                return self.tz
+            if wanted is None or wanted.key == stored:
+                self.tz = ZoneInfo(stored)
+                return self.tz
+            if not move:
+                raise ValidationError(
+                    "timezone",
+                    f"this store keeps calendar windows in {stored}; open it without a time "
+                    f"zone (or with {stored}), or move it with "
+                    f"`tokenquota rebuild --timezone {wanted.key}`",
+                )
+            self.tz = wanted
+            conn.execute(t.meta.update().where(t.meta.c.key == "timezone").values(value=wanted.key))
+            rebuild(conn)
+            return wanted
+
+    @contextmanager
+    def tx(
+        self, *, write: bool = False, hot: bool = False, announce: bool = True
+    ) -> Iterator[Connection]:
+        """One transaction; ``write`` or ``hot`` ones are serialised against each other.
+
+        SQLite: every write is ``BEGIN IMMEDIATE``, one writer at a time.
+
+        PostgreSQL: a write first takes the global advisory key. A ``hot`` write
+        (debit, reserve, commit, release, leases, grants) takes it *shared*, so
+        hot writes run side by side, and must then call ``lock_series`` before
+        it reads anything it decides on. Every other write takes it
+        *exclusively*: rebuild, backfill of a newly tracked window, a time zone
+        move and the admin changes (subjects, rules, plans, quotas, keys) see
+        and leave a store no hot write is half-way through, exactly as under
+        the single lock this replaced.
+
+        Why no deadlock: the global key is always the first lock a transaction
+        takes, so a transaction waiting for it holds nothing anyone waits for;
+        a hot one then takes all its series locks in one statement in one
+        global order (``series_keys``) and never another advisory lock after
+        them. The rows hot writes change are the rows of series they have
+        locked (counters, holds, grants, idempotency keys, shadow hits) or new
+        rows with unique ids (events, reservations, leases), so no row lock
+        wait can close a cycle either. The exclusive key waits for the shared
+        holders, and new shared requests queue behind a waiting exclusive one,
+        so admin changes are not starved.
+
+        Why still no overspend: two writes that touch a common series hold a
+        common series lock, so their read-decide-write steps are serialised as
+        before, and READ COMMITTED reads afresh after the lock: each sees every
+        change committed by the one before. Writes with no common series share
+        no counter, hold, grant or key, so running them at once changes nothing
+        either of them reads.
+
+        A ``write`` that commits runs the ``after_write`` callbacks unless
+        ``announce`` is False (a write that changes no configuration).
+        """
+        try:
+            with self.engine.connect() as conn:
+                if write or hot:
+                    conn.execution_options(tokenquota_write=True)
+                conn.info["tokenquota_series_locked"] = False  # info outlives the checkout
+                with conn.begin():
+                    if (write or hot) and self.dialect == "postgresql":
+                        shared = hot and not self.single_lock
+                        conn.execute(_GLOBAL_SHARED if shared else _GLOBAL_EXCLUSIVE)
+                    yield conn
+        except OperationalError as exc:
+            raise StoreUnreachable(f"the database did not answer: {exc.orig}") from exc
+        if write and announce:
+            for callback in self.after_write:
+                callback()
+
+    def lock_series(self, conn: Connection, names: Iterable[str]) -> None:
+        """Lock every counter series a hot write reads or writes, before its first read.
+
+        ``names`` must be the whole set: the subjects and the resource-consumer
+        series the decision reads (capacity shares too), the ones the write
+        adds to, holds on or burns grants of, and the subject whose idempotency
+        key is used. One call per transaction, so the locks are taken in one
+        sorted order and a second batch can never be taken out of that order.
+        """
+        if self.dialect != "postgresql" or self.single_lock:
+            return  # SQLite's BEGIN IMMEDIATE (or the exclusive key) already serialises
+        assert not conn.info.get("tokenquota_series_locked"), "series locked twice in one tx"
+        conn.info["tokenquota_series_locked"] = True
+        keys = series_keys(names)
+        conn.execute(_SERIES_LOCKS, {"hi": [k[0] for k in keys], "lo": [k[1] for k in keys]})
+
+    def lock_hold(
+        self, conn: Connection, plan: DebitPlan | None, hold: Reservation | Lease | None
+    ) -> None:
+        """Lock the series of an existing hold (and of a commit's plan) by its first read.
+
+        That read, made before any series lock, is used only for the hold's
+        series, which never change once it is written; the caller reads the
+        hold again under the locks for its state. Two calls on one hold (a
+        commit racing a release, two releases) lock its series in common, so
+        the second sees what the first did.
+        """
+        names = set(hold.series) if hold is not None else set()
+        if plan is not None:
+            names |= plan_series(plan)
+        if names:
+            self.lock_series(conn, names)
+
+    def insert(self, table: sa.Table) -> Any:
+        """An INSERT that knows ON CONFLICT, in this database's dialect."""
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            return pg_insert(table)
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        return sqlite_insert(table)
+
+
+def series_keys(names: Iterable[str]) -> list[tuple[int, int]]:
+    """Two-int4 advisory keys for counter series, deduplicated and in one global order.
+
+    A 64-bit BLAKE2b hash, not Python's ``hash`` (salted per process) nor a
+    server function: every process and replica must map a series to the same
+    key and sort the keys the same way, or two of them could lock in opposite
+    orders. Two series that share a key only wait for each other needlessly.
+    """
+    keys: set[tuple[int, int]] = set()
+    for name in names:
+        digest = hashlib.blake2b(name.encode(), digest_size=8).digest()
+        keys.add(
+            (
+                int.from_bytes(digest[:4], "big", signed=True),
+                int.from_bytes(digest[4:], "big", signed=True),
+            )
+        )
+    return sorted(keys)
+
+
+def plan_series(plan: DebitPlan) -> set[str]:
+    """Every series a plan's decision reads and its write touches, to lock them all.
+
+    ``plan.series`` holds the charged subjects (counters bumped, grants
+    burned, the subject's idempotency key) and the resource-consumer share;
+    the reads add what is only read: limits' subjects and the capacity
+    series of SPEC section 6, other consumers' shares among them.
+    """
+    return {*plan.series, *(str(check.limit.subject) for check in plan.reads)}
+
+
+def create_engine(url: str) -> sa.Engine:
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(url, pool_pre_ping=True)
+    in_memory = parsed.database in (None, "", ":memory:")
+    options: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_SECONDS}
+    }
+    if in_memory:
+        options["poolclass"] = StaticPool  # one shared connection, or each would be a new database
+    engine = sa.create_engine(url, **options)
+
+    @sa_event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # We issue BEGIN ourselves (below); pysqlite's implicit transactions
+        # would start them late, after the first read.
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        if not in_memory:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
+        cursor.close()
+
+    @sa_event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get("tokenquota_write", False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+    return engine
