@@ -33,7 +33,6 @@ from typing import Any, Final
 
 from tokenquota.domain.errors import UNSAFE_CATEGORIES, ValidationError
 
-
 # The layout characters a multi-line description needs; metadata may hold them.
 LAYOUT: Final = frozenset("\t\n\r")
 
