@@ -22,9 +22,11 @@ demo: install
 serve: install
 	$(BIN)/tokenquota serve
 
+# lint-imports: the layer contracts in pyproject.toml ([tool.importlinter]).
 lint: install
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy
@@ -35,7 +37,7 @@ pytest: install
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache
 
 # Hostile input against every write route, on SQLite and PostgreSQL, with many more
 # examples than `make test` runs (FUZZ_EXAMPLES per route; slow).

@@ -27,8 +27,6 @@ from tokenquota.api.admin_schemas import (
     error_responses,
     page_wire,
 )
-from tokenquota.api.auth import Caller, QuotaDep, in_scope, require_read
-from tokenquota.api.capacity import HeavyRead, iterate_on, runs_on
 from tokenquota.api.schemas import UsageOut
 from tokenquota.domain.errors import Forbidden
 from tokenquota.domain.keys import Role
@@ -38,6 +36,8 @@ from tokenquota.domain.metrics import wire_number
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Granularity, GroupBy
 from tokenquota.export import CSV_COLUMNS, csv_chunks, jsonl_chunks
+from tokenquota.http.auth import Caller, QuotaDep, in_scope, require_read
+from tokenquota.http.capacity import HeavyRead, iterate_on, runs_on
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
