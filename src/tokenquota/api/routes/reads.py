@@ -2,7 +2,7 @@
 
 Every role may read usage and history; a member key only of its own subject
 and the subjects below it, and the ledger only with ``subject=`` inside that
-scope. Handlers are plain ``def`` run on the read threads (``api.capacity``);
+scope. Handlers are plain ``def`` run on the read threads (``http.capacity``);
 exports stream from a sync generator, each batch read on those threads too.
 History and the ledger are heavy reads: a key may have only
 ``heavy_reads_per_key`` of them in flight (429 ``too_many_requests`` beyond).
