@@ -22,10 +22,12 @@ demo: install
 serve: install
 	$(BIN)/tokenquota serve
 
+# lint-imports: the layer contracts in pyproject.toml ([tool.importlinter]).
 lint: install
-	$(BIN)/ruff format --check src tests bench
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench scripts
+	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/python scripts/gen_sync_client.py --check
+	$(BIN)/lint-imports
 
 # The blocking client is generated from the async one; edit _async.py, then run this.
 client: install
@@ -40,7 +42,7 @@ pytest: install
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .import_linter_cache
 
 # Hostile input against every write route, on SQLite and PostgreSQL, with many more
 # examples than `make test` runs (FUZZ_EXAMPLES per route; slow).

@@ -16,7 +16,7 @@ import uvicorn
 from pydantic import SecretStr
 
 from tokenquota import FrozenClock, Quota
-from tokenquota.api import create_app
+from tokenquota.api.app import create_app
 from tokenquota.settings import Settings
 
 ADMIN_KEY = "test-bootstrap-admin-key-0123456789abcdef"

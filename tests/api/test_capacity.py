@@ -22,9 +22,9 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from tests.api.conftest import ADMIN_KEY, LiveServer
-from tokenquota.api import create_app
-from tokenquota.api.capacity import Capacity
+from tokenquota.api.app import create_app
 from tokenquota.engine import Quota
+from tokenquota.http.capacity import Capacity
 from tokenquota.settings import Settings
 
 GUARD_SECONDS = 30  # only a guard against hanging: nothing here is timed

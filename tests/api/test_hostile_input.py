@@ -55,7 +55,7 @@ from tests.api.hostile import (
 )
 from tests.services import require_postgres
 from tokenquota import FrozenClock, Quota
-from tokenquota.api import create_app
+from tokenquota.api.app import create_app
 from tokenquota.settings import Settings
 
 pytestmark = pytest.mark.slow

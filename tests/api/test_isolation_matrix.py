@@ -44,7 +44,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import SecretStr
 
 from tests.api.conftest import ADMIN_KEY, Api, LiveServer
-from tokenquota.api import create_app
+from tokenquota.api.app import create_app
 from tokenquota.settings import Settings
 
 ROLES = ("member", "service", "staff", "admin")

@@ -22,7 +22,7 @@ from pydantic import SecretStr
 
 from tests.api.conftest import ADMIN_KEY, Api, LiveServer
 from tokenquota import Quota
-from tokenquota.api import create_app
+from tokenquota.api.app import create_app
 from tokenquota.settings import Settings
 
 ROLES = ("admin", "staff", "service", "member")

@@ -2,7 +2,7 @@
 
 Route handlers that touch the store are plain ``def`` functions run on bounded
 thread pools, so the event loop never waits on storage: decisions and reads
-each on their own (``api.capacity``), everything else on AnyIO's default
+each on their own (``http.capacity``), everything else on AnyIO's default
 (``Settings.threads``). See docs/architecture.md for why the core is synchronous.
 """
 
@@ -23,12 +23,13 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokenquota
-from tokenquota.api import errors
-from tokenquota.api.capacity import RETRY_AFTER_SECONDS, Capacity, Lanes, TooManyHeavyReads
-from tokenquota.api.metrics import Metrics
 from tokenquota.api.routes import admin, grants, health, holds, metering, reads, resources
+from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
+from tokenquota.http import errors
+from tokenquota.http.capacity import RETRY_AFTER_SECONDS, Capacity, Lanes, TooManyHeavyReads
+from tokenquota.http.metrics import Metrics
 from tokenquota.settings import Settings
 
 ROUTERS = [
@@ -87,9 +88,6 @@ def create_app(
     app.add_exception_handler(TooManyHeavyReads, _too_many_heavy_reads)
     for router in ROUTERS:
         app.include_router(router)
-    # Imported here: the surfaces use api.errors, so a module-level import would cycle.
-    from tokenquota.compat import SURFACES
-
     for surface in SURFACES:
         app.include_router(surface.router)
         errors.register_surface(app, surface.PREFIXES, surface.render_error)

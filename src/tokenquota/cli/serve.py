@@ -151,7 +151,7 @@ def serve(
     typer.echo(banner(settings))
     if settings.workers == 1:
         # Imported here: building the app pulls in FastAPI, which other commands never need.
-        from tokenquota.api import create_app
+        from tokenquota.api.app import create_app
 
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
         return

@@ -30,9 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator,
 from pydantic import ValidationError as PydanticValidationError
 from pydantic.alias_generators import to_pascal
 
-from tokenquota.api.auth import Caller, QuotaDep, require_consume
-from tokenquota.api.capacity import runs_on
-from tokenquota.api.errors import Renderer
 from tokenquota.domain.decisions import LimitStatus, Mode
 from tokenquota.domain.errors import Forbidden, ValidationError
 from tokenquota.domain.keys import ApiKey, Role
@@ -41,6 +38,9 @@ from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import MAX_ROLLING_SECONDS, Window
 from tokenquota.engine import Quota
+from tokenquota.http.auth import Caller, QuotaDep, require_consume
+from tokenquota.http.capacity import runs_on
+from tokenquota.http.errors import Renderer
 
 PREFIXES: tuple[str, ...] = ("/assistant/ai-chat/",)
 PATH: Final = "/assistant/ai-chat/usage"

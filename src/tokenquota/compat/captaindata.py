@@ -37,14 +37,14 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from tokenquota.api.auth import Caller, QuotaDep
-from tokenquota.api.capacity import runs_on
 from tokenquota.domain.errors import Forbidden, NotFound
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import Calendar, calendar_period
 from tokenquota.engine import Quota
+from tokenquota.http.auth import Caller, QuotaDep
+from tokenquota.http.capacity import runs_on
 
 PREFIXES: tuple[str, ...] = ("/v1/quotas",)
 router = APIRouter(include_in_schema=True, tags=["Captain Data compatibility"])

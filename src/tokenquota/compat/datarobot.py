@@ -30,8 +30,6 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
-from tokenquota.api.auth import READERS, WRITERS, Caller, QuotaDep, actor_of, require_role
-from tokenquota.api.capacity import runs_on
 from tokenquota.compat.datarobot_schemas import (
     MAX_QUOTAS_PAGE,
     MAX_TEMPLATES_PAGE,
@@ -53,6 +51,8 @@ from tokenquota.domain.metrics import Metric
 from tokenquota.domain.resources import ResourceQuota, ResourceRule
 from tokenquota.domain.subjects import SubjectRef, validate_name
 from tokenquota.engine import Quota
+from tokenquota.http.auth import READERS, WRITERS, Caller, QuotaDep, actor_of, require_role
+from tokenquota.http.capacity import runs_on
 
 PREFIXES: tuple[str, ...] = ("/api/v2/quotaTemplates", "/api/v2/quotas")
 router = APIRouter(prefix="/api/v2", tags=["DataRobot quotas"])

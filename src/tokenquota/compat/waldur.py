@@ -28,8 +28,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, RootModel
 from pydantic_core import PydanticCustomError
 
-from tokenquota.api.auth import QuotaDep, actor_of, authenticate
-from tokenquota.api.capacity import runs_on
 from tokenquota.domain.errors import Forbidden, ValidationError
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.limits import Source
@@ -37,6 +35,8 @@ from tokenquota.domain.metrics import MAX_UNITS
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import Calendar, calendar_period
 from tokenquota.engine import Quota
+from tokenquota.http.auth import QuotaDep, actor_of, authenticate
+from tokenquota.http.capacity import runs_on
 
 PREFIXES: tuple[str, ...] = ("/api/chat-quota/",)
 router = APIRouter(prefix="/api/chat-quota", tags=["waldur"])

@@ -44,7 +44,11 @@ from tokenquota.api.admin_schemas import (
     error_responses,
     page_wire,
 )
-from tokenquota.api.auth import (
+from tokenquota.domain.keys import Role
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.views import DefaultRule, LimitsView
+from tokenquota.engine import Quota
+from tokenquota.http.auth import (
     READERS,
     WRITERS,
     Caller,
@@ -54,11 +58,7 @@ from tokenquota.api.auth import (
     require_read,
     require_role,
 )
-from tokenquota.api.capacity import runs_on
-from tokenquota.domain.keys import Role
-from tokenquota.domain.subjects import SubjectRef
-from tokenquota.domain.views import DefaultRule, LimitsView
-from tokenquota.engine import Quota
+from tokenquota.http.capacity import runs_on
 
 router = APIRouter(prefix="/v1")
 

@@ -9,11 +9,11 @@ from fastapi.responses import JSONResponse
 from pydantic import Field
 
 from tokenquota.api.admin_schemas import RefPath, error_responses
-from tokenquota.api.auth import Caller, QuotaDep, actor_of, require_read, require_role
-from tokenquota.api.capacity import runs_on
 from tokenquota.api.schemas import Amount, Model, Num
 from tokenquota.domain.keys import Role
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.http.auth import Caller, QuotaDep, actor_of, require_read, require_role
+from tokenquota.http.capacity import runs_on
 
 router = APIRouter(prefix="/v1", tags=["grants"])
 

@@ -6,10 +6,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tokenquota.api.auth import QuotaDep
-from tokenquota.api.errors import error_response
 from tokenquota.api.schemas import ErrorOut, StatusOut
 from tokenquota.domain.errors import StoreUnavailable
+from tokenquota.http.auth import QuotaDep
+from tokenquota.http.errors import error_response
 
 router = APIRouter(tags=["operations"])
 

@@ -20,8 +20,6 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from tokenquota.api.admin_schemas import error_responses
-from tokenquota.api.auth import Caller, QuotaDep, require_consume, require_role
-from tokenquota.api.capacity import runs_on
 from tokenquota.api.holds_schemas import (
     AcquiredOut,
     AcquireIn,
@@ -43,6 +41,8 @@ from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
+from tokenquota.http.auth import Caller, QuotaDep, require_consume, require_role
+from tokenquota.http.capacity import runs_on
 
 router = APIRouter(prefix="/v1")
 

@@ -9,13 +9,13 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from tokenquota.api.auth import Caller, QuotaDep, decision_scope, require_consume
-from tokenquota.api.capacity import runs_on
-from tokenquota.api.errors import error_body
 from tokenquota.api.schemas import CheckIn, ConsumeIn, DecisionOut, ErrorOut
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.http.auth import Caller, QuotaDep, decision_scope, require_consume
+from tokenquota.http.capacity import runs_on
+from tokenquota.http.errors import error_body
 
 router = APIRouter(prefix="/v1", tags=["metering"])
 

@@ -2,7 +2,7 @@
 
 Every role may read usage and history; a member key only of its own subject
 and the subjects below it, and the ledger only with ``subject=`` inside that
-scope. Handlers are plain ``def`` run on the read threads (``api.capacity``);
+scope. Handlers are plain ``def`` run on the read threads (``http.capacity``);
 exports stream from a sync generator, each batch read on those threads too.
 History and the ledger are heavy reads: a key may have only
 ``heavy_reads_per_key`` of them in flight (429 ``too_many_requests`` beyond).
@@ -27,8 +27,6 @@ from tokenquota.api.admin_schemas import (
     error_responses,
     page_wire,
 )
-from tokenquota.api.auth import Caller, QuotaDep, in_scope, require_read
-from tokenquota.api.capacity import HeavyRead, iterate_on, runs_on
 from tokenquota.api.schemas import UsageOut
 from tokenquota.domain.errors import Forbidden
 from tokenquota.domain.keys import Role
@@ -38,6 +36,8 @@ from tokenquota.domain.metrics import wire_number
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.views import Granularity, GroupBy
 from tokenquota.export import CSV_COLUMNS, csv_chunks, jsonl_chunks
+from tokenquota.http.auth import Caller, QuotaDep, in_scope, require_read
+from tokenquota.http.capacity import HeavyRead, iterate_on, runs_on
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 

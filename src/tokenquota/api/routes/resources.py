@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator, Field
 
 from tokenquota.api.admin_schemas import RefPath, error_responses
-from tokenquota.api.auth import READERS, WRITERS, Caller, QuotaDep, actor_of, require_role
 from tokenquota.api.schemas import Model, Num
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.http.auth import READERS, WRITERS, Caller, QuotaDep, actor_of, require_role
 
 router = APIRouter(prefix="/v1", tags=["resources"])
 

@@ -32,7 +32,7 @@ import anyio.to_thread
 from fastapi import Depends
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from tokenquota.api.auth import Caller
+from tokenquota.http.auth import Caller
 
 Lane = Literal["decisions", "reads"]
 P = ParamSpec("P")
