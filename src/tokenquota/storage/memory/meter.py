@@ -22,12 +22,15 @@ from tokenquota.domain.holds import (
     Reservation,
     check_committable,
     check_extendable,
+    check_lease_releasable,
+    check_releasable,
 )
 from tokenquota.domain.ledger import Event, grant_event, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Page
+from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.memory.state import State
 
 
@@ -169,14 +172,7 @@ class MemoryMeter:
             self._s.grants[grant.id] = grant
             event = grant_event(grant, next(self._s.event_ids))
             self._s.events.append(event)
-            self._s.write_audit(
-                grant.granted_at,
-                actor,
-                "grant.add",
-                str(grant.subject),
-                None,
-                grant.to_wire(grant.granted_at),
-            )
+            self._s.write_audit(grant.granted_at, actor, *grant_audit(grant))
             return event.id
 
     def grants(self, subject: SubjectRef) -> list[Grant]:
@@ -218,9 +214,7 @@ class MemoryMeter:
     def release(self, reservation_id: str, now: datetime) -> bool:
         with self._lock:
             reservation = self._s.reservations.get(reservation_id)
-            if reservation is None:
-                raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
-            if reservation.state is not HoldState.HELD:
+            if not check_releasable(reservation, reservation_id):
                 return False
             self._s.reservations[reservation_id] = replace(reservation, state=HoldState.RELEASED)
             return True
@@ -240,9 +234,7 @@ class MemoryMeter:
     def release_lease(self, lease_id: str, now: datetime) -> bool:
         with self._lock:
             lease = self._s.leases.get(lease_id)
-            if lease is None:
-                raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
-            if lease.released_at is not None:
+            if not check_lease_releasable(lease, lease_id):
                 return False
             self._s.leases[lease_id] = replace(lease, released_at=now)
             return True
