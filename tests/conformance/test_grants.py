@@ -119,3 +119,20 @@ def test_bad_grants_are_refused(quota: Quota, clock: FrozenClock) -> None:
         assert caught.value.field == field
     assert quota.grants("workspace:w1") == []
     assert quota.balance("workspace:w1") is None
+
+
+def test_a_grant_is_audited_alike_on_every_backend(quota: Quota, clock: FrozenClock) -> None:
+    """Every backend writes the one grant_audit entry: who, when, and the grant as granted."""
+    quota.put_subject("workspace:w1")
+    given = quota.grant("workspace:w1", "2.5", actor="billing")
+    entries = [a for a in quota.audit(subject="workspace:w1").items if a.action == "grant.add"]
+    assert len(entries) == 1
+    entry = entries[0]
+    assert (entry.actor, entry.target, entry.at, entry.before) == (
+        "billing",
+        "workspace:w1",
+        given.granted_at,
+        None,
+    )
+    assert entry.after == given.to_wire(given.granted_at)
+    assert entry.after["id"] == given.id

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.errors import Conflict, NotFound, ValidationError
@@ -134,6 +134,22 @@ def check_extendable(lease: Lease | None, lease_id: str, now: datetime) -> None:
         raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
     if not lease.live(now):
         raise ReservationClosed(f"lease {lease_id} is no longer held; acquire a new one")
+
+
+def check_releasable(
+    reservation: Reservation | None, reservation_id: str
+) -> TypeGuard[Reservation]:
+    """Whether a release has a hold to free: an unknown id is refused, a closed one a no-op."""
+    if reservation is None:
+        raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
+    return reservation.state is HoldState.HELD
+
+
+def check_lease_releasable(lease: Lease | None, lease_id: str) -> TypeGuard[Lease]:
+    """Whether a lease release frees a slot: an unknown id is refused, a repeat a no-op."""
+    if lease is None:
+        raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
+    return lease.released_at is None
 
 
 class ReservationClosed(Conflict):

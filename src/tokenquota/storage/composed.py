@@ -1,7 +1,8 @@
 """A store made of a catalog and a meter: what the engine holds.
 
-Each backend composes its halves (the SQL catalog with the SQL or the Redis
-meter; the memory backend is its own reference and needs no composition).
+Each backend composes its halves: the SQL catalog with the SQL or the Redis
+meter, and the memory catalog with the memory meter over their one shared
+state (the memory backend stays the independent reference).
 The engine calls one object, and this class only forwards: every decision
 about how a call is stored belongs to the half it is forwarded to.
 """

@@ -2,7 +2,9 @@
 
 The SQL stores insert it into ``events``; the Redis meter puts it, as JSON,
 in a stream entry that the mover later inserts unchanged. Building it in one
-place keeps the two byte-for-byte alike, which the mover depends on.
+place keeps the two byte-for-byte alike, which the mover depends on. The
+audit entry of a grant is built here too, so every backend (the memory one
+included) audits a grant alike.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from tokenquota.domain.clock import to_micros
+from tokenquota.domain.grants import Grant
 from tokenquota.domain.ledger import Event
 
 
@@ -33,3 +36,8 @@ def event_row(event: Event) -> dict[str, Any]:
 def event_links(event_id: int, row: dict[str, Any]) -> list[dict[str, Any]]:
     """The ``event_subjects`` rows of one event row: one per charged subject."""
     return [{"subject": s, "ts": row["ts"], "event_id": event_id} for s in row["charged"]]
+
+
+def grant_audit(grant: Grant) -> tuple[str, str, None, dict[str, Any]]:
+    """A grant's audit entry but its time and actor: action, target, before, after."""
+    return "grant.add", str(grant.subject), None, grant.to_wire(grant.granted_at)

@@ -21,8 +21,6 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from tokenquota.domain.bounds import grant_too_large
-from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import (
     Check,
     DebitPlan,
@@ -46,25 +44,24 @@ from tokenquota.domain.holds import (
     Lease,
     Reservation,
     check_committable,
-    check_extendable,
 )
-from tokenquota.domain.ledger import CounterKey, Event, grant_event, usage_event
+from tokenquota.domain.ledger import Event, usage_event
 from tokenquota.domain.limits import LimitKey
-from tokenquota.domain.metrics import Amounts, Metric
+from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Page, StaleConfig
 from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.redis.answers import (
     committed_answer,
     first_answer,
-    lease_fields,
     plan_json,
-    reservation_fields,
 )
 from tokenquota.storage.redis.config import ConfigCache, one_operation
+from tokenquota.storage.redis.counters import RedisCounters
+from tokenquota.storage.redis.grants import RedisGrants
+from tokenquota.storage.redis.holds import RedisHolds
 from tokenquota.storage.redis.keyspace import Keyspace, call
-from tokenquota.storage.redis.layout import Layout, Reply, Step
-from tokenquota.storage.redis.mover import Mover
+from tokenquota.storage.redis.layout import Reply, Step
 from tokenquota.storage.redis.ops import Op, Runner, back_off, refuse_too_large
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.catalog import SqlCatalog
@@ -75,58 +72,16 @@ from tokenquota.storage.sql.tx import Database
 # A capacity test (SPEC section 6) is checked by comparing what it read with
 # what the script finds; a busy resource may need a few rounds.
 MAX_ROUNDS = 50
-# In a subject's grants hash (grant id -> what is left), the sum of every grant
-# it was ever given: what the 63-bit bound is checked on. Grant ids are hex, so
-# no grant can take this name.
-GRANTED = "+granted"
-
-
-class RedisCounters:
-    """Counters replayed from the SQL ledger (backfill, rebuild), written into Redis."""
-
-    def __init__(
-        self, client: Any, cluster: bool, layout: Layout, ledger: SqlLedger, mover: Mover
-    ) -> None:
-        self.redis = client
-        self.cluster = cluster
-        self.layout = layout
-        self.ledger = ledger
-        self.mover = mover
-
-    def add(self, deltas: dict[CounterKey, int]) -> None:
-        if not deltas:
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for (series, metric, window, bucket), value in deltas.items():
-            pipe.hincrby(self.layout.counter(series, metric, window), str(bucket), value)
-        call(pipe.execute)
-
-    def backfill(self, conn: Connection, keys: set[LimitKey], start: datetime) -> None:
-        self.mover.drain(conn)  # the ledger first holds every event Redis counted
-        self.add(self.ledger.replay(conn, keys, start))
-
-    def clear(self, what: str) -> None:
-        pattern = self.layout.pattern(what)
-        batch: list[bytes] = []
-        for name in self.redis.scan_iter(match=pattern, count=1000):
-            batch.append(name)
-            if len(batch) >= 500:
-                self._unlink(batch)
-                batch = []
-        if batch:
-            self._unlink(batch)
-
-    def _unlink(self, names: list[bytes]) -> None:
-        if self.cluster:  # one key per call: they may live in different slots
-            pipe = self.redis.pipeline(transaction=False)
-            for name in names:
-                pipe.unlink(name)
-            call(pipe.execute)
-        else:
-            call(lambda: self.redis.unlink(*names))
 
 
 class RedisMeter:
+    """The debit path, with holds (holds.py) and prepaid credits (grants.py) beside it.
+
+    Reserve and acquire are admitted here like a consume, then write what
+    ``RedisHolds`` says a hold writes; the rest of the hold and grant calls
+    are forwarded.
+    """
+
     def __init__(
         self,
         db: Database,
@@ -148,6 +103,8 @@ class RedisMeter:
         self.redis = ops.redis
         self.layout = ops.layout
         self.shadow = ShadowHits(db)
+        self.holds = RedisHolds(ops)
+        self.credits = RedisGrants(db, catalog, ledger, ops)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -172,7 +129,7 @@ class RedisMeter:
                 self.catalog.ensure_subject(conn, plan.subject, plan.now)
         tracked = self.config.cached(("tracked",), self._load_tracked)
         grants = self.config.cached(
-            ("grants", *map(str, plan.charged)), lambda: self._load_grants(plan)
+            ("grants", *map(str, plan.charged)), lambda: self.credits.spendable(plan.charged)
         )
         return set(tracked), {s: list(g) for s, g in grants.items()}
 
@@ -184,14 +141,6 @@ class RedisMeter:
     def _load_tracked(self) -> frozenset[LimitKey]:
         with self.db.tx() as conn:
             return frozenset(self.catalog.tracked(conn))
-
-    def _load_grants(self, plan: DebitPlan) -> dict[SubjectRef, tuple[Grant, ...]]:
-        with self.db.tx() as conn:
-            found = self.ledger.grants_of(conn, plan.charged)
-        grants: dict[SubjectRef, list[Grant]] = {}
-        for grant in found:
-            grants.setdefault(grant.subject, []).append(grant)
-        return {s: tuple(sorted(g, key=_burn_key)) for s, g in grants.items()}
 
     def _guards(self, plan: DebitPlan) -> list[Reading] | None:
         """The capacity reads as they are now: the decision is made on these."""
@@ -208,30 +157,10 @@ class RedisMeter:
         return self.ops.answers(op, self.ops.execute(op, now, dry=True))[0]
 
     def prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
-        with self.db.tx() as conn:
-            found = self.ledger.grants_of(conn, subjects)
-        grants: dict[SubjectRef, list[Grant]] = {}
-        for grant in found:
-            grants.setdefault(grant.subject, []).append(grant)
-        ordered = {s: sorted(grants[s], key=_burn_key) for s in subjects if s in grants}
-        if not ordered:
-            return []
-        op = self.ops.op()
-        self.ops.add_wallets(op, ordered, amount=0, enforce=False, burn=0)
-        return self.ops.answers(op, self.ops.execute(op, now, dry=True))[1]
+        return self.credits.prepaid(subjects, now)
 
     def grants(self, subject: SubjectRef) -> list[Grant]:
-        with self.db.tx() as conn:
-            found = self.ledger.grants_of(conn, [subject])
-        stored = sorted(found, key=lambda g: (g.granted_at, g.id))
-        if not stored:
-            return stored
-        key = self.layout.grants(str(subject))
-        values = call(lambda: self.redis.hmget(key, [g.id for g in stored]))
-        return [
-            Grant(g.id, g.subject, g.amount, g.granted_at, g.expires_at, int(v or 0))
-            for g, v in zip(stored, values, strict=True)
-        ]
+        return self.credits.grants(subject)
 
     @one_operation
     def _decide_and_apply(
@@ -368,46 +297,21 @@ class RedisMeter:
 
         return self._decide_and_apply(plan, create_subject, (shard, key), effects, idem=idem)[0]
 
-    # reservations and leases ----------------------------------------------------
+    # reservations and leases (holds.py); a commit records usage, so it is here -----
     def reserve(
         self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
     ) -> Decision:
-        shard, key = self.layout.record("r", reservation.id)
-        expires = str(to_micros(reservation.expires_at))
-
-        def effects(op: Op, step: Step) -> None:
-            for series in reservation.series:
-                for metric, units in reservation.amounts.items():
-                    hz, ha = self.layout.holds(series, metric.value)
-                    at = op.steps.at(hz)
-                    at.add("hold", [at.key(hz), at.key(ha), reservation.id, expires, str(units)])
-            step.spec["record"] = {"k": step.key(key), "fields": reservation_fields(reservation)}
-
-        return self._decide_and_apply(plan, create_subject, (shard, key), effects)[0]
+        ledger, effects = self.holds.hold(reservation)
+        return self._decide_and_apply(plan, create_subject, ledger, effects)[0]
 
     def get_reservation(self, reservation_id: str) -> Reservation | None:
-        _, key = self.layout.record("r", reservation_id)
-        raw = call(lambda: self.redis.hgetall(key))
-        if not raw:
-            return None
-        row = {k.decode(): v.decode() for k, v in raw.items()}
-        return Reservation(
-            id=reservation_id,
-            subject=SubjectRef.parse(row["subject"]),
-            charged=tuple(SubjectRef.parse(s) for s in json.loads(row["charged"])),
-            amounts=Amounts.from_units_json(json.loads(row["amounts"])),
-            created_at=from_micros(int(row["created_at"])),
-            expires_at=from_micros(int(row["expires_at"])),
-            state=HoldState(row["state"]),
-            committed=committed_answer(row),
-            resource=SubjectRef.parse(row["resource"]) if row.get("resource") else None,
-        )
+        return self.holds.get_reservation(reservation_id)
 
     @one_operation
     def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
         shard, key = self.layout.record("r", reservation_id)
         for _ in range(MAX_ROUNDS):
-            reservation = self.get_reservation(reservation_id)
+            reservation = self.holds.get_reservation(reservation_id)
             check_committable(reservation, reservation_id, plan.now)
             assert reservation is not None
             if reservation.state is HoldState.COMMITTED:
@@ -422,11 +326,7 @@ class RedisMeter:
                 "fields": ["state", HoldState.COMMITTED.value],
             }
             self.ops.add_event(step, shard, event_row(usage_event(plan, reservation_id)))
-            for series in reservation.series:
-                for metric in reservation.amounts:
-                    hz, ha = self.layout.holds(series, metric.value)
-                    at = op.steps.at(hz)
-                    at.add("unhold", [at.key(hz), at.key(ha), reservation_id])
+            self.holds.unhold(op, reservation)
             self.ops.add_checks(op, plan.reads, enforce=False)
             credits = plan.amounts[Metric.CREDITS]
             self.ops.add_wallets(
@@ -456,142 +356,33 @@ class RedisMeter:
         raise StoreUnavailable("the reservation kept changing; retry")
 
     def _committed(self, reservation_id: str, plan: DebitPlan) -> Decision:
-        _, key = self.layout.record("r", reservation_id)
-        raw = call(lambda: self.redis.hgetall(key))
-        row = {k.decode(): v.decode() for k, v in raw.items()}
+        row = self.holds.record("r", reservation_id) or {}
         answer = committed_answer(row)
         if answer is not None:
             return answer.as_replay()
         return self._from_ledger(int(row.get("eid") or 0))
 
     def release(self, reservation_id: str, now: datetime) -> bool:
-        reservation = self.get_reservation(reservation_id)
-        if reservation is None:
-            raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
-        if reservation.state is not HoldState.HELD:
-            return False
-        shard, key = self.layout.record("r", reservation_id)
-        op = self.ops.op()
-        step = self.ops.ledger_step(op, shard, key)
-        step.spec["state"] = {"k": step.key(key), "want": HoldState.HELD.value}
-        step.spec["record"] = {"k": step.key(key), "fields": ["state", HoldState.RELEASED.value]}
-        for series in reservation.series:
-            for metric in reservation.amounts:
-                hz, ha = self.layout.holds(series, metric.value)
-                at = op.steps.at(hz)
-                at.add("unhold", [at.key(hz), at.key(ha), reservation_id])
-        replies = self.ops.execute_ledger_first(op, now)
-        return replies[-1].status == "ok"
+        return self.holds.release(reservation_id, now)
 
     def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
-        shard, key = self.layout.record("l", lease.id)
-        expires = str(to_micros(lease.expires_at))
-
-        def effects(op: Op, step: Step) -> None:
-            for series in lease.series:
-                z = self.layout.leases(series)
-                at = op.steps.at(z)
-                at.add("lease", [at.key(z), lease.id, expires])
-            step.spec["record"] = {"k": step.key(key), "fields": lease_fields(lease)}
-
-        return self._decide_and_apply(plan, create_subject, (shard, key), effects)[0]
+        ledger, effects = self.holds.lease(lease)
+        return self._decide_and_apply(plan, create_subject, ledger, effects)[0]
 
     def get_lease(self, lease_id: str) -> Lease | None:
-        _, key = self.layout.record("l", lease_id)
-        raw = call(lambda: self.redis.hgetall(key))
-        if not raw:
-            return None
-        row = {k.decode(): v.decode() for k, v in raw.items()}
-        return Lease(
-            id=lease_id,
-            subject=SubjectRef.parse(row["subject"]),
-            charged=tuple(SubjectRef.parse(s) for s in json.loads(row["charged"])),
-            created_at=from_micros(int(row["created_at"])),
-            expires_at=from_micros(int(row["expires_at"])),
-            released_at=from_micros(int(row["released_at"])) if row.get("released_at") else None,
-            resource=SubjectRef.parse(row["resource"]) if row.get("resource") else None,
-        )
+        return self.holds.get_lease(lease_id)
 
     def release_lease(self, lease_id: str, now: datetime) -> bool:
-        lease = self.get_lease(lease_id)
-        if lease is None:
-            raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
-        if lease.released_at is not None:
-            return False
-        return self._lease_step(lease, now, released=True)
+        return self.holds.release_lease(lease_id, now)
 
     def extend_lease(self, lease_id: str, expires_at: datetime, now: datetime) -> Lease:
-        lease = self.get_lease(lease_id)
-        check_extendable(lease, lease_id, now)
-        assert lease is not None
-        self._lease_step(lease, now, expires_at=expires_at)
-        extended = self.get_lease(lease_id)
-        assert extended is not None
-        return extended
+        return self.holds.extend_lease(lease_id, expires_at, now)
 
-    def _lease_step(
-        self,
-        lease: Lease,
-        now: datetime,
-        *,
-        released: bool = False,
-        expires_at: datetime | None = None,
-    ) -> bool:
-        shard, key = self.layout.record("l", lease.id)
-        op = self.ops.op()
-        step = self.ops.ledger_step(op, shard, key)
-        step.spec["state"] = {"k": step.key(key), "want": "live"}
-        for series in lease.series:
-            z = self.layout.leases(series)
-            at = op.steps.at(z)
-            if released:
-                at.add("unlease", [at.key(z), lease.id])
-            else:
-                assert expires_at is not None
-                at.add("extend", [at.key(z), lease.id, str(to_micros(expires_at))])
-        fields = (
-            ["state", "released", "released_at", str(to_micros(now))]
-            if released
-            else ["expires_at", str(to_micros(expires_at))]
-            if expires_at
-            else []
-        )
-        step.spec["record"] = {"k": step.key(key), "fields": fields}
-        replies = self.ops.execute_ledger_first(op, now)
-        return replies[-1].status == "ok"
-
-    # prepaid credits ------------------------------------------------------------
+    # prepaid credits (grants.py) ---------------------------------------------------
     def add_grant(self, grant: Grant, *, actor: str) -> int:
-        """The balance and the grant's event first (in Redis, at once), then the SQL row."""
-        shard = random.randrange(self.layout.shards)
-        op = self.ops.op()
-        step = self.ops.ledger_step(op, shard, self.layout.stream(shard))
-        gkey = self.layout.grants(str(grant.subject))
-        at = op.steps.at(gkey)
-        at.add("cap", [at.key(gkey), GRANTED, str(grant.amount), "credits"])
-        at.add("incr", [at.key(gkey), grant.id, str(grant.amount)])
-        at.add("incr", [at.key(gkey), GRANTED, str(grant.amount)])
-        body = event_row(grant_event(grant))
-        self.ops.add_event(step, shard, body)
-        replies = self.ops.execute(op, grant.granted_at)
-        if replies[-1].status == "lost":
-            raise StoreUnreachable("Redis has lost tokenquota's data; run `tokenquota rebuild`")
-        if any(r.status == "too_large" for r in replies):
-            raise grant_too_large(str(grant.subject))
-        with self.db.tx(write=True) as conn:
-            self.catalog.ensure_subject(conn, grant.subject, grant.granted_at)
-            self.ledger.insert_grant(conn, grant)
-            self.catalog.write_audit(
-                conn,
-                grant.granted_at,
-                actor,
-                "grant.add",
-                str(grant.subject),
-                None,
-                grant.to_wire(grant.granted_at),
-            )
-        return replies[-1].event_id
+        return self.credits.add_grant(grant, actor=actor)
 
+    # the ledger ----------------------------------------------------------------
     def events(
         self,
         *,
@@ -626,16 +417,9 @@ class RedisMeter:
         self.counters.clear("g")
         conn.execute(t.counters.delete())  # the SQL meter's, unused beside Redis
         self.counters.add(self.ledger.replay(conn, self.catalog.tracked(conn)))
-        self.ledger.restore_grants(conn)
-        count = self.ledger.count(conn)
         pipe = self.redis.pipeline(transaction=False)
-        for row in conn.execute(sa.select(t.grants.c.id, t.grants.c.subject, t.grants.c.remaining)):
-            pipe.hset(self.layout.grants(row.subject), row.id, row.remaining)
-        total = sa.func.sum(t.grants.c.amount)
-        for subject, granted in conn.execute(
-            sa.select(t.grants.c.subject, total).group_by(t.grants.c.subject)
-        ):
-            pipe.hset(self.layout.grants(subject), GRANTED, int(granted))
+        self.credits.restore(conn, pipe)
+        count = self.ledger.count(conn)
         ev = t.events.c
         for row in conn.execute(
             sa.select(ev.id, ev.subject, ev.idempotency_key).where(ev.idempotency_key.is_not(None))
@@ -655,8 +439,3 @@ class RedisMeter:
                 call(lambda s=seq, f=floor: self.redis.set(s, f))
         self.keyspace.set_epoch(conn)
         return count
-
-
-def _burn_key(g: Grant) -> tuple[bool, datetime, datetime, str]:
-    """Spending order: earliest expiry first (see domain.grants.burn_order)."""
-    return (g.expires_at is None, g.expires_at or g.granted_at, g.granted_at, g.id)

@@ -21,6 +21,7 @@ from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import RuleSet
 from tokenquota.storage.composed import ComposedStore
 from tokenquota.storage.redis.config import ConfigCache
+from tokenquota.storage.redis.counters import RedisCounters
 from tokenquota.storage.redis.keyspace import (
     Keyspace,
     KeyspaceTaken,
@@ -29,7 +30,7 @@ from tokenquota.storage.redis.keyspace import (
     warn_on_eviction,
 )
 from tokenquota.storage.redis.layout import CLUSTER_SHARDS, Layout
-from tokenquota.storage.redis.meter import RedisCounters, RedisMeter
+from tokenquota.storage.redis.meter import RedisMeter
 from tokenquota.storage.redis.mover import Mover
 from tokenquota.storage.redis.ops import Runner
 from tokenquota.storage.sql.catalog import SqlCatalog

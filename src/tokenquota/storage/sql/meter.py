@@ -27,12 +27,15 @@ from tokenquota.domain.holds import (
     Reservation,
     check_committable,
     check_extendable,
+    check_lease_releasable,
+    check_releasable,
 )
 from tokenquota.domain.ledger import Event, grant_event, increments, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import COUNTERS, Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Page
+from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.ledger import SqlCounters, SqlLedger, grant_from_row
@@ -218,15 +221,7 @@ class SqlMeter:
             self.catalog.ensure_subject(conn, grant.subject, grant.granted_at)
             self.ledger.insert_grant(conn, grant)
             event_id = self.ledger.append(conn, grant_event(grant))
-            self.catalog.write_audit(
-                conn,
-                grant.granted_at,
-                actor,
-                "grant.add",
-                str(grant.subject),
-                None,
-                grant.to_wire(grant.granted_at),
-            )
+            self.catalog.write_audit(conn, grant.granted_at, actor, *grant_audit(grant))
             return event_id
 
     def grants(self, subject: SubjectRef) -> list[Grant]:
@@ -321,9 +316,7 @@ class SqlMeter:
         with self.db.tx(hot=True) as conn:
             self.db.lock_hold(conn, None, self._reservation(conn, reservation_id))
             reservation = self._reservation(conn, reservation_id)
-            if reservation is None:
-                raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
-            if reservation.state is not HoldState.HELD:
+            if not check_releasable(reservation, reservation_id):
                 return False
             conn.execute(t.holds.delete().where(t.holds.c.reservation_id == reservation_id))
             conn.execute(
@@ -380,9 +373,7 @@ class SqlMeter:
         with self.db.tx(hot=True) as conn:
             self.db.lock_hold(conn, None, self._lease(conn, lease_id))
             lease = self._lease(conn, lease_id)
-            if lease is None:
-                raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
-            if lease.released_at is not None:
+            if not check_lease_releasable(lease, lease_id):
                 return False
             conn.execute(t.lease_holders.delete().where(t.lease_holders.c.lease_id == lease_id))
             conn.execute(

@@ -1,0 +1,297 @@
+"""The memory meter: counters, holds, prepaid credits and the ledger.
+
+It keeps its tables in the one ``State`` it shares with the memory catalog
+and takes that state's lock around every operation (see state.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET, check_granted, check_lifetime
+from tokenquota.domain.clock import to_micros
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
+from tokenquota.domain.errors import IdempotencyConflict, NotFound
+from tokenquota.domain.grants import Grant, allocate
+from tokenquota.domain.holds import (
+    HoldState,
+    Lease,
+    Reservation,
+    check_committable,
+    check_extendable,
+    check_lease_releasable,
+    check_releasable,
+)
+from tokenquota.domain.ledger import Event, grant_event, usage_event
+from tokenquota.domain.limits import LimitKey
+from tokenquota.domain.metrics import Metric
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.storage.base import Page
+from tokenquota.storage.ledger_rows import grant_audit
+from tokenquota.storage.memory.state import State
+
+
+class MemoryMeter:
+    def __init__(self, state: State) -> None:
+        self._s = state
+        self._lock = state.lock
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return self._s.tz
+
+    # counting ---------------------------------------------------------------
+    def read(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
+        with self._lock:
+            return [self._read(c, now) for c in checks]
+
+    def _read(self, check: Check, now: datetime) -> Reading:
+        key = check.limit.key
+        subject, metric = str(check.limit.subject), key.metric
+        if metric is Metric.CONCURRENT_REQUESTS:
+            ends = [
+                lease.expires_at
+                for lease in self._s.leases.values()
+                if lease.live(now) and subject in lease.series
+            ]
+            return Reading({0: len(ends)}, held_until=min(ends)) if ends else Reading()
+        if key.window is None:
+            return Reading()
+        window = key.window.key
+        buckets = {
+            b: v
+            for (s, m, w, b), v in self._s.counters.items()
+            if s == subject
+            and m == metric.value
+            and w == window
+            and check.lo <= b <= check.hi
+            and v
+        }
+        holds = [
+            (r.amounts[metric], r.expires_at)
+            for r in self._s.reservations.values()
+            if r.live(now) and subject in r.series and r.amounts[metric]
+        ]
+        if not holds:
+            return Reading(buckets)
+        return Reading(buckets, sum(a for a, _ in holds), max(e for _, e in holds))
+
+    def _require_subject(self, plan: DebitPlan, create: bool) -> None:
+        if plan.subject not in self._s.subjects and not create:
+            raise NotFound(f"unknown subject {plan.subject}", details={"field": "subject"})
+        self._s.subject_row(plan.subject)
+
+    def prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
+        with self._lock:
+            return self._prepaid(subjects, now)
+
+    def _prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
+        out = []
+        for subject in subjects:
+            grants = tuple(g for g in self._s.grants.values() if g.subject == subject)
+            if not grants:
+                continue
+            held = sum(
+                r.amounts[Metric.CREDITS]
+                for r in self._s.reservations.values()
+                if r.live(now) and str(subject) in r.series
+            )
+            out.append(Prepaid(subject, grants, held))
+        return out
+
+    def _decide(self, plan: DebitPlan) -> Decision:
+        decision = decide(
+            plan,
+            [self._read(c, plan.now) for c in plan.reads],
+            prepaid=self._prepaid(plan.charged, plan.now),
+        )
+        for status in decision.shadow_blocked:
+            self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
+        return decision
+
+    def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
+        with self._lock:
+            key = (str(plan.subject), plan.idempotency_key) if plan.idempotency_key else None
+            if key and key in self._s.idempotency:
+                fingerprint, first = self._s.idempotency[key]
+                if fingerprint != plan.fingerprint:
+                    raise IdempotencyConflict(
+                        "this idempotency key was used for a different request",
+                        details={"field": "idempotency_key"},
+                    )
+                return first.as_replay()
+            self._require_subject(plan, create_subject)
+            decision = self._apply(plan)
+            if decision.allowed and key:
+                self._s.idempotency[key] = (plan.fingerprint, decision)
+            return decision
+
+    def _check_bounds(self, plan: DebitPlan) -> None:
+        counters = self._s.counters
+        lifetime = {
+            (series, key.metric): counters.get(
+                (series, key.metric.value, key.window_key, LIFETIME_BUCKET), 0
+            )
+            for series in plan.series
+            for key in LIFETIME
+        }
+        check_lifetime(plan.series, plan.amounts, lifetime)
+
+    def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
+        # Before deciding, which counts shadow hits: a refused amount changes nothing.
+        self._check_bounds(plan)
+        decision = self._decide(plan)
+        if not decision.allowed:
+            return decision
+        event = usage_event(plan, reservation_id, next(self._s.event_ids))
+        self._s.events.append(event)
+        self._s.count(event, self._s.tracked)
+        self._burn(event)
+        return replace(decision, event_id=event.id)
+
+    def _burn(self, event: Event) -> None:
+        credits = event.amounts[Metric.CREDITS]
+        if not credits:
+            return
+        for subject in event.charged:
+            mine = [g for g in self._s.grants.values() if g.subject == subject]
+            burned, _ = allocate(mine, credits, event.recorded_at)
+            for grant_id, units in burned.items():
+                grant = self._s.grants[grant_id]
+                self._s.grants[grant_id] = replace(grant, remaining=grant.remaining - units)
+
+    # prepaid credits --------------------------------------------------------
+    def add_grant(self, grant: Grant, *, actor: str) -> int:
+        with self._lock:
+            granted = sum(g.amount for g in self._s.grants.values() if g.subject == grant.subject)
+            check_granted(str(grant.subject), granted, grant.amount)
+            self._s.subject_row(grant.subject)
+            self._s.grants[grant.id] = grant
+            event = grant_event(grant, next(self._s.event_ids))
+            self._s.events.append(event)
+            self._s.write_audit(grant.granted_at, actor, *grant_audit(grant))
+            return event.id
+
+    def grants(self, subject: SubjectRef) -> list[Grant]:
+        with self._lock:
+            mine = [g for g in self._s.grants.values() if g.subject == subject]
+        return sorted(mine, key=lambda g: (g.granted_at, g.id))
+
+    # reservations and leases ------------------------------------------------
+    def reserve(
+        self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
+    ) -> Decision:
+        with self._lock:
+            self._require_subject(plan, create_subject)
+            decision = self._decide(plan)
+            if decision.allowed:
+                self._s.reservations[reservation.id] = reservation
+            return decision
+
+    def get_reservation(self, reservation_id: str) -> Reservation | None:
+        with self._lock:
+            return self._s.reservations.get(reservation_id)
+
+    def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
+        with self._lock:
+            reservation = self._s.reservations.get(reservation_id)
+            check_committable(reservation, reservation_id, plan.now)
+            assert reservation is not None
+            if reservation.committed is not None:
+                return reservation.committed.as_replay()
+            self._check_bounds(plan)  # while the hold is still in place
+            # The hold goes first, so the actual usage is measured without it.
+            self._s.reservations[reservation_id] = replace(reservation, state=HoldState.RELEASED)
+            decision = self._apply(plan, reservation_id)
+            self._s.reservations[reservation_id] = replace(
+                reservation, state=HoldState.COMMITTED, committed=decision
+            )
+            return decision
+
+    def release(self, reservation_id: str, now: datetime) -> bool:
+        with self._lock:
+            reservation = self._s.reservations.get(reservation_id)
+            if not check_releasable(reservation, reservation_id):
+                return False
+            self._s.reservations[reservation_id] = replace(reservation, state=HoldState.RELEASED)
+            return True
+
+    def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
+        with self._lock:
+            self._require_subject(plan, create_subject)
+            decision = self._decide(plan)
+            if decision.allowed:
+                self._s.leases[lease.id] = lease
+            return decision
+
+    def get_lease(self, lease_id: str) -> Lease | None:
+        with self._lock:
+            return self._s.leases.get(lease_id)
+
+    def release_lease(self, lease_id: str, now: datetime) -> bool:
+        with self._lock:
+            lease = self._s.leases.get(lease_id)
+            if not check_lease_releasable(lease, lease_id):
+                return False
+            self._s.leases[lease_id] = replace(lease, released_at=now)
+            return True
+
+    def extend_lease(self, lease_id: str, expires_at: datetime, now: datetime) -> Lease:
+        with self._lock:
+            lease = self._s.leases.get(lease_id)
+            check_extendable(lease, lease_id, now)
+            assert lease is not None
+            extended = self._s.leases[lease_id] = replace(lease, expires_at=expires_at)
+            return extended
+
+    # ledger -----------------------------------------------------------------
+    def _select(
+        self, subject: SubjectRef | None, start: datetime | None, end: datetime | None
+    ) -> list[Event]:
+        lo = to_micros(start) if start else None
+        hi = to_micros(end) if end else None
+        return [
+            e
+            for e in self._s.events
+            if (subject is None or subject in e.charged)
+            and (lo is None or to_micros(e.timestamp) >= lo)
+            and (hi is None or to_micros(e.timestamp) < hi)
+        ]
+
+    def events(
+        self,
+        *,
+        subject: SubjectRef | None,
+        start: datetime | None,
+        end: datetime | None,
+        offset: int,
+        limit: int,
+    ) -> Page[Event]:
+        with self._lock:
+            rows = self._select(subject, start, end)
+        return Page(rows[offset : offset + limit], len(rows), offset, limit)
+
+    def iter_events(
+        self, *, subject: SubjectRef | None, start: datetime | None, end: datetime | None
+    ) -> Iterator[Event]:
+        with self._lock:
+            rows = self._select(subject, start, end)
+        return iter(rows)
+
+    def shadow_hits(self, ref: SubjectRef) -> dict[LimitKey, int]:
+        with self._lock:
+            return {k: v for (s, k), v in self._s.shadow.items() if s == str(ref)}
+
+    def rebuild(self) -> int:
+        with self._lock:
+            self._s.counters.clear()
+            for grant_id, grant in self._s.grants.items():
+                self._s.grants[grant_id] = replace(grant, remaining=grant.amount)
+            for event in self._s.events:
+                self._s.count(event, self._s.tracked)
+                if event.is_usage:
+                    self._burn(event)
+            return len(self._s.events)

@@ -1,0 +1,83 @@
+"""The memory backend's one state: every table, behind one lock.
+
+The catalog and the meter are two views of this one object and take its one
+lock around every operation, so each operation is as atomic as it was when
+they were one class; a second lock would let a rule change and a consume
+interleave. Only what both halves need lives here as code: the bare subject
+an operation may create, the audit log, and the counting of an event.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tokenquota.domain.bounds import LIFETIME
+from tokenquota.domain.decisions import Decision
+from tokenquota.domain.grants import Grant
+from tokenquota.domain.holds import Lease, Reservation
+from tokenquota.domain.keys import ApiKey
+from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
+from tokenquota.domain.limits import LimitKey, Rule
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.storage.base import Scope
+
+
+@dataclass
+class SubjectRow:
+    name: str | None
+    metadata: dict[str, Any]
+    parents: tuple[SubjectRef, ...]
+    plan_id: str | None = None
+
+
+@dataclass
+class State:
+    tz: ZoneInfo
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    subjects: dict[SubjectRef, SubjectRow] = field(default_factory=dict)
+    rules: dict[Scope, dict[LimitKey, Rule]] = field(default_factory=lambda: defaultdict(dict))
+    plans: dict[str, str] = field(default_factory=dict)  # id -> name
+    tracked: set[LimitKey] = field(default_factory=lambda: set(LIFETIME))
+    counters: dict[CounterKey, int] = field(default_factory=lambda: defaultdict(int))
+    events: list[Event] = field(default_factory=list)
+    idempotency: dict[tuple[str, str], tuple[str, Decision]] = field(default_factory=dict)
+    audit: list[AuditEntry] = field(default_factory=list)
+    shadow: dict[tuple[str, LimitKey], int] = field(default_factory=lambda: defaultdict(int))
+    keys: dict[str, tuple[ApiKey, str]] = field(default_factory=dict)
+    reservations: dict[str, Reservation] = field(default_factory=dict)
+    resource_quotas: dict[SubjectRef, dict[str, Any]] = field(default_factory=dict)
+    grants: dict[str, Grant] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    event_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    audit_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def subject_row(self, ref: SubjectRef) -> SubjectRow:
+        """The subject's row, created bare (no name, metadata or parents) if it is new."""
+        return self.subjects.setdefault(ref, SubjectRow(None, {}, ()))
+
+    def parents_of(self, ref: SubjectRef) -> tuple[SubjectRef, ...]:
+        row = self.subjects.get(ref)
+        return row.parents if row else ()
+
+    def write_audit(
+        self, at: datetime, actor: str, action: str, target: str, before: Any, after: Any
+    ) -> None:
+        self.audit.append(
+            AuditEntry(next(self.audit_ids), at, actor, action, target, before, after)
+        )
+
+    def count(self, event: Event, keys: set[LimitKey]) -> None:
+        """Add a usage event to the counters of ``keys`` (a backfill, a consume, a rebuild)."""
+        if not event.is_usage:
+            return  # a grant adds credits to spend; it is not usage
+        for key, units in increments(
+            event.series, event.amounts, event.timestamp, self.tz, keys
+        ).items():
+            self.counters[key] += units
