@@ -51,6 +51,8 @@ from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
+from tokenquota.wire.catalog import encode_key, encode_plan, encode_rule, encode_subject
+from tokenquota.wire.ledger import encode_grant
 
 log = logging.getLogger("tokenquota.memory")
 
@@ -120,7 +122,7 @@ class MemoryStore:
     ) -> Subject:
         with self._lock:
             existing = self._s.subjects.get(ref)
-            before = self._subject(ref, existing).to_wire() if existing else None
+            before = encode_subject(self._subject(ref, existing)) if existing else None
             if parents is not None:
                 check_acyclic(ref, parents, self._parents_of)
                 ancestors_of(ref, lambda r: parents if r == ref else self._parents_of(r))
@@ -134,8 +136,8 @@ class MemoryStore:
             if parents is not None:
                 row.parents = parents
             subject = self._subject(ref, row)
-            if subject.to_wire() != before:
-                self._audit(now, actor, "subject.put", str(ref), before, subject.to_wire())
+            if encode_subject(subject) != before:
+                self._audit(now, actor, "subject.put", str(ref), before, encode_subject(subject))
             return subject
 
     def delete_subject(self, ref: SubjectRef, *, actor: str, now: datetime) -> bool:
@@ -147,7 +149,12 @@ class MemoryStore:
             before = self._s.rules.pop(Scope(Layer.OVERRIDE, str(ref)), {})
             del self._s.subjects[ref]
             self._audit(
-                now, actor, "subject.delete", str(ref), [r.to_wire() for r in before.values()], None
+                now,
+                actor,
+                "subject.delete",
+                str(ref),
+                [encode_rule(r) for r in before.values()],
+                None,
             )
             return True
 
@@ -209,8 +216,8 @@ class MemoryStore:
                         actor,
                         f"{scope.layer.value}.set",
                         scope.audit_target,
-                        before.to_wire() if before else None,
-                        after.to_wire() if after else None,
+                        encode_rule(before) if before else None,
+                        encode_rule(after) if after else None,
                     )
             self._track([c.key for c in changes if c.value is not None], now)
             return self.get_rules(scope)
@@ -268,7 +275,7 @@ class MemoryStore:
             self._track([r.key for r in rules], now)
             plan = self._plan(plan_id)
             assert plan is not None
-            self._audit(now, actor, "plan.create", plan_target(plan_id), None, plan.to_wire())
+            self._audit(now, actor, "plan.create", plan_target(plan_id), None, encode_plan(plan))
             return plan
 
     def update_plan(self, plan_id: str, *, name: str | None, actor: str, now: datetime) -> Plan:
@@ -295,7 +302,7 @@ class MemoryStore:
                 raise Conflict(f"plan {before.name!r} is assigned to {len(users)} subject(s)")
             del self._s.plans[plan_id]
             self._s.rules.pop(Scope(Layer.PLAN, plan_id), None)
-            self._audit(now, actor, "plan.delete", plan_target(plan_id), before.to_wire(), None)
+            self._audit(now, actor, "plan.delete", plan_target(plan_id), encode_plan(before), None)
 
     def get_plan(self, plan_id: str) -> Plan | None:
         with self._lock:
@@ -459,7 +466,7 @@ class MemoryStore:
                 "grant.add",
                 str(grant.subject),
                 None,
-                grant.to_wire(grant.granted_at),
+                encode_grant(grant, grant.granted_at),
             )
             return event.id
 
@@ -605,7 +612,7 @@ class MemoryStore:
         with self._lock:
             self._s.keys[key.id] = (key, secret_hash)
             self._audit(
-                key.created_at, actor, "key.create", key_target(key.id), None, key.to_wire()
+                key.created_at, actor, "key.create", key_target(key.id), None, encode_key(key)
             )
 
     def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
@@ -625,7 +632,12 @@ class MemoryStore:
             revoked = replace(found[0], revoked_at=now)
             self._s.keys[key_id] = (revoked, found[1])
             self._audit(
-                now, actor, "key.revoke", key_target(key_id), found[0].to_wire(), revoked.to_wire()
+                now,
+                actor,
+                "key.revoke",
+                key_target(key_id),
+                encode_key(found[0]),
+                encode_key(revoked),
             )
             return True
 
