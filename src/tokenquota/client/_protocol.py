@@ -2,8 +2,9 @@
 
 Every operation is a pure function that returns a ``Call``: the HTTP method,
 path, query and body, plus the function that turns the decoded JSON answer
-into the library's own types. The two clients only send a ``Call`` and hand
-the answer to ``finish``, so each operation's wire format lives here once.
+into the library's own types (a decoder of ``tokenquota.wire``, beside the
+encoder the route answers with). The two clients only send a ``Call`` and
+hand the answer to ``finish``, so each operation's request lives here once.
 """
 
 from __future__ import annotations
