@@ -189,7 +189,7 @@ def _statuses(draw: st.DrawFn) -> LimitStatus:
 
 
 @st.composite
-def _decisions(draw: st.DrawFn) -> Decision:
+def any_decision(draw: st.DrawFn) -> Decision:
     statuses = st.lists(_statuses(), max_size=3).map(tuple)
     amounts = draw(st.dictionaries(_METRICS, st.integers(0, MAX_UNITS), max_size=4))
     return Decision(
@@ -221,7 +221,7 @@ def _decisions(draw: st.DrawFn) -> Decision:
     )
 
 
-@given(_decisions())
+@given(any_decision())
 def test_any_decision_round_trips_through_json(decision: Decision) -> None:
     wire = _json(decisions.encode_decision(decision))
     assert decisions.decode_decision(wire) == decision  # type: ignore[arg-type]

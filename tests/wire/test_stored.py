@@ -17,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
 
 import tokenquota
 from tests.conftest import START
+from tests.wire.test_roundtrip import any_decision
 from tokenquota import FrozenClock, Quota, TokenQuotaError
 from tokenquota.domain.decisions import Decision, LimitStatus, Mode, Reason, WithheldBlock
 from tokenquota.engine.spool import Spool
@@ -163,6 +165,13 @@ def test_the_unversioned_forms_stored_before_still_read() -> None:
     assert oldest.blocked_outside == ()
     assert [s.reason for s in oldest.limits] == [None, None]
     assert [s.remaining for s in oldest.limits] == [60, Decimal("9.625")]
+
+
+@given(any_decision())
+def test_any_decision_round_trips_through_the_stored_form(decision: Decision) -> None:
+    body = json.loads(json.dumps(stored.encode_decision(decision)))
+    assert body["v"] == stored.DECISION_VERSION
+    assert stored.decode_decision(body) == decision
 
 
 def test_a_version_from_the_future_is_refused_not_misread() -> None:
