@@ -14,6 +14,7 @@ from typing import Final
 
 from tokenquota.domain.ledger import Event
 from tokenquota.domain.metrics import COUNTERS
+from tokenquota.wire.ledger import encode_event
 
 # One column per counter metric keeps the CSV flat for spreadsheets. The order
 # is part of the wire contract.
@@ -37,7 +38,7 @@ CHUNK_CHARS: Final = 64 * 1024
 
 def csv_row(event: Event) -> list[object]:
     """Charged subjects space-separated, absent amounts empty, tags always JSON."""
-    wire = event.to_wire()
+    wire = encode_event(event)
     amounts = wire["amounts"]
     return [
         wire["id"],
@@ -72,7 +73,7 @@ def jsonl_chunks(events: Iterable[Event], chunk_chars: int = CHUNK_CHARS) -> Ite
     lines: list[str] = []
     held = 0
     for event in events:
-        line = json.dumps(event.to_wire(), separators=(",", ":")) + "\n"
+        line = json.dumps(encode_event(event), separators=(",", ":")) + "\n"
         lines.append(line)
         held += len(line)
         if held >= chunk_chars:

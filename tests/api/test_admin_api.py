@@ -19,6 +19,7 @@ from tokenquota.api.admin_schemas import (
     SubjectOut,
     SubjectPage,
 )
+from tokenquota.wire.catalog import encode_plan
 
 
 def ok(response: httpx.Response, model: type[BaseModel], status: int = 200) -> dict[str, Any]:
@@ -490,8 +491,8 @@ def test_set_through_the_api_read_through_the_engine_and_back(
     api.quota.set_default("company", "credits", "month", "3.25")
     body = ok(admin.get("/v1/subjects/user:bob"), SubjectOut)
     assert (body["name"], body["metadata"], body["plan_id"]) == ("Bob", {"a": 1}, plan.id)
-    assert ok(admin.get("/v1/subjects/user:bob/limits"), LimitsOut)["plan"] == plan.to_wire()
-    assert ok(admin.get(f"/v1/plans/{plan.id}"), PlanOut) == plan.to_wire()
+    assert ok(admin.get("/v1/subjects/user:bob/limits"), LimitsOut)["plan"] == encode_plan(plan)
+    assert ok(admin.get(f"/v1/plans/{plan.id}"), PlanOut) == encode_plan(plan)
     defaults = ok(admin.get("/v1/defaults"), DefaultsOut)["defaults"]
     assert [(d["kind"], d["limit"], d["origin"]) for d in defaults] == [
         ("company", "3.25", "runtime")

@@ -16,6 +16,7 @@ import pytest
 
 from tests.api.conftest import ADMIN_KEY, Api, ServerFactory
 from tokenquota import FrozenClock
+from tokenquota.wire.metrics import encode_amounts
 
 pytestmark = pytest.mark.slow
 
@@ -77,7 +78,7 @@ def ledger_tokens(api: Api, subject: str) -> int:
     """Tokens in the ledger's events for the subject: the source of truth, not a counter."""
     total = 0
     for event in api.quota.iter_events(subject=subject):
-        tokens = event.amounts.to_wire().get("tokens")
+        tokens = encode_amounts(event.amounts).get("tokens")
         assert isinstance(tokens, int), event
         total += tokens
     return total

@@ -17,6 +17,7 @@ from tokenquota import FrozenClock
 from tokenquota.api.admin_schemas import EventPage, HistoryOut
 from tokenquota.api.schemas import UsageOut
 from tokenquota.export import CSV_COLUMNS
+from tokenquota.wire.ledger import encode_event
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # a Tuesday
 
@@ -209,7 +210,7 @@ def test_events_pages_and_filters(frozen: Api) -> None:
     with frozen.client() as admin:
         page = ok(admin.get("/v1/events"), EventPage)
         assert (page["total"], page["offset"], page["limit"]) == (4, 0, 100)
-        assert page["items"] == [e.to_wire() for e in quota.events().items]
+        assert page["items"] == [encode_event(e) for e in quota.events().items]
         first = page["items"][0]
         assert first["subject"] == "user:alice"
         assert first["charged"] == ["user:alice", "company:acme"]
@@ -297,7 +298,9 @@ def test_jsonl_export_matches_the_ledger(api: Api, admin: httpx.Client) -> None:
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/x-ndjson"
     lines = response.text.splitlines()
-    assert [json.loads(line) for line in lines] == [e.to_wire() for e in api.quota.iter_events()]
+    assert [json.loads(line) for line in lines] == [
+        encode_event(e) for e in api.quota.iter_events()
+    ]
     assert len(lines) == 3
     empty = admin.get("/v1/events", params={"format": "jsonl", "subject": "user:nobody"})
     assert (empty.status_code, empty.text) == (200, "")

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.api.conftest import Api, ServerFactory
+from tokenquota.wire.catalog import encode_resource_quota
 
 LLAMA = "deployment:llama-70b"
 QUOTA: dict[str, Any] = {
@@ -32,7 +33,7 @@ def test_put_get_delete_a_quota(api: Api, admin: httpx.Client) -> None:
     assert body["policies"][0]["reserved"] == "0.25"
     assert body["saturation_threshold"] == "0.5"
     assert admin.get(f"/v1/resources/{LLAMA}/quota").json() == body
-    assert api.quota.get_resource_quota(LLAMA).to_wire()["capacity"] == {
+    assert encode_resource_quota(api.quota.get_resource_quota(LLAMA))["capacity"] == {
         "value": 4,
         "units": "requests",
     }

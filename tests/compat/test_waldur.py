@@ -17,6 +17,7 @@ import pytest
 from tests.api.conftest import Api, ServerFactory
 from tokenquota import FrozenClock
 from tokenquota.domain.keys import split_key
+from tokenquota.wire.catalog import encode_rule
 
 try:  # the generated client is a dev-only extra; see docs/compat/waldur.md
     from waldur_api_client.api.chat_quota import chat_quota_set_quota, chat_quota_usage_retrieve
@@ -64,7 +65,7 @@ def overrides(api: Api, ref: str) -> dict[str, Any]:
     """The subject's own tokens limits per window, read through the engine."""
     view = api.quota.limits(ref)
     return {
-        r.key.window.key: r.to_wire()["limit"]
+        r.key.window.key: encode_rule(r)["limit"]
         for r in view.overrides
         if r.key.metric.value == "tokens" and r.key.window is not None
     }

@@ -9,11 +9,12 @@ from datetime import timedelta
 import pytest
 
 from tokenquota import FrozenClock, Quota
+from tokenquota.wire.decisions import encode_limit_status
 
 
 def used(quota: Quota, subject: str, window: str) -> object:
     [found] = [
-        s.to_wire()
+        encode_limit_status(s)
         for s in quota.usage(subject).limits
         if s.metric == "tokens" and s.window == window
     ]

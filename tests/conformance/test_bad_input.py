@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tokenquota import CycleError, Quota, TokenQuotaError, ValidationError
+from tokenquota.wire.catalog import encode_plan
 
 
 def snapshot(quota: Quota) -> tuple[Any, ...]:
@@ -17,7 +18,7 @@ def snapshot(quota: Quota) -> tuple[Any, ...]:
         quota.audit().total,
         quota.list_subjects().total,
         quota.usage("user:alice").limits,
-        [p.to_wire() for p in quota.plans()],
+        [encode_plan(p) for p in quota.plans()],
         [(d.kind, d.rule) for d in quota.defaults()],
     )
 

@@ -7,6 +7,7 @@ which reservation it settled (issue 11, item 10).
 from __future__ import annotations
 
 from tokenquota import Quota
+from tokenquota.wire.ledger import encode_event
 
 
 def test_a_commit_is_a_commit_event_naming_its_reservation(quota: Quota) -> None:
@@ -22,7 +23,7 @@ def test_a_commit_is_a_commit_event_naming_its_reservation(quota: Quota) -> None
     commit = events[committed.event_id]
     assert commit.kind == "commit"
     assert commit.reservation_id == held.id
-    assert commit.to_wire()["tags"]["reservation"] == held.id
+    assert encode_event(commit)["tags"]["reservation"] == held.id
     assert sorted(e.kind for e in events.values()) == ["commit", "consume"]
 
 

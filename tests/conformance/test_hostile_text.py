@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from tokenquota import Quota, ValidationError
+from tokenquota.wire.catalog import encode_plan
 
 NUL = "x\x00y"
 SURROGATE = "x\ud800y"
@@ -24,7 +25,7 @@ def snapshot(quota: Quota) -> tuple[Any, ...]:
         quota.events().total,
         quota.audit().total,
         quota.list_subjects().total,
-        [p.to_wire() for p in quota.plans()],
+        [encode_plan(p) for p in quota.plans()],
         quota.list_keys().total,
     )
 

@@ -8,19 +8,21 @@ from typing import Any
 import pytest
 
 from tokenquota import Quota, ValidationError
+from tokenquota.wire.decisions import encode_limit_status
+from tokenquota.wire.ledger import encode_balance, encode_event
 
 MAX = 2**63 - 1
 
 
 def used(quota: Quota, subject: str, metric: str = "tokens", window: str = "total") -> Any:
-    limits = [s.to_wire() for s in quota.usage(subject).limits]
+    limits = [encode_limit_status(s) for s in quota.usage(subject).limits]
     [found] = [s for s in limits if s["metric"] == metric and s["window"] == window]
     return found["used"]
 
 
 def ledger(quota: Quota) -> list[dict[str, Any]]:
     page = quota.events(limit=1000)
-    return [e.to_wire() for e in page.items]
+    return [encode_event(e) for e in page.items]
 
 
 def refused(call: Any, field: str) -> ValidationError:
@@ -78,13 +80,13 @@ def test_a_grant_past_the_bound_is_refused_and_changes_nothing(quota: Quota) -> 
     refused(lambda: quota.grant("workspace:w", "0.000000001"), "credits")
     balance = quota.balance("workspace:w")
     assert balance is not None
-    assert balance.to_wire()["remaining"] == "9223372036.854775807"
+    assert encode_balance(balance)["remaining"] == "9223372036.854775807"
     assert quota.consume("workspace:w", credits="1").allowed
     # Spent credits stay counted: the bound is on everything ever granted.
     refused(lambda: quota.grant("workspace:w", "1"), "credits")
     quota.rebuild()
     refused(lambda: quota.grant("workspace:w", "1"), "credits")
-    assert quota.balance("workspace:w").to_wire()["remaining"] == "9223372035.854775807"  # type: ignore[union-attr]
+    assert encode_balance(quota.balance("workspace:w"))["remaining"] == "9223372035.854775807"  # type: ignore[arg-type]
     assert quota.grant("workspace:other", "5").amount == 5 * 10**9  # others are unaffected
 
 

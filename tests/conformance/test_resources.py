@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tokenquota import FrozenClock, Quota, QuotaExceeded, ValidationError
+from tokenquota.wire.catalog import encode_resource_quota
 
 LLAMA = "deployment:llama"
 
@@ -170,7 +171,7 @@ def test_quota_crud_validates_and_is_audited(quota: Quota) -> None:
         )
     assert caught.value.field == "policies"
     quota.set_resource_quota(LLAMA, {"capacity": {"value": 5, "units": "requests"}})
-    assert quota.get_resource_quota(LLAMA).to_wire()["capacity"] == {
+    assert encode_resource_quota(quota.get_resource_quota(LLAMA))["capacity"] == {
         "value": 5,
         "units": "requests",
     }

@@ -7,6 +7,7 @@ beside it, counts what it would have blocked, and never loosens anything.
 from __future__ import annotations
 
 from tokenquota import Quota
+from tokenquota.wire.catalog import encode_effective_limit
 
 
 def _effective(quota: Quota, ref: str) -> list[tuple[str, str | None, object, str, bool]]:
@@ -14,7 +15,7 @@ def _effective(quota: Quota, ref: str) -> list[tuple[str, str | None, object, st
         (
             e.key.metric.value,
             e.key.window_key or None,
-            e.to_wire()["limit"],
+            encode_effective_limit(e)["limit"],
             e.source.value,
             e.shadow,
         )

@@ -24,6 +24,7 @@ from tokenquota.domain.metrics import (
     to_units,
     wire_number,
 )
+from tokenquota.wire.metrics import encode_amounts
 
 INTEGER_METRICS = [Metric.TOKENS, Metric.INPUT_TOKENS, Metric.OUTPUT_TOKENS, Metric.REQUESTS]
 MAX_CREDITS = Decimal(MAX_UNITS) / CREDIT_SCALE  # 9223372036.854775807
@@ -67,13 +68,13 @@ def test_tokens_is_input_plus_output_when_only_those_are_given() -> None:
     assert amounts[Metric.INPUT_TOKENS] == 1200
     assert amounts[Metric.OUTPUT_TOKENS] == 300
     assert amounts[Metric.REQUESTS] == 1
-    assert amounts.to_wire() == {
+    assert encode_amounts(amounts) == {
         "input_tokens": 1200,
         "output_tokens": 300,
         "tokens": 1500,
         "requests": 1,
     }
-    assert amounts.to_numbers() == amounts.to_wire()
+    assert amounts.to_numbers() == encode_amounts(amounts)
 
 
 def test_tokens_from_input_alone_or_output_alone() -> None:
@@ -169,7 +170,7 @@ def test_credits_are_exact(value: object, units: int) -> None:
     assert isinstance(number, Decimal)
     assert number == Decimal(str(value).strip())
     # On the wire credits are strings, so no JSON parser turns them into floats.
-    wire = amounts.to_wire().get("credits", "0")
+    wire = encode_amounts(amounts).get("credits", "0")
     assert isinstance(wire, str)
     assert Decimal(wire) == number
 
@@ -373,7 +374,7 @@ def test_unknown_metric_is_rejected(name: str) -> None:
 def test_credits_travel_as_plain_decimal_strings(units: int, wire: str) -> None:
     """No exponent notation on the wire: ``100``, not ``1E+2``; ``0.000000001``, not ``1E-9``."""
     assert wire_number(from_units(Metric.CREDITS, units)) == wire
-    assert Amounts({Metric.CREDITS: units}).to_wire() == {"credits": wire}
+    assert encode_amounts(Amounts({Metric.CREDITS: units})) == {"credits": wire}
 
 
 def test_wire_number() -> None:

@@ -33,6 +33,7 @@ from tokenquota.domain.resources import (
 )
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import Window
+from tokenquota.wire.catalog import encode_policy, encode_resource_quota
 
 A = SubjectRef("user", "a")
 B = SubjectRef("user", "b")
@@ -380,7 +381,7 @@ def test_parse_full_quota() -> None:
 
 def test_to_wire_round_trips() -> None:
     quota = ResourceQuota.parse(FULL)
-    wire = quota.to_wire()
+    wire = encode_resource_quota(quota)
     assert wire == {
         "default_rules": [
             {"metric": "requests", "window": "minute", "limit": 60},
@@ -411,7 +412,7 @@ def test_to_wire_round_trips() -> None:
 def test_empty_quota_is_valid() -> None:
     quota = ResourceQuota.parse({})
     assert quota == ResourceQuota()
-    assert quota.to_wire() == {
+    assert encode_resource_quota(quota) == {
         "default_rules": [],
         "policies": [],
         "capacity": None,
@@ -453,8 +454,8 @@ def test_shares_are_exact_and_canonical(raw: object, wire: str) -> None:
         {"policies": [{"consumer": "user:a", "rules": [], "reserved": raw}],
          "saturation_threshold": raw}
     )  # fmt: skip
-    assert quota.to_wire()["saturation_threshold"] == wire
-    assert quota.policies[0].to_wire()["reserved"] == wire
+    assert encode_resource_quota(quota)["saturation_threshold"] == wire
+    assert encode_policy(quota.policies[0])["reserved"] == wire
 
 
 def test_float_shares_sum_exactly() -> None:

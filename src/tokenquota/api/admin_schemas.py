@@ -9,7 +9,7 @@ bad one is a 422 whose ``details.field`` names it the way the library does
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Final, Protocol
+from typing import Annotated, Any, Final
 
 from fastapi import Path, Query
 from pydantic import AfterValidator, AwareDatetime, Field
@@ -31,20 +31,6 @@ def error_responses(extra: dict[int, str] | None = None) -> dict[int | str, dict
     return {
         status: {"model": ErrorOut, "description": text} for status, text in sorted(texts.items())
     }
-
-
-class PageLike(Protocol):
-    @property
-    def total(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def limit(self) -> int: ...
-
-
-def page_wire(items: list[Any], page: PageLike) -> dict[str, Any]:
-    """``{"items", "total", "offset", "limit"}`` for one page the engine answered."""
-    return {"items": items, "total": page.total, "offset": page.offset, "limit": page.limit}
 
 
 # subjects --------------------------------------------------------------------

@@ -28,6 +28,7 @@ from tokenquota.cli.common import (
 )
 from tokenquota.cli.metering import AsJson
 from tokenquota.domain.metrics import Metric, from_units
+from tokenquota.wire.ledger import encode_balance, encode_grant
 
 grants_app = typer.Typer(
     help=(
@@ -77,7 +78,7 @@ def grants_add(
     with opened(db, timezone) as quota:
         grant = quota.grant(subject, credits, expires_at=expires_at, actor=actor())
         if as_json:
-            print_json(grant.to_wire(quota.clock.now()))
+            print_json(encode_grant(grant, quota.clock.now()))
             return
         expiry = when(grant.expires_at, quota.tz) if grant.expires_at else "never"
         typer.echo(f"granted {credits_text(grant.amount)} credits to {grant.subject}")
@@ -101,8 +102,8 @@ def grants_list(
         if as_json:
             print_json(
                 {
-                    "items": [g.to_wire(now) for g in grants],
-                    "balance": wallet.to_wire() if wallet else None,
+                    "items": [encode_grant(g, now) for g in grants],
+                    "balance": encode_balance(wallet) if wallet else None,
                 }
             )
             return
@@ -122,7 +123,7 @@ def grants_list(
                 credits_text(grant.remaining),
                 when(grant.granted_at, quota.tz),
                 when(grant.expires_at, quota.tz) if grant.expires_at else "never",
-                str(grant.to_wire(now)["state"]),
+                str(encode_grant(grant, now)["state"]),
             )
         out.print(table)
         line = (

@@ -38,6 +38,8 @@ from tokenquota.cli.metering import (
     Tokens,
 )
 from tokenquota.domain.holds import DEFAULT_TTL, MAX_TTL, MIN_TTL, Lease, Reservation
+from tokenquota.wire.decisions import encode_decision
+from tokenquota.wire.holds import encode_hold, encode_lease, encode_reservation
 
 reservations_app = typer.Typer(
     help=(
@@ -188,8 +190,8 @@ def _report_hold(
 ) -> None:
     """A new reservation or lease: JSON, its id alone (--quiet), or a few lines; or the refusal."""
     if as_json:
-        wire = hold.to_wire(quota.clock.now()) if hold is not None else None
-        print_json({name: wire, "decision": decision.to_wire()})
+        wire = encode_hold(hold, quota.clock.now()) if hold is not None else None
+        print_json({name: wire, "decision": encode_decision(decision)})
     elif hold is None:
         if not quiet:
             _print_refusal(decision, quota.tz)
@@ -232,7 +234,7 @@ def reservations_commit(
     with opened(db, timezone) as quota:
         decision = quota.commit(reservation_id, amounts)
         if as_json:
-            print_json(decision.to_wire())
+            print_json(encode_decision(decision))
             return
         out = console()
         line = f"committed: {decision.subject} {amounts_text(decision.amounts)}"
@@ -277,7 +279,7 @@ def reservations_show(
     """One reservation: what it holds and its state (held, committed, released or expired)."""
     with opened(db, timezone) as quota:
         reservation = quota.get_reservation(reservation_id)
-        wire = reservation.to_wire(quota.clock.now())
+        wire = encode_reservation(reservation, quota.clock.now())
         if as_json:
             print_json(wire)
         else:
@@ -339,7 +341,7 @@ def leases_heartbeat(
     with opened(db, timezone) as quota:
         lease = quota.heartbeat(lease_id, ttl=seconds)
         if as_json:
-            print_json(lease.to_wire(quota.clock.now()))
+            print_json(encode_lease(lease, quota.clock.now()))
         else:
             typer.echo(f"extended: lease {lease.id} expires {when(lease.expires_at, quota.tz)}")
 
@@ -355,7 +357,7 @@ def leases_show(
     """One lease and its state (held, released or expired)."""
     with opened(db, timezone) as quota:
         lease = quota.get_lease(lease_id)
-        wire = lease.to_wire(quota.clock.now())
+        wire = encode_lease(lease, quota.clock.now())
         if as_json:
             print_json(wire)
         else:

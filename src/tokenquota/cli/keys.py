@@ -19,6 +19,7 @@ from tokenquota.cli.common import (
     reports_errors,
     when,
 )
+from tokenquota.wire.catalog import encode_key
 
 keys_app = typer.Typer(
     help=(
@@ -67,7 +68,7 @@ def keys_create(
         typer.echo(secret)
         return
     if as_json:
-        print_json({**key.to_wire(), "key": secret})
+        print_json({**encode_key(key), "key": secret})
         return
     typer.echo(f"id       {key.id}")
     typer.echo(f"role     {key.role.value}")

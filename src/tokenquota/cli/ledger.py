@@ -30,6 +30,8 @@ from tokenquota.cli.common import (
     when,
 )
 from tokenquota.export import csv_chunks, jsonl_chunks
+from tokenquota.wire.ledger import encode_audit_entry
+from tokenquota.wire.metrics import encode_amounts
 
 
 class Format(StrEnum):
@@ -95,7 +97,7 @@ def events(
                     when(e.timestamp, quota.tz),
                     str(e.subject),
                     e.mode.value,
-                    amounts_text(e.amounts.to_wire()),
+                    amounts_text(encode_amounts(e.amounts)),
                     e.model or "",
                     ", ".join(map(str, e.charged[1:])),
                 )
@@ -143,7 +145,7 @@ def audit(
     with opened(db, timezone) as quota:
         page = quota.audit(subject=subject, offset=offset, limit=limit)
         if as_json:
-            print_json({"total": page.total, "items": [a.to_wire() for a in page.items]})
+            print_json({"total": page.total, "items": [encode_audit_entry(a) for a in page.items]})
             return
         table = Table(title="audit log", title_justify="left")
         for column in ("id", "at", "actor", "action", "target", "before", "after"):

@@ -28,6 +28,7 @@ from tokenquota.cli.common import (
     when,
 )
 from tokenquota.domain.views import Granularity, GroupBy
+from tokenquota.wire.decisions import encode_decision, encode_limit_status
 
 SubjectArg = Annotated[
     str, typer.Argument(help=SUBJECT_HELP, show_default=False, metavar="SUBJECT")
@@ -147,7 +148,7 @@ def consume(
             resource=resource,
         )
         if as_json:
-            print_json(decision.to_wire())
+            print_json(encode_decision(decision))
         else:
             _print_decision(decision, quota.tz, dry_run=False)
     if not decision.allowed:
@@ -180,7 +181,7 @@ def check(
     with opened(db, timezone) as quota:
         decision = quota.check(subject, amounts, timestamp=at, resource=resource)
         if as_json:
-            print_json(decision.to_wire())
+            print_json(encode_decision(decision))
         else:
             _print_decision(decision, quota.tz, dry_run=True)
     if not decision.allowed:
@@ -206,7 +207,7 @@ def usage(
                 {
                     "subject": result.subject,
                     "at": result.at.isoformat(),
-                    "limits": [s.to_wire() for s in result.limits],
+                    "limits": [encode_limit_status(s) for s in result.limits],
                 }
             )
             return

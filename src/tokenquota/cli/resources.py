@@ -33,6 +33,7 @@ from tokenquota.cli.common import (
 from tokenquota.cli.metering import AsJson
 from tokenquota.domain.resources import ResourceQuota, ResourceRule
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.wire.catalog import encode_resource_quota
 
 resources_app = typer.Typer(
     help=(
@@ -105,7 +106,7 @@ def threshold_text(quota: ResourceQuota) -> str:
 
 
 def quota_wire(resource: SubjectRef, quota: ResourceQuota) -> dict[str, Any]:
-    return {"resource": str(resource), **quota.to_wire()}
+    return {"resource": str(resource), **encode_resource_quota(quota)}
 
 
 def _print_quota(resource: SubjectRef, quota: ResourceQuota) -> None:

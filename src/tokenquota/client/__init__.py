@@ -1,8 +1,9 @@
 """The tokenquota service over HTTP, with the same methods as the embedded library.
 
 ``AsyncClient`` for asyncio code, ``Client`` alongside for blocking code. Both
-build their requests and read their answers through ``_protocol``, so the two
-cannot drift apart; see README.md in this folder.
+build their requests through ``_protocol`` and read their answers with the
+decoders of ``tokenquota.wire`` (the routes encode with the same module), so
+the two cannot drift apart; see README.md in this folder.
 """
 
 from tokenquota.client._async import AsyncClient

@@ -2,8 +2,9 @@
 
 Every operation is a pure function that returns a ``Call``: the HTTP method,
 path, query and body, plus the function that turns the decoded JSON answer
-into the library's own types. The two clients only send a ``Call`` and hand
-the answer to ``finish``, so each operation's wire format lives here once.
+into the library's own types (a decoder of ``tokenquota.wire``, beside the
+encoder the route answers with). The two clients only send a ``Call`` and
+hand the answer to ``finish``, so each operation's request lives here once.
 """
 
 from __future__ import annotations
@@ -17,31 +18,17 @@ from urllib.parse import quote
 
 import httpx
 
-from tokenquota.domain.decisions import Decision, LimitStatus, Mode, QuotaExceeded
+from tokenquota.domain.decisions import Decision, Mode, QuotaExceeded
 from tokenquota.domain.errors import (
-    Conflict,
-    CycleError,
-    Forbidden,
-    IdempotencyConflict,
-    NotFound,
-    StoreUnavailable,
     TokenQuotaError,
-    Unauthorized,
     ValidationError,
 )
 from tokenquota.domain.grants import Balance, Grant
-from tokenquota.domain.holds import HoldState, Lease, Reservation, ReservationClosed
+from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
-from tokenquota.domain.limits import (
-    EffectiveLimit,
-    LimitKey,
-    Plan,
-    Rule,
-    Source,
-    parse_limit_value,
-)
-from tokenquota.domain.metrics import Amounts, Metric, Number, merge_amounts, to_units
+from tokenquota.domain.limits import Plan
+from tokenquota.domain.metrics import merge_amounts
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.domain.views import (
@@ -52,6 +39,24 @@ from tokenquota.domain.views import (
     Page,
     Reserved,
     Usage,
+)
+from tokenquota.wire.catalog import (
+    decode_default_rules,
+    decode_key,
+    decode_limits_view,
+    decode_plan,
+    decode_resource_quota,
+    decode_subject,
+)
+from tokenquota.wire.decisions import decode_decision
+from tokenquota.wire.errors import decode_error
+from tokenquota.wire.holds import decode_acquired, decode_lease, decode_reservation, decode_reserved
+from tokenquota.wire.ledger import decode_audit_entry, decode_balance, decode_event, decode_grant
+from tokenquota.wire.views import (
+    decode_history_point,
+    decode_page,
+    decode_shadow_hits,
+    decode_usage,
 )
 
 T = TypeVar("T")
@@ -94,57 +99,13 @@ def finish(call: Call[T], response: httpx.Response) -> T:
     return call.parse(response.json())
 
 
-_BY_CODE: Final[dict[str, type[TokenQuotaError]]] = {
-    cls.code: cls
-    for cls in (
-        NotFound,
-        Conflict,
-        CycleError,
-        IdempotencyConflict,
-        ReservationClosed,
-        Unauthorized,
-        Forbidden,
-        StoreUnavailable,
-    )
-}
-_BY_STATUS: Final[dict[int, type[TokenQuotaError]]] = {
-    401: Unauthorized,
-    403: Forbidden,
-    404: NotFound,
-    409: Conflict,
-    503: StoreUnavailable,
-}
-
-
 def error_from(response: httpx.Response) -> TokenQuotaError:
-    """The exception an error answer stands for, chosen by its stable ``code``."""
-    status = response.status_code
+    """The exception an error answer stands for (``wire.errors`` reads it)."""
     try:
-        error = response.json()["error"]
-        code = str(error["code"])
-        message = str(error.get("message") or code)
-        details = dict(error.get("details") or {})
-    except (ValueError, KeyError, TypeError, AttributeError):
-        # Not our error shape (e.g. a proxy's HTML page): go by the status alone.
-        code, message, details = "", f"HTTP {status}: {response.text[:200]}", {}
-    if code == "quota_exceeded" and isinstance(details.get("decision"), Mapping):
-        exc: TokenQuotaError = QuotaExceeded(
-            message, Decision.from_wire(details["decision"]), details=details
-        )
-        return exc
-    if code == "validation_error" or (not code and status == 422):
-        field = str(details.get("field") or "body")
-        exc = ValidationError(field, message, details=details)
-        # Keep the server's message as it is: it already names the field.
-        exc.message = message
-        exc.args = (message,)
-        return exc
-    cls = _BY_CODE.get(code) or (None if code else _BY_STATUS.get(status))
-    if cls is not None:
-        return cls(message, details=details)
-    return TokenQuotaError(
-        f"{message} ({code or 'error'}, HTTP {status})" if code else message, details=details
-    )
+        body = response.json()
+    except ValueError:
+        body = None  # not JSON (e.g. a proxy's HTML page): decided by the status alone
+    return decode_error(response.status_code, body, response.text)
 
 
 class LineSplitter:
@@ -223,7 +184,7 @@ def check(
 ) -> Call[Decision]:
     body = {"subject": str(subject), "amounts": _jsonable(merge_amounts(amounts, metric_amounts))}
     body |= _without_none(timestamp=timestamp, resource=resource)
-    return Call("POST", "/v1/check", Decision.from_wire, body=body)
+    return Call("POST", "/v1/check", decode_decision, body=body)
 
 
 def consume(
@@ -250,7 +211,7 @@ def consume(
         tags=tags,
         resource=resource,
     )
-    return Call("POST", "/v1/consume", Decision.from_wire, body=body)
+    return Call("POST", "/v1/consume", decode_decision, body=body)
 
 
 # reservations and leases
@@ -280,7 +241,7 @@ def reserve(
     return Call(
         "POST",
         "/v1/reservations",
-        parse_reserved,
+        decode_reserved,
         body=body,
         refused=None if raise_refused else _refused_reservation,
     )
@@ -296,9 +257,7 @@ def commit(
     metric_amounts: Mapping[str, object],
 ) -> Call[Decision]:
     body = {"amounts": _jsonable(merge_amounts(amounts, metric_amounts))}
-    return Call(
-        "POST", f"{_reservation_path(reservation_id)}/commit", Decision.from_wire, body=body
-    )
+    return Call("POST", f"{_reservation_path(reservation_id)}/commit", decode_decision, body=body)
 
 
 def release(reservation_id: str) -> Call[bool]:
@@ -306,7 +265,7 @@ def release(reservation_id: str) -> Call[bool]:
 
 
 def get_reservation(reservation_id: str) -> Call[Reservation]:
-    return Call("GET", _reservation_path(reservation_id), parse_reservation)
+    return Call("GET", _reservation_path(reservation_id), decode_reservation)
 
 
 def acquire(
@@ -320,7 +279,7 @@ def acquire(
     return Call(
         "POST",
         "/v1/leases",
-        parse_acquired,
+        decode_acquired,
         body={"subject": str(subject), "ttl": _ttl(ttl)} | _without_none(resource=resource),
         refused=None if raise_refused else _refused_lease,
     )
@@ -335,11 +294,11 @@ def release_lease(lease_id: str) -> Call[bool]:
 
 
 def heartbeat(lease_id: str, *, ttl: float | timedelta) -> Call[Lease]:
-    return Call("POST", f"{_lease_path(lease_id)}/heartbeat", parse_lease, body={"ttl": _ttl(ttl)})
+    return Call("POST", f"{_lease_path(lease_id)}/heartbeat", decode_lease, body={"ttl": _ttl(ttl)})
 
 
 def get_lease(lease_id: str) -> Call[Lease]:
-    return Call("GET", _lease_path(lease_id), parse_lease)
+    return Call("GET", _lease_path(lease_id), decode_lease)
 
 
 # reads
@@ -349,7 +308,7 @@ def usage(subject: str | SubjectRef, include_ancestors: bool) -> Call[Usage]:
     return Call(
         "GET",
         f"/v1/subjects/{_ref(subject)}/usage",
-        parse_usage,
+        decode_usage,
         params=_params(include_ancestors=include_ancestors),
     )
 
@@ -365,7 +324,7 @@ def history(
     return Call(
         "GET",
         f"/v1/subjects/{_ref(subject)}/history",
-        lambda data: [parse_history_point(p) for p in data["points"]],
+        lambda data: [decode_history_point(p) for p in data["points"]],
         params=_params(start=start, end=end, granularity=granularity, group_by=group_by),
     )
 
@@ -381,7 +340,7 @@ def events(
     return Call(
         "GET",
         "/v1/events",
-        lambda data: parse_page(data, parse_event),
+        lambda data: decode_page(data, decode_event),
         params=_params(
             subject=subject, start=start, end=end, offset=offset, limit=limit, format="json"
         ),
@@ -393,7 +352,7 @@ def shadow_hits(subject: str | SubjectRef) -> Call[dict[str, int]]:
     return Call(
         "GET",
         f"/v1/subjects/{_ref(subject)}/usage",
-        parse_shadow_hits,
+        decode_shadow_hits,
         params=_params(include_ancestors=False),
     )
 
@@ -427,11 +386,11 @@ def put_subject(
     metadata: Mapping[str, Any] | None,
 ) -> Call[Subject]:
     body = _without_none(name=name, parents=parents, metadata=metadata)
-    return Call("PUT", f"/v1/subjects/{_ref(subject)}", parse_subject, body=body)
+    return Call("PUT", f"/v1/subjects/{_ref(subject)}", decode_subject, body=body)
 
 
 def get_subject(subject: str | SubjectRef) -> Call[Subject]:
-    return Call("GET", f"/v1/subjects/{_ref(subject)}", parse_subject)
+    return Call("GET", f"/v1/subjects/{_ref(subject)}", decode_subject)
 
 
 def list_subjects(
@@ -440,7 +399,7 @@ def list_subjects(
     return Call(
         "GET",
         "/v1/subjects",
-        lambda data: parse_page(data, parse_subject),
+        lambda data: decode_page(data, decode_subject),
         params=_params(kind=kind, parent=parent, offset=offset, limit=limit),
     )
 
@@ -458,26 +417,28 @@ def set_limits(
     return Call(
         "PUT",
         f"/v1/subjects/{_ref(subject)}/limits",
-        parse_limits_view,
+        decode_limits_view,
         body={"limits": _jsonable(list(limits))},
     )
 
 
 def limits(subject: str | SubjectRef) -> Call[LimitsView]:
-    return Call("GET", f"/v1/subjects/{_ref(subject)}/limits", parse_limits_view)
+    return Call("GET", f"/v1/subjects/{_ref(subject)}/limits", decode_limits_view)
 
 
 def set_defaults(items: Sequence[Mapping[str, object]]) -> Call[list[DefaultRule]]:
-    return Call("PUT", "/v1/defaults", parse_defaults, body={"defaults": _jsonable(list(items))})
+    return Call(
+        "PUT", "/v1/defaults", decode_default_rules, body={"defaults": _jsonable(list(items))}
+    )
 
 
 def defaults() -> Call[list[DefaultRule]]:
-    return Call("GET", "/v1/defaults", parse_defaults)
+    return Call("GET", "/v1/defaults", decode_default_rules)
 
 
 def create_plan(name: str, rules: Sequence[Mapping[str, object]]) -> Call[Plan]:
     return Call(
-        "POST", "/v1/plans", parse_plan, body={"name": name, "rules": _jsonable(list(rules))}
+        "POST", "/v1/plans", decode_plan, body={"name": name, "rules": _jsonable(list(rules))}
     )
 
 
@@ -485,15 +446,15 @@ def update_plan(
     plan: str, *, name: str | None, rules: Sequence[Mapping[str, object]] | None
 ) -> Call[Plan]:
     body = _without_none(name=name, rules=list(rules) if rules is not None else None)
-    return Call("PUT", f"/v1/plans/{_segment(plan, 'plan_id')}", parse_plan, body=body)
+    return Call("PUT", f"/v1/plans/{_segment(plan, 'plan_id')}", decode_plan, body=body)
 
 
 def get_plan(plan: str) -> Call[Plan]:
-    return Call("GET", f"/v1/plans/{_segment(plan, 'plan_id')}", parse_plan)
+    return Call("GET", f"/v1/plans/{_segment(plan, 'plan_id')}", decode_plan)
 
 
 def plans() -> Call[list[Plan]]:
-    return Call("GET", "/v1/plans", lambda data: [parse_plan(p) for p in data["items"]])
+    return Call("GET", "/v1/plans", lambda data: [decode_plan(p) for p in data["items"]])
 
 
 def delete_plan(plan: str) -> Call[None]:
@@ -503,9 +464,9 @@ def delete_plan(plan: str) -> Call[None]:
 def assign_plan(subject: str | SubjectRef, plan: str | None) -> Call[LimitsView]:
     path = f"/v1/subjects/{_ref(subject)}/plan"
     if plan is None:
-        return Call("DELETE", path, parse_limits_view)
+        return Call("DELETE", path, decode_limits_view)
     _segment(plan, "plan_id")
-    return Call("PUT", path, parse_limits_view, body={"plan_id": plan})
+    return Call("PUT", path, decode_limits_view, body={"plan_id": plan})
 
 
 # prepaid credits
@@ -515,20 +476,20 @@ def grant(
     subject: str | SubjectRef, credits: object, *, expires_at: datetime | None
 ) -> Call[Grant]:
     body = {"credits": _jsonable(credits)} | _without_none(expires_at=expires_at)
-    return Call("POST", f"/v1/subjects/{_ref(subject)}/grants", parse_grant, body=body)
+    return Call("POST", f"/v1/subjects/{_ref(subject)}/grants", decode_grant, body=body)
 
 
 def grants(subject: str | SubjectRef) -> Call[list[Grant]]:
     return Call(
         "GET",
         f"/v1/subjects/{_ref(subject)}/grants",
-        lambda data: [parse_grant(g) for g in data["items"]],
+        lambda data: [decode_grant(g) for g in data["items"]],
     )
 
 
 def balance(subject: str | SubjectRef) -> Call[Balance | None]:
     """The same answer as ``grants``: the list comes with the balance."""
-    return Call("GET", f"/v1/subjects/{_ref(subject)}/grants", parse_balance)
+    return Call("GET", f"/v1/subjects/{_ref(subject)}/grants", _balance)
 
 
 # resource quotas
@@ -543,11 +504,11 @@ def set_resource_quota(
 ) -> Call[ResourceQuota]:
     # Anything but an object goes out as it is, for the server to refuse with a 422.
     body = _jsonable(quota) if isinstance(quota, Mapping) else quota
-    return Call("PUT", _quota_path(resource), parse_resource_quota, body=body)
+    return Call("PUT", _quota_path(resource), decode_resource_quota, body=body)
 
 
 def get_resource_quota(resource: str | SubjectRef) -> Call[ResourceQuota]:
-    return Call("GET", _quota_path(resource), parse_resource_quota)
+    return Call("GET", _quota_path(resource), decode_resource_quota)
 
 
 def delete_resource_quota(resource: str | SubjectRef) -> Call[None]:
@@ -562,14 +523,14 @@ def create_key(
 ) -> Call[tuple[ApiKey, str]]:
     body = {"role": str(role)}
     body |= _without_none(subject=subject, name=name)
-    return Call("POST", "/v1/keys", lambda data: (parse_key(data), str(data["key"])), body=body)
+    return Call("POST", "/v1/keys", lambda data: (decode_key(data), str(data["key"])), body=body)
 
 
 def list_keys(*, offset: int, limit: int) -> Call[Page[ApiKey]]:
     return Call(
         "GET",
         "/v1/keys",
-        lambda data: parse_page(data, parse_key),
+        lambda data: decode_page(data, decode_key),
         params=_params(offset=offset, limit=limit),
     )
 
@@ -582,269 +543,31 @@ def audit(*, subject: str | None, offset: int, limit: int) -> Call[Page[AuditEnt
     return Call(
         "GET",
         "/v1/audit",
-        lambda data: parse_page(data, parse_audit_entry),
+        lambda data: decode_page(data, decode_audit_entry),
         params=_params(subject=subject, offset=offset, limit=limit),
     )
 
 
-# response parsing ----------------------------------------------------------
+# response parsing: the decoders live in ``tokenquota.wire``, beside the encoders
+# the routes use, so an answer is read by the same code that describes it.
 
 
 def _nothing(_: Any) -> None:
     return None
 
 
-def _time(value: Any) -> datetime:
-    return datetime.fromisoformat(str(value))
-
-
-def _optional_time(value: Any) -> datetime | None:
-    return None if value is None else _time(value)
-
-
-def number(metric: str, value: Any) -> Number:
-    """A wire amount in the metric's own unit: Decimal for credits, int otherwise."""
-    if Metric(metric).is_decimal:
-        return Decimal(str(value))
-    return int(value)
-
-
-def parse_page(data: Any, item: Callable[[Any], T]) -> Page[T]:
-    return Page(
-        items=[item(x) for x in data["items"]],
-        total=int(data["total"]),
-        offset=int(data["offset"]),
-        limit=int(data["limit"]),
-    )
-
-
-def parse_usage(data: Any) -> Usage:
-    return Usage(
-        subject=str(data["subject"]),
-        at=_time(data["at"]),
-        limits=tuple(LimitStatus.from_wire(s) for s in data["limits"]),
-    )
-
-
-def parse_shadow_hits(data: Any) -> dict[str, int]:
-    """Counts by ``metric/window``; a shadow limit that blocked nothing is left out.
-
-    As the engine's ``shadow_hits``, which counts only what would have been blocked.
-    """
-    hits: dict[str, int] = {}
-    for limit in data["limits"]:
-        if limit.get("shadow") and limit.get("shadow_hits"):
-            hits[str(_key(limit))] = int(limit["shadow_hits"])
-    return hits
-
-
-def parse_history_point(data: Any) -> HistoryPoint:
-    return HistoryPoint(
-        start=_time(data["start"]),
-        end=_time(data["end"]),
-        metric=str(data["metric"]),
-        model=data.get("model"),
-        value=number(data["metric"], data["value"]),
-    )
-
-
-def parse_amounts(data: Any) -> Amounts:
-    """Wire amounts (credits as decimal strings) back to units, as the engine keeps them."""
-    units = {}
-    for name, value in data.items():
-        metric = Metric(name)
-        units[metric] = to_units(metric, value, f"amounts.{name}")
-    return Amounts(units)
-
-
-def parse_event(data: Any) -> Event:
-    return Event(
-        id=int(data["id"]),
-        subject=SubjectRef.parse(data["subject"]),
-        charged=tuple(SubjectRef.parse(s) for s in data.get("charged", ())),
-        timestamp=_time(data["timestamp"]),
-        recorded_at=_time(data["recorded_at"]),
-        mode=Mode(data["mode"]),
-        amounts=parse_amounts(data["amounts"]),
-        model=data.get("model"),
-        tags=dict(data.get("tags") or {}),
-        idempotency_key=data.get("idempotency_key"),
-        kind=str(data.get("kind", "consume")),
-        resource=_optional_ref(data.get("resource")),
-    )
-
-
-def parse_subject(data: Any) -> Subject:
-    return Subject(
-        ref=SubjectRef.parse(data["ref"]),
-        name=data.get("name"),
-        metadata=dict(data.get("metadata") or {}),
-        parents=tuple(SubjectRef.parse(p) for p in data.get("parents") or ()),
-        plan_id=data.get("plan_id"),
-    )
-
-
-def _key(data: Any) -> LimitKey:
-    return LimitKey.parse(data["metric"], data.get("window"))
-
-
-def _value(key: LimitKey, value: Any) -> int:
-    units = parse_limit_value(key.metric, value, "limit")
-    if units is None:
-        raise ValidationError("limit", "the server answered a rule without a value")
-    return units
-
-
-def parse_rule(data: Any) -> Rule:
-    key = _key(data)
-    return Rule(key, _value(key, data["limit"]), bool(data.get("shadow", False)))
-
-
-def parse_effective_limit(data: Any) -> EffectiveLimit:
-    key = _key(data)
-    return EffectiveLimit(
-        subject=SubjectRef.parse(data["subject"]),
-        key=key,
-        value=_value(key, data["limit"]),
-        source=Source(data["source"]),
-        shadow=bool(data.get("shadow", False)),
-    )
-
-
-def parse_plan(data: Any) -> Plan:
-    return Plan(
-        id=str(data["id"]),
-        name=str(data["name"]),
-        rules=tuple(parse_rule(r) for r in data.get("rules") or ()),
-    )
-
-
-def parse_limits_view(data: Any) -> LimitsView:
-    plan = data.get("plan")
-    return LimitsView(
-        subject=str(data["subject"]),
-        overrides=tuple(parse_rule(r) for r in data.get("overrides") or ()),
-        plan=parse_plan(plan) if plan is not None else None,
-        effective=tuple(parse_effective_limit(e) for e in data.get("effective") or ()),
-    )
-
-
-def parse_defaults(data: Any) -> list[DefaultRule]:
-    return [
-        DefaultRule(kind=str(d["kind"]), rule=parse_rule(d), origin=str(d.get("origin", "")))
-        for d in data["defaults"]
-    ]
-
-
-def parse_key(data: Any) -> ApiKey:
-    subject = data.get("subject")
-    return ApiKey(
-        id=str(data["id"]),
-        role=Role(data["role"]),
-        subject=SubjectRef.parse(subject) if subject is not None else None,
-        name=data.get("name"),
-        created_at=_time(data["created_at"]),
-        revoked_at=_optional_time(data.get("revoked_at")),
-    )
-
-
-def parse_audit_entry(data: Any) -> AuditEntry:
-    return AuditEntry(
-        id=int(data["id"]),
-        at=_time(data["at"]),
-        actor=str(data["actor"]),
-        action=str(data["action"]),
-        target=str(data["target"]),
-        before=data.get("before"),
-        after=data.get("after"),
-    )
-
-
-def _credit_units(value: Any, field: str) -> int:
-    return to_units(Metric.CREDITS, value, field)
-
-
-def parse_grant(data: Any) -> Grant:
-    """A grant from its wire form; ``state`` is left out, as it is derived from the others."""
-    return Grant(
-        id=str(data["id"]),
-        subject=SubjectRef.parse(data["subject"]),
-        amount=_credit_units(data["amount"], "amount"),
-        granted_at=_time(data["granted_at"]),
-        expires_at=_optional_time(data.get("expires_at")),
-        remaining=_credit_units(data["remaining"], "remaining"),
-    )
-
-
-def parse_balance(data: Any) -> Balance | None:
-    wallet = data["balance"]
-    if wallet is None:
-        return None
-    return Balance(
-        subject=SubjectRef.parse(wallet["subject"]),
-        remaining=_credit_units(wallet["remaining"], "remaining"),
-        granted=_credit_units(wallet["granted"], "granted"),
-        next_expiry=_optional_time(wallet.get("next_expiry")),
-    )
-
-
-def parse_resource_quota(data: Any) -> ResourceQuota:
-    """The quota from its wire form; the answer's ``resource`` names whose it is."""
-    return ResourceQuota.parse({k: v for k, v in data.items() if k != "resource"}, field="")
-
-
 def _released(data: Any) -> bool:
     return bool(data["released"])
 
 
-def parse_reservation(data: Any) -> Reservation:
-    """A reservation from its wire form.
-
-    The wire leaves out ``charged`` (the ancestors: a member key may not see
-    them) and the commit's decision, so those come back as ``()`` and None.
-    "expired" is a hold past ``expires_at``, which the engine keeps as
-    ``HoldState.HELD`` (``live(now)`` is False).
-    """
-    state = str(data["state"])
-    return Reservation(
-        id=str(data["id"]),
-        subject=SubjectRef.parse(data["subject"]),
-        charged=(),
-        amounts=parse_amounts(data["amounts"]),
-        created_at=_time(data["created_at"]),
-        expires_at=_time(data["expires_at"]),
-        state=HoldState.HELD if state == "expired" else HoldState(state),
-        resource=_optional_ref(data.get("resource")),
-    )
-
-
-def _optional_ref(value: Any) -> SubjectRef | None:
-    return SubjectRef.parse(value) if value else None
-
-
-def parse_reserved(data: Any) -> Reserved:
-    return Reserved(Decision.from_wire(data["decision"]), parse_reservation(data["reservation"]))
+def _balance(data: Any) -> Balance | None:
+    """The balance inside a grants answer; None when the subject is not prepaid."""
+    wallet = data["balance"]
+    return None if wallet is None else decode_balance(wallet)
 
 
 def _refused_reservation(decision: Decision) -> Reserved:
     return Reserved(decision, None)
-
-
-def parse_lease(data: Any) -> Lease:
-    """A lease from its wire form; ``charged`` is not sent, so it comes back as ``()``."""
-    return Lease(
-        id=str(data["id"]),
-        subject=SubjectRef.parse(data["subject"]),
-        charged=(),
-        created_at=_time(data["created_at"]),
-        expires_at=_time(data["expires_at"]),
-        released_at=_optional_time(data.get("released_at")),
-        resource=_optional_ref(data.get("resource")),
-    )
-
-
-def parse_acquired(data: Any) -> Acquired:
-    return Acquired(Decision.from_wire(data["decision"]), parse_lease(data["lease"]))
 
 
 def _refused_lease(decision: Decision) -> Acquired:

@@ -53,6 +53,7 @@ from tokenquota.domain.subjects import SubjectRef, validate_name
 from tokenquota.engine import Quota
 from tokenquota.http.auth import READERS, WRITERS, Caller, QuotaDep, actor_of, require_role
 from tokenquota.http.capacity import runs_on
+from tokenquota.wire.catalog import encode_resource_quota
 
 PREFIXES: tuple[str, ...] = ("/api/v2/quotaTemplates", "/api/v2/quotas")
 router = APIRouter(prefix="/api/v2", tags=["DataRobot quotas"])
@@ -529,7 +530,7 @@ def patch_quota(
     require_role(caller, *WRITERS)
     resource = _resource(quota_id)
     current = quota.get_resource_quota(resource)
-    stored = _apply(quota, resource, body or QuotaUpdate(), current.to_wire(), caller)
+    stored = _apply(quota, resource, body or QuotaUpdate(), encode_resource_quota(current), caller)
     return JSONResponse(_quota_wire(quota, resource, stored))
 
 

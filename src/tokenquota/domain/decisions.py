@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 from tokenquota.domain.errors import TokenQuotaError
 from tokenquota.domain.grants import Grant, balance
 from tokenquota.domain.limits import UNLIMITED, EffectiveLimit
-from tokenquota.domain.metrics import Amounts, Metric, Number, from_units, wire_number
+from tokenquota.domain.metrics import Amounts, Metric, Number, from_units
 from tokenquota.domain.resources import DenyReason, ResourceQuota, capacity_admits
 from tokenquota.domain.subjects import SubjectRef, consumer_series
 from tokenquota.domain.windows import admits
@@ -62,13 +62,6 @@ class WithheldBlock:
 
     reason: Reason
     metric: str
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"reason": self.reason.value, "metric": self.metric}
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> WithheldBlock:
-        return cls(Reason(data["reason"]), data["metric"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,40 +175,6 @@ class LimitStatus:
     # Why this limit refused the request (``Reason``); None unless it did.
     reason: str | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "subject": self.subject,
-            "metric": self.metric,
-            "window": self.window,
-            "limit": wire_number(self.limit),
-            "source": self.source,
-            "shadow": self.shadow,
-            "used": wire_number(self.used),
-            "reserved": wire_number(self.reserved),
-            "remaining": wire_number(self.remaining),
-            "reset_at": self.reset_at.isoformat() if self.reset_at else None,
-            "within_limit": self.within_limit,
-            "reason": self.reason,
-        }
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> LimitStatus:
-        metric = Metric(data["metric"])
-        return cls(
-            subject=data["subject"],
-            metric=metric.value,
-            window=data["window"],
-            limit=_unnum(metric, data["limit"]),
-            source=data["source"],
-            shadow=data["shadow"],
-            used=None if data["used"] is None else _unnum(metric, data["used"]),
-            reserved=_unnum(metric, data["reserved"]),
-            remaining=None if data["remaining"] is None else _unnum(metric, data["remaining"]),
-            reset_at=datetime.fromisoformat(data["reset_at"]) if data["reset_at"] else None,
-            within_limit=data["within_limit"],
-            reason=data.get("reason"),  # absent from answers stored before
-        )
-
 
 @dataclass(frozen=True, slots=True)
 class Decision:
@@ -291,45 +250,6 @@ class Decision:
             blocked_outside=self.blocked_outside + withheld,
         )
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "allowed": self.allowed,
-            "subject": self.subject,
-            "mode": self.mode.value,
-            "amounts": {k: wire_number(v) for k, v in self.amounts.items()},
-            "timestamp": self.timestamp.isoformat(),
-            "limits": [s.to_wire() for s in self.limits],
-            "blocked_by": [s.to_wire() for s in self.blocked_by],
-            "shadow_blocked": [s.to_wire() for s in self.shadow_blocked],
-            "retry_after": self.retry_after,
-            "event_id": self.event_id,
-            "replayed": self.replayed,
-            "failed_open": self.failed_open,
-            "reason": self.reason,
-            "blocked_outside": [w.to_wire() for w in self.blocked_outside],
-        }
-
-    @classmethod
-    def from_wire(cls, data: Mapping[str, Any]) -> Decision:
-        return cls(
-            allowed=data["allowed"],
-            subject=data["subject"],
-            mode=Mode(data["mode"]),
-            amounts={k: _unnum(Metric(k), v) for k, v in data["amounts"].items()},
-            timestamp=datetime.fromisoformat(data["timestamp"]),
-            limits=tuple(LimitStatus.from_wire(s) for s in data["limits"]),
-            blocked_by=tuple(LimitStatus.from_wire(s) for s in data["blocked_by"]),
-            shadow_blocked=tuple(LimitStatus.from_wire(s) for s in data["shadow_blocked"]),
-            retry_after=data["retry_after"],
-            event_id=data["event_id"],
-            replayed=data["replayed"],
-            failed_open=data.get("failed_open", False),  # absent from answers stored before
-            reason=data.get("reason"),
-            blocked_outside=tuple(
-                WithheldBlock.from_wire(w) for w in data.get("blocked_outside", ())
-            ),
-        )
-
     def denial(self) -> str:
         """One line naming the limits that refused this decision (only those it shows)."""
         named = [f"{s.subject} {s.metric}/{s.window or '-'}" for s in self.blocked_by]
@@ -353,14 +273,6 @@ def _fraction_left(status: LimitStatus) -> Fraction:
     assert status.remaining is not None
     limit = Fraction(str(status.limit))
     return Fraction(str(status.remaining)) / limit if limit > 0 else Fraction(0)
-
-
-def _unnum(metric: Metric, value: Any) -> Number:
-    from decimal import Decimal
-
-    if metric.is_decimal and value != UNLIMITED:
-        return Decimal(str(value))
-    return int(value)
 
 
 def status(

@@ -15,9 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from tokenquota.domain.metrics import Metric, from_units, wire_number
 from tokenquota.domain.subjects import SubjectRef
 
 
@@ -32,21 +30,6 @@ class Grant:
 
     def live(self, at: datetime) -> bool:
         return self.granted_at <= at and (self.expires_at is None or at < self.expires_at)
-
-    def to_wire(self, now: datetime) -> dict[str, Any]:
-        if self.expires_at is not None and now >= self.expires_at:
-            state = "expired"
-        else:
-            state = "active" if self.remaining else "spent"
-        return {
-            "id": self.id,
-            "subject": str(self.subject),
-            "amount": wire_number(from_units(Metric.CREDITS, self.amount)),
-            "remaining": wire_number(from_units(Metric.CREDITS, self.remaining)),
-            "granted_at": self.granted_at.isoformat(),
-            "expires_at": self.expires_at.isoformat() if self.expires_at else None,
-            "state": state,
-        }
 
 
 def burn_order(grants: Iterable[Grant], at: datetime) -> list[Grant]:
@@ -78,14 +61,6 @@ class Balance:
     remaining: int
     granted: int  # the live grants' original amounts
     next_expiry: datetime | None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "subject": str(self.subject),
-            "remaining": wire_number(from_units(Metric.CREDITS, self.remaining)),
-            "granted": wire_number(from_units(Metric.CREDITS, self.granted)),
-            "next_expiry": self.next_expiry.isoformat() if self.next_expiry else None,
-        }
 
 
 def balance(subject: SubjectRef, grants: Sequence[Grant], at: datetime) -> Balance | None:

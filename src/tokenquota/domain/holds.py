@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any, Final, TypeGuard
+from typing import Final, TypeGuard
 
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.errors import Conflict, NotFound, ValidationError
@@ -50,18 +50,6 @@ class Reservation:
     def live(self, now: datetime) -> bool:
         return self.state is HoldState.HELD and now < self.expires_at
 
-    def to_wire(self, now: datetime) -> dict[str, Any]:
-        expired = self.state is HoldState.HELD and now >= self.expires_at
-        return {
-            "id": self.id,
-            "subject": str(self.subject),
-            "amounts": self.amounts.to_wire(),
-            "created_at": self.created_at.isoformat(),
-            "expires_at": self.expires_at.isoformat(),
-            "state": "expired" if expired else self.state.value,
-            "resource": str(self.resource) if self.resource else None,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class Lease:
@@ -79,19 +67,6 @@ class Lease:
 
     def live(self, now: datetime) -> bool:
         return self.released_at is None and now < self.expires_at
-
-    def to_wire(self, now: datetime) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "subject": str(self.subject),
-            "created_at": self.created_at.isoformat(),
-            "expires_at": self.expires_at.isoformat(),
-            "state": "released"
-            if self.released_at is not None
-            else ("held" if now < self.expires_at else "expired"),
-            "released_at": self.released_at.isoformat() if self.released_at else None,
-            "resource": str(self.resource) if self.resource else None,
-        }
 
 
 def hold_series(

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Final
+from typing import Final
 
 from tokenquota.domain.errors import ValidationError
 from tokenquota.domain.subjects import SubjectRef
@@ -37,16 +37,6 @@ class ApiKey:
     name: str | None
     created_at: datetime
     revoked_at: datetime | None = None
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "role": self.role.value,
-            "subject": str(self.subject) if self.subject else None,
-            "name": self.name,
-            "created_at": self.created_at.isoformat(),
-            "revoked_at": self.revoked_at.isoformat() if self.revoked_at else None,
-        }
 
 
 def format_key(key_id: str, secret: str) -> str:

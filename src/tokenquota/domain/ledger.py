@@ -68,24 +68,6 @@ class Event:
             return charged
         return (*charged, consumer_series(self.resource, self.subject))
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "subject": str(self.subject),
-            "charged": [str(s) for s in self.charged],
-            "timestamp": self.timestamp.isoformat(),
-            "recorded_at": self.recorded_at.isoformat(),
-            "mode": self.mode.value,
-            "amounts": {
-                k: v if isinstance(v, int) else str(v) for k, v in self.amounts.to_wire().items()
-            },
-            "model": self.model,
-            "tags": dict(self.tags),
-            "idempotency_key": self.idempotency_key,
-            "resource": str(self.resource) if self.resource else None,
-        }
-
 
 def usage_event(plan: DebitPlan, reservation_id: str | None = None, event_id: int = 0) -> Event:
     """The event an admitted plan appends, before the store numbers it.
@@ -173,14 +155,3 @@ class AuditEntry:
     target: str  # a subject ref, or defaults/<kind>, plans/<id>, keys/<id> (see below)
     before: Any
     after: Any
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "at": self.at.isoformat(),
-            "actor": self.actor,
-            "action": self.action,
-            "target": self.target,
-            "before": self.before,
-            "after": self.after,
-        }

@@ -22,7 +22,6 @@ from tokenquota.domain.metrics import (
     from_units,
     parse_metric,
     to_units,
-    wire_number,
 )
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.text import check_text
@@ -80,14 +79,6 @@ class Rule:
     key: LimitKey
     value: int  # units, or UNLIMITED
     shadow: bool = False
-
-    def to_wire(self) -> dict[str, object]:
-        return {
-            "metric": self.key.metric.value,
-            "window": self.key.window.key if self.key.window else None,
-            "limit": wire_number(limit_to_wire(self.key.metric, self.value)),
-            "shadow": self.shadow,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,16 +142,6 @@ class EffectiveLimit:
     @property
     def unlimited(self) -> bool:
         return self.value == UNLIMITED
-
-    def to_wire(self) -> dict[str, object]:
-        return {
-            "subject": str(self.subject),
-            "metric": self.key.metric.value,
-            "window": self.key.window.key if self.key.window else None,
-            "limit": wire_number(limit_to_wire(self.key.metric, self.value)),
-            "source": self.source.value,
-            "shadow": self.shadow,
-        }
 
 
 def resolve(
@@ -229,9 +210,6 @@ class Plan:
     id: str
     name: str
     rules: tuple[Rule, ...]
-
-    def to_wire(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "rules": [r.to_wire() for r in self.rules]}
 
 
 MAX_PLAN_NAME: Final = 128

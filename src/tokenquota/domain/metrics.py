@@ -200,9 +200,6 @@ class Amounts(Mapping[Metric, int]):
     def to_numbers(self) -> dict[str, Number]:
         return {m.value: from_units(m, u) for m, u in self._units.items()}
 
-    def to_wire(self) -> dict[str, int | str | None]:
-        return {m.value: wire_number(from_units(m, u)) for m, u in self._units.items()}
-
     def to_units_json(self) -> dict[str, int]:
         return {m.value: u for m, u in self._units.items()}
 

@@ -41,7 +41,6 @@ from tokenquota.domain.metrics import (
     Metric,
     parse_decimal,
     to_units,
-    wire_number,
 )
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import Calendar, Window, admits
@@ -112,13 +111,6 @@ class ResourceRule:
         limit = to_units(metric, item["limit"], _join(field, "limit"))
         return cls(metric, window, limit)
 
-    def to_wire(self) -> dict[str, object]:
-        return {
-            "metric": self.metric.value,
-            "window": self.window.key if self.window is not None else None,
-            "limit": self.limit,
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class Policy:
@@ -154,14 +146,6 @@ class Policy:
         reserved = None if raw is None else _fraction(raw, _join(field, "reserved"))
         return cls(consumer, rules, reserved)
 
-    def to_wire(self) -> dict[str, object]:
-        return {
-            "consumer": str(self.consumer),
-            "rules": [r.to_wire() for r in self.rules],
-            # A string, as credits are, so no JSON parser turns the share into a float.
-            "reserved": wire_number(self.reserved),
-        }
-
 
 @dataclass(frozen=True, slots=True)
 class Capacity:
@@ -189,9 +173,6 @@ class Capacity:
         if item.get("value") is None:
             raise ValidationError(_join(field, "value"), "is required")
         return cls(to_units(units, item["value"], _join(field, "value")), units)
-
-    def to_wire(self) -> dict[str, object]:
-        return {"value": self.value, "units": self.units.value}
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,14 +237,6 @@ class ResourceQuota:
             else _fraction(raw_threshold, _join(field, "saturation_threshold"))
         )
         return cls(default_rules, policies, capacity, threshold)
-
-    def to_wire(self) -> dict[str, object]:
-        return {
-            "default_rules": [r.to_wire() for r in self.default_rules],
-            "policies": [p.to_wire() for p in self.policies],
-            "capacity": self.capacity.to_wire() if self.capacity is not None else None,
-            "saturation_threshold": wire_number(self.saturation_threshold),
-        }
 
     def policy_for(self, consumer: SubjectRef) -> Policy | None:
         return self._by_consumer.get(consumer)

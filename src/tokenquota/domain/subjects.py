@@ -58,17 +58,6 @@ class Subject:
     parents: tuple[SubjectRef, ...] = ()
     plan_id: str | None = None
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "ref": str(self.ref),
-            "kind": self.ref.kind,
-            "id": self.ref.id,
-            "name": self.name,
-            "metadata": dict(self.metadata),
-            "parents": [str(p) for p in self.parents],
-            "plan_id": self.plan_id,
-        }
-
 
 def validate_name(name: object, field: str = "name") -> str | None:
     if name is None:

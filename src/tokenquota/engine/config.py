@@ -52,6 +52,7 @@ from tokenquota.engine import inputs
 from tokenquota.engine.outage import Outage
 from tokenquota.engine.planner import Planner
 from tokenquota.storage import Layer, Scope, Store
+from tokenquota.wire import stored
 
 
 class Configuration:
@@ -286,7 +287,7 @@ class Configuration:
         if parsed.capacity is not None:
             keys.append(LimitKey(parsed.capacity.units, Window.parse("minute")))
         self.store.put_resource_quota(
-            ref, dict(parsed.to_wire()), keys, actor=actor, now=self.clock.now()
+            ref, stored.encode_resource_quota(parsed), keys, actor=actor, now=self.clock.now()
         )
         return parsed
 

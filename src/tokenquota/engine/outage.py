@@ -32,6 +32,7 @@ from tokenquota.engine import inputs
 from tokenquota.engine.planner import Planner, planned, request, request_fingerprint
 from tokenquota.engine.spool import OPEN_PREFIX, Queued, Spool
 from tokenquota.storage import Store
+from tokenquota.wire.metrics import encode_amounts
 
 log = logging.getLogger("tokenquota")
 
@@ -114,7 +115,9 @@ class Outage:
         entry_key = key if key is not None else f"spool:{secrets.token_hex(16)}"
         decision = spool.queue(str(ref), entry_key, asked, answer, request_fingerprint(asked))
         if not decision.replayed:
-            log.warning("store unreachable: admitted %s for %s, queued", amounts.to_wire(), ref)
+            log.warning(
+                "store unreachable: admitted %s for %s, queued", encode_amounts(amounts), ref
+            )
         return decision
 
     def reserve(

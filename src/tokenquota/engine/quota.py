@@ -61,6 +61,7 @@ from tokenquota.engine.outage import Outage
 from tokenquota.engine.planner import Planner, parse_config_defaults, planned
 from tokenquota.engine.spool import Spool
 from tokenquota.storage import Store, open_store
+from tokenquota.wire.metrics import encode_amounts
 
 shadow_log = logging.getLogger("tokenquota.shadow")
 
@@ -404,7 +405,7 @@ class Quota(Configuration):
         if reservation.committed is not None:
             return reservation.committed.as_replay()  # a repeat, whatever it says now
         check_committable(reservation, reservation.id, self.clock.now())
-        actual = given if given else reservation.amounts.to_wire()
+        actual = given if given else encode_amounts(reservation.amounts)
         if self.outage.holds(reservation.id) is not None:
             return self.outage.commit(reservation, actual)  # held while the store was away
 

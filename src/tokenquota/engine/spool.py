@@ -40,6 +40,7 @@ from tokenquota.domain.holds import (
 )
 from tokenquota.domain.metrics import Amounts
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.wire import stored
 
 LAYOUT: Final = 1
 # Ids of reservations and leases taken while the store was unreachable: they
@@ -144,7 +145,7 @@ class Spool:
                         f"idempotency key {key!r} was used for another request",
                         details={"field": "idempotency_key"},
                     )
-                return Decision.from_wire(json.loads(row[1])).as_replay()
+                return stored.decode_decision(json.loads(row[1])).as_replay()
             (count,) = conn.execute("SELECT count(*) FROM queued").fetchone()
             if count >= MAX_QUEUED:
                 raise StoreUnavailable(
@@ -158,7 +159,7 @@ class Spool:
                     key,
                     fingerprint,
                     json.dumps(request, sort_keys=True),
-                    json.dumps(answer.to_wire()),
+                    json.dumps(stored.encode_decision(answer)),
                     answer.timestamp.isoformat(),
                 ),
             )
@@ -287,7 +288,7 @@ class Spool:
             **_hold_fields(body),
             amounts=Amounts.from_units_json(body["amounts"]),
             state=HoldState(body["state"]),
-            committed=Decision.from_wire(body["committed"]) if body["committed"] else None,
+            committed=stored.decode_decision(body["committed"]) if body["committed"] else None,
         )
 
     def _lease(self, conn: sqlite3.Connection, hold_id: str) -> Lease | None:
@@ -312,7 +313,7 @@ def _hold_body(hold: Reservation | Lease) -> dict[str, Any]:
     if isinstance(hold, Reservation):
         body["amounts"] = hold.amounts.to_units_json()
         body["state"] = hold.state.value
-        body["committed"] = hold.committed.to_wire() if hold.committed else None
+        body["committed"] = stored.encode_decision(hold.committed) if hold.committed else None
     else:
         body["released_at"] = hold.released_at.isoformat() if hold.released_at else None
     return body

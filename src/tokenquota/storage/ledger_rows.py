@@ -14,6 +14,7 @@ from typing import Any
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.ledger import Event
+from tokenquota.wire.ledger import encode_grant
 
 
 def event_row(event: Event) -> dict[str, Any]:
@@ -40,4 +41,4 @@ def event_links(event_id: int, row: dict[str, Any]) -> list[dict[str, Any]]:
 
 def grant_audit(grant: Grant) -> tuple[str, str, None, dict[str, Any]]:
     """A grant's audit entry but its time and actor: action, target, before, after."""
-    return "grant.add", str(grant.subject), None, grant.to_wire(grant.granted_at)
+    return "grant.add", str(grant.subject), None, encode_grant(grant, grant.granted_at)

@@ -42,7 +42,6 @@ from tokenquota.api.admin_schemas import (
     SubjectOut,
     SubjectPage,
     error_responses,
-    page_wire,
 )
 from tokenquota.domain.keys import Role
 from tokenquota.domain.subjects import SubjectRef
@@ -59,6 +58,16 @@ from tokenquota.http.auth import (
     require_role,
 )
 from tokenquota.http.capacity import runs_on
+from tokenquota.wire.catalog import (
+    encode_default_rule,
+    encode_effective_limit,
+    encode_key,
+    encode_plan,
+    encode_rule,
+    encode_subject,
+)
+from tokenquota.wire.ledger import encode_audit_entry
+from tokenquota.wire.views import encode_page
 
 router = APIRouter(prefix="/v1")
 
@@ -75,19 +84,20 @@ def limits_wire(view: LimitsView, quota: Quota) -> dict[str, Any]:
     hits = quota.shadow_hits(view.subject) if any(e.shadow for e in view.effective) else {}
     return {
         "subject": view.subject,
-        "overrides": [r.to_wire() for r in view.overrides],
-        "plan": view.plan.to_wire() if view.plan else None,
+        "overrides": [encode_rule(r) for r in view.overrides],
+        "plan": encode_plan(view.plan) if view.plan else None,
         "effective": [
-            {**e.to_wire(), "shadow_hits": hits.get(str(e.key), 0) if e.shadow else None}
+            {
+                **encode_effective_limit(e),
+                "shadow_hits": hits.get(str(e.key), 0) if e.shadow else None,
+            }
             for e in view.effective
         ],
     }
 
 
 def defaults_wire(defaults: list[DefaultRule]) -> dict[str, Any]:
-    return {
-        "defaults": [{"kind": d.kind, **d.rule.to_wire(), "origin": d.origin} for d in defaults]
-    }
+    return {"defaults": [encode_default_rule(d) for d in defaults]}
 
 
 # subjects -------------------------------------------------------------------------
@@ -113,7 +123,7 @@ def put_subject(ref: RefPath, body: SubjectIn, caller: Caller, quota: QuotaDep) 
         metadata=body.metadata,
         actor=actor_of(caller),
     )
-    return JSONResponse(subject.to_wire())
+    return JSONResponse(encode_subject(subject))
 
 
 @router.get(
@@ -130,7 +140,7 @@ def put_subject(ref: RefPath, body: SubjectIn, caller: Caller, quota: QuotaDep) 
 def get_subject(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     subject = SubjectRef.parse(ref, "ref")
     require_read(quota, caller, subject)
-    wire = quota.get_subject(subject).to_wire()
+    wire = encode_subject(quota.get_subject(subject))
     if caller.role is Role.MEMBER:
         # A parent above the member's own subject is outside what it may see (SPEC 10).
         wire["parents"] = [
@@ -178,7 +188,7 @@ def list_subjects(
 ) -> JSONResponse:
     require_role(caller, *READERS)
     page = quota.list_subjects(kind=kind, parent=parent, offset=offset, limit=limit)
-    return JSONResponse(page_wire([s.to_wire() for s in page.items], page))
+    return JSONResponse(encode_page([encode_subject(s) for s in page.items], page))
 
 
 # limits and plan assignment ----------------------------------------------------------
@@ -303,7 +313,7 @@ def put_defaults(body: DefaultsIn, caller: Caller, quota: QuotaDep) -> JSONRespo
 @runs_on("reads")
 def list_plans(caller: Caller, quota: QuotaDep) -> JSONResponse:
     require_role(caller, *READERS)
-    return JSONResponse({"items": [p.to_wire() for p in quota.plans()]})
+    return JSONResponse({"items": [encode_plan(p) for p in quota.plans()]})
 
 
 @router.post(
@@ -323,7 +333,7 @@ def create_plan(body: PlanIn, caller: Caller, quota: QuotaDep) -> JSONResponse:
     plan = quota.create_plan(
         body.name, [rule.model_dump() for rule in body.rules], actor=actor_of(caller)
     )
-    return JSONResponse(plan.to_wire(), status_code=201)
+    return JSONResponse(encode_plan(plan), status_code=201)
 
 
 @router.get(
@@ -336,7 +346,7 @@ def create_plan(body: PlanIn, caller: Caller, quota: QuotaDep) -> JSONResponse:
 )
 def get_plan(plan_id: PlanPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     require_role(caller, *READERS)
-    return JSONResponse(quota.get_plan(plan_id).to_wire())
+    return JSONResponse(encode_plan(quota.get_plan(plan_id)))
 
 
 @router.put(
@@ -356,7 +366,7 @@ def update_plan(
     require_role(caller, *WRITERS)
     rules = None if body.rules is None else [rule.model_dump() for rule in body.rules]
     plan = quota.update_plan(plan_id, name=body.name, rules=rules, actor=actor_of(caller))
-    return JSONResponse(plan.to_wire())
+    return JSONResponse(encode_plan(plan))
 
 
 @router.delete(
@@ -392,7 +402,7 @@ def create_key(body: KeyIn, caller: Caller, quota: QuotaDep) -> JSONResponse:
     key, secret = quota.create_key(
         body.role, subject=body.subject, name=body.name, actor=actor_of(caller)
     )
-    return JSONResponse({**key.to_wire(), "key": secret}, status_code=201)
+    return JSONResponse({**encode_key(key), "key": secret}, status_code=201)
 
 
 @router.get(
@@ -409,7 +419,7 @@ def list_keys(
 ) -> JSONResponse:
     require_role(caller, Role.ADMIN)
     page = quota.list_keys(offset=offset, limit=limit)
-    return JSONResponse(page_wire([k.to_wire() for k in page.items], page))
+    return JSONResponse(encode_page([encode_key(k) for k in page.items], page))
 
 
 @router.delete(
@@ -452,4 +462,4 @@ def audit(
 ) -> JSONResponse:
     require_role(caller, *WRITERS)
     page = quota.audit(subject=subject, offset=offset, limit=limit)
-    return JSONResponse(page_wire([a.to_wire() for a in page.items], page))
+    return JSONResponse(encode_page([encode_audit_entry(a) for a in page.items], page))

@@ -14,6 +14,7 @@ from tokenquota.domain.keys import Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.http.auth import Caller, QuotaDep, actor_of, require_read, require_role
 from tokenquota.http.capacity import runs_on
+from tokenquota.wire.ledger import encode_balance, encode_grant
 
 router = APIRouter(prefix="/v1", tags=["grants"])
 
@@ -73,7 +74,7 @@ def add_grant(ref: RefPath, body: GrantIn, caller: Caller, quota: QuotaDep) -> J
         expires_at=body.expires_at,
         actor=actor_of(caller),
     )
-    return JSONResponse(grant.to_wire(quota.clock.now()), status_code=201)
+    return JSONResponse(encode_grant(grant, quota.clock.now()), status_code=201)
 
 
 @router.get(
@@ -91,7 +92,7 @@ def list_grants(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     wallet = quota.balance(subject)
     return JSONResponse(
         {
-            "items": [g.to_wire(now) for g in quota.grants(subject)],
-            "balance": wallet.to_wire() if wallet else None,
+            "items": [encode_grant(g, now) for g in quota.grants(subject)],
+            "balance": encode_balance(wallet) if wallet else None,
         }
     )

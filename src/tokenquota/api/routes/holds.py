@@ -43,6 +43,7 @@ from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
 from tokenquota.http.auth import Caller, QuotaDep, require_consume, require_role
 from tokenquota.http.capacity import runs_on
+from tokenquota.wire.holds import encode_lease, encode_reservation
 
 router = APIRouter(prefix="/v1")
 
@@ -122,7 +123,7 @@ def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) 
     require_consume(caller, ref)
     reserved = quota.reserve(ref, body.amounts, ttl=body.ttl, resource=body.resource)
     hold = reserved.reservation
-    wire = hold.to_wire(quota.clock.now()) if hold is not None else None
+    wire = encode_reservation(hold, quota.clock.now()) if hold is not None else None
     return _created(request, caller, reserved.decision, "reserve", "reservation", wire)
 
 
@@ -139,7 +140,7 @@ def get_reservation(
     reservation_id: ReservationPath, caller: Caller, quota: QuotaDep
 ) -> JSONResponse:
     reservation = _reservation(quota, caller, reservation_id)
-    return JSONResponse(reservation.to_wire(quota.clock.now()))
+    return JSONResponse(encode_reservation(reservation, quota.clock.now()))
 
 
 @router.post(
@@ -208,7 +209,7 @@ def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) 
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
     acquired = quota.acquire(ref, ttl=body.ttl, resource=body.resource)
-    wire = acquired.lease.to_wire(quota.clock.now()) if acquired.lease is not None else None
+    wire = encode_lease(acquired.lease, quota.clock.now()) if acquired.lease is not None else None
     return _created(request, caller, acquired.decision, "acquire", "lease", wire)
 
 
@@ -222,7 +223,7 @@ def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) 
 )
 @runs_on("decisions")
 def get_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
-    return JSONResponse(_lease(quota, caller, lease_id).to_wire(quota.clock.now()))
+    return JSONResponse(encode_lease(_lease(quota, caller, lease_id), quota.clock.now()))
 
 
 @router.post(
@@ -242,7 +243,7 @@ def heartbeat(
 ) -> JSONResponse:
     _lease(quota, caller, lease_id)
     lease = quota.heartbeat(lease_id, ttl=(body or HeartbeatIn()).ttl)
-    return JSONResponse(lease.to_wire(quota.clock.now()))
+    return JSONResponse(encode_lease(lease, quota.clock.now()))
 
 
 @router.delete(

@@ -16,6 +16,7 @@ from tokenquota.domain.subjects import SubjectRef
 from tokenquota.http.auth import Caller, QuotaDep, decision_scope, require_consume
 from tokenquota.http.capacity import runs_on
 from tokenquota.http.errors import error_body
+from tokenquota.wire.decisions import encode_decision, encode_limit_status, encode_withheld
 
 router = APIRouter(prefix="/v1", tags=["metering"])
 
@@ -61,7 +62,7 @@ def decision_response(
         decision = decision.visible_to(scope)
     headers = rate_limit_headers(decision, quota.clock.now())
     if decision.allowed or operation == "check":
-        return JSONResponse(decision.to_wire(), headers=headers)
+        return JSONResponse(encode_decision(decision), headers=headers)
     if decision.retry_after is not None:
         headers["Retry-After"] = str(decision.retry_after)
     body = error_body(
@@ -69,10 +70,10 @@ def decision_response(
         decision.denial(),
         {
             "reason": decision.reason,
-            "blocked_by": [s.to_wire() for s in decision.blocked_by],
-            "blocked_outside": [w.to_wire() for w in decision.blocked_outside],
+            "blocked_by": [encode_limit_status(s) for s in decision.blocked_by],
+            "blocked_outside": [encode_withheld(w) for w in decision.blocked_outside],
             "retry_after": decision.retry_after,
-            "decision": decision.to_wire(),
+            "decision": encode_decision(decision),
         },
     )
     return JSONResponse(body, status_code=429, headers=headers)

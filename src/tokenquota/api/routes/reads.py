@@ -25,7 +25,6 @@ from tokenquota.api.admin_schemas import (
     OffsetQuery,
     RefPath,
     error_responses,
-    page_wire,
 )
 from tokenquota.api.schemas import UsageOut
 from tokenquota.domain.errors import Forbidden
@@ -38,6 +37,9 @@ from tokenquota.domain.views import Granularity, GroupBy
 from tokenquota.export import CSV_COLUMNS, csv_chunks, jsonl_chunks
 from tokenquota.http.auth import Caller, QuotaDep, in_scope, require_read
 from tokenquota.http.capacity import HeavyRead, iterate_on, runs_on
+from tokenquota.wire.decisions import encode_limit_status
+from tokenquota.wire.ledger import encode_event
+from tokenquota.wire.views import encode_page
 
 router = APIRouter(prefix="/v1", tags=["usage"])
 
@@ -95,7 +97,7 @@ def usage(
             "at": result.at.isoformat(),
             "limits": [
                 {
-                    **x.to_wire(),
+                    **encode_limit_status(x),
                     "shadow_hits": hits[x.subject].get(str(LimitKey.parse(x.metric, x.window)), 0)
                     if x.shadow
                     else None,
@@ -204,8 +206,8 @@ def events(
         root = caller.subject
     if fmt == "json":
         page = quota.events(subject=ref, start=start, end=end, offset=offset, limit=limit)
-        items = [_within(e, root, ref).to_wire() for e in page.items]
-        return JSONResponse(page_wire(items, page))
+        items = [encode_event(_within(e, root, ref)) for e in page.items]
+        return JSONResponse(encode_page(items, page))
     # Validated now, read lazily: the export streams in batches as the client reads.
     stream: Iterable[Event] = quota.iter_events(subject=ref, start=start, end=end)
     if root is not None:

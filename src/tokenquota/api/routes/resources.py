@@ -17,6 +17,7 @@ from tokenquota.api.schemas import Model, Num
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.http.auth import READERS, WRITERS, Caller, QuotaDep, actor_of, require_role
+from tokenquota.wire.catalog import encode_resource_quota
 
 router = APIRouter(prefix="/v1", tags=["resources"])
 
@@ -86,7 +87,7 @@ class QuotaOut(Model):
 
 
 def quota_wire(resource: SubjectRef, quota: ResourceQuota) -> dict[str, Any]:
-    return {"resource": str(resource), **quota.to_wire()}
+    return {"resource": str(resource), **encode_resource_quota(quota)}
 
 
 @router.get(

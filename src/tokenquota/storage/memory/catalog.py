@@ -21,6 +21,7 @@ from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
 from tokenquota.storage.memory.state import State, SubjectRow
+from tokenquota.wire.catalog import encode_key, encode_plan, encode_rule, encode_subject
 
 log = logging.getLogger("tokenquota.memory")
 
@@ -51,7 +52,7 @@ class MemoryCatalog:
     ) -> Subject:
         with self._lock:
             existing = self._s.subjects.get(ref)
-            before = self._subject(ref, existing).to_wire() if existing else None
+            before = encode_subject(self._subject(ref, existing)) if existing else None
             if parents is not None:
                 check_acyclic(ref, parents, self._s.parents_of)
                 ancestors_of(ref, lambda r: parents if r == ref else self._s.parents_of(r))
@@ -65,8 +66,10 @@ class MemoryCatalog:
             if parents is not None:
                 row.parents = parents
             subject = self._subject(ref, row)
-            if subject.to_wire() != before:
-                self._s.write_audit(now, actor, "subject.put", str(ref), before, subject.to_wire())
+            if encode_subject(subject) != before:
+                self._s.write_audit(
+                    now, actor, "subject.put", str(ref), before, encode_subject(subject)
+                )
             return subject
 
     def delete_subject(self, ref: SubjectRef, *, actor: str, now: datetime) -> bool:
@@ -78,7 +81,12 @@ class MemoryCatalog:
             before = self._s.rules.pop(Scope(Layer.OVERRIDE, str(ref)), {})
             del self._s.subjects[ref]
             self._s.write_audit(
-                now, actor, "subject.delete", str(ref), [r.to_wire() for r in before.values()], None
+                now,
+                actor,
+                "subject.delete",
+                str(ref),
+                [encode_rule(r) for r in before.values()],
+                None,
             )
             return True
 
@@ -140,8 +148,8 @@ class MemoryCatalog:
                         actor,
                         f"{scope.layer.value}.set",
                         scope.audit_target,
-                        before.to_wire() if before else None,
-                        after.to_wire() if after else None,
+                        encode_rule(before) if before else None,
+                        encode_rule(after) if after else None,
                     )
             self._track([c.key for c in changes if c.value is not None], now)
             return self.get_rules(scope)
@@ -192,7 +200,7 @@ class MemoryCatalog:
             plan = self._plan(plan_id)
             assert plan is not None
             self._s.write_audit(
-                now, actor, "plan.create", plan_target(plan_id), None, plan.to_wire()
+                now, actor, "plan.create", plan_target(plan_id), None, encode_plan(plan)
             )
             return plan
 
@@ -223,7 +231,7 @@ class MemoryCatalog:
             del self._s.plans[plan_id]
             self._s.rules.pop(Scope(Layer.PLAN, plan_id), None)
             self._s.write_audit(
-                now, actor, "plan.delete", plan_target(plan_id), before.to_wire(), None
+                now, actor, "plan.delete", plan_target(plan_id), encode_plan(before), None
             )
 
     def get_plan(self, plan_id: str) -> Plan | None:
@@ -264,7 +272,7 @@ class MemoryCatalog:
         with self._lock:
             self._s.keys[key.id] = (key, secret_hash)
             self._s.write_audit(
-                key.created_at, actor, "key.create", key_target(key.id), None, key.to_wire()
+                key.created_at, actor, "key.create", key_target(key.id), None, encode_key(key)
             )
 
     def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
@@ -284,7 +292,12 @@ class MemoryCatalog:
             revoked = replace(found[0], revoked_at=now)
             self._s.keys[key_id] = (revoked, found[1])
             self._s.write_audit(
-                now, actor, "key.revoke", key_target(key_id), found[0].to_wire(), revoked.to_wire()
+                now,
+                actor,
+                "key.revoke",
+                key_target(key_id),
+                encode_key(found[0]),
+                encode_key(revoked),
             )
             return True
 

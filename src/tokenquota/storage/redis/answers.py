@@ -39,6 +39,7 @@ from tokenquota.domain.metrics import Amounts
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.redis.layout import parse_reading, parse_wallet, split
+from tokenquota.wire import stored
 
 # Where one check's reading comes back: (step index, position, bucket fields,
 # lease?), or None for a per-request cap that reads nothing.
@@ -117,7 +118,7 @@ def plan_json(plan: DebitPlan, checks: Sequence[CheckPlace], wallets: Sequence[W
         "capacity": None
         if capacity is None
         else {
-            "quota": capacity.quota.to_wire(),
+            "quota": stored.encode_resource_quota(capacity.quota),
             "resource": str(capacity.resource),
             "consumer": str(capacity.consumer),
             "amount": capacity.amount,
@@ -182,7 +183,7 @@ def committed_answer(row: dict[str, str]) -> Decision | None:
     """A committed reservation's answer: as stored after the script, or recomputed from
     the inputs a one-step commit kept; None when neither survived."""
     if row.get("d"):
-        return Decision.from_wire(json.loads(row["d"]))
+        return stored.decode_decision(json.loads(row["d"]))
     if row.get("p") and row.get("state") == HoldState.COMMITTED.value:
         return first_answer(row["p"], [(row.get("rd", ""), row.get("wl", ""))], int(row["eid"]))
     return None

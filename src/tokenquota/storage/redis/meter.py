@@ -68,6 +68,7 @@ from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.ledger import SqlLedger
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database
+from tokenquota.wire import stored
 
 # A capacity test (SPEC section 6) is checked by comparing what it read with
 # what the script finds; a busy resource may need a few rounds.
@@ -251,7 +252,7 @@ class RedisMeter:
                 details={"field": "idempotency_key"},
             )
         if reply.decision:  # stored by a version that wrote the answer after the script
-            return Decision.from_wire(json.loads(reply.decision)).as_replay()
+            return stored.decode_decision(json.loads(reply.decision)).as_replay()
         if reply.plan:
             steps = [tuple(s) for s in json.loads(reply.pre or "[]")]
             steps.append((reply.readings, reply.wallets))
@@ -350,7 +351,7 @@ class RedisMeter:
             refuse_too_large(replies)
             readings, prepaid = self.ops.answers(op, replies)
             decision = decide(plan, readings, replies[-1].event_id, prepaid=prepaid)
-            wire = json.dumps(decision.to_wire())
+            wire = json.dumps(stored.encode_decision(decision))
             call(lambda w=wire: self.redis.hset(key, "d", w))
             return decision
         raise StoreUnavailable("the reservation kept changing; retry")

@@ -30,6 +30,7 @@ from tokenquota.storage.base import Layer, Page, RuleSet, Scope
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.ledger import Counters
 from tokenquota.storage.sql.tx import Database
+from tokenquota.wire.catalog import encode_key, encode_plan, encode_rule, encode_subject
 
 
 class SqlCatalog:
@@ -88,7 +89,7 @@ class SqlCatalog:
     ) -> Subject:
         with self.db.tx(write=True) as conn:
             existing = self.subject_in(conn, ref)
-            before = existing.to_wire() if existing else None
+            before = encode_subject(existing) if existing else None
             self.ensure_subject(conn, ref, now)
             values: dict[str, Any] = {}
             if name is not None:
@@ -117,9 +118,9 @@ class SqlCatalog:
                     )
             subject = self.subject_in(conn, ref)
             assert subject is not None
-            if subject.to_wire() != before:
+            if encode_subject(subject) != before:
                 self.write_audit(
-                    conn, now, actor, "subject.put", str(ref), before, subject.to_wire()
+                    conn, now, actor, "subject.put", str(ref), before, encode_subject(subject)
                 )
             return subject
 
@@ -140,7 +141,7 @@ class SqlCatalog:
             conn.execute(t.subject_parents.delete().where(t.subject_parents.c.child == str(ref)))
             conn.execute(t.subjects.delete().where(t.subjects.c.ref == str(ref)))
             self.write_audit(
-                conn, now, actor, "subject.delete", str(ref), [r.to_wire() for r in before], None
+                conn, now, actor, "subject.delete", str(ref), [encode_rule(r) for r in before], None
             )
             return True
 
@@ -274,8 +275,8 @@ class SqlCatalog:
                     actor,
                     f"{scope.layer.value}.set",
                     scope.audit_target,
-                    before.to_wire() if before else None,
-                    after.to_wire() if after else None,
+                    encode_rule(before) if before else None,
+                    encode_rule(after) if after else None,
                 )
             self._track(conn, [c.key for c in changes if c.value is not None], now)
             return self._rules(conn, scope)
@@ -336,7 +337,7 @@ class SqlCatalog:
             plan = self._plan(conn, plan_id)
             assert plan is not None
             self.write_audit(
-                conn, now, actor, "plan.create", plan_target(plan_id), None, plan.to_wire()
+                conn, now, actor, "plan.create", plan_target(plan_id), None, encode_plan(plan)
             )
             return plan
 
@@ -370,7 +371,7 @@ class SqlCatalog:
             conn.execute(_scope_filter(t.rules.delete(), Scope(Layer.PLAN, plan_id)))
             conn.execute(t.plans.delete().where(t.plans.c.id == plan_id))
             self.write_audit(
-                conn, now, actor, "plan.delete", plan_target(plan_id), before.to_wire(), None
+                conn, now, actor, "plan.delete", plan_target(plan_id), encode_plan(before), None
             )
 
     def get_plan(self, plan_id: str) -> Plan | None:
@@ -458,7 +459,7 @@ class SqlCatalog:
                 )
             )
             self.write_audit(
-                conn, key.created_at, actor, "key.create", key_target(key.id), None, key.to_wire()
+                conn, key.created_at, actor, "key.create", key_target(key.id), None, encode_key(key)
             )
 
     def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
@@ -495,8 +496,8 @@ class SqlCatalog:
                 actor,
                 "key.revoke",
                 key_target(key_id),
-                before.to_wire(),
-                after.to_wire(),
+                encode_key(before),
+                encode_key(after),
             )
             return True
 

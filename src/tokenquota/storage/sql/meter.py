@@ -41,6 +41,7 @@ from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.ledger import SqlCounters, SqlLedger, grant_from_row
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database, plan_series
+from tokenquota.wire import stored
 
 
 class SqlMeter:
@@ -157,7 +158,7 @@ class SqlMeter:
                             "this idempotency key was used for a different request",
                             details={"field": "idempotency_key"},
                         )
-                    return Decision.from_wire(row.decision).as_replay()
+                    return stored.decode_decision(row.decision).as_replay()
             self._require_subject(conn, plan, create_subject)
             decision = self._apply(conn, plan)
             if decision.allowed and plan.idempotency_key:
@@ -166,7 +167,7 @@ class SqlMeter:
                         subject=subject,
                         key=plan.idempotency_key,
                         fingerprint=plan.fingerprint,
-                        decision=decision.to_wire(),
+                        decision=stored.encode_decision(decision),
                         created_at=to_micros(plan.now),
                     )
                 )
@@ -291,7 +292,7 @@ class SqlMeter:
             created_at=from_micros(row.created_at),
             expires_at=from_micros(row.expires_at),
             state=HoldState(row.state),
-            committed=Decision.from_wire(row.decision) if row.decision else None,
+            committed=stored.decode_decision(row.decision) if row.decision else None,
             resource=SubjectRef.parse(row.resource) if row.resource else None,
         )
 
@@ -308,7 +309,7 @@ class SqlMeter:
             conn.execute(
                 t.reservations.update()
                 .where(t.reservations.c.id == reservation_id)
-                .values(state=HoldState.COMMITTED.value, decision=decision.to_wire())
+                .values(state=HoldState.COMMITTED.value, decision=stored.encode_decision(decision))
             )
             return decision
 
