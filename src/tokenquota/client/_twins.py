@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import nullcontext
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import anyio
 
@@ -23,16 +23,24 @@ from tokenquota.domain.decisions import Decision
 from tokenquota.domain.holds import Reservation
 from tokenquota.domain.views import Hold
 
-if TYPE_CHECKING:
-    from tokenquota.client._async import AsyncClient
-
 __all__ = ["AsyncHold", "Hold", "shielded", "unshielded"]
+
+
+class AsyncCommitter(Protocol):
+    """What an ``AsyncHold`` commits through: ``AsyncClient``, without importing it."""
+
+    async def commit(
+        self,
+        reservation_id: str,
+        amounts: Mapping[str, object] | None = None,
+        **metric_amounts: object,
+    ) -> Decision: ...
 
 
 class AsyncHold:
     """A live reservation inside ``AsyncClient.reservation``; commit it with the real usage."""
 
-    def __init__(self, client: AsyncClient, reservation: Reservation) -> None:
+    def __init__(self, client: AsyncCommitter, reservation: Reservation) -> None:
         self.client = client
         self.reservation = reservation
         self.result: Decision | None = None
