@@ -29,6 +29,7 @@ from tokenquota.domain.ledger import Event, grant_event, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.windows import ROLLING_BUCKETS
 from tokenquota.storage.base import Page
 from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.memory.state import State
@@ -60,16 +61,19 @@ class MemoryMeter:
             return Reading({0: len(ends)}, held_until=min(ends)) if ends else Reading()
         if key.window is None:
             return Reading()
-        window = key.window.key
-        buckets = {
-            b: v
-            for (s, m, w, b), v in self._s.counters.items()
-            if s == subject
-            and m == metric.value
-            and w == window
-            and check.lo <= b <= check.hi
-            and v
-        }
+        series = self._s.counters.get((subject, metric.value, key.window.key))
+        lo, hi = check.lo, check.hi
+        buckets: dict[int, int]
+        if not series:
+            buckets = {}
+        elif lo == hi:  # a calendar window, total: one bucket
+            units = series.get(lo)
+            buckets = {lo: units} if units else {}
+        elif len(series) <= ROLLING_BUCKETS:
+            buckets = {b: v for b, v in series.items() if lo <= b <= hi and v}
+        else:  # a long-lived rolling series: its window's buckets, not its whole past
+            step = key.window.bucket_seconds
+            buckets = {b: v for b in range(lo, hi + 1, step) if (v := series.get(b))}
         holds = [
             (r.amounts[metric], r.expires_at)
             for r in self._s.reservations.values()
@@ -130,10 +134,10 @@ class MemoryMeter:
             return decision
 
     def _check_bounds(self, plan: DebitPlan) -> None:
-        counters = self._s.counters
+        counter = self._s.counter
         lifetime = {
-            (series, key.metric): counters.get(
-                (series, key.metric.value, key.window_key, LIFETIME_BUCKET), 0
+            (series, key.metric): counter(
+                (series, key.metric.value, key.window_key, LIFETIME_BUCKET)
             )
             for series in plan.series
             for key in LIFETIME

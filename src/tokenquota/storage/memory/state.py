@@ -45,7 +45,9 @@ class State:
     rules: dict[Scope, dict[LimitKey, Rule]] = field(default_factory=lambda: defaultdict(dict))
     plans: dict[str, str] = field(default_factory=dict)  # id -> name
     tracked: set[LimitKey] = field(default_factory=lambda: set(LIFETIME))
-    counters: dict[CounterKey, int] = field(default_factory=lambda: defaultdict(int))
+    # (subject, metric, window key) -> bucket -> units: a decision reads a few
+    # buckets of a few series, so it finds them without walking every counter.
+    counters: dict[tuple[str, str, str], dict[int, int]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     idempotency: dict[tuple[str, str], tuple[str, Decision]] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
@@ -77,7 +79,12 @@ class State:
         """Add a usage event to the counters of ``keys`` (a backfill, a consume, a rebuild)."""
         if not event.is_usage:
             return  # a grant adds credits to spend; it is not usage
-        for key, units in increments(
+        for (subject, metric, window, bucket), units in increments(
             event.series, event.amounts, event.timestamp, self.tz, keys
         ).items():
-            self.counters[key] += units
+            buckets = self.counters.setdefault((subject, metric, window), {})
+            buckets[bucket] = buckets.get(bucket, 0) + units
+
+    def counter(self, key: CounterKey) -> int:
+        subject, metric, window, bucket = key
+        return self.counters.get((subject, metric, window), {}).get(bucket, 0)
