@@ -2,16 +2,21 @@
 
 Run with ``make bench`` (bench/README.md says how to read it). Prints tables;
 asserts nothing. Figures are ratios to a floor measured in the same run,
-because machines are noisy. Each floor is a bare call of the same shape as one
-consume on its backend, with no tokenquota code in it:
+because machines are noisy. Every row has one shape (issue 13): ``user:alice``
+with tokens limits per minute, hour and day, in ``company:acme`` with a tokens
+limit per month. Each floor is a bare call of the same shape as one consume on
+its backend, with no tokenquota code in it:
 
-- sqlite3: one durable transaction (take the write lock, read two counters,
-  bump them, append one event, commit with synchronous=FULL). The memory and
-  SQLite rows are compared with it.
+- limits: the ``limits`` library (PyPI) deciding the same four limits with
+  fixed windows in memory. The memory rows are compared with it (with
+  sqlite3 when it is not installed).
+- sqlite3: one durable transaction (take the write lock, read four counters,
+  bump them, append one event, commit with synchronous=FULL). The SQLite rows
+  are compared with it.
 - psycopg: the same transaction on PostgreSQL under an advisory lock. The
   PostgreSQL rows are compared with it.
-- redis-py ``EVALSHA`` of a 3-key Lua script (read the user's and the
-  company's counter hashes, HINCRBY both, XADD one event to a stream), with
+- redis-py ``EVALSHA`` of a 3-key Lua script (read the four counters in the
+  user's and the company's hashes, HINCRBY them, XADD one event to a stream), with
   the client settings the Redis backend uses. The Redis rows are compared
   with it.
 - redis-py ``RedisCluster``: the same script on a three-node Redis Cluster
@@ -26,8 +31,9 @@ throughput.
 
 PostgreSQL rows need a server at TOKENQUOTA_BENCH_POSTGRES and Redis rows
 also one at TOKENQUOTA_BENCH_REDIS; without them the rows are left out with
-the reason printed. Each store gets a fresh schema (and a fresh Redis key
-prefix), dropped (and its keys deleted) at the end.
+the reason printed. ``--only memory,sqlite`` runs only the named backends.
+Each store gets a fresh schema (and a fresh Redis key prefix), dropped (and
+its keys deleted) at the end.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ from tokenquota import FrozenClock
 
 ROUNDS = 3
 CALLS = 400  # per round, in-process
+FAST_CALLS = 5_000  # per round, for the memory backend and its floor (a few ms per 400)
 HTTP_CALLS = 200  # per round, through HTTP
 WARMUP = 20  # untimed calls first: connections, prepared statements, the script cache
 # A round stops early after this long (a busy machine or a contended server),
@@ -74,6 +81,12 @@ SERVER_START_SECONDS = 60
 POSTGRES = os.environ.get("TOKENQUOTA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("TOKENQUOTA_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 LIMIT = 10**15  # never reached: every call is an admitted decision
+# The shape of every row (issue 13): user:alice with tokens limits per minute, hour
+# and day, in company:acme with a tokens limit per month.
+USER_WINDOWS = ("minute", "hour", "day")
+COMPANY_WINDOWS = ("month",)
+COUNTERS = ("user:minute", "user:hour", "user:day", "company:month")  # the floors' rows
+BACKENDS = ("memory", "sqlite", "postgres", "redis", "cluster")
 
 
 @dataclass(frozen=True)
@@ -131,8 +144,8 @@ def raw_floor(path: Path) -> Callable[[], None]:
 
     def once() -> None:
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute("SELECT v FROM c WHERE k IN ('user', 'company')").fetchall()
-        for key in ("user", "company"):
+        conn.execute(f"SELECT v FROM c WHERE k IN ({','.join('?' * len(COUNTERS))})", COUNTERS)
+        for key in COUNTERS:
             conn.execute(
                 "INSERT INTO c VALUES (?, 1) ON CONFLICT(k) DO UPDATE SET v = v + 1", (key,)
             )
@@ -143,7 +156,7 @@ def raw_floor(path: Path) -> Callable[[], None]:
 
 
 def postgres_floor(schema: str) -> Callable[[], None]:
-    """The same shape on PostgreSQL: lock, read two counters, bump them, append, commit."""
+    """The same shape on PostgreSQL: lock, read four counters, bump them, append, commit."""
     import psycopg
 
     conn = psycopg.connect(POSTGRES, options=f"-csearch_path={schema}")
@@ -154,8 +167,8 @@ def postgres_floor(schema: str) -> Callable[[], None]:
     def once() -> None:
         with conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(1)")
-            conn.execute("SELECT v FROM c WHERE k IN ('user', 'company')").fetchall()
-            for key in ("user", "company"):
+            conn.execute("SELECT v FROM c WHERE k = ANY(%s)", (list(COUNTERS),)).fetchall()
+            for key in COUNTERS:
                 conn.execute(
                     "INSERT INTO c VALUES (%s, 1) ON CONFLICT (k) DO UPDATE SET v = c.v + 1",
                     (key,),
@@ -165,18 +178,50 @@ def postgres_floor(schema: str) -> Callable[[], None]:
     return once
 
 
-# The same shape on Redis: check both counters, bump them, append one event.
+# The same shape on Redis: check the four counters (three in the user's hash, one
+# in the company's), bump them, append one event.
 FLOOR_LUA = """
-local n = tonumber(ARGV[2])
-local limit = tonumber(ARGV[3])
-local user = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
-local company = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
-if user + n > limit or company + n > limit then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], n)
-redis.call('HINCRBY', KEYS[2], ARGV[1], n)
-redis.call('XADD', KEYS[3], '*', 'e', ARGV[4])
+local n = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local fields = {{1, 'minute'}, {1, 'hour'}, {1, 'day'}, {2, 'month'}}
+for _, f in ipairs(fields) do
+  if tonumber(redis.call('HGET', KEYS[f[1]], f[2]) or '0') + n > limit then return 0 end
+end
+for _, f in ipairs(fields) do redis.call('HINCRBY', KEYS[f[1]], f[2], n) end
+redis.call('XADD', KEYS[3], '*', 'e', ARGV[3])
 return 1
 """
+
+
+def limits_floor() -> Callable[[], None]:
+    """The ``limits`` library (PyPI) deciding the same four limits: fixed windows in memory.
+
+    One ``hit`` per limit (each checks and counts its own window); it keeps no
+    hierarchy, ledger or idempotency, which is what the memory backend adds.
+    """
+    from limits import (
+        RateLimitItemPerDay,
+        RateLimitItemPerHour,
+        RateLimitItemPerMinute,
+        RateLimitItemPerMonth,
+    )
+    from limits.storage import MemoryStorage
+    from limits.strategies import FixedWindowRateLimiter
+
+    limiter = FixedWindowRateLimiter(MemoryStorage())
+    items = [
+        (RateLimitItemPerMinute(LIMIT), "user:alice"),
+        (RateLimitItemPerHour(LIMIT), "user:alice"),
+        (RateLimitItemPerDay(LIMIT), "user:alice"),
+        (RateLimitItemPerMonth(LIMIT), "company:acme"),
+    ]
+
+    def once() -> None:
+        for item, subject in items:
+            if not limiter.hit(item, subject, cost=10):
+                raise RuntimeError("the limits floor refused")
+
+    return once
 
 
 def redis_client() -> Any:
@@ -199,7 +244,7 @@ def redis_floor(prefix: str, client: Any = None) -> tuple[Callable[[], None], Ca
     else:
         keys = [f"{prefix}:{{alice}}:{name}" for name in ("user", "company", "events")]
     script = client.register_script(FLOOR_LUA)
-    args = ["20260310", "10", str(LIMIT), "{}"]
+    args = ["10", str(LIMIT), "{}"]
 
     def once() -> None:
         if script(keys=keys, args=args) != 1:
@@ -322,8 +367,10 @@ def opened(db: str, redis: str | None = None) -> Iterator[tokenquota.Quota]:
     quota = tokenquota.open(db, redis=redis, clock=clock())
     try:
         quota.set_parents("user:alice", ["company:acme"])
-        quota.set_limit("user:alice", "tokens", "day", LIMIT)
-        quota.set_limit("company:acme", "tokens", "month", LIMIT)
+        for window in USER_WINDOWS:
+            quota.set_limit("user:alice", "tokens", window, LIMIT)
+        for window in COMPANY_WINDOWS:
+            quota.set_limit("company:acme", "tokens", window, LIMIT)
         yield quota
     finally:
         quota.close()
@@ -431,8 +478,8 @@ def served(db: str, redis: str | None, logs: Path) -> Iterator[httpx.Client]:
         wait_healthy(admin, proc, log_path)
         setup = [
             ("PUT", "/v1/subjects/user:alice", {"parents": ["company:acme"]}),
-            ("PUT", "/v1/subjects/user:alice/limits", limits("day")),
-            ("PUT", "/v1/subjects/company:acme/limits", limits("month")),
+            ("PUT", "/v1/subjects/user:alice/limits", limits(USER_WINDOWS)),
+            ("PUT", "/v1/subjects/company:acme/limits", limits(COMPANY_WINDOWS)),
         ]
         for method, path, body in setup:
             admin.request(method, path, json=body).raise_for_status()
@@ -443,8 +490,8 @@ def served(db: str, redis: str | None, logs: Path) -> Iterator[httpx.Client]:
         )
 
 
-def limits(window: str) -> dict[str, object]:
-    return {"limits": [{"metric": "tokens", "window": window, "limit": LIMIT}]}
+def limits(windows: tuple[str, ...]) -> dict[str, object]:
+    return {"limits": [{"metric": "tokens", "window": w, "limit": LIMIT} for w in windows]}
 
 
 def wait_healthy(client: httpx.Client, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -511,11 +558,12 @@ class Run:
         stores: Callable[[], tuple[str, str | None]],
         *,
         hot: bool = False,
+        calls: int = CALLS,
     ) -> None:
         """In-process and HTTP rows of one backend; ``stores()`` gives a fresh store's URLs."""
         db, redis = stores()
         with opened(db, redis) as quota:
-            inproc = timed(library(quota))
+            inproc = timed(library(quota), calls)
             self.rows.append(Row(name, "in-process", inproc, *floor))
             if hot:
                 self.hot.append((name, hot_row(quota), inproc))
@@ -529,24 +577,48 @@ class Run:
         self.rows.append(Row(name, "HTTP", figures, *floor, inproc))
 
 
+def chosen(argv: list[str]) -> set[str]:
+    """The backends named on the command line (``--only memory,sqlite``); all by default."""
+    if not argv:
+        return set(BACKENDS)
+    if len(argv) != 2 or argv[0] != "--only":
+        raise SystemExit(f"usage: bench_consume.py [--only {','.join(BACKENDS)}]")
+    names = set(argv[1].split(","))
+    if unknown := names - set(BACKENDS):
+        raise SystemExit(f"unknown backends: {', '.join(sorted(unknown))}")
+    return names
+
+
 def main() -> None:
+    only = chosen(sys.argv[1:])
     load = os.getloadavg()[0]
     run = Run()
+    run.notes.append(f"tokenquota imported from {Path(tokenquota.__file__).parent}")
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         run.logs = tmp
         files = itertools.count()
-        sqlite = run.floor("sqlite3", timed(raw_floor(tmp / "floor.db")))
-        run.backend("memory", sqlite, lambda: ("memory://", None))
-        run.backend("sqlite", sqlite, lambda: (f"sqlite:///{tmp / f'q{next(files)}.db'}", None))
+        if "memory" in only:
+            try:
+                floor = run.floor("limits", timed(limits_floor(), FAST_CALLS))
+            except ImportError:
+                run.notes.append("no `limits` library installed: memory compared with sqlite3")
+                floor = run.floor("sqlite3", timed(raw_floor(tmp / "floor0.db")))
+            run.backend("memory", floor, lambda: ("memory://", None), calls=FAST_CALLS)
+        if "sqlite" in only:
+            sqlite = run.floor("sqlite3", timed(raw_floor(tmp / "floor.db")))
+            run.backend("sqlite", sqlite, lambda: (f"sqlite:///{tmp / f'q{next(files)}.db'}", None))
+        if not only & {"postgres", "redis", "cluster"}:
+            print_tables(Console(), run, load)
+            return
 
         schemas = stack.enter_context(postgres_schemas(run.notes))
         prefixes = stack.enter_context(redis_prefixes(run.notes))
-        if schemas is not None:
+        if schemas is not None and "postgres" in only:
             make_schema = schemas
             pg = run.floor("psycopg", timed(postgres_floor(make_schema())))
             run.backend("postgres", pg, lambda: (postgres_url(make_schema()), None), hot=True)
-        if prefixes is not None:
+        if prefixes is not None and "redis" in only:
             make_prefix = prefixes
             once, close = redis_floor(make_prefix())
             try:
@@ -562,7 +634,11 @@ def main() -> None:
                     lambda: (postgres_url(make_schema()), redis_url(make_prefix())),
                     hot=True,
                 )
-        seed = stack.enter_context(redis_cluster(run.notes, tmp / "cluster"))
+        seed = (
+            stack.enter_context(redis_cluster(run.notes, tmp / "cluster"))
+            if "cluster" in only
+            else None
+        )
         if seed is not None and schemas is not None:
             make_cluster_schema = schemas
             cluster_run(run, seed, lambda: postgres_url(make_cluster_schema()))
@@ -586,7 +662,10 @@ def cluster_run(run: Run, seed: str, make_db: Callable[[], str]) -> None:
 
 def print_tables(console: Console, run: Run, load: float) -> None:
     table = Table(
-        title=f"consume: best of {ROUNDS} rounds of {CALLS} calls (HTTP: {HTTP_CALLS})",
+        title=(
+            f"consume: best of {ROUNDS} rounds of {CALLS} calls "
+            f"(memory, limits: {FAST_CALLS}; HTTP: {HTTP_CALLS})"
+        ),
         box=box.SIMPLE_HEAD,
     )
     for column in ("backend", "via", "calls/s", "p50 µs", "p99 µs", "vs floor", "HTTP/lib"):
@@ -628,8 +707,10 @@ def print_tables(console: Console, run: Run, load: float) -> None:
         "vs floor: the rate of the floor opening the row's group / the row's rate",
         "(how many bare calls of the same shape fit in the time of one call).",
         "HTTP/lib: the HTTP rate / the in-process rate of the same backend.",
-        "Floors: sqlite3, psycopg: one locked transaction (read 2 counters, bump them,",
-        "append 1 event, commit); redis-py: EVALSHA of the same in a 3-key Lua script.",
+        "Shape: user:alice (tokens per minute, hour, day) in company:acme (tokens per month).",
+        "Floors: sqlite3, psycopg: one locked transaction (read 4 counters, bump them,",
+        "append 1 event, commit); redis-py: EVALSHA of the same in a 3-key Lua script;",
+        "limits: the `limits` library, fixed windows in memory, one hit per limit.",
     ]
     if any(row.backend == "redis" for row in run.rows):
         legend.append("redis: counters in Redis; ledger, subjects and limits in PostgreSQL.")

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
         description="With on_store_error=open: the local file that keeps queued usage",
     )
     admin_key: SecretStr | None = Field(None, description="A bootstrap admin key")
+    key_cache_seconds: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description=(
+            "How long a replica trusts an API key it looked up without asking the store "
+            "again (0 to 1; 0 asks every time): a key revoked on another replica is "
+            "refused here within this bound, and at once on the replica that revoked it"
+        ),
+    )
     defaults: list[DefaultLimit] = Field(default_factory=list, max_length=1_000)
     max_body_bytes: int = Field(256 * 1024, ge=1_024, le=16 * 1024 * 1024)
     threads: int = Field(

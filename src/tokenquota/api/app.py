@@ -175,6 +175,7 @@ def _open(settings: Settings, clock: Clock | None) -> Quota:
         clock=clock,
         on_store_error=settings.on_store_error,
         spool=settings.spool,
+        key_cache_seconds=settings.key_cache_seconds,
     )
 
 

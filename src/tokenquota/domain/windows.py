@@ -168,8 +168,27 @@ def admits(used: int, amount: int, limit: int) -> bool:
     return used < limit and used + amount <= limit
 
 
+# The last period computed per (unit, zone). Periods tile time, so while ``at``
+# stays inside it the answer is the same: a decision asks for each of its
+# windows' periods several times, and every decision until the boundary asks
+# for the same ones. Keyed by the ``at`` given, never by the wall clock.
+_LAST_PERIOD: dict[tuple[Calendar, ZoneInfo], tuple[datetime, datetime]] = {}
+_MAX_REMEMBERED_PERIODS: Final = 256  # units x zones in use; more only if zones churn
+
+
 def calendar_period(unit: Calendar, at: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
     """The half-open period ``[start, end)`` of ``unit`` containing ``at``, in UTC."""
+    last = _LAST_PERIOD.get((unit, tz))
+    if last is not None and last[0] <= at < last[1]:
+        return last
+    period = _compute_period(unit, at, tz)
+    if len(_LAST_PERIOD) >= _MAX_REMEMBERED_PERIODS:
+        _LAST_PERIOD.clear()
+    _LAST_PERIOD[(unit, tz)] = period
+    return period
+
+
+def _compute_period(unit: Calendar, at: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
     local = at.astimezone(tz)
     if unit in (Calendar.MINUTE, Calendar.HOUR):
         # Truncate the wall clock under the offset in force at `at`, so the two

@@ -49,6 +49,7 @@ from tokenquota.domain.text import check_text
 from tokenquota.domain.views import DefaultRule, LimitsView, Page
 from tokenquota.domain.windows import Window
 from tokenquota.engine import inputs
+from tokenquota.engine.keycache import KeyCache
 from tokenquota.engine.outage import Outage
 from tokenquota.engine.planner import Planner
 from tokenquota.storage import Layer, Scope, Store
@@ -63,6 +64,7 @@ class Configuration:
     strict_subjects: bool
     planner: Planner
     outage: Outage
+    keys: KeyCache
 
     # subjects ---------------------------------------------------------------
     def put_subject(
@@ -353,14 +355,20 @@ class Configuration:
         parts = split_key(presented)
         if parts is None:
             return None
-        try:
-            found = self.store.get_key(parts[0])
-        except StoreUnreachable:
-            found = self.outage.remembered_key(parts[0])
-            if found is None:
-                raise
-        else:
-            self.outage.remember_key(parts[0], found)
+        # Within the cache's bound (docs/api.md) the store is not asked; the
+        # secret is still compared below on every call.
+        found = self.keys.get(parts[0])
+        if found is None:
+            try:
+                found = self.store.get_key(parts[0])
+            except StoreUnreachable:
+                found = self.outage.remembered_key(parts[0])
+                if found is None:
+                    raise
+            else:
+                self.outage.remember_key(parts[0], found)
+                if found is not None:
+                    self.keys.put(parts[0], found)
         if found is None:
             hash_secret(parts[1])  # the same work either way: no timing hint
             return None
@@ -374,7 +382,11 @@ class Configuration:
 
     def revoke_key(self, key_id: str, *, actor: str = "library") -> None:
         inputs.issued_id(key_id)
-        if not self.store.revoke_key(key_id, actor=actor, now=self.clock.now()):
+        try:
+            revoked = self.store.revoke_key(key_id, actor=actor, now=self.clock.now())
+        finally:
+            self.keys.drop(key_id)  # this engine refuses it at once, not after the cache's bound
+        if not revoked:
             raise NotFound(f"no live key {key_id!r}", details={"field": "id"})
 
     def _require_known(self, ref: SubjectRef) -> None:

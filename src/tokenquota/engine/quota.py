@@ -57,6 +57,7 @@ from tokenquota.domain.views import (
 from tokenquota.domain.windows import Calendar, calendar_period, parse_timezone
 from tokenquota.engine import inputs
 from tokenquota.engine.config import Configuration
+from tokenquota.engine.keycache import KEY_CACHE_SECONDS, KeyCache
 from tokenquota.engine.outage import Outage
 from tokenquota.engine.planner import Planner, parse_config_defaults, planned
 from tokenquota.engine.spool import Spool
@@ -85,9 +86,12 @@ class Quota(Configuration):
         retention: timedelta = DEFAULT_RETENTION,
         on_store_error: OnStoreError = "closed",
         spool: str | Path | None = None,
+        key_cache_seconds: float = KEY_CACHE_SECONDS,
     ) -> None:
         self.store = store
         self.clock = clock or SystemClock()
+        # How long a looked-up API key is trusted without the store (engine/keycache.py).
+        self.keys = KeyCache(self.clock, key_cache_seconds)
         self.tz = store.tz
         self.strict_subjects = strict_subjects
         self.retention = retention
@@ -575,6 +579,7 @@ def open(
     retention: timedelta = DEFAULT_RETENTION,
     on_store_error: OnStoreError = "closed",
     spool: str | Path | None = None,
+    key_cache_seconds: float = KEY_CACHE_SECONDS,
 ) -> Quota:
     """Open a quota store: ``memory://``, ``sqlite:///path.db`` or ``postgresql://…``.
 
@@ -591,6 +596,10 @@ def open(
     while the store is unreachable, and keeps the usage in a local ``spool``
     file (``tokenquota-spool.db`` by default) until the store takes it; see
     docs/outages.md. The default, ``"closed"``, answers StoreUnavailable.
+
+    ``authenticate`` trusts a key it looked up for ``key_cache_seconds`` (at
+    most 1, 0 to ask the store every time): a key revoked through another
+    engine stops working here within that bound (docs/api.md).
     """
     tz = parse_timezone(timezone) if timezone is not None else None
     store = open_store(url, tz, move_timezone=move_timezone, redis=redis)
@@ -603,6 +612,7 @@ def open(
             retention=retention,
             on_store_error=on_store_error,
             spool=spool,
+            key_cache_seconds=key_cache_seconds,
         )
     except BaseException:
         store.close()  # bad settings: no connection pool or mover thread left behind

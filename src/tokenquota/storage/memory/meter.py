@@ -29,6 +29,7 @@ from tokenquota.domain.ledger import Event, grant_event, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.windows import ROLLING_BUCKETS
 from tokenquota.storage.base import Page
 from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.memory.state import State
@@ -60,19 +61,22 @@ class MemoryMeter:
             return Reading({0: len(ends)}, held_until=min(ends)) if ends else Reading()
         if key.window is None:
             return Reading()
-        window = key.window.key
-        buckets = {
-            b: v
-            for (s, m, w, b), v in self._s.counters.items()
-            if s == subject
-            and m == metric.value
-            and w == window
-            and check.lo <= b <= check.hi
-            and v
-        }
+        series = self._s.counters.get((subject, metric.value, key.window.key))
+        lo, hi = check.lo, check.hi
+        buckets: dict[int, int]
+        if not series:
+            buckets = {}
+        elif lo == hi:  # a calendar window, total: one bucket
+            units = series.get(lo)
+            buckets = {lo: units} if units else {}
+        elif len(series) <= ROLLING_BUCKETS:
+            buckets = {b: v for b, v in series.items() if lo <= b <= hi and v}
+        else:  # a long-lived rolling series: its window's buckets, not its whole past
+            step = key.window.bucket_seconds
+            buckets = {b: v for b in range(lo, hi + 1, step) if (v := series.get(b))}
         holds = [
             (r.amounts[metric], r.expires_at)
-            for r in self._s.reservations.values()
+            for r in self._s.held.values()
             if r.live(now) and subject in r.series and r.amounts[metric]
         ]
         if not holds:
@@ -91,12 +95,12 @@ class MemoryMeter:
     def _prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
         out = []
         for subject in subjects:
-            grants = tuple(g for g in self._s.grants.values() if g.subject == subject)
+            grants = tuple(self._s.grants_of(subject))
             if not grants:
                 continue
             held = sum(
                 r.amounts[Metric.CREDITS]
-                for r in self._s.reservations.values()
+                for r in self._s.held.values()
                 if r.live(now) and str(subject) in r.series
             )
             out.append(Prepaid(subject, grants, held))
@@ -130,10 +134,10 @@ class MemoryMeter:
             return decision
 
     def _check_bounds(self, plan: DebitPlan) -> None:
-        counters = self._s.counters
+        counter = self._s.counter
         lifetime = {
-            (series, key.metric): counters.get(
-                (series, key.metric.value, key.window_key, LIFETIME_BUCKET), 0
+            (series, key.metric): counter(
+                (series, key.metric.value, key.window_key, LIFETIME_BUCKET)
             )
             for series in plan.series
             for key in LIFETIME
@@ -157,8 +161,7 @@ class MemoryMeter:
         if not credits:
             return
         for subject in event.charged:
-            mine = [g for g in self._s.grants.values() if g.subject == subject]
-            burned, _ = allocate(mine, credits, event.recorded_at)
+            burned, _ = allocate(self._s.grants_of(subject), credits, event.recorded_at)
             for grant_id, units in burned.items():
                 grant = self._s.grants[grant_id]
                 self._s.grants[grant_id] = replace(grant, remaining=grant.remaining - units)
@@ -166,9 +169,11 @@ class MemoryMeter:
     # prepaid credits --------------------------------------------------------
     def add_grant(self, grant: Grant, *, actor: str) -> int:
         with self._lock:
-            granted = sum(g.amount for g in self._s.grants.values() if g.subject == grant.subject)
+            granted = sum(g.amount for g in self._s.grants_of(grant.subject))
             check_granted(str(grant.subject), granted, grant.amount)
             self._s.subject_row(grant.subject)
+            if grant.id not in self._s.grants:
+                self._s.grant_ids.setdefault(grant.subject, []).append(grant.id)
             self._s.grants[grant.id] = grant
             event = grant_event(grant, next(self._s.event_ids))
             self._s.events.append(event)
@@ -177,7 +182,7 @@ class MemoryMeter:
 
     def grants(self, subject: SubjectRef) -> list[Grant]:
         with self._lock:
-            mine = [g for g in self._s.grants.values() if g.subject == subject]
+            mine = self._s.grants_of(subject)
         return sorted(mine, key=lambda g: (g.granted_at, g.id))
 
     # reservations and leases ------------------------------------------------
@@ -188,7 +193,7 @@ class MemoryMeter:
             self._require_subject(plan, create_subject)
             decision = self._decide(plan)
             if decision.allowed:
-                self._s.reservations[reservation.id] = reservation
+                self._s.put_reservation(reservation)
             return decision
 
     def get_reservation(self, reservation_id: str) -> Reservation | None:
@@ -204,10 +209,10 @@ class MemoryMeter:
                 return reservation.committed.as_replay()
             self._check_bounds(plan)  # while the hold is still in place
             # The hold goes first, so the actual usage is measured without it.
-            self._s.reservations[reservation_id] = replace(reservation, state=HoldState.RELEASED)
+            self._s.put_reservation(replace(reservation, state=HoldState.RELEASED))
             decision = self._apply(plan, reservation_id)
-            self._s.reservations[reservation_id] = replace(
-                reservation, state=HoldState.COMMITTED, committed=decision
+            self._s.put_reservation(
+                replace(reservation, state=HoldState.COMMITTED, committed=decision)
             )
             return decision
 
@@ -216,7 +221,7 @@ class MemoryMeter:
             reservation = self._s.reservations.get(reservation_id)
             if not check_releasable(reservation, reservation_id):
                 return False
-            self._s.reservations[reservation_id] = replace(reservation, state=HoldState.RELEASED)
+            self._s.put_reservation(replace(reservation, state=HoldState.RELEASED))
             return True
 
     def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:

@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 from tokenquota.domain.bounds import LIFETIME
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.grants import Grant
-from tokenquota.domain.holds import Lease, Reservation
+from tokenquota.domain.holds import HoldState, Lease, Reservation
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
 from tokenquota.domain.limits import LimitKey, Rule
@@ -45,15 +45,21 @@ class State:
     rules: dict[Scope, dict[LimitKey, Rule]] = field(default_factory=lambda: defaultdict(dict))
     plans: dict[str, str] = field(default_factory=dict)  # id -> name
     tracked: set[LimitKey] = field(default_factory=lambda: set(LIFETIME))
-    counters: dict[CounterKey, int] = field(default_factory=lambda: defaultdict(int))
+    # (subject, metric, window key) -> bucket -> units: a decision reads a few
+    # buckets of a few series, so it finds them without walking every counter.
+    counters: dict[tuple[str, str, str], dict[int, int]] = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     idempotency: dict[tuple[str, str], tuple[str, Decision]] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
     shadow: dict[tuple[str, LimitKey], int] = field(default_factory=lambda: defaultdict(int))
     keys: dict[str, tuple[ApiKey, str]] = field(default_factory=dict)
     reservations: dict[str, Reservation] = field(default_factory=dict)
+    # The reservations still HELD, a subset of ``reservations``: a decision weighs
+    # these, not every reservation ever made. Expired ones leave when settled.
+    held: dict[str, Reservation] = field(default_factory=dict)
     resource_quotas: dict[SubjectRef, dict[str, Any]] = field(default_factory=dict)
     grants: dict[str, Grant] = field(default_factory=dict)
+    grant_ids: dict[SubjectRef, list[str]] = field(default_factory=dict)  # in grant order
     leases: dict[str, Lease] = field(default_factory=dict)
     event_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     audit_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
@@ -61,6 +67,17 @@ class State:
     def subject_row(self, ref: SubjectRef) -> SubjectRow:
         """The subject's row, created bare (no name, metadata or parents) if it is new."""
         return self.subjects.setdefault(ref, SubjectRow(None, {}, ()))
+
+    def put_reservation(self, reservation: Reservation) -> None:
+        self.reservations[reservation.id] = reservation
+        if reservation.state is HoldState.HELD:
+            self.held[reservation.id] = reservation
+        else:
+            self.held.pop(reservation.id, None)
+
+    def grants_of(self, subject: SubjectRef) -> list[Grant]:
+        """The subject's grants in the order they were given."""
+        return [self.grants[i] for i in self.grant_ids.get(subject, ())]
 
     def parents_of(self, ref: SubjectRef) -> tuple[SubjectRef, ...]:
         row = self.subjects.get(ref)
@@ -77,7 +94,12 @@ class State:
         """Add a usage event to the counters of ``keys`` (a backfill, a consume, a rebuild)."""
         if not event.is_usage:
             return  # a grant adds credits to spend; it is not usage
-        for key, units in increments(
+        for (subject, metric, window, bucket), units in increments(
             event.series, event.amounts, event.timestamp, self.tz, keys
         ).items():
-            self.counters[key] += units
+            buckets = self.counters.setdefault((subject, metric, window), {})
+            buckets[bucket] = buckets.get(bucket, 0) + units
+
+    def counter(self, key: CounterKey) -> int:
+        subject, metric, window, bucket = key
+        return self.counters.get((subject, metric, window), {}).get(bucket, 0)

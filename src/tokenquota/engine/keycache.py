@@ -1,0 +1,78 @@
+"""API keys an engine has looked up lately, so a request need not ask the store.
+
+Every HTTP request authenticates; asking the store each time put one SQL
+round trip in front of every decision. An entry holds what the store said
+about one key id (the key and its secret's hash) and lives at most
+``seconds`` by the engine's clock: that is the bound within which a key
+revoked elsewhere (another replica, the CLI) stops working here. The secret
+a caller presents is still compared with the hash on every request, so the
+cache never decides who a caller is, only spares the read. Only ids the
+store knows are kept, at most ``size`` of them (least recently used leave
+first): an unknown id is never cached, so random keys cannot fill memory.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from datetime import datetime, timedelta
+from typing import Final
+
+from tokenquota.domain.clock import Clock
+from tokenquota.domain.errors import ValidationError
+from tokenquota.domain.keys import ApiKey
+
+KEY_CACHE_SECONDS: Final = 1.0  # the default bound, and the largest one allowed
+MAX_CACHED_KEYS: Final = 10_000
+
+
+class KeyCache:
+    """Live keys by id, each for at most ``seconds``; ``seconds=0`` turns it off."""
+
+    def __init__(
+        self, clock: Clock, seconds: float = KEY_CACHE_SECONDS, size: int = MAX_CACHED_KEYS
+    ) -> None:
+        if isinstance(seconds, bool) or not 0 <= seconds <= KEY_CACHE_SECONDS:
+            raise ValidationError(
+                "key_cache_seconds", f"must be between 0 and {KEY_CACHE_SECONDS:g}"
+            )
+        self.clock = clock
+        self.ttl = timedelta(seconds=seconds)
+        self.size = size
+        self._entries: OrderedDict[str, tuple[datetime, ApiKey, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """The key and hash stored under ``key_id`` if fetched within the bound, else None."""
+        if not self.ttl:
+            return None
+        now = self.clock.now()
+        with self._lock:
+            entry = self._entries.get(key_id)
+            if entry is None:
+                return None
+            fetched, key, hashed = entry
+            # A clock set back makes an entry's age negative: not to be trusted either.
+            if not fetched <= now < fetched + self.ttl:
+                del self._entries[key_id]
+                return None
+            self._entries.move_to_end(key_id)
+            return key, hashed
+
+    def put(self, key_id: str, found: tuple[ApiKey, str]) -> None:
+        if not self.ttl:
+            return
+        now = self.clock.now()
+        with self._lock:
+            self._entries[key_id] = (now, *found)
+            self._entries.move_to_end(key_id)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def drop(self, key_id: str) -> None:
+        with self._lock:
+            self._entries.pop(key_id, None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
