@@ -362,12 +362,13 @@ class Configuration:
             try:
                 found = self.store.get_key(parts[0])
             except StoreUnreachable:
-                found = self.outage.remembered_key(parts[0])
+                found = self.keys.last_known(parts[0])
                 if found is None:
                     raise
             else:
-                self.outage.remember_key(parts[0], found)
-                if found is not None:
+                if found is None:
+                    self.keys.drop(parts[0])
+                else:
                     self.keys.put(parts[0], found)
         if found is None:
             hash_secret(parts[1])  # the same work either way: no timing hint

@@ -9,6 +9,10 @@ a caller presents is still compared with the hash on every request, so the
 cache never decides who a caller is, only spares the read. Only ids the
 store knows are kept, at most ``size`` of them (least recently used leave
 first): an unknown id is never cached, so random keys cannot fill memory.
+
+With ``on_store_error="open"`` the same entries are the keys this process has
+seen live: ``last_known`` answers them whatever their age while the store
+is unreachable (docs/outages.md), so a service can still consume then.
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ class KeyCache:
     """Live keys by id, each for at most ``seconds``; ``seconds=0`` turns it off."""
 
     def __init__(
-        self, clock: Clock, seconds: float = KEY_CACHE_SECONDS, size: int = MAX_CACHED_KEYS
+        self,
+        clock: Clock,
+        seconds: float = KEY_CACHE_SECONDS,
+        size: int = MAX_CACHED_KEYS,
+        *,
+        keep_last_known: bool = False,
     ) -> None:
         if isinstance(seconds, bool) or not 0 <= seconds <= KEY_CACHE_SECONDS:
             raise ValidationError(
@@ -39,6 +48,7 @@ class KeyCache:
         self.clock = clock
         self.ttl = timedelta(seconds=seconds)
         self.size = size
+        self.keep_last_known = keep_last_known
         self._entries: OrderedDict[str, tuple[datetime, ApiKey, str]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -54,13 +64,23 @@ class KeyCache:
             fetched, key, hashed = entry
             # A clock set back makes an entry's age negative: not to be trusted either.
             if not fetched <= now < fetched + self.ttl:
-                del self._entries[key_id]
+                if not self.keep_last_known:
+                    del self._entries[key_id]
                 return None
             self._entries.move_to_end(key_id)
             return key, hashed
 
+    def last_known(self, key_id: str) -> tuple[ApiKey, str] | None:
+        """The key as last seen live, whatever its age; only kept with ``keep_last_known``."""
+        with self._lock:
+            entry = self._entries.get(key_id)
+            return entry[1:] if entry is not None and self.keep_last_known else None
+
     def put(self, key_id: str, found: tuple[ApiKey, str]) -> None:
-        if not self.ttl:
+        if not self.ttl and not self.keep_last_known:
+            return
+        if found[0].revoked_at is not None:  # refused anyway; forget it
+            self.drop(key_id)
             return
         now = self.clock.now()
         with self._lock:

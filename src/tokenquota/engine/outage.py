@@ -2,11 +2,11 @@
 
 SPEC section 5 lets a product prefer availability. This is the one object
 that knows about it: the spool (``engine/spool.py``) where admitted usage
-and holds wait, the thread that drains the spool into the store once it
-answers again, and the API keys this process has seen live, so a service
-can still authenticate its callers. ``Quota`` calls it when the store
+and holds wait, and the thread that drains the spool into the store once it
+answers again. (The API keys this process has seen live, which still
+authenticate meanwhile, are kept by ``engine/keycache.py``.) ``Quota`` calls it when the store
 raised ``StoreUnreachable``; with ``on_store_error="closed"`` (the default)
-there is no spool, nothing is remembered and ``admits`` is False.
+there is no spool and ``admits`` is False.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,7 +23,6 @@ from tokenquota.domain.clock import Clock
 from tokenquota.domain.decisions import Decision, Mode
 from tokenquota.domain.errors import StoreUnavailable, TokenQuotaError
 from tokenquota.domain.holds import Lease, Reservation
-from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.metrics import Amounts
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.views import Acquired, Reserved
@@ -39,11 +37,10 @@ log = logging.getLogger("tokenquota")
 DEFAULT_SPOOL: Final = "tokenquota-spool.db"
 DRAIN_SECONDS: Final = 1.0  # how often a replica tries to store what it queued
 DRAIN_BATCH: Final = 100
-MAX_REMEMBERED_KEYS: Final = 10_000
 
 
 class Outage:
-    """The spool, its drainer and the remembered keys of one engine."""
+    """The spool and its drainer of one engine (the keys seen live are in ``KeyCache``)."""
 
     def __init__(
         self,
@@ -60,8 +57,6 @@ class Outage:
         self.clock = clock
         self.create_subject = create_subject
         self.spool = Spool(spool or DEFAULT_SPOOL) if fail_open else None
-        self._keys: OrderedDict[str, tuple[ApiKey, str]] = OrderedDict()
-        self._keys_lock = threading.Lock()
         self._drain_lock = threading.Lock()
         self._stop = threading.Event()
         self._drainer: threading.Thread | None = None
@@ -230,26 +225,6 @@ class Outage:
                 self.drain()
             except Exception:  # a bug must not stop the drainer for good
                 log.exception("storing queued usage failed; trying again")
-
-    # API keys ----------------------------------------------------------------------
-    def remember_key(self, key_id: str, found: tuple[ApiKey, str] | None) -> None:
-        """Keys this process has seen live still work while the store is unreachable
-        (a service could not consume otherwise). Only the hash is kept, and a key
-        found revoked or gone is forgotten. Nothing is kept when failing closed."""
-        if self.spool is None:
-            return
-        with self._keys_lock:
-            if found is None or found[0].revoked_at is not None:
-                self._keys.pop(key_id, None)
-                return
-            self._keys[key_id] = found
-            self._keys.move_to_end(key_id)
-            while len(self._keys) > MAX_REMEMBERED_KEYS:
-                self._keys.popitem(last=False)
-
-    def remembered_key(self, key_id: str) -> tuple[ApiKey, str] | None:
-        with self._keys_lock:
-            return self._keys.get(key_id)
 
     def _spool(self) -> Spool:
         assert self.spool is not None, "only called while admitting without the store"

@@ -90,8 +90,11 @@ class Quota(Configuration):
     ) -> None:
         self.store = store
         self.clock = clock or SystemClock()
-        # How long a looked-up API key is trusted without the store (engine/keycache.py).
-        self.keys = KeyCache(self.clock, key_cache_seconds)
+        # How long a looked-up API key is trusted without the store (engine/keycache.py);
+        # failing open, the keys last seen live also answer while the store is away.
+        self.keys = KeyCache(
+            self.clock, key_cache_seconds, keep_last_known=on_store_error == "open"
+        )
         self.tz = store.tz
         self.strict_subjects = strict_subjects
         self.retention = retention
