@@ -7,7 +7,6 @@ the hierarchy has changed since.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -116,16 +115,22 @@ def increments(
     tracked: Iterable[LimitKey],
 ) -> dict[CounterKey, int]:
     """What one event adds to the counters of every tracked (metric, window)."""
-    out: dict[CounterKey, int] = defaultdict(int)
+    out: dict[CounterKey, int] = {}
     subjects = [str(s) for s in charged]
+    units = dict(amounts.items())  # one C lookup per key below, not Amounts.__getitem__
     for key in tracked:
-        amount = amounts[key.metric]
-        if key.window is None or not amount:
+        window = key.window
+        if window is None:
             continue
-        bucket = key.window.bucket_of(timestamp, tz)
+        amount = units.get(key.metric)
+        if not amount:
+            continue
+        bucket = window.bucket_of(timestamp, tz)
+        metric = key.metric._value_
         for subject in subjects:
-            out[(subject, key.metric.value, key.window.key, bucket)] += amount
-    return dict(out)
+            counter = (subject, metric, window.key, bucket)
+            out[counter] = out.get(counter, 0) + amount
+    return out
 
 
 # Audit targets that are not subjects contain a "/", which no subject ref may,
