@@ -124,7 +124,7 @@ class DebitPlan:
     @property
     def series(self) -> tuple[str, ...]:
         """Every counter subject the request adds to (see ``ledger.Event.series``)."""
-        charged = tuple(str(s) for s in self.charged)
+        charged = tuple(map(str, self.charged))
         if self.resource is None:
             return charged
         return (*charged, consumer_series(self.resource, self.subject))
@@ -324,13 +324,14 @@ def _status(
                 buckets = dict(buckets)
                 buckets[check.bucket] = buckets.get(check.bucket, 0) + added
             reset_at = window.reset_at(check.read_at, tz, buckets)
+    subject, metric_name, window_name, source = limit.names()
     if metric is _CREDITS:  # the one metric whose wire number is not its units
         return LimitStatus(
-            str(limit.subject),
-            metric._value_,
-            window.key if window is not None else None,
+            subject,
+            metric_name,
+            window_name,
             UNLIMITED if unlimited else from_units(metric, value),
-            limit.source._value_,
+            source,
             limit.shadow,
             None if used is None else from_units(metric, used),
             from_units(metric, reserved),
@@ -340,11 +341,11 @@ def _status(
             reason,
         )
     return LimitStatus(
-        str(limit.subject),
-        metric._value_,
-        window.key if window is not None else None,
+        subject,
+        metric_name,
+        window_name,
         value,  # UNLIMITED is -1 either way
-        limit.source._value_,
+        source,
         limit.shadow,
         used,
         reserved,

@@ -62,7 +62,7 @@ class Event:
     @property
     def series(self) -> tuple[str, ...]:
         """Every counter subject this event adds to: charged subjects and the consumer share."""
-        charged = tuple(str(s) for s in self.charged)
+        charged = tuple(map(str, self.charged))
         if self.resource is None:
             return charged
         return (*charged, consumer_series(self.resource, self.subject))
@@ -107,6 +107,26 @@ def grant_event(grant: Grant, event_id: int = 0) -> Event:
     )
 
 
+def counted(
+    amounts: Amounts, timestamp: datetime, tz: Any, tracked: Iterable[LimitKey]
+) -> list[tuple[str, str, int, int]]:
+    """What one event adds to each series it is counted in: (metric, window key, bucket, units).
+
+    Every tracked (metric, window) the event carries an amount of, once; each
+    charged series adds those units (``increments``).
+    """
+    out: list[tuple[str, str, int, int]] = []
+    units = dict(amounts.items())  # one C lookup per key below, not Amounts.__getitem__
+    for key in tracked:
+        window = key.window
+        if window is None:
+            continue
+        amount = units.get(key.metric)
+        if amount:
+            out.append((key.metric._value_, window.key, window.bucket_of(timestamp, tz), amount))
+    return out
+
+
 def increments(
     charged: Iterable[SubjectRef | str],
     amounts: Amounts,
@@ -116,20 +136,11 @@ def increments(
 ) -> dict[CounterKey, int]:
     """What one event adds to the counters of every tracked (metric, window)."""
     out: dict[CounterKey, int] = {}
-    subjects = [str(s) for s in charged]
-    units = dict(amounts.items())  # one C lookup per key below, not Amounts.__getitem__
-    for key in tracked:
-        window = key.window
-        if window is None:
-            continue
-        amount = units.get(key.metric)
-        if not amount:
-            continue
-        bucket = window.bucket_of(timestamp, tz)
-        metric = key.metric._value_
+    subjects = list(map(str, charged))
+    for metric, window, bucket, units in counted(amounts, timestamp, tz, tracked):
         for subject in subjects:
-            counter = (subject, metric, window.key, bucket)
-            out[counter] = out.get(counter, 0) + amount
+            counter = (subject, metric, window, bucket)
+            out[counter] = out.get(counter, 0) + units
     return out
 
 

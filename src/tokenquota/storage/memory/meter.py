@@ -52,7 +52,8 @@ class MemoryMeter:
     def _read(self, check: Check, now: datetime) -> Reading:
         limit = check.limit
         key = limit.key
-        subject, metric, window = str(limit.subject), key.metric, key.window
+        metric, window = key.metric, key.window
+        subject, metric_name, _, _ = limit.names()
         if metric is Metric.CONCURRENT_REQUESTS:
             ends = [
                 lease.expires_at
@@ -62,7 +63,7 @@ class MemoryMeter:
             return Reading({0: len(ends)}, held_until=min(ends)) if ends else Reading()
         if window is None:
             return Reading()
-        series = self._s.counters.get((subject, metric._value_, window.key))
+        series = self._s.counters.get((subject, metric_name, window.key))
         lo, hi = check.lo, check.hi
         buckets: dict[int, int]
         if not series:

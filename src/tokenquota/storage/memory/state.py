@@ -23,7 +23,7 @@ from tokenquota.domain.decisions import Decision
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import HoldState, Lease, Reservation
 from tokenquota.domain.keys import ApiKey
-from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
+from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, counted
 from tokenquota.domain.limits import LimitKey, Rule
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Scope
@@ -103,13 +103,15 @@ class State:
         if not event.is_usage:
             return  # a grant adds credits to spend; it is not usage
         counters = self.counters
-        for (subject, metric, window, bucket), units in increments(
-            event.series, event.amounts, event.timestamp, self.tz, keys
-        ).items():
-            buckets = counters.get((subject, metric, window))
-            if buckets is None:
-                buckets = counters[(subject, metric, window)] = {}
-            buckets[bucket] = buckets.get(bucket, 0) + units
+        series = event.series
+        # ``ledger.counted`` per series, as ``ledger.increments`` would list them,
+        # added straight into each series' buckets.
+        for metric, window, bucket, units in counted(event.amounts, event.timestamp, self.tz, keys):
+            for subject in series:
+                buckets = counters.get((subject, metric, window))
+                if buckets is None:
+                    buckets = counters[(subject, metric, window)] = {}
+                buckets[bucket] = buckets.get(bucket, 0) + units
 
     def counter(self, key: CounterKey) -> int:
         subject, metric, window, bucket = key
