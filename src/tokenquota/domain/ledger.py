@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from tokenquota.domain.decisions import DebitPlan, Mode
+from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
@@ -68,6 +69,9 @@ class Event:
         return (*charged, consumer_series(self.resource, self.subject))
 
 
+_new_event: Final = builder(Event)  # Event(...) without its frozen __init__: one per consume
+
+
 def usage_event(plan: DebitPlan, reservation_id: str | None = None, event_id: int = 0) -> Event:
     """The event an admitted plan appends, before the store numbers it.
 
@@ -76,7 +80,7 @@ def usage_event(plan: DebitPlan, reservation_id: str | None = None, event_id: in
     replay from any of them counts the same amounts in the same series.
     """
     kind, tags = usage_kind(plan.tags, reservation_id)
-    return Event(
+    return _new_event(
         id=event_id,
         subject=plan.subject,
         charged=plan.charged,

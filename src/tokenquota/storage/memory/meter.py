@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Final
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.bounds import LIFETIME_BUCKET, check_granted, check_lifetime
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
 from tokenquota.domain.errors import IdempotencyConflict, NotFound
+from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import Grant, allocate
 from tokenquota.domain.holds import (
     HoldState,
@@ -33,6 +35,8 @@ from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
 from tokenquota.storage.base import Page
 from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.memory.state import State
+
+_new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init__: one per limit
 
 
 class MemoryMeter:
@@ -77,7 +81,7 @@ class MemoryMeter:
             step = window.bucket_seconds
             buckets = {b: v for b in range(lo, hi + 1, step) if (v := series.get(b))}
         if not self._s.held:
-            return Reading(buckets)
+            return _new_reading(buckets)
         holds = [
             (r.amounts[metric], r.expires_at)
             for r in self._s.held.values()
