@@ -110,8 +110,9 @@ class State:
             for subject in series:
                 buckets = counters.get((subject, metric, window))
                 if buckets is None:
-                    buckets = counters[(subject, metric, window)] = {}
-                buckets[bucket] = buckets.get(bucket, 0) + units
+                    counters[(subject, metric, window)] = {bucket: units}
+                else:
+                    buckets[bucket] = buckets.get(bucket, 0) + units
 
     def counter(self, key: CounterKey) -> int:
         subject, metric, window, bucket = key
