@@ -32,6 +32,7 @@ from tokenquota.domain.windows import TOTAL
 # The (metric, window) pairs every store counts from the first event on.
 LIFETIME: Final = frozenset(LimitKey(m, TOTAL) for m in COUNTERS)
 LIFETIME_BUCKET: Final = 0
+_COUNTER_ORDER: Final = {metric: i for i, metric in enumerate(COUNTERS)}
 
 
 class AmountTooLarge(ValidationError):
@@ -50,13 +51,16 @@ def check_lifetime(
     adds the amounts, so two racing writes cannot both fit the last headroom.
     """
     names = list(series)
-    for metric in COUNTERS:
-        amount = amounts[metric]
-        if not amount:
-            continue
-        for name in names:
-            if lifetime.get((name, metric), 0) + amount > MAX_UNITS:
-                raise too_large(metric, name)
+    over = [
+        (_COUNTER_ORDER[metric], i)
+        for metric, amount in amounts.items()
+        if amount and metric in _COUNTER_ORDER
+        for i, name in enumerate(names)
+        if lifetime.get((name, metric), 0) + amount > MAX_UNITS
+    ]
+    if over:  # the first in (metric, series) order names the error, whatever the amounts' order
+        metric_index, name_index = min(over)
+        raise too_large(COUNTERS[metric_index], names[name_index])
 
 
 def too_large(metric: Metric, series: str) -> AmountTooLarge:

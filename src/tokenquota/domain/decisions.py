@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from fractions import Fraction
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.errors import TokenQuotaError
+from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import Grant, balance
 from tokenquota.domain.limits import UNLIMITED, EffectiveLimit
 from tokenquota.domain.metrics import Amounts, Metric, Number, from_units
@@ -124,7 +125,7 @@ class DebitPlan:
     @property
     def series(self) -> tuple[str, ...]:
         """Every counter subject the request adds to (see ``ledger.Event.series``)."""
-        charged = tuple(str(s) for s in self.charged)
+        charged = tuple(map(str, self.charged))
         if self.resource is None:
             return charged
         return (*charged, consumer_series(self.resource, self.subject))
@@ -174,6 +175,9 @@ class LimitStatus:
     within_limit: bool
     # Why this limit refused the request (``Reason``); None unless it did.
     reason: str | None = None
+
+
+_new_status: Final = builder(LimitStatus)  # LimitStatus(...) at a quarter of the cost
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +269,7 @@ class Decision:
         return replace(self, replayed=True)
 
 
+_new_decision: Final = builder(Decision)
 _RESOURCE_SOURCES = frozenset({"capacity", "saturation", "resource"})
 
 
@@ -275,54 +280,99 @@ def _fraction_left(status: LimitStatus) -> Fraction:
     return Fraction(str(status.remaining)) / limit if limit > 0 else Fraction(0)
 
 
+# Compared by identity on the hot path: cheaper than the enum properties.
+_CREDITS: Final = Metric.CREDITS
+_CONCURRENT: Final = Metric.CONCURRENT_REQUESTS
+_SEQUENCE: Final = Metric.INPUT_SEQUENCE_LENGTH
+
+
 def status(
     check: Check, reading: Reading, tz: ZoneInfo, *, added: int = 0, held: int = 0
 ) -> LimitStatus:
     """The limit as it stands with ``added`` used and ``held`` reserved on top of the reading."""
+    return _status(check, reading, tz, added, held, None)
+
+
+def _status(
+    check: Check, reading: Reading, tz: ZoneInfo, added: int, held: int, reason: Reason | None
+) -> LimitStatus:
+    """``status``, with the refusal's reason set at construction (no copy to add it)."""
     limit = check.limit
-    metric = limit.key.metric
-    window = limit.key.window
+    key = limit.key
+    metric = key.metric
+    window = key.window
+    value = limit.value
+    unlimited = value == UNLIMITED
     reserved = reading.reserved + held
     reset_at = None
-    if window is None and metric is not Metric.CONCURRENT_REQUESTS:
-        used: int | None = None  # a per-request cap has nothing to use up
-        remaining = None if limit.unlimited else limit.value
+    used: int | None
+    remaining: int | None
+    if window is None and metric is not _CONCURRENT:
+        used = None  # a per-request cap has nothing to use up
+        remaining = None if unlimited else value
         within = True
     else:
-        used = sum(reading.buckets.values()) + added
-        remaining = None if limit.unlimited else max(0, limit.value - used - reserved)
-        within = limit.unlimited or used < limit.value  # SPEC: used < limit
+        buckets = reading.buckets
+        used = sum(buckets.values()) + added
+        if unlimited:
+            remaining = None
+            within = True
+        else:
+            remaining = value - used - reserved
+            if remaining < 0:
+                remaining = 0
+            within = used < value  # SPEC: used < limit
         if window is not None:
-            buckets = dict(reading.buckets)
-            if added and check.bucket is not None:
+            # Only a rolling window's reset depends on the buckets: its oldest
+            # one holding usage, which may be the one this request lands in.
+            if added and check.bucket is not None and window.rolling_seconds:
+                buckets = dict(buckets)
                 buckets[check.bucket] = buckets.get(check.bucket, 0) + added
             reset_at = window.reset_at(check.read_at, tz, buckets)
-    return LimitStatus(
-        subject=str(limit.subject),
-        metric=metric.value,
-        window=window.key if window else None,
-        limit=UNLIMITED if limit.unlimited else from_units(metric, limit.value),
-        source=limit.source.value,
-        shadow=limit.shadow,
-        used=None if used is None else from_units(metric, used),
-        reserved=from_units(metric, reserved),
-        remaining=None if remaining is None else from_units(metric, remaining),
-        reset_at=reset_at,
-        within_limit=within,
+    subject, metric_name, window_name, source = limit.names()
+    if metric is _CREDITS:  # the one metric whose wire numbers are not its units
+        return _new_status(
+            subject,
+            metric_name,
+            window_name,
+            UNLIMITED if unlimited else from_units(metric, value),
+            source,
+            limit.shadow,
+            None if used is None else from_units(metric, used),
+            from_units(metric, reserved),
+            None if remaining is None else from_units(metric, remaining),
+            reset_at,
+            within,
+            reason,
+        )
+    return _new_status(
+        subject,
+        metric_name,
+        window_name,
+        value,  # UNLIMITED is -1 either way
+        source,
+        limit.shadow,
+        used,
+        reserved,
+        remaining,
+        reset_at,
+        within,
+        reason,
     )
 
 
 def blocks(check: Check, reading: Reading) -> bool:
     """Held reservations count as used: a hold is budget nobody else may take."""
     limit = check.limit
-    if limit.unlimited:
+    value = limit.value
+    if value == UNLIMITED:
         return False
     metric = limit.key.metric
-    if metric is Metric.INPUT_SEQUENCE_LENGTH:
-        return check.amount > limit.value
-    if check.bucket is None and metric is not Metric.CONCURRENT_REQUESTS:
+    if metric is _SEQUENCE:
+        return check.amount > value
+    if check.bucket is None and metric is not _CONCURRENT:
         return False
-    return not admits(sum(reading.buckets.values()) + reading.reserved, check.amount, limit.value)
+    return not admits(sum(reading.buckets.values()) + reading.reserved, check.amount, value)
 
 
 def decide(
@@ -335,43 +385,58 @@ def decide(
 
     ``prepaid`` holds the grants of charged subjects that have any: their
     credits must fit what is left (less what live reservations hold).
+    ``readings`` are the checks' readings, then the capacity series' (``plan.reads``).
     """
+    checks = plan.checks
+    n = len(checks)
+    if len(readings) < n:
+        raise ValueError(f"{len(readings)} readings for {n} checks")
     blocked: list[int] = []
     shadow: list[int] = []
-    capacity_readings = readings[len(plan.checks) :]
-    readings = readings[: len(plan.checks)]
-    for i, (check, reading) in enumerate(zip(plan.checks, readings, strict=True)):
-        if blocks(check, reading):
+    for i in range(n):
+        check = checks[i]
+        if blocks(check, readings[i]):
             (shadow if check.limit.shadow else blocked).append(i)
-    capacity = _capacity(plan, capacity_readings)
-    wallets = [_wallet(plan, p) for p in prepaid if p.grants]
-    broke = [status for status, fits in wallets if not fits]
-    allowed = plan.mode is Mode.RECORD or (
+    capacity = _capacity(plan, readings[n:]) if plan.capacity is not None else None
+    wallets = [_wallet(plan, p) for p in prepaid if p.grants] if prepaid else []
+    broke = any(not fits for _, fits in wallets)
+    mode = plan.mode
+    enforce = mode is Mode.ENFORCE
+    allowed = mode is Mode.RECORD or (
         not blocked and not broke and (capacity is None or capacity[1])
     )
-
-    def counted(check: Check) -> int:
-        lands = check.bucket is not None or check.limit.key.metric is Metric.CONCURRENT_REQUESTS
-        return check.amount if allowed and lands else 0
-
-    refusing = set(blocked) | set(shadow)
-    statuses = tuple(
-        replace(
-            status(c, r, plan.tz, held=counted(c))
-            if plan.hold
-            else status(c, r, plan.tz, added=counted(c)),
-            reason=_reason(c) if i in refusing else None,
+    hold = plan.hold
+    tz = plan.tz
+    refusing = blocked + shadow
+    built: list[LimitStatus] = []
+    for i in range(n):
+        check = checks[i]
+        # What this request adds: nothing when refused, and nothing to a window
+        # it lands outside of (a back-dated event older than a rolling window).
+        counted = (
+            check.amount
+            if allowed and (check.bucket is not None or check.limit.key.metric is _CONCURRENT)
+            else 0
         )
-        for i, (c, r) in enumerate(zip(plan.checks, readings, strict=True))
-    )
+        built.append(
+            _status(
+                check,
+                readings[i],
+                tz,
+                0 if hold else counted,
+                counted if hold else 0,
+                _reason(check) if refusing and i in refusing else None,
+            )
+        )
+    statuses = tuple(built)
     retry_after = None
-    blocked_by = tuple(statuses[i] for i in blocked)
-    cap_refuses = capacity is not None and not capacity[1] and plan.mode is Mode.ENFORCE
+    blocked_by = tuple([statuses[i] for i in blocked]) if blocked else ()
+    cap_refuses = capacity is not None and not capacity[1] and enforce
     cap_exceeded = False
     if capacity is not None:
         cap_status, _, _ = capacity
         if allowed and plan.capacity is not None:
-            cap_status = _with_added(cap_status, plan.capacity.amount, hold=plan.hold)
+            cap_status = _with_added(cap_status, plan.capacity.amount, hold=hold)
         if cap_refuses:
             assert plan.capacity is not None
             # More than the whole capacity: no minute ever admits it.
@@ -381,16 +446,10 @@ def decide(
             )
             blocked_by += (cap_status,)
         statuses += (cap_status,)
-    enforce = plan.mode is Mode.ENFORCE
-    wallet_statuses = tuple(
-        status if fits or not enforce else replace(status, reason=Reason.INSUFFICIENT_CREDITS)
-        for status, fits in wallets
-    )
-    statuses += wallet_statuses
-    if enforce:
-        blocked_by += tuple(
-            s for s, (_, fits) in zip(wallet_statuses, wallets, strict=True) if not fits
-        )
+    if wallets:
+        statuses += tuple(status for status, _ in wallets)
+        if enforce:
+            blocked_by += tuple(status for status, fits in wallets if not fits)
     if not allowed:
         retry_after = _retry_after(plan, readings, blocked)
         if cap_refuses and retry_after is not None:
@@ -398,15 +457,15 @@ def decide(
             retry_after = max(retry_after, capacity[2]) if blocked else capacity[2]
         if broke or cap_exceeded:
             retry_after = None  # waiting adds no credits, and no minute fits the amount
-    return Decision(
+    return _new_decision(
         allowed=allowed,
         subject=str(plan.subject),
-        mode=plan.mode,
+        mode=mode,
         amounts=plan.amounts.to_numbers(),
         timestamp=plan.timestamp,
         limits=statuses,
         blocked_by=blocked_by,
-        shadow_blocked=tuple(statuses[i] for i in shadow),
+        shadow_blocked=tuple([statuses[i] for i in shadow]) if shadow else (),
         retry_after=retry_after,
         event_id=event_id if allowed else None,
         reason=None if allowed else _overall(blocked_by),
@@ -490,7 +549,10 @@ def prepaid_status(prepaid: Prepaid, now: datetime, tz: ZoneInfo) -> LimitStatus
 
 
 def _wallet(plan: DebitPlan, prepaid: Prepaid) -> tuple[LimitStatus, bool]:
-    """A prepaid subject's balance as a limit status, and whether the request fits it."""
+    """A prepaid subject's balance as a limit status, and whether the request fits it.
+
+    The status carries ``insufficient_credits`` when it refuses an enforced request.
+    """
     wallet = balance(prepaid.subject, prepaid.grants, plan.now)
     assert wallet is not None
     available = max(0, wallet.remaining - prepaid.held)
@@ -499,6 +561,8 @@ def _wallet(plan: DebitPlan, prepaid: Prepaid) -> tuple[LimitStatus, bool]:
     spend = min(amount, available) if fits or plan.mode is Mode.RECORD else 0
     held = prepaid.held + (spend if plan.hold else 0)
     left = available - spend
+    # An enforced request the balance cannot cover is refused by this wallet.
+    refused = not fits and plan.mode is Mode.ENFORCE
     return (
         LimitStatus(
             subject=str(prepaid.subject),
@@ -514,6 +578,7 @@ def _wallet(plan: DebitPlan, prepaid: Prepaid) -> tuple[LimitStatus, bool]:
             remaining=from_units(Metric.CREDITS, max(0, left)),
             reset_at=wallet.next_expiry,
             within_limit=left > 0,
+            reason=Reason.INSUFFICIENT_CREDITS if refused else None,
         ),
         fits,
     )

@@ -7,13 +7,13 @@ the hierarchy has changed since.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from tokenquota.domain.decisions import DebitPlan, Mode
+from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
@@ -63,10 +63,13 @@ class Event:
     @property
     def series(self) -> tuple[str, ...]:
         """Every counter subject this event adds to: charged subjects and the consumer share."""
-        charged = tuple(str(s) for s in self.charged)
+        charged = tuple(map(str, self.charged))
         if self.resource is None:
             return charged
         return (*charged, consumer_series(self.resource, self.subject))
+
+
+_new_event: Final = builder(Event)  # Event(...) without its frozen __init__: one per consume
 
 
 def usage_event(plan: DebitPlan, reservation_id: str | None = None, event_id: int = 0) -> Event:
@@ -77,7 +80,7 @@ def usage_event(plan: DebitPlan, reservation_id: str | None = None, event_id: in
     replay from any of them counts the same amounts in the same series.
     """
     kind, tags = usage_kind(plan.tags, reservation_id)
-    return Event(
+    return _new_event(
         id=event_id,
         subject=plan.subject,
         charged=plan.charged,
@@ -108,6 +111,26 @@ def grant_event(grant: Grant, event_id: int = 0) -> Event:
     )
 
 
+def counted(
+    amounts: Amounts, timestamp: datetime, tz: Any, tracked: Iterable[LimitKey]
+) -> list[tuple[str, str, int, int]]:
+    """What one event adds to each series it is counted in: (metric, window key, bucket, units).
+
+    Every tracked (metric, window) the event carries an amount of, once; each
+    charged series adds those units (``increments``).
+    """
+    out: list[tuple[str, str, int, int]] = []
+    units = dict(amounts.items())  # one C lookup per key below, not Amounts.__getitem__
+    for key in tracked:
+        window = key.window
+        if window is None:
+            continue
+        amount = units.get(key.metric)
+        if amount:
+            out.append((key.metric._value_, window.key, window.bucket_of(timestamp, tz), amount))
+    return out
+
+
 def increments(
     charged: Iterable[SubjectRef | str],
     amounts: Amounts,
@@ -116,16 +139,13 @@ def increments(
     tracked: Iterable[LimitKey],
 ) -> dict[CounterKey, int]:
     """What one event adds to the counters of every tracked (metric, window)."""
-    out: dict[CounterKey, int] = defaultdict(int)
-    subjects = [str(s) for s in charged]
-    for key in tracked:
-        amount = amounts[key.metric]
-        if key.window is None or not amount:
-            continue
-        bucket = key.window.bucket_of(timestamp, tz)
+    out: dict[CounterKey, int] = {}
+    subjects = list(map(str, charged))
+    for metric, window, bucket, units in counted(amounts, timestamp, tz, tracked):
         for subject in subjects:
-            out[(subject, key.metric.value, key.window.key, bucket)] += amount
-    return dict(out)
+            counter = (subject, metric, window, bucket)
+            out[counter] = out.get(counter, 0) + units
+    return out
 
 
 # Audit targets that are not subjects contain a "/", which no subject ref may,

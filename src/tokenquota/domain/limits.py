@@ -11,7 +11,7 @@ enforced); the nearest shadow rule is measured beside the enforced limit.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Final
 
@@ -138,10 +138,30 @@ class EffectiveLimit:
     value: int
     source: Source
     shadow: bool
+    # ``names()``, computed on first use. A configuration's resolved limits are
+    # shared by every plan made from it, and each decision names each limit
+    # twice (its counter series, its status). Not part of the value.
+    _names: tuple[str, str, str | None, str] | None = field(
+        default=None, init=False, compare=False, hash=False, repr=False
+    )
 
     @property
     def unlimited(self) -> bool:
         return self.value == UNLIMITED
+
+    def names(self) -> tuple[str, str, str | None, str]:
+        """Subject, metric, window key (None when windowless) and source, as text."""
+        names = self._names
+        if names is None:
+            window = self.key.window
+            names = (
+                str(self.subject),
+                self.key.metric._value_,
+                None if window is None else window.key,
+                self.source._value_,
+            )
+            object.__setattr__(self, "_names", names)  # one tuple: readers see none or all
+        return names
 
 
 def resolve(

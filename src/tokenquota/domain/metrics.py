@@ -8,7 +8,7 @@ arithmetic exact on every backend (SQL integers, Redis INCRBY) and make the
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Final
@@ -46,18 +46,21 @@ COUNTERS: Final = tuple(m for m in Metric if m not in WINDOWLESS)
 # Metrics a caller may put in a consume; concurrency is counted by leases and
 # input_sequence_length is a cap measured on input_tokens.
 CONSUMABLE: Final = COUNTERS
+_CONSUMABLE: Final = frozenset(CONSUMABLE)
 
 Number = int | Decimal
 
 
+# Metric(x) goes through the enum machinery in Python; a dict lookup does not.
+_BY_VALUE: Final = {m.value: m for m in Metric}
+
+
 def parse_metric(value: object, field: str = "metric") -> Metric:
-    try:
-        return Metric(str(value))
-    except ValueError:
+    metric = _BY_VALUE.get(str(value))
+    if metric is None:
         allowed = ", ".join(m.value for m in Metric)
-        raise ValidationError(
-            field, f"unknown metric {value!r}; expected one of {allowed}"
-        ) from None
+        raise ValidationError(field, f"unknown metric {value!r}; expected one of {allowed}")
+    return metric
 
 
 def to_units(metric: Metric, value: object, field: str) -> int:
@@ -66,6 +69,14 @@ def to_units(metric: Metric, value: object, field: str) -> int:
         # An explicit null is not "nothing": refusing it keeps a typo'd field
         # from being recorded as an event with nothing in it.
         raise ValidationError(field, "must be a number, not null")
+    if type(value) is int:
+        # A plain int is exact as it is: the checks below, without a Decimal.
+        units = value * CREDIT_SCALE if metric is Metric.CREDITS else value
+        if units < 0:
+            raise ValidationError(field, "must not be negative")
+        if units > MAX_UNITS:
+            raise ValidationError(field, "is too large (must fit in 63 bits)")
+        return units
     if isinstance(value, bool):
         raise ValidationError(field, "must be a number, not a boolean")
     number = parse_decimal(value, field)  # exact, finite; Decimal(int) never rounds
@@ -86,7 +97,7 @@ def to_units(metric: Metric, value: object, field: str) -> int:
 
 
 def from_units(metric: Metric, units: int) -> Number:
-    if metric.is_decimal:
+    if metric is Metric.CREDITS:  # is_decimal, without the property call
         whole, frac = divmod(units, CREDIT_SCALE)
         if not frac:
             return Decimal(whole)
@@ -151,8 +162,9 @@ class Amounts(Mapping[Metric, int]):
         """
         units: dict[Metric, int] = {}
         for name, raw in values.items():
-            metric = parse_metric(name, f"{field}.{name}")
-            if metric not in CONSUMABLE:
+            # The field's name is only built when it is needed: for the error.
+            metric = _BY_VALUE.get(str(name)) or parse_metric(name, f"{field}.{name}")
+            if metric not in _CONSUMABLE:
                 raise ValidationError(
                     f"{field}.{name}",
                     "is not consumed directly"
@@ -172,6 +184,17 @@ class Amounts(Mapping[Metric, int]):
             units[Metric.TOKENS] = total
         units.setdefault(Metric.REQUESTS, default_requests)
         return cls(units)
+
+    # The views of the one dict, instead of Mapping's generic ones, which call
+    # __getitem__ per key in Python. Same keys, values and order.
+    def keys(self) -> KeysView[Metric]:
+        return self._units.keys()
+
+    def items(self) -> ItemsView[Metric, int]:
+        return self._units.items()
+
+    def values(self) -> ValuesView[int]:
+        return self._units.values()
 
     def __getitem__(self, metric: Metric) -> int:
         return self._units.get(metric, 0)
@@ -198,10 +221,13 @@ class Amounts(Mapping[Metric, int]):
         return hash(frozenset(self._units.items()))
 
     def to_numbers(self) -> dict[str, Number]:
-        return {m.value: from_units(m, u) for m, u in self._units.items()}
+        return {
+            m._value_: u if m is not Metric.CREDITS else from_units(m, u)
+            for m, u in self._units.items()
+        }
 
     def to_units_json(self) -> dict[str, int]:
-        return {m.value: u for m, u in self._units.items()}
+        return {m._value_: u for m, u in self._units.items()}
 
     @classmethod
     def from_units_json(cls, data: Mapping[str, int]) -> Amounts:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Final
@@ -58,6 +58,17 @@ class Window:
     key: str
     calendar: Calendar | None = None
     rolling_seconds: int = 0
+    # Calendar windows: the last period asked for, as (zone, start, end, bucket).
+    # A decision asks each of its windows for the period several times (its
+    # read range, its bucket, its reset time, the event's counters) and every
+    # decision until the boundary asks for the same one, so the answer is kept
+    # on the window itself, one attribute away. Periods tile time, so while
+    # ``at`` lies in [start, end) the answer is exact; it is keyed by the
+    # ``at`` given, never by the wall clock. Not part of the value: equality,
+    # hashing and repr ignore it.
+    _period: tuple[ZoneInfo, datetime, datetime, int] | None = field(
+        default=None, init=False, compare=False, hash=False, repr=False
+    )
 
     @classmethod
     def parse(cls, value: object, field: str = "window") -> Window:
@@ -99,21 +110,35 @@ class Window:
         """Rolling windows only: W/60, a whole number of seconds for every allowed W."""
         return self.rolling_seconds // ROLLING_BUCKETS
 
+    def _period_at(self, at: datetime, tz: ZoneInfo) -> tuple[ZoneInfo, datetime, datetime, int]:
+        """Calendar windows only: (zone, start, end, bucket) of the period holding ``at``."""
+        last = self._period
+        if last is not None and last[0] is tz and last[1] <= at < last[2]:
+            return last
+        assert self.calendar is not None
+        start, end = calendar_period(self.calendar, at, tz)
+        last = (tz, start, end, _epoch_seconds(start))
+        object.__setattr__(self, "_period", last)  # one tuple: readers see old or new
+        return last
+
     def bucket_of(self, at: datetime, tz: ZoneInfo) -> int:
         """The bucket an event at ``at`` is counted in."""
         if self.calendar is not None:
-            return _epoch_seconds(calendar_period(self.calendar, at, tz)[0])
+            return self._period_at(at, tz)[3]
         if self.rolling_seconds:
-            step = self.bucket_seconds
+            step = self.rolling_seconds // ROLLING_BUCKETS
             return (_epoch_seconds(at) // step) * step
         return 0
 
     def read_range(self, at: datetime, tz: ZoneInfo) -> tuple[int, int]:
         """The inclusive range of buckets whose sum is the usage as of ``at``."""
-        current = self.bucket_of(at, tz)
+        if self.calendar is not None:
+            current = self._period_at(at, tz)[3]
+            return current, current
         if self.rolling_seconds:
+            current = self.bucket_of(at, tz)
             return current - self.rolling_seconds + self.bucket_seconds, current
-        return current, current
+        return 0, 0
 
     def reset_at(self, at: datetime, tz: ZoneInfo, buckets: Mapping[int, int]) -> datetime | None:
         """When usage next drops (SPEC section 3).
@@ -123,7 +148,7 @@ class Window:
         Total: None.
         """
         if self.calendar is not None:
-            return calendar_period(self.calendar, at, tz)[1]
+            return self._period_at(at, tz)[2]
         if self.rolling_seconds:
             held = [b for b, v in buckets.items() if v > 0]
             return _from_epoch(min(held) + self.rolling_seconds) if held else None
@@ -151,7 +176,7 @@ class Window:
         if not admits(held, amount, limit) or self.is_total:
             return None
         if self.calendar is not None:
-            return calendar_period(self.calendar, at, tz)[1]
+            return self._period_at(at, tz)[2]
         for bucket in sorted(b for b, v in buckets.items() if v > 0):
             used -= buckets[bucket]
             if admits(used, amount, limit):

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Final
 from zoneinfo import ZoneInfo
 
-from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET, check_granted, check_lifetime
+from tokenquota.domain.bounds import LIFETIME_BUCKET, check_granted, check_lifetime
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
 from tokenquota.domain.errors import IdempotencyConflict, NotFound
+from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import Grant, allocate
 from tokenquota.domain.holds import (
     HoldState,
@@ -29,10 +31,12 @@ from tokenquota.domain.ledger import Event, grant_event, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.domain.windows import ROLLING_BUCKETS
+from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
 from tokenquota.storage.base import Page
 from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.memory.state import State
+
+_new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init__: one per limit
 
 
 class MemoryMeter:
@@ -50,8 +54,10 @@ class MemoryMeter:
             return [self._read(c, now) for c in checks]
 
     def _read(self, check: Check, now: datetime) -> Reading:
-        key = check.limit.key
-        subject, metric = str(check.limit.subject), key.metric
+        limit = check.limit
+        key = limit.key
+        metric, window = key.metric, key.window
+        subject, metric_name, _, _ = limit.names()
         if metric is Metric.CONCURRENT_REQUESTS:
             ends = [
                 lease.expires_at
@@ -59,9 +65,9 @@ class MemoryMeter:
                 if lease.live(now) and subject in lease.series
             ]
             return Reading({0: len(ends)}, held_until=min(ends)) if ends else Reading()
-        if key.window is None:
+        if window is None:
             return Reading()
-        series = self._s.counters.get((subject, metric.value, key.window.key))
+        series = self._s.counters.get((subject, metric_name, window.key))
         lo, hi = check.lo, check.hi
         buckets: dict[int, int]
         if not series:
@@ -72,8 +78,10 @@ class MemoryMeter:
         elif len(series) <= ROLLING_BUCKETS:
             buckets = {b: v for b, v in series.items() if lo <= b <= hi and v}
         else:  # a long-lived rolling series: its window's buckets, not its whole past
-            step = key.window.bucket_seconds
+            step = window.bucket_seconds
             buckets = {b: v for b in range(lo, hi + 1, step) if (v := series.get(b))}
+        if not self._s.held:
+            return _new_reading(buckets)
         holds = [
             (r.amounts[metric], r.expires_at)
             for r in self._s.held.values()
@@ -84,7 +92,9 @@ class MemoryMeter:
         return Reading(buckets, sum(a for a, _ in holds), max(e for _, e in holds))
 
     def _require_subject(self, plan: DebitPlan, create: bool) -> None:
-        if plan.subject not in self._s.subjects and not create:
+        if plan.subject in self._s.subjects:
+            return
+        if not create:
             raise NotFound(f"unknown subject {plan.subject}", details={"field": "subject"})
         self._s.subject_row(plan.subject)
 
@@ -93,7 +103,9 @@ class MemoryMeter:
             return self._prepaid(subjects, now)
 
     def _prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
-        out = []
+        out: list[Prepaid] = []
+        if not self._s.grant_ids:
+            return out  # nobody was ever granted credits
         for subject in subjects:
             grants = tuple(self._s.grants_of(subject))
             if not grants:
@@ -106,11 +118,15 @@ class MemoryMeter:
             out.append(Prepaid(subject, grants, held))
         return out
 
-    def _decide(self, plan: DebitPlan) -> Decision:
+    def _decide(self, plan: DebitPlan, event_id: int | None = None) -> Decision:
+        """The decision on ``plan``; if admitted, it names ``event_id`` (its event's id)."""
+        now = plan.now
+        read = self._read
         decision = decide(
             plan,
-            [self._read(c, plan.now) for c in plan.reads],
-            prepaid=self._prepaid(plan.charged, plan.now),
+            [read(c, now) for c in plan.reads],
+            event_id,
+            self._prepaid(plan.charged, now),
         )
         for status in decision.shadow_blocked:
             self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
@@ -134,27 +150,31 @@ class MemoryMeter:
             return decision
 
     def _check_bounds(self, plan: DebitPlan) -> None:
-        counter = self._s.counter
-        lifetime = {
-            (series, key.metric): counter(
-                (series, key.metric.value, key.window_key, LIFETIME_BUCKET)
-            )
-            for series in plan.series
-            for key in LIFETIME
-        }
-        check_lifetime(plan.series, plan.amounts, lifetime)
+        # Only the metrics the request carries can cross the bound: read their
+        # lifetime counters (the ``total`` bucket of LIFETIME), not all of them.
+        counters = self._s.counters
+        series = plan.series
+        lifetime: dict[tuple[str, Metric], int] = {}
+        for metric in plan.amounts:
+            for name in series:
+                buckets = counters.get((name, metric._value_, TOTAL.key))
+                if buckets:
+                    lifetime[(name, metric)] = buckets.get(LIFETIME_BUCKET, 0)
+        check_lifetime(series, plan.amounts, lifetime)
 
     def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
         # Before deciding, which counts shadow hits: a refused amount changes nothing.
         self._check_bounds(plan)
-        decision = self._decide(plan)
+        state = self._s
+        # Decided with the id its event will get, so the answer is built once.
+        decision = self._decide(plan, state.last_event_id + 1)
         if not decision.allowed:
             return decision
-        event = usage_event(plan, reservation_id, next(self._s.event_ids))
-        self._s.events.append(event)
-        self._s.count(event, self._s.tracked)
+        event = usage_event(plan, reservation_id, state.last_event_id + 1)
+        state.append_event(event)
+        state.count(event, state.tracked)
         self._burn(event)
-        return replace(decision, event_id=event.id)
+        return decision
 
     def _burn(self, event: Event) -> None:
         credits = event.amounts[Metric.CREDITS]
@@ -175,8 +195,8 @@ class MemoryMeter:
             if grant.id not in self._s.grants:
                 self._s.grant_ids.setdefault(grant.subject, []).append(grant.id)
             self._s.grants[grant.id] = grant
-            event = grant_event(grant, next(self._s.event_ids))
-            self._s.events.append(event)
+            event = grant_event(grant, self._s.last_event_id + 1)
+            self._s.append_event(event)
             self._s.write_audit(grant.granted_at, actor, *grant_audit(grant))
             return event.id
 

@@ -23,7 +23,7 @@ from tokenquota.domain.decisions import Decision
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import HoldState, Lease, Reservation
 from tokenquota.domain.keys import ApiKey
-from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
+from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, counted
 from tokenquota.domain.limits import LimitKey, Rule
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Scope
@@ -61,12 +61,20 @@ class State:
     grants: dict[str, Grant] = field(default_factory=dict)
     grant_ids: dict[SubjectRef, list[str]] = field(default_factory=dict)  # in grant order
     leases: dict[str, Lease] = field(default_factory=dict)
-    event_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    # The id of the last event appended: a decision is built with the id its
+    # event will get (``last_event_id + 1``) before the event is appended.
+    last_event_id: int = 0
     audit_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def subject_row(self, ref: SubjectRef) -> SubjectRow:
         """The subject's row, created bare (no name, metadata or parents) if it is new."""
         return self.subjects.setdefault(ref, SubjectRow(None, {}, ()))
+
+    def append_event(self, event: Event) -> None:
+        """Append an event numbered ``last_event_id + 1`` (``usage_event``, ``grant_event``)."""
+        assert event.id == self.last_event_id + 1
+        self.last_event_id = event.id
+        self.events.append(event)
 
     def put_reservation(self, reservation: Reservation) -> None:
         self.reservations[reservation.id] = reservation
@@ -94,12 +102,19 @@ class State:
         """Add a usage event to the counters of ``keys`` (a backfill, a consume, a rebuild)."""
         if not event.is_usage:
             return  # a grant adds credits to spend; it is not usage
-        for (subject, metric, window, bucket), units in increments(
-            event.series, event.amounts, event.timestamp, self.tz, keys
-        ).items():
-            buckets = self.counters.setdefault((subject, metric, window), {})
-            buckets[bucket] = buckets.get(bucket, 0) + units
+        counters = self.counters
+        series = event.series
+        # ``ledger.counted`` per series, as ``ledger.increments`` would list them,
+        # added straight into each series' buckets.
+        for metric, window, bucket, units in counted(event.amounts, event.timestamp, self.tz, keys):
+            for subject in series:
+                buckets = counters.get((subject, metric, window))
+                if buckets is None:
+                    counters[(subject, metric, window)] = {bucket: units}
+                else:
+                    buckets[bucket] = buckets.get(bucket, 0) + units
 
     def counter(self, key: CounterKey) -> int:
         subject, metric, window, bucket = key
-        return self.counters.get((subject, metric, window), {}).get(bucket, 0)
+        buckets = self.counters.get((subject, metric, window))
+        return buckets.get(bucket, 0) if buckets else 0
