@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from array import array
 from collections.abc import Callable, Coroutine, Mapping
@@ -183,12 +184,13 @@ def run_loop(main: Coroutine[Any, Any, float]) -> float:
 def child() -> None:
     """One process of the driver (``--child``), spoken to over its stdin and stdout.
 
-    In: one JSON line, the Plan. Out: ``ready`` once connected; after ``go`` on
-    stdin, one JSON line of results. Plain pipes rather than multiprocessing,
-    so that nothing depends on how the parent's main module imports.
+    In: one JSON line, the Plan and a file for the latencies. Out: ``ready`` once
+    connected; after ``go`` on stdin, one JSON line of counts. Plain pipes rather
+    than multiprocessing, so nothing depends on how the parent's main module imports.
     """
     raw = json.loads(sys.stdin.readline())
-    plan = Plan(**{**raw, "request": base64.b64decode(raw["request"])})
+    fields = {name: raw[name] for name in Plan.__dataclass_fields__}
+    plan = Plan(**{**fields, "request": base64.b64decode(raw["request"])})
     worker = Worker(plan)
 
     def go() -> None:
@@ -197,8 +199,12 @@ def child() -> None:
             raise SystemExit("the parent went away")
 
     cpu = run_loop(worker.run(go))
+    # The latencies go through a file: a pipe once truncated a long line at its 64 KiB
+    # buffer, as if the event loop had left stdout non-blocking.
+    with open(raw["out"], "wb") as out:
+        worker.latencies.tofile(out)
+    os.set_blocking(sys.stdout.fileno(), True)
     answer = {
-        "latencies": base64.b64encode(worker.latencies.tobytes()).decode(),
         "errors": worker.errors,
         "first_error": worker.first_error,
         "cpu": cpu,
@@ -221,8 +227,9 @@ def drive(
     shares = [connections // processes + (i < connections % processes) for i in range(processes)]
     command = [sys.executable, "-m", "bench.loadgen", "--child"]
     with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="loadgen")))
         procs = []
-        for share in shares:
+        for i, share in enumerate(shares):
             proc = subprocess.Popen(
                 command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
             )
@@ -235,6 +242,7 @@ def drive(
                 "connections": share,
                 "warmup": warmup,
                 "duration": duration,
+                "out": str(tmp / f"latencies-{i}"),
             }
             talk(proc, json.dumps(plan))
         for proc in procs:
@@ -242,10 +250,11 @@ def drive(
         for proc in procs:
             talk(proc, "go")
         answers = [json.loads(expect(proc, None)) for proc in procs]
-    latencies = array("d")
+        latencies = array("d")
+        for i in range(len(procs)):
+            latencies.frombytes((tmp / f"latencies-{i}").read_bytes())
     errors, first_error, cpu = 0, None, 0.0
     for answer in answers:
-        latencies.frombytes(base64.b64decode(answer["latencies"]))
         errors += answer["errors"]
         first_error = first_error or answer["first_error"]
         cpu += answer["cpu"]
