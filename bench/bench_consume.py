@@ -360,10 +360,9 @@ def finish(
 ) -> None:
     console = wide_console()
     title = (
-        f"consume: tokenquota vs a floor in the same run (in-process: best of {ROUNDS}"
-        f" alternating rounds of {CALLS} calls, memory {FAST_CALLS}; HTTP: {WORKERS} workers,"
-        f" {CONNECTIONS} connections, best of {HTTP_ROUNDS} alternating"
-        f" {HTTP_SECONDS:.0f} s rounds)"
+        f"consume vs a floor, same run: in-process best of {ROUNDS} alternating rounds of"
+        f" {CALLS} calls (memory {FAST_CALLS}); HTTP {WORKERS} workers, {CONNECTIONS}"
+        f" connections, best of {HTTP_ROUNDS} alternating {HTTP_SECONDS:.0f} s rounds"
     )
     print_table(console, title, run.rows)
     legend = [

@@ -19,6 +19,7 @@ from rich.table import Table
 from bench.common import Figures
 
 ROOT = Path(__file__).resolve().parent.parent
+ORDER = {"in-process": 0, "HTTP": 1, "hot row": 2}  # the table's sections, top to bottom
 
 
 @dataclass
@@ -87,7 +88,7 @@ def print_table(console: Console, title: str, rows: list[Row]) -> None:
     for column in columns:
         table.add_column(column, justify="left" if column in ("row", "floor") else "right")
     previous = None
-    for row in rows:
+    for row in sorted(rows, key=lambda r: ORDER.get(r.via, len(ORDER))):
         if previous is not None and row.via != previous:
             table.add_section()
         previous = row.via
