@@ -14,6 +14,7 @@ is fair; ``client_cpu`` says how busy the driver itself was (near 1.0 per
 process means the driver, not the server, set the pace). Run it alone:
 
     python -m bench.loadgen http://127.0.0.1:8000/v1/consume --body '{...}' -H 'X-API-Key: k'
+    python -m bench.loadgen --ceiling --processes 2   # against a server that does nothing
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 import base64
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,7 +34,7 @@ from collections.abc import Callable, Coroutine, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 from bench.common import Figures
@@ -296,6 +298,87 @@ def reap(proc: subprocess.Popen[str]) -> None:
         proc.wait()
 
 
+# The ceiling check (--ceiling): what the driver reaches against a server that does
+# nothing, so a floor far below it is known to be the server's limit, not the driver's.
+FIXED_ANSWER = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 16\r\n\r\n"
+    b'{"allowed":true}'
+)
+
+
+class FixedAnswer(asyncio.Protocol):
+    """Answers every whole request on the connection with FIXED_ANSWER, reading nothing."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but have its methods.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while (end := self.buffer.find(b"\r\n\r\n")) >= 0:
+            head = self.buffer[:end].lower()
+            at = head.find(b"content-length:")
+            length = int(head[at + 15 :].split(b"\r\n")[0]) if at >= 0 else 0
+            if len(self.buffer) < end + 4 + length:
+                return
+            self.buffer = self.buffer[end + 4 + length :]
+            assert self.transport is not None
+            self.transport.write(FIXED_ANSWER)
+
+
+def fixed_server(port: int) -> None:
+    """One process of the trivial server; several share the port (SO_REUSEPORT)."""
+
+    async def serve() -> float:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(1024)
+        server = await asyncio.get_running_loop().create_server(FixedAnswer, sock=sock)
+        async with server:
+            await server.serve_forever()
+        return 0.0
+
+    run_loop(serve())
+
+
+def ceiling(connections: int, duration: float, processes: int, servers: int = 2) -> LoadResult:
+    """The driver against ``servers`` processes of the trivial server on a free port."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    command = [sys.executable, "-m", "bench.loadgen", "--fixed-server", str(port)]
+    procs = [subprocess.Popen(command, cwd=ROOT) for _ in range(servers)]
+    try:
+        deadline = time.monotonic() + CONNECT_SECONDS
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        time.sleep(0.5)  # the other processes bind too
+        url = f"http://127.0.0.1:{port}/v1/consume"
+        return drive(
+            url,
+            b"{}",
+            {},
+            connections=connections,
+            duration=duration,
+            processes=processes,
+        )
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="POST one JSON body over keep-alive connections.")
     parser.add_argument("url", nargs="?")
@@ -306,24 +389,41 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=1.0)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--fixed-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="load a trivial 2-process server instead of URL: the driver's own ceiling",
+    )
     args = parser.parse_args()
     if args.child:
         child()
+        return
+    if args.fixed_server:
+        fixed_server(args.fixed_server)
+        return
+    if args.ceiling:
+        report(ceiling(args.connections, args.duration, args.processes))
         return
     if args.url is None:
         parser.error("the URL to load is needed")
     headers = {
         name.strip(): value.strip() for name, _, value in (h.partition(":") for h in args.header)
     }
-    result = drive(
-        args.url,
-        args.body.encode(),
-        headers,
-        connections=args.connections,
-        duration=args.duration,
-        warmup=args.warmup,
-        processes=args.processes,
+    report(
+        drive(
+            args.url,
+            args.body.encode(),
+            headers,
+            connections=args.connections,
+            duration=args.duration,
+            warmup=args.warmup,
+            processes=args.processes,
+        )
     )
+
+
+def report(result: LoadResult) -> None:
     f = result.figures
     print(
         f"{f.rate:,.0f} requests/s, p50 {f.p50:,.0f} µs, p99 {f.p99:,.0f} µs, "
