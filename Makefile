@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint typecheck pytest bench clean fuzz client
+.PHONY: install demo serve test lint typecheck pytest bench bench-hot bench-size clean fuzz client
 
 install: $(STAMP)
 
@@ -50,9 +50,18 @@ FUZZ_EXAMPLES ?= 500
 fuzz: install
 	TOKENQUOTA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/api/test_hostile_input.py -p no:cacheprovider
 
+# One table: every backend in-process and over HTTP (2 workers, 64 connections) against
+# floors measured in the same run; JSON in bench/out/latest.json (bench/README.md).
+# BENCH_ARGS passes options on, e.g. BENCH_ARGS="--only sqlite,postgres".
+BENCH_ARGS ?=
 bench: install
-	$(BIN)/python bench/bench_consume.py
+	$(BIN)/python -m bench.bench_consume $(BENCH_ARGS)
 
 # Hot rows on PostgreSQL: the single write lock against per-series locks (a table; slow).
 bench-hot: install
-	$(BIN)/python bench/bench_hot_rows.py
+	$(BIN)/python -m bench.bench_hot_rows
+
+# Consume and usage latency at 10^4, 10^5 and 10^6 users (slow: up to ~20 minutes;
+# BENCH_ARGS="--sizes 10000,100000" for less). JSON in bench/out/size.json.
+bench-size: install
+	$(BIN)/python -m bench.bench_size $(BENCH_ARGS)

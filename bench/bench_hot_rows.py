@@ -18,7 +18,7 @@ queue for a connection, as requests beyond the pool do in a replica.
 
 Advisory locks are database-wide, not per schema: test suites running in other
 schemas of the same database take the same global key and slow both designs.
-``bench_hot_rows.py hot`` (or ``spread``) runs one kind of case;
+``python -m bench.bench_hot_rows hot`` (or ``spread``) runs one kind of case;
 TOKENQUOTA_BENCH_CALLS and TOKENQUOTA_BENCH_ROUNDS change the sizes.
 """
 
