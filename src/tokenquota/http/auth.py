@@ -14,6 +14,7 @@ import hmac
 from datetime import UTC, datetime
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
@@ -22,15 +23,19 @@ from tokenquota.domain.errors import Forbidden, TokenQuotaError, Unauthorized
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
+from tokenquota.engine.keycache import MISS
 
 # Declared for the OpenAPI document; the header is parsed by hand below so that
 # "Bearer" and "Token" both work.
 _bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <key> (or Token <key>)")
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False)
 _BOOTSTRAP_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_BOOTSTRAP = ApiKey("bootstrap", Role.ADMIN, None, "TOKENQUOTA_ADMIN_KEY", _BOOTSTRAP_EPOCH)
 
 
-def get_quota(request: Request) -> Quota:
+async def get_quota(request: Request) -> Quota:
+    # async on purpose: FastAPI runs a plain ``def`` dependency on a thread, and a
+    # thread hop to read an attribute cost more than many a store call.
     quota: Quota = request.app.state.quota
     return quota
 
@@ -45,18 +50,30 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def authenticate(
+async def authenticate(
     request: Request,
     _b: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
     _k: Annotated[str | None, Depends(_api_key)] = None,
 ) -> ApiKey:
+    """The caller's key, answered on the event loop when the key cache can answer.
+
+    Only a key the cache cannot vouch for (unknown here, or older than the
+    cache's bound) costs a thread, on the shared pool, to ask the store; that
+    happens at most once per key per bound and process. Either way the
+    checks are those of ``Quota.authenticate``, in the same order, and this
+    still runs before the body is validated, so a bad key is a 401 first.
+    """
     presented = presented_key(request)
     if presented is None:
         raise Unauthorized("send an API key: Authorization: Bearer <key> or X-API-Key")
     bootstrap: str | None = request.app.state.admin_key
     if bootstrap and hmac.compare_digest(presented.encode(), bootstrap.encode()):
-        return ApiKey("bootstrap", Role.ADMIN, None, "TOKENQUOTA_ADMIN_KEY", _BOOTSTRAP_EPOCH)
-    key = get_quota(request).authenticate(presented)
+        return _BOOTSTRAP
+    quota: Quota = request.app.state.quota
+    cached = quota.keys.answer(presented)
+    key = (
+        await anyio.to_thread.run_sync(quota.authenticate, presented) if cached is MISS else cached
+    )
     if key is None:
         raise Unauthorized("the API key is not valid")
     return key

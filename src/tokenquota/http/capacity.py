@@ -23,14 +23,13 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
 from fastapi import Depends
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenquota.http.auth import Caller
 
@@ -70,24 +69,19 @@ class TooManyHeavyReads(Exception):
         self.bound = bound
 
 
-# The capacity of the app serving the current request. Set per request by
-# ``Lanes`` (not module state), so several apps in one process keep their own.
+# The capacity of the app serving the current request. Set per request by the
+# app's entry middleware (``serving``), not module state, so several apps in one
+# process keep their own.
 _CURRENT: ContextVar[Capacity] = ContextVar("tokenquota_capacity")
 
 
-class Lanes:
-    """ASGI middleware: makes the app's ``Capacity`` visible to its handlers."""
+def serving(capacity: Capacity) -> Token[Capacity]:
+    """Make ``capacity`` the lanes of the request now served; ``done`` undoes it."""
+    return _CURRENT.set(capacity)
 
-    def __init__(self, app: ASGIApp, capacity: Capacity) -> None:
-        self.app = app
-        self.capacity = capacity
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = _CURRENT.set(self.capacity)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            _CURRENT.reset(token)
+def done(token: Token[Capacity]) -> None:
+    _CURRENT.reset(token)
 
 
 def runs_on(

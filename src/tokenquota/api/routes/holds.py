@@ -13,7 +13,6 @@ is refused before anything is looked up.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -33,7 +32,7 @@ from tokenquota.api.holds_schemas import (
     ReservedOut,
     ReserveIn,
 )
-from tokenquota.api.routes.metering import decision_response
+from tokenquota.api.routes.metering import decision_answer, decision_response
 from tokenquota.api.schemas import DecisionOut
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.errors import Forbidden
@@ -43,6 +42,7 @@ from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
 from tokenquota.http.auth import Caller, QuotaDep, require_consume, require_role
 from tokenquota.http.capacity import runs_on
+from tokenquota.http.responses import FastJSONResponse
 from tokenquota.wire.holds import encode_lease, encode_reservation
 
 router = APIRouter(prefix="/v1")
@@ -69,13 +69,11 @@ def _created(
     The 201 reuses decision_response's body, so a member sees the same part of the
     decision either way.
     """
-    answer = decision_response(request, decision, operation, caller)  # counts it in /metrics
+    status, body, headers = decision_answer(request, decision, operation, caller)  # counted
     if hold is None:
-        return answer
-    headers = {k: v for k, v in answer.headers.items() if k.lower().startswith("ratelimit-")}
-    return JSONResponse(
-        {name: hold, "decision": json.loads(bytes(answer.body))}, status_code=201, headers=headers
-    )
+        return FastJSONResponse(body, status_code=status, headers=headers)
+    headers = {k: v for k, v in headers.items() if k.startswith("RateLimit-")}
+    return FastJSONResponse({name: hold, "decision": body}, status_code=201, headers=headers)
 
 
 def _reservation(quota: Quota, caller: ApiKey, reservation_id: str) -> Reservation:
@@ -140,7 +138,7 @@ def get_reservation(
     reservation_id: ReservationPath, caller: Caller, quota: QuotaDep
 ) -> JSONResponse:
     reservation = _reservation(quota, caller, reservation_id)
-    return JSONResponse(encode_reservation(reservation, quota.clock.now()))
+    return FastJSONResponse(encode_reservation(reservation, quota.clock.now()))
 
 
 @router.post(
@@ -223,7 +221,7 @@ def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) 
 )
 @runs_on("decisions")
 def get_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
-    return JSONResponse(encode_lease(_lease(quota, caller, lease_id), quota.clock.now()))
+    return FastJSONResponse(encode_lease(_lease(quota, caller, lease_id), quota.clock.now()))
 
 
 @router.post(
@@ -243,7 +241,7 @@ def heartbeat(
 ) -> JSONResponse:
     _lease(quota, caller, lease_id)
     lease = quota.heartbeat(lease_id, ttl=(body or HeartbeatIn()).ttl)
-    return JSONResponse(encode_lease(lease, quota.clock.now()))
+    return FastJSONResponse(encode_lease(lease, quota.clock.now()))
 
 
 @router.delete(
