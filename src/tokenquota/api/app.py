@@ -77,6 +77,8 @@ def create_app(
         try:
             yield
         finally:
+            # The lanes first: a call still running ends before its store is closed.
+            await anyio.to_thread.run_sync(capacity.close)
             if quota is None:
                 await anyio.to_thread.run_sync(opened.close)
 
