@@ -9,6 +9,7 @@ each on their own (``http.capacity``), everything else on AnyIO's default
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import time
 from collections.abc import AsyncIterator
@@ -27,7 +28,7 @@ from tokenquota.api.routes import admin, grants, health, holds, metering, reads,
 from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
-from tokenquota.http import errors
+from tokenquota.http import auth, errors
 from tokenquota.http.capacity import (
     RETRY_AFTER_SECONDS,
     Capacity,
@@ -56,6 +57,17 @@ Authenticate with an API key in `Authorization: Bearer <key>`,
 `{"error": {"code", "message", "details"}}`; `details.field` names the field at
 fault in a 422.
 """
+
+
+# FastAPI's own OpenTelemetry hooks (FastAPI >= 0.16x) look for a configured
+# provider in the environment on every request: about 10 us each on the development
+# machine, a twentieth of a bare endpoint. tokenquota's telemetry is /metrics;
+# the hooks are off where this FastAPI has them.
+_NO_OTEL: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(
@@ -87,6 +99,7 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        **_NO_OTEL,
     )
     app.state.settings = settings
     app.state.admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
@@ -109,7 +122,8 @@ def create_app(
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The generated document, plus the 413 every operation with a body can answer.
+    """The generated document, plus the X-API-Key scheme beside the bearer one
+    (``auth.document_api_key``) and the 413 every operation with a body can answer.
 
     Added here rather than on each route: BodyLimit answers it before any route
     runs, in the shape of the surface the path belongs to, which is the shape
@@ -118,6 +132,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is not None:
         return app.openapi_schema
     schema = FastAPI.openapi(app)  # generated as usual, and cached on the app
+    auth.document_api_key(schema)
     limit = app.state.settings.max_body_bytes
     for path in schema.get("paths", {}).values():
         for operation in path.values():
