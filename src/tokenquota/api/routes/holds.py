@@ -32,7 +32,7 @@ from tokenquota.api.holds_schemas import (
     ReservedOut,
     ReserveIn,
 )
-from tokenquota.api.routes.metering import decision_answer, decision_response
+from tokenquota.api.routes.metering import decision_answer, decision_response, engine
 from tokenquota.api.schemas import DecisionOut
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.errors import Forbidden
@@ -40,7 +40,7 @@ from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
-from tokenquota.http.auth import Caller, QuotaDep, require_consume, require_role
+from tokenquota.http.auth import Caller, require_consume, require_role
 from tokenquota.http.capacity import runs_on
 from tokenquota.http.responses import FastJSONResponse
 from tokenquota.wire.holds import encode_lease, encode_reservation
@@ -116,7 +116,8 @@ def _require_holder(caller: ApiKey, subject: SubjectRef, what: str) -> None:
     responses=CREATE_ERRORS,
 )
 @runs_on("decisions")
-def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def reserve(body: ReserveIn, request: Request, caller: Caller) -> JSONResponse:
+    quota = engine(request)
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
     reserved = quota.reserve(ref, body.amounts, ttl=body.ttl, resource=body.resource)
@@ -135,8 +136,9 @@ def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) 
 )
 @runs_on("decisions")
 def get_reservation(
-    reservation_id: ReservationPath, caller: Caller, quota: QuotaDep
+    reservation_id: ReservationPath, request: Request, caller: Caller
 ) -> JSONResponse:
+    quota = engine(request)
     reservation = _reservation(quota, caller, reservation_id)
     return FastJSONResponse(encode_reservation(reservation, quota.clock.now()))
 
@@ -162,9 +164,9 @@ def commit(
     reservation_id: ReservationPath,
     request: Request,
     caller: Caller,
-    quota: QuotaDep,
     body: CommitIn | None = None,
 ) -> JSONResponse:
+    quota = engine(request)
     _reservation(quota, caller, reservation_id)
     decision = quota.commit(reservation_id, body.amounts if body is not None else None)
     return decision_response(request, decision, "commit", caller)
@@ -182,7 +184,8 @@ def commit(
     responses=error_responses({404: "Unknown reservation"}),
 )
 @runs_on("decisions")
-def release(reservation_id: ReservationPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def release(reservation_id: ReservationPath, request: Request, caller: Caller) -> JSONResponse:
+    quota = engine(request)
     _reservation(quota, caller, reservation_id)
     return JSONResponse({"released": quota.release(reservation_id)})
 
@@ -203,7 +206,8 @@ def release(reservation_id: ReservationPath, caller: Caller, quota: QuotaDep) ->
     responses=CREATE_ERRORS,
 )
 @runs_on("decisions")
-def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def acquire(body: AcquireIn, request: Request, caller: Caller) -> JSONResponse:
+    quota = engine(request)
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
     acquired = quota.acquire(ref, ttl=body.ttl, resource=body.resource)
@@ -220,7 +224,8 @@ def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) 
     responses=error_responses({404: "Unknown lease"}),
 )
 @runs_on("decisions")
-def get_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def get_lease(lease_id: LeasePath, request: Request, caller: Caller) -> JSONResponse:
+    quota = engine(request)
     return FastJSONResponse(encode_lease(_lease(quota, caller, lease_id), quota.clock.now()))
 
 
@@ -237,8 +242,9 @@ def get_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONRespo
 )
 @runs_on("decisions")
 def heartbeat(
-    lease_id: LeasePath, caller: Caller, quota: QuotaDep, body: HeartbeatIn | None = None
+    lease_id: LeasePath, request: Request, caller: Caller, body: HeartbeatIn | None = None
 ) -> JSONResponse:
+    quota = engine(request)
     _lease(quota, caller, lease_id)
     lease = quota.heartbeat(lease_id, ttl=(body or HeartbeatIn()).ttl)
     return FastJSONResponse(encode_lease(lease, quota.clock.now()))
@@ -253,6 +259,7 @@ def heartbeat(
     responses=error_responses({404: "Unknown lease"}),
 )
 @runs_on("decisions")
-def release_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def release_lease(lease_id: LeasePath, request: Request, caller: Caller) -> JSONResponse:
+    quota = engine(request)
     _lease(quota, caller, lease_id)
     return JSONResponse({"released": quota.release_lease(lease_id)})

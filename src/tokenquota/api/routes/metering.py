@@ -31,6 +31,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+def engine(request: Request) -> Quota:
+    """The app's engine, for the hot routes: read here rather than solved as a
+    ``QuotaDep``, one dependency less per request (FastAPI's cost per dependency
+    is ~20 us)."""
+    quota: Quota = request.app.state.quota
+    return quota
+
+
 def rate_limit_headers(decision: Decision, now: datetime) -> dict[str, str]:
     """IETF RateLimit-* fields for the limit closest to blocking (``Decision.tightest``).
 
@@ -97,11 +105,11 @@ def decision_response(
 )
 @runs_on("decisions")
 def check(body: CheckIn, request: Request, caller: Caller) -> JSONResponse:
-    # The engine from app.state, not a QuotaDep: one dependency less to solve per call.
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
-    quota: Quota = request.app.state.quota
-    decision = quota.check(ref, body.amounts, timestamp=body.timestamp, resource=body.resource)
+    decision = engine(request).check(
+        ref, body.amounts, timestamp=body.timestamp, resource=body.resource
+    )
     return decision_response(request, decision, "check", caller)
 
 
@@ -127,8 +135,7 @@ def check(body: CheckIn, request: Request, caller: Caller) -> JSONResponse:
 def consume(body: ConsumeIn, request: Request, caller: Caller) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
-    quota: Quota = request.app.state.quota
-    decision = quota.consume(
+    decision = engine(request).consume(
         ref,
         body.amounts,
         mode=body.mode,
