@@ -47,6 +47,22 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    access_log: bool = Field(
+        False,
+        description=(
+            "Log one line per request (uvicorn's access log); off by default, since "
+            "writing it cost about a twentieth of a decision's time on the service"
+        ),
+    )
+    keep_alive_seconds: int = Field(
+        5,
+        ge=1,
+        le=3_600,
+        description=(
+            "How long an idle keep-alive connection is kept open; behind a load balancer, "
+            "set it above the balancer's own idle timeout"
+        ),
+    )
     timezone: str | None = Field(
         None,
         description="IANA zone for calendar windows of a new store; an existing one keeps its own",

@@ -303,6 +303,26 @@ def test_flags_beat_the_environment_which_beats_the_config_file(
     assert "listening on http://127.0.0.3:2222 (3 workers" in result.stdout
 
 
+def test_uvicorn_serves_without_an_access_log_unless_asked_and_with_the_keep_alive(
+    tmp_path: Path, uvicorn_calls: list[tuple[Any, dict[str, Any]]]
+) -> None:
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    quiet = invoke("--db", db)
+    assert quiet.exit_code == 0, quiet.output
+    asked = invoke("--db", db, "--workers", "2", "--access-log", "--keep-alive", "75")
+    assert asked.exit_code == 0, asked.output
+    from_env = invoke("--db", db, env={"TOKENQUOTA_ACCESS_LOG": "true"})
+    assert from_env.exit_code == 0, from_env.output
+
+    (_, first), (_, second), (_, third) = uvicorn_calls
+    assert (first["access_log"], first["timeout_keep_alive"]) == (False, 5)
+    assert (second["access_log"], second["timeout_keep_alive"]) == (True, 75)
+    assert third["access_log"] is True
+    assert (first["loop"], first["http"]) == ("auto", "auto")  # uvloop and httptools when there
+    assert "access log off, keep-alive 5 s" in quiet.stdout
+    assert "access log on, keep-alive 75 s" in asked.stdout
+
+
 def test_workers_get_the_resolved_settings_with_the_real_admin_key(
     tmp_path: Path, uvicorn_calls: list[tuple[Any, dict[str, Any]]]
 ) -> None:

@@ -9,6 +9,7 @@ each on their own (``http.capacity``), everything else on AnyIO's default
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import time
 from collections.abc import AsyncIterator
@@ -27,8 +28,14 @@ from tokenquota.api.routes import admin, grants, health, holds, metering, reads,
 from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
-from tokenquota.http import errors
-from tokenquota.http.capacity import RETRY_AFTER_SECONDS, Capacity, Lanes, TooManyHeavyReads
+from tokenquota.http import auth, errors
+from tokenquota.http.capacity import (
+    RETRY_AFTER_SECONDS,
+    Capacity,
+    TooManyHeavyReads,
+    done,
+    serving,
+)
 from tokenquota.http.metrics import Metrics
 from tokenquota.settings import Settings
 
@@ -52,6 +59,17 @@ fault in a 422.
 """
 
 
+# FastAPI's own OpenTelemetry hooks (FastAPI >= 0.16x) look for a configured
+# provider in the environment on every request: about 10 us each on the development
+# machine, a twentieth of a bare endpoint. tokenquota's telemetry is /metrics;
+# the hooks are off where this FastAPI has them.
+_NO_OTEL: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -71,6 +89,8 @@ def create_app(
         try:
             yield
         finally:
+            # The lanes first: a call still running ends before its store is closed.
+            await anyio.to_thread.run_sync(capacity.close)
             if quota is None:
                 await anyio.to_thread.run_sync(opened.close)
 
@@ -79,10 +99,11 @@ def create_app(
         version="0.1.0",
         description=DESCRIPTION,
         lifespan=lifespan,
+        **_NO_OTEL,
     )
     app.state.settings = settings
     app.state.admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
-    app.state.metrics = Metrics()
+    metrics = app.state.metrics = Metrics()
     errors.install(app)
     app.add_exception_handler(405, _method_not_allowed)
     app.add_exception_handler(TooManyHeavyReads, _too_many_heavy_reads)
@@ -91,19 +112,18 @@ def create_app(
     for surface in SURFACES:
         app.include_router(surface.router)
         errors.register_surface(app, surface.PREFIXES, surface.render_error)
-    app.add_middleware(Timing)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     capacity = Capacity.of(
         settings.decision_threads, settings.read_threads, settings.heavy_reads_per_key
     )
-    app.add_middleware(Lanes, capacity=capacity)
+    app.add_middleware(Door, capacity=capacity, max_bytes=settings.max_body_bytes, metrics=metrics)
     app.state.capacity = capacity
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:
-    """The generated document, plus the 413 every operation with a body can answer.
+    """The generated document, plus the X-API-Key scheme beside the bearer one
+    (``auth.document_api_key``) and the 413 every operation with a body can answer.
 
     Added here rather than on each route: BodyLimit answers it before any route
     runs, in the shape of the surface the path belongs to, which is the shape
@@ -112,6 +132,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema is not None:
         return app.openapi_schema
     schema = FastAPI.openapi(app)  # generated as usual, and cached on the app
+    auth.document_api_key(schema)
     limit = app.state.settings.max_body_bytes
     for path in schema.get("paths", {}).values():
         for operation in path.values():
@@ -189,34 +210,68 @@ def app_from_env() -> FastAPI:
     return create_app(settings)
 
 
-class BodyLimit:
-    """Refuse request bodies over the cap with 413, before any of it is parsed."""
+class Door:
+    """Every request's way in: the app's lanes, the body cap (413) and the latency.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    One ASGI layer rather than three: each layer is a frame that every request
+    enters and that is resumed at every await below it (a thread hop is one).
+
+    - Lanes: the app's ``Capacity`` becomes the current one (``http.capacity``),
+      for every kind of scope.
+    - Body cap: a body over ``max_bytes`` is refused with 413 before any of it
+      is parsed: at once when its Content-Length says so, else as soon as the
+      bytes read pass the cap.
+    - Latency per route template, for /metrics; a body refused for its
+      Content-Length is not timed (no route ever saw it).
+    """
+
+    def __init__(self, app: ASGIApp, capacity: Capacity, max_bytes: int, metrics: Metrics) -> None:
         self.app = app
+        self.capacity = capacity
         self.max_bytes = max_bytes
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope.get("headers", [])).get(b"content-length")
+        token = serving(self.capacity)
+        try:
+            if scope["type"] == "http":
+                await self._http(scope, receive, send)
+            else:
+                await self.app(scope, receive, send)
+        finally:
+            done(token)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = None
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                declared = value  # the last one, should there be several
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._too_large(scope, receive, send)
             return
         seen = 0
+        max_bytes = self.max_bytes
 
         async def limited() -> Message:
             nonlocal seen
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _TooLarge(self.max_bytes)
+                if seen > max_bytes:
+                    raise _TooLarge(max_bytes)
             return message
 
+        started = time.perf_counter()
         try:
-            await self.app(scope, limited, send)
+            try:
+                await self.app(scope, limited, send)
+            finally:
+                route = scope.get("route")
+                self.metrics.timed(
+                    getattr(route, "path", "unmatched"),
+                    scope["method"],
+                    time.perf_counter() - started,
+                )
         except _TooLarge:
             # Only when the body was read outside a route (a route's exception
             # handlers answer it themselves, in the same shape).
@@ -240,25 +295,3 @@ class _TooLarge(HTTPException):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"request bodies are limited to {max_bytes} bytes")
-
-
-class Timing:
-    """Request latency per route template, for /metrics."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
-            app = scope["app"]
-            app.state.metrics.latency.labels(template, scope["method"]).observe(
-                time.perf_counter() - started
-            )

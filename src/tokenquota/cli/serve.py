@@ -7,12 +7,13 @@ worker) and a bad URL, zone or default is reported as one line, exit code 2,
 instead of a traceback from inside a worker.
 """
 
+import importlib.util
 import json
 import os
 import shlex
 import tomllib
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import pydantic
 import typer
@@ -108,6 +109,26 @@ def serve(
             ),
         ),
     ] = None,
+    access_log: Annotated[
+        bool | None,
+        typer.Option(
+            "--access-log/--no-access-log",
+            help="One log line per request (env TOKENQUOTA_ACCESS_LOG, default off).",
+            show_default=False,
+        ),
+    ] = None,
+    keep_alive: Annotated[
+        int | None,
+        typer.Option(
+            "--keep-alive",
+            metavar="SECONDS",
+            help=(
+                "Idle keep-alive connections are closed after this long (env "
+                "TOKENQUOTA_KEEP_ALIVE_SECONDS, default 5); behind a load balancer, set it "
+                "above the balancer's idle timeout."
+            ),
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -132,6 +153,8 @@ def serve(
         strict_subjects=strict_subjects,
         on_store_error=on_store_error,
         spool=spool,
+        access_log=access_log,
+        keep_alive_seconds=keep_alive,
     )
     if settings.workers > 1 and settings.db.lower().startswith("memory:"):
         # Each worker would count on its own, and the limit would be enforced once per worker.
@@ -153,17 +176,36 @@ def serve(
         # Imported here: building the app pulls in FastAPI, which other commands never need.
         from tokenquota.api.app import create_app
 
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port)
+        uvicorn.run(create_app(settings), **server_options(settings))
         return
     # Worker processes rebuild the app from these settings instead of re-reading flags.
     os.environ[SETTINGS_ENV] = settings_json(settings)
-    uvicorn.run(
-        APP_FACTORY,
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-    )
+    uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **server_options(settings))
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """What uvicorn is told besides the app: no per-request log line unless asked for,
+    the keep-alive of the settings, and the fastest loop and parser it finds.
+
+    "auto" is uvloop and httptools whenever they are installed, which
+    ``uvicorn[standard]`` (a dependency) does wherever they exist (not on Windows
+    or PyPy: there asyncio and h11 serve). The banner says which were found.
+    """
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "auto",
+        "http": "auto",
+        "access_log": settings.access_log,
+        "timeout_keep_alive": settings.keep_alive_seconds,
+    }
+
+
+def engines() -> str:
+    """The event loop and HTTP parser uvicorn's "auto" will pick here."""
+    loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
+    parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
+    return f"{loop}, {parser}"
 
 
 def load_settings(config: Path | None, **flags: object) -> Settings:
@@ -206,6 +248,8 @@ def banner(settings: Settings) -> str:
         f"tokenquota listening on {url} ({worker_text}, store {redacted(settings.db)}"
         + (f", redis {redacted(settings.redis)})" if settings.redis else ")"),
         f"API docs: {url}/docs",
+        f"serving with {engines()}; access log {'on' if settings.access_log else 'off'}, "
+        f"keep-alive {settings.keep_alive_seconds} s",
     ]
     if settings.on_store_error == "open":
         lines.append(f"store unreachable: admit and queue in {settings.spool} (fails open)")

@@ -275,9 +275,13 @@ _RESOURCE_SOURCES = frozenset({"capacity", "saturation", "resource"})
 
 def _fraction_left(status: LimitStatus) -> Fraction:
     """remaining / limit, exactly; a limit of 0 has nothing left."""
-    assert status.remaining is not None
-    limit = Fraction(str(status.limit))
-    return Fraction(str(status.remaining)) / limit if limit > 0 else Fraction(0)
+    remaining, limit = status.remaining, status.limit
+    assert remaining is not None
+    if not limit > 0:
+        return Fraction(0)
+    if isinstance(remaining, int) and isinstance(limit, int):
+        return Fraction(remaining, limit)  # a twentieth of the time of parsing their text
+    return Fraction(remaining) / Fraction(limit)  # Decimal credits: also exact
 
 
 # Compared by identity on the hot path: cheaper than the enum properties.

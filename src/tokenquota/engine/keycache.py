@@ -13,6 +13,10 @@ first): an unknown id is never cached, so random keys cannot fill memory.
 With ``on_store_error="open"`` the same entries are the keys this process has
 seen live: ``last_known`` answers them whatever their age while the store
 is unreachable (docs/outages.md), so a service can still consume then.
+
+``answer`` is the part of ``Quota.authenticate`` that needs no store, so the
+HTTP layer can authenticate a cached key on its event loop and send only a
+miss to a thread (docs/architecture.md, "The request path").
 """
 
 from __future__ import annotations
@@ -20,14 +24,24 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from datetime import datetime, timedelta
-from typing import Final
+from enum import Enum
+from typing import Final, Literal
 
 from tokenquota.domain.clock import Clock
 from tokenquota.domain.errors import ValidationError
-from tokenquota.domain.keys import ApiKey
+from tokenquota.domain.keys import ApiKey, secret_matches, split_key
 
 KEY_CACHE_SECONDS: Final = 1.0  # the default bound, and the largest one allowed
 MAX_CACHED_KEYS: Final = 10_000
+
+
+class Miss(Enum):
+    """The cache cannot say: only the store can (a sentinel, not an answer)."""
+
+    MISS = "miss"
+
+
+MISS: Final = Miss.MISS
 
 
 class KeyCache:
@@ -69,6 +83,26 @@ class KeyCache:
                 return None
             self._entries.move_to_end(key_id)
             return key, hashed
+
+    def answer(self, presented: str) -> ApiKey | Literal[Miss.MISS] | None:
+        """What ``Quota.authenticate`` would answer, when that needs no store; else ``MISS``.
+
+        The same checks in the same order as the engine's cached path: a
+        presented key that is not of our form is refused without a lookup; a
+        fresh entry is still compared with the secret and its revocation on
+        every call. An unknown id, an entry past its bound, or a disabled
+        cache is a ``MISS``: the caller must ask ``Quota.authenticate``.
+        """
+        parts = split_key(presented)
+        if parts is None:
+            return None
+        found = self.get(parts[0])
+        if found is None:
+            return MISS
+        key, stored = found
+        if not secret_matches(parts[1], stored) or key.revoked_at is not None:
+            return None
+        return key
 
     def last_known(self, key_id: str) -> tuple[ApiKey, str] | None:
         """The key as last seen live, whatever its age; only kept with ``keep_last_known``."""

@@ -16,21 +16,30 @@ Heavy reads (history and the ledger) are also bounded per API key
 (``Settings.heavy_reads_per_key``, held until the response is fully sent), so
 one key cannot take all read capacity either: the one over the bound is a 429
 ``too_many_requests`` at once, instead of a wait. docs/architecture.md says why.
+
+A lane is a thread pool of its own (``Threads``), entered with one
+``run_in_executor``: AnyIO's ``to_thread.run_sync`` also yields to the loop
+before and after the call (its checkpoints), and each yield resumes the
+request's whole stack of middleware frames; on the decision path that was a
+tenth of a request's time. As with AnyIO, a call sees the request's context
+variables, and one that has started runs to its end even if the request is
+cancelled meanwhile (one still waiting for a thread is dropped).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
+import threading
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from contextvars import ContextVar
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
-import anyio
-import anyio.to_thread
 from fastapi import Depends
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from tokenquota.http.auth import Caller
 
@@ -42,21 +51,67 @@ T = TypeVar("T")
 RETRY_AFTER_SECONDS = 1
 
 
+class Threads:
+    """A bounded pool of threads that only one kind of work uses (a lane)."""
+
+    def __init__(self, name: str, threads: int) -> None:
+        self.name = name
+        self.total_tokens = threads
+        self._pool: ThreadPoolExecutor | None = None  # made on first use, after a close too
+        self._lock = threading.Lock()
+        self._running = 0
+
+    @property
+    def borrowed_tokens(self) -> int:
+        """Calls running in the lane's threads now (as an AnyIO limiter would say)."""
+        return self._running
+
+    async def run(self, call: Callable[[], R]) -> R:
+        """``call()`` on a thread of this lane, waiting for one when all are busy."""
+        pool = self._pool or self._open()
+        context = contextvars.copy_context()
+        return await asyncio.get_running_loop().run_in_executor(pool, self._enter, context, call)
+
+    def _open(self) -> ThreadPoolExecutor:
+        # Threads start one by one as calls need them, up to the bound.
+        self._pool = ThreadPoolExecutor(self.total_tokens, f"tokenquota-{self.name}")
+        return self._pool
+
+    def _enter(self, context: contextvars.Context, call: Callable[[], R]) -> R:
+        with self._lock:
+            self._running += 1
+        try:
+            return context.run(call)
+        finally:
+            with self._lock:
+                self._running -= 1
+
+    def close(self) -> None:
+        """After the last request: let running calls end, drop any never started."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
 @dataclass
 class Capacity:
     """One app's lanes; created with the app, used only on its event loop."""
 
-    decisions: anyio.CapacityLimiter
-    reads: anyio.CapacityLimiter
+    decisions: Threads
+    reads: Threads
     heavy_per_key: int
     heavy: Counter[str] = field(default_factory=Counter)  # in-flight heavy reads per key id
 
     @classmethod
     def of(cls, decisions: int, reads: int, heavy_per_key: int) -> Capacity:
-        return cls(anyio.CapacityLimiter(decisions), anyio.CapacityLimiter(reads), heavy_per_key)
+        return cls(Threads("decisions", decisions), Threads("reads", reads), heavy_per_key)
 
-    def lane(self, lane: Lane) -> anyio.CapacityLimiter:
+    def lane(self, lane: Lane) -> Threads:
         return self.decisions if lane == "decisions" else self.reads
+
+    def close(self) -> None:
+        self.decisions.close()
+        self.reads.close()
 
 
 class TooManyHeavyReads(Exception):
@@ -70,24 +125,19 @@ class TooManyHeavyReads(Exception):
         self.bound = bound
 
 
-# The capacity of the app serving the current request. Set per request by
-# ``Lanes`` (not module state), so several apps in one process keep their own.
+# The capacity of the app serving the current request. Set per request by the
+# app's entry middleware (``serving``), not module state, so several apps in one
+# process keep their own.
 _CURRENT: ContextVar[Capacity] = ContextVar("tokenquota_capacity")
 
 
-class Lanes:
-    """ASGI middleware: makes the app's ``Capacity`` visible to its handlers."""
+def serving(capacity: Capacity) -> Token[Capacity]:
+    """Make ``capacity`` the lanes of the request now served; ``done`` undoes it."""
+    return _CURRENT.set(capacity)
 
-    def __init__(self, app: ASGIApp, capacity: Capacity) -> None:
-        self.app = app
-        self.capacity = capacity
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = _CURRENT.set(self.capacity)
-        try:
-            await self.app(scope, receive, send)
-        finally:
-            _CURRENT.reset(token)
+def done(token: Token[Capacity]) -> None:
+    _CURRENT.reset(token)
 
 
 def runs_on(
@@ -96,16 +146,14 @@ def runs_on(
     """Run a plain ``def`` handler on ``lane``'s threads instead of the shared pool.
 
     FastAPI would run it with AnyIO's default limiter; declared async here, it
-    hands the same call to a thread of its own lane. The signature FastAPI reads
+    hands the same call to a thread of its own lane, in one hop. The signature FastAPI reads
     is the handler's (``functools.wraps``), so parameters and OpenAPI are unchanged.
     """
 
     def decorate(handler: Callable[P, R]) -> Callable[P, Coroutine[Any, Any, R]]:
         @functools.wraps(handler)
         async def run(*args: P.args, **kwargs: P.kwargs) -> R:
-            limiter = _CURRENT.get().lane(lane)
-            call = functools.partial(handler, *args, **kwargs)
-            return await anyio.to_thread.run_sync(call, limiter=limiter)
+            return await _CURRENT.get().lane(lane).run(functools.partial(handler, *args, **kwargs))
 
         return run
 
@@ -114,9 +162,9 @@ def runs_on(
 
 async def iterate_on(lane: Lane, chunks: Iterator[T]) -> AsyncIterator[T]:
     """Each step of a streamed response on ``lane``'s threads (Starlette would use the default)."""
-    limiter = _CURRENT.get().lane(lane)
+    threads = _CURRENT.get().lane(lane)
     while True:
-        step = await anyio.to_thread.run_sync(_step, chunks, limiter=limiter)
+        step = await threads.run(functools.partial(_step, chunks))
         if not step:
             return
         yield step[0]

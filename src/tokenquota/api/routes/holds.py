@@ -13,7 +13,6 @@ is refused before anything is looked up.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -33,7 +32,7 @@ from tokenquota.api.holds_schemas import (
     ReservedOut,
     ReserveIn,
 )
-from tokenquota.api.routes.metering import decision_response
+from tokenquota.api.routes.metering import decision_answer, decision_response, engine
 from tokenquota.api.schemas import DecisionOut
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.errors import Forbidden
@@ -41,8 +40,9 @@ from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
-from tokenquota.http.auth import Caller, QuotaDep, require_consume, require_role
+from tokenquota.http.auth import Caller, require_consume, require_role
 from tokenquota.http.capacity import runs_on
+from tokenquota.http.responses import FastJSONResponse
 from tokenquota.wire.holds import encode_lease, encode_reservation
 
 router = APIRouter(prefix="/v1")
@@ -69,13 +69,11 @@ def _created(
     The 201 reuses decision_response's body, so a member sees the same part of the
     decision either way.
     """
-    answer = decision_response(request, decision, operation, caller)  # counts it in /metrics
+    status, body, headers = decision_answer(request, decision, operation, caller)  # counted
     if hold is None:
-        return answer
-    headers = {k: v for k, v in answer.headers.items() if k.lower().startswith("ratelimit-")}
-    return JSONResponse(
-        {name: hold, "decision": json.loads(bytes(answer.body))}, status_code=201, headers=headers
-    )
+        return FastJSONResponse(body, status_code=status, headers=headers)
+    headers = {k: v for k, v in headers.items() if k.startswith("RateLimit-")}
+    return FastJSONResponse({name: hold, "decision": body}, status_code=201, headers=headers)
 
 
 def _reservation(quota: Quota, caller: ApiKey, reservation_id: str) -> Reservation:
@@ -118,7 +116,8 @@ def _require_holder(caller: ApiKey, subject: SubjectRef, what: str) -> None:
     responses=CREATE_ERRORS,
 )
 @runs_on("decisions")
-def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def reserve(body: ReserveIn, request: Request, caller: Caller) -> JSONResponse:
+    quota = engine(request)
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
     reserved = quota.reserve(ref, body.amounts, ttl=body.ttl, resource=body.resource)
@@ -137,10 +136,11 @@ def reserve(body: ReserveIn, request: Request, caller: Caller, quota: QuotaDep) 
 )
 @runs_on("decisions")
 def get_reservation(
-    reservation_id: ReservationPath, caller: Caller, quota: QuotaDep
+    reservation_id: ReservationPath, request: Request, caller: Caller
 ) -> JSONResponse:
+    quota = engine(request)
     reservation = _reservation(quota, caller, reservation_id)
-    return JSONResponse(encode_reservation(reservation, quota.clock.now()))
+    return FastJSONResponse(encode_reservation(reservation, quota.clock.now()))
 
 
 @router.post(
@@ -164,9 +164,9 @@ def commit(
     reservation_id: ReservationPath,
     request: Request,
     caller: Caller,
-    quota: QuotaDep,
     body: CommitIn | None = None,
 ) -> JSONResponse:
+    quota = engine(request)
     _reservation(quota, caller, reservation_id)
     decision = quota.commit(reservation_id, body.amounts if body is not None else None)
     return decision_response(request, decision, "commit", caller)
@@ -184,7 +184,8 @@ def commit(
     responses=error_responses({404: "Unknown reservation"}),
 )
 @runs_on("decisions")
-def release(reservation_id: ReservationPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def release(reservation_id: ReservationPath, request: Request, caller: Caller) -> JSONResponse:
+    quota = engine(request)
     _reservation(quota, caller, reservation_id)
     return JSONResponse({"released": quota.release(reservation_id)})
 
@@ -205,7 +206,8 @@ def release(reservation_id: ReservationPath, caller: Caller, quota: QuotaDep) ->
     responses=CREATE_ERRORS,
 )
 @runs_on("decisions")
-def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def acquire(body: AcquireIn, request: Request, caller: Caller) -> JSONResponse:
+    quota = engine(request)
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
     acquired = quota.acquire(ref, ttl=body.ttl, resource=body.resource)
@@ -222,8 +224,9 @@ def acquire(body: AcquireIn, request: Request, caller: Caller, quota: QuotaDep) 
     responses=error_responses({404: "Unknown lease"}),
 )
 @runs_on("decisions")
-def get_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
-    return JSONResponse(encode_lease(_lease(quota, caller, lease_id), quota.clock.now()))
+def get_lease(lease_id: LeasePath, request: Request, caller: Caller) -> JSONResponse:
+    quota = engine(request)
+    return FastJSONResponse(encode_lease(_lease(quota, caller, lease_id), quota.clock.now()))
 
 
 @router.post(
@@ -239,11 +242,12 @@ def get_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONRespo
 )
 @runs_on("decisions")
 def heartbeat(
-    lease_id: LeasePath, caller: Caller, quota: QuotaDep, body: HeartbeatIn | None = None
+    lease_id: LeasePath, request: Request, caller: Caller, body: HeartbeatIn | None = None
 ) -> JSONResponse:
+    quota = engine(request)
     _lease(quota, caller, lease_id)
     lease = quota.heartbeat(lease_id, ttl=(body or HeartbeatIn()).ttl)
-    return JSONResponse(encode_lease(lease, quota.clock.now()))
+    return FastJSONResponse(encode_lease(lease, quota.clock.now()))
 
 
 @router.delete(
@@ -255,6 +259,7 @@ def heartbeat(
     responses=error_responses({404: "Unknown lease"}),
 )
 @runs_on("decisions")
-def release_lease(lease_id: LeasePath, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def release_lease(lease_id: LeasePath, request: Request, caller: Caller) -> JSONResponse:
+    quota = engine(request)
     _lease(quota, caller, lease_id)
     return JSONResponse({"released": quota.release_lease(lease_id)})

@@ -13,9 +13,11 @@ from tokenquota.api.schemas import CheckIn, ConsumeIn, DecisionOut, ErrorOut
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.http.auth import Caller, QuotaDep, decision_scope, require_consume
+from tokenquota.engine import Quota
+from tokenquota.http.auth import Caller, decision_scope, require_consume
 from tokenquota.http.capacity import runs_on
 from tokenquota.http.errors import error_body
+from tokenquota.http.responses import FastJSONResponse
 from tokenquota.wire.decisions import encode_decision, encode_limit_status, encode_withheld
 
 router = APIRouter(prefix="/v1", tags=["metering"])
@@ -27,6 +29,14 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     409: {"model": ErrorOut, "description": "Idempotency key reused for another request"},
     422: {"model": ErrorOut, "description": "Bad input; details.field names it"},
 }
+
+
+def engine(request: Request) -> Quota:
+    """The app's engine, for the hot routes: read here rather than solved as a
+    ``QuotaDep``, one dependency less per request (FastAPI's cost per dependency
+    is ~20 us)."""
+    quota: Quota = request.app.state.quota
+    return quota
 
 
 def rate_limit_headers(decision: Decision, now: datetime) -> dict[str, str]:
@@ -44,25 +54,25 @@ def rate_limit_headers(decision: Decision, now: datetime) -> dict[str, str]:
     return headers
 
 
-def decision_response(
+def decision_answer(
     request: Request, decision: Decision, operation: str, caller: ApiKey
-) -> JSONResponse:
-    """The answer to a decision, as much of it as the caller may see (SPEC section 10)."""
-    metrics = request.app.state.metrics
-    metrics.decisions.labels(
-        operation, decision.mode.value, "allowed" if decision.allowed else "denied"
-    ).inc()
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers of the answer to a decision, as much of it as the caller
+    may see (SPEC section 10); counted in /metrics."""
+    state = request.app.state
+    metrics = state.metrics
+    metrics.decided(operation, decision.mode.value, decision.allowed)
     if decision.shadow_blocked:
         metrics.shadow_blocks.inc(len(decision.shadow_blocked))
     if decision.failed_open:
         metrics.failed_open.labels(operation).inc()
-    quota = request.app.state.quota
+    quota: Quota = state.quota
     scope = decision_scope(quota, caller, decision)
     if scope is not None:
         decision = decision.visible_to(scope)
     headers = rate_limit_headers(decision, quota.clock.now())
     if decision.allowed or operation == "check":
-        return JSONResponse(encode_decision(decision), headers=headers)
+        return 200, encode_decision(decision), headers
     if decision.retry_after is not None:
         headers["Retry-After"] = str(decision.retry_after)
     body = error_body(
@@ -76,7 +86,15 @@ def decision_response(
             "decision": encode_decision(decision),
         },
     )
-    return JSONResponse(body, status_code=429, headers=headers)
+    return 429, body, headers
+
+
+def decision_response(
+    request: Request, decision: Decision, operation: str, caller: ApiKey
+) -> JSONResponse:
+    """The answer to a decision: 200 with it, or 429 naming what blocked it."""
+    status, body, headers = decision_answer(request, decision, operation, caller)
+    return FastJSONResponse(body, status_code=status, headers=headers)
 
 
 @router.post(
@@ -86,10 +104,12 @@ def decision_response(
     responses=ERRORS,
 )
 @runs_on("decisions")
-def check(body: CheckIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def check(body: CheckIn, request: Request, caller: Caller) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
-    decision = quota.check(ref, body.amounts, timestamp=body.timestamp, resource=body.resource)
+    decision = engine(request).check(
+        ref, body.amounts, timestamp=body.timestamp, resource=body.resource
+    )
     return decision_response(request, decision, "check", caller)
 
 
@@ -112,10 +132,10 @@ def check(body: CheckIn, request: Request, caller: Caller, quota: QuotaDep) -> J
     },
 )
 @runs_on("decisions")
-def consume(body: ConsumeIn, request: Request, caller: Caller, quota: QuotaDep) -> JSONResponse:
+def consume(body: ConsumeIn, request: Request, caller: Caller) -> JSONResponse:
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
-    decision = quota.consume(
+    decision = engine(request).consume(
         ref,
         body.amounts,
         mode=body.mode,
