@@ -102,6 +102,10 @@ class Snapshot:
         self._checked = -math.inf  # when the store last said the token was current
         self._invalidated = -math.inf
 
+    def __len__(self) -> int:
+        """How many entries the generation held holds (at most ``max_entries``)."""
+        return len(self._generation.entries)
+
     def view(self) -> View:
         """The current generation, asking the store first if it was not asked lately."""
         return View(self, self._current())
@@ -123,8 +127,8 @@ class Snapshot:
             version = self.reads.config_version()
             if version != self._generation.version:
                 self._generation = _Generation(version)
-            if asked > self._invalidated:
-                self._checked = asked
+            # Under the lock no invalidate can fall between ``asked`` and the answer.
+            self._checked = asked
             return self._generation
 
     def invalidate(self) -> None:
