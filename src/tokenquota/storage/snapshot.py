@@ -8,10 +8,12 @@ memory: a counter under the state's lock; Redis: the per-shard token). A
 ``Snapshot`` serves those reads from memory, every entry filed under the
 token it was loaded with, and:
 
-- asks the store for the current token at most once per ``ttl`` (one
-  second), and at once after ``invalidate`` (a step refused a plan as stale,
-  or this replica wrote configuration); a moved token starts a new, empty
-  generation of entries;
+- asks the store for the current token only when its last answer is more
+  than ``ttl`` old (one second; threads planning at that moment may each
+  ask once), and at once after ``invalidate`` (a step refused a plan as
+  stale, or this replica wrote configuration); a moved token starts a new,
+  empty generation of entries. A step that verified the token also counts
+  as an answer (``confirm``), so a busy replica never asks on its own;
 - loads an entry with the token read *first*, in the same transaction: the
   data it reads is then at least as new as the token, so an entry can be
   newer than its token but never older; if newer, a write moved the token
@@ -100,6 +102,7 @@ class Snapshot:
         self._lock = threading.Lock()
         self._generation = _Generation("")  # no token is "": the first view asks
         self._checked = -math.inf  # when the store last said the token was current
+        self._asked = -math.inf  # when the token of the generation held was asked for
         self._invalidated = -math.inf
 
     def __len__(self) -> int:
@@ -118,17 +121,19 @@ class Snapshot:
         return View(self, generation)
 
     def _current(self) -> _Generation:
-        if self.monotonic() - self._checked <= self.ttl:
+        asked = self.monotonic()
+        if asked - self._checked <= self.ttl:
             return self._generation
-        with self._lock:  # one thread asks; the others wait for its answer
-            asked = self.monotonic()
-            if asked - self._checked <= self.ttl:
-                return self._generation
-            version = self.reads.config_version()
-            if version != self._generation.version:
-                self._generation = _Generation(version)
-            # Under the lock no invalidate can fall between ``asked`` and the answer.
-            self._checked = asked
+        # Asked outside the lock: the lock is taken inside hot steps (confirm), which
+        # may hold a connection and a database lock, so it must never wait on I/O.
+        version = self.reads.config_version()
+        with self._lock:
+            if asked >= self._asked:  # an answer to an earlier question never wins
+                self._asked = asked
+                if version != self._generation.version:
+                    self._generation = _Generation(version)
+                if asked > self._invalidated:
+                    self._checked = max(self._checked, asked)
             return self._generation
 
     def invalidate(self) -> None:

@@ -82,9 +82,18 @@ class SqlCatalog:
         self.version.verify(conn, plan, self.snapshot)
 
     def tracked_for(self, conn: Connection, plan: DebitPlan) -> frozenset[LimitKey] | set[LimitKey]:
-        """The tracked pairs; from the snapshot when this step verified the plan's version."""
-        view = self.snapshot.at(self.version.verified(conn, plan))
-        return view.tracked() if view is not None else self.tracked(conn)
+        """The tracked pairs; from the snapshot when this step verified the plan's version.
+
+        A miss is read in ``conn``, the step's own transaction, never in another
+        one: a step waiting for a second connection while it holds the write
+        lock could wait for ever on a full pool. What it reads is the verified
+        version's, so the snapshot keeps it.
+        """
+        version = self.version.verified(conn, plan)
+        view = self.snapshot.at(version)
+        if view is None or version is None:
+            return self.tracked(conn)
+        return view.cached(("tracked",), lambda: (version, frozenset(self.tracked(conn))))
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

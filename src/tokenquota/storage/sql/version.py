@@ -10,6 +10,7 @@ Redis the token lives in Redis, where the Lua steps compare it; then
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Final, TypeVar
 from uuid import uuid4
@@ -78,12 +79,13 @@ class SqlVersion:
         current = self.read(conn)
         if current != plan.config_version:
             raise StaleConfig
-        conn.info[_VERIFIED] = (conn.get_transaction(), current)
+        # Weakly: the pooled connection's info outlives this transaction, which need not.
+        conn.info[_VERIFIED] = (weakref.ref(conn.get_transaction()), current)
         snapshot.confirm(current, since)
 
     def verified(self, conn: Connection, plan: DebitPlan) -> str | None:
         """The plan's version if this transaction verified it (``info`` outlives a checkout)."""
         found = conn.info.get(_VERIFIED)
-        if found is None or found[0] is not conn.get_transaction():
+        if found is None or found[0]() is not conn.get_transaction():
             return None
         return plan.config_version if plan.config_version == found[1] else None
