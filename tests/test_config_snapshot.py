@@ -15,6 +15,7 @@ import dataclasses
 import itertools
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
@@ -79,7 +80,7 @@ class Ticks:
     """A monotonic clock the test moves: a snapshot's bound, without sleeping."""
 
     def __init__(self) -> None:
-        self.now = 1000.0
+        self.now = time.monotonic()  # it carries on from the clock it replaces
 
     def __call__(self) -> float:
         return self.now
@@ -89,6 +90,7 @@ def with_ticks(quota: Quota) -> Ticks:
     ticks = Ticks()
     snapshot_of(quota).monotonic = ticks
     snapshot_of(quota).invalidate()
+    ticks.now += 0.001  # an answer asked for in the same tick as an invalidation is not trusted
     return ticks
 
 
@@ -352,26 +354,37 @@ def test_limits_changing_under_racing_consumes_never_admit_more_than_they_allow(
     tick = itertools.count()
     final_set = [-1]
     results: list[tuple[int, Decision]] = []
+    progress = threading.Condition()
     done = threading.Event()
     errors: list[BaseException] = []
+
+    def record(started: int, decision: Decision) -> None:
+        with progress:
+            results.append((started, decision))
+            progress.notify_all()
 
     def consumer(quota: Quota) -> None:
         try:
             for _ in range(45):
                 started = next(tick)
-                results.append((started, quota.consume("user:ann", tokens=1)))
+                record(started, quota.consume("user:ann", tokens=1))
             while not done.is_set():  # keep racing until the last change has landed
                 started = next(tick)
-                results.append((started, quota.consume("user:ann", tokens=1)))
+                record(started, quota.consume("user:ann", tokens=1))
             for _ in range(10):
                 started = next(tick)
-                results.append((started, quota.consume("user:ann", tokens=1)))
+                record(started, quota.consume("user:ann", tokens=1))
         except BaseException as exc:
             errors.append(exc)
 
     def setter() -> None:
+        # Each limit holds while the consumers make 8 decisions: a change after
+        # every round trip would refuse every plan (after 5 rounds, a 503).
         try:
             for value in [*limits[1:], final]:
+                with progress:
+                    seen = len(results)
+                    progress.wait_for(lambda s=seen: len(results) >= s + 8, timeout=60)
                 a.set_limit("user:ann", "tokens", "day", value)
             final_set[0] = next(tick)
         except BaseException as exc:
