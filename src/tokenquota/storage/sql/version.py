@@ -27,6 +27,8 @@ from tokenquota.storage.sql.tx import Database
 T = TypeVar("T")
 VERSION_KEY: Final = "config_version"
 _VERIFIED: Final = "tokenquota_config_verified"  # conn.info: (transaction, version) verified
+# Built once: every hot step runs it, and building a statement costs more than running it.
+_READ: Final = sa.select(t.meta.c.value).where(t.meta.c.key == VERSION_KEY)
 
 
 class SqlVersion:
@@ -41,8 +43,7 @@ class SqlVersion:
             return self.read(conn)
 
     def read(self, conn: Connection) -> str:
-        found = conn.execute(sa.select(t.meta.c.value).where(t.meta.c.key == VERSION_KEY))
-        return found.scalar() or "0"
+        return conn.execute(_READ).scalar() or "0"
 
     def bump(self, conn: Connection) -> None:
         """Inside a configuration write (under the exclusive lock): a version no one has seen."""
