@@ -49,6 +49,7 @@ from tokenquota.storage.base import ConfigView, RuleSet, StaleConfig
 
 STALE_ROUNDS: Final = 5  # see planned
 _CHAIN: Final = "effective chain"  # the keys of what a view remembers for the planner
+_LIMITS: Final = "effective limits"
 _QUOTA: Final = "parsed quota"
 T = TypeVar("T")
 Intent = Literal["consume", "reserve", "acquire"]
@@ -162,16 +163,20 @@ class Planner:
     ) -> Chain:
         """Each charged subject with its effective limits, the subject first.
 
-        Remembered per version and subject: callers share the lists, and never change them.
+        Remembered per version and subject, each subject's limits once however
+        many chains it is in (a company's, in each of its users'): callers
+        share the lists, and never change them.
         """
         seen = view or self.source.config()
-        return seen.memo(
-            (_CHAIN, ref, with_ancestors),
-            lambda: [
-                (s, self.resolve(s, rules))
-                for s, rules in seen.rule_sets(ref, with_ancestors=with_ancestors)
-            ],
-        )
+
+        def limits(subject: SubjectRef, rules: RuleSet) -> list[EffectiveLimit]:
+            return seen.memo((_LIMITS, subject), lambda: self.resolve(subject, rules))
+
+        def chain() -> Chain:
+            layers = seen.rule_sets(ref, with_ancestors=with_ancestors, keep=False)
+            return [(s, limits(s, rules)) for s, rules in layers]
+
+        return seen.memo((_CHAIN, ref, with_ancestors), chain)
 
     def resolve(self, ref: SubjectRef, rules: RuleSet) -> list[EffectiveLimit]:
         defaults = list(rules.defaults) + self.config_defaults.get(ref.kind, [])

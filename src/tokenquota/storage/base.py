@@ -1,9 +1,11 @@
 """The storage protocol: the handful of primitives every backend provides.
 
 The engine resolves limits and builds a ``DebitPlan``; a store only has to
-(1) read the buckets a plan names, and (2) atomically read them again, call
-the pure ``decide`` and, when the request is admitted, append the event,
-bump the counters and remember the idempotency key, all or nothing.
+(1) read the buckets a plan names, and (2) atomically check that the plan's
+configuration version is still the store's (else ``StaleConfig``: see
+snapshot.py), read them again, call the pure ``decide`` and, when the
+request is admitted, append the event, bump the counters and remember the
+idempotency key, all or nothing.
 
 Everything here is synchronous on purpose: see docs/architecture.md.
 """
@@ -77,7 +79,7 @@ class ConfigView(Protocol):
     def version(self) -> str: ...
 
     def rule_sets(
-        self, ref: SubjectRef, *, with_ancestors: bool
+        self, ref: SubjectRef, *, with_ancestors: bool, keep: bool = True
     ) -> list[tuple[SubjectRef, RuleSet]]: ...
 
     def ancestors(self, ref: SubjectRef) -> list[SubjectRef]: ...

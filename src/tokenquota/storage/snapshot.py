@@ -28,8 +28,12 @@ plans again. So a changed limit binds the very next decision on every
 replica; only reads (usage, limits) may lag, by at most ``ttl``.
 
 Bound: a generation holds at most ``max_entries`` entries (100,000 by
-default, a few per subject a replica plans for); a full generation is
-cleared and refilled on demand, which costs reloads, never correctness.
+default); a full generation is cleared and refilled on demand, which costs
+reloads, never correctness. A subject the planner has seen takes two (its
+resolved chain and its own limits; ancestors' limits are shared), about
+0.6 KB each for a user with three limits under a company (measured with
+tracemalloc on SQLite), so the bound is about 50,000 warm subjects and
+60 MB.
 """
 
 from __future__ import annotations
@@ -165,6 +169,10 @@ class Snapshot:
         entries[key] = value
 
 
+def _never(_: object) -> bool:
+    return False
+
+
 class View:
     """One plan's reads of configuration, all from one generation (``ConfigView`` in base.py).
 
@@ -220,12 +228,17 @@ class View:
         return value
 
     # the reads the planner makes ------------------------------------------------
-    def rule_sets(self, ref: SubjectRef, *, with_ancestors: bool) -> Chain:
-        """The subject's rule layers, then each ancestor's (nearest first)."""
+    def rule_sets(self, ref: SubjectRef, *, with_ancestors: bool, keep: bool = True) -> Chain:
+        """The subject's rule layers, then each ancestor's (nearest first).
+
+        ``keep=False`` when the caller keeps what it derives from them instead
+        (the planner's resolved chain): one entry per subject, not two.
+        """
         reads = self._snapshot.reads
         return self.cached(
             ("rules", ref, with_ancestors),
             lambda: reads.load_rule_sets(ref, with_ancestors=with_ancestors),
+            keep=None if keep else _never,
         )
 
     def ancestors(self, ref: SubjectRef) -> list[SubjectRef]:
