@@ -385,8 +385,8 @@ def test_limits_changing_under_racing_consumes_never_admit_more_than_they_allow(
         try:
             for value in [*limits[1:], final]:
                 with progress:
-                    seen = len(results)
-                    progress.wait_for(lambda s=seen: len(results) >= s + 8, timeout=60)
+                    wanted = len(results) + 8
+                    progress.wait_for(lambda: len(results) >= wanted, timeout=60)  # noqa: B023 (used at once)
                 a.set_limit("user:ann", "tokens", "day", value)
             final_set[0] = next(tick)
         except BaseException as exc:
