@@ -121,6 +121,9 @@ class DebitPlan:
     hold: bool = False
     resource: SubjectRef | None = None
     capacity: CapacityPlan | None = None
+    # The configuration version the plan was made from: the step that decides on
+    # it refuses it when the store's token moved since (None: checked by nobody).
+    config_version: str | None = None
 
     @property
     def series(self) -> tuple[str, ...]:

@@ -171,7 +171,8 @@ class Configuration:
     def limits(self, subject: str | SubjectRef) -> LimitsView:
         ref = SubjectRef.parse(subject)
         self._require_known(ref)
-        ((_, rules),) = self.store.rule_sets(ref, with_ancestors=False)
+        # From the snapshot (at most 1 s behind another replica's change, never our own).
+        ((_, rules),) = self.store.config().rule_sets(ref, with_ancestors=False)
         return LimitsView(
             str(ref), rules.overrides, rules.plan, tuple(self.planner.resolve(ref, rules))
         )

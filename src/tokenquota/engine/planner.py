@@ -3,11 +3,18 @@
 It resolves every charged subject's limits (override, plan, default; a
 resource's quota and the consumer's share of it), turns each into the
 ``Check`` of the window buckets a store must read, and fingerprints the
-request for idempotency. It reads configuration through ``ConfigSource``,
-a read-only view a store provides, and writes nothing: a plan is a value,
-and the store alone decides and writes it atomically. That is why any
-number of engines can share one store, and why this is one piece: every
-step here feeds the one plan.
+request for idempotency. It reads configuration through ``ConfigSource``:
+one ``ConfigView`` of the store's configuration snapshot per plan
+(storage/snapshot.py), whose version the plan carries to the store's atomic
+step, which refuses it if the configuration moved meanwhile (then the plan
+is made again: ``planned``). It writes nothing: a plan is a value, and the
+store alone decides and writes it atomically. That is why any number of
+engines can share one store, and why this is one piece: every step here
+feeds the one plan.
+
+What a view's reads resolve to (a subject's effective limits and its
+ancestors', a resource's parsed quota) is remembered in the view's
+generation, so a plan on a warm snapshot reads and resolves nothing.
 """
 
 from __future__ import annotations
@@ -38,9 +45,12 @@ from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef, consumer_ref, parse_kind
 from tokenquota.domain.windows import Window
 from tokenquota.engine import inputs
-from tokenquota.storage.base import RuleSet, StaleConfig
+from tokenquota.storage.base import ConfigView, RuleSet, StaleConfig
 
 STALE_ROUNDS: Final = 5  # see planned
+_CHAIN: Final = "effective chain"  # the keys of what a view remembers for the planner
+_LIMITS: Final = "effective limits"
+_QUOTA: Final = "parsed quota"
 T = TypeVar("T")
 Intent = Literal["consume", "reserve", "acquire"]
 Chain = list[tuple[SubjectRef, list[EffectiveLimit]]]
@@ -54,13 +64,9 @@ class ConfigSource(Protocol):
         """The zone calendar windows are counted in."""
         ...
 
-    def rule_sets(
-        self, ref: SubjectRef, *, with_ancestors: bool
-    ) -> list[tuple[SubjectRef, RuleSet]]: ...
-
-    def ancestors(self, ref: SubjectRef) -> list[SubjectRef]: ...
-
-    def get_resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None: ...
+    def config(self) -> ConfigView:
+        """A view of the store's configuration snapshot: one per plan."""
+        ...
 
 
 class Planner:
@@ -113,12 +119,13 @@ class Planner:
             amounts = Amounts.parse(raw_amounts)
         now = self.clock.now()
         at = self.timestamp(timestamp, now)
-        chain = self.effective_chain(ref)
+        view = self.source.config()
+        chain = self.effective_chain(ref, view=view)
         target = inputs.resource(resource)
         capacity = None
         if target is not None:
-            chain, consumer_limits, quota = self._resource_chain(ref, target, chain)
-            chain.append((consumer_ref(target, ref), consumer_limits))
+            chain, consumer_limits, quota = self._resource_chain(view, ref, target, chain)
+            chain = [*chain, (consumer_ref(target, ref), consumer_limits)]
         charged = tuple(subject for subject, _ in chain if not is_share(subject))
         checks = [
             check
@@ -127,7 +134,7 @@ class Planner:
             if (check := self.check(limit, amounts, at, now, intent)) is not None
         ]
         if target is not None and quota is not None and quota.capacity and intent != "acquire":
-            capacity = self._capacity_plan(quota, target, ref, amounts, at, now)
+            capacity = self._capacity_plan(view, quota, target, ref, amounts, at, now)
         asked_mode, asked_at = asked or (mode, timestamp)
         fingerprint = request_fingerprint(
             request(amounts, asked_mode, asked_at, model, tags or {}, target)
@@ -148,23 +155,45 @@ class Planner:
             hold=intent == "reserve",
             resource=target,
             capacity=capacity,
+            config_version=view.version,
         )
 
-    def effective_chain(self, ref: SubjectRef, *, with_ancestors: bool = True) -> Chain:
-        """Each charged subject with its effective limits, the subject first."""
-        chain = self.source.rule_sets(ref, with_ancestors=with_ancestors)
-        return [(s, self.resolve(s, rules)) for s, rules in chain]
+    def effective_chain(
+        self, ref: SubjectRef, *, with_ancestors: bool = True, view: ConfigView | None = None
+    ) -> Chain:
+        """Each charged subject with its effective limits, the subject first.
+
+        Remembered per version and subject, each subject's limits once however
+        many chains it is in (a company's, in each of its users'): callers
+        share the lists, and never change them.
+        """
+        seen = view or self.source.config()
+
+        def limits(subject: SubjectRef, rules: RuleSet) -> list[EffectiveLimit]:
+            return seen.memo((_LIMITS, subject), lambda: self.resolve(subject, rules))
+
+        def chain() -> Chain:
+            layers = seen.rule_sets(ref, with_ancestors=with_ancestors, keep=False)
+            return [(s, limits(s, rules)) for s, rules in layers]
+
+        return seen.memo((_CHAIN, ref, with_ancestors), chain)
 
     def resolve(self, ref: SubjectRef, rules: RuleSet) -> list[EffectiveLimit]:
         defaults = list(rules.defaults) + self.config_defaults.get(ref.kind, [])
         return resolve(ref, rules.overrides, rules.plan.rules if rules.plan else (), defaults)
 
-    def quota(self, resource: SubjectRef) -> ResourceQuota | None:
-        stored = self.source.get_resource_quota(resource)
-        return ResourceQuota.parse(stored, field="") if stored is not None else None
+    def quota(self, resource: SubjectRef, view: ConfigView | None = None) -> ResourceQuota | None:
+        """The resource's quota, parsed once per version."""
+        seen = view or self.source.config()
+
+        def parse() -> ResourceQuota | None:
+            stored = seen.resource_quota(resource)
+            return ResourceQuota.parse(stored, field="") if stored is not None else None
+
+        return seen.memo((_QUOTA, resource), parse)
 
     def _resource_chain(
-        self, consumer: SubjectRef, resource: SubjectRef, chain: Chain
+        self, view: ConfigView, consumer: SubjectRef, resource: SubjectRef, chain: Chain
     ) -> tuple[Chain, list[EffectiveLimit], ResourceQuota | None]:
         """The resource (and its ancestors) join the charged chain; its quota adds rules.
 
@@ -177,18 +206,19 @@ class Planner:
             raise ValidationError("resource", "a subject cannot be its own resource")
         seen = {s for s, _ in chain}
         chain = chain + [
-            (s, limits) for s, limits in self.effective_chain(resource) if s not in seen
+            (s, limits) for s, limits in self.effective_chain(resource, view=view) if s not in seen
         ]
-        quota = self.quota(resource)
+        quota = self.quota(resource, view)
         share = consumer_ref(resource, consumer)
         # A group's policy reaches its members (own policy > nearest group's > defaults).
-        lineage = self.source.ancestors(consumer) if quota is not None and quota.policies else []
+        lineage = view.ancestors(consumer) if quota is not None and quota.policies else []
         rules = quota.rules_for(consumer, lineage) if quota is not None else ()
         limits = [EffectiveLimit(share, r.key, r.limit, Source.RESOURCE, False) for r in rules]
         return chain, limits, quota
 
     def _capacity_plan(
         self,
+        view: ConfigView,
         quota: ResourceQuota,
         resource: SubjectRef,
         consumer: SubjectRef,
@@ -208,7 +238,7 @@ class Planner:
 
         # The reservation a consumer may use is its governing policy's: a member of a
         # group with a reserved share is never held back by its own group's share.
-        policy = quota.governing_policy(consumer, self.source.ancestors(consumer))
+        policy = quota.governing_policy(consumer, view.ancestors(consumer))
         return CapacityPlan(
             quota=quota,
             resource=resource,
@@ -288,10 +318,11 @@ def request_fingerprint(asked: Mapping[str, Any]) -> str:
 
 
 def planned(attempt: Callable[[], T]) -> T:
-    """Run a planned store call, planning again when the store's cached limits were stale.
+    """Run a planned store call, planning again when its configuration version was stale.
 
-    Only a store that caches its configuration (Redis) says so; each round
-    means a limit or the hierarchy changed in the meantime.
+    The store's step refuses a plan whose version is not the store's current
+    one (a limit, plan, default, quota or the hierarchy changed since the
+    snapshot was read), and tells the snapshot to ask for the new version.
     """
     for _ in range(STALE_ROUNDS):
         try:

@@ -246,13 +246,12 @@ class Quota(Configuration):
         ref = SubjectRef.parse(subject)
         self._require_known(ref)
         now = self.clock.now()
-        checks = [
-            self.planner.usage_check(limit, now)
-            for _, limits in self.planner.effective_chain(ref, with_ancestors=include_ancestors)
-            for limit in limits
-        ]
+        # From the snapshot: limits here may lag a change elsewhere by its bound (1 s).
+        view = self.store.config()
+        chain = self.planner.effective_chain(ref, with_ancestors=include_ancestors, view=view)
+        checks = [self.planner.usage_check(limit, now) for _, limits in chain for limit in limits]
         readings = self.store.read(checks, now)
-        subjects = [ref, *self.store.ancestors(ref)] if include_ancestors else [ref]
+        subjects = [s for s, _ in chain]
         wallets = [prepaid_status(p, now, self.tz) for p in self.store.prepaid(subjects, now)]
         return Usage(
             str(ref),

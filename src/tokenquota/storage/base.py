@@ -1,20 +1,22 @@
 """The storage protocol: the handful of primitives every backend provides.
 
 The engine resolves limits and builds a ``DebitPlan``; a store only has to
-(1) read the buckets a plan names, and (2) atomically read them again, call
-the pure ``decide`` and, when the request is admitted, append the event,
-bump the counters and remember the idempotency key, all or nothing.
+(1) read the buckets a plan names, and (2) atomically check that the plan's
+configuration version is still the store's (else ``StaleConfig``: see
+snapshot.py), read them again, call the pure ``decide`` and, when the
+request is admitted, append the event, bump the counters and remember the
+idempotency key, all or nothing.
 
 Everything here is synchronous on purpose: see docs/architecture.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
@@ -27,6 +29,7 @@ from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.domain.views import Page as Page  # re-exported: stores name it from here
 
 MAX_PAGE = 1000
+T = TypeVar("T")
 
 
 class Layer(StrEnum):
@@ -61,7 +64,33 @@ class RuleSet:
 
 
 class StaleConfig(Exception):
-    """A store that caches limits found them changed: the caller plans again."""
+    """A step found the configuration moved since its plan was made: the caller plans again."""
+
+
+class ConfigView(Protocol):
+    """One plan's reads of configuration, all at one version of it (storage/snapshot.py).
+
+    ``version`` is the token the plan carries (``DebitPlan.config_version``);
+    every atomic step that decides on a plan compares it with the store's
+    current token and raises ``StaleConfig`` when they differ.
+    """
+
+    @property
+    def version(self) -> str: ...
+
+    def rule_sets(
+        self, ref: SubjectRef, *, with_ancestors: bool, keep: bool = True
+    ) -> list[tuple[SubjectRef, RuleSet]]: ...
+
+    def ancestors(self, ref: SubjectRef) -> list[SubjectRef]: ...
+
+    def resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None: ...
+
+    def tracked(self) -> frozenset[LimitKey]: ...
+
+    def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """A value derived from this view's reads, kept as long as they are."""
+        ...
 
 
 class Catalog(Protocol):
@@ -71,6 +100,15 @@ class Catalog(Protocol):
     window) pairs counted, resource quotas, API keys and the audit log of
     every change to them.
     """
+
+    # the configuration snapshot (storage/snapshot.py)
+    def config(self) -> ConfigView:
+        """What a plan reads: this replica's snapshot, at the token the store last said."""
+        ...
+
+    def config_stale(self) -> None:
+        """A step refused a plan as stale: ask the store for its token on the next view."""
+        ...
 
     # subjects and the hierarchy
     def get_subject(self, ref: SubjectRef) -> Subject | None: ...

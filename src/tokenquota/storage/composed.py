@@ -4,14 +4,17 @@ Each backend composes its halves: the SQL catalog with the SQL or the Redis
 meter, and the memory catalog with the memory meter over their one shared
 state (the memory backend stays the independent reference).
 The engine calls one object, and this class only forwards: every decision
-about how a call is stored belongs to the half it is forwarded to.
+about how a call is stored belongs to the half it is forwarded to. The one
+thing it adds is common to every backend: when a meter's step refuses a plan
+as stale (its configuration version moved), the catalog's snapshot is told
+to ask for the new version before the engine plans again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
@@ -21,7 +24,17 @@ from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import Subject, SubjectRef
-from tokenquota.storage.base import Catalog, Meter, Page, RuleSet, Scope
+from tokenquota.storage.base import (
+    Catalog,
+    ConfigView,
+    Meter,
+    Page,
+    RuleSet,
+    Scope,
+    StaleConfig,
+)
+
+T = TypeVar("T")
 
 
 class ComposedStore:
@@ -45,6 +58,12 @@ class ComposedStore:
         raise NotImplementedError
 
     # catalog ---------------------------------------------------------------
+    def config(self) -> ConfigView:
+        return self.catalog.config()
+
+    def config_stale(self) -> None:
+        self.catalog.config_stale()
+
     def get_subject(self, ref: SubjectRef) -> Subject | None:
         return self.catalog.get_subject(ref)
 
@@ -156,25 +175,35 @@ class ComposedStore:
     def read(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
         return self.meter.read(checks, now)
 
+    def _step(self, step: Callable[[], T]) -> T:
+        """A meter step that decides on a plan; a stale plan makes the snapshot ask again."""
+        try:
+            return step()
+        except StaleConfig:
+            self.catalog.config_stale()
+            raise
+
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
-        return self.meter.debit(plan, create_subject=create_subject)
+        return self._step(lambda: self.meter.debit(plan, create_subject=create_subject))
 
     def reserve(
         self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
     ) -> Decision:
-        return self.meter.reserve(plan, reservation, create_subject=create_subject)
+        return self._step(
+            lambda: self.meter.reserve(plan, reservation, create_subject=create_subject)
+        )
 
     def get_reservation(self, reservation_id: str) -> Reservation | None:
         return self.meter.get_reservation(reservation_id)
 
     def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
-        return self.meter.commit(reservation_id, plan)
+        return self._step(lambda: self.meter.commit(reservation_id, plan))
 
     def release(self, reservation_id: str, now: datetime) -> bool:
         return self.meter.release(reservation_id, now)
 
     def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
-        return self.meter.acquire(plan, lease, create_subject=create_subject)
+        return self._step(lambda: self.meter.acquire(plan, lease, create_subject=create_subject))
 
     def get_lease(self, lease_id: str) -> Lease | None:
         return self.meter.get_lease(lease_id)

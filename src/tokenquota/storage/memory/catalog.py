@@ -1,13 +1,17 @@
 """The memory catalog: subjects, rules, plans, keys, resource quotas and the audit log.
 
 It keeps its tables in the one ``State`` it shares with the memory meter and
-takes that state's lock around every operation (see state.py).
+takes that state's lock around every operation (see state.py). Every write
+of configuration moves the state's version token under that lock, which is
+what the meter's steps compare each plan's version with; the planner reads
+through this catalog's ``Snapshot`` (storage/snapshot.py).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -21,6 +25,7 @@ from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
 from tokenquota.storage.memory.state import State, SubjectRow
+from tokenquota.storage.snapshot import Snapshot, View
 from tokenquota.wire.catalog import encode_key, encode_plan, encode_rule, encode_subject
 
 log = logging.getLogger("tokenquota.memory")
@@ -30,6 +35,48 @@ class MemoryCatalog:
     def __init__(self, state: State) -> None:
         self._s = state
         self._lock = state.lock
+        self.snapshot = Snapshot(self)
+
+    @property
+    def state(self) -> State:
+        """The state this catalog reads: another catalog over it is another replica."""
+        return self._s
+
+    @contextmanager
+    def _write(self) -> Iterator[None]:
+        """A configuration write: under the lock, and moving the version once it is done."""
+        with self._lock:
+            yield
+            self._s.bump_config()
+            self.snapshot.invalidate()
+
+    # the configuration snapshot -----------------------------------------------
+    def config(self) -> View:
+        return self.snapshot.view()
+
+    def config_stale(self) -> None:
+        self.snapshot.invalidate()
+
+    def config_version(self) -> str:
+        return self._s.config_version
+
+    def load_rule_sets(
+        self, ref: SubjectRef, *, with_ancestors: bool
+    ) -> tuple[str, list[tuple[SubjectRef, RuleSet]]]:
+        with self._lock:
+            return self._s.config_version, self.rule_sets(ref, with_ancestors=with_ancestors)
+
+    def load_ancestors(self, ref: SubjectRef) -> tuple[str, list[SubjectRef]]:
+        with self._lock:
+            return self._s.config_version, self.ancestors(ref)
+
+    def load_resource_quota(self, resource: SubjectRef) -> tuple[str, dict[str, Any] | None]:
+        with self._lock:
+            return self._s.config_version, self.get_resource_quota(resource)
+
+    def load_tracked(self) -> tuple[str, frozenset[LimitKey]]:
+        with self._lock:
+            return self._s.config_version, frozenset(self._s.tracked)
 
     # subjects ---------------------------------------------------------------
     def get_subject(self, ref: SubjectRef) -> Subject | None:
@@ -50,7 +97,7 @@ class MemoryCatalog:
         now: datetime,
         actor: str,
     ) -> Subject:
-        with self._lock:
+        with self._write():
             existing = self._s.subjects.get(ref)
             before = encode_subject(self._subject(ref, existing)) if existing else None
             if parents is not None:
@@ -73,7 +120,7 @@ class MemoryCatalog:
             return subject
 
     def delete_subject(self, ref: SubjectRef, *, actor: str, now: datetime) -> bool:
-        with self._lock:
+        with self._write():
             if ref not in self._s.subjects:
                 return False
             if any(ref in row.parents for row in self._s.subjects.values()):
@@ -129,7 +176,7 @@ class MemoryCatalog:
     def change_rules(
         self, scope: Scope, changes: Sequence[RuleChange], *, actor: str, now: datetime
     ) -> list[Rule]:
-        with self._lock:
+        with self._write():
             if scope.layer is Layer.PLAN and scope.name not in self._s.plans:
                 raise NotFound(f"no plan {scope.name!r}")
             if scope.layer is Layer.OVERRIDE:
@@ -162,12 +209,15 @@ class MemoryCatalog:
 
     def track(self, keys: Sequence[LimitKey], now: datetime) -> None:
         with self._lock:
-            self._track(keys, now)
+            if self._track(keys, now):  # an engine starting tracks what is, mostly
+                self._s.bump_config()
+                self.snapshot.invalidate()
 
-    def _track(self, keys: Sequence[LimitKey], now: datetime) -> None:
+    def _track(self, keys: Sequence[LimitKey], now: datetime) -> bool:
+        """Track the new pairs among ``keys``; whether there were any."""
         new = {k for k in keys if k.window is not None} - self._s.tracked
         if not new:
-            return
+            return False
         self._s.tracked |= new
         for key in new:
             start = backfill_start(key, now, self._s.tz)
@@ -179,6 +229,7 @@ class MemoryCatalog:
             log.info("backfilled %s from %d ledger events since %s", key, len(since), start)
             for event in since:
                 self._s.count(event, {key})
+        return True
 
     # plans ------------------------------------------------------------------
     def _plan(self, plan_id: str) -> Plan | None:
@@ -190,7 +241,7 @@ class MemoryCatalog:
         return Plan(plan_id, self._s.plans[plan_id], tuple(rules))
 
     def create_plan(self, name: str, rules: Sequence[Rule], *, actor: str, now: datetime) -> Plan:
-        with self._lock:
+        with self._write():
             if name in self._s.plans.values():
                 raise Conflict(f"a plan named {name!r} exists", details={"field": "name"})
             plan_id = uuid4().hex
@@ -205,7 +256,7 @@ class MemoryCatalog:
             return plan
 
     def update_plan(self, plan_id: str, *, name: str | None, actor: str, now: datetime) -> Plan:
-        with self._lock:
+        with self._write():
             before = self._plan(plan_id)
             if before is None:
                 raise NotFound(f"no plan {plan_id!r}")
@@ -221,7 +272,7 @@ class MemoryCatalog:
             return plan
 
     def delete_plan(self, plan_id: str, *, actor: str, now: datetime) -> None:
-        with self._lock:
+        with self._write():
             before = self._plan(plan_id)
             if before is None:
                 raise NotFound(f"no plan {plan_id!r}")
@@ -253,7 +304,7 @@ class MemoryCatalog:
     def assign_plan(
         self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime
     ) -> None:
-        with self._lock:
+        with self._write():
             if plan_id is not None and plan_id not in self._s.plans:
                 raise NotFound(f"no plan {plan_id!r}")
             row = self._s.subject_row(ref)
@@ -315,7 +366,7 @@ class MemoryCatalog:
         actor: str,
         now: datetime,
     ) -> None:
-        with self._lock:
+        with self._write():
             before = self._s.resource_quotas.get(resource)
             self._s.subject_row(resource)
             self._s.resource_quotas[resource] = quota
@@ -326,7 +377,7 @@ class MemoryCatalog:
                 )
 
     def delete_resource_quota(self, resource: SubjectRef, *, actor: str, now: datetime) -> bool:
-        with self._lock:
+        with self._write():
             before = self._s.resource_quotas.pop(resource, None)
             if before is None:
                 return False

@@ -134,6 +134,7 @@ class MemoryMeter:
 
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         with self._lock:
+            self._s.verify_version(plan)
             key = (str(plan.subject), plan.idempotency_key) if plan.idempotency_key else None
             if key and key in self._s.idempotency:
                 fingerprint, first = self._s.idempotency[key]
@@ -210,6 +211,7 @@ class MemoryMeter:
         self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
     ) -> Decision:
         with self._lock:
+            self._s.verify_version(plan)
             self._require_subject(plan, create_subject)
             decision = self._decide(plan)
             if decision.allowed:
@@ -222,6 +224,7 @@ class MemoryMeter:
 
     def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
         with self._lock:
+            self._s.verify_version(plan)
             reservation = self._s.reservations.get(reservation_id)
             check_committable(reservation, reservation_id, plan.now)
             assert reservation is not None
@@ -246,6 +249,7 @@ class MemoryMeter:
 
     def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
         with self._lock:
+            self._s.verify_version(plan)
             self._require_subject(plan, create_subject)
             decision = self._decide(plan)
             if decision.allowed:

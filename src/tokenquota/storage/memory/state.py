@@ -4,7 +4,8 @@ The catalog and the meter are two views of this one object and take its one
 lock around every operation, so each operation is as atomic as it was when
 they were one class; a second lock would let a rule change and a consume
 interleave. Only what both halves need lives here as code: the bare subject
-an operation may create, the audit log, and the counting of an event.
+an operation may create, the audit log, the counting of an event, and the
+configuration version token (the catalog moves it, the meter checks it).
 """
 
 from __future__ import annotations
@@ -19,14 +20,14 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.bounds import LIFETIME
-from tokenquota.domain.decisions import Decision
+from tokenquota.domain.decisions import DebitPlan, Decision
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import HoldState, Lease, Reservation
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, counted
 from tokenquota.domain.limits import LimitKey, Rule
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.storage.base import Scope
+from tokenquota.storage.base import Scope, StaleConfig
 
 
 @dataclass
@@ -65,6 +66,19 @@ class State:
     # event will get (``last_event_id + 1``) before the event is appended.
     last_event_id: int = 0
     audit_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    # The configuration version (storage/snapshot.py): moved by every catalog
+    # write under the lock, compared by every step that decides on a plan.
+    config_version: str = "0"
+    config_versions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def bump_config(self) -> None:
+        """A configuration write: every snapshot of the old version is stale from now."""
+        self.config_version = str(next(self.config_versions))
+
+    def verify_version(self, plan: DebitPlan) -> None:
+        """Refuse a plan made from another configuration version; call it under the lock."""
+        if plan.config_version is not None and plan.config_version != self.config_version:
+            raise StaleConfig
 
     def subject_row(self, ref: SubjectRef) -> SubjectRow:
         """The subject's row, created bare (no name, metadata or parents) if it is new."""

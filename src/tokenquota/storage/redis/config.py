@@ -1,120 +1,61 @@
-"""The configuration cache of a Redis store, and the version check that keeps it honest.
+"""The configuration version of a Redis store: a token in Redis, one copy per ledger shard.
 
-Limits, tracked windows, grants and resource quotas are read from the SQL
-catalog through this cache. Every replica remembers which version its
-entries belong to; a configuration write sets a new version token in Redis
-(one per shard), and every ledger step compares the version its plan was
-built on with the token: a mismatch refuses the step as "stale" and the
-engine plans again. docs/redis.md describes it.
+Beside Redis the configuration stays in SQL, but its version token lives in
+Redis (``tq:{L<n>}:cfg``), where every ledger step (``step.lua``) compares it
+with the version its plan was made from and answers "stale" when they
+differ. The SQL catalog's snapshot (storage/snapshot.py) reads the token from
+here (``current``), before the SQL data it files under it; every
+configuration write moves it once its SQL transaction committed (``bump``,
+called through ``Database.after_write``). docs/redis.md describes it.
 """
 
 from __future__ import annotations
 
-import functools
-import math
-import threading
-import time
 import uuid
-from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, Final
 
+from tokenquota.domain.errors import StoreUnavailable
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import Layout
+from tokenquota.storage.redis.ops import back_off
 
-# How long a replica serves limits from its cache before asking Redis whether
-# they changed. Reads may lag by this much; decisions never do (see cached).
-CONFIG_TTL = 1.0
-MIXED = "mixed"  # a plan read from two cache versions: always stale
+BUMP_ROUNDS: Final = 20  # see bump: only racing bumps need a second one
 
 
-class ConfigCache:
+class RedisVersion:
     def __init__(self, client: Any, layout: Layout) -> None:
         self.redis = client
         self.layout = layout
-        self._lock = threading.Lock()
-        self._version = ""
-        self._entries: dict[Any, Any] = {}
-        self._checked = -math.inf
-        self._local = threading.local()
 
-    def _snapshot(self) -> tuple[str, dict[Any, Any]]:
-        """The cache and the version it belongs to, asking Redis at most once a second."""
-        with self._lock:
-            now = time.monotonic()
-            if now - self._checked > CONFIG_TTL:
-                raw = call(lambda: self.redis.get(self.layout.config(0)))
-                current = raw.decode() if raw else "0"
-                if current != self._version:
-                    self._version, self._entries = current, {}
-                self._checked = now
-            return self._version, self._entries
-
-    def cached(self, key: tuple[str, ...], load: Callable[[], Any]) -> Any:
-        """A configuration read, served from the cache of the current version.
-
-        The version is remembered for this thread's operation, and the ledger
-        step refuses with "stale" when Redis holds another: then the engine
-        plans again from fresh reads. So a cached limit can make a request
-        wait a round trip, never admit what the store would refuse.
-        """
-        version, entries = self._snapshot()
-        seen = getattr(self._local, "version", None)
-        self._local.version = version if seen in (None, version) else MIXED
-        if key in entries:
-            return entries[key]
-        value = load()
-        if value is not None:
-            entries[key] = value
-        return value
-
-    def invalidate(self) -> None:
-        with self._lock:
-            self._checked = -math.inf
+    def current(self) -> str:
+        """The token of shard 0; every shard holds the same one once a bump is done."""
+        raw = call(lambda: self.redis.get(self.layout.config(0)))
+        return raw.decode() if raw else "0"
 
     def bump(self) -> None:
-        """After a configuration write: every replica's cache is stale from now on."""
-        token = uuid.uuid4().hex
-        pipe = self.redis.pipeline(transaction=False)
-        for shard in range(self.layout.shards):
-            pipe.set(self.layout.config(shard), token)
-        call(pipe.execute)
-        self.invalidate()
+        """After a configuration write: every replica's snapshot is stale from now on.
 
-    def operation_version(self) -> str:
-        """The configuration version this thread's plan was built on (MIXED if several).
-
-        It is kept through every round of a conflict loop, so a round that
-        reads the cache again cannot quietly move the plan to a newer version.
+        On a cluster the copies live in different slots, so no one command sets
+        them all, and two replicas bumping at once could leave the shards
+        holding different tokens: plans (made from shard 0's) would then be
+        stale on the other shards until the next write. So each bump reads the
+        copies back and sets them again until it finds them all equal; the
+        last bumper to finish reads them after every other one's writes.
         """
-        version = getattr(self._local, "version", None)
-        if version is None:
-            version = self._local.version = self._snapshot()[0]
-        return str(version)
-
-    def end_operation(self) -> None:
-        """The thread's next operation starts from the version it plans on."""
-        self._local.version = None
-
-
-class _HasConfig(Protocol):
-    config: ConfigCache
-
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-_S = TypeVar("_S", bound=_HasConfig)
-
-
-def one_operation(
-    method: Callable[Concatenate[_S, _P], _T],
-) -> Callable[Concatenate[_S, _P], _T]:
-    """An enforcing call: the thread's next call starts from the version it plans on."""
-
-    @functools.wraps(method)
-    def run(self: _S, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self.config.end_operation()
-
-    return run
+        shards = range(self.layout.shards)
+        for attempt in range(BUMP_ROUNDS):
+            if attempt:
+                back_off(attempt)  # racing bumpers in lockstep would keep tearing each other
+            token = uuid.uuid4().hex
+            pipe = self.redis.pipeline(transaction=False)
+            for shard in shards:
+                pipe.set(self.layout.config(shard), token)
+            call(pipe.execute)
+            if self.layout.shards == 1:
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for shard in shards:
+                pipe.get(self.layout.config(shard))
+            if len(set(call(pipe.execute))) == 1:
+                return
+        raise StoreUnavailable("the configuration version kept changing on Redis; retry")

@@ -4,8 +4,8 @@ Counters, holds, leases, grant balances, idempotency records and the newest
 ledger events live in Redis and change only inside ``step.lua``, one atomic
 script per operation (per hash slot on a cluster; ops.py builds the steps).
 The meter reads its configuration (tracked windows, grants) from the SQL
-catalog through the configuration cache, and its events reach the SQL
-ledger through the mover; ``rebuild`` restores Redis from that ledger after
+catalog through the snapshot its plan was made from, and its events reach
+the SQL ledger through the mover; ``rebuild`` restores Redis from that ledger after
 Redis loses its data. docs/redis.md states what each failure loses.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -56,9 +56,8 @@ from tokenquota.storage.redis.answers import (
     first_answer,
     plan_json,
 )
-from tokenquota.storage.redis.config import ConfigCache, one_operation
 from tokenquota.storage.redis.counters import RedisCounters
-from tokenquota.storage.redis.grants import RedisGrants
+from tokenquota.storage.redis.grants import RedisGrants, in_burn_order
 from tokenquota.storage.redis.holds import RedisHolds
 from tokenquota.storage.redis.keyspace import Keyspace, call
 from tokenquota.storage.redis.layout import Reply, Step
@@ -70,6 +69,7 @@ from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database
 from tokenquota.wire import stored
 
+T = TypeVar("T")
 # A capacity test (SPEC section 6) is checked by comparing what it read with
 # what the script finds; a busy resource may need a few rounds.
 MAX_ROUNDS = 50
@@ -90,7 +90,6 @@ class RedisMeter:
         ledger: SqlLedger,
         counters: RedisCounters,
         keyspace: Keyspace,
-        config: ConfigCache,
         ops: Runner,
     ) -> None:
         self.db = db
@@ -99,7 +98,7 @@ class RedisMeter:
         self.counters = counters
         self.mover = counters.mover
         self.keyspace = keyspace
-        self.config = config
+        self.snapshot = catalog.snapshot
         self.ops = ops
         self.redis = ops.redis
         self.layout = ops.layout
@@ -120,28 +119,35 @@ class RedisMeter:
     ) -> tuple[set[LimitKey], dict[SubjectRef, list[Grant]]]:
         """The tracked counters and the charged subjects' grants; creates the subject.
 
-        All of it comes from the configuration cache: the script's version
-        check (see ``_cached``) makes sure none of it was stale.
+        All of it comes from the snapshot at the plan's version: the ledger
+        step checks that version, so none of it can be stale where it counts.
         """
-        if not self.config.cached(("known", str(plan.subject)), lambda: self._known(plan.subject)):
+        view = self.snapshot.at(plan.config_version)
+        if view is None and plan.config_version is not None:
+            raise StaleConfig  # the snapshot moved on since the plan: so did Redis's token
+        ref, charged = plan.subject, plan.charged
+
+        def cached(
+            key: tuple[str, ...], read: Callable[[Connection], T], keep: Callable[[T], bool] | None
+        ) -> T:
+            def load() -> tuple[str, T]:
+                return self.catalog.version.versioned(read)
+
+            return load()[1] if view is None else view.cached(key, load, keep=keep)
+
+        # A subject created by a first consume moves no version: only "known" is kept.
+        if not cached(("known", str(ref)), lambda c: self.catalog.subject_in(c, ref), bool):
             if not create_subject:
                 raise NotFound(f"unknown subject {plan.subject}", details={"field": "subject"})
             with self.db.tx(hot=True) as conn:  # an insert of a bare subject decides nothing
                 self.catalog.ensure_subject(conn, plan.subject, plan.now)
-        tracked = self.config.cached(("tracked",), self._load_tracked)
-        grants = self.config.cached(
-            ("grants", *map(str, plan.charged)), lambda: self.credits.spendable(plan.charged)
+        tracked = cached(("tracked",), lambda c: frozenset(self.catalog.tracked(c)), None)
+        grants = cached(
+            ("grants", *map(str, charged)),
+            lambda c: in_burn_order(self.ledger.grants_of(c, charged)),
+            None,
         )
         return set(tracked), {s: list(g) for s, g in grants.items()}
-
-    def _known(self, ref: SubjectRef) -> bool | None:
-        """True, or None (not cached: the subject may be created any moment)."""
-        with self.db.tx() as conn:
-            return True if self.catalog.subject_in(conn, ref) is not None else None
-
-    def _load_tracked(self) -> frozenset[LimitKey]:
-        with self.db.tx() as conn:
-            return frozenset(self.catalog.tracked(conn))
 
     def _guards(self, plan: DebitPlan) -> list[Reading] | None:
         """The capacity reads as they are now: the decision is made on these."""
@@ -163,7 +169,6 @@ class RedisMeter:
     def grants(self, subject: SubjectRef) -> list[Grant]:
         return self.credits.grants(subject)
 
-    @one_operation
     def _decide_and_apply(
         self,
         plan: DebitPlan,
@@ -197,7 +202,7 @@ class RedisMeter:
             refuse = capped or (guards is not None and capacity_refuses(plan, guards))
             op = self.ops.op()
             shard, lkey = ledger
-            step = self.ops.ledger_step(op, shard, lkey, config=True)
+            step = self.ops.ledger_step(op, shard, lkey, version=plan.config_version)
             self.ops.add_checks(
                 op, plan.reads, enforce=enforce, guards=guards, first_guard=len(plan.checks)
             )
@@ -217,6 +222,7 @@ class RedisMeter:
                     "fp": idem["fp"],
                     "p": plan_json(plan, *self.ops.places(op)),
                 }
+            since = self.snapshot.monotonic()
             replies = self.ops.execute(op, plan.now, dry=refuse)
             last = replies[-1]
             statuses = {r.status for r in replies}
@@ -226,8 +232,8 @@ class RedisMeter:
                     "from the ledger"
                 )
             if "stale" in statuses:
-                self.config.invalidate()
                 raise StaleConfig
+            self.snapshot.confirm(plan.config_version, since)  # the ledger step checked it
             if "replay" in statuses:
                 return self._replayed(plan, next(r for r in replies if r.status == "replay")), None
             refuse_too_large(replies)
@@ -308,7 +314,6 @@ class RedisMeter:
     def get_reservation(self, reservation_id: str) -> Reservation | None:
         return self.holds.get_reservation(reservation_id)
 
-    @one_operation
     def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
         shard, key = self.layout.record("r", reservation_id)
         for _ in range(MAX_ROUNDS):
@@ -320,7 +325,7 @@ class RedisMeter:
             tracked, grants = self._context(plan, True)
             op = self.ops.op()
             # The record step goes first on a cluster: only one commit may pass it.
-            step = self.ops.ledger_step(op, shard, key, config=True)
+            step = self.ops.ledger_step(op, shard, key, version=plan.config_version)
             step.spec["state"] = {"k": step.key(key), "want": HoldState.HELD.value}
             step.spec["record"] = {
                 "k": step.key(key),
@@ -340,12 +345,13 @@ class RedisMeter:
             self.ops.add_increments(op, plan, tracked)
             if len(op.steps.ordered()) == 1:  # one atomic step: its answer's inputs go in it
                 step.spec["record"]["p"] = plan_json(plan, *self.ops.places(op))
+            since = self.snapshot.monotonic()
             replies = self.ops.execute_ledger_first(op, plan.now)
             if replies[-1].status == "lost":
                 raise StoreUnreachable("Redis has lost tokenquota's data; run `tokenquota rebuild`")
             if replies[-1].status == "stale":
-                self.config.invalidate()
                 raise StaleConfig
+            self.snapshot.confirm(plan.config_version, since)
             if replies[-1].status == "state":
                 continue  # released, expired or committed meanwhile: look again
             refuse_too_large(replies)

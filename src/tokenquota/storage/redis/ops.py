@@ -27,7 +27,6 @@ from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.redis.answers import CheckPlace, WalletPlace
-from tokenquota.storage.redis.config import ConfigCache
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import (
     Layout,
@@ -56,13 +55,10 @@ class Op:
 class Runner:
     """Builds and runs the steps of operations on one Redis keyspace."""
 
-    def __init__(
-        self, db: Database, client: Any, cluster: bool, layout: Layout, config: ConfigCache
-    ) -> None:
+    def __init__(self, db: Database, client: Any, cluster: bool, layout: Layout) -> None:
         self.db = db
         self.redis = client
         self.layout = layout
-        self.config = config
         self._script = client.register_script(STEP_LUA)
         self._slot_of: Callable[[str], int] | None = None
         if cluster:
@@ -233,15 +229,12 @@ class Runner:
             "body": json.dumps(body, separators=(",", ":")),
         }
 
-    def ledger_step(self, op: Op, shard: int, key: str, *, config: bool = False) -> Step:
-        """The step that makes an operation count; ``config`` adds the cache check."""
+    def ledger_step(self, op: Op, shard: int, key: str, *, version: str | None = None) -> Step:
+        """The step that makes an operation count; ``version`` (the plan's) is checked in it."""
         step = op.steps.ledger(key)
         step.spec["seq"] = step.key(self.layout.seq(shard))
-        if config:
-            step.spec["cfg"] = {
-                "k": step.key(self.layout.config(shard)),
-                "v": self.config.operation_version(),
-            }
+        if version is not None:
+            step.spec["cfg"] = {"k": step.key(self.layout.config(shard)), "v": version}
         return step
 
     def places(self, op: Op) -> tuple[list[CheckPlace], list[WalletPlace]]:

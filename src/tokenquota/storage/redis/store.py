@@ -3,24 +3,21 @@
 It *has* a SQL catalog (subjects, limits, plans, keys, audit) and a SQL
 ledger; the meter (meter.py) keeps counters, holds, grant balances and
 idempotency in Redis, and the mover (mover.py) copies its events into the
-ledger. Configuration reads go through the cache of config.py, and every
-configuration write announces itself so every replica's cache goes stale.
-docs/redis.md states what each failure loses.
+ledger. The planner reads configuration through the SQL catalog's snapshot
+(storage/snapshot.py), whose version token lives in Redis (config.py) so
+that every ledger step can check it; every configuration write announces
+itself and moves it. docs/redis.md states what each failure loses.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.errors import StoreUnavailable
-from tokenquota.domain.subjects import SubjectRef
-from tokenquota.storage.base import RuleSet
 from tokenquota.storage.composed import ComposedStore
-from tokenquota.storage.redis.config import ConfigCache
+from tokenquota.storage.redis.config import RedisVersion
 from tokenquota.storage.redis.counters import RedisCounters
 from tokenquota.storage.redis.keyspace import (
     Keyspace,
@@ -57,21 +54,21 @@ class RedisStore(ComposedStore):
     ) -> None:
         self.redis, self.cluster, prefix = connect(redis_url)
         self.layout = Layout(prefix, CLUSTER_SHARDS if self.cluster else 1)
-        self.config = ConfigCache(self.redis, self.layout)
+        self.version = RedisVersion(self.redis, self.layout)
         warn_on_eviction(self.redis)
         try:
             self.db = Database(url, migrate=migrate)
         except BaseException:
             self.redis.close()
             raise
-        self.db.after_write.append(self.config.bump)
         ledger = SqlLedger(self.db)
         self.mover = Mover(self.db, ledger, self.redis, self.layout)
         counters = RedisCounters(self.redis, self.cluster, self.layout, ledger, self.mover)
-        catalog = SqlCatalog(self.db, counters)
+        catalog = SqlCatalog(self.db, counters, token=self.version.current)
+        self.db.after_write.append(self._config_written)
         self.keyspace = Keyspace(self.db, self.redis, self.layout)
-        ops = Runner(self.db, self.redis, self.cluster, self.layout, self.config)
-        meter = RedisMeter(self.db, catalog, ledger, counters, self.keyspace, self.config, ops)
+        ops = Runner(self.db, self.redis, self.cluster, self.layout)
+        meter = RedisMeter(self.db, catalog, ledger, counters, self.keyspace, ops)
         super().__init__(catalog, meter)
         try:
             self.keyspace.stamp(prefix)
@@ -95,6 +92,11 @@ class RedisStore(ComposedStore):
     @property
     def _mover(self) -> threading.Thread:
         return self.mover.thread
+
+    def _config_written(self) -> None:
+        """After a write transaction that announces itself (configuration, grants, rebuild)."""
+        self.version.bump()
+        self.catalog.config_stale()  # this replica reads its own write at once
 
     # lifecycle ----------------------------------------------------------------
     def close(self) -> None:
@@ -120,19 +122,3 @@ class RedisStore(ComposedStore):
     def quarantined(self) -> list[dict[str, str]]:
         """Every quarantined event, oldest first per shard, for an operator to inspect."""
         return self.mover.quarantined()
-
-    # configuration reads the engine plans on, through the cache ---------------------
-    def rule_sets(
-        self, ref: SubjectRef, *, with_ancestors: bool
-    ) -> list[tuple[SubjectRef, RuleSet]]:
-        key = ("rules", str(ref), str(with_ancestors))
-        loaded = self.config.cached(
-            key, lambda: self.catalog.rule_sets(ref, with_ancestors=with_ancestors)
-        )
-        return list(loaded)
-
-    def get_resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None:
-        loaded: dict[str, Any] | None = self.config.cached(
-            ("quota", str(resource)), lambda: self.catalog.get_resource_quota(resource)
-        )
-        return copy.deepcopy(loaded)

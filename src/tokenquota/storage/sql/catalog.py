@@ -1,16 +1,20 @@
-"""The SQL catalog: subjects, rules, plans, defaults, keys, resource quotas, audit.
+"""The SQL catalog: subjects, rules, plans, defaults, keys (keys.py), resource quotas, audit.
 
-Read often and written rarely: every write here takes the exclusive lock (see
-``Database.tx``) and announces itself, which is how the Redis store knows its
-configuration cache went stale. Counters backfilled for a newly tracked
-window go to whatever ``Counters`` the store was composed with.
+Read often and written rarely: every write of configuration here takes the
+exclusive lock (see ``Database.tx``) and moves the version token in the same
+transaction (the ``config_version`` row of ``meta``), which every hot step
+reads under its shared lock to refuse a plan made from an older version;
+the planner reads through this catalog's ``Snapshot`` (storage/snapshot.py).
+Beside Redis the token lives in Redis instead (``token``), moved when the
+write announces itself. Counters backfilled for a newly tracked window go to
+whatever ``Counters`` the store was composed with.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 from uuid import uuid4
@@ -21,22 +25,83 @@ from sqlalchemy.exc import IntegrityError
 
 from tokenquota.domain.bounds import LIFETIME, backfill_start
 from tokenquota.domain.clock import from_micros, to_micros
+from tokenquota.domain.decisions import DebitPlan
 from tokenquota.domain.errors import Conflict, NotFound
-from tokenquota.domain.keys import ApiKey, Role
-from tokenquota.domain.ledger import AuditEntry, key_target, plan_target, resource_target
+from tokenquota.domain.keys import ApiKey
+from tokenquota.domain.ledger import AuditEntry, plan_target, resource_target
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
+from tokenquota.storage.snapshot import Snapshot, View
 from tokenquota.storage.sql import schema as t
+from tokenquota.storage.sql.keys import SqlKeys
 from tokenquota.storage.sql.ledger import Counters
 from tokenquota.storage.sql.tx import Database
-from tokenquota.wire.catalog import encode_key, encode_plan, encode_rule, encode_subject
+from tokenquota.storage.sql.version import SqlVersion
+from tokenquota.wire.catalog import encode_plan, encode_rule, encode_subject
 
 
 class SqlCatalog:
-    def __init__(self, db: Database, counters: Counters) -> None:
+    def __init__(
+        self, db: Database, counters: Counters, *, token: Callable[[], str] | None = None
+    ) -> None:
         self.db = db
         self.counters = counters
+        self.version = SqlVersion(db, token)  # token: where it lives beside Redis
+        self.snapshot = Snapshot(self)
+        self.keys = SqlKeys(db, self.write_audit)
+
+    # the configuration snapshot (storage/snapshot.py) and its version (version.py) ----
+    def config(self) -> View:
+        return self.snapshot.view()
+
+    def config_stale(self) -> None:
+        self.snapshot.invalidate()
+
+    def config_version(self) -> str:
+        return self.version.current()
+
+    def load_rule_sets(
+        self, ref: SubjectRef, *, with_ancestors: bool
+    ) -> tuple[str, list[tuple[SubjectRef, RuleSet]]]:
+        return self.version.versioned(lambda conn: self._chain(conn, ref, with_ancestors))
+
+    def load_ancestors(self, ref: SubjectRef) -> tuple[str, list[SubjectRef]]:
+        return self.version.versioned(
+            lambda conn: ancestors_of(ref, lambda r: self._parents(conn, r))
+        )
+
+    def load_resource_quota(self, resource: SubjectRef) -> tuple[str, dict[str, Any] | None]:
+        return self.version.versioned(lambda conn: self._resource_quota(conn, resource))
+
+    def load_tracked(self) -> tuple[str, frozenset[LimitKey]]:
+        return self.version.versioned(lambda conn: frozenset(self.tracked(conn)))
+
+    def verify_version(self, conn: Connection, plan: DebitPlan) -> None:
+        """The SQL meter's check of a plan's version, first thing under its locks."""
+        self.version.verify(conn, plan, self.snapshot)
+
+    def tracked_for(self, conn: Connection, plan: DebitPlan) -> frozenset[LimitKey] | set[LimitKey]:
+        """The tracked pairs; from the snapshot when this step verified the plan's version.
+
+        A miss is read in ``conn``, the step's own transaction, never in another
+        one: a step waiting for a second connection while it holds the write
+        lock could wait for ever on a full pool. What it reads is the verified
+        version's, so the snapshot keeps it.
+        """
+        version = self.version.verified(conn, plan)
+        view = self.snapshot.at(version)
+        if view is None or version is None:
+            return self.tracked(conn)
+        return view.cached(("tracked",), lambda: (version, frozenset(self.tracked(conn))))
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A configuration write: exclusive, moving the version in the same transaction."""
+        with self.db.tx(write=True) as conn:
+            self.version.bump(conn)
+            yield conn
+        self.snapshot.invalidate()  # this replica reads its own write at once
 
     # subjects ---------------------------------------------------------------
     def get_subject(self, ref: SubjectRef) -> Subject | None:
@@ -87,7 +152,7 @@ class SqlCatalog:
         now: datetime,
         actor: str,
     ) -> Subject:
-        with self.db.tx(write=True) as conn:
+        with self._write() as conn:
             existing = self.subject_in(conn, ref)
             before = encode_subject(existing) if existing else None
             self.ensure_subject(conn, ref, now)
@@ -125,7 +190,7 @@ class SqlCatalog:
             return subject
 
     def delete_subject(self, ref: SubjectRef, *, actor: str, now: datetime) -> bool:
-        with self.db.tx(write=True) as conn:
+        with self._write() as conn:
             if self.subject_in(conn, ref) is None:
                 return False
             child = conn.execute(
@@ -181,10 +246,15 @@ class SqlCatalog:
         self, ref: SubjectRef, *, with_ancestors: bool
     ) -> list[tuple[SubjectRef, RuleSet]]:
         with self.db.tx() as conn:
-            chain = [ref]
-            if with_ancestors:
-                chain += ancestors_of(ref, lambda r: self._parents(conn, r))
-            return self._rule_sets(conn, chain)
+            return self._chain(conn, ref, with_ancestors)
+
+    def _chain(
+        self, conn: Connection, ref: SubjectRef, with_ancestors: bool
+    ) -> list[tuple[SubjectRef, RuleSet]]:
+        chain = [ref]
+        if with_ancestors:
+            chain += ancestors_of(ref, lambda r: self._parents(conn, r))
+        return self._rule_sets(conn, chain)
 
     def _rule_sets(
         self, conn: Connection, chain: list[SubjectRef]
@@ -249,7 +319,7 @@ class SqlCatalog:
     def change_rules(
         self, scope: Scope, changes: Sequence[RuleChange], *, actor: str, now: datetime
     ) -> list[Rule]:
-        with self.db.tx(write=True) as conn:
+        with self._write() as conn:
             if scope.layer is Layer.PLAN and self._plan(conn, scope.name) is None:
                 raise NotFound(f"no plan {scope.name!r}")
             if scope.layer is Layer.OVERRIDE:
@@ -290,7 +360,11 @@ class SqlCatalog:
 
     def track(self, keys: Sequence[LimitKey], now: datetime) -> None:
         with self.db.tx(write=True) as conn:
-            self._track(conn, keys, now)
+            tracking = self._track(conn, keys, now)
+            if tracking:  # an engine starting tracks what is, mostly: no new version
+                self.version.bump(conn)
+        if tracking:
+            self.snapshot.invalidate()
 
     def tracked(self, conn: Connection) -> set[LimitKey]:
         # Migration 0006 adds the LIFETIME pairs to the table; the union keeps a
@@ -299,10 +373,11 @@ class SqlCatalog:
             LimitKey.from_storage(r.metric, r.window) for r in conn.execute(sa.select(t.tracked))
         }
 
-    def _track(self, conn: Connection, keys: Sequence[LimitKey], now: datetime) -> None:
+    def _track(self, conn: Connection, keys: Sequence[LimitKey], now: datetime) -> bool:
+        """Track the new pairs among ``keys``; whether there were any."""
         new = {k for k in keys if k.window is not None} - self.tracked(conn)
         if not new:
-            return
+            return False
         conn.execute(
             t.tracked.insert(), [{"metric": k.metric.value, "window": k.window_key} for k in new]
         )
@@ -312,6 +387,7 @@ class SqlCatalog:
         for start, group in starts.items():
             if start is not None:  # None: a lifetime pair, kept from the first event
                 self.counters.backfill(conn, group, start)
+        return True
 
     # plans ------------------------------------------------------------------
     def _plan(self, conn: Connection, plan_id: str) -> Plan | None:
@@ -323,7 +399,7 @@ class SqlCatalog:
     def create_plan(self, name: str, rules: Sequence[Rule], *, actor: str, now: datetime) -> Plan:
         plan_id = uuid4().hex
         scope = Scope(Layer.PLAN, plan_id)
-        with self.db.tx(write=True) as conn:
+        with self._write() as conn:
             try:
                 with conn.begin_nested():
                     conn.execute(
@@ -342,7 +418,7 @@ class SqlCatalog:
             return plan
 
     def update_plan(self, plan_id: str, *, name: str | None, actor: str, now: datetime) -> Plan:
-        with self.db.tx(write=True) as conn:
+        with self._write() as conn:
             before = self._plan(conn, plan_id)
             if before is None:
                 raise NotFound(f"no plan {plan_id!r}")
@@ -359,7 +435,7 @@ class SqlCatalog:
             return plan
 
     def delete_plan(self, plan_id: str, *, actor: str, now: datetime) -> None:
-        with self.db.tx(write=True) as conn:
+        with self._write() as conn:
             before = self._plan(conn, plan_id)
             if before is None:
                 raise NotFound(f"no plan {plan_id!r}")
@@ -391,7 +467,7 @@ class SqlCatalog:
     def assign_plan(
         self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime
     ) -> None:
-        with self.db.tx(write=True) as conn:
+        with self._write() as conn:
             if plan_id is not None and self._plan(conn, plan_id) is None:
                 raise NotFound(f"no plan {plan_id!r}")
             self.ensure_subject(conn, ref, now)
@@ -444,62 +520,18 @@ class SqlCatalog:
             limit,
         )
 
-    # API keys ---------------------------------------------------------------
+    # API keys (keys.py) ---------------------------------------------------------
     def create_key(self, key: ApiKey, secret_hash: str, *, actor: str) -> None:
-        with self.db.tx(write=True) as conn:
-            conn.execute(
-                t.api_keys.insert().values(
-                    id=key.id,
-                    role=key.role.value,
-                    subject=str(key.subject) if key.subject else None,
-                    name=key.name,
-                    secret_hash=secret_hash,
-                    created_at=to_micros(key.created_at),
-                    revoked_at=None,
-                )
-            )
-            self.write_audit(
-                conn, key.created_at, actor, "key.create", key_target(key.id), None, encode_key(key)
-            )
+        self.keys.create(key, secret_hash, actor=actor)
 
     def get_key(self, key_id: str) -> tuple[ApiKey, str] | None:
-        with self.db.tx() as conn:
-            row = conn.execute(sa.select(t.api_keys).where(t.api_keys.c.id == key_id)).first()
-        return None if row is None else (_key(row), row.secret_hash)
+        return self.keys.get(key_id)
 
     def list_keys(self, *, offset: int, limit: int) -> Page[ApiKey]:
-        with self.db.tx() as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(t.api_keys)).scalar_one()
-            rows = conn.execute(
-                sa.select(t.api_keys)
-                .order_by(t.api_keys.c.created_at, t.api_keys.c.id)
-                .offset(offset)
-                .limit(limit)
-            ).all()
-        return Page([_key(r) for r in rows], total, offset, limit)
+        return self.keys.list(offset=offset, limit=limit)
 
     def revoke_key(self, key_id: str, *, actor: str, now: datetime) -> bool:
-        with self.db.tx(write=True) as conn:
-            row = conn.execute(sa.select(t.api_keys).where(t.api_keys.c.id == key_id)).first()
-            if row is None or row.revoked_at is not None:
-                return False
-            conn.execute(
-                t.api_keys.update()
-                .where(t.api_keys.c.id == key_id)
-                .values(revoked_at=to_micros(now))
-            )
-            before = _key(row)
-            after = replace(before, revoked_at=now)
-            self.write_audit(
-                conn,
-                now,
-                actor,
-                "key.revoke",
-                key_target(key_id),
-                encode_key(before),
-                encode_key(after),
-            )
-            return True
+        return self.keys.revoke(key_id, actor=actor, now=now)
 
     # resource quotas --------------------------------------------------------
     def get_resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None:
@@ -523,7 +555,7 @@ class SqlCatalog:
         actor: str,
         now: datetime,
     ) -> None:
-        with self.db.tx(write=True) as conn:
+        with self._write() as conn:
             before = self._resource_quota(conn, resource)
             self.ensure_subject(conn, resource, now)
             stamp = to_micros(now)
@@ -545,7 +577,7 @@ class SqlCatalog:
                 self.write_audit(conn, now, actor, "quota.set", target, before, quota)
 
     def delete_resource_quota(self, resource: SubjectRef, *, actor: str, now: datetime) -> bool:
-        with self.db.tx(write=True) as conn:
+        with self._write() as conn:
             before = self._resource_quota(conn, resource)
             if before is None:
                 return False
@@ -587,14 +619,3 @@ def _rule_row(scope: Scope, rule: Rule) -> dict[str, Any]:
         "value": rule.value,
         "shadow": rule.shadow,
     }
-
-
-def _key(row: Any) -> ApiKey:
-    return ApiKey(
-        id=row.id,
-        role=Role(row.role),
-        subject=SubjectRef.parse(row.subject) if row.subject else None,
-        name=row.name,
-        created_at=from_micros(row.created_at),
-        revoked_at=from_micros(row.revoked_at) if row.revoked_at is not None else None,
-    )

@@ -145,6 +145,7 @@ class SqlMeter:
         subject = str(plan.subject)
         with self.db.tx(hot=True) as conn:
             self.db.lock_series(conn, plan_series(plan))
+            self.catalog.verify_version(conn, plan)
             if plan.idempotency_key:
                 row = conn.execute(
                     sa.select(t.idempotency).where(
@@ -204,7 +205,11 @@ class SqlMeter:
         self.counters.add(
             conn,
             increments(
-                plan.series, plan.amounts, plan.timestamp, self.db.tz, self.catalog.tracked(conn)
+                plan.series,
+                plan.amounts,
+                plan.timestamp,
+                self.db.tz,
+                self.catalog.tracked_for(conn, plan),
             ),
         )
         self.ledger.burn(conn, plan.charged, plan.amounts[Metric.CREDITS], plan.now)
@@ -240,6 +245,7 @@ class SqlMeter:
     ) -> Decision:
         with self.db.tx(hot=True) as conn:
             self.db.lock_series(conn, plan_series(plan) | set(reservation.series))
+            self.catalog.verify_version(conn, plan)
             self._require_subject(conn, plan, create_subject)
             decision = self._decide(conn, plan)
             if not decision.allowed:
@@ -299,6 +305,7 @@ class SqlMeter:
     def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
         with self.db.tx(hot=True) as conn:
             self.db.lock_hold(conn, plan, self._reservation(conn, reservation_id))
+            self.catalog.verify_version(conn, plan)
             reservation = self._reservation(conn, reservation_id)
             check_committable(reservation, reservation_id, plan.now)
             assert reservation is not None
@@ -330,6 +337,7 @@ class SqlMeter:
     def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
         with self.db.tx(hot=True) as conn:
             self.db.lock_series(conn, plan_series(plan) | set(lease.series))
+            self.catalog.verify_version(conn, plan)
             self._require_subject(conn, plan, create_subject)
             decision = self._decide(conn, plan)
             if not decision.allowed:
