@@ -118,7 +118,12 @@ class Database:
 
     @contextmanager
     def tx(
-        self, *, write: bool = False, hot: bool = False, announce: bool = True
+        self,
+        *,
+        write: bool = False,
+        hot: bool = False,
+        announce: bool = True,
+        global_key: bool = True,
     ) -> Iterator[Connection]:
         """One transaction; ``write`` or ``hot`` ones are serialised against each other.
 
@@ -153,6 +158,10 @@ class Database:
 
         A ``write`` that commits runs the ``after_write`` callbacks unless
         ``announce`` is False (a write that changes no configuration).
+
+        ``global_key=False`` leaves the global key to the caller, which must take
+        it before anything else: the hot transaction (``hot.HotTx.lock``) sends
+        it in the same round trip as its series locks and first reads.
         """
         try:
             with self.engine.connect() as conn:
@@ -160,7 +169,7 @@ class Database:
                     conn.execution_options(tokenquota_write=True)
                 conn.info["tokenquota_series_locked"] = False  # info outlives the checkout
                 with conn.begin():
-                    if (write or hot) and self.dialect == "postgresql":
+                    if (write or hot) and global_key and self.dialect == "postgresql":
                         shared = hot and not self.single_lock
                         conn.execute(_GLOBAL_SHARED if shared else _GLOBAL_EXCLUSIVE)
                     yield conn
