@@ -64,6 +64,15 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._queue: deque[Job[Any]] = deque()
         self._leading = False
+        # Counted for the bench and the tests: batches run, and the largest one.
+        self.batches = 0
+        self.largest = 0
+
+    @property
+    def waiting(self) -> int:
+        """Steps queued and not yet taken by a leader."""
+        with self._lock:
+            return len(self._queue)
 
     def submit(self, step: Callable[[Any], R], series: frozenset[str]) -> R:
         """Run ``step`` in a shared transaction; its answer once that has committed."""
@@ -83,6 +92,8 @@ class GroupCommit:
     def _lead(self) -> None:
         with self._lock:
             batch = [self._queue.popleft() for _ in range(min(self._limit, len(self._queue)))]
+            self.batches += 1
+            self.largest = max(self.largest, len(batch))
         try:
             self._run(batch)
         except BaseException as exc:

@@ -33,7 +33,8 @@ before its commit, however many statements it has.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import cache
@@ -44,7 +45,7 @@ from sqlalchemy import Connection
 from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
-from tokenquota.domain.errors import IdempotencyConflict
+from tokenquota.domain.errors import IdempotencyConflict, StoreUnreachable
 from tokenquota.domain.grants import Grant, allocate
 from tokenquota.domain.ledger import CounterKey, Event
 from tokenquota.domain.limits import LimitKey
@@ -246,25 +247,40 @@ class HotTx:
         raw = conn.connection.driver_connection
         assert raw is not None
         self.raw: Any = raw
+        # The driver's own OperationalError (sqlite3's, psycopg's): what SQLAlchemy
+        # would have wrapped had it run the statement; see ``_driver``.
+        self._lost: type[Exception] = conn.dialect.loaded_dbapi.OperationalError
         self.sql = POSTGRES if conn.dialect.name == "postgresql" else SQLITE
         self.single_lock = single_lock
         self.pending: list[Stmt] = []
         self._tracked: set[LimitKey] | None = None
         self._savepoints = 0
+        self._queued: int | None = None  # where the last savepoint waits in ``pending``
 
     # running statements ------------------------------------------------------------
     def run(self, stmts: Sequence[Stmt]) -> list[Any]:
         """Run the pending statements and then ``stmts``; the cursors of ``stmts``, in order."""
         todo = [*self.pending, *stmts]
         self.pending.clear()
+        self._queued = None
         if not todo:
             return []
-        if self.sql.postgres:
-            with self.raw.pipeline():
+        with self._driver():
+            if self.sql.postgres:
+                with self.raw.pipeline():
+                    cursors = [self.raw.execute(sql, params) for sql, params in todo]
+            else:
                 cursors = [self.raw.execute(sql, params) for sql, params in todo]
-        else:
-            cursors = [self.raw.execute(sql, params) for sql, params in todo]
         return cursors[len(todo) - len(stmts) :]
+
+    @contextmanager
+    def _driver(self) -> Iterator[None]:
+        """A store that stopped answering is ``StoreUnreachable`` (503, or the outage
+        path), as ``Database.tx`` makes of the errors SQLAlchemy raises."""
+        try:
+            yield
+        except self._lost as exc:
+            raise StoreUnreachable(f"the database did not answer: {exc}") from exc
 
     def flush(self) -> None:
         if self.pending:
@@ -294,6 +310,7 @@ class HotTx:
     # one decision inside a shared transaction ---------------------------------------
     def savepoint(self) -> None:
         self._savepoints += 1
+        self._queued = len(self.pending)
         self.pending.append((f"SAVEPOINT d{self._savepoints}", ()))
 
     def release(self) -> None:
@@ -301,8 +318,13 @@ class HotTx:
 
     def undo(self) -> None:
         """Undo everything since the last savepoint (the decision that failed)."""
-        self.pending.clear()  # whatever was queued after it is undone with it
-        self.raw.execute(f"ROLLBACK TO SAVEPOINT d{self._savepoints}")
+        if self._queued is not None:
+            # The savepoint never left: drop it and what followed it, keep what preceded.
+            del self.pending[self._queued :]
+            return
+        self.pending.clear()  # queued after the savepoint: undone with it
+        with self._driver():
+            self.raw.execute(f"ROLLBACK TO SAVEPOINT d{self._savepoints}")
 
     # reads -----------------------------------------------------------------------------
     def tracked(self) -> set[LimitKey]:
@@ -427,14 +449,15 @@ class HotTx:
             # SQLite numbers the event as it inserts it; the rest follows at once
             # (no round trips in-process).
             self.run(stmts)
-            event_id = int(self.raw.execute(sql.event, values).lastrowid)
             stmts = []
-            if row["charged"]:
-                self.raw.executemany(sql.link, [(s, row["ts"], event_id) for s in row["charged"]])
-            if deltas:
-                self.raw.executemany(sql.bump, [(*k, v) for k, v in deltas.items()])
-            if burns:
-                self.raw.executemany(sql.burn, [(units, gid) for gid, units in burns.items()])
+            with self._driver():
+                event_id = int(self.raw.execute(sql.event, values).lastrowid)
+                links = [(s, row["ts"], event_id) for s in row["charged"]]
+                self.raw.executemany(sql.link, links)
+                if deltas:
+                    self.raw.executemany(sql.bump, [(*k, v) for k, v in deltas.items()])
+                if burns:
+                    self.raw.executemany(sql.burn, [(n, gid) for gid, n in burns.items()])
         else:
             assert event_id is not None
             stmts.append((sql.event, (event_id, *values)))
