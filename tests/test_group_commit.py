@@ -297,8 +297,8 @@ def test_a_killed_process_loses_no_acknowledged_decision(url: str) -> None:
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
-            key, event_id, tokens, largest = line.split()
-            acks.append((key, int(event_id), int(tokens), int(largest)))
+            words = line.split()
+            acks.append((words[0], int(words[1]), int(words[2]), int(words[3])))
             if len(acks) >= ACKS_BEFORE_KILL:
                 proc.send_signal(signal.SIGKILL)  # mid-load: whatever was in flight is cut
                 break
