@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint typecheck pytest bench clean fuzz client
+.PHONY: install demo serve test lint typecheck pytest bench bench-group clean fuzz client
 
 install: $(STAMP)
 
@@ -56,3 +56,7 @@ bench: install
 # Hot rows on PostgreSQL: the single write lock against per-series locks (a table; slow).
 bench-hot: install
 	$(BIN)/python bench/bench_hot_rows.py
+
+# Group commit on SQLite and PostgreSQL at 1, 8 and 64 callers, on against off (a table; a minute or two).
+bench-group: install
+	$(BIN)/python bench/bench_group_commit.py

@@ -321,3 +321,26 @@ def test_a_killed_process_loses_no_acknowledged_decision(url: str) -> None:
         key, event_id, tokens, _ = acks[-1]
         again = quota.consume(f"user:w{tokens - 1}", tokens=tokens, idempotency_key=key)
         assert (again.replayed, again.event_id) == (True, event_id)
+
+
+# the leader's kept connection -------------------------------------------------------------
+def test_a_kept_connection_lost_while_idle_costs_no_decision(postgres_url: str) -> None:
+    """The leader keeps its connection between batches (no pool ping): when the server
+    dropped it meanwhile, the next batch runs again on a fresh one, nothing committed twice."""
+    with tokenquota.open(postgres_url, clock=FrozenClock(START)) as quota:
+        quota.set_limit("user:a", "tokens", "day", 100)
+        assert quota.consume("user:a", tokens=10).allowed
+        meter: Any = quota.store.meter  # type: ignore[attr-defined]
+        pid = meter.db._kept.connection.driver_connection.info.backend_pid
+        engine = sa.create_engine(postgres_url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        finally:
+            engine.dispose()
+        decision = quota.consume("user:a", tokens=20, idempotency_key="after")
+        assert decision.allowed
+        assert meter.db._kept.connection.driver_connection.info.backend_pid != pid
+        (status,) = quota.usage("user:a").limits
+        assert status.used == 30
+        assert quota.events(subject="user:a").total == 2

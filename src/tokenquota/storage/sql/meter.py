@@ -22,7 +22,7 @@ from sqlalchemy import Connection
 from tokenquota.domain.bounds import check_granted, check_lifetime
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
-from tokenquota.domain.errors import NotFound
+from tokenquota.domain.errors import NotFound, StoreUnreachable
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import (
     HoldState,
@@ -101,22 +101,37 @@ class SqlMeter:
         connection lost, the commit failing) leaves the block and fails every
         job of the batch (``GroupCommit``): none of them was acknowledged.
         """
-        with self.db.tx(hot=True, global_key=False) as conn:
-            tx = HotTx(conn, single_lock=self.db.single_lock)
-            tx.lock(frozenset().union(*(job.series for job in jobs)))
-            if len(jobs) == 1:
-                jobs[0].result = jobs[0].step(tx)
-            else:
+        retried = False
+        while True:
+            committing = reused = False
+            try:
+                with self.db.leader_tx() as (conn, reused):
+                    self._batch(HotTx(conn, single_lock=self.db.single_lock), jobs)
+                    committing = True  # the block's end commits
+                return
+            except StoreUnreachable:
+                if committing or not reused or retried:
+                    raise
+                retried = True  # a kept connection gone stale: once more on a fresh one
                 for job in jobs:
-                    tx.savepoint()
-                    try:
-                        job.result = job.step(tx)
-                    except Exception as exc:
-                        tx.undo()
-                        job.error = exc
-                    else:
-                        tx.release()
-            tx.flush()
+                    job.result, job.error = None, None
+
+    @staticmethod
+    def _batch(tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
+        tx.lock(frozenset().union(*(job.series for job in jobs)))
+        if len(jobs) == 1:
+            jobs[0].result = jobs[0].step(tx)
+        else:
+            for job in jobs:
+                tx.savepoint()
+                try:
+                    job.result = job.step(tx)
+                except Exception as exc:
+                    tx.undo()
+                    job.error = exc
+                else:
+                    tx.release()
+        tx.flush()
 
     def _settle(
         self,
