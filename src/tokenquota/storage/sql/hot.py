@@ -78,12 +78,6 @@ class _Sql:
         "INSERT INTO events (kind, subject, charged, ts, recorded_at, mode, amounts, model,"
         " tags, idempotency_key, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
-    link = "INSERT INTO event_subjects (subject, ts, event_id) VALUES (?, ?, ?)"
-    bump = (
-        'INSERT INTO counters (subject, metric, "window", bucket, value) VALUES (?, ?, ?, ?, ?)'
-        ' ON CONFLICT (subject, metric, "window", bucket)'
-        " DO UPDATE SET value = counters.value + excluded.value"
-    )
     remember = (
         'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
         " VALUES (?, ?, ?, ?, ?)"
@@ -104,6 +98,20 @@ class _Sql:
     def holds(self, subjects: Sequence[str], now: int) -> Stmt:
         return _sqlite_in(_HOLDS, len(subjects)), [*subjects, now]
 
+    def links(self, ts: int, event_id: int, subjects: Sequence[str]) -> Stmt:
+        """The event's row per charged subject, in one statement."""
+        params: list[Any] = []
+        for subject in subjects:
+            params += (subject, ts, event_id)
+        return _sqlite_rows(_LINKS, 3, len(subjects)), params
+
+    def bumps(self, deltas: dict[CounterKey, int]) -> Stmt:
+        """Every counter the event adds to, in one multi-row upsert."""
+        params: list[Any] = []
+        for key, units in deltas.items():
+            params += (*key, units)
+        return _sqlite_rows(_BUMPS, 5, len(deltas)), params
+
     def leases(self, subjects: Sequence[str], now: int) -> Stmt:
         return _sqlite_in(_LEASES, len(subjects)), [*subjects, now]
 
@@ -120,18 +128,6 @@ class _PostgresSql(_Sql):
         "INSERT INTO events (id, kind, subject, charged, ts, recorded_at, mode, amounts, model,"
         " tags, idempotency_key, resource)"
         " VALUES (%s, %s, %s, %s::json, %s, %s, %s, %s::json, %s, %s::json, %s, %s)"
-    )
-    # One statement whatever the number of links or counters: its text never varies,
-    # so psycopg prepares it once.
-    link = (
-        "INSERT INTO event_subjects (subject, ts, event_id)"
-        " SELECT s, %s, %s FROM unnest(%s::text[]) AS s"
-    )
-    bump = (
-        'INSERT INTO counters (subject, metric, "window", bucket, value)'
-        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
-        ' ON CONFLICT (subject, metric, "window", bucket)'
-        " DO UPDATE SET value = counters.value + excluded.value"
     )
     remember = (
         'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
@@ -157,6 +153,16 @@ class _PostgresSql(_Sql):
     def holds(self, subjects: Sequence[str], now: int) -> Stmt:
         return _PG_HOLDS, [list(subjects), now]
 
+    def links(self, ts: int, event_id: int, subjects: Sequence[str]) -> Stmt:
+        return _PG_LINKS, (ts, event_id, list(subjects))
+
+    def bumps(self, deltas: dict[CounterKey, int]) -> Stmt:
+        columns: list[list[Any]] = [[], [], [], [], []]
+        for key, units in deltas.items():
+            for column, value in zip(columns, (*key, units), strict=True):
+                column.append(value)
+        return _PG_BUMPS, columns
+
     def leases(self, subjects: Sequence[str], now: int) -> Stmt:
         return _PG_LEASES, [list(subjects), now]
 
@@ -164,6 +170,24 @@ class _PostgresSql(_Sql):
         return _PG_GRANTS, [list(subjects)]
 
 
+_LINKS = "INSERT INTO event_subjects (subject, ts, event_id) VALUES {}"
+_BUMPS = (
+    'INSERT INTO counters (subject, metric, "window", bucket, value) VALUES {}'
+    ' ON CONFLICT (subject, metric, "window", bucket)'
+    " DO UPDATE SET value = counters.value + excluded.value"
+)
+# On PostgreSQL one text whatever the number of rows (arrays through unnest), so
+# psycopg prepares it once.
+_PG_LINKS = (
+    "INSERT INTO event_subjects (subject, ts, event_id)"
+    " SELECT s, %s, %s FROM unnest(%s::text[]) AS s"
+)
+_PG_BUMPS = (
+    'INSERT INTO counters (subject, metric, "window", bucket, value)'
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+    ' ON CONFLICT (subject, metric, "window", bucket)'
+    " DO UPDATE SET value = counters.value + excluded.value"
+)
 _HOLDS = (
     "SELECT subject, metric, sum(amount), max(expires_at) FROM holds"
     " WHERE subject IN ({}) AND expires_at > ? GROUP BY subject, metric"
@@ -190,6 +214,12 @@ _PG_GRANTS = _GRANTS.replace("IN ({})", "= ANY(%s::text[])")
 @cache
 def _sqlite_in(template: str, count: int) -> str:
     return template.format(", ".join("?" * count))
+
+
+@cache
+def _sqlite_rows(template: str, width: int, count: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return template.format(", ".join([row] * count))
 
 
 @cache
@@ -448,27 +478,17 @@ class HotTx:
         if not sql.postgres:
             # SQLite numbers the event as it inserts it; the rest follows at once
             # (no round trips in-process).
-            self.run(stmts)
+            (inserted,) = self.run([*stmts, (sql.event, values)])[-1:]
+            event_id = int(inserted.lastrowid)
             stmts = []
-            with self._driver():
-                event_id = int(self.raw.execute(sql.event, values).lastrowid)
-                links = [(s, row["ts"], event_id) for s in row["charged"]]
-                self.raw.executemany(sql.link, links)
-                if deltas:
-                    self.raw.executemany(sql.bump, [(*k, v) for k, v in deltas.items()])
-                if burns:
-                    self.raw.executemany(sql.burn, [(n, gid) for gid, n in burns.items()])
         else:
             assert event_id is not None
             stmts.append((sql.event, (event_id, *values)))
-            stmts.append((sql.link, (row["ts"], event_id, row["charged"])))
-            if deltas:
-                columns: list[list[Any]] = [[], [], [], [], []]
-                for key, units in deltas.items():
-                    for column, value in zip(columns, (*key, units), strict=True):
-                        column.append(value)
-                stmts.append((sql.bump, columns))
-            stmts += [(sql.burn, (units, gid)) for gid, units in burns.items()]
+        if row["charged"]:
+            stmts.append(sql.links(row["ts"], event_id, row["charged"]))
+        if deltas:
+            stmts.append(sql.bumps(deltas))
+        stmts += [(sql.burn, (units, gid)) for gid, units in burns.items()]
         if remember is not None:
             who, key_name, fingerprint, decision = remember
             answer = json.dumps(stored.encode_decision(replace(decision, event_id=event_id)))
