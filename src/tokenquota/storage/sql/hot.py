@@ -286,6 +286,10 @@ class HotTx:
         self._tracked: set[LimitKey] | None = None
         self._savepoints = 0
         self._queued: int | None = None  # where the last savepoint waits in ``pending``
+        # PostgreSQL: send a decision's writes with the next batch instead of at once.
+        # Only for a transaction of one decision, so a failing write can only be
+        # that decision's error (a batch's would surface in the next one's reads).
+        self.defer_writes = False
 
     # running statements ------------------------------------------------------------
     def run(self, stmts: Sequence[Stmt]) -> list[Any]:
@@ -315,6 +319,18 @@ class HotTx:
     def flush(self) -> None:
         if self.pending:
             self.run([])
+
+    def commit(self) -> None:
+        """End the transaction: what is pending, then (PostgreSQL) COMMIT in the same batch.
+
+        On PostgreSQL that makes the last writes and the commit one round trip;
+        the driver then knows the transaction is over, and the ``conn.begin()``
+        block's own commit finds nothing left to do. SQLite commits at the end
+        of that block (no round trips in-process).
+        """
+        if self.sql.postgres:
+            self.pending.append(("COMMIT", ()))
+        self.flush()
 
     def lock(self, names: Iterable[str]) -> None:
         """Queue the global key (shared) and the series locks: the first thing the next batch does.
@@ -459,7 +475,7 @@ class HotTx:
             for s in shadow.shadow_blocked:
                 stmts.append((sql.shadow, (s.subject, s.metric, s.window or "")))
         if event is None:
-            self.run(stmts)
+            self._send(stmts)
             return None
         row = event_row(event)
         values = (
@@ -493,8 +509,16 @@ class HotTx:
             who, key_name, fingerprint, decision = remember
             answer = json.dumps(stored.encode_decision(replace(decision, event_id=event_id)))
             stmts.append((sql.remember, (who, key_name, fingerprint, answer, to_micros(now))))
-        self.run(stmts)
+        self._send(stmts)
         return event_id
+
+    def _send(self, stmts: list[Stmt]) -> None:
+        # Writes answer nothing the decision needs: when ``defer_writes`` is set
+        # they wait for the next batch (the commit's, for a lone decision).
+        if self.defer_writes and self.sql.postgres:
+            self.pending += stmts
+        else:
+            self.run(stmts)
 
 
 def burns_of(

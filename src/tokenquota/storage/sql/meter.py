@@ -84,9 +84,10 @@ class SqlMeter:
             return self.group.submit(step, series)
         with self.db.tx(hot=True, global_key=False) as conn:
             tx = HotTx(conn, single_lock=self.db.single_lock)
+            tx.defer_writes = True
             tx.lock(series)
             result = step(tx)
-            tx.flush()
+            tx.commit()
             return result
 
     def _run_batch(self, jobs: Sequence[Job[Any]]) -> None:
@@ -106,8 +107,10 @@ class SqlMeter:
             committing = reused = False
             try:
                 with self.db.leader_tx() as (conn, reused):
-                    self._batch(HotTx(conn, single_lock=self.db.single_lock), jobs)
-                    committing = True  # the block's end commits
+                    tx = HotTx(conn, single_lock=self.db.single_lock)
+                    self._batch(tx, jobs)
+                    committing = True  # from here, a failure may have committed
+                    tx.commit()
                 return
             except StoreUnreachable:
                 if committing or not reused or retried:
@@ -120,6 +123,7 @@ class SqlMeter:
     def _batch(tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
         tx.lock(frozenset().union(*(job.series for job in jobs)))
         if len(jobs) == 1:
+            tx.defer_writes = True  # its writes go with the commit: one round trip less
             jobs[0].result = jobs[0].step(tx)
         else:
             for job in jobs:
@@ -131,7 +135,6 @@ class SqlMeter:
                     job.error = exc
                 else:
                     tx.release()
-        tx.flush()
 
     def _settle(
         self,
