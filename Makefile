@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint typecheck pytest bench bench-hot bench-size clean fuzz client
+.PHONY: install demo serve test lint typecheck pytest bench bench-hot bench-size bench-group clean fuzz client
 
 install: $(STAMP)
 
@@ -65,3 +65,7 @@ bench-hot: install
 # BENCH_ARGS="--sizes 10000,100000" for less). JSON in bench/out/size.json.
 bench-size: install
 	$(BIN)/python -m bench.bench_size $(BENCH_ARGS)
+
+# Group commit on SQLite and PostgreSQL at 1, 8 and 64 callers, on against off (a table; a minute or two).
+bench-group: install
+	$(BIN)/python -m bench.bench_group_commit

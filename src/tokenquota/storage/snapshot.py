@@ -217,6 +217,11 @@ class View:
             self._snapshot._keep(self._generation, key, value)
         return value
 
+    def known(self, key: Hashable) -> Any:
+        """What this generation keeps under ``key``, or None: never a read."""
+        found = self._generation.entries.get(key, _MISSING)
+        return None if found is _MISSING else found
+
     def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
         """A value derived from this view's reads (a resolved chain), kept beside them."""
         found = self._generation.entries.get(key, _MISSING)

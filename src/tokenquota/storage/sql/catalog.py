@@ -25,7 +25,6 @@ from sqlalchemy.exc import IntegrityError
 
 from tokenquota.domain.bounds import LIFETIME, backfill_start
 from tokenquota.domain.clock import from_micros, to_micros
-from tokenquota.domain.decisions import DebitPlan
 from tokenquota.domain.errors import Conflict, NotFound
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, plan_target, resource_target
@@ -76,24 +75,6 @@ class SqlCatalog:
 
     def load_tracked(self) -> tuple[str, frozenset[LimitKey]]:
         return self.version.versioned(lambda conn: frozenset(self.tracked(conn)))
-
-    def verify_version(self, conn: Connection, plan: DebitPlan) -> None:
-        """The SQL meter's check of a plan's version, first thing under its locks."""
-        self.version.verify(conn, plan, self.snapshot)
-
-    def tracked_for(self, conn: Connection, plan: DebitPlan) -> frozenset[LimitKey] | set[LimitKey]:
-        """The tracked pairs; from the snapshot when this step verified the plan's version.
-
-        A miss is read in ``conn``, the step's own transaction, never in another
-        one: a step waiting for a second connection while it holds the write
-        lock could wait for ever on a full pool. What it reads is the verified
-        version's, so the snapshot keeps it.
-        """
-        version = self.version.verified(conn, plan)
-        view = self.snapshot.at(version)
-        if view is None or version is None:
-            return self.tracked(conn)
-        return view.cached(("tracked",), lambda: (version, frozenset(self.tracked(conn))))
 
     @contextmanager
     def _write(self) -> Iterator[Connection]:

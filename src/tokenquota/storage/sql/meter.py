@@ -2,24 +2,27 @@
 
 Every hot write is one transaction that locks its series (``Database.tx``
 says how), reads what the decision needs, calls the pure ``decide`` and, if
-admitted, appends the event and bumps the counters in the same commit.
+admitted, appends the event and bumps the counters in the same commit. The
+statements are in ``hot.py``; debits, reservations and leases of concurrent
+callers share one transaction and one commit (``group.py``).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from tokenquota.domain.bounds import LIFETIME_BUCKET, check_granted, check_lifetime
+from tokenquota.domain.bounds import check_granted, check_lifetime
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
-from tokenquota.domain.errors import IdempotencyConflict, NotFound
+from tokenquota.domain.errors import NotFound, StoreUnreachable
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import (
     HoldState,
@@ -32,19 +35,34 @@ from tokenquota.domain.holds import (
 )
 from tokenquota.domain.ledger import Event, grant_event, increments, usage_event
 from tokenquota.domain.limits import LimitKey
-from tokenquota.domain.metrics import COUNTERS, Amounts, Metric
+from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Page
 from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.catalog import SqlCatalog
+from tokenquota.storage.sql.group import GroupCommit, Job
+from tokenquota.storage.sql.hot import Found, HotTx, burns_of
 from tokenquota.storage.sql.ledger import SqlCounters, SqlLedger, grant_from_row
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database, plan_series
 from tokenquota.wire import stored
 
+R = TypeVar("R")
+
+# Statements built once: executed with parameters, SQLAlchemy compiles each once.
+_ADD_RESERVATION = t.reservations.insert()
+_ADD_HOLDS = t.holds.insert()
+_ADD_LEASE = t.leases.insert()
+_ADD_LEASE_HOLDERS = t.lease_holders.insert()
+
 
 class SqlMeter:
+    # Steps of concurrent callers share a transaction (group.py). False gives each its
+    # own, as before group commit: bench/bench_group_commit.py measures both in one run
+    # (through ``SqlStore._group_commit``). Nothing else should.
+    grouped: bool = True
+
     def __init__(
         self, db: Database, catalog: SqlCatalog, ledger: SqlLedger, counters: SqlCounters
     ) -> None:
@@ -53,57 +71,150 @@ class SqlMeter:
         self.ledger = ledger
         self.counters = counters
         self.shadow = ShadowHits(db)
+        self.group = GroupCommit(self._run_batch)
 
     @property
     def tz(self) -> ZoneInfo:
         return self.db.tz
 
+    # the hot transaction ------------------------------------------------------
+    def _step(self, step: Callable[[HotTx], R], series: frozenset[str]) -> R:
+        """A plan-taking step under the locks of ``series``: grouped, or on its own."""
+        if self.grouped:
+            return self.group.submit(step, series)
+        with self.db.tx(hot=True, global_key=False) as conn:
+            tx = HotTx(conn, single_lock=self.db.single_lock)
+            tx.defer_writes = True
+            tx.lock(series)
+            result = step(tx)
+            tx.commit()
+            return result
+
+    def _run_batch(self, jobs: Sequence[Job[Any]]) -> None:
+        """The steps of ``jobs`` in one transaction, one commit; each job gets its own answer.
+
+        The series locks of every step are taken at once, first, in one sorted
+        statement (``Database.lock_series``), so a batch is as deadlock-free as
+        one step. With more than one step, each runs under a savepoint: an
+        error (a conflicting idempotency key, an unknown subject, an amount
+        past the bound) undoes that step alone and is its caller's answer; the
+        others go on and commit. An error the savepoint cannot contain (the
+        connection lost, the commit failing) leaves the block and fails every
+        job of the batch (``GroupCommit``): none of them was acknowledged.
+        """
+        retried = False
+        while True:
+            committing = reused = False
+            try:
+                with self.db.leader_tx() as (conn, reused):
+                    tx = HotTx(conn, single_lock=self.db.single_lock)
+                    self._batch(tx, jobs)
+                    committing = True  # from here, a failure may have committed
+                    tx.commit()
+                return
+            except StoreUnreachable:
+                if committing or not reused or retried:
+                    raise
+                retried = True  # a kept connection gone stale: once more on a fresh one
+                for job in jobs:
+                    job.result, job.error = None, None
+
+    @staticmethod
+    def _batch(tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
+        tx.lock(frozenset().union(*(job.series for job in jobs)))
+        if len(jobs) == 1:
+            tx.defer_writes = True  # its writes go with the commit: one round trip less
+            jobs[0].result = jobs[0].step(tx)
+        else:
+            for job in jobs:
+                tx.savepoint()
+                try:
+                    job.result = job.step(tx)
+                except Exception as exc:
+                    tx.undo()
+                    job.error = exc
+                else:
+                    tx.release()
+
+    def _settle(
+        self,
+        tx: HotTx,
+        plan: DebitPlan,
+        found: Found,
+        decision: Decision,
+        *,
+        create: bool,
+        usage: bool,
+        reservation_id: str | None = None,
+        remember: bool = False,
+    ) -> Decision:
+        """The writes of a decided step: the subject if ``create`` finds it new, and shadow
+        hits, whatever the decision; when it is admitted ``usage``, the event, its
+        counters, the burn and the idempotency key's answer."""
+        usage = usage and decision.allowed
+        event_id = tx.write(
+            subject=plan.subject if create and not found.subject_known else None,
+            now=plan.now,
+            shadow=decision if decision.shadow_blocked else None,
+            event=usage_event(plan, reservation_id) if usage else None,
+            event_id=found.event_id,
+            deltas=(
+                increments(plan.series, plan.amounts, plan.timestamp, self.db.tz, tx.tracked())
+                if usage
+                else {}
+            ),
+            burns=(
+                burns_of(found.grants, plan.charged, plan.amounts[Metric.CREDITS], plan.now)
+                if usage
+                else {}
+            ),
+            remember=(
+                (str(plan.subject), plan.idempotency_key, plan.fingerprint, decision)
+                if usage and remember and plan.idempotency_key
+                else None
+            ),
+        )
+        return replace(decision, event_id=event_id) if usage else decision
+
+    def _found(
+        self,
+        tx: HotTx,
+        plan: DebitPlan,
+        *,
+        keyed: bool = True,
+        bounded: bool = True,
+        numbered: bool = False,
+    ) -> Found:
+        """The step's reads, the plan's configuration version verified among them.
+
+        ``HotTx.read`` refuses a plan of another version (``StaleConfig``: the
+        engine plans again) in the batch that takes the locks, so the tracked
+        pairs may come from the snapshot of the plan's version, and, read once,
+        are kept there. A step that found the version current is also the
+        snapshot's answer for a while (``Snapshot.confirm``): a busy replica
+        never asks the store separately.
+        """
+        snapshot = self.catalog.snapshot
+        since = snapshot.monotonic()
+        view = snapshot.at(plan.config_version)
+        if view is not None:
+            tx.use_tracked(view.known(("tracked",)))
+        found = tx.read(plan, keyed=keyed, bounded=bounded, numbered=numbered)
+        if view is not None and plan.config_version is not None:
+            version = plan.config_version
+            view.cached(("tracked",), lambda: (version, frozenset(tx.tracked())))
+        snapshot.confirm(plan.config_version, since)
+        return found
+
+    @staticmethod
+    def _known(found: Found, plan: DebitPlan, create: bool) -> None:
+        if not create and not found.subject_known:
+            raise NotFound(f"unknown subject {plan.subject}", details={"field": "subject"})
+
     # counting ---------------------------------------------------------------
     def read(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
         with self.db.tx() as conn:
-            return [self._read(conn, c, now) for c in checks]
-
-    def _read(self, conn: Connection, check: Check, now: datetime) -> Reading:
-        key = check.limit.key
-        subject = str(check.limit.subject)
-        live = to_micros(now)
-        if key.metric is Metric.CONCURRENT_REQUESTS:
-            lh = t.lease_holders.c
-            count, first = conn.execute(
-                sa.select(sa.func.count(), sa.func.min(lh.expires_at)).where(
-                    lh.subject == subject, lh.expires_at > live
-                )
-            ).one()
-            if not count:
-                return Reading()
-            return Reading({0: int(count)}, held_until=from_micros(int(first)))
-        if key.window is None:
-            return Reading()
-        c = t.counters.c
-        rows = conn.execute(
-            sa.select(c.bucket, c.value).where(
-                c.subject == subject,
-                c.metric == key.metric.value,
-                c.window == key.window.key,
-                c.bucket.between(check.lo, check.hi),
-            )
-        )
-        # int(): a counter is an integer; never let a driver's type leak to the wire.
-        buckets = {r.bucket: int(r.value) for r in rows if r.value}
-        h = t.holds.c
-        held, last = conn.execute(
-            sa.select(sa.func.sum(h.amount), sa.func.max(h.expires_at)).where(
-                h.subject == subject, h.metric == key.metric.value, h.expires_at > live
-            )
-        ).one()
-        if not held:
-            return Reading(buckets)
-        return Reading(buckets, int(held), from_micros(int(last)))
-
-    def _require_subject(self, conn: Connection, plan: DebitPlan, create: bool) -> None:
-        if not create and self.catalog.subject_in(conn, plan.subject) is None:
-            raise NotFound(f"unknown subject {plan.subject}", details={"field": "subject"})
-        self.catalog.ensure_subject(conn, plan.subject, plan.now)
+            return HotTx(conn).readings(checks, now)
 
     def prepaid(self, subjects: Sequence[SubjectRef], now: datetime) -> list[Prepaid]:
         with self.db.tx() as conn:
@@ -132,88 +243,46 @@ class SqlMeter:
             out.append(Prepaid(subject, tuple(grants), int(held)))
         return out
 
-    def _decide(self, conn: Connection, plan: DebitPlan) -> Decision:
-        decision = decide(
-            plan,
-            [self._read(conn, c, plan.now) for c in plan.reads],
-            prepaid=self._prepaid(conn, plan.charged, plan.now),
-        )
-        self.shadow.count(conn, decision)
-        return decision
-
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
-        subject = str(plan.subject)
-        with self.db.tx(hot=True) as conn:
-            self.db.lock_series(conn, plan_series(plan))
-            self.catalog.verify_version(conn, plan)
-            if plan.idempotency_key:
-                row = conn.execute(
-                    sa.select(t.idempotency).where(
-                        t.idempotency.c.subject == subject,
-                        t.idempotency.c.key == plan.idempotency_key,
-                    )
-                ).first()
-                if row is not None:
-                    if row.fingerprint != plan.fingerprint:
-                        raise IdempotencyConflict(
-                            "this idempotency key was used for a different request",
-                            details={"field": "idempotency_key"},
-                        )
-                    return stored.decode_decision(row.decision).as_replay()
-            self._require_subject(conn, plan, create_subject)
-            decision = self._apply(conn, plan)
-            if decision.allowed and plan.idempotency_key:
-                conn.execute(
-                    t.idempotency.insert().values(
-                        subject=subject,
-                        key=plan.idempotency_key,
-                        fingerprint=plan.fingerprint,
-                        decision=stored.encode_decision(decision),
-                        created_at=to_micros(plan.now),
-                    )
-                )
-            return decision
-
-    def _check_bounds(self, conn: Connection, plan: DebitPlan) -> None:
-        """Refuse usage past the 63-bit bound; the series are locked, so this is race-free."""
-        metrics = [m.value for m in COUNTERS if plan.amounts[m]]
-        if not metrics:
-            return
-        c = t.counters.c
-        rows = conn.execute(
-            sa.select(c.subject, c.metric, c.value).where(
-                c.subject.in_(plan.series),
-                c.metric.in_(metrics),
-                c.window == "total",
-                c.bucket == LIFETIME_BUCKET,
-            )
+        return self._step(
+            lambda tx: self._debit(tx, plan, create_subject), frozenset(plan_series(plan))
         )
-        lifetime = {(r.subject, Metric(r.metric)): int(r.value) for r in rows}
-        check_lifetime(plan.series, plan.amounts, lifetime)
+
+    def _debit(self, tx: HotTx, plan: DebitPlan, create: bool) -> Decision:
+        found = self._found(tx, plan, numbered=True)
+        replay = found.replayed(plan.fingerprint)
+        if replay is not None:
+            return replay
+        self._known(found, plan, create)
+        return self._apply(tx, plan, found, create=create, remember=True)
 
     def _apply(
-        self, conn: Connection, plan: DebitPlan, reservation_id: str | None = None
+        self,
+        tx: HotTx,
+        plan: DebitPlan,
+        found: Found,
+        *,
+        create: bool,
+        reservation_id: str | None = None,
+        remember: bool = False,
     ) -> Decision:
-        """Decide and, when admitted, append the event and bump the counters.
+        """Refuse past the 63-bit bound, decide, and write what the decision says.
 
+        The series are locked, so the bound's read is race-free; it comes before
+        anything is written (shadow hits included), so a refusal changes nothing.
         ``reservation_id`` makes the event a commit of that reservation."""
-        self._check_bounds(conn, plan)  # before _decide, which counts shadow hits
-        decision = self._decide(conn, plan)
-        if not decision.allowed:
-            return decision
-        event_id = self.ledger.append(conn, usage_event(plan, reservation_id))
-        self.counters.add(
-            conn,
-            increments(
-                plan.series,
-                plan.amounts,
-                plan.timestamp,
-                self.db.tz,
-                self.catalog.tracked_for(conn, plan),
-            ),
+        check_lifetime(plan.series, plan.amounts, found.lifetime)
+        decision = decide(plan, found.readings, prepaid=found.prepaid)
+        return self._settle(
+            tx,
+            plan,
+            found,
+            decision,
+            create=create,
+            usage=True,
+            reservation_id=reservation_id,
+            remember=remember,
         )
-        self.ledger.burn(conn, plan.charged, plan.amounts[Metric.CREDITS], plan.now)
-        return replace(decision, event_id=event_id)
 
     # prepaid credits ----------------------------------------------------------
     def add_grant(self, grant: Grant, *, actor: str) -> int:
@@ -243,42 +312,48 @@ class SqlMeter:
     def reserve(
         self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
     ) -> Decision:
-        with self.db.tx(hot=True) as conn:
-            self.db.lock_series(conn, plan_series(plan) | set(reservation.series))
-            self.catalog.verify_version(conn, plan)
-            self._require_subject(conn, plan, create_subject)
-            decision = self._decide(conn, plan)
-            if not decision.allowed:
-                return decision
-            expires = to_micros(reservation.expires_at)
-            conn.execute(
-                t.reservations.insert().values(
-                    id=reservation.id,
-                    subject=str(reservation.subject),
-                    charged=[str(s) for s in reservation.charged],
-                    amounts=reservation.amounts.to_units_json(),
-                    created_at=to_micros(reservation.created_at),
-                    expires_at=expires,
-                    state=HoldState.HELD.value,
-                    decision=None,
-                    resource=str(reservation.resource) if reservation.resource else None,
-                )
-            )
-            conn.execute(
-                t.holds.insert(),
-                [
-                    {
-                        "subject": s,
-                        "metric": m.value,
-                        "expires_at": expires,
-                        "reservation_id": reservation.id,
-                        "amount": units,
-                    }
-                    for s in reservation.series
-                    for m, units in reservation.amounts.items()
-                ],
-            )
+        series = frozenset(plan_series(plan) | set(reservation.series))
+        return self._step(lambda tx: self._reserve(tx, plan, reservation, create_subject), series)
+
+    def _reserve(
+        self, tx: HotTx, plan: DebitPlan, reservation: Reservation, create: bool
+    ) -> Decision:
+        found = self._found(tx, plan, keyed=False, bounded=False)
+        self._known(found, plan, create)
+        decision = decide(plan, found.readings, prepaid=found.prepaid)
+        decision = self._settle(tx, plan, found, decision, create=create, usage=False)
+        if not decision.allowed:
             return decision
+        expires = to_micros(reservation.expires_at)
+        tx.conn.execute(
+            _ADD_RESERVATION,
+            {
+                "id": reservation.id,
+                "subject": str(reservation.subject),
+                "charged": [str(s) for s in reservation.charged],
+                "amounts": reservation.amounts.to_units_json(),
+                "created_at": to_micros(reservation.created_at),
+                "expires_at": expires,
+                "state": HoldState.HELD.value,
+                "decision": None,
+                "resource": str(reservation.resource) if reservation.resource else None,
+            },
+        )
+        tx.conn.execute(
+            _ADD_HOLDS,
+            [
+                {
+                    "subject": s,
+                    "metric": m.value,
+                    "expires_at": expires,
+                    "reservation_id": reservation.id,
+                    "amount": units,
+                }
+                for s in reservation.series
+                for m, units in reservation.amounts.items()
+            ],
+        )
+        return decision
 
     def get_reservation(self, reservation_id: str) -> Reservation | None:
         with self.db.tx() as conn:
@@ -305,14 +380,15 @@ class SqlMeter:
     def commit(self, reservation_id: str, plan: DebitPlan) -> Decision:
         with self.db.tx(hot=True) as conn:
             self.db.lock_hold(conn, plan, self._reservation(conn, reservation_id))
-            self.catalog.verify_version(conn, plan)
             reservation = self._reservation(conn, reservation_id)
             check_committable(reservation, reservation_id, plan.now)
             assert reservation is not None
             if reservation.committed is not None:
                 return reservation.committed.as_replay()
             conn.execute(t.holds.delete().where(t.holds.c.reservation_id == reservation_id))
-            decision = self._apply(conn, plan, reservation_id)
+            tx = HotTx(conn)
+            found = self._found(tx, plan, keyed=False, numbered=True)
+            decision = self._apply(tx, plan, found, create=False, reservation_id=reservation_id)
             conn.execute(
                 t.reservations.update()
                 .where(t.reservations.c.id == reservation_id)
@@ -335,30 +411,34 @@ class SqlMeter:
             return True
 
     def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
-        with self.db.tx(hot=True) as conn:
-            self.db.lock_series(conn, plan_series(plan) | set(lease.series))
-            self.catalog.verify_version(conn, plan)
-            self._require_subject(conn, plan, create_subject)
-            decision = self._decide(conn, plan)
-            if not decision.allowed:
-                return decision
-            expires = to_micros(lease.expires_at)
-            conn.execute(
-                t.leases.insert().values(
-                    id=lease.id,
-                    subject=str(lease.subject),
-                    charged=[str(s) for s in lease.charged],
-                    created_at=to_micros(lease.created_at),
-                    expires_at=expires,
-                    released_at=None,
-                    resource=str(lease.resource) if lease.resource else None,
-                )
-            )
-            conn.execute(
-                t.lease_holders.insert(),
-                [{"subject": s, "expires_at": expires, "lease_id": lease.id} for s in lease.series],
-            )
+        series = frozenset(plan_series(plan) | set(lease.series))
+        return self._step(lambda tx: self._acquire(tx, plan, lease, create_subject), series)
+
+    def _acquire(self, tx: HotTx, plan: DebitPlan, lease: Lease, create: bool) -> Decision:
+        found = self._found(tx, plan, keyed=False, bounded=False)
+        self._known(found, plan, create)
+        decision = decide(plan, found.readings, prepaid=found.prepaid)
+        decision = self._settle(tx, plan, found, decision, create=create, usage=False)
+        if not decision.allowed:
             return decision
+        expires = to_micros(lease.expires_at)
+        tx.conn.execute(
+            _ADD_LEASE,
+            {
+                "id": lease.id,
+                "subject": str(lease.subject),
+                "charged": [str(s) for s in lease.charged],
+                "created_at": to_micros(lease.created_at),
+                "expires_at": expires,
+                "released_at": None,
+                "resource": str(lease.resource) if lease.resource else None,
+            },
+        )
+        tx.conn.execute(
+            _ADD_LEASE_HOLDERS,
+            [{"subject": s, "expires_at": expires, "lease_id": lease.id} for s in lease.series],
+        )
+        return decision
 
     def get_lease(self, lease_id: str) -> Lease | None:
         with self.db.tx() as conn:

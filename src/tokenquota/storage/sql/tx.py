@@ -17,6 +17,7 @@ Redis store) share one ``Database``: one pool, one lock discipline, one zone.
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -67,6 +68,10 @@ class Database:
         # Called after every write transaction that announces itself (see tx):
         # the Redis store drops its configuration caches there.
         self.after_write: list[Callable[[], None]] = []
+        # The connection group commit's leader keeps between its transactions (see
+        # ``leader_tx``), and the lock that makes it one leader's at a time.
+        self._kept: Connection | None = None
+        self._kept_lock = threading.Lock()
         if migrate:
             try:
                 upgrade(self.engine)
@@ -78,6 +83,8 @@ class Database:
                 raise
 
     def close(self) -> None:
+        with self._kept_lock:
+            self._drop_kept()
         self.engine.dispose()
 
     def ping(self) -> None:
@@ -118,7 +125,12 @@ class Database:
 
     @contextmanager
     def tx(
-        self, *, write: bool = False, hot: bool = False, announce: bool = True
+        self,
+        *,
+        write: bool = False,
+        hot: bool = False,
+        announce: bool = True,
+        global_key: bool = True,
     ) -> Iterator[Connection]:
         """One transaction; ``write`` or ``hot`` ones are serialised against each other.
 
@@ -153,6 +165,10 @@ class Database:
 
         A ``write`` that commits runs the ``after_write`` callbacks unless
         ``announce`` is False (a write that changes no configuration).
+
+        ``global_key=False`` leaves the global key to the caller, which must take
+        it before anything else: the hot transaction (``hot.HotTx.lock``) sends
+        it in the same round trip as its series locks and first reads.
         """
         try:
             with self.engine.connect() as conn:
@@ -160,7 +176,7 @@ class Database:
                     conn.execution_options(tokenquota_write=True)
                 conn.info["tokenquota_series_locked"] = False  # info outlives the checkout
                 with conn.begin():
-                    if (write or hot) and self.dialect == "postgresql":
+                    if (write or hot) and global_key and self.dialect == "postgresql":
                         shared = hot and not self.single_lock
                         conn.execute(_GLOBAL_SHARED if shared else _GLOBAL_EXCLUSIVE)
                     yield conn
@@ -169,6 +185,52 @@ class Database:
         if write and announce:
             for callback in self.after_write:
                 callback()
+
+    @contextmanager
+    def leader_tx(self) -> Iterator[tuple[Connection, bool]]:
+        """A hot transaction (as ``tx(hot=True, global_key=False)``) on a kept connection.
+
+        Group commit's leader runs one transaction after another; checking a
+        connection out of the pool for each would cost a pool round and, on
+        PostgreSQL, the pool's liveness ping (a BEGIN and a SELECT 1: two round
+        trips of a decision's five). So one connection is kept for it, and
+        yielded with ``reused``: True when it served an earlier transaction and
+        may have gone stale while idle (a restarted server). The leader retries
+        a batch that failed on a reused connection before its commit, once, on
+        a fresh one (``SqlMeter._run_batch``): nothing of it was committed.
+        Any failure drops the kept connection, so the next transaction starts
+        on a fresh one. An in-memory SQLite database has one connection for
+        everyone (StaticPool), so there the pool's is used each time.
+        """
+        if isinstance(self.engine.pool, StaticPool):
+            with self.tx(hot=True, global_key=False) as conn:
+                yield conn, False
+            return
+        with self._kept_lock:
+            try:
+                reused = self._kept is not None
+                if self._kept is None:
+                    self._kept = self.engine.connect()
+                    self._kept.execution_options(tokenquota_write=True)
+                conn = self._kept
+                conn.info["tokenquota_series_locked"] = False
+                with conn.begin():
+                    yield conn, reused
+            except OperationalError as exc:
+                self._drop_kept()
+                raise StoreUnreachable(f"the database did not answer: {exc.orig}") from exc
+            except StoreUnreachable:
+                self._drop_kept()
+                raise
+
+    def _drop_kept(self) -> None:
+        if self._kept is not None:
+            kept, self._kept = self._kept, None
+            try:
+                kept.invalidate()  # never back to the pool: its state is unknown
+                kept.close()
+            except Exception:
+                pass  # it is being thrown away either way
 
     def lock_series(self, conn: Connection, names: Iterable[str]) -> None:
         """Lock every counter series a hot write reads or writes, before its first read.

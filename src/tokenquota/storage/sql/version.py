@@ -3,14 +3,13 @@
 The token is the ``config_version`` row of ``meta``, given a new random value
 by every configuration write in that write's transaction (absent until the
 first one: "0"). A hot step reads it under its locks and refuses a plan
-made from another one (storage/snapshot.py says why that is exact). Beside
+made from another one (``HotTx.read``) (storage/snapshot.py says why that is exact). Beside
 Redis the token lives in Redis, where the Lua steps compare it; then
 ``token`` reads it and the meta row is only written, never compared.
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from typing import Final, TypeVar
 from uuid import uuid4
@@ -18,15 +17,11 @@ from uuid import uuid4
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from tokenquota.domain.decisions import DebitPlan
-from tokenquota.storage.base import StaleConfig
-from tokenquota.storage.snapshot import Snapshot
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.tx import Database
 
 T = TypeVar("T")
 VERSION_KEY: Final = "config_version"
-_VERIFIED: Final = "tokenquota_config_verified"  # conn.info: (transaction, version) verified
 # Built once: every hot step runs it, and building a statement costs more than running it.
 _READ: Final = sa.select(t.meta.c.value).where(t.meta.c.key == VERSION_KEY)
 
@@ -65,28 +60,3 @@ class SqlVersion:
                 return version, read(conn)
         with self.db.tx() as conn:
             return self.read(conn), read(conn)
-
-    def verify(self, conn: Connection, plan: DebitPlan, snapshot: Snapshot) -> None:
-        """Refuse a plan made from another version; in a hot step, under its locks.
-
-        On PostgreSQL the step holds the global key shared and every
-        configuration write takes it exclusively, so the token read here stays
-        current until the step commits; on SQLite the write lock does the same.
-        So ``snapshot`` may trust it from the moment it was read.
-        """
-        if plan.config_version is None:
-            return
-        since = snapshot.monotonic()
-        current = self.read(conn)
-        if current != plan.config_version:
-            raise StaleConfig
-        # Weakly: the pooled connection's info outlives this transaction, which need not.
-        conn.info[_VERIFIED] = (weakref.ref(conn.get_transaction()), current)
-        snapshot.confirm(current, since)
-
-    def verified(self, conn: Connection, plan: DebitPlan) -> str | None:
-        """The plan's version if this transaction verified it (``info`` outlives a checkout)."""
-        found = conn.info.get(_VERIFIED)
-        if found is None or found[0]() is not conn.get_transaction():
-            return None
-        return plan.config_version if plan.config_version == found[1] else None

@@ -1,0 +1,653 @@
+"""The hot transaction: every statement a decision runs, written once per dialect.
+
+This is where to look for the SQL of a consume, a reservation or a lease. The
+statements are plain text per dialect, run on the driver's own connection
+(sqlite3, psycopg 3) inside the transaction ``Database.hot_tx`` opened, so no
+SQLAlchemy expression is built, compiled or cached-looked-up per call:
+profiled, that was most of a decision's Python time. sqlite3 keeps each
+text's prepared statement in its per-connection cache; psycopg prepares a
+text server-side once it has run it ``prepare_threshold`` (5) times, which is
+why the PostgreSQL texts never vary with the number of rows (arrays and
+``unnest`` instead of IN lists).
+
+One decision runs, in order:
+
+1. (PostgreSQL) the global key shared and the series locks, in one sorted
+   statement per transaction (``Database.lock_series`` says why);
+2. the reads, one statement each: the idempotency key (when given), whether
+   the subject exists, the buckets of every check plus the lifetime counters
+   of the 63-bit bound (one select), the live holds of every series read
+   (one select, the prepaid wallets' held credits with them), live leases
+   (only when a check counts them), the charged subjects' grants, and, once
+   per transaction, the tracked (metric, window) pairs;
+3. the pure ``decide``, in the meter;
+4. the writes, when admitted: the event, its subject links, one multi-row
+   counter upsert, the burn (only when credits are charged) and the
+   idempotency answer; a new subject and shadow hits whether admitted or not.
+
+On PostgreSQL the statements of steps 1 and 2 go in one psycopg pipeline and
+those of step 4 in another, so a decision costs two network round trips
+before its commit, however many statements it has.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Connection
+
+from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET
+from tokenquota.domain.clock import from_micros, to_micros
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
+from tokenquota.domain.errors import IdempotencyConflict, StoreUnreachable
+from tokenquota.domain.grants import Grant, allocate
+from tokenquota.domain.ledger import CounterKey, Event
+from tokenquota.domain.limits import LimitKey
+from tokenquota.domain.metrics import COUNTERS, Metric
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.storage.base import StaleConfig
+from tokenquota.storage.ledger_rows import event_row
+from tokenquota.storage.sql.tx import series_keys
+from tokenquota.wire import stored
+
+Stmt = tuple[str, Sequence[Any]]
+
+# The global advisory key ("tq"), as Database.tx takes it; see tx.py.
+_GLOBAL_SHARED = "SELECT pg_advisory_xact_lock_shared(29809)"
+_GLOBAL_EXCLUSIVE = "SELECT pg_advisory_xact_lock(29809)"
+_TOTAL = "total"
+
+
+class _Sql:
+    """The statements of the hot transaction, as one dialect writes them."""
+
+    postgres = False
+    idempotency = 'SELECT fingerprint, decision FROM idempotency WHERE subject = ? AND "key" = ?'
+    subject = "SELECT 1 FROM subjects WHERE ref = ?"
+    tracked = 'SELECT metric, "window" FROM tracked'
+    # The configuration version token (storage/sql/version.py); no row: "0".
+    version = "SELECT value FROM meta WHERE \"key\" = 'config_version'"
+    add_subject = (
+        "INSERT INTO subjects (ref, kind, name, metadata, plan_id, created_at)"
+        " VALUES (?, ?, NULL, '{}', NULL, ?) ON CONFLICT DO NOTHING"
+    )
+    event = (
+        "INSERT INTO events (kind, subject, charged, ts, recorded_at, mode, amounts, model,"
+        " tags, idempotency_key, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    remember = (
+        'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
+        " VALUES (?, ?, ?, ?, ?)"
+    )
+    burn = "UPDATE grants SET remaining = remaining - ? WHERE id = ?"
+    shadow = (
+        'INSERT INTO shadow_hits (subject, metric, "window", hits) VALUES (?, ?, ?, 1)'
+        ' ON CONFLICT (subject, metric, "window") DO UPDATE SET hits = shadow_hits.hits + 1'
+    )
+
+    def counters(self, keys: Sequence[tuple[str, str, str, int, int]]) -> Stmt:
+        """The buckets of every (subject, metric, window, lo, hi), tagged by position."""
+        params: list[Any] = []
+        for i, key in enumerate(keys):
+            params += (i, *key)
+        return _sqlite_counters(len(keys)), params
+
+    def holds(self, subjects: Sequence[str], now: int) -> Stmt:
+        return _sqlite_in(_HOLDS, len(subjects)), [*subjects, now]
+
+    def links(self, ts: int, event_id: int, subjects: Sequence[str]) -> Stmt:
+        """The event's row per charged subject, in one statement."""
+        params: list[Any] = []
+        for subject in subjects:
+            params += (subject, ts, event_id)
+        return _sqlite_rows(_LINKS, 3, len(subjects)), params
+
+    def bumps(self, deltas: dict[CounterKey, int]) -> Stmt:
+        """Every counter the event adds to, in one multi-row upsert."""
+        params: list[Any] = []
+        for key, units in deltas.items():
+            params += (*key, units)
+        return _sqlite_rows(_BUMPS, 5, len(deltas)), params
+
+    def leases(self, subjects: Sequence[str], now: int) -> Stmt:
+        return _sqlite_in(_LEASES, len(subjects)), [*subjects, now]
+
+    def grants(self, subjects: Sequence[str]) -> Stmt:
+        return _sqlite_in(_GRANTS, len(subjects)), list(subjects)
+
+
+class _PostgresSql(_Sql):
+    postgres = True
+    idempotency = _Sql.idempotency.replace("?", "%s")
+    subject = _Sql.subject.replace("?", "%s")
+    add_subject = _Sql.add_subject.replace("?", "%s")
+    event = (
+        "INSERT INTO events (id, kind, subject, charged, ts, recorded_at, mode, amounts, model,"
+        " tags, idempotency_key, resource)"
+        " VALUES (%s, %s, %s, %s::json, %s, %s, %s, %s::json, %s, %s::json, %s, %s)"
+    )
+    remember = (
+        'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
+        " VALUES (%s, %s, %s, %s::json, %s)"
+    )
+    burn = _Sql.burn.replace("?", "%s")
+    shadow = _Sql.shadow.replace("?", "%s")
+    # Events are numbered before they are written: the idempotency answer stored
+    # with an event names its id, and both go in one pipeline.
+    next_event = "SELECT nextval(pg_get_serial_sequence('events', 'id'))"
+    series_locks = (
+        "SELECT pg_advisory_xact_lock(k.hi, k.lo)"
+        " FROM unnest(%s::integer[], %s::integer[]) AS k(hi, lo)"
+    )
+
+    def counters(self, keys: Sequence[tuple[str, str, str, int, int]]) -> Stmt:
+        columns: list[list[Any]] = [[], [], [], [], [], []]
+        for i, key in enumerate(keys):
+            for column, value in zip(columns, (i, *key), strict=True):
+                column.append(value)
+        return _PG_COUNTERS, columns
+
+    def holds(self, subjects: Sequence[str], now: int) -> Stmt:
+        return _PG_HOLDS, [list(subjects), now]
+
+    def links(self, ts: int, event_id: int, subjects: Sequence[str]) -> Stmt:
+        return _PG_LINKS, (ts, event_id, list(subjects))
+
+    def bumps(self, deltas: dict[CounterKey, int]) -> Stmt:
+        columns: list[list[Any]] = [[], [], [], [], []]
+        for key, units in deltas.items():
+            for column, value in zip(columns, (*key, units), strict=True):
+                column.append(value)
+        return _PG_BUMPS, columns
+
+    def leases(self, subjects: Sequence[str], now: int) -> Stmt:
+        return _PG_LEASES, [list(subjects), now]
+
+    def grants(self, subjects: Sequence[str]) -> Stmt:
+        return _PG_GRANTS, [list(subjects)]
+
+
+_LINKS = "INSERT INTO event_subjects (subject, ts, event_id) VALUES {}"
+_BUMPS = (
+    'INSERT INTO counters (subject, metric, "window", bucket, value) VALUES {}'
+    ' ON CONFLICT (subject, metric, "window", bucket)'
+    " DO UPDATE SET value = counters.value + excluded.value"
+)
+# On PostgreSQL one text whatever the number of rows (arrays through unnest), so
+# psycopg prepares it once.
+_PG_LINKS = (
+    "INSERT INTO event_subjects (subject, ts, event_id)"
+    " SELECT s, %s, %s FROM unnest(%s::text[]) AS s"
+)
+_PG_BUMPS = (
+    'INSERT INTO counters (subject, metric, "window", bucket, value)'
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+    ' ON CONFLICT (subject, metric, "window", bucket)'
+    " DO UPDATE SET value = counters.value + excluded.value"
+)
+_HOLDS = (
+    "SELECT subject, metric, sum(amount), max(expires_at) FROM holds"
+    " WHERE subject IN ({}) AND expires_at > ? GROUP BY subject, metric"
+)
+_LEASES = (
+    "SELECT subject, count(*), min(expires_at) FROM lease_holders"
+    " WHERE subject IN ({}) AND expires_at > ? GROUP BY subject"
+)
+_GRANTS = (
+    "SELECT id, subject, amount, granted_at, expires_at, remaining FROM grants"
+    " WHERE subject IN ({})"
+)
+_PG_COUNTERS = (
+    "SELECT k.i, c.bucket, c.value FROM unnest(%s::integer[], %s::text[], %s::text[],"
+    " %s::text[], %s::bigint[], %s::bigint[]) AS k(i, s, m, w, lo, hi)"
+    ' JOIN counters AS c ON c.subject = k.s AND c.metric = k.m AND c."window" = k.w'
+    " AND c.bucket BETWEEN k.lo AND k.hi"
+)
+_PG_HOLDS = _HOLDS.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
+_PG_LEASES = _LEASES.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
+_PG_GRANTS = _GRANTS.replace("IN ({})", "= ANY(%s::text[])")
+
+
+@cache
+def _sqlite_in(template: str, count: int) -> str:
+    return template.format(", ".join("?" * count))
+
+
+@cache
+def _sqlite_rows(template: str, width: int, count: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return template.format(", ".join([row] * count))
+
+
+@cache
+def _sqlite_counters(count: int) -> str:
+    if not count:
+        return "SELECT 0, 0, 0 WHERE 0"
+    # A VALUES list joined on the counters' primary key: one index range per check.
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
+    return (
+        f"WITH k(i, s, m, w, lo, hi) AS (VALUES {rows})"
+        " SELECT k.i, c.bucket, c.value FROM k JOIN counters AS c"
+        ' ON c.subject = k.s AND c.metric = k.m AND c."window" = k.w'
+        " AND c.bucket BETWEEN k.lo AND k.hi"
+    )
+
+
+SQLITE = _Sql()
+POSTGRES = _PostgresSql()
+
+
+@dataclass(slots=True)
+class Found:
+    """What the reads of one decision found, under its locks."""
+
+    replay: tuple[str, dict[str, Any]] | None = None  # the key's fingerprint and stored answer
+    subject_known: bool = True
+    readings: list[Reading] = field(default_factory=list)
+    prepaid: list[Prepaid] = field(default_factory=list)
+    grants: list[Grant] = field(default_factory=list)
+    lifetime: dict[tuple[str, Metric], int] = field(default_factory=dict)
+    event_id: int | None = None  # PostgreSQL: the number the event will carry
+
+    def replayed(self, fingerprint: str) -> Decision | None:
+        """The stored answer of the key, or None; a different request under it is refused."""
+        if self.replay is None:
+            return None
+        if self.replay[0] != fingerprint:
+            raise IdempotencyConflict(
+                "this idempotency key was used for a different request",
+                details={"field": "idempotency_key"},
+            )
+        return stored.decode_decision(self.replay[1]).as_replay()
+
+
+class HotTx:
+    """The statements of one hot transaction, on the driver's connection under ``conn``.
+
+    Statements that answer nothing the next step needs (locks, savepoints) wait
+    in ``pending`` and go out with the next batch, which on PostgreSQL is one
+    pipeline: one round trip.
+    """
+
+    def __init__(self, conn: Connection, *, single_lock: bool = False) -> None:
+        self.conn = conn
+        raw = conn.connection.driver_connection
+        assert raw is not None
+        self.raw: Any = raw
+        # The driver's own OperationalError (sqlite3's, psycopg's): what SQLAlchemy
+        # would have wrapped had it run the statement; see ``_driver``.
+        self._lost: type[Exception] = conn.dialect.loaded_dbapi.OperationalError
+        self.sql = POSTGRES if conn.dialect.name == "postgresql" else SQLITE
+        self.single_lock = single_lock
+        self.pending: list[Stmt] = []
+        self._tracked: AbstractSet[LimitKey] | None = None
+        self._savepoints = 0
+        self._queued: int | None = None  # where the last savepoint waits in ``pending``
+        # PostgreSQL: send a decision's writes with the next batch instead of at once.
+        # Only for a transaction of one decision, so a failing write can only be
+        # that decision's error (a batch's would surface in the next one's reads).
+        self.defer_writes = False
+
+    # running statements ------------------------------------------------------------
+    def run(self, stmts: Sequence[Stmt]) -> list[Any]:
+        """Run the pending statements and then ``stmts``; the cursors of ``stmts``, in order."""
+        todo = [*self.pending, *stmts]
+        self.pending.clear()
+        self._queued = None
+        if not todo:
+            return []
+        with self._driver():
+            if self.sql.postgres:
+                with self.raw.pipeline():
+                    cursors = [self.raw.execute(sql, params) for sql, params in todo]
+            else:
+                cursors = [self.raw.execute(sql, params) for sql, params in todo]
+        return cursors[len(todo) - len(stmts) :]
+
+    @contextmanager
+    def _driver(self) -> Iterator[None]:
+        """A store that stopped answering is ``StoreUnreachable`` (503, or the outage
+        path), as ``Database.tx`` makes of the errors SQLAlchemy raises."""
+        try:
+            yield
+        except self._lost as exc:
+            raise StoreUnreachable(f"the database did not answer: {exc}") from exc
+
+    def flush(self) -> None:
+        if self.pending:
+            self.run([])
+
+    def commit(self) -> None:
+        """End the transaction: what is pending, then (PostgreSQL) COMMIT in the same batch.
+
+        On PostgreSQL that makes the last writes and the commit one round trip;
+        the driver then knows the transaction is over, and the ``conn.begin()``
+        block's own commit finds nothing left to do. SQLite commits at the end
+        of that block (no round trips in-process).
+        """
+        if self.sql.postgres:
+            self.pending.append(("COMMIT", ()))
+        self.flush()
+
+    def lock(self, names: Iterable[str]) -> None:
+        """Queue the global key (shared) and the series locks: the first thing the next batch does.
+
+        PostgreSQL only; SQLite's BEGIN IMMEDIATE already made this the only writer.
+        One call per transaction, as ``Database.lock_series`` requires.
+        """
+        if not self.sql.postgres:
+            return
+        info = self.conn.info
+        assert not info.get("tokenquota_series_locked"), "series locked twice in one tx"
+        info["tokenquota_series_locked"] = True
+        if self.single_lock:
+            self.pending.append((_GLOBAL_EXCLUSIVE, ()))
+            return
+        self.pending.append((_GLOBAL_SHARED, ()))
+        keys = series_keys(names)
+        if keys:
+            self.pending.append(
+                (POSTGRES.series_locks, ([k[0] for k in keys], [k[1] for k in keys]))
+            )
+
+    # one decision inside a shared transaction ---------------------------------------
+    def savepoint(self) -> None:
+        self._savepoints += 1
+        self._queued = len(self.pending)
+        self.pending.append((f"SAVEPOINT d{self._savepoints}", ()))
+
+    def release(self) -> None:
+        self.pending.append((f"RELEASE SAVEPOINT d{self._savepoints}", ()))
+
+    def undo(self) -> None:
+        """Undo everything since the last savepoint (the decision that failed)."""
+        if self._queued is not None:
+            # The savepoint never left: drop it and what followed it, keep what preceded.
+            del self.pending[self._queued :]
+            return
+        self.pending.clear()  # queued after the savepoint: undone with it
+        with self._driver():
+            self.raw.execute(f"ROLLBACK TO SAVEPOINT d{self._savepoints}")
+
+    # reads -----------------------------------------------------------------------------
+    def use_tracked(self, pairs: AbstractSet[LimitKey] | None) -> None:
+        """The tracked pairs from the configuration snapshot: no statement reads them.
+
+        Safe because ``read`` verifies the plan's version in the same batch:
+        the pairs are the verified version's or the step is refused.
+        """
+        if self._tracked is None and pairs is not None:
+            self._tracked = pairs
+
+    def tracked(self) -> AbstractSet[LimitKey]:
+        """The (metric, window) pairs counted; read once per transaction (a change to them
+        takes the exclusive lock, so it cannot land inside one)."""
+        if self._tracked is None:
+            (cursor,) = self.run([(self.sql.tracked, ())])
+            self._tracked = _tracked(cursor.fetchall())
+        return self._tracked
+
+    def read(
+        self, plan: DebitPlan, *, keyed: bool = True, bounded: bool = True, numbered: bool = False
+    ) -> Found:
+        """Everything a decision on ``plan`` reads, in one batch (with what was pending).
+
+        ``keyed`` reads the idempotency key; ``bounded`` the lifetime counters the
+        63-bit bound is checked on (a step that adds usage); ``numbered`` takes
+        the event's number beforehand (PostgreSQL; a step that may append one).
+        """
+        subject = str(plan.subject)
+        now = to_micros(plan.now)
+        reads = plan.reads
+        metrics = [m.value for m in COUNTERS if plan.amounts[m]] if bounded else []
+        ranges = _Ranges(reads)
+        lifetime = [
+            (s, m, _TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in plan.series for m in metrics
+        ]
+        ranges.keys += lifetime
+        charged = [str(s) for s in plan.charged]
+        keyed = keyed and plan.idempotency_key is not None
+        stmts: list[Stmt] = []
+        # First in the batch, after the locks: the plan's configuration version
+        # (storage/snapshot.py), read where no configuration write can move it.
+        versioned = plan.config_version is not None
+        if versioned:
+            stmts.append((self.sql.version, ()))
+        if keyed:
+            stmts.append((self.sql.idempotency, (subject, plan.idempotency_key)))
+        stmts.append((self.sql.subject, (subject,)))
+        stmts += ranges.statements(self.sql, now, extra=charged)
+        stmts.append(self.sql.grants(charged))
+        tracked = self._tracked is None
+        if tracked:
+            stmts.append((self.sql.tracked, ()))
+        numbered = numbered and self.sql.postgres
+        if numbered:
+            stmts.append((POSTGRES.next_event, ()))
+        cursors = self.run(stmts)
+
+        found = Found()
+        if versioned:
+            row = cursors.pop(0).fetchone()
+            if (row[0] if row is not None else "0") != plan.config_version:
+                raise StaleConfig
+        if keyed:
+            row = cursors.pop(0).fetchone()
+            if row is not None:
+                answer = row[1]
+                found.replay = (row[0], json.loads(answer) if isinstance(answer, str) else answer)
+        found.subject_known = cursors.pop(0).fetchone() is not None
+        readings, buckets, holds = ranges.found(cursors)
+        found.readings = readings
+        for key, got in zip(lifetime, buckets[len(buckets) - len(lifetime) :], strict=True):
+            found.lifetime[(key[0], Metric(key[1]))] = got.get(LIFETIME_BUCKET, 0)
+        found.grants = [_grant(row) for row in cursors[ranges.count].fetchall()]
+        if tracked:
+            self._tracked = _tracked(cursors[ranges.count + 1].fetchall())
+        if numbered:
+            found.event_id = int(cursors[-1].fetchone()[0])
+        for s in plan.charged:
+            mine = tuple(g for g in found.grants if g.subject == s)
+            if mine:
+                found.prepaid.append(
+                    Prepaid(s, mine, holds.get((str(s), Metric.CREDITS.value), (0, 0))[0])
+                )
+        return found
+
+    def readings(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
+        """What ``checks`` read (usage, check): counters, holds and leases, one select each."""
+        if not checks:
+            return []
+        ranges = _Ranges(checks)
+        cursors = self.run(ranges.statements(self.sql, to_micros(now)))
+        return ranges.found(cursors)[0]
+
+    # writes ----------------------------------------------------------------------------
+    def write(
+        self,
+        *,
+        subject: SubjectRef | None,
+        now: datetime,
+        shadow: Decision | None,
+        event: Event | None,
+        event_id: int | None,
+        deltas: dict[CounterKey, int],
+        burns: dict[str, int],
+        remember: tuple[str, str, str, Decision] | None,
+    ) -> int | None:
+        """The writes of one decision in one batch; returns the event's number.
+
+        ``subject`` is created when given; ``shadow`` counts its shadow hits;
+        ``event`` is appended (numbered ``event_id`` on PostgreSQL) with its
+        counter ``deltas`` and grant ``burns``; ``remember`` stores
+        (subject, key, fingerprint, decision), the decision taking the event's number.
+        """
+        sql = self.sql
+        stmts: list[Stmt] = []
+        if subject is not None:
+            stmts.append((sql.add_subject, (str(subject), subject.kind, to_micros(now))))
+        if shadow is not None:
+            for s in shadow.shadow_blocked:
+                stmts.append((sql.shadow, (s.subject, s.metric, s.window or "")))
+        if event is None:
+            self._send(stmts)
+            return None
+        row = event_row(event)
+        values = (
+            row["kind"],
+            row["subject"],
+            json.dumps(row["charged"]),
+            row["ts"],
+            row["recorded_at"],
+            row["mode"],
+            json.dumps(row["amounts"]),
+            row["model"],
+            json.dumps(row["tags"]),
+            row["idempotency_key"],
+            row["resource"],
+        )
+        if not sql.postgres:
+            # SQLite numbers the event as it inserts it; the rest follows at once
+            # (no round trips in-process).
+            (inserted,) = self.run([*stmts, (sql.event, values)])[-1:]
+            event_id = int(inserted.lastrowid)
+            stmts = []
+        else:
+            assert event_id is not None
+            stmts.append((sql.event, (event_id, *values)))
+        if row["charged"]:
+            stmts.append(sql.links(row["ts"], event_id, row["charged"]))
+        if deltas:
+            stmts.append(sql.bumps(deltas))
+        stmts += [(sql.burn, (units, gid)) for gid, units in burns.items()]
+        if remember is not None:
+            who, key_name, fingerprint, decision = remember
+            answer = json.dumps(stored.encode_decision(replace(decision, event_id=event_id)))
+            stmts.append((sql.remember, (who, key_name, fingerprint, answer, to_micros(now))))
+        self._send(stmts)
+        return event_id
+
+    def _send(self, stmts: list[Stmt]) -> None:
+        # Writes answer nothing the decision needs: when ``defer_writes`` is set
+        # they wait for the next batch (the commit's, for a lone decision).
+        if self.defer_writes and self.sql.postgres:
+            self.pending += stmts
+        else:
+            self.run(stmts)
+
+
+def burns_of(
+    grants: Sequence[Grant], charged: Sequence[SubjectRef], credits: int, at: datetime
+) -> dict[str, int]:
+    """What spending ``credits`` takes from each grant: every charged subject pays them."""
+    if not credits or not grants:
+        return {}
+    out: dict[str, int] = {}
+    for subject in charged:
+        mine = [g for g in grants if g.subject == subject]
+        if mine:
+            out.update(allocate(mine, credits, at)[0])
+    return out
+
+
+class _Ranges:
+    """The reads behind a list of checks: one select of counters, one of holds, one of leases."""
+
+    def __init__(self, checks: Sequence[Check]) -> None:
+        self.checks = checks
+        # (subject, metric, window, lo, hi) of each check that sums buckets; caps and
+        # leases sum none. ``at[i]`` is the position of check i's range, or -1.
+        self.keys: list[tuple[str, str, str, int, int]] = []
+        self.at: list[int] = []
+        for check in checks:
+            key = check.limit.key
+            if key.window is None:
+                self.at.append(-1)
+                continue
+            self.at.append(len(self.keys))
+            self.keys.append(
+                (str(check.limit.subject), key.metric.value, key.window.key, check.lo, check.hi)
+            )
+        self.leased = sorted(
+            {
+                str(c.limit.subject)
+                for c in checks
+                if c.limit.key.metric is Metric.CONCURRENT_REQUESTS
+            }
+        )
+        self.count = 0
+
+    def statements(self, sql: _Sql, now: int, extra: Sequence[str] = ()) -> list[Stmt]:
+        """The selects; ``extra`` subjects' holds are read too (the prepaid wallets' credits)."""
+        held = sorted({str(c.limit.subject) for c in self.checks} | set(extra))
+        stmts = [sql.counters(self.keys), sql.holds(held, now)]
+        if self.leased:
+            stmts.append(sql.leases(self.leased, now))
+        self.count = len(stmts)
+        return stmts
+
+    def found(
+        self, cursors: Sequence[Any]
+    ) -> tuple[list[Reading], list[dict[int, int]], dict[tuple[str, str], tuple[int, int]]]:
+        """The readings of the checks, the buckets of every range, and the live holds."""
+        buckets: list[dict[int, int]] = [{} for _ in self.keys]
+        for i, bucket, value in cursors[0].fetchall():
+            if value:
+                # int(): a counter is an integer; never let a driver's type leak to the wire.
+                buckets[i][int(bucket)] = int(value)
+        holds = {(s, m): (int(total), int(last)) for s, m, total, last in cursors[1].fetchall()}
+        leases = (
+            {s: (int(n), int(first)) for s, n, first in cursors[2].fetchall()}
+            if self.leased
+            else {}
+        )
+        readings = [
+            _reading(c, buckets[i] if i >= 0 else {}, holds, leases)
+            for c, i in zip(self.checks, self.at, strict=True)
+        ]
+        return readings, buckets, holds
+
+
+def _reading(
+    check: Check,
+    buckets: dict[int, int],
+    holds: dict[tuple[str, str], tuple[int, int]],
+    leases: dict[str, tuple[int, int]],
+) -> Reading:
+    key = check.limit.key
+    subject = str(check.limit.subject)
+    if key.metric is Metric.CONCURRENT_REQUESTS:
+        count, first = leases.get(subject, (0, 0))
+        if not count:
+            return Reading()
+        return Reading({0: count}, held_until=from_micros(first))
+    if key.window is None:
+        return Reading()
+    held, last = holds.get((subject, key.metric.value), (0, 0))
+    if not held:
+        return Reading(buckets)
+    return Reading(buckets, held, from_micros(last))
+
+
+def _grant(row: Sequence[Any]) -> Grant:
+    gid, subject, amount, granted_at, expires_at, remaining = row
+    return Grant(
+        id=gid,
+        subject=SubjectRef.parse(subject),
+        amount=int(amount),
+        granted_at=from_micros(int(granted_at)),
+        expires_at=from_micros(int(expires_at)) if expires_at is not None else None,
+        remaining=int(remaining),
+    )
+
+
+def _tracked(rows: Iterable[Sequence[Any]]) -> set[LimitKey]:
+    # As SqlCatalog.tracked: the lifetime pairs are counted even if a row was removed.
+    return set(LIFETIME) | {LimitKey.from_storage(m, w) for m, w in rows}
