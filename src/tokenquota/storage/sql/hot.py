@@ -435,8 +435,13 @@ class HotTx:
 
         found = Found()
         if versioned:
-            row = cursors.pop(0).fetchone()
-            if (row[0] if row is not None else "0") != plan.config_version:
+            rows = cursors.pop(0).fetchall()
+            if (rows[0][0] if rows else "0") != plan.config_version:
+                # Close the other reads first: the traceback keeps this frame, and
+                # on SQLite an unfinished SELECT keeps its connection on an old
+                # snapshot, where its next BEGIN IMMEDIATE is refused at once.
+                for cursor in cursors:
+                    cursor.close()
                 raise StaleConfig
         if keyed:
             row = cursors.pop(0).fetchone()
