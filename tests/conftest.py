@@ -53,12 +53,19 @@ def migrated_sqlite(template: Path, path: Path) -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _live_hosts() -> Iterator[None]:
-    """The uvicorn servers tests/live.py keeps between tests are stopped at the end."""
+def _shared_for_the_run() -> Iterator[None]:
+    """What tests share for the whole run, shut at its very end.
+
+    The uvicorn servers tests/live.py keeps between tests, then this process's
+    own PostgreSQL database (tests/services.py).
+    """
     yield
     live = sys.modules.get("tests.live")
     if live is not None:
         live.close_all()
+    services = sys.modules.get("tests.services")
+    if services is not None:
+        services.drop_own_databases()
 
 
 @pytest.fixture(params=BACKENDS)

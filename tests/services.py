@@ -6,6 +6,7 @@ never a silent skip.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import random
@@ -27,6 +28,7 @@ POSTGRES_URL = os.environ.get(
 
 
 def require_postgres() -> str:
+    """This process's own database on the test PostgreSQL (see ``own_database``)."""
     import sqlalchemy as sa
 
     try:
@@ -38,7 +40,56 @@ def require_postgres() -> str:
         if os.environ.get("TOKENQUOTA_REQUIRE_SERVICES") == "1":
             pytest.fail(f"PostgreSQL is required (TOKENQUOTA_REQUIRE_SERVICES=1): {exc}")
         pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {exc}")
-    return POSTGRES_URL
+    return own_database(POSTGRES_URL)
+
+
+@functools.cache
+def own_database(base: str) -> str:
+    """A database of this process's own beside ``base``'s, dropped when the process exits.
+
+    Advisory locks are per database, and the store's global key (29809) is
+    taken by every write: in a shared database the admin writes of one test
+    stall the hot writes of every other test running at the same time, in
+    another xdist worker or another checkout's run. A database per process
+    keeps the tests of one run from waiting on another's. Where the role may
+    not create databases, the tests share ``base``'s (still a schema per store).
+    """
+    import sqlalchemy as sa
+
+    name = f"tqtest_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    server = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with server.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.DBAPIError:
+        return base  # e.g. no CREATEDB privilege
+    finally:
+        server.dispose()
+    _created.append((base, name))
+    atexit.register(_drop_database, base, name)  # if the run ends without its teardown
+    return sa.make_url(base).set(database=name).render_as_string(hide_password=False)
+
+
+_created: list[tuple[str, str]] = []
+
+
+def drop_own_databases() -> None:
+    """Drop what ``own_database`` made (at the end of the run: xdist workers may skip atexit)."""
+    while _created:
+        _drop_database(*_created.pop())
+    own_database.cache_clear()
+
+
+def _drop_database(base: str, name: str) -> None:
+    import sqlalchemy as sa
+
+    server = sa.create_engine(base, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with server.connect() as conn:
+            # FORCE ends the connections a test may have leaked (PostgreSQL 13 and later).
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        server.dispose()
 
 
 def schema_url(base: str, schema: str) -> str:
