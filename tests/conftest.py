@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import hypothesis
 import pytest
 
 import tokenquota
@@ -22,6 +23,12 @@ from tokenquota import FrozenClock, Quota
 if TYPE_CHECKING:
     from tests.replicas import Fleet
     from tests.services import PostgresSchemas
+
+# Speed is measured in bench/, never asserted by a test, and hypothesis's per-example
+# deadline is such an assertion: with two xdist workers on two cores, a property
+# must not fail (or turn "flaky") because one example waited for a CPU.
+hypothesis.settings.register_profile("tokenquota", deadline=None)
+hypothesis.settings.load_profile("tokenquota")
 
 BACKENDS = ["memory", "sqlite", "postgres", "redis", "cluster"]
 START = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)  # a Tuesday

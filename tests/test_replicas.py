@@ -435,7 +435,7 @@ def test_replicas_started_together_on_a_fresh_store_all_come_up(
     # postgres_url is migrated already (tests/services.py): this test needs it empty.
     empty = {"postgres_url": "empty_postgres_url"}
     store = store_args(backend, lambda name: request.getfixturevalue(empty.get(name, name)))
-    replicas = fleet.start(REPLICAS, store, together=True)
+    replicas = fleet.start(REPLICAS, store)
     assert all(replica.ready() for replica in replicas)
 
 
