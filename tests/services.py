@@ -108,10 +108,11 @@ class PostgresSchemas:
     migrations), and most tests need one, some several. So one session (one
     xdist worker) migrates a template once and a schema per store in use at a
     time; a schema given back is reset to exactly what the migrations left
-    (rows deleted, the template's rows copied back, sequences restarted, every
-    connection still on it ended) and handed to the next store. A schema that
-    cannot be reset so (its tables or migration version changed, a lock held)
-    is dropped instead. tests/test_schema_pool.py checks that a reset schema
+    (every connection still on it ended, renamed so that no URL of the last
+    test reaches it, rows deleted, the template's rows copied back, sequences
+    restarted) and handed to the next store. A schema
+    that cannot be reset so (its tables or migration version changed, a lock
+    held) is dropped instead. tests/test_schema_pool.py checks that a reset schema
     and a freshly migrated one cannot be told apart.
     """
 
@@ -120,7 +121,7 @@ class PostgresSchemas:
 
         self.base = base
         self.admin = sa.create_engine(base, poolclass=sa.pool.NullPool)
-        self.free: list[str] = []
+        self.used: list[str] = []  # given back, reset when taken again
         self.made: set[str] = set()
         self.template = self._migrated()
         with self.admin.connect() as conn:
@@ -143,17 +144,24 @@ class PostgresSchemas:
 
     def take(self) -> str:
         """A migrated schema no other store uses, as a URL."""
-        schema = self.free.pop() if self.free else self._migrated()
-        return schema_url(self.base, schema)
+        while self.used:
+            old = self.used.pop()
+            try:
+                schema = self._reset(old)
+            except Exception:  # whatever it is, the schema is not reused
+                self._drop(old)
+            else:
+                return schema_url(self.base, schema)
+        return schema_url(self.base, self._migrated())
 
     def give_back(self, url: str) -> None:
-        schema = url.rsplit("application_name=", 1)[1]
-        try:
-            self._reset(schema)
-        except Exception:  # whatever it is, the schema is not reused
-            self._drop(schema)
-        else:
-            self.free.append(schema)
+        """Mark the schema free; it is reset when next taken.
+
+        Not now: the test's other fixtures may still be tearing down (a replica
+        process, stopped after this fixture, may write once more). By the next
+        ``take`` every fixture of the test that used it is gone.
+        """
+        self.used.append(url.rsplit("application_name=", 1)[1])
 
     def empty(self) -> str:
         """A schema with nothing in it (dropped by ``close``), for tests of migrating."""
@@ -180,23 +188,27 @@ class PostgresSchemas:
         Database(schema_url(self.base, schema)).close()
         return schema
 
-    def _reset(self, schema: str) -> None:
+    def _reset(self, old: str) -> str:
+        """``old`` as the migrations left it, under a new name; returns the name."""
         import sqlalchemy as sa
 
+        schema = f"tq_{uuid.uuid4().hex[:12]}"
         with self.admin.begin() as conn:
-            # Nothing from the last test may write here again: end its connections.
+            # Nothing of the last test may reach the schema again: its connections
+            # end, and the new name is in no URL it had (a pool would reconnect).
             conn.execute(
                 sa.text(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                     " WHERE application_name = :s AND pid <> pg_backend_pid()"
                 ),
-                {"s": schema},
+                {"s": old},
             )
             conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+            conn.execute(sa.text(f'ALTER SCHEMA "{old}" RENAME TO "{schema}"'))
             if self._tables(conn, schema) != self.tables:
-                raise RuntimeError(f"{schema}: its tables changed")
+                raise RuntimeError(f"{old}: its tables changed")
             if self._version(conn, schema) != self.version:
-                raise RuntimeError(f"{schema}: its migration version changed")
+                raise RuntimeError(f"{old}: its migration version changed")
             for name in self.tables:
                 if name != "alembic_version":
                     conn.execute(sa.text(f'DELETE FROM "{schema}"."{name}"'))
@@ -217,6 +229,9 @@ class PostgresSchemas:
                         "called": last is not None,
                     },
                 )
+        self.made.discard(old)
+        self.made.add(schema)
+        return schema
 
     def _drop(self, schema: str) -> None:
         import sqlalchemy as sa
@@ -231,8 +246,8 @@ class PostgresSchemas:
             )
             conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
         self.made.discard(schema)
-        if schema in self.free:
-            self.free.remove(schema)
+        if schema in self.used:
+            self.used.remove(schema)
 
     @staticmethod
     def _tables(conn: Any, schema: str) -> list[str]:

@@ -34,6 +34,15 @@ def schema_of(url: str) -> str:
     return url.rsplit("application_name=", 1)[1]
 
 
+def oid_of(engine: sa.Engine, url: str) -> int | None:
+    """The schema's identity in PostgreSQL, which a rename keeps: None once dropped."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.text("SELECT oid FROM pg_namespace WHERE nspname = :s"), {"s": schema_of(url)}
+        ).scalar()
+    return None if found is None else int(found)
+
+
 def state(engine: sa.Engine, schema: str) -> dict[str, Any]:
     """Everything a store could tell apart: each table's rows and each sequence's next value."""
     found: dict[str, Any] = {}
@@ -69,13 +78,16 @@ def fill(url: str) -> None:
 
 def test_a_reset_schema_cannot_be_told_from_a_fresh_one(schemas: PostgresSchemas) -> None:
     url = schemas.take()
+    used = oid_of(schemas.admin, url)
     fill(url)
     assert state(schemas.admin, schema_of(url))["events"]  # the filling did write
     schemas.give_back(url)
     again = schemas.take()
-    assert schema_of(again) == schema_of(url)  # reused, not migrated anew
+    assert oid_of(schemas.admin, again) == used  # reused, not migrated anew...
+    assert schema_of(again) != schema_of(url)  # ...under a name the last test never had
+    assert oid_of(schemas.admin, url) is None
     fresh = schemas.take()
-    assert schema_of(fresh) != schema_of(url)
+    assert oid_of(schemas.admin, fresh) != used
     assert state(schemas.admin, schema_of(again)) == state(schemas.admin, schema_of(fresh))
 
 
@@ -84,61 +96,66 @@ def test_a_reused_schema_behaves_as_a_new_store(schemas: PostgresSchemas) -> Non
     fill(url)
     schemas.give_back(url)
     again = schemas.take()
-    assert schema_of(again) == schema_of(url)
     with tokenquota.open(again, clock=FrozenClock(START), timezone="Asia/Tokyo") as quota:
         assert quota.usage("user:ann").limits == ()
         assert quota.events().total == 0
         assert quota.consume("user:ann", tokens=1).event_id == 1  # as the first event of a store
 
 
-def test_connections_left_open_by_a_test_are_ended_before_reuse(
+def test_a_store_still_open_after_its_test_cannot_reach_the_next_one(
     schemas: PostgresSchemas,
 ) -> None:
+    """A replica stopped after the schema's fixture (teardown order) may write once more,
+    and a pool reconnects: neither may touch the store of the next test."""
     url = schemas.take()
-    leaked = sa.create_engine(url)
-    conn = leaked.connect()
-    conn.execute(sa.text("SELECT 1"))
+    late = tokenquota.open(url, clock=FrozenClock(START))
     schemas.give_back(url)
-    with pytest.raises(sa.exc.OperationalError):
-        conn.execute(sa.text("SELECT 1"))  # ended: it cannot write into the next test's store
-    leaked.dispose()
-
-
-def test_a_schema_left_in_a_changed_state_is_dropped_not_reused(
-    schemas: PostgresSchemas,
-) -> None:
-    url = schemas.take()
-    with schemas.admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE TABLE "{schema_of(url)}".stray (a int)'))
-    schemas.give_back(url)
-    assert schema_of(schemas.take()) != schema_of(url)
-    with schemas.admin.connect() as conn:
-        assert not conn.execute(
-            sa.text("SELECT 1 FROM pg_namespace WHERE nspname = :s"), {"s": schema_of(url)}
-        ).scalar()
+    late.consume("user:ann", tokens=5)  # after the give-back, before the next take
+    again = schemas.take()
+    assert state(schemas.admin, schema_of(again))["events"] == []
+    with pytest.raises(Exception):  # noqa: B017, PT011 - ended, then no such tables: any error
+        late.consume("user:ann", tokens=5)
+    late.close()
+    assert state(schemas.admin, schema_of(again))["events"] == []
 
 
 def test_a_transaction_left_open_by_a_test_is_ended_and_the_schema_reused(
     schemas: PostgresSchemas,
 ) -> None:
     url = schemas.take()
+    used = oid_of(schemas.admin, url)
     fill(url)
     stuck = sa.create_engine(url)
     conn = stuck.connect()
     conn.execute(sa.text("SELECT * FROM events FOR UPDATE"))  # row locks, never released
     schemas.give_back(url)
+    again = schemas.take()
+    assert oid_of(schemas.admin, again) == used
+    assert state(schemas.admin, schema_of(again))["events"] == []
     with pytest.raises(sa.exc.OperationalError):
         conn.execute(sa.text("SELECT 1"))
     conn.invalidate()
     stuck.dispose()
+
+
+def test_a_schema_left_in_a_changed_state_is_dropped_not_reused(
+    schemas: PostgresSchemas,
+) -> None:
+    url = schemas.take()
+    used = oid_of(schemas.admin, url)
+    with schemas.admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE TABLE "{schema_of(url)}".stray (a int)'))
+    schemas.give_back(url)
     again = schemas.take()
-    assert schema_of(again) == schema_of(url)
-    assert state(schemas.admin, schema_of(again))["events"] == []
+    assert oid_of(schemas.admin, again) != used
+    with schemas.admin.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT count(*) FROM pg_namespace WHERE oid = :o"), {"o": used}
+        )
+        assert left.scalar() == 0
 
 
 def test_an_empty_schema_has_no_tables(schemas: PostgresSchemas) -> None:
     url = schemas.empty()
-    with schemas.admin.connect() as conn:
-        assert not conn.execute(
-            sa.text("SELECT count(*) FROM pg_tables WHERE schemaname = :s"), {"s": schema_of(url)}
-        ).scalar()
+    assert oid_of(schemas.admin, url) is not None
+    assert state(schemas.admin, schema_of(url)) == {}
