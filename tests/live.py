@@ -75,6 +75,10 @@ class Host:
         self.app = None
         while self.active:
             await asyncio.sleep(0.005)
+        # As uvicorn's own shutdown does: no keep-alive connection of this test's
+        # clients stays open into the next test's app.
+        for connection in list(self.server.server_state.connections):
+            connection.shutdown()
         lifespan, self._lifespan, self.state = self._lifespan, None, {}
         if lifespan is not None:
             await lifespan.shutdown()
