@@ -110,10 +110,10 @@ class PostgresSchemas:
     time; a schema given back is reset to exactly what the migrations left
     (every connection still on it ended, renamed so that no URL of the last
     test reaches it, rows deleted, the template's rows copied back, sequences
-    restarted) and handed to the next store. A schema
-    that cannot be reset so (its tables or migration version changed, a lock
-    held) is dropped instead. tests/test_schema_pool.py checks that a reset schema
-    and a freshly migrated one cannot be told apart.
+    restarted) and handed to the next store. A schema that cannot be reset so
+    (its tables or migration version changed, a lock held) is dropped instead.
+    tests/test_schema_pool.py checks that a reset schema and a freshly migrated
+    one cannot be told apart.
     """
 
     def __init__(self, base: str) -> None:
