@@ -36,8 +36,13 @@ client: install
 typecheck: install
 	$(BIN)/mypy
 
+# Two processes (pytest-xdist): the machines this runs on have two cores, and most
+# tests wait on a store, a socket or a child process. PYTEST_WORKERS=0 runs one
+# process; PYTEST_ARGS adds options (.ci/run asks for the slowest tests' durations).
+PYTEST_WORKERS ?= 2
+PYTEST_ARGS ?=
 pytest: install
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

@@ -118,18 +118,16 @@ class Fleet:
         self.log_dir = log_dir
         self.started: list[Replica] = []
 
-    def start(self, count: int, args: Sequence[str], *, together: bool = False) -> list[Replica]:
-        """``count`` replicas with the same flags, each ready on return.
+    def start(self, count: int, args: Sequence[str]) -> list[Replica]:
+        """``count`` replicas with the same flags, started at once, each ready on return.
 
-        By default the first one starts alone (it migrates a fresh store) and
-        the rest together; ``together`` starts all at once, racing for the
-        migration as a deployment rolled out on an empty database does.
+        On an empty database they race for the migration, as a deployment
+        rolled out on one does; the tests' stores (tests/services.py) are
+        migrated already, so there they only start side by side.
         """
         names = [f"replica{len(self.started) + i}" for i in range(count)]
-        first = [] if together else [self._until_ready(self._spawn(names[0], args, free_port()))]
-        rest = names[len(first) :]
-        pending = {name: self._spawn(name, args, free_port()) for name in rest}
-        return [*first, *(self._until_ready(pending[name]) for name in rest)]
+        pending = [self._spawn(name, args, free_port()) for name in names]
+        return [self._until_ready(replica) for replica in pending]
 
     def restart(self, replica: Replica) -> Replica:
         """The same replica again (same flags, same port) after it was killed or stopped."""

@@ -1,10 +1,10 @@
-"""A real tokenquota server per test: uvicorn on an ephemeral loopback port, SQLite in tmp."""
+"""A real tokenquota server per test: its own app and store (SQLite in tmp), over real HTTP.
+
+The uvicorn underneath is shared between tests in turn (tests/live.py).
+"""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,39 +12,17 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from pydantic import SecretStr
 
+from tests.conftest import migrated_sqlite
+from tests.live import LiveServer
 from tokenquota import FrozenClock, Quota
 from tokenquota.api.app import create_app
 from tokenquota.settings import Settings
 
 ADMIN_KEY = "test-bootstrap-admin-key-0123456789abcdef"
-
-
-class LiveServer:
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, log_level="warning", lifespan="on", access_log=False)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [sock]}, daemon=True
-        )
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=20)
+# LiveServer moved to tests/live.py; the test files still import it from here.
+__all__ = ["ADMIN_KEY", "Api", "LiveServer", "ServerFactory", "admin", "api", "make_api"]
 
 
 @dataclass
@@ -66,11 +44,12 @@ ServerFactory = Callable[..., Api]
 
 
 @pytest.fixture
-def make_api(tmp_path: Path) -> Iterator[ServerFactory]:
+def make_api(tmp_path: Path, sqlite_template: Path) -> Iterator[ServerFactory]:
     servers: list[LiveServer] = []
 
     def factory(*, clock: FrozenClock | None = None, **settings: Any) -> Api:
-        settings.setdefault("db", f"sqlite:///{tmp_path / f'api{len(servers)}.db'}")
+        if "db" not in settings:
+            settings["db"] = migrated_sqlite(sqlite_template, tmp_path / f"api{len(servers)}.db")
         built = Settings(admin_key=SecretStr(ADMIN_KEY), **settings)
         server = LiveServer(create_app(built, clock=clock))
         servers.append(server)
