@@ -1,6 +1,6 @@
 """Where one in-process consume on ``memory://`` spends its time, in CPU time.
 
-Run with ``.venv/bin/python bench/profile_memory.py`` (``PYTHONPATH=<tree>/src``
+Run with ``.venv/bin/python -m bench.profile_memory`` (``PYTHONPATH=<tree>/src``
 to measure another tree). The shape is the bench's (issue 13): ``user:alice``
 with tokens limits per minute, hour and day in ``company:acme`` with a tokens
 limit per month, every call admitted, on a frozen clock.
@@ -27,13 +27,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import tokenquota
+from bench.common import LIMIT
+from bench.floors import limits_floor
 from tokenquota import FrozenClock
 from tokenquota.domain.decisions import Mode
 from tokenquota.domain.subjects import SubjectRef
 
 ROUNDS = 7
 CALLS = 4_000
-LIMIT = 10**15  # never reached
 PARTS = (
     ("plan (engine/planner.py)", "engine/planner.py", "plan"),
     ("  resolving limits (effective_chain)", "engine/planner.py", "effective_chain"),
@@ -67,31 +68,6 @@ def opened() -> tokenquota.Quota:
         quota.set_limit("user:alice", "tokens", window, LIMIT)
     quota.set_limit("company:acme", "tokens", "month", LIMIT)
     return quota
-
-
-def limits_floor() -> Callable[[], None]:
-    from limits import (
-        RateLimitItemPerDay,
-        RateLimitItemPerHour,
-        RateLimitItemPerMinute,
-        RateLimitItemPerMonth,
-    )
-    from limits.storage import MemoryStorage
-    from limits.strategies import FixedWindowRateLimiter
-
-    limiter = FixedWindowRateLimiter(MemoryStorage())
-    items = [
-        (RateLimitItemPerMinute(LIMIT), "user:alice"),
-        (RateLimitItemPerHour(LIMIT), "user:alice"),
-        (RateLimitItemPerDay(LIMIT), "user:alice"),
-        (RateLimitItemPerMonth(LIMIT), "company:acme"),
-    ]
-
-    def once() -> None:
-        for item, subject in items:
-            limiter.hit(item, subject, cost=10)
-
-    return once
 
 
 def main() -> None:
