@@ -1,7 +1,7 @@
 """The hot transaction: every statement a decision runs, written once per dialect.
 
 This is where to look for the SQL of a consume, a reservation or a lease. The
-statements are plain text per dialect, run on the driver's own connection
+statements are plain text per dialect (``statements.py``), run on the driver's own connection
 (sqlite3, psycopg 3) inside the transaction ``Database.hot_tx`` opened, so no
 SQLAlchemy expression is built, compiled or cached-looked-up per call:
 profiled, that was most of a decision's Python time. sqlite3 keeps each
@@ -38,7 +38,6 @@ from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection
@@ -54,194 +53,17 @@ from tokenquota.domain.metrics import COUNTERS, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.ledger_rows import event_row
+from tokenquota.storage.sql.statements import (
+    GLOBAL_EXCLUSIVE,
+    GLOBAL_SHARED,
+    POSTGRES,
+    SQLITE,
+    TOTAL,
+    Sql,
+    Stmt,
+)
 from tokenquota.storage.sql.tx import series_keys
 from tokenquota.wire import stored
-
-Stmt = tuple[str, Sequence[Any]]
-
-# The global advisory key ("tq"), as Database.tx takes it; see tx.py.
-_GLOBAL_SHARED = "SELECT pg_advisory_xact_lock_shared(29809)"
-_GLOBAL_EXCLUSIVE = "SELECT pg_advisory_xact_lock(29809)"
-_TOTAL = "total"
-
-
-class _Sql:
-    """The statements of the hot transaction, as one dialect writes them."""
-
-    postgres = False
-    idempotency = 'SELECT fingerprint, decision FROM idempotency WHERE subject = ? AND "key" = ?'
-    subject = "SELECT 1 FROM subjects WHERE ref = ?"
-    tracked = 'SELECT metric, "window" FROM tracked'
-    # The configuration version token (storage/sql/version.py); no row: "0".
-    version = "SELECT value FROM meta WHERE \"key\" = 'config_version'"
-    add_subject = (
-        "INSERT INTO subjects (ref, kind, name, metadata, plan_id, created_at)"
-        " VALUES (?, ?, NULL, '{}', NULL, ?) ON CONFLICT DO NOTHING"
-    )
-    event = (
-        "INSERT INTO events (kind, subject, charged, ts, recorded_at, mode, amounts, model,"
-        " tags, idempotency_key, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-    )
-    remember = (
-        'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
-        " VALUES (?, ?, ?, ?, ?)"
-    )
-    burn = "UPDATE grants SET remaining = remaining - ? WHERE id = ?"
-    shadow = (
-        'INSERT INTO shadow_hits (subject, metric, "window", hits) VALUES (?, ?, ?, 1)'
-        ' ON CONFLICT (subject, metric, "window") DO UPDATE SET hits = shadow_hits.hits + 1'
-    )
-
-    def counters(self, keys: Sequence[tuple[str, str, str, int, int]]) -> Stmt:
-        """The buckets of every (subject, metric, window, lo, hi), tagged by position."""
-        params: list[Any] = []
-        for i, key in enumerate(keys):
-            params += (i, *key)
-        return _sqlite_counters(len(keys)), params
-
-    def holds(self, subjects: Sequence[str], now: int) -> Stmt:
-        return _sqlite_in(_HOLDS, len(subjects)), [*subjects, now]
-
-    def links(self, ts: int, event_id: int, subjects: Sequence[str]) -> Stmt:
-        """The event's row per charged subject, in one statement."""
-        params: list[Any] = []
-        for subject in subjects:
-            params += (subject, ts, event_id)
-        return _sqlite_rows(_LINKS, 3, len(subjects)), params
-
-    def bumps(self, deltas: dict[CounterKey, int]) -> Stmt:
-        """Every counter the event adds to, in one multi-row upsert."""
-        params: list[Any] = []
-        for key, units in deltas.items():
-            params += (*key, units)
-        return _sqlite_rows(_BUMPS, 5, len(deltas)), params
-
-    def leases(self, subjects: Sequence[str], now: int) -> Stmt:
-        return _sqlite_in(_LEASES, len(subjects)), [*subjects, now]
-
-    def grants(self, subjects: Sequence[str]) -> Stmt:
-        return _sqlite_in(_GRANTS, len(subjects)), list(subjects)
-
-
-class _PostgresSql(_Sql):
-    postgres = True
-    idempotency = _Sql.idempotency.replace("?", "%s")
-    subject = _Sql.subject.replace("?", "%s")
-    add_subject = _Sql.add_subject.replace("?", "%s")
-    event = (
-        "INSERT INTO events (id, kind, subject, charged, ts, recorded_at, mode, amounts, model,"
-        " tags, idempotency_key, resource)"
-        " VALUES (%s, %s, %s, %s::json, %s, %s, %s, %s::json, %s, %s::json, %s, %s)"
-    )
-    remember = (
-        'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
-        " VALUES (%s, %s, %s, %s::json, %s)"
-    )
-    burn = _Sql.burn.replace("?", "%s")
-    shadow = _Sql.shadow.replace("?", "%s")
-    # Events are numbered before they are written: the idempotency answer stored
-    # with an event names its id, and both go in one pipeline.
-    next_event = "SELECT nextval(pg_get_serial_sequence('events', 'id'))"
-    series_locks = (
-        "SELECT pg_advisory_xact_lock(k.hi, k.lo)"
-        " FROM unnest(%s::integer[], %s::integer[]) AS k(hi, lo)"
-    )
-
-    def counters(self, keys: Sequence[tuple[str, str, str, int, int]]) -> Stmt:
-        columns: list[list[Any]] = [[], [], [], [], [], []]
-        for i, key in enumerate(keys):
-            for column, value in zip(columns, (i, *key), strict=True):
-                column.append(value)
-        return _PG_COUNTERS, columns
-
-    def holds(self, subjects: Sequence[str], now: int) -> Stmt:
-        return _PG_HOLDS, [list(subjects), now]
-
-    def links(self, ts: int, event_id: int, subjects: Sequence[str]) -> Stmt:
-        return _PG_LINKS, (ts, event_id, list(subjects))
-
-    def bumps(self, deltas: dict[CounterKey, int]) -> Stmt:
-        columns: list[list[Any]] = [[], [], [], [], []]
-        for key, units in deltas.items():
-            for column, value in zip(columns, (*key, units), strict=True):
-                column.append(value)
-        return _PG_BUMPS, columns
-
-    def leases(self, subjects: Sequence[str], now: int) -> Stmt:
-        return _PG_LEASES, [list(subjects), now]
-
-    def grants(self, subjects: Sequence[str]) -> Stmt:
-        return _PG_GRANTS, [list(subjects)]
-
-
-_LINKS = "INSERT INTO event_subjects (subject, ts, event_id) VALUES {}"
-_BUMPS = (
-    'INSERT INTO counters (subject, metric, "window", bucket, value) VALUES {}'
-    ' ON CONFLICT (subject, metric, "window", bucket)'
-    " DO UPDATE SET value = counters.value + excluded.value"
-)
-# On PostgreSQL one text whatever the number of rows (arrays through unnest), so
-# psycopg prepares it once.
-_PG_LINKS = (
-    "INSERT INTO event_subjects (subject, ts, event_id)"
-    " SELECT s, %s, %s FROM unnest(%s::text[]) AS s"
-)
-_PG_BUMPS = (
-    'INSERT INTO counters (subject, metric, "window", bucket, value)'
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
-    ' ON CONFLICT (subject, metric, "window", bucket)'
-    " DO UPDATE SET value = counters.value + excluded.value"
-)
-_HOLDS = (
-    "SELECT subject, metric, sum(amount), max(expires_at) FROM holds"
-    " WHERE subject IN ({}) AND expires_at > ? GROUP BY subject, metric"
-)
-_LEASES = (
-    "SELECT subject, count(*), min(expires_at) FROM lease_holders"
-    " WHERE subject IN ({}) AND expires_at > ? GROUP BY subject"
-)
-_GRANTS = (
-    "SELECT id, subject, amount, granted_at, expires_at, remaining FROM grants"
-    " WHERE subject IN ({})"
-)
-_PG_COUNTERS = (
-    "SELECT k.i, c.bucket, c.value FROM unnest(%s::integer[], %s::text[], %s::text[],"
-    " %s::text[], %s::bigint[], %s::bigint[]) AS k(i, s, m, w, lo, hi)"
-    ' JOIN counters AS c ON c.subject = k.s AND c.metric = k.m AND c."window" = k.w'
-    " AND c.bucket BETWEEN k.lo AND k.hi"
-)
-_PG_HOLDS = _HOLDS.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
-_PG_LEASES = _LEASES.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
-_PG_GRANTS = _GRANTS.replace("IN ({})", "= ANY(%s::text[])")
-
-
-@cache
-def _sqlite_in(template: str, count: int) -> str:
-    return template.format(", ".join("?" * count))
-
-
-@cache
-def _sqlite_rows(template: str, width: int, count: int) -> str:
-    row = "(" + ", ".join("?" * width) + ")"
-    return template.format(", ".join([row] * count))
-
-
-@cache
-def _sqlite_counters(count: int) -> str:
-    if not count:
-        return "SELECT 0, 0, 0 WHERE 0"
-    # A VALUES list joined on the counters' primary key: one index range per check.
-    rows = ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
-    return (
-        f"WITH k(i, s, m, w, lo, hi) AS (VALUES {rows})"
-        " SELECT k.i, c.bucket, c.value FROM k JOIN counters AS c"
-        ' ON c.subject = k.s AND c.metric = k.m AND c."window" = k.w'
-        " AND c.bucket BETWEEN k.lo AND k.hi"
-    )
-
-
-SQLITE = _Sql()
-POSTGRES = _PostgresSql()
 
 
 @dataclass(slots=True)
@@ -348,9 +170,9 @@ class HotTx:
         assert not info.get("tokenquota_series_locked"), "series locked twice in one tx"
         info["tokenquota_series_locked"] = True
         if self.single_lock:
-            self.pending.append((_GLOBAL_EXCLUSIVE, ()))
+            self.pending.append((GLOBAL_EXCLUSIVE, ()))
             return
-        self.pending.append((_GLOBAL_SHARED, ()))
+        self.pending.append((GLOBAL_SHARED, ()))
         keys = series_keys(names)
         if keys:
             self.pending.append(
@@ -409,7 +231,7 @@ class HotTx:
         metrics = [m.value for m in COUNTERS if plan.amounts[m]] if bounded else []
         ranges = _Ranges(reads)
         lifetime = [
-            (s, m, _TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in plan.series for m in metrics
+            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in plan.series for m in metrics
         ]
         ranges.keys += lifetime
         charged = [str(s) for s in plan.charged]
@@ -589,7 +411,7 @@ class _Ranges:
         )
         self.count = 0
 
-    def statements(self, sql: _Sql, now: int, extra: Sequence[str] = ()) -> list[Stmt]:
+    def statements(self, sql: Sql, now: int, extra: Sequence[str] = ()) -> list[Stmt]:
         """The selects; ``extra`` subjects' holds are read too (the prepaid wallets' credits)."""
         held = sorted({str(c.limit.subject) for c in self.checks} | set(extra))
         stmts = [sql.counters(self.keys), sql.holds(held, now)]

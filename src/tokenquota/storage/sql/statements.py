@@ -1,0 +1,203 @@
+"""The SQL texts of the hot transaction, one set per dialect (storage/sql/hot.py runs them).
+
+Written once as text, never built per call: sqlite3 keeps each text's
+prepared statement in its per-connection cache, and psycopg prepares a text
+server-side after ``prepare_threshold`` runs, which is why the PostgreSQL
+texts never vary with the number of rows (arrays and ``unnest`` instead of IN
+lists). SQLite's IN lists and multi-row VALUES are made once per row count
+(``functools.cache``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from typing import Any
+
+from tokenquota.domain.ledger import CounterKey
+
+Stmt = tuple[str, Sequence[Any]]  # a text and its parameters
+
+# The global advisory key ("tq"), as Database.tx takes it; see tx.py.
+GLOBAL_SHARED = "SELECT pg_advisory_xact_lock_shared(29809)"
+GLOBAL_EXCLUSIVE = "SELECT pg_advisory_xact_lock(29809)"
+TOTAL = "total"
+
+
+class Sql:
+    """The statements of the hot transaction, as one dialect writes them."""
+
+    postgres = False
+    idempotency = 'SELECT fingerprint, decision FROM idempotency WHERE subject = ? AND "key" = ?'
+    subject = "SELECT 1 FROM subjects WHERE ref = ?"
+    tracked = 'SELECT metric, "window" FROM tracked'
+    # The configuration version token (storage/sql/version.py); no row: "0".
+    version = "SELECT value FROM meta WHERE \"key\" = 'config_version'"
+    add_subject = (
+        "INSERT INTO subjects (ref, kind, name, metadata, plan_id, created_at)"
+        " VALUES (?, ?, NULL, '{}', NULL, ?) ON CONFLICT DO NOTHING"
+    )
+    event = (
+        "INSERT INTO events (kind, subject, charged, ts, recorded_at, mode, amounts, model,"
+        " tags, idempotency_key, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+    remember = (
+        'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
+        " VALUES (?, ?, ?, ?, ?)"
+    )
+    burn = "UPDATE grants SET remaining = remaining - ? WHERE id = ?"
+    shadow = (
+        'INSERT INTO shadow_hits (subject, metric, "window", hits) VALUES (?, ?, ?, 1)'
+        ' ON CONFLICT (subject, metric, "window") DO UPDATE SET hits = shadow_hits.hits + 1'
+    )
+
+    def counters(self, keys: Sequence[tuple[str, str, str, int, int]]) -> Stmt:
+        """The buckets of every (subject, metric, window, lo, hi), tagged by position."""
+        params: list[Any] = []
+        for i, key in enumerate(keys):
+            params += (i, *key)
+        return _sqlite_counters(len(keys)), params
+
+    def holds(self, subjects: Sequence[str], now: int) -> Stmt:
+        return _sqlite_in(_HOLDS, len(subjects)), [*subjects, now]
+
+    def links(self, ts: int, event_id: int, subjects: Sequence[str]) -> Stmt:
+        """The event's row per charged subject, in one statement."""
+        params: list[Any] = []
+        for subject in subjects:
+            params += (subject, ts, event_id)
+        return _sqlite_rows(_LINKS, 3, len(subjects)), params
+
+    def bumps(self, deltas: dict[CounterKey, int]) -> Stmt:
+        """Every counter the event adds to, in one multi-row upsert."""
+        params: list[Any] = []
+        for key, units in deltas.items():
+            params += (*key, units)
+        return _sqlite_rows(_BUMPS, 5, len(deltas)), params
+
+    def leases(self, subjects: Sequence[str], now: int) -> Stmt:
+        return _sqlite_in(_LEASES, len(subjects)), [*subjects, now]
+
+    def grants(self, subjects: Sequence[str]) -> Stmt:
+        return _sqlite_in(_GRANTS, len(subjects)), list(subjects)
+
+
+class PostgresSql(Sql):
+    postgres = True
+    idempotency = Sql.idempotency.replace("?", "%s")
+    subject = Sql.subject.replace("?", "%s")
+    add_subject = Sql.add_subject.replace("?", "%s")
+    event = (
+        "INSERT INTO events (id, kind, subject, charged, ts, recorded_at, mode, amounts, model,"
+        " tags, idempotency_key, resource)"
+        " VALUES (%s, %s, %s, %s::json, %s, %s, %s, %s::json, %s, %s::json, %s, %s)"
+    )
+    remember = (
+        'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
+        " VALUES (%s, %s, %s, %s::json, %s)"
+    )
+    burn = Sql.burn.replace("?", "%s")
+    shadow = Sql.shadow.replace("?", "%s")
+    # Events are numbered before they are written: the idempotency answer stored
+    # with an event names its id, and both go in one pipeline.
+    next_event = "SELECT nextval(pg_get_serial_sequence('events', 'id'))"
+    series_locks = (
+        "SELECT pg_advisory_xact_lock(k.hi, k.lo)"
+        " FROM unnest(%s::integer[], %s::integer[]) AS k(hi, lo)"
+    )
+
+    def counters(self, keys: Sequence[tuple[str, str, str, int, int]]) -> Stmt:
+        columns: list[list[Any]] = [[], [], [], [], [], []]
+        for i, key in enumerate(keys):
+            for column, value in zip(columns, (i, *key), strict=True):
+                column.append(value)
+        return _PG_COUNTERS, columns
+
+    def holds(self, subjects: Sequence[str], now: int) -> Stmt:
+        return _PG_HOLDS, [list(subjects), now]
+
+    def links(self, ts: int, event_id: int, subjects: Sequence[str]) -> Stmt:
+        return _PG_LINKS, (ts, event_id, list(subjects))
+
+    def bumps(self, deltas: dict[CounterKey, int]) -> Stmt:
+        columns: list[list[Any]] = [[], [], [], [], []]
+        for key, units in deltas.items():
+            for column, value in zip(columns, (*key, units), strict=True):
+                column.append(value)
+        return _PG_BUMPS, columns
+
+    def leases(self, subjects: Sequence[str], now: int) -> Stmt:
+        return _PG_LEASES, [list(subjects), now]
+
+    def grants(self, subjects: Sequence[str]) -> Stmt:
+        return _PG_GRANTS, [list(subjects)]
+
+
+_LINKS = "INSERT INTO event_subjects (subject, ts, event_id) VALUES {}"
+_BUMPS = (
+    'INSERT INTO counters (subject, metric, "window", bucket, value) VALUES {}'
+    ' ON CONFLICT (subject, metric, "window", bucket)'
+    " DO UPDATE SET value = counters.value + excluded.value"
+)
+# On PostgreSQL one text whatever the number of rows (arrays through unnest), so
+# psycopg prepares it once.
+_PG_LINKS = (
+    "INSERT INTO event_subjects (subject, ts, event_id)"
+    " SELECT s, %s, %s FROM unnest(%s::text[]) AS s"
+)
+_PG_BUMPS = (
+    'INSERT INTO counters (subject, metric, "window", bucket, value)'
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
+    ' ON CONFLICT (subject, metric, "window", bucket)'
+    " DO UPDATE SET value = counters.value + excluded.value"
+)
+_HOLDS = (
+    "SELECT subject, metric, sum(amount), max(expires_at) FROM holds"
+    " WHERE subject IN ({}) AND expires_at > ? GROUP BY subject, metric"
+)
+_LEASES = (
+    "SELECT subject, count(*), min(expires_at) FROM lease_holders"
+    " WHERE subject IN ({}) AND expires_at > ? GROUP BY subject"
+)
+_GRANTS = (
+    "SELECT id, subject, amount, granted_at, expires_at, remaining FROM grants"
+    " WHERE subject IN ({})"
+)
+_PG_COUNTERS = (
+    "SELECT k.i, c.bucket, c.value FROM unnest(%s::integer[], %s::text[], %s::text[],"
+    " %s::text[], %s::bigint[], %s::bigint[]) AS k(i, s, m, w, lo, hi)"
+    ' JOIN counters AS c ON c.subject = k.s AND c.metric = k.m AND c."window" = k.w'
+    " AND c.bucket BETWEEN k.lo AND k.hi"
+)
+_PG_HOLDS = _HOLDS.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
+_PG_LEASES = _LEASES.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
+_PG_GRANTS = _GRANTS.replace("IN ({})", "= ANY(%s::text[])")
+
+
+@cache
+def _sqlite_in(template: str, count: int) -> str:
+    return template.format(", ".join("?" * count))
+
+
+@cache
+def _sqlite_rows(template: str, width: int, count: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return template.format(", ".join([row] * count))
+
+
+@cache
+def _sqlite_counters(count: int) -> str:
+    if not count:
+        return "SELECT 0, 0, 0 WHERE 0"
+    # A VALUES list joined on the counters' primary key: one index range per check.
+    rows = ", ".join(["(?, ?, ?, ?, ?, ?)"] * count)
+    return (
+        f"WITH k(i, s, m, w, lo, hi) AS (VALUES {rows})"
+        " SELECT k.i, c.bucket, c.value FROM k JOIN counters AS c"
+        ' ON c.subject = k.s AND c.metric = k.m AND c."window" = k.w'
+        " AND c.bucket BETWEEN k.lo AND k.hi"
+    )
+
+
+SQLITE = Sql()
+POSTGRES = PostgresSql()
