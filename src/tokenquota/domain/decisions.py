@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 from fractions import Fraction
@@ -18,17 +18,18 @@ from zoneinfo import ZoneInfo
 
 from tokenquota.domain.errors import TokenQuotaError
 from tokenquota.domain.frozen import builder
-from tokenquota.domain.grants import Grant, balance
-from tokenquota.domain.limits import UNLIMITED, EffectiveLimit
+from tokenquota.domain.grants import balance
+from tokenquota.domain.limits import UNLIMITED
 from tokenquota.domain.metrics import Amounts, Metric, Number, from_units
-from tokenquota.domain.resources import DenyReason, ResourceQuota, capacity_admits
-from tokenquota.domain.subjects import SubjectRef, consumer_series
+from tokenquota.domain.plans import CapacityPlan as CapacityPlan
+from tokenquota.domain.plans import Check as Check
+from tokenquota.domain.plans import DebitPlan as DebitPlan
+from tokenquota.domain.plans import Mode as Mode
+from tokenquota.domain.plans import Prepaid as Prepaid
+from tokenquota.domain.plans import Reading as Reading
+from tokenquota.domain.plans import Readings as Readings
+from tokenquota.domain.resources import DenyReason, capacity_admits
 from tokenquota.domain.windows import admits
-
-
-class Mode(StrEnum):
-    ENFORCE = "enforce"
-    RECORD = "record"
 
 
 class Reason(StrEnum):
@@ -63,102 +64,6 @@ class WithheldBlock:
 
     reason: Reason
     metric: str
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """One effective limit a request is measured against."""
-
-    limit: EffectiveLimit
-    amount: int  # units this request adds to the limit's metric (0 when absent)
-    read_at: datetime  # the instant whose window holds the request
-    lo: int  # inclusive bucket range to sum; unused for per-request caps
-    hi: int
-    # The bucket the request lands in, or None when it lands outside [lo, hi]
-    # (a back-dated event older than a rolling window): then it only reports.
-    bucket: int | None
-
-    @property
-    def is_cap(self) -> bool:
-        return self.limit.key.window is None
-
-
-@dataclass(frozen=True, slots=True)
-class CapacityPlan:
-    """The SPEC section 6 capacity test for a request that names a resource.
-
-    ``total`` reads the resource's usage this minute in the capacity's unit;
-    ``shares`` read the usage of each consumer holding a reserved share.
-    """
-
-    quota: ResourceQuota
-    resource: SubjectRef
-    consumer: SubjectRef
-    amount: int
-    total: Check
-    shares: tuple[tuple[SubjectRef, Check], ...]
-
-    @property
-    def reads(self) -> tuple[Check, ...]:
-        return (self.total, *(check for _, check in self.shares))
-
-
-@dataclass(frozen=True, slots=True)
-class DebitPlan:
-    subject: SubjectRef
-    charged: tuple[SubjectRef, ...]  # the subject first, then every ancestor
-    amounts: Amounts
-    mode: Mode
-    timestamp: datetime  # when the usage happened (may be back-dated)
-    now: datetime
-    tz: ZoneInfo
-    checks: tuple[Check, ...]
-    idempotency_key: str | None = None
-    fingerprint: str = ""
-    model: str | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
-    # A reservation: admitted amounts are held (shown as reserved), not used.
-    hold: bool = False
-    resource: SubjectRef | None = None
-    capacity: CapacityPlan | None = None
-    # The configuration version the plan was made from: the step that decides on
-    # it refuses it when the store's token moved since (None: checked by nobody).
-    config_version: str | None = None
-
-    @property
-    def series(self) -> tuple[str, ...]:
-        """Every counter subject the request adds to (see ``ledger.Event.series``)."""
-        charged = tuple(map(str, self.charged))
-        if self.resource is None:
-            return charged
-        return (*charged, consumer_series(self.resource, self.subject))
-
-    @property
-    def reads(self) -> tuple[Check, ...]:
-        """Everything the store must read atomically: the checks, then the capacity series."""
-        return self.checks + (self.capacity.reads if self.capacity else ())
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """What a store found for one check, inside the atomic section."""
-
-    buckets: Mapping[int, int] = field(default_factory=dict)  # bucket -> units used
-    # Live reservations holding this metric (windows) or live leases (concurrency):
-    reserved: int = 0
-    held_until: datetime | None = None  # when the last of those lapses by itself
-
-
-Readings = Sequence[Reading]
-
-
-@dataclass(frozen=True, slots=True)
-class Prepaid:
-    """A charged subject's grants and the credits live reservations hold against them."""
-
-    subject: SubjectRef
-    grants: tuple[Grant, ...]
-    held: int = 0
 
 
 @dataclass(frozen=True, slots=True)

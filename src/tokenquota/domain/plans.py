@@ -1,0 +1,122 @@
+"""Plans: what a request is measured against, and what a store reads to decide it.
+
+The planner (engine/planner.py) builds a ``DebitPlan`` naming every bucket to
+read; a store reads them inside its atomic step (``Reading``, ``Prepaid``)
+and calls ``decisions.decide``. Kept apart from ``decisions`` so that the
+value a store receives reads in one place; ``decisions`` re-exports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+from tokenquota.domain.grants import Grant
+from tokenquota.domain.limits import EffectiveLimit
+from tokenquota.domain.metrics import Amounts
+from tokenquota.domain.resources import ResourceQuota
+from tokenquota.domain.subjects import SubjectRef, consumer_series
+
+
+class Mode(StrEnum):
+    ENFORCE = "enforce"
+    RECORD = "record"
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One effective limit a request is measured against."""
+
+    limit: EffectiveLimit
+    amount: int  # units this request adds to the limit's metric (0 when absent)
+    read_at: datetime  # the instant whose window holds the request
+    lo: int  # inclusive bucket range to sum; unused for per-request caps
+    hi: int
+    # The bucket the request lands in, or None when it lands outside [lo, hi]
+    # (a back-dated event older than a rolling window): then it only reports.
+    bucket: int | None
+
+    @property
+    def is_cap(self) -> bool:
+        return self.limit.key.window is None
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityPlan:
+    """The SPEC section 6 capacity test for a request that names a resource.
+
+    ``total`` reads the resource's usage this minute in the capacity's unit;
+    ``shares`` read the usage of each consumer holding a reserved share.
+    """
+
+    quota: ResourceQuota
+    resource: SubjectRef
+    consumer: SubjectRef
+    amount: int
+    total: Check
+    shares: tuple[tuple[SubjectRef, Check], ...]
+
+    @property
+    def reads(self) -> tuple[Check, ...]:
+        return (self.total, *(check for _, check in self.shares))
+
+
+@dataclass(frozen=True, slots=True)
+class DebitPlan:
+    subject: SubjectRef
+    charged: tuple[SubjectRef, ...]  # the subject first, then every ancestor
+    amounts: Amounts
+    mode: Mode
+    timestamp: datetime  # when the usage happened (may be back-dated)
+    now: datetime
+    tz: ZoneInfo
+    checks: tuple[Check, ...]
+    idempotency_key: str | None = None
+    fingerprint: str = ""
+    model: str | None = None
+    tags: Mapping[str, str] = field(default_factory=dict)
+    # A reservation: admitted amounts are held (shown as reserved), not used.
+    hold: bool = False
+    resource: SubjectRef | None = None
+    capacity: CapacityPlan | None = None
+    # The configuration version the plan was made from: the step that decides on
+    # it refuses it when the store's token moved since (None: checked by nobody).
+    config_version: str | None = None
+
+    @property
+    def series(self) -> tuple[str, ...]:
+        """Every counter subject the request adds to (see ``ledger.Event.series``)."""
+        charged = tuple(map(str, self.charged))
+        if self.resource is None:
+            return charged
+        return (*charged, consumer_series(self.resource, self.subject))
+
+    @property
+    def reads(self) -> tuple[Check, ...]:
+        """Everything the store must read atomically: the checks, then the capacity series."""
+        return self.checks + (self.capacity.reads if self.capacity else ())
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What a store found for one check, inside the atomic section."""
+
+    buckets: Mapping[int, int] = field(default_factory=dict)  # bucket -> units used
+    # Live reservations holding this metric (windows) or live leases (concurrency):
+    reserved: int = 0
+    held_until: datetime | None = None  # when the last of those lapses by itself
+
+
+Readings = Sequence[Reading]
+
+
+@dataclass(frozen=True, slots=True)
+class Prepaid:
+    """A charged subject's grants and the credits live reservations hold against them."""
+
+    subject: SubjectRef
+    grants: tuple[Grant, ...]
+    held: int = 0
