@@ -340,11 +340,15 @@ class SqlCatalog:
             return sorted(r.scope for r in rows)
 
     def track(self, keys: Sequence[LimitKey], now: datetime) -> None:
-        with self.db.tx(write=True) as conn:
+        # An engine starting tracks what is tracked already, mostly: then no new
+        # version and no announcement (replicas starting together would keep
+        # each other's plans stale).
+        with self.db.tx(write=True, announce=False) as conn:
             tracking = self._track(conn, keys, now)
-            if tracking:  # an engine starting tracks what is, mostly: no new version
+            if tracking:
                 self.version.bump(conn)
         if tracking:
+            self.db.announce()
             self.snapshot.invalidate()
 
     def tracked(self, conn: Connection) -> set[LimitKey]:

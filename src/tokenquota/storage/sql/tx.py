@@ -100,28 +100,32 @@ class Database:
         default, and asking for another zone is refused unless ``move`` is set,
         which re-buckets every counter (``rebuild``) in the same transaction.
         """
-        with self.tx(write=True) as conn:
+        with self.tx(write=True, announce=False) as conn:
             stored = conn.execute(
                 sa.select(t.meta.c.value).where(t.meta.c.key == "timezone")
             ).scalar()
+            if stored is not None and (wanted is None or wanted.key == stored):
+                self.tz = ZoneInfo(stored)
+                return self.tz  # changed nothing, so it announces nothing
             if stored is None:
                 self.tz = wanted or ZoneInfo("UTC")
                 conn.execute(t.meta.insert().values(key="timezone", value=self.tz.key))
-                return self.tz
-            if wanted is None or wanted.key == stored:
-                self.tz = ZoneInfo(stored)
-                return self.tz
-            if not move:
-                raise ValidationError(
-                    "timezone",
-                    f"this store keeps calendar windows in {stored}; open it without a time "
-                    f"zone (or with {stored}), or move it with "
-                    f"`tokenquota rebuild --timezone {wanted.key}`",
+            else:
+                assert wanted is not None
+                if not move:
+                    raise ValidationError(
+                        "timezone",
+                        f"this store keeps calendar windows in {stored}; open it without a "
+                        f"time zone (or with {stored}), or move it with "
+                        f"`tokenquota rebuild --timezone {wanted.key}`",
+                    )
+                self.tz = wanted
+                conn.execute(
+                    t.meta.update().where(t.meta.c.key == "timezone").values(value=wanted.key)
                 )
-            self.tz = wanted
-            conn.execute(t.meta.update().where(t.meta.c.key == "timezone").values(value=wanted.key))
-            rebuild(conn)
-            return wanted
+                rebuild(conn)
+        self.announce()
+        return self.tz
 
     @contextmanager
     def tx(
@@ -183,8 +187,18 @@ class Database:
         except OperationalError as exc:
             raise StoreUnreachable(f"the database did not answer: {exc.orig}") from exc
         if write and announce:
-            for callback in self.after_write:
-                callback()
+            self.announce()
+
+    def announce(self) -> None:
+        """Tell the ``after_write`` callbacks a configuration write committed.
+
+        For a write that knows only inside its transaction whether it changed
+        anything (``tx(write=True, announce=False)``, then this): a store that
+        opens or tracks what is already tracked must not move the Redis token,
+        or replicas starting together keep each other's plans stale.
+        """
+        for callback in self.after_write:
+            callback()
 
     @contextmanager
     def leader_tx(self) -> Iterator[tuple[Connection, bool]]:
