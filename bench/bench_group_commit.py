@@ -30,25 +30,21 @@ import os
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 import tokenquota
+from bench.common import LIMIT
+from bench.stores import postgres_schemas, postgres_url
 from tokenquota import FrozenClock
 
 CALLERS = (1, 8, 64)
-POSTGRES = os.environ.get("TOKENQUOTA_BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-LIMIT = 10**15  # never reached: every call is an admitted decision
 
 
 @dataclass(frozen=True)
@@ -144,26 +140,6 @@ def best(rounds: list[Round]) -> Round:
     return max(rounds, key=lambda r: r.rate)
 
 
-@contextmanager
-def postgres_schema(notes: list[str]) -> Iterator[str | None]:
-    import psycopg
-
-    try:
-        admin = psycopg.connect(POSTGRES, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        notes.append(f"PostgreSQL not reachable at {POSTGRES}: {' '.join(str(exc).split())}")
-        yield None
-        return
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    with admin:
-        admin.execute(f'CREATE SCHEMA "{name}"')
-        try:
-            driver = "postgresql+psycopg:" + POSTGRES.partition(":")[2]
-            yield f"{driver}?options={quote(f'-csearch_path={name}', safe='')}"
-        finally:
-            admin.execute(f'DROP SCHEMA "{name}" CASCADE')
-
-
 def table(results: dict[str, list[Cell]]) -> Table:
     out = Table(title="group commit: on vs off, same process, same minutes", box=box.SIMPLE_HEAD)
     columns = ("backend", "callers", "on/off", "p50 on/off", "p99 on/off", "off vs 1", "on vs 1")
@@ -198,9 +174,9 @@ def main() -> None:
         if args.only in (None, "sqlite"):
             results["sqlite"] = run_backend(f"sqlite:///{Path(tmp) / 'q.db'}", args.seconds)
         if args.only in (None, "postgres"):
-            with postgres_schema(notes) as url:
-                if url is not None:
-                    results["postgres"] = run_backend(url, args.seconds)
+            with postgres_schemas(notes) as fresh:
+                if fresh is not None:
+                    results["postgres"] = run_backend(postgres_url(fresh()), args.seconds)
     console = Console()
     console.print(table(results))
     for line in [
