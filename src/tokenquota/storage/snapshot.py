@@ -54,6 +54,8 @@ T = TypeVar("T")
 CONFIG_TTL: Final = 1.0
 MAX_ENTRIES: Final = 100_000
 MIXED: Final = "mixed"  # a plan read from two generations: no store holds this token
+# The token of a store no configuration write has touched yet (every backend).
+FIRST_TOKEN: Final = "0"
 _MISSING: Final = object()
 
 Chain = list[tuple[SubjectRef, RuleSet]]

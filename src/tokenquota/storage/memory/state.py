@@ -28,6 +28,7 @@ from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, counted
 from tokenquota.domain.limits import LimitKey, Rule
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Scope, StaleConfig
+from tokenquota.storage.snapshot import FIRST_TOKEN
 
 
 @dataclass
@@ -68,7 +69,7 @@ class State:
     audit_ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     # The configuration version (storage/snapshot.py): moved by every catalog
     # write under the lock, compared by every step that decides on a plan.
-    config_version: str = "0"
+    config_version: str = FIRST_TOKEN
     config_versions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def bump_config(self) -> None:

@@ -18,6 +18,7 @@ from tokenquota.domain.errors import StoreUnavailable
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import Layout
 from tokenquota.storage.redis.ops import back_off
+from tokenquota.storage.snapshot import FIRST_TOKEN
 
 BUMP_ROUNDS: Final = 20  # see bump: only racing bumps need a second one
 
@@ -30,7 +31,7 @@ class RedisVersion:
     def current(self) -> str:
         """The token of shard 0; every shard holds the same one once a bump is done."""
         raw = call(lambda: self.redis.get(self.layout.config(0)))
-        return raw.decode() if raw else "0"
+        return raw.decode() if raw else FIRST_TOKEN
 
     def bump(self) -> None:
         """After a configuration write: every replica's snapshot is stale from now on.

@@ -21,7 +21,6 @@ import json
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from tokenquota.domain.clock import from_micros
@@ -192,9 +191,3 @@ def parse_reading(text: str, fields: Sequence[int], lease: bool) -> Reading:
 def parse_wallet(text: str) -> tuple[list[int], int]:
     remaining, held = text.split(";")
     return [int(v) for v in remaining.split(",")] if remaining else [], int(held)
-
-
-def micros_text(at: datetime) -> str:
-    from tokenquota.domain.clock import to_micros
-
-    return str(to_micros(at))

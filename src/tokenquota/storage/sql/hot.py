@@ -53,6 +53,7 @@ from tokenquota.domain.metrics import COUNTERS, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.ledger_rows import event_row
+from tokenquota.storage.snapshot import FIRST_TOKEN
 from tokenquota.storage.sql.statements import (
     GLOBAL_EXCLUSIVE,
     GLOBAL_SHARED,
@@ -258,7 +259,7 @@ class HotTx:
         found = Found()
         if versioned:
             rows = cursors.pop(0).fetchall()
-            if (rows[0][0] if rows else "0") != plan.config_version:
+            if (rows[0][0] if rows else FIRST_TOKEN) != plan.config_version:
                 # Close the other reads first: the traceback keeps this frame, and
                 # on SQLite an unfinished SELECT keeps its connection on an old
                 # snapshot, where its next BEGIN IMMEDIATE is refused at once.

@@ -15,6 +15,7 @@ from functools import cache
 from typing import Any
 
 from tokenquota.domain.ledger import CounterKey
+from tokenquota.storage.sql.version import VERSION_KEY
 
 Stmt = tuple[str, Sequence[Any]]  # a text and its parameters
 
@@ -31,8 +32,8 @@ class Sql:
     idempotency = 'SELECT fingerprint, decision FROM idempotency WHERE subject = ? AND "key" = ?'
     subject = "SELECT 1 FROM subjects WHERE ref = ?"
     tracked = 'SELECT metric, "window" FROM tracked'
-    # The configuration version token (storage/sql/version.py); no row: "0".
-    version = "SELECT value FROM meta WHERE \"key\" = 'config_version'"
+    # The configuration version token (storage/sql/version.py); no row: FIRST_TOKEN.
+    version = f"SELECT value FROM meta WHERE \"key\" = '{VERSION_KEY}'"
     add_subject = (
         "INSERT INTO subjects (ref, kind, name, metadata, plan_id, created_at)"
         " VALUES (?, ?, NULL, '{}', NULL, ?) ON CONFLICT DO NOTHING"

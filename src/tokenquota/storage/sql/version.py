@@ -2,7 +2,7 @@
 
 The token is the ``config_version`` row of ``meta``, given a new random value
 by every configuration write in that write's transaction (absent until the
-first one: "0"). A hot step reads it under its locks and refuses a plan
+first one: ``FIRST_TOKEN``). A hot step reads it under its locks and refuses a plan
 made from another one (``HotTx.read``) (storage/snapshot.py says why that is exact). Beside
 Redis the token lives in Redis, where the Lua steps compare it; then
 ``token`` reads it and the meta row is only written, never compared.
@@ -17,6 +17,7 @@ from uuid import uuid4
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from tokenquota.storage.snapshot import FIRST_TOKEN
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.tx import Database
 
@@ -38,7 +39,7 @@ class SqlVersion:
             return self.read(conn)
 
     def read(self, conn: Connection) -> str:
-        return conn.execute(_READ).scalar() or "0"
+        return conn.execute(_READ).scalar() or FIRST_TOKEN
 
     def bump(self, conn: Connection) -> None:
         """Inside a configuration write (under the exclusive lock): a version no one has seen."""
