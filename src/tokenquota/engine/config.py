@@ -22,7 +22,6 @@ from tokenquota.domain.keys import (
     format_key,
     hash_secret,
     parse_role,
-    secret_matches,
     split_key,
     validate_key_binding,
 )
@@ -49,7 +48,7 @@ from tokenquota.domain.text import check_text
 from tokenquota.domain.views import DefaultRule, LimitsView, Page
 from tokenquota.domain.windows import Window
 from tokenquota.engine import inputs
-from tokenquota.engine.keycache import KeyCache
+from tokenquota.engine.keycache import MISS, KeyCache, live
 from tokenquota.engine.outage import Outage
 from tokenquota.engine.planner import Planner
 from tokenquota.storage import Layer, Scope, Store
@@ -353,31 +352,29 @@ class Configuration:
 
     def authenticate(self, presented: str) -> ApiKey | None:
         """The live key a caller presented, or None; never says which part was wrong."""
-        parts = split_key(presented)
-        if parts is None:
-            return None
         # Within the cache's bound (docs/api.md) the store is not asked; the
-        # secret is still compared below on every call.
-        found = self.keys.get(parts[0])
-        if found is None:
-            try:
-                found = self.store.get_key(parts[0])
-            except StoreUnreachable:
-                found = self.keys.last_known(parts[0])
-                if found is None:
-                    raise
+        # secret is still compared on every call.
+        cached = self.keys.answer(presented)
+        if cached is not MISS:
+            return cached
+        parts = split_key(presented)
+        assert parts is not None  # a malformed key is refused, never a miss
+        found: tuple[ApiKey, str] | None
+        try:
+            found = self.store.get_key(parts[0])
+        except StoreUnreachable:
+            found = self.keys.last_known(parts[0])
+            if found is None:
+                raise
+        else:
+            if found is None:
+                self.keys.drop(parts[0])
             else:
-                if found is None:
-                    self.keys.drop(parts[0])
-                else:
-                    self.keys.put(parts[0], found)
+                self.keys.put(parts[0], found)
         if found is None:
             hash_secret(parts[1])  # the same work either way: no timing hint
             return None
-        key, stored = found
-        if not secret_matches(parts[1], stored) or key.revoked_at is not None:
-            return None
-        return key
+        return live(found, parts[1])
 
     def list_keys(self, *, offset: int = 0, limit: int = 100) -> Page[ApiKey]:
         return self.store.list_keys(offset=inputs.offset(offset), limit=inputs.limit(limit))

@@ -99,10 +99,7 @@ class KeyCache:
         found = self.get(parts[0])
         if found is None:
             return MISS
-        key, stored = found
-        if not secret_matches(parts[1], stored) or key.revoked_at is not None:
-            return None
-        return key
+        return live(found, parts[1])
 
     def last_known(self, key_id: str) -> tuple[ApiKey, str] | None:
         """The key as last seen live, whatever its age; only kept with ``keep_last_known``."""
@@ -130,3 +127,12 @@ class KeyCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+def live(found: tuple[ApiKey, str], secret: str) -> ApiKey | None:
+    """The key, if ``secret`` is its secret and it is not revoked: the one check of a
+    presented key, cached or read from the store."""
+    key, stored = found
+    if not secret_matches(secret, stored) or key.revoked_at is not None:
+        return None
+    return key
