@@ -7,73 +7,56 @@ so any number of engines may share one store. The one exception is
 ``on_store_error="open"``: while the store is unreachable, the ``Outage``
 admits from its spool and the keys it has seen (docs/outages.md).
 
-This file holds the hot path (consume, check, holds, grants) and the reads
-of usage; ``config.py`` holds the configuration methods ``Quota`` inherits.
+This file holds the consume path and the reads of usage; ``Quota`` inherits
+the reservations, leases and grants from ``holds.py`` and the configuration
+methods from ``config.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal, TypeVar
+from typing import Final, Literal
 
 from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
 from tokenquota.domain.decisions import (
     Decision,
     Mode,
-    QuotaExceeded,
     decide,
     prepaid_status,
     status,
 )
-from tokenquota.domain.errors import NotFound, StoreUnreachable, ValidationError
-from tokenquota.domain.grants import Balance, Grant
-from tokenquota.domain.grants import balance as grant_balance
-from tokenquota.domain.holds import (
-    DEFAULT_TTL,
-    Lease,
-    Reservation,
-    check_committable,
-    parse_ttl,
-)
+from tokenquota.domain.errors import ValidationError
 from tokenquota.domain.ledger import Event
-from tokenquota.domain.metrics import Amounts, Metric, from_units, merge_amounts, to_units
+from tokenquota.domain.metrics import Amounts, Metric, from_units, merge_amounts
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.views import (
-    Acquired,
     Granularity,
     GroupBy,
     HistoryPoint,
-    Hold,
     Page,
-    Reserved,
     Usage,
 )
 from tokenquota.domain.windows import Calendar, calendar_period, parse_timezone
 from tokenquota.engine import inputs
-from tokenquota.engine.config import Configuration
+from tokenquota.engine.holds import Holds
 from tokenquota.engine.keycache import KEY_CACHE_SECONDS, KeyCache
 from tokenquota.engine.outage import Outage
 from tokenquota.engine.planner import Planner, parse_config_defaults, planned
 from tokenquota.engine.spool import Spool
 from tokenquota.storage import Store, open_store
-from tokenquota.wire.metrics import encode_amounts
 
 shadow_log = logging.getLogger("tokenquota.shadow")
 
 MAX_HISTORY_POINTS: Final = 10_000
-MAX_GRANTS: Final = 10_000
 DEFAULT_RETENTION: Final = timedelta(days=400)
-T = TypeVar("T")
 OnStoreError = Literal["closed", "open"]
 
 
-class Quota(Configuration):
+class Quota(Holds):
     """The library's entry point; see ``tokenquota.open``."""
 
     def __init__(
@@ -220,25 +203,9 @@ class Quota(Configuration):
             )
         return decision
 
-    def _or_outage(self, attempt: Callable[[], T], fallback: Callable[[Outage], T]) -> T:
-        """``attempt`` through the store; when it is unreachable, ``fallback`` through
-        the outage path if the engine fails open (else the store's error stands)."""
-        try:
-            return attempt()
-        except StoreUnreachable:
-            if not self.outage.admits:
-                raise
-        return fallback(self.outage)
-
     def drain(self) -> int:
         """Store what was admitted while the store was unreachable; see ``Outage.drain``."""
         return self.outage.drain()
-
-    def _holds(self, hold_id: str) -> Store | Spool:
-        """Where a reservation or lease lives: the spool for one taken while the store
-        was unreachable, the store for every other one."""
-        held = self.outage.holds(inputs.issued_id(hold_id))
-        return held if held is not None else self.store
 
     # reads ------------------------------------------------------------------
     def usage(self, subject: str | SubjectRef, *, include_ancestors: bool = False) -> Usage:
@@ -348,218 +315,6 @@ class Quota(Configuration):
     def rebuild(self) -> int:
         """Recompute every counter from the ledger; returns the number of events replayed."""
         return self.store.rebuild()
-
-    # reservations -------------------------------------------------------------
-    def reserve(
-        self,
-        subject: str | SubjectRef,
-        amounts: Mapping[str, object] | None = None,
-        *,
-        ttl: float | timedelta = DEFAULT_TTL,
-        resource: str | SubjectRef | None = None,
-        **metric_amounts: object,
-    ) -> Reserved:
-        """Hold an estimate before an LLM call, all or nothing across the hierarchy.
-
-        Held amounts count as used for every other caller until ``commit``,
-        ``release`` or ``ttl`` seconds pass, whichever comes first.
-        """
-        ref = SubjectRef.parse(subject)
-        lifetime = parse_ttl(ttl)
-        raw = merge_amounts(amounts, metric_amounts)
-
-        def attempt() -> Reserved:
-            plan = self.planner.plan(
-                ref, raw, Mode.ENFORCE, None, intent="reserve", resource=resource
-            )
-            reservation = Reservation(
-                id=secrets.token_hex(16),
-                subject=ref,
-                charged=plan.charged,
-                amounts=plan.amounts,
-                created_at=plan.now,
-                expires_at=plan.now + lifetime,
-                resource=plan.resource,
-            )
-            decision = self.store.reserve(
-                plan, reservation, create_subject=not self.strict_subjects
-            )
-            return Reserved(decision, reservation if decision.allowed else None)
-
-        return self._or_outage(
-            lambda: planned(attempt),
-            lambda outage: outage.reserve(ref, raw, lifetime, resource),
-        )
-
-    def commit(
-        self,
-        reservation_id: str,
-        amounts: Mapping[str, object] | None = None,
-        **metric_amounts: object,
-    ) -> Decision:
-        """Replace the hold by what the call really used (more or less; never refused).
-
-        Without amounts, the held estimate is recorded. A second commit returns
-        the first one's answer; a commit after release or expiry is a 409.
-        """
-        given = merge_amounts(amounts, metric_amounts)
-        if given:
-            # Validated before the replay below, which never reads them: a bad
-            # body is refused on a repeat too, as on the first commit.
-            Amounts.parse(given)
-        reservation = self.get_reservation(reservation_id)
-        if reservation.committed is not None:
-            return reservation.committed.as_replay()  # a repeat, whatever it says now
-        check_committable(reservation, reservation.id, self.clock.now())
-        actual = given if given else encode_amounts(reservation.amounts)
-        if self.outage.holds(reservation.id) is not None:
-            return self.outage.commit(reservation, actual)  # held while the store was away
-
-        def attempt() -> Decision:
-            plan = self.planner.plan(
-                reservation.subject, actual, Mode.RECORD, None, resource=reservation.resource
-            )
-            return self.store.commit(reservation.id, plan)
-
-        return planned(attempt)
-
-    def release(self, reservation_id: str) -> bool:
-        """Free a hold now; False when there was nothing left to free (a no-op)."""
-        return self._holds(reservation_id).release(reservation_id, self.clock.now())
-
-    def get_reservation(self, reservation_id: str) -> Reservation:
-        found = self._holds(reservation_id).get_reservation(reservation_id)
-        if found is None:
-            raise NotFound(f"no reservation {reservation_id!r}", details={"field": "id"})
-        return found
-
-    @contextmanager
-    def reservation(
-        self,
-        subject: str | SubjectRef,
-        amounts: Mapping[str, object] | None = None,
-        *,
-        ttl: float | timedelta = DEFAULT_TTL,
-        resource: str | SubjectRef | None = None,
-        **metric_amounts: object,
-    ) -> Iterator[Hold]:
-        """``with q.reservation("user:a", tokens=2000) as hold: ...; hold.commit(tokens=n)``
-
-        Raises QuotaExceeded when the hold is refused. An exception in the block
-        releases the hold; leaving the block without a commit records the estimate.
-        """
-        reserved = self.reserve(
-            subject, merge_amounts(amounts, metric_amounts), ttl=ttl, resource=resource
-        )
-        if reserved.reservation is None:
-            raise QuotaExceeded(reserved.decision.denial(), reserved.decision)
-        hold = Hold(self, reserved.reservation)
-        try:
-            yield hold
-        except BaseException:
-            if hold.result is None:
-                self.release(hold.id)
-            raise
-        if hold.result is None:
-            hold.commit()
-
-    # leases -------------------------------------------------------------------
-    def acquire(
-        self,
-        subject: str | SubjectRef,
-        *,
-        ttl: float | timedelta = DEFAULT_TTL,
-        resource: str | SubjectRef | None = None,
-    ) -> Acquired:
-        """A concurrency slot on the subject and every ancestor, until released or expired."""
-        ref = SubjectRef.parse(subject)
-        lifetime = parse_ttl(ttl)
-
-        def attempt() -> Acquired:
-            plan = self.planner.plan(
-                ref, {}, Mode.ENFORCE, None, intent="acquire", resource=resource
-            )
-            lease = Lease(
-                id=secrets.token_hex(16),
-                subject=ref,
-                charged=plan.charged,
-                created_at=plan.now,
-                expires_at=plan.now + lifetime,
-                resource=plan.resource,
-            )
-            decision = self.store.acquire(plan, lease, create_subject=not self.strict_subjects)
-            return Acquired(decision, lease if decision.allowed else None)
-
-        return self._or_outage(
-            lambda: planned(attempt), lambda outage: outage.acquire(ref, lifetime, resource)
-        )
-
-    def release_lease(self, lease_id: str) -> bool:
-        return self._holds(lease_id).release_lease(lease_id, self.clock.now())
-
-    def heartbeat(self, lease_id: str, *, ttl: float | timedelta = DEFAULT_TTL) -> Lease:
-        """Extend a live lease to ``ttl`` seconds from now; an expired one is a 409."""
-        now = self.clock.now()
-        return self._holds(lease_id).extend_lease(lease_id, now + parse_ttl(ttl), now)
-
-    def get_lease(self, lease_id: str) -> Lease:
-        found = self._holds(lease_id).get_lease(lease_id)
-        if found is None:
-            raise NotFound(f"no lease {lease_id!r}", details={"field": "id"})
-        return found
-
-    @contextmanager
-    def lease(
-        self,
-        subject: str | SubjectRef,
-        *,
-        ttl: float | timedelta = DEFAULT_TTL,
-        resource: str | SubjectRef | None = None,
-    ) -> Iterator[Lease]:
-        """``with q.lease("user:a"): call_the_model()``; raises QuotaExceeded when full.
-
-        With ``resource`` the slot is taken on the resource too, as ``acquire`` takes it.
-        """
-        acquired = self.acquire(subject, ttl=ttl, resource=resource)
-        if acquired.lease is None:
-            raise QuotaExceeded(acquired.decision.denial(), acquired.decision)
-        try:
-            yield acquired.lease
-        finally:
-            self.release_lease(acquired.lease.id)
-
-    # prepaid credits ----------------------------------------------------------
-    def grant(
-        self,
-        subject: str | SubjectRef,
-        credits: object,
-        *,
-        expires_at: datetime | None = None,
-        actor: str = "library",
-    ) -> Grant:
-        """Add prepaid credits. From then on the subject's credit spending must fit its balance."""
-        ref = SubjectRef.parse(subject)
-        self._require_known(ref)
-        units = to_units(Metric.CREDITS, credits, "credits")
-        if units <= 0:
-            raise ValidationError("credits", "must be more than 0")
-        now = self.clock.now()
-        expiry = ensure_utc(expires_at, "expires_at") if expires_at is not None else None
-        if expiry is not None and expiry <= now:
-            raise ValidationError("expires_at", "must be in the future")
-        if len(self.store.grants(ref)) >= MAX_GRANTS:
-            raise ValidationError("subject", f"a subject holds at most {MAX_GRANTS} grants")
-        grant = Grant(secrets.token_hex(16), ref, units, now, expiry, units)
-        self.store.add_grant(grant, actor=actor)
-        return grant
-
-    def grants(self, subject: str | SubjectRef) -> list[Grant]:
-        return self.store.grants(SubjectRef.parse(subject))
-
-    def balance(self, subject: str | SubjectRef) -> Balance | None:
-        """What a prepaid subject has left now; None when it was never granted credits."""
-        ref = SubjectRef.parse(subject)
-        return grant_balance(ref, self.store.grants(ref), self.clock.now())
 
 
 _GRAIN_SPAN: Final = {
