@@ -1,0 +1,57 @@
+"""Alert thresholds on a limit, and the one rule that says when one is crossed.
+
+A threshold is a whole percentage of a limit (50, 80, 100…). It is crossed by
+the one decision that takes the counted usage of a window period from below
+``threshold % of limit`` to at or above it. Decisions on one series are
+serialised by the store's atomic step, so exactly one decision per window
+period sees ``before < mark <= after``: that is what makes "once per threshold
+per period" hold with many replicas, with no coordination beyond the step the
+decision already takes. The comparison is done in integers (``used * 100``
+against ``threshold * limit``), so a credit limit of 0.3 and a 100 % threshold
+cross at exactly 0.3 credits, never at a rounded figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+from tokenquota.domain.errors import ValidationError
+from tokenquota.domain.limits import UNLIMITED
+
+MAX_THRESHOLDS: Final = 10
+# Above 100 % still means something: record-mode usage and shadow limits pass a limit.
+MAX_PERCENT: Final = 1000
+
+
+def parse_thresholds(value: object, field: str = "thresholds") -> tuple[int, ...]:
+    """Whole percentages in 1..1000, at most ten, answered sorted and without repeats."""
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
+        raise ValidationError(field, "must be a list of whole percentages, e.g. [50, 80, 100]")
+    if len(value) > MAX_THRESHOLDS:
+        raise ValidationError(field, f"at most {MAX_THRESHOLDS} thresholds")
+    seen: set[int] = set()
+    for i, item in enumerate(value):
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValidationError(f"{field}[{i}]", "must be a whole percentage")
+        if not 1 <= item <= MAX_PERCENT:
+            raise ValidationError(f"{field}[{i}]", f"must be between 1 and {MAX_PERCENT}")
+        seen.add(item)
+    return tuple(sorted(seen))
+
+
+def crossed(thresholds: Iterable[int], limit: int, before: int, after: int) -> tuple[int, ...]:
+    """The thresholds a change of usage from ``before`` to ``after`` crosses upward.
+
+    An unlimited limit has no thresholds to cross; a limit of 0 is crossed by any
+    usage above 0. Usage that falls (a released hold) crosses nothing: a mark
+    already reached in this period was sent once and stays sent.
+    """
+    if limit == UNLIMITED or after <= before:
+        return ()
+    # A limit of 0 puts every mark at 0: the first usage reaches them all at once.
+    first = limit == 0 and before == 0
+    return tuple(t for t in thresholds if first or before * 100 < t * limit <= after * 100)
+
+
+__all__ = ["MAX_PERCENT", "MAX_THRESHOLDS", "crossed", "parse_thresholds"]
