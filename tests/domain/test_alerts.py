@@ -62,7 +62,7 @@ def test_any_sequence_of_steps_crosses_each_reached_mark_exactly_once(
     limit: int, steps: list[int], thresholds: list[int]
 ) -> None:
     marks = parse_thresholds(thresholds)
-    used, seen = 0, []
+    used, seen = 0, list[int]()
     for amount in steps:
         seen += crossed(marks, limit, used, used + amount)
         used += amount
