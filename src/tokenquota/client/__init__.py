@@ -7,7 +7,8 @@ the two cannot drift apart; see README.md in this folder.
 """
 
 from tokenquota.client._async import AsyncClient
+from tokenquota.client._protocol import ServiceUnreachable
 from tokenquota.client._sync import Client
 from tokenquota.domain.decisions import QuotaExceeded
 
-__all__ = ["AsyncClient", "Client", "QuotaExceeded"]
+__all__ = ["AsyncClient", "Client", "QuotaExceeded", "ServiceUnreachable"]

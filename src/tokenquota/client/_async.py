@@ -43,7 +43,8 @@ class AsyncClient:
     Answers come back as the library's own types (``Decision``, ``Usage``,
     ``Subject``, ``Plan``...), credits as ``Decimal``. Error answers raise the
     library's exceptions by their code; a denied consume raises
-    ``QuotaExceeded``. Network failures raise ``httpx.TransportError``.
+    ``QuotaExceeded``. No answer at all (refused, timed out, cut) raises
+    ``ServiceUnreachable`` with the URL; the client never retries by itself.
 
     >>> async with AsyncClient("http://127.0.0.1:8000", "tq_...") as quota:  # doctest: +SKIP
     ...     await quota.consume("user:alice", tokens=1200, model="gpt-4o")
@@ -81,9 +82,12 @@ class AsyncClient:
         await self.close()
 
     async def _run(self, call: p.Call[T]) -> T:
-        response = await self._http.request(
-            call.method, call.path, params=call.params, json=call.body
-        )
+        try:
+            response = await self._http.request(
+                call.method, call.path, params=call.params, json=call.body
+            )
+        except httpx.TransportError as error:
+            raise p.unreachable(self._http.base_url, call, error) from error
         return p.finish(call, response)
 
     # operations -------------------------------------------------------------
@@ -328,16 +332,19 @@ class AsyncClient:
         return self._stream_lines(call)
 
     async def _stream_lines(self, call: p.Call[None]) -> AsyncIterator[str]:
-        async with self._http.stream(call.method, call.path, params=call.params) as response:
-            if response.is_error:
-                await response.aread()
-                raise p.error_from(response)
-            lines = p.LineSplitter()
-            async for text in response.aiter_text():
-                for line in lines.feed(text):
-                    yield line
-            for rest in lines.end():
-                yield rest
+        try:
+            async with self._http.stream(call.method, call.path, params=call.params) as response:
+                if response.is_error:
+                    await response.aread()
+                    raise p.error_from(response)
+                lines = p.LineSplitter()
+                async for text in response.aiter_text():
+                    for line in lines.feed(text):
+                        yield line
+                for rest in lines.end():
+                    yield rest
+        except httpx.TransportError as error:
+            raise p.unreachable(self._http.base_url, call, error) from error
 
     # subjects ---------------------------------------------------------------
     async def put_subject(

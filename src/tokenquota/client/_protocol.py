@@ -108,6 +108,39 @@ def error_from(response: httpx.Response) -> TokenQuotaError:
     return decode_error(response.status_code, body, response.text)
 
 
+class ServiceUnreachable(TokenQuotaError):
+    """The service gave no answer: refused connection, timeout, or a connection cut.
+
+    ``maybe_applied`` is False only when no connection was made, so the request
+    cannot have reached the service; otherwise a consume may have been counted,
+    and the safe retry is the same call with the same ``idempotency_key``.
+    The client never retries by itself (README.md in this folder).
+    """
+
+    code = "service_unreachable"
+    status = 503
+
+    def __init__(self, method: str, url: str, cause: httpx.TransportError) -> None:
+        self.url = url
+        self.maybe_applied = not isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout)
+        hint = (
+            "it may have been applied: retry with the same idempotency_key"
+            if self.maybe_applied
+            else "nothing was sent; is the service running at that address?"
+        )
+        reason = str(cause) or type(cause).__name__
+        super().__init__(
+            f"{method} {url} got no answer ({reason}); {hint}",
+            details={"url": url, "maybe_applied": self.maybe_applied},
+        )
+
+
+def unreachable(
+    base_url: httpx.URL, call: Call[Any], cause: httpx.TransportError
+) -> ServiceUnreachable:
+    return ServiceUnreachable(call.method, str(base_url.join(call.path)), cause)
+
+
 class LineSplitter:
     """Cuts streamed text into lines that keep their ending, like iterating a file.
 

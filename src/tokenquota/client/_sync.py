@@ -41,7 +41,8 @@ class Client:
     Answers come back as the library's own types (``Decision``, ``Usage``,
     ``Subject``, ``Plan``...), credits as ``Decimal``. Error answers raise the
     library's exceptions by their code; a denied consume raises
-    ``QuotaExceeded``. Network failures raise ``httpx.TransportError``.
+    ``QuotaExceeded``. No answer at all (refused, timed out, cut) raises
+    ``ServiceUnreachable`` with the URL; the client never retries by itself.
 
     >>> with Client("http://127.0.0.1:8000", "tq_...") as quota:  # doctest: +SKIP
     ...     quota.consume("user:alice", tokens=1200, model="gpt-4o")
@@ -77,7 +78,12 @@ class Client:
         self.close()
 
     def _run(self, call: p.Call[T]) -> T:
-        response = self._http.request(call.method, call.path, params=call.params, json=call.body)
+        try:
+            response = self._http.request(
+                call.method, call.path, params=call.params, json=call.body
+            )
+        except httpx.TransportError as error:
+            raise p.unreachable(self._http.base_url, call, error) from error
         return p.finish(call, response)
 
     # operations -------------------------------------------------------------
@@ -319,14 +325,17 @@ class Client:
         return self._stream_lines(call)
 
     def _stream_lines(self, call: p.Call[None]) -> Iterator[str]:
-        with self._http.stream(call.method, call.path, params=call.params) as response:
-            if response.is_error:
-                response.read()
-                raise p.error_from(response)
-            lines = p.LineSplitter()
-            for text in response.iter_text():
-                yield from lines.feed(text)
-            yield from lines.end()
+        try:
+            with self._http.stream(call.method, call.path, params=call.params) as response:
+                if response.is_error:
+                    response.read()
+                    raise p.error_from(response)
+                lines = p.LineSplitter()
+                for text in response.iter_text():
+                    yield from lines.feed(text)
+                yield from lines.end()
+        except httpx.TransportError as error:
+            raise p.unreachable(self._http.base_url, call, error) from error
 
     # subjects ---------------------------------------------------------------
     def put_subject(
