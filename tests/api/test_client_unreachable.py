@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import socket
 import threading
 from collections.abc import Iterator
@@ -84,3 +85,11 @@ def test_a_stream_on_a_dead_server_raises_it_too() -> None:
         ),
     ):
         list(client.export_events("csv"))
+
+
+def test_the_client_says_its_version() -> None:
+    from tokenquota.client._protocol import headers
+
+    assert headers("tq_x")["User-Agent"] == (
+        f"tokenquota-client/{importlib.metadata.version('tokenquota')}"
+    )

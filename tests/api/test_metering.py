@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from datetime import UTC, datetime
 
 import httpx
@@ -113,7 +114,8 @@ def test_oversized_bodies_are_413(api: Api, admin: httpx.Client) -> None:
 
 
 def test_health_readiness_metrics_and_openapi(api: Api, admin: httpx.Client) -> None:
-    assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok"}
+    release = importlib.metadata.version("tokenquota")
+    assert httpx.get(f"{api.url}/healthz").json() == {"status": "ok", "version": release}
     assert httpx.get(f"{api.url}/readyz").status_code == 200
     admin.post("/v1/consume", json={"subject": "user:alice"})
     metrics = httpx.get(f"{api.url}/metrics").text
@@ -123,6 +125,7 @@ def test_health_readiness_metrics_and_openapi(api: Api, admin: httpx.Client) -> 
     )
     schema = httpx.get(f"{api.url}/openapi.json").json()
     assert "/v1/consume" in schema["paths"]
+    assert schema["info"]["version"] == release
     assert httpx.get(f"{api.url}/docs").status_code == 200
 
 

@@ -38,6 +38,7 @@ from tokenquota.http.capacity import (
 )
 from tokenquota.http.metrics import Metrics
 from tokenquota.settings import Settings
+from tokenquota.wire.version import VERSION
 
 ROUTERS = [
     metering.router,
@@ -96,7 +97,7 @@ def create_app(
 
     app = FastAPI(
         title="tokenquota",
-        version="0.1.0",
+        version=VERSION,
         description=DESCRIPTION,
         lifespan=lifespan,
         **_NO_OTEL,

@@ -141,3 +141,7 @@ class UsageOut(Model):
 
 class StatusOut(Model):
     status: str
+
+
+class HealthOut(StatusOut):
+    version: str = Field(description="The running service's version (the package's).")

@@ -52,6 +52,7 @@ from tokenquota.wire.decisions import decode_decision
 from tokenquota.wire.errors import decode_error
 from tokenquota.wire.holds import decode_acquired, decode_lease, decode_reservation, decode_reserved
 from tokenquota.wire.ledger import decode_audit_entry, decode_balance, decode_event, decode_grant
+from tokenquota.wire.version import VERSION
 from tokenquota.wire.views import (
     decode_history_point,
     decode_page,
@@ -63,7 +64,7 @@ T = TypeVar("T")
 Params = dict[str, str | int | bool]
 ExportFormat = Literal["csv", "jsonl"]
 
-USER_AGENT: Final = "tokenquota-client/0.1.0"
+USER_AGENT: Final = f"tokenquota-client/{VERSION}"
 PAGE_SIZE: Final = 1000  # the server's largest page, for iter_events
 
 

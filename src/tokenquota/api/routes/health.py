@@ -6,17 +6,18 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from tokenquota.api.schemas import ErrorOut, StatusOut
+from tokenquota.api.schemas import ErrorOut, HealthOut, StatusOut
 from tokenquota.domain.errors import StoreUnavailable
 from tokenquota.http.auth import QuotaDep
 from tokenquota.http.errors import error_response
+from tokenquota.wire.version import VERSION
 
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz", response_model=StatusOut, summary="The process answers")
+@router.get("/healthz", response_model=HealthOut, summary="The process answers, and its version")
 async def healthz() -> dict[str, str]:
-    return {"status": "ok"}
+    return {"status": "ok", "version": VERSION}
 
 
 @router.get(
