@@ -255,7 +255,7 @@ class EventPage(Model):
 # The engine checks the same bound (storage.base.MAX_PAGE); stating it here puts it
 # in the OpenAPI document.
 MAX_PAGE = 1000
-# The pattern documents SPEC section 1's rule; SubjectRef.parse enforces the same
+# The pattern documents contract §1's rule; SubjectRef.parse enforces the same
 # rule in the route, so a bad ref is a 422 naming `ref` with which half is wrong.
 REF_PATTERN: Final = r"^[a-z][a-z0-9_-]{0,31}:[A-Za-z0-9._@-]{1,128}$"
 RefPath = Annotated[

@@ -1,4 +1,4 @@
-"""Wire models for reservations and leases (SPEC section 5).
+"""Wire models for reservations and leases (contract §5).
 
 As in ``api.schemas``, amounts and subjects are validated by the engine so a
 bad one is named the way the library names it (``amounts.tokens``). The TTL
@@ -32,7 +32,7 @@ Ttl = Annotated[
     ),
 ]
 # Hold ids are text like any other: the engine refuses NUL, control characters
-# and lone surrogates in them with a 422 naming `id` (SPEC section 1).
+# and lone surrogates in them with a 422 naming `id` (contract §1).
 ReservationPath = Annotated[
     str,
     Path(

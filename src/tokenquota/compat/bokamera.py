@@ -1,4 +1,4 @@
-"""BokaMera's "AI chat usage" API (SPEC section 8; seeds 001 and 003), answered by the engine.
+"""BokaMera's "AI chat usage" API (contract §8; seeds 001 and 003), answered by the engine.
 
 - ``GET /assistant/ai-chat/usage?CompanyId=`` reads ``usage(company:<uuid>)``: the
   company's ``tokens`` limit on ``rolling:<WindowDays>d`` (30 days unless told, or

@@ -1,4 +1,4 @@
-"""Captain Data's quotas API (seed 004), answered from the engine (SPEC section 8).
+"""Captain Data's quotas API (seed 004), answered from the engine (contract §8).
 
 ``GET /v1/quotas`` tells the caller's workspace how many credits it has used
 and has left in the current calendar month. It only translates:

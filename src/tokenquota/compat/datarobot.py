@@ -1,7 +1,7 @@
-"""DataRobot's quotas API (seed 002, SPEC section 8), answered from the engine.
+"""DataRobot's quotas API (seed 002, contract §8), answered from the engine.
 
 - quota template = plan (``create_plan``, ``get_plan``, ``plans``);
-- quota on deployment X = the resource quota of ``deployment:X`` (SPEC section 6),
+- quota on deployment X = the resource quota of ``deployment:X`` (contract §6),
   and the quota's id is that ref, ``deployment:X``;
 - ``consumerType`` T + ``consumerId`` I = the consumer subject ``T:I`` (T is
   user, usergroup or deployment); ``consumerName`` = that subject's ``name``;

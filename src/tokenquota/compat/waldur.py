@@ -1,4 +1,4 @@
-"""Waldur's chat quota API (seed 000), answered from the engine (SPEC section 8).
+"""Waldur's chat quota API (seed 000), answered from the engine (contract §8).
 
 - the user ``<uuid>`` is the subject ``user:<uuid>`` (lower case, with dashes);
 - daily / weekly / monthly are metric ``tokens`` over windows ``day`` / ``week`` / ``month``;

@@ -279,7 +279,7 @@ class Configuration:
     def set_resource_quota(
         self, resource: str | SubjectRef, quota: Mapping[str, object], *, actor: str = "library"
     ) -> ResourceQuota:
-        """Put a shared-capacity quota on a resource (SPEC section 6); replaces any earlier one."""
+        """Put a shared-capacity quota on a resource (contract §6); replaces any earlier one."""
         ref = SubjectRef.parse(resource, "resource")
         if not isinstance(quota, Mapping):
             raise ValidationError("body", "a quota is an object")

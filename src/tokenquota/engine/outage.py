@@ -1,6 +1,6 @@
 """``on_store_error="open"``: admitting while the store is unreachable (docs/outages.md).
 
-SPEC section 5 lets a product prefer availability. This is the one object
+contract §5 lets a product prefer availability. This is the one object
 that knows about it: the spool (``engine/spool.py``) where admitted usage
 and holds wait, and the thread that drains the spool into the store once it
 answers again. (The API keys this process has seen live, which still

@@ -90,7 +90,7 @@ class Quota(Holds):
         )
         if on_store_error not in ("closed", "open"):
             raise ValidationError("on_store_error", "must be closed or open")
-        # on_store_error="open" (SPEC section 5): see docs/outages.md.
+        # on_store_error="open" (contract §5): see docs/outages.md.
         self.outage = Outage(
             store,
             self.planner,

@@ -1,6 +1,6 @@
 """Usage admitted while the store was unreachable (``on_store_error="open"``).
 
-SPEC section 5 lets a product prefer availability: when the store cannot be
+contract §5 lets a product prefer availability: when the store cannot be
 reached, admit and queue the usage. The queue is a SQLite file on the
 replica's own disk, written durably (``synchronous=FULL``) before the answer
 goes out, so an acknowledged consume survives a crash of the replica as it

@@ -1,6 +1,6 @@
 """Subjects, limits, plans, defaults, API keys and the audit log.
 
-Each handler checks the caller's role (SPEC section 7), parses the path, and
+Each handler checks the caller's role (contract §7), parses the path, and
 makes one engine call; the engine validates, and audits each change (limits,
 defaults, plans, assignments, deletions, keys) under the caller's ``key:<id>``.
 Handlers are plain ``def``: they run on the thread pool, never on the event loop.
@@ -142,7 +142,7 @@ def get_subject(ref: RefPath, caller: Caller, quota: QuotaDep) -> JSONResponse:
     require_read(quota, caller, subject)
     wire = encode_subject(quota.get_subject(subject))
     if caller.role is Role.MEMBER:
-        # A parent above the member's own subject is outside what it may see (SPEC 10).
+        # A parent above the member's own subject is outside what it may see (contract §10).
         wire["parents"] = [
             p for p in wire["parents"] if in_scope(quota, caller, SubjectRef.parse(p))
         ]

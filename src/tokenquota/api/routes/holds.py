@@ -1,4 +1,4 @@
-"""Reservations and leases: budget held while an LLM call runs (SPEC section 5).
+"""Reservations and leases: budget held while an LLM call runs (contract §5).
 
 A reservation holds an estimate, then ``commit`` replaces it by what the call
 really used, or ``release`` frees it; a lease holds one concurrent_requests
@@ -92,7 +92,7 @@ def _lease(quota: Quota, caller: ApiKey, lease_id: str) -> Lease:
 
 def _require_holder(caller: ApiKey, subject: SubjectRef, what: str) -> None:
     """require_consume, without naming the hold's subject: the caller sent only an id,
-    and a member must not learn whose hold it is (SPEC section 10)."""
+    and a member must not learn whose hold it is (contract §10)."""
     try:
         require_consume(caller, subject)
     except Forbidden:

@@ -84,7 +84,7 @@ def usage(
     result = quota.usage(subject, include_ancestors=include_ancestors)
     limits = result.limits
     if include_ancestors and caller.role is Role.MEMBER:
-        # An ancestor above the member's own subject is outside what it may see (SPEC 10).
+        # An ancestor above the member's own subject is outside what it may see (contract §10).
         visible = {
             s: in_scope(quota, caller, SubjectRef.parse(s)) for s in {x.subject for x in limits}
         }
@@ -229,7 +229,7 @@ def _within(event: Event, root: SubjectRef | None, ref: SubjectRef | None) -> Ev
     """The event as a member bound to ``root`` may see it: ``charged`` cut above its subtree.
 
     ``charged`` runs from the event's subject up through every ancestor; the
-    member's own subject is the last one inside its subtree (SPEC section 10).
+    member's own subject is the last one inside its subtree (contract §10).
     If the hierarchy has changed since and ``root`` is not in it, the cut is at
     ``ref``, the subject the member asked for, which is inside.
     """

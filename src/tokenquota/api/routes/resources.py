@@ -1,4 +1,4 @@
-"""Shared-capacity quotas on protected resources (SPEC section 6).
+"""Shared-capacity quotas on protected resources (contract §6).
 
 The quota is validated by the engine (``domain.resources``), which names the
 field at fault, e.g. ``policies[1].reserved``.
