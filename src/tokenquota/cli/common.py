@@ -103,6 +103,10 @@ WINDOW_HELP: Final = (
 )
 VALUE_HELP: Final = "The cap; 0 blocks everything, -1 (or 'unlimited') never blocks."
 TIME_HELP: Final = "ISO 8601 with an offset, e.g. 2026-03-01T00:00:00Z."
+READ_TIME_HELP: Final = (
+    "A date (2026-03-01) or ISO 8601 date-time; without an offset it is read in the "
+    "store's time zone."
+)
 
 
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
@@ -201,6 +205,18 @@ def time_arg(value: str | None, field: str) -> datetime | None:
         raise ValidationError(
             field, f"{value!r} is not an ISO 8601 date-time with an offset, e.g. 2026-03-01T00:00Z"
         ) from None
+
+
+def read_time_arg(value: str | None, field: str, tz: ZoneInfo) -> datetime | None:
+    """A bound of a read: a date or a time without offset is taken in the store's zone.
+
+    Periods of history are cut in that zone, so "--start 2026-11-29" means the
+    day the store calls 2026-11-29. Writes (``--timestamp``) stay strict.
+    """
+    at = time_arg(value, field)
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=tz)
+    return at
 
 
 def json_arg(value: str, field: str) -> Any:

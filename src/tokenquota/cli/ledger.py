@@ -13,7 +13,7 @@ import typer
 
 from tokenquota import Event, ValidationError
 from tokenquota.cli.common import (
-    TIME_HELP,
+    READ_TIME_HELP,
     Config,
     Db,
     Redis,
@@ -23,6 +23,7 @@ from tokenquota.cli.common import (
     opened,
     page_note,
     print_json,
+    read_time_arg,
     reports_errors,
     time_arg,
     when,
@@ -64,8 +65,12 @@ def events(
         str | None,
         typer.Option("--subject", metavar="SUBJECT", help="Only events charged to this subject."),
     ] = None,
-    start: Annotated[str | None, typer.Option("--start", metavar="ISO", help=TIME_HELP)] = None,
-    end: Annotated[str | None, typer.Option("--end", metavar="ISO", help="Exclusive.")] = None,
+    start: Annotated[
+        str | None, typer.Option("--start", metavar="DATE", help=READ_TIME_HELP)
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--end", metavar="DATE", help="Exclusive. " + READ_TIME_HELP)
+    ] = None,
     fmt: Annotated[
         Format,
         typer.Option(
@@ -86,11 +91,13 @@ def events(
     config: Config = None,
 ) -> None:
     """The usage ledger, the source of truth counters are rebuilt from."""
-    begin = time_arg(start, "start")
-    stop = time_arg(end, "end")
+    time_arg(start, "start")  # a malformed time is refused before the store is opened
+    time_arg(end, "end")
     if fmt is Format.TABLE and output is not None:
         raise ValidationError("output", "needs --format csv or jsonl")
     with opened(db, timezone, config) as quota:
+        begin = read_time_arg(start, "start", quota.tz)
+        stop = read_time_arg(end, "end", quota.tz)
         if fmt is Format.TABLE:
             page = quota.events(subject=subject, start=begin, end=stop, offset=offset, limit=limit)
             table = Listing("events")
@@ -189,7 +196,7 @@ def audit(
 def rebuild(
     db: Db = None, timezone: Timezone = None, config: Config = None, redis: Redis = None
 ) -> None:
-    """Recompute every counter from the ledger, e.g. after restoring a backup of the events.
+    """Recompute every counter from the ledger (after restoring a backup of the events).
 
     With --timezone naming a zone other than the store's, this is also how a
     store moves to that zone: every calendar counter is recomputed in it. With

@@ -8,6 +8,7 @@ import typer
 from tokenquota import Decision, Mode
 from tokenquota.cli.common import (
     EXIT_DENIED,
+    READ_TIME_HELP,
     SUBJECT_HELP,
     TIME_HELP,
     Config,
@@ -19,6 +20,7 @@ from tokenquota.cli.common import (
     number,
     opened,
     print_json,
+    read_time_arg,
     reports_errors,
     status_table,
     tags_arg,
@@ -232,9 +234,17 @@ def usage(
 def history(
     subject: SubjectArg,
     start: Annotated[
-        str | None, typer.Option("--start", metavar="ISO", help="Default: 30 days before end.")
+        str | None,
+        typer.Option(
+            "--start",
+            metavar="DATE",
+            help="Default: 30 days before end. " + READ_TIME_HELP,
+        ),
     ] = None,
-    end: Annotated[str | None, typer.Option("--end", metavar="ISO", help="Default: now.")] = None,
+    end: Annotated[
+        str | None,
+        typer.Option("--end", metavar="DATE", help="Default: now. " + READ_TIME_HELP),
+    ] = None,
     granularity: Annotated[Granularity, typer.Option("--granularity")] = Granularity.DAY,
     group_by: Annotated[GroupBy, typer.Option("--group-by")] = GroupBy.METRIC,
     as_json: AsJson = False,
@@ -243,9 +253,11 @@ def history(
     config: Config = None,
 ) -> None:
     """Usage over time from the ledger, in periods of the store's time zone."""
-    begin = time_arg(start, "start")
-    stop = time_arg(end, "end")
+    time_arg(start, "start")  # a malformed time is refused before the store is opened
+    time_arg(end, "end")
     with opened(db, timezone, config) as quota:
+        begin = read_time_arg(start, "start", quota.tz)
+        stop = read_time_arg(end, "end", quota.tz)
         points = quota.history(
             subject, start=begin, end=stop, granularity=granularity, group_by=group_by
         )

@@ -256,6 +256,7 @@ def plans_create(
 @plans_app.command("list")
 @reports_errors
 def plans_list(db: Db = None, timezone: Timezone = None, config: Config = None) -> None:
+    """Every plan with its id and rules."""
     with opened(db, timezone, config) as quota:
         table = Listing("plans")
         for name in ("id", "name", "rules"):
@@ -274,6 +275,7 @@ def plans_list(db: Db = None, timezone: Timezone = None, config: Config = None) 
 def plans_show(
     plan: PlanRef, db: Db = None, timezone: Timezone = None, config: Config = None
 ) -> None:
+    """A plan (by id or name) and its rules."""
     with opened(db, timezone, config) as quota:
         _print_plan(quota.get_plan(plan))
 

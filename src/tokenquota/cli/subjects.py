@@ -90,6 +90,7 @@ def subjects_put(
 def subjects_show(
     subject: SubjectArg, db: Db = None, timezone: Timezone = None, config: Config = None
 ) -> None:
+    """A subject: name, parents, the ancestors charged with it, plan, metadata."""
     with opened(db, timezone, config) as quota:
         _print_subject(quota, quota.get_subject(subject))
 
@@ -112,6 +113,7 @@ def subjects_list(
     timezone: Timezone = None,
     config: Config = None,
 ) -> None:
+    """Subjects a page at a time, of one kind or under one parent if asked."""
     with opened(db, timezone, config) as quota:
         page = quota.list_subjects(kind=kind, parent=parent, offset=offset, limit=limit)
         table = Listing("subjects")
