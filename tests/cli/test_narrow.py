@@ -8,7 +8,6 @@ columns or turn into one block per row, but never prints ``1,000…``.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from rich.console import Console
