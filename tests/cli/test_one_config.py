@@ -132,7 +132,10 @@ def test_flag_beats_environment_beats_file(tmp_path: Path) -> None:
     config = str(write_config(tmp_path / "tq.toml", from_file))
 
     assert invoke("subjects", "put", "user:a", "--config", config, env={}).exit_code == 0
-    env = {"TOKENQUOTA_CONFIG": config, "TOKENQUOTA_DB": f"sqlite:///{from_env}"}
+    env: dict[str, str | None] = {
+        "TOKENQUOTA_CONFIG": config,
+        "TOKENQUOTA_DB": f"sqlite:///{from_env}",
+    }
     assert invoke("subjects", "put", "user:b", env=env).exit_code == 0
     flagged = invoke("subjects", "put", "user:c", "--db", f"sqlite:///{from_flag}", env=env)
     assert flagged.exit_code == 0, flagged.output
