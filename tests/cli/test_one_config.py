@@ -26,6 +26,8 @@ from tests.api.test_serve import (
     serve,
 )
 from tokenquota.cli import app
+from tokenquota.cli.common import load_settings, opened
+from tokenquota.settings import open_quota
 
 __all__ = ["serve"]  # the fixture, imported so this module can start servers too
 
@@ -176,3 +178,17 @@ def test_a_bad_config_is_one_line_naming_the_setting(tmp_path: Path) -> None:
     assert wrong.exit_code == 2
     assert "dbb" in wrong.stderr
     assert "Traceback" not in wrong.output
+
+
+def test_a_command_fails_closed_even_when_the_file_says_open(tmp_path: Path) -> None:
+    """Nothing a command admits may sit in a spool file that no running process drains."""
+    spool = tmp_path / "spool.db"
+    config = write_config(
+        tmp_path / "tq.toml", tmp_path / "q.db", 'on_store_error = "open"', f'spool = "{spool}"'
+    )
+    with opened(None, None, config) as quota:
+        assert quota.spool is None  # fails closed: no spool, an outage is exit code 2
+        assert quota.planner.config_defaults  # while the rest of the file applies
+    assert not spool.exists()
+    with open_quota(load_settings(config)) as served:  # as serve opens it: fails open
+        assert served.spool is not None
