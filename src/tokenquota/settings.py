@@ -69,7 +69,10 @@ class Settings(BaseSettings):
     )
     timezone: str | None = Field(
         None,
-        description="IANA zone for calendar windows of a new store; an existing one keeps its own",
+        description=(
+            "IANA zone for calendar windows of a new store; an existing store in another "
+            "zone is refused until `tokenquota rebuild --timezone` moves it"
+        ),
     )
     strict_subjects: bool = False
     on_store_error: Literal["closed", "open"] = Field(
