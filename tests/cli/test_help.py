@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import datetime, time, timedelta
 from importlib.metadata import version
@@ -15,6 +16,7 @@ from typer.testing import CliRunner, Result
 from tokenquota.cli import app
 
 ENV: dict[str, str | None] = {
+    **{name: None for name in os.environ if name.startswith("TOKENQUOTA_")},
     "COLUMNS": "100",
     "NO_COLOR": "1",
     "TOKENQUOTA_ACTOR": "tester",

@@ -7,6 +7,7 @@ columns or turn into one block per row, but never prints ``1,000…``.
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -32,7 +33,8 @@ BIG = {
 
 
 def invoke(*args: str, db: str, width: int = WIDTH) -> Result:
-    env = {
+    env: dict[str, str | None] = {
+        **{name: None for name in os.environ if name.startswith("TOKENQUOTA_")},
         "COLUMNS": str(width),
         "NO_COLOR": "1",
         "TOKENQUOTA_ACTOR": "operator-with-a-rather-long-login-name",

@@ -8,6 +8,7 @@ one settings order everywhere (flags > TOKENQUOTA_* > TOML > defaults).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -111,6 +112,7 @@ def test_cli_and_server_decide_alike_from_one_toml(tmp_path: Path, serve: StartS
 # The order itself, in process: flags > TOKENQUOTA_* > TOML > defaults. ------------
 def invoke(*args: str, env: dict[str, str | None]) -> Result:
     base: dict[str, str | None] = {
+        **{name: None for name in os.environ if name.startswith("TOKENQUOTA_")},
         "COLUMNS": "250",
         "NO_COLOR": "1",
         "TOKENQUOTA_ACTOR": "tester",
