@@ -8,6 +8,7 @@ commands (usage, consume, check, audit) then see.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,7 +22,9 @@ from tokenquota.cli import app
 
 Run = Callable[..., Result]
 
-BASE_ENV = {
+BASE_ENV: dict[str, str | None] = {
+    # Every command reads TOKENQUOTA_* (a config file too): none of the runner's leaks in.
+    **{name: None for name in os.environ if name.startswith("TOKENQUOTA_")},
     "COLUMNS": "250",  # wide enough that table cells never wrap
     "NO_COLOR": "1",
     "TOKENQUOTA_ACTOR": "tester",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import (
@@ -18,6 +18,10 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+if TYPE_CHECKING:
+    from tokenquota.domain.clock import Clock
+    from tokenquota.engine.quota import Quota
 
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("tokenquota_config_file", default=None)
 
@@ -65,7 +69,10 @@ class Settings(BaseSettings):
     )
     timezone: str | None = Field(
         None,
-        description="IANA zone for calendar windows of a new store; an existing one keeps its own",
+        description=(
+            "IANA zone for calendar windows of a new store; an existing store in another "
+            "zone is refused until `tokenquota rebuild --timezone` moves it"
+        ),
     )
     strict_subjects: bool = False
     on_store_error: Literal["closed", "open"] = Field(
@@ -161,3 +168,28 @@ class Settings(BaseSettings):
 
     def default_rules(self) -> list[dict[str, Any]]:
         return [d.model_dump() for d in self.defaults]
+
+
+def open_quota(
+    settings: Settings, *, clock: Clock | None = None, move_timezone: bool = False
+) -> Quota:
+    """The store these settings name, opened the way every entry point opens it.
+
+    ``serve`` and every other command open through here, so a TOML file that
+    gives the store, the zone, the defaults or strict subjects makes the CLI
+    decide exactly as the service does on the same store.
+    """
+    import tokenquota  # here: the engine is not needed to read settings
+
+    return tokenquota.open(
+        settings.db,
+        redis=settings.redis,
+        timezone=settings.timezone,
+        move_timezone=move_timezone,
+        strict_subjects=settings.strict_subjects,
+        defaults=settings.default_rules(),
+        clock=clock,
+        on_store_error=settings.on_store_error,
+        spool=settings.spool,
+        key_cache_seconds=settings.key_cache_seconds,
+    )

@@ -1,5 +1,8 @@
 """The ``tokenquota`` command: every group and command, registered in one place."""
 
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
 import typer
 
 from tokenquota.cli import ledger, metering, serve
@@ -13,13 +16,16 @@ from tokenquota.cli.subjects import subjects_app
 app = typer.Typer(
     name="tokenquota",
     help=(
-        "Quota and usage metering for AI features. Every command opens the store named "
-        "by --db (env TOKENQUOTA_DB). Changes are audited as TOKENQUOTA_ACTOR, else "
-        "cli:<login>. Exit codes: 0 ok, 1 denied (consume, check, reservations create, "
-        "leases acquire), 2 bad input."
+        "Quota and usage metering for AI features. Every command reads its settings as "
+        "serve does: flags, then TOKENQUOTA_* variables, then the TOML file of --config "
+        "(env TOKENQUOTA_CONFIG), then defaults; so it opens the same store (--db) with "
+        "the same zone, defaults and strict subjects. Changes are audited as "
+        "TOKENQUOTA_ACTOR, else cli:<login>. Exit codes: 0 ok, 1 denied (consume, check, "
+        "reservations create, leases acquire), 2 bad input."
     ),
     no_args_is_help=True,
-    add_completion=False,
+    # Plain help: rich's labels every flag <bool>, and its markup would eat "[[defaults]]".
+    rich_markup_mode=None,
     pretty_exceptions_show_locals=False,
 )
 
@@ -41,3 +47,32 @@ app.command("audit")(ledger.audit)
 app.command("rebuild")(ledger.rebuild)
 app.command("migrate")(ledger.migrate)
 app.command("serve")(serve.serve)
+
+
+def installed_version() -> str:
+    """The version of the installed distribution: the one number pyproject.toml sets."""
+    try:
+        return version("tokenquota")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
+
+
+def _print_version(given: bool) -> None:
+    if given:
+        typer.echo(f"tokenquota {installed_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options of the tokenquota command itself, before any subcommand."""

@@ -10,20 +10,23 @@ import functools
 import getpass
 import json
 import os
+import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Annotated, Any, Final, ParamSpec, TypeVar
 from zoneinfo import ZoneInfo
 
+import pydantic
 import typer
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-import tokenquota
 from tokenquota import UNLIMITED, LimitStatus, Quota, TokenQuotaError, ValidationError
+from tokenquota.cli.tables import Listing
+from tokenquota.settings import Settings, open_quota
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -31,38 +34,60 @@ Number = int | Decimal
 
 EXIT_DENIED: Final = 1
 EXIT_BAD_INPUT: Final = 2
-DEFAULT_DB: Final = "sqlite:///tokenquota.db"
-DEFAULT_TIMEZONE: Final[str | None] = None
+CONFIG_ENV: Final = "TOKENQUOTA_CONFIG"
 NO_WINDOW: Final = "-"
 # Lets "-1" (unlimited) through as a positional VALUE instead of an unknown option.
 NEGATIVE_ARGS: Final[dict[str, Any]] = {"ignore_unknown_options": True}
 
+# No envvar= on these: Settings reads TOKENQUOTA_* itself, so flags, the
+# environment and the config file are weighed in one place, the way serve does.
 Db = Annotated[
-    str,
+    str | None,
     typer.Option(
         "--db",
-        envvar="TOKENQUOTA_DB",
-        help="Store URL: sqlite:///path/file.db (migrated on open) or memory://.",
+        metavar="URL",
+        show_default=False,
+        help=(
+            "Store URL: sqlite:///path/file.db, postgresql://user@host/db (both migrated "
+            "on open) or memory://. Else env TOKENQUOTA_DB, else db in the config file, "
+            "else sqlite:///tokenquota.db."
+        ),
     ),
 ]
-REDIS_ENV: Final = "TOKENQUOTA_REDIS"
 Redis = Annotated[
     str | None,
     typer.Option(
         "--redis",
-        envvar=REDIS_ENV,
-        help="redis://host:port: the store's hot counters live there (see docs/redis.md).",
+        metavar="URL",
+        show_default=False,
+        help=(
+            "redis://host:port: the store's hot counters live there (see docs/redis.md). "
+            "Else env TOKENQUOTA_REDIS, else redis in the config file."
+        ),
     ),
 ]
 Timezone = Annotated[
     str | None,
     typer.Option(
         "--timezone",
-        envvar="TOKENQUOTA_TIMEZONE",
+        metavar="ZONE",
+        show_default=False,
         help=(
-            "IANA time zone of calendar windows. A new store keeps the one given "
-            "(default UTC); an existing store uses its own, and another is refused "
-            "(`tokenquota rebuild --timezone` moves a store to a new zone)."
+            "IANA time zone of calendar windows (else env TOKENQUOTA_TIMEZONE, else the "
+            "config file). A new store keeps the one given (default UTC); an existing "
+            "store refuses another (`tokenquota rebuild --timezone` moves it)."
+        ),
+    ),
+]
+Config = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        metavar="FILE",
+        show_default=False,
+        help=(
+            "TOML settings file, the one serve reads (env TOKENQUOTA_CONFIG): its db, redis, "
+            "timezone, strict_subjects and [[defaults]] apply here as in the service."
         ),
     ),
 ]
@@ -78,6 +103,10 @@ WINDOW_HELP: Final = (
 )
 VALUE_HELP: Final = "The cap; 0 blocks everything, -1 (or 'unlimited') never blocks."
 TIME_HELP: Final = "ISO 8601 with an offset, e.g. 2026-03-01T00:00:00Z."
+READ_TIME_HELP: Final = (
+    "A date (2026-03-01) or ISO 8601 date-time; without an offset it is read in the "
+    "store's time zone."
+)
 
 
 def reports_errors(func: Callable[P, R]) -> Callable[P, R]:
@@ -109,12 +138,42 @@ def error_line(exc: TokenQuotaError) -> str:
 
 @contextmanager
 def opened(
-    db: str, timezone: str | None, *, move_timezone: bool = False, redis: str | None = None
+    db: str | None,
+    timezone: str | None,
+    config: Path | None = None,
+    *,
+    move_timezone: bool = False,
+    redis: str | None = None,
 ) -> Iterator[Quota]:
-    """The store of ``--db``, with Redis when ``--redis`` or TOKENQUOTA_REDIS names one."""
-    redis = redis or os.environ.get(REDIS_ENV) or None
-    with tokenquota.open(db, redis=redis, timezone=timezone, move_timezone=move_timezone) as quota:
+    """The store as ``serve`` would open it with these flags: see ``load_settings``.
+
+    One exception: a command always fails closed. A process that exits at once
+    would leave usage it admitted "open" in a spool file that no running
+    process drains, so a person at a terminal gets the error instead.
+    """
+    settings = load_settings(config, db=db, timezone=timezone, redis=redis)
+    settings = settings.model_copy(update={"on_store_error": "closed"})
+    with open_quota(settings, move_timezone=move_timezone) as quota:
         yield quota
+
+
+def load_settings(config: Path | None, **flags: object) -> Settings:
+    """Flags > ``TOKENQUOTA_*`` > the TOML file > defaults, failures as one-line errors.
+
+    Every command resolves its settings here, serve included, so no command
+    can read a store, a zone or a default the service would not.
+    """
+    path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
+    if path is not None and not path.is_file():
+        raise ValidationError("config", f"no such file: {str(path)!r}")
+    try:
+        return Settings.load(path, **flags)
+    except tomllib.TOMLDecodeError as exc:
+        raise ValidationError("config", f"{path} is not valid TOML ({exc})") from None
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "settings"
+        raise ValidationError(field, str(first["msg"])) from None
 
 
 def actor() -> str:
@@ -152,6 +211,18 @@ def time_arg(value: str | None, field: str) -> datetime | None:
         raise ValidationError(
             field, f"{value!r} is not an ISO 8601 date-time with an offset, e.g. 2026-03-01T00:00Z"
         ) from None
+
+
+def read_time_arg(value: str | None, field: str, tz: ZoneInfo) -> datetime | None:
+    """A bound of a read: a date or a time without offset is taken in the store's zone.
+
+    Periods of history are cut in that zone, so "--start 2026-11-29" means the
+    day the store calls 2026-11-29. Writes (``--timestamp``) stay strict.
+    """
+    at = time_arg(value, field)
+    if at is not None and at.tzinfo is None:
+        at = at.replace(tzinfo=tz)
+    return at
 
 
 def json_arg(value: str, field: str) -> Any:
@@ -233,12 +304,12 @@ def amounts_text(amounts: Mapping[str, object]) -> str:
     return " ".join(f"{metric}={value}" for metric, value in amounts.items())
 
 
-def status_table(statuses: Iterable[LimitStatus], tz: ZoneInfo, title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+def status_table(statuses: Iterable[LimitStatus], tz: ZoneInfo, title: str) -> Listing:
+    table = Listing(title)
     numbers = ("limit", "used", "reserved", "remaining")
     for name in ("subject", "metric", "window", "limit", "source", "used", "reserved", "remaining"):
         table.add_column(name, justify="right" if name in numbers else "left")
-    table.add_column("reset_at")
+    table.add_column("reset_at", no_wrap=True)
     for s in statuses:
         remaining = Text(
             "unlimited" if s.limit == UNLIMITED else number(s.remaining),

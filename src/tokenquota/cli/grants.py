@@ -7,14 +7,12 @@ its balance (what is left of its live grants, spent earliest expiry first).
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from tokenquota.cli.common import (
-    DEFAULT_DB,
-    DEFAULT_TIMEZONE,
     NEGATIVE_ARGS,
     SUBJECT_HELP,
     TIME_HELP,
+    Config,
     Db,
     Timezone,
     actor,
@@ -27,6 +25,7 @@ from tokenquota.cli.common import (
     when,
 )
 from tokenquota.cli.metering import AsJson
+from tokenquota.cli.tables import Listing
 from tokenquota.domain.metrics import Metric, from_units
 from tokenquota.wire.ledger import encode_balance, encode_grant
 
@@ -70,12 +69,13 @@ def grants_add(
         ),
     ] = None,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Grant prepaid credits to a subject. Audited."""
     expires_at = time_arg(expires, "expires_at")
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         grant = quota.grant(subject, credits, expires_at=expires_at, actor=actor())
         if as_json:
             print_json(encode_grant(grant, quota.clock.now()))
@@ -91,11 +91,12 @@ def grants_add(
 def grants_list(
     subject: SubjectArg,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """A subject's grants (active, spent or expired) and its prepaid balance."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         now = quota.clock.now()
         grants = quota.grants(subject)
         wallet = quota.balance(subject)
@@ -111,10 +112,12 @@ def grants_list(
         if wallet is None:
             out.print(f"{subject} has no grants: it is not prepaid")
             return
-        table = Table(title=f"grants of {wallet.subject}", title_justify="left")
+        table = Listing(f"grants of {wallet.subject}")
         for column in ("id", "amount", "remaining", "granted", "expires", "state"):
             table.add_column(
-                column, justify="right" if column in ("amount", "remaining") else "left"
+                column,
+                justify="right" if column in ("amount", "remaining") else "left",
+                no_wrap=column in ("id", "granted", "expires"),
             )
         for grant in grants:
             table.add_row(

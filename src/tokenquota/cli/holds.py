@@ -13,10 +13,9 @@ import typer
 
 from tokenquota import Decision, Quota, ValidationError
 from tokenquota.cli.common import (
-    DEFAULT_DB,
-    DEFAULT_TIMEZONE,
     EXIT_DENIED,
     SUBJECT_HELP,
+    Config,
     Db,
     Timezone,
     amounts_arg,
@@ -157,8 +156,9 @@ def reservations_create(
     resource: Resource = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Hold an estimate for a subject and its ancestors. Exit code 0 when held, 1 when denied."""
     amounts = amounts_arg(
@@ -169,7 +169,7 @@ def reservations_create(
         credits=credits,
     )
     seconds = ttl_arg(ttl)
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         reserved = quota.reserve(subject, amounts, ttl=seconds, resource=resource)
         headline = f"reserved: {subject} {amounts_text(reserved.decision.amounts)}"
         _report_hold(
@@ -215,8 +215,9 @@ def reservations_commit(
     requests: Requests = None,
     credits: Credits = None,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Replace the hold by what the call really used; no amounts records the held estimate.
 
@@ -231,7 +232,7 @@ def reservations_commit(
         requests=requests,
         credits=credits,
     )
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         decision = quota.commit(reservation_id, amounts)
         if as_json:
             print_json(encode_decision(decision))
@@ -252,11 +253,12 @@ def reservations_commit(
 def reservations_release(
     reservation_id: ReservationId,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Free a hold now. Releasing one already committed or released is a no-op."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         freed = quota.release(reservation_id)
     if as_json:
         print_json({"released": freed})
@@ -273,11 +275,12 @@ def reservations_release(
 def reservations_show(
     reservation_id: ReservationId,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """One reservation: what it holds and its state (held, committed, released or expired)."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         reservation = quota.get_reservation(reservation_id)
         wire = encode_reservation(reservation, quota.clock.now())
         if as_json:
@@ -295,12 +298,13 @@ def leases_acquire(
     resource: Resource = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Take a concurrency slot on a subject and its ancestors. Exit code 0, or 1 when full."""
     seconds = ttl_arg(ttl)
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         acquired = quota.acquire(subject, ttl=seconds, resource=resource)
         headline = f"acquired: a concurrency slot for {subject}"
         _report_hold(quota, "lease", acquired.lease, acquired.decision, headline, quiet, as_json)
@@ -313,11 +317,12 @@ def leases_acquire(
 def leases_release(
     lease_id: LeaseId,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Give a slot back now. Releasing one already released is a no-op."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         freed = quota.release_lease(lease_id)
     if as_json:
         print_json({"released": freed})
@@ -333,12 +338,13 @@ def leases_heartbeat(
     lease_id: LeaseId,
     ttl: Ttl = None,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Keep a live lease: it now expires TTL seconds from now. A lapsed lease is gone."""
     seconds = ttl_arg(ttl)
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         lease = quota.heartbeat(lease_id, ttl=seconds)
         if as_json:
             print_json(encode_lease(lease, quota.clock.now()))
@@ -351,11 +357,12 @@ def leases_heartbeat(
 def leases_show(
     lease_id: LeaseId,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """One lease and its state (held, released or expired)."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         lease = quota.get_lease(lease_id)
         wire = encode_lease(lease, quota.clock.now())
         if as_json:

@@ -3,12 +3,10 @@
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from tokenquota.cli.common import (
-    DEFAULT_DB,
-    DEFAULT_TIMEZONE,
     SUBJECT_HELP,
+    Config,
     Db,
     Timezone,
     actor,
@@ -19,6 +17,7 @@ from tokenquota.cli.common import (
     reports_errors,
     when,
 )
+from tokenquota.cli.tables import Listing
 from tokenquota.wire.catalog import encode_key
 
 keys_app = typer.Typer(
@@ -51,18 +50,20 @@ def keys_create(
         typer.Option("--subject", metavar="REF", help="Member keys only. " + SUBJECT_HELP),
     ] = None,
     name: Annotated[
-        str | None, typer.Option("--name", help="A label for the key, e.g. who holds it.")
+        str | None,
+        typer.Option("--name", metavar="TEXT", help="A label for the key, e.g. who holds it."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
     quiet: Annotated[
         bool,
         typer.Option("--quiet", help="Print only the key, for KEY=$(tokenquota keys create …)."),
     ] = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Make a key and print its secret, this once. Send it as Authorization: Bearer <key>."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         key, secret = quota.create_key(role, subject=subject, name=name, actor=actor())
     if quiet:
         typer.echo(secret)
@@ -83,17 +84,20 @@ def keys_create(
 @keys_app.command("list")
 @reports_errors
 def keys_list(
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many.")] = 0,
-    limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = 100,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    offset: Annotated[int, typer.Option("--offset", metavar="N", help="Skip this many.")] = 0,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", help="Show at most this many.")
+    ] = 100,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Every key, live or revoked; never a secret (none is stored)."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         page = quota.list_keys(offset=offset, limit=limit)
-        table = Table(title="keys", title_justify="left")
+        table = Listing("keys")
         for column in ("id", "role", "subject", "name", "created_at", "revoked_at"):
-            table.add_column(column)
+            table.add_column(column, no_wrap=column in ("id", "created_at", "revoked_at"))
         for key in page.items:
             table.add_row(
                 key.id,
@@ -114,10 +118,11 @@ def keys_revoke(
     key_id: Annotated[
         str, typer.Argument(help="The key's id (from keys list).", show_default=False, metavar="ID")
     ],
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Revoke a key: the next request made with it is refused with 401."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         quota.revoke_key(key_id, actor=actor())
     typer.echo(f"revoked key {key_id}")

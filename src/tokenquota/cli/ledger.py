@@ -10,13 +10,11 @@ from pathlib import Path
 from typing import Annotated, TextIO
 
 import typer
-from rich.table import Table
 
 from tokenquota import Event, ValidationError
 from tokenquota.cli.common import (
-    DEFAULT_DB,
-    DEFAULT_TIMEZONE,
-    TIME_HELP,
+    READ_TIME_HELP,
+    Config,
     Db,
     Redis,
     Timezone,
@@ -25,10 +23,12 @@ from tokenquota.cli.common import (
     opened,
     page_note,
     print_json,
+    read_time_arg,
     reports_errors,
     time_arg,
     when,
 )
+from tokenquota.cli.tables import Listing
 from tokenquota.export import csv_chunks, jsonl_chunks
 from tokenquota.wire.ledger import encode_audit_entry
 from tokenquota.wire.metrics import encode_amounts
@@ -40,8 +40,10 @@ class Format(StrEnum):
     JSONL = "jsonl"
 
 
-Offset = Annotated[int, typer.Option("--offset", help="Skip this many (table only).")]
-Limit = Annotated[int, typer.Option("--limit", help="Show at most this many (table only).")]
+Offset = Annotated[int, typer.Option("--offset", metavar="N", help="Skip this many (table only).")]
+Limit = Annotated[
+    int, typer.Option("--limit", metavar="N", help="Show at most this many (table only).")
+]
 
 
 @contextmanager
@@ -60,10 +62,15 @@ def _sink(output: Path | None) -> Iterator[TextIO]:
 @reports_errors
 def events(
     subject: Annotated[
-        str | None, typer.Option("--subject", help="Only events charged to this subject.")
+        str | None,
+        typer.Option("--subject", metavar="SUBJECT", help="Only events charged to this subject."),
     ] = None,
-    start: Annotated[str | None, typer.Option("--start", metavar="ISO", help=TIME_HELP)] = None,
-    end: Annotated[str | None, typer.Option("--end", metavar="ISO", help="Exclusive.")] = None,
+    start: Annotated[
+        str | None, typer.Option("--start", metavar="DATE", help=READ_TIME_HELP)
+    ] = None,
+    end: Annotated[
+        str | None, typer.Option("--end", metavar="DATE", help="Exclusive. " + READ_TIME_HELP)
+    ] = None,
     fmt: Annotated[
         Format,
         typer.Option(
@@ -73,24 +80,33 @@ def events(
     ] = Format.TABLE,
     output: Annotated[
         Path | None,
-        typer.Option("--output", help="Write csv or jsonl to this file instead of stdout."),
+        typer.Option(
+            "--output", metavar="FILE", help="Write csv or jsonl to this file instead of stdout."
+        ),
     ] = None,
     offset: Offset = 0,
     limit: Limit = 50,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """The usage ledger, the source of truth counters are rebuilt from."""
-    begin = time_arg(start, "start")
-    stop = time_arg(end, "end")
+    time_arg(start, "start")  # a malformed time is refused before the store is opened
+    time_arg(end, "end")
     if fmt is Format.TABLE and output is not None:
         raise ValidationError("output", "needs --format csv or jsonl")
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
+        begin = read_time_arg(start, "start", quota.tz)
+        stop = read_time_arg(end, "end", quota.tz)
         if fmt is Format.TABLE:
             page = quota.events(subject=subject, start=begin, end=stop, offset=offset, limit=limit)
-            table = Table(title="events", title_justify="left")
+            table = Listing("events")
             for column in ("id", "timestamp", "subject", "mode", "amounts", "model", "charged"):
-                table.add_column(column, justify="right" if column == "id" else "left")
+                table.add_column(
+                    column,
+                    justify="right" if column == "id" else "left",
+                    no_wrap=column in ("id", "timestamp"),
+                )
             for e in page.items:
                 table.add_row(
                     str(e.id),
@@ -133,23 +149,34 @@ def events(
 def audit(
     subject: Annotated[
         str | None,
-        typer.Option("--subject", help="A subject, or defaults/<kind>, plans/<id> or keys/<id>."),
+        typer.Option(
+            "--subject",
+            metavar="SUBJECT",
+            help="A subject, or defaults/<kind>, plans/<id> or keys/<id>.",
+        ),
     ] = None,
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many.")] = 0,
-    limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = 50,
+    offset: Annotated[int, typer.Option("--offset", metavar="N", help="Skip this many.")] = 0,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", help="Show at most this many.")
+    ] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Who changed which limit, default or plan, when, from what to what."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         page = quota.audit(subject=subject, offset=offset, limit=limit)
         if as_json:
             print_json({"total": page.total, "items": [encode_audit_entry(a) for a in page.items]})
             return
-        table = Table(title="audit log", title_justify="left")
+        table = Listing("audit log")
         for column in ("id", "at", "actor", "action", "target", "before", "after"):
-            table.add_column(column, justify="right" if column == "id" else "left")
+            table.add_column(
+                column,
+                justify="right" if column == "id" else "left",
+                no_wrap=column in ("id", "at"),
+            )
         for a in page.items:
             table.add_row(
                 str(a.id),
@@ -167,22 +194,22 @@ def audit(
 
 @reports_errors
 def rebuild(
-    db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE, redis: Redis = None
+    db: Db = None, timezone: Timezone = None, config: Config = None, redis: Redis = None
 ) -> None:
-    """Recompute every counter from the ledger, e.g. after restoring a backup of the events.
+    """Recompute every counter from the ledger (after restoring a backup of the events).
 
     With --timezone naming a zone other than the store's, this is also how a
     store moves to that zone: every calendar counter is recomputed in it. With
     --redis, it restores Redis (after it lost its data) from the ledger in --db.
     """
-    with opened(db, timezone, move_timezone=True, redis=redis) as quota:
+    with opened(db, timezone, config, move_timezone=True, redis=redis) as quota:
         replayed = quota.rebuild()
     typer.echo(f"rebuilt the counters from the ledger: {replayed} events replayed")
 
 
 @reports_errors
-def migrate(db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE) -> None:
+def migrate(db: Db = None, timezone: Timezone = None, config: Config = None) -> None:
     """Bring the database schema to the latest version (opening the store does it)."""
-    with opened(db, timezone):
+    with opened(db, timezone, config):
         pass
     typer.echo("the database schema is at head")

@@ -4,15 +4,14 @@ from typing import Annotated
 from zoneinfo import ZoneInfo
 
 import typer
-from rich.table import Table
 
 from tokenquota import Decision, Mode
 from tokenquota.cli.common import (
-    DEFAULT_DB,
-    DEFAULT_TIMEZONE,
     EXIT_DENIED,
+    READ_TIME_HELP,
     SUBJECT_HELP,
     TIME_HELP,
+    Config,
     Db,
     Timezone,
     amounts_arg,
@@ -21,12 +20,14 @@ from tokenquota.cli.common import (
     number,
     opened,
     print_json,
+    read_time_arg,
     reports_errors,
     status_table,
     tags_arg,
     time_arg,
     when,
 )
+from tokenquota.cli.tables import Listing
 from tokenquota.domain.views import Granularity, GroupBy
 from tokenquota.wire.decisions import encode_decision, encode_limit_status
 
@@ -114,17 +115,24 @@ def consume(
     ] = Mode.ENFORCE,
     idempotency_key: Annotated[
         str | None,
-        typer.Option("--idempotency-key", help="A retry with the same key charges nothing more."),
+        typer.Option(
+            "--idempotency-key",
+            metavar="KEY",
+            help="A retry with the same key charges nothing more.",
+        ),
     ] = None,
-    model: Annotated[str | None, typer.Option("--model", help="Model name for history.")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", metavar="NAME", help="Model name for history.")
+    ] = None,
     tag: Annotated[
         list[str] | None, typer.Option("--tag", metavar="KEY=VALUE", help="Repeatable.")
     ] = None,
     timestamp: Timestamp = None,
     resource: Resource = None,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Spend for a subject and all its ancestors. Exit code 0 when allowed, 1 when denied."""
     amounts = amounts_arg(
@@ -136,7 +144,7 @@ def consume(
     )
     at = time_arg(timestamp, "timestamp")
     tags = tags_arg(tag)
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         decision = quota.consume(
             subject,
             amounts,
@@ -166,8 +174,9 @@ def check(
     timestamp: Timestamp = None,
     resource: Resource = None,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """The decision a consume would get now, spending nothing. Exit code 0 or 1 as consume."""
     amounts = amounts_arg(
@@ -178,7 +187,7 @@ def check(
         credits=credits,
     )
     at = time_arg(timestamp, "timestamp")
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         decision = quota.check(subject, amounts, timestamp=at, resource=resource)
         if as_json:
             print_json(encode_decision(decision))
@@ -193,14 +202,18 @@ def usage(
     subject: SubjectArg,
     ancestors: Annotated[
         bool,
-        typer.Option("--ancestors", help="Also every ancestor's limits (they are charged too)."),
+        typer.Option(
+            "--ancestors/--no-ancestors",
+            help="Also every ancestor's limits (they are charged too).",
+        ),
     ] = False,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """What is used and left of every effective limit, and when each resets."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         result = quota.usage(subject, include_ancestors=ancestors)
         if as_json:
             print_json(
@@ -221,19 +234,30 @@ def usage(
 def history(
     subject: SubjectArg,
     start: Annotated[
-        str | None, typer.Option("--start", metavar="ISO", help="Default: 30 days before end.")
+        str | None,
+        typer.Option(
+            "--start",
+            metavar="DATE",
+            help="Default: 30 days before end. " + READ_TIME_HELP,
+        ),
     ] = None,
-    end: Annotated[str | None, typer.Option("--end", metavar="ISO", help="Default: now.")] = None,
+    end: Annotated[
+        str | None,
+        typer.Option("--end", metavar="DATE", help="Default: now. " + READ_TIME_HELP),
+    ] = None,
     granularity: Annotated[Granularity, typer.Option("--granularity")] = Granularity.DAY,
     group_by: Annotated[GroupBy, typer.Option("--group-by")] = GroupBy.METRIC,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Usage over time from the ledger, in periods of the store's time zone."""
-    begin = time_arg(start, "start")
-    stop = time_arg(end, "end")
-    with opened(db, timezone) as quota:
+    time_arg(start, "start")  # a malformed time is refused before the store is opened
+    time_arg(end, "end")
+    with opened(db, timezone, config) as quota:
+        begin = read_time_arg(start, "start", quota.tz)
+        stop = read_time_arg(end, "end", quota.tz)
         points = quota.history(
             subject, start=begin, end=stop, granularity=granularity, group_by=group_by
         )
@@ -251,8 +275,8 @@ def history(
                 ]
             )
             return
-        table = Table(title=f"history of {subject} by {granularity.value}", title_justify="left")
-        table.add_column("period start")
+        table = Listing(f"history of {subject} by {granularity.value}")
+        table.add_column("period start", no_wrap=True)
         if group_by is GroupBy.MODEL:
             table.add_column("model")
         table.add_column("metric")

@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from tokenquota import ValidationError
 from tokenquota.cli.common import (
-    DEFAULT_DB,
-    DEFAULT_TIMEZONE,
+    Config,
     Db,
     Timezone,
     actor,
@@ -31,6 +29,7 @@ from tokenquota.cli.common import (
     window_text,
 )
 from tokenquota.cli.metering import AsJson
+from tokenquota.cli.tables import Listing
 from tokenquota.domain.resources import ResourceQuota, ResourceRule
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.wire.catalog import encode_resource_quota
@@ -119,7 +118,7 @@ def _print_quota(resource: SubjectRef, quota: ResourceQuota) -> None:
     if not quota.policies:
         out.print("policies              none")
         return
-    table = Table(title="policies", title_justify="left")
+    table = Listing("policies")
     table.add_column("consumer")
     table.add_column("reserved", justify="right")
     table.add_column("rules (replace the default rules)")
@@ -145,8 +144,9 @@ def resources_set(
         str | None,
         typer.Option("--json", metavar="JSON", help="The same object inline, instead of --file."),
     ] = None,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Put a quota on a resource, replacing any earlier one. Audited.
 
@@ -156,7 +156,7 @@ def resources_set(
     "rules": [], "reserved": 0.25}]}'
     """
     data = _quota_input(file, inline)
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         parsed = quota.set_resource_quota(resource, data, actor=actor())
     ref = SubjectRef.parse(resource, "resource")
     console().print(f"quota set on {ref}")
@@ -168,11 +168,12 @@ def resources_set(
 def resources_show(
     resource: ResourceArg,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """A resource's quota: capacity, threshold, default rules, policies and their shares."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         found = quota.get_resource_quota(resource)
     ref = SubjectRef.parse(resource, "resource")
     if as_json:
@@ -184,14 +185,17 @@ def resources_show(
 @resources_app.command("list")
 @reports_errors
 def resources_list(
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many.")] = 0,
-    limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = 100,
+    offset: Annotated[int, typer.Option("--offset", metavar="N", help="Skip this many.")] = 0,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", help="Show at most this many.")
+    ] = 100,
     as_json: AsJson = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Every resource that carries a quota."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         page = quota.resource_quotas(offset=offset, limit=limit)
     if as_json:
         print_json(
@@ -203,7 +207,7 @@ def resources_list(
             }
         )
         return
-    table = Table(title="resource quotas", title_justify="left")
+    table = Listing("resource quotas")
     for column in ("resource", "capacity", "threshold", "default rules", "policies"):
         table.add_column(column, justify="right" if column == "policies" else "left")
     for ref, q in page.items:
@@ -229,10 +233,11 @@ def resources_list(
 @reports_errors
 def resources_delete(
     resource: ResourceArg,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Remove a resource's quota; usage already counted is kept. Audited."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         quota.delete_resource_quota(resource, actor=actor())
     typer.echo(f"deleted the quota on {SubjectRef.parse(resource, 'resource')}")

@@ -4,17 +4,15 @@ from collections.abc import Iterable
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from tokenquota import DefaultRule, LimitsView, Plan, Quota, Rule
 from tokenquota.cli.common import (
-    DEFAULT_DB,
-    DEFAULT_TIMEZONE,
     METRIC_HELP,
     NEGATIVE_ARGS,
     SUBJECT_HELP,
     VALUE_HELP,
     WINDOW_HELP,
+    Config,
     Db,
     Timezone,
     actor,
@@ -28,6 +26,7 @@ from tokenquota.cli.common import (
     window_arg,
     window_text,
 )
+from tokenquota.cli.tables import Listing
 from tokenquota.domain.limits import limit_to_wire
 
 limits_app = typer.Typer(
@@ -78,8 +77,8 @@ def rule_cells(rule: Rule) -> tuple[str, str, str]:
     )
 
 
-def rules_table(rules: Iterable[Rule], title: str) -> Table:
-    table = Table(title=title, title_justify="left")
+def rules_table(rules: Iterable[Rule], title: str) -> Listing:
+    table = Listing(title)
     for name in ("metric", "window", "limit", "shadow"):
         table.add_column(name, justify="right" if name == "limit" else "left")
     for rule in rules:
@@ -93,7 +92,7 @@ def _print_limits(quota: Quota, view: LimitsView) -> None:
     out.print(f"{view.subject}  plan: {plan}")
     out.print(rules_table(view.overrides, "overrides"))
     hits = quota.shadow_hits(view.subject)
-    table = Table(title="effective limits", title_justify="left")
+    table = Listing("effective limits")
     for name in ("metric", "window", "limit", "source", "shadow hits"):
         table.add_column(name, justify="right" if name in ("limit", "shadow hits") else "left")
     for limit in view.effective:
@@ -114,11 +113,12 @@ def limits_set(
     window: Window,
     value: Value,
     shadow: Shadow = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Set one override. Example: limits set user:alice tokens day 50000."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         view = quota.set_limit(
             subject, metric, window_arg(window), limit_arg(value), shadow=shadow, actor=actor()
         )
@@ -131,11 +131,12 @@ def limits_unset(
     subject: Subject,
     metric: Metric,
     window: OptionalWindow = None,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Remove an override, so the plan or default applies again. Usage is kept."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         view = quota.set_limit(subject, metric, window_arg(window), None, actor=actor())
         _print_limits(quota, view)
 
@@ -143,16 +144,16 @@ def limits_unset(
 @limits_app.command("show")
 @reports_errors
 def limits_show(
-    subject: Subject, db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE
+    subject: Subject, db: Db = None, timezone: Timezone = None, config: Config = None
 ) -> None:
     """Overrides, and every effective limit with where it comes from."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         _print_limits(quota, quota.limits(subject))
 
 
 # defaults -------------------------------------------------------------------
 def _print_defaults(defaults: list[DefaultRule], kind: str | None) -> None:
-    table = Table(title="defaults", title_justify="left")
+    table = Listing("defaults")
     for name in ("kind", "metric", "window", "limit", "shadow", "origin"):
         table.add_column(name, justify="right" if name == "limit" else "left")
     for default in defaults:
@@ -175,11 +176,12 @@ def defaults_set(
     window: Window,
     value: Value,
     shadow: Shadow = False,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Set a default for every subject of a kind. Example: defaults set user tokens day 10000."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         defaults = quota.set_default(
             kind, metric, window_arg(window), limit_arg(value), shadow=shadow, actor=actor()
         )
@@ -192,11 +194,12 @@ def defaults_unset(
     kind: Kind,
     metric: Metric,
     window: OptionalWindow = None,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Remove a runtime default (one from the config file, if any, applies again)."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         defaults = quota.set_default(kind, metric, window_arg(window), None, actor=actor())
         _print_defaults(defaults, kind)
 
@@ -204,12 +207,15 @@ def defaults_unset(
 @defaults_app.command("show")
 @reports_errors
 def defaults_show(
-    kind: Annotated[str | None, typer.Option("--kind", help="Only this kind.")] = None,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    kind: Annotated[
+        str | None, typer.Option("--kind", metavar="KIND", help="Only this kind.")
+    ] = None,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Every default, with whether it was set at run time or by the config file."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         _print_defaults(quota.defaults(), kind)
 
 
@@ -237,20 +243,22 @@ def plans_create(
             ),
         ),
     ] = None,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Create a plan; prints its id, which (like the name) assigns it."""
     rules = [rule_arg(text, f"rules[{i}]") for i, text in enumerate(rule or [])]
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         _print_plan(quota.create_plan(name, rules, actor=actor()))
 
 
 @plans_app.command("list")
 @reports_errors
-def plans_list(db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE) -> None:
-    with opened(db, timezone) as quota:
-        table = Table(title="plans", title_justify="left")
+def plans_list(db: Db = None, timezone: Timezone = None, config: Config = None) -> None:
+    """Every plan with its id and rules."""
+    with opened(db, timezone, config) as quota:
+        table = Listing("plans")
         for name in ("id", "name", "rules"):
             table.add_column(name)
         for plan in quota.plans():
@@ -264,16 +272,21 @@ def plans_list(db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE) -> No
 
 @plans_app.command("show")
 @reports_errors
-def plans_show(plan: PlanRef, db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE) -> None:
-    with opened(db, timezone) as quota:
+def plans_show(
+    plan: PlanRef, db: Db = None, timezone: Timezone = None, config: Config = None
+) -> None:
+    """A plan (by id or name) and its rules."""
+    with opened(db, timezone, config) as quota:
         _print_plan(quota.get_plan(plan))
 
 
 @plans_app.command("delete")
 @reports_errors
-def plans_delete(plan: PlanRef, db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE) -> None:
+def plans_delete(
+    plan: PlanRef, db: Db = None, timezone: Timezone = None, config: Config = None
+) -> None:
     """Delete a plan; refused while subjects are still on it."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         quota.delete_plan(plan, actor=actor())
         typer.echo(f"deleted plan {plan}")
 
@@ -281,10 +294,10 @@ def plans_delete(plan: PlanRef, db: Db = DEFAULT_DB, timezone: Timezone = DEFAUL
 @plans_app.command("assign")
 @reports_errors
 def plans_assign(
-    subject: Subject, plan: PlanRef, db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE
+    subject: Subject, plan: PlanRef, db: Db = None, timezone: Timezone = None, config: Config = None
 ) -> None:
     """Put a subject on a plan (replacing any other); its overrides still win."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         quota.assign_plan(subject, plan, actor=actor())
         _print_limits(quota, quota.limits(subject))
 
@@ -292,9 +305,9 @@ def plans_assign(
 @plans_app.command("unassign")
 @reports_errors
 def plans_unassign(
-    subject: Subject, db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE
+    subject: Subject, db: Db = None, timezone: Timezone = None, config: Config = None
 ) -> None:
     """Take a subject off its plan; the defaults for its kind apply again."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         quota.assign_plan(subject, None, actor=actor())
         _print_limits(quota, quota.limits(subject))

@@ -11,24 +11,20 @@ import importlib.util
 import json
 import os
 import shlex
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-import pydantic
 import typer
 import uvicorn
 
-import tokenquota
 from tokenquota import ValidationError
-from tokenquota.cli.common import reports_errors
-from tokenquota.settings import Settings
+from tokenquota.cli.common import load_settings, reports_errors
+from tokenquota.settings import Settings, open_quota
 
 # The factory each worker process calls; it reads SETTINGS_ENV.
 APP_FACTORY: Final = "tokenquota.api:app_from_env"
 SETTINGS_ENV: Final = "TOKENQUOTA_SETTINGS_JSON"
 ADMIN_KEY_ENV: Final = "TOKENQUOTA_ADMIN_KEY"
-CONFIG_ENV: Final = "TOKENQUOTA_CONFIG"
 
 
 @reports_errors
@@ -36,19 +32,24 @@ def serve(
     host: Annotated[
         str | None,
         typer.Option(
-            "--host", help="Interface to listen on (env TOKENQUOTA_HOST, default 127.0.0.1)."
+            "--host",
+            metavar="ADDRESS",
+            help="Interface to listen on (env TOKENQUOTA_HOST, default 127.0.0.1).",
         ),
     ] = None,
     port: Annotated[
-        int | None, typer.Option("--port", help="TCP port (env TOKENQUOTA_PORT, default 8000).")
+        int | None,
+        typer.Option("--port", metavar="N", help="TCP port (env TOKENQUOTA_PORT, default 8000)."),
     ] = None,
     db: Annotated[
         str | None,
         typer.Option(
             "--db",
+            metavar="URL",
             help=(
-                "Store URL (env TOKENQUOTA_DB, default sqlite:///tokenquota.db in the "
-                "working directory), migrated before the service starts."
+                "Store URL: sqlite:///path/file.db, postgresql://user@host/db or memory:// "
+                "(env TOKENQUOTA_DB, default sqlite:///tokenquota.db in the working "
+                "directory), migrated before the service starts."
             ),
         ),
     ] = None,
@@ -56,6 +57,7 @@ def serve(
         str | None,
         typer.Option(
             "--redis",
+            metavar="URL",
             help=(
                 "redis://host:port (env TOKENQUOTA_REDIS): hot counters in Redis or a Redis "
                 "Cluster, the ledger in --db (PostgreSQL for several replicas)."
@@ -66,6 +68,7 @@ def serve(
         int | None,
         typer.Option(
             "--workers",
+            metavar="N",
             help="Worker processes sharing the port (env TOKENQUOTA_WORKERS, default 1).",
         ),
     ] = None,
@@ -73,9 +76,11 @@ def serve(
         str | None,
         typer.Option(
             "--timezone",
+            metavar="ZONE",
             help=(
-                "IANA zone of calendar windows for a new store; an existing store keeps "
-                "its own (env TOKENQUOTA_TIMEZONE, default UTC)."
+                "IANA zone of calendar windows (env TOKENQUOTA_TIMEZONE). A new store "
+                "takes it (default UTC); an existing store in another zone is refused "
+                "with exit code 2: `tokenquota rebuild --timezone ZONE` moves it first."
             ),
         ),
     ] = None,
@@ -162,15 +167,7 @@ def serve(
             "workers", "memory:// lives in one process; use a sqlite:/// store with --workers > 1"
         )
     # Migrate once and validate the zone, the defaults and the spool before any worker starts.
-    tokenquota.open(
-        settings.db,
-        redis=settings.redis,
-        timezone=settings.timezone,
-        strict_subjects=settings.strict_subjects,
-        defaults=settings.default_rules(),
-        on_store_error=settings.on_store_error,
-        spool=settings.spool,
-    ).close()
+    open_quota(settings).close()
     typer.echo(banner(settings))
     if settings.workers == 1:
         # Imported here: building the app pulls in FastAPI, which other commands never need.
@@ -206,21 +203,6 @@ def engines() -> str:
     loop = "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"
     parser = "httptools" if importlib.util.find_spec("httptools") else "h11"
     return f"{loop}, {parser}"
-
-
-def load_settings(config: Path | None, **flags: object) -> Settings:
-    """``Settings.load`` with its failures turned into one-line ``ValidationError``s."""
-    path = config or (Path(os.environ[CONFIG_ENV]) if os.environ.get(CONFIG_ENV) else None)
-    if path is not None and not path.is_file():
-        raise ValidationError("config", f"no such file: {str(path)!r}")
-    try:
-        return Settings.load(path, **flags)
-    except tomllib.TOMLDecodeError as exc:
-        raise ValidationError("config", f"{path} is not valid TOML ({exc})") from None
-    except pydantic.ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"]) or "settings"
-        raise ValidationError(field, str(first["msg"])) from None
 
 
 def settings_json(settings: Settings) -> str:

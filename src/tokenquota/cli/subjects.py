@@ -4,13 +4,11 @@ import json
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from tokenquota import NotFound, Quota, Subject, ValidationError
 from tokenquota.cli.common import (
-    DEFAULT_DB,
-    DEFAULT_TIMEZONE,
     SUBJECT_HELP,
+    Config,
     Db,
     Timezone,
     actor,
@@ -20,6 +18,7 @@ from tokenquota.cli.common import (
     page_note,
     reports_errors,
 )
+from tokenquota.cli.tables import Listing
 
 subjects_app = typer.Typer(
     help="Subjects (kind:id) and the parent graph usage is charged through.",
@@ -51,11 +50,14 @@ def _print_subject(quota: Quota, subject: Subject) -> None:
 @reports_errors
 def subjects_put(
     subject: SubjectArg,
-    name: Annotated[str | None, typer.Option("--name", help="Display name.")] = None,
+    name: Annotated[
+        str | None, typer.Option("--name", metavar="TEXT", help="Display name.")
+    ] = None,
     parent: Annotated[
         list[str] | None,
         typer.Option(
             "--parent",
+            metavar="SUBJECT",
             help="A parent (kind:id), repeatable; replaces the stored parents. "
             "Charging the subject charges every ancestor.",
         ),
@@ -67,15 +69,16 @@ def subjects_put(
         str | None,
         typer.Option("--metadata", metavar="JSON", help="A JSON object; replaces the stored one."),
     ] = None,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
     """Create or update a subject; options left out keep what is stored."""
     if parent and no_parents:
         raise ValidationError("parents", "give --parent or --no-parents, not both")
     parents: list[str] | None = [] if no_parents else (parent or None)
     meta = json_arg(metadata, "metadata") if metadata is not None else None
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         _print_subject(
             quota,
             quota.put_subject(subject, name=name, parents=parents, metadata=meta, actor=actor()),
@@ -85,27 +88,35 @@ def subjects_put(
 @subjects_app.command("show")
 @reports_errors
 def subjects_show(
-    subject: SubjectArg, db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE
+    subject: SubjectArg, db: Db = None, timezone: Timezone = None, config: Config = None
 ) -> None:
-    with opened(db, timezone) as quota:
+    """A subject: name, parents, the ancestors charged with it, plan, metadata."""
+    with opened(db, timezone, config) as quota:
         _print_subject(quota, quota.get_subject(subject))
 
 
 @subjects_app.command("list")
 @reports_errors
 def subjects_list(
-    kind: Annotated[str | None, typer.Option("--kind", help="Only this kind.")] = None,
-    parent: Annotated[
-        str | None, typer.Option("--parent", help="Only direct children of this subject.")
+    kind: Annotated[
+        str | None, typer.Option("--kind", metavar="KIND", help="Only this kind.")
     ] = None,
-    offset: Annotated[int, typer.Option("--offset", help="Skip this many.")] = 0,
-    limit: Annotated[int, typer.Option("--limit", help="Show at most this many.")] = 100,
-    db: Db = DEFAULT_DB,
-    timezone: Timezone = DEFAULT_TIMEZONE,
+    parent: Annotated[
+        str | None,
+        typer.Option("--parent", metavar="SUBJECT", help="Only direct children of this subject."),
+    ] = None,
+    offset: Annotated[int, typer.Option("--offset", metavar="N", help="Skip this many.")] = 0,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", help="Show at most this many.")
+    ] = 100,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
 ) -> None:
-    with opened(db, timezone) as quota:
+    """Subjects a page at a time, of one kind or under one parent if asked."""
+    with opened(db, timezone, config) as quota:
         page = quota.list_subjects(kind=kind, parent=parent, offset=offset, limit=limit)
-        table = Table(title="subjects", title_justify="left")
+        table = Listing("subjects")
         for column in ("subject", "name", "parents", "plan"):
             table.add_column(column)
         for s in page.items:
@@ -118,9 +129,9 @@ def subjects_list(
 @subjects_app.command("delete")
 @reports_errors
 def subjects_delete(
-    subject: SubjectArg, db: Db = DEFAULT_DB, timezone: Timezone = DEFAULT_TIMEZONE
+    subject: SubjectArg, db: Db = None, timezone: Timezone = None, config: Config = None
 ) -> None:
     """Delete a subject; refused while it still has children. Its ledger events stay."""
-    with opened(db, timezone) as quota:
+    with opened(db, timezone, config) as quota:
         quota.delete_subject(subject, actor=actor())
         typer.echo(f"deleted {subject}")
