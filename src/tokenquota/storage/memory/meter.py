@@ -29,7 +29,7 @@ from tokenquota.domain.holds import (
 )
 from tokenquota.domain.ledger import Event, grant_event, usage_event
 from tokenquota.domain.limits import LimitKey
-from tokenquota.domain.metrics import Metric
+from tokenquota.domain.metrics import MAX_UNITS, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
 from tokenquota.storage.base import Page
@@ -151,8 +151,18 @@ class MemoryMeter:
             return decision
 
     def _check_bounds(self, plan: DebitPlan) -> None:
-        # Only the metrics the request carries can cross the bound: read their
+        # Only the metrics the request carries can cross the bound: their
         # lifetime counters (the ``total`` bucket of LIFETIME), not all of them.
+        # Nearly always far below it: the exact check only when one might cross.
+        amounts = plan.amounts
+        for _, metric, dicts in self._s.lifetime(plan.series, amounts):
+            headroom = MAX_UNITS - amounts[metric]
+            for buckets in dicts:
+                if buckets.get(LIFETIME_BUCKET, 0) > headroom:
+                    self._check_bounds_exactly(plan)
+                    return
+
+    def _check_bounds_exactly(self, plan: DebitPlan) -> None:
         counters = self._s.counters
         series = plan.series
         lifetime: dict[tuple[str, Metric], int] = {}
@@ -317,6 +327,7 @@ class MemoryMeter:
     def rebuild(self) -> int:
         with self._lock:
             self._s.counters.clear()
+            self._s.forget_counting()
             for grant_id, grant in self._s.grants.items():
                 self._s.grants[grant_id] = replace(grant, remaining=grant.amount)
             for event in self._s.events:
