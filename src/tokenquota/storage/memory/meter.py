@@ -34,7 +34,7 @@ from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
 from tokenquota.storage.base import Page
 from tokenquota.storage.ledger_rows import grant_audit
-from tokenquota.storage.memory.state import State
+from tokenquota.storage.memory.state import Counting, State
 
 _new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init__: one per limit
 
@@ -150,12 +150,14 @@ class MemoryMeter:
                 self._s.idempotency[key] = (plan.fingerprint, decision)
             return decision
 
-    def _check_bounds(self, plan: DebitPlan) -> None:
+    def _check_bounds(self, plan: DebitPlan, lifetime: Counting | None = None) -> None:
         # Only the metrics the request carries can cross the bound: their
         # lifetime counters (the ``total`` bucket of LIFETIME), not all of them.
         # Nearly always far below it: the exact check only when one might cross.
+        if lifetime is None:
+            lifetime = self._s.shape(plan.series, plan.amounts)[1]
         amounts = plan.amounts
-        for _, metric, dicts in self._s.lifetime(plan.series, amounts):
+        for _, metric, dicts in lifetime:
             headroom = MAX_UNITS - amounts[metric]
             for buckets in dicts:
                 if buckets.get(LIFETIME_BUCKET, 0) > headroom:
@@ -174,16 +176,17 @@ class MemoryMeter:
         check_lifetime(series, plan.amounts, lifetime)
 
     def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
-        # Before deciding, which counts shadow hits: a refused amount changes nothing.
-        self._check_bounds(plan)
         state = self._s
+        counting, lifetime = state.shape(plan.series, plan.amounts)  # the event's too
+        # Before deciding, which counts shadow hits: a refused amount changes nothing.
+        self._check_bounds(plan, lifetime)
         # Decided with the id its event will get, so the answer is built once.
         decision = self._decide(plan, state.last_event_id + 1)
         if not decision.allowed:
             return decision
         event = usage_event(plan, reservation_id, state.last_event_id + 1)
         state.append_event(event)
-        state.count(event, state.tracked)
+        state.count_into(event, counting)
         self._burn(event)
         return decision
 

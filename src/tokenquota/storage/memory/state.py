@@ -132,7 +132,7 @@ class State:
         if not event.is_usage:
             return  # a grant adds credits to spend; it is not usage
         if keys is self.tracked:
-            self._count_tracked(event)
+            self.count_into(event, self.shape(event.series, event.amounts)[0])
             return
         counters = self.counters
         series = event.series
@@ -146,43 +146,38 @@ class State:
                 else:
                     buckets[bucket] = buckets.get(bucket, 0) + units
 
-    def _count_tracked(self, event: Event) -> None:
-        """``count`` over every tracked key: into the remembered bucket dicts, with
-        no key tuple built, looked up or skipped per series (``ledger.counted``'s
-        entries all the same)."""
-        at, tz, amounts = event.timestamp, self.tz, event.amounts
-        for window, metric, dicts in self.counting(event.series, amounts):
+    def count_into(self, event: Event, counting: Counting) -> None:
+        """``count`` over every tracked key, into the bucket dicts ``shape`` gave for the
+        event's series and metrics: no key tuple built, looked up or skipped per series,
+        and ``ledger.counted``'s entries all the same."""
+        at, tz = event.timestamp, self.tz
+        units = dict(event.amounts.items())  # one C lookup per window, not Amounts.__getitem__
+        for window, metric, dicts in counting:
             bucket = window.bucket_of(at, tz)
-            units = amounts[metric]
+            amount = units[metric]
             for buckets in dicts:
-                buckets[bucket] = buckets.get(bucket, 0) + units
+                buckets[bucket] = buckets.get(bucket, 0) + amount
 
-    def counting(self, series: tuple[str, ...], amounts: Amounts) -> Counting:
-        """The bucket dicts an event of these series and metrics adds to, per tracked window.
+    def shape(self, series: tuple[str, ...], amounts: Amounts) -> tuple[Counting, Counting]:
+        """The bucket dicts an event of these series and metrics adds to, per tracked
+        window, and among them the lifetime (``total``) ones the 63-bit bound reads.
 
         Remembered per (series, metrics): every consume of one subject counts
         into the same dicts, which live as long as ``counters`` keeps them. A
         dict is made empty here if its series had none yet; an empty dict reads
         as no usage everywhere. Call it under the lock.
         """
-        return self._shape(series, amounts)[0]
-
-    def lifetime(self, series: tuple[str, ...], amounts: Amounts) -> Counting:
-        """``counting``'s lifetime (``total``) entries: the counters the 63-bit bound reads."""
-        return self._shape(series, amounts)[1]
-
-    def _shape(self, series: tuple[str, ...], amounts: Amounts) -> tuple[Counting, Counting]:
         if self._counting_tracked != len(self.tracked):  # tracked only ever grows
             self._counting.clear()
             self._counting_tracked = len(self.tracked)
-        shape = (series, tuple(amounts))
-        found = self._counting.get(shape)
+        key = (series, tuple(amounts))
+        found = self._counting.get(key)
         if found is not None:
             return found
         counters = self.counters
         made: Counting = []
-        for key in self.tracked:
-            window, metric = key.window, key.metric
+        for tracked in self.tracked:
+            window, metric = tracked.window, tracked.metric
             if window is None or metric not in amounts:
                 continue
             name = metric._value_
@@ -190,7 +185,7 @@ class State:
             made.append((window, metric, dicts))
         if len(self._counting) >= _MAX_COUNTING:
             self._counting.clear()
-        found = self._counting[shape] = (made, [e for e in made if e[0].is_total])
+        found = self._counting[key] = (made, [e for e in made if e[0].is_total])
         return found
 
     def forget_counting(self) -> None:
