@@ -180,8 +180,13 @@ class Planner:
         self, ref: SubjectRef, view: ConfigView, intent: Intent
     ) -> tuple[tuple[SubjectRef, ...], tuple[EffectiveLimit, ...]]:
         """The charged subjects and the limits a request without a resource is checked
-        against, in ``check``'s order: what every plan of one version shares."""
-        chain = self.effective_chain(ref, view=view)
+        against, in ``check``'s order: what every plan of one version shares.
+
+        Remembered instead of the chain it is made from (``_chain``, not
+        ``effective_chain``), so a planned subject still takes two of the view's
+        entries (this and its own limits), not three.
+        """
+        chain = self._chain(ref, True, view)
         acquire = intent == "acquire"
         return (
             tuple(subject for subject, _ in chain if not is_share(subject)),
@@ -223,15 +228,18 @@ class Planner:
         share the lists, and never change them.
         """
         seen = view or self.source.config()
+        return seen.memo(
+            (_CHAIN, ref, with_ancestors), lambda: self._chain(ref, with_ancestors, seen)
+        )
+
+    def _chain(self, ref: SubjectRef, with_ancestors: bool, view: ConfigView) -> Chain:
+        """``effective_chain`` resolved afresh, each subject's limits from the view's memo."""
 
         def limits(subject: SubjectRef, rules: RuleSet) -> list[EffectiveLimit]:
-            return seen.memo((_LIMITS, subject), lambda: self.resolve(subject, rules))
+            return view.memo((_LIMITS, subject), lambda: self.resolve(subject, rules))
 
-        def chain() -> Chain:
-            layers = seen.rule_sets(ref, with_ancestors=with_ancestors, keep=False)
-            return [(s, limits(s, rules)) for s, rules in layers]
-
-        return seen.memo((_CHAIN, ref, with_ancestors), chain)
+        layers = view.rule_sets(ref, with_ancestors=with_ancestors, keep=False)
+        return [(s, limits(s, rules)) for s, rules in layers]
 
     def resolve(self, ref: SubjectRef, rules: RuleSet) -> list[EffectiveLimit]:
         defaults = list(rules.defaults) + self.config_defaults.get(ref.kind, [])
