@@ -79,7 +79,7 @@ class State:
     # write under the lock, compared by every step that decides on a plan.
     config_version: str = FIRST_TOKEN
     config_versions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
-    # What ``count`` adds to for one (series, metrics) shape: see ``counting``.
+    # The bucket dicts an event of one (series, metrics) shape adds to: ``shape``.
     # Dropped whenever ``tracked`` grows or ``counters`` is emptied.
     _counting: dict[tuple[tuple[str, ...], tuple[Metric, ...]], tuple[Counting, Counting]] = field(
         default_factory=dict, repr=False
