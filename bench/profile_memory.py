@@ -37,14 +37,15 @@ ROUNDS = 7
 CALLS = 4_000
 PARTS = (
     ("plan (engine/planner.py)", "engine/planner.py", "plan"),
-    ("  resolving limits (effective_chain)", "engine/planner.py", "effective_chain"),
-    ("  a Check per limit (Planner.check)", "engine/planner.py", "check"),
+    ("  charged and limits (view.memo: the skeleton)", "storage/snapshot.py", "memo"),
+    ("  a Check per limit (Planner._checks)", "engine/planner.py", "_checks"),
+    ("  amounts (Amounts.parse)", "domain/metrics.py", "parse"),
     ("  idempotency fingerprint", "engine/planner.py", "request_fingerprint"),
     ("store step (MemoryMeter.debit)", "storage/memory/meter.py", "debit"),
     ("  decide", "domain/decisions.py", "decide"),
     ("    a status per limit", "domain/decisions.py", "_status"),
-    ("  a reading per limit", "storage/memory/meter.py", "_read"),
-    ("  counting the event", "storage/memory/state.py", "count"),
+    ("  a reading per limit", "storage/memory/meter.py", "_reads"),
+    ("  counting the event", "storage/memory/state.py", "count_into"),
     ("  lifetime bound", "storage/memory/meter.py", "_check_bounds"),
     ("  the event", "domain/ledger.py", "usage_event"),
 )

@@ -103,3 +103,39 @@ def test_a_windows_memo_is_exact_on_both_sides_of_each_boundary(
         bucket, next_end = fresh(unit, at, zone)
         assert window.bucket_of(at, zone) == bucket
         assert window.reset_at(at, zone, {}) == next_end
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    window=st.sampled_from(
+        [
+            "minute",
+            "hour",
+            "day",
+            "week",
+            "month",
+            "year",
+            "total",
+            "rolling:1m",
+            "rolling:90m",
+            "rolling:7d",
+            "rolling:3660d",
+        ]
+    ),
+    zone=st.sampled_from(ZONES),
+    now_step=st.integers(-3 * 86_400 * 10**6, 3 * 86_400 * 10**6),
+    back=st.integers(0, 400 * 86_400 * 10**6),
+)
+def test_placement_is_read_range_and_bucket_of(
+    window: str, zone: ZoneInfo, now_step: int, back: int
+) -> None:
+    """``Window.placement`` answers what the planner computed from the two calls."""
+    parsed = Window.parse(window)
+    now = START + timedelta(microseconds=now_step)
+    at = now - timedelta(microseconds=back)
+    read_at = now if parsed.is_rolling else at
+    lo, hi = parsed.read_range(read_at, zone)
+    bucket = parsed.bucket_of(at, zone)
+    expected = (read_at, lo, hi, bucket if lo <= bucket <= hi else None)
+    assert parsed.placement(at, now, zone) == expected
+    assert Window.parse(window).placement(at, now, zone) == expected  # a fresh one, uncached

@@ -418,3 +418,14 @@ def test_metadata_size_is_measured_in_utf8_bytes() -> None:
     with pytest.raises(ValidationError) as caught:
         validate_metadata({"note": "é" * 9_000})  # 18,000 bytes
     assert caught.value.field == "metadata"
+
+
+def test_parsing_the_same_text_again_answers_the_same_ref_and_the_same_errors() -> None:
+    """``SubjectRef.parse`` remembers refs it parsed from text; never a refusal."""
+    first = SubjectRef.parse("user:remembered")
+    assert SubjectRef.parse("user:remembered") == first == SubjectRef("user", "remembered")
+    for _ in range(2):
+        with pytest.raises(ValidationError):
+            SubjectRef.parse("user:not valid", "owner")
+        with pytest.raises(ValidationError):
+            SubjectRef.parse("User:x")

@@ -29,6 +29,11 @@ class SubjectRef:
     def parse(cls, value: object, field: str = "subject") -> SubjectRef:
         if isinstance(value, SubjectRef):
             return value
+        # Every call names its subject as text, and a few subjects make most calls:
+        # a ref already parsed is the same value (refs are frozen), without the regexes.
+        found = _PARSED.get(value) if type(value) is str and cls is SubjectRef else None
+        if found is not None:
+            return found
         if not isinstance(value, str):
             raise ValidationError(field, "must be a string of the form kind:id")
         kind, sep, ident = value.partition(":")
@@ -38,10 +43,20 @@ class SubjectRef:
             raise ValidationError(field, f"kind {kind!r} must match [a-z][a-z0-9_-]{{0,31}}")
         if not ID_RE.fullmatch(ident):
             raise ValidationError(field, f"id {ident!r} must match [A-Za-z0-9._@-]{{1,128}}")
-        return cls(kind, ident)
+        ref = cls(kind, ident)
+        if type(value) is str and cls is SubjectRef:
+            if len(_PARSED) >= _MAX_PARSED:
+                _PARSED.clear()  # many subjects: start afresh rather than grow
+            _PARSED[value] = ref
+        return ref
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.id}"
+
+
+# Refs parsed from text, by that text (``SubjectRef.parse``); only valid ones.
+_PARSED: dict[str, SubjectRef] = {}
+_MAX_PARSED: Final = 4_096
 
 
 def parse_kind(value: object, field: str = "kind") -> str:

@@ -140,6 +140,28 @@ class Window:
             return current - self.rolling_seconds + self.bucket_seconds, current
         return 0, 0
 
+    def placement(
+        self, at: datetime, now: datetime, tz: ZoneInfo
+    ) -> tuple[datetime, int, int, int | None]:
+        """Where an event at ``at`` is measured: (read_at, lo, hi, bucket).
+
+        A calendar window (and ``total``) is read in the period holding the
+        event, a rolling one as of ``now``, where a back-dated event may still
+        count: ``bucket`` is the event's bucket, or None when it lies outside
+        ``[lo, hi]``. What ``read_range`` and ``bucket_of`` say, in one call:
+        the planner asks it for every limit of every plan.
+        """
+        if self.calendar is not None:
+            bucket = self._period_at(at, tz)[3]
+            return at, bucket, bucket, bucket
+        if self.rolling_seconds:
+            step = self.rolling_seconds // ROLLING_BUCKETS
+            hi = (_epoch_seconds(now) // step) * step
+            lo = hi - self.rolling_seconds + step
+            bucket = (_epoch_seconds(at) // step) * step
+            return now, lo, hi, bucket if lo <= bucket <= hi else None
+        return at, 0, 0, 0
+
     def reset_at(self, at: datetime, tz: ZoneInfo, buckets: Mapping[int, int]) -> datetime | None:
         """When usage next drops (SPEC section 3).
 

@@ -31,6 +31,7 @@ from zoneinfo import ZoneInfo
 from tokenquota.domain.clock import Clock
 from tokenquota.domain.decisions import CapacityPlan, Check, DebitPlan, Mode
 from tokenquota.domain.errors import StoreUnavailable, ValidationError
+from tokenquota.domain.frozen import builder
 from tokenquota.domain.limits import (
     UNLIMITED,
     EffectiveLimit,
@@ -51,6 +52,12 @@ STALE_ROUNDS: Final = 5  # see planned
 _CHAIN: Final = "effective chain"  # the keys of what a view remembers for the planner
 _LIMITS: Final = "effective limits"
 _QUOTA: Final = "parsed quota"
+_SKELETON: Final = "plan skeleton"
+_CONCURRENT: Final = Metric.CONCURRENT_REQUESTS
+_INPUT: Final = Metric.INPUT_TOKENS
+# Check(...) and DebitPlan(...) without their frozen __init__ (domain/frozen.py).
+_new_check: Final = builder(Check)
+_new_plan: Final = builder(DebitPlan)
 T = TypeVar("T")
 Intent = Literal["consume", "reserve", "acquire"]
 Chain = list[tuple[SubjectRef, list[EffectiveLimit]]]
@@ -120,21 +127,28 @@ class Planner:
         now = self.clock.now()
         at = self.timestamp(timestamp, now)
         view = self.source.config()
-        chain = self.effective_chain(ref, view=view)
         target = inputs.resource(resource)
         capacity = None
-        if target is not None:
+        if target is None:
+            # The warm path: who is charged and which limits apply, remembered per
+            # view; only the windows' placement of this instant is computed.
+            charged, limits = view.memo(
+                (_SKELETON, ref, intent == "acquire"), lambda: self._skeleton(ref, view, intent)
+            )
+            checks = self._checks(limits, amounts, at, now)
+        else:
+            chain = self.effective_chain(ref, view=view)
             chain, consumer_limits, quota = self._resource_chain(view, ref, target, chain)
             chain = [*chain, (consumer_ref(target, ref), consumer_limits)]
-        charged = tuple(subject for subject, _ in chain if not is_share(subject))
-        checks = [
-            check
-            for _, limits in chain
-            for limit in limits
-            if (check := self.check(limit, amounts, at, now, intent)) is not None
-        ]
-        if target is not None and quota is not None and quota.capacity and intent != "acquire":
-            capacity = self._capacity_plan(view, quota, target, ref, amounts, at, now)
+            charged = tuple(subject for subject, _ in chain if not is_share(subject))
+            checks = tuple(
+                check
+                for _, limits in chain
+                for limit in limits
+                if (check := self.check(limit, amounts, at, now, intent)) is not None
+            )
+            if quota is not None and quota.capacity and intent != "acquire":
+                capacity = self._capacity_plan(view, quota, target, ref, amounts, at, now)
         # Only an idempotency key is ever compared with the fingerprint: without
         # one, the JSON and SHA-256 (a twentieth of a memory consume) buy nothing.
         fingerprint = ""
@@ -143,7 +157,7 @@ class Planner:
             fingerprint = request_fingerprint(
                 request(amounts, asked_mode, asked_at, model, tags or {}, target)
             )
-        return DebitPlan(
+        return _new_plan(
             subject=ref,
             charged=charged,
             amounts=amounts,
@@ -151,7 +165,7 @@ class Planner:
             timestamp=at,
             now=now,
             tz=self.tz,
-            checks=tuple(checks),
+            checks=checks,
             idempotency_key=idempotency_key,
             fingerprint=fingerprint,
             model=model,
@@ -161,6 +175,48 @@ class Planner:
             capacity=capacity,
             config_version=view.version,
         )
+
+    def _skeleton(
+        self, ref: SubjectRef, view: ConfigView, intent: Intent
+    ) -> tuple[tuple[SubjectRef, ...], tuple[EffectiveLimit, ...]]:
+        """The charged subjects and the limits a request without a resource is checked
+        against, in ``check``'s order: what every plan of one version shares.
+
+        Remembered instead of the chain it is made from (``_chain``, not
+        ``effective_chain``), so a planned subject still takes two of the view's
+        entries (this and its own limits), not three.
+        """
+        chain = self._chain(ref, True, view)
+        acquire = intent == "acquire"
+        return (
+            tuple(subject for subject, _ in chain if not is_share(subject)),
+            tuple(
+                limit
+                for _, limits in chain
+                for limit in limits
+                if (limit.key.metric is _CONCURRENT) == acquire
+            ),
+        )
+
+    def _checks(
+        self, limits: tuple[EffectiveLimit, ...], amounts: Amounts, at: datetime, now: datetime
+    ) -> tuple[Check, ...]:
+        """``check`` for each of ``limits``, already filtered by intent (``_skeleton``)."""
+        tz = self.tz
+        units = dict(amounts.items())  # one C lookup per limit, not Amounts.__getitem__
+        out = []
+        for limit in limits:
+            key = limit.key
+            window = key.window
+            if window is None:
+                if key.metric is _CONCURRENT:
+                    out.append(_new_check(limit, 1, now, 0, 0, None))
+                else:
+                    out.append(_new_check(limit, units.get(_INPUT, 0), at, 0, 0, None))
+                continue
+            read_at, lo, hi, bucket = window.placement(at, now, tz)
+            out.append(_new_check(limit, units.get(key.metric, 0), read_at, lo, hi, bucket))
+        return tuple(out)
 
     def effective_chain(
         self, ref: SubjectRef, *, with_ancestors: bool = True, view: ConfigView | None = None
@@ -172,15 +228,18 @@ class Planner:
         share the lists, and never change them.
         """
         seen = view or self.source.config()
+        return seen.memo(
+            (_CHAIN, ref, with_ancestors), lambda: self._chain(ref, with_ancestors, seen)
+        )
+
+    def _chain(self, ref: SubjectRef, with_ancestors: bool, view: ConfigView) -> Chain:
+        """``effective_chain`` resolved afresh, each subject's limits from the view's memo."""
 
         def limits(subject: SubjectRef, rules: RuleSet) -> list[EffectiveLimit]:
-            return seen.memo((_LIMITS, subject), lambda: self.resolve(subject, rules))
+            return view.memo((_LIMITS, subject), lambda: self.resolve(subject, rules))
 
-        def chain() -> Chain:
-            layers = seen.rule_sets(ref, with_ancestors=with_ancestors, keep=False)
-            return [(s, limits(s, rules)) for s, rules in layers]
-
-        return seen.memo((_CHAIN, ref, with_ancestors), chain)
+        layers = view.rule_sets(ref, with_ancestors=with_ancestors, keep=False)
+        return [(s, limits(s, rules)) for s, rules in layers]
 
     def resolve(self, ref: SubjectRef, rules: RuleSet) -> list[EffectiveLimit]:
         defaults = list(rules.defaults) + self.config_defaults.get(ref.kind, [])
@@ -268,21 +327,12 @@ class Planner:
             return None  # leases answer to concurrency limits only, and only they do
         if window is None:
             if limit.key.metric is Metric.CONCURRENT_REQUESTS:
-                return Check(limit, 1, now, 0, 0, None)
-            return Check(limit, amounts[Metric.INPUT_TOKENS], at, 0, 0, None)
+                return _new_check(limit, 1, now, 0, 0, None)
+            return _new_check(limit, amounts[Metric.INPUT_TOKENS], at, 0, 0, None)
         # A calendar window is measured in the period holding the event; a
         # rolling one always as of now, where a back-dated event may still count.
-        read_at = now if window.is_rolling else at
-        lo, hi = window.read_range(read_at, self.tz)
-        bucket = window.bucket_of(at, self.tz)
-        return Check(
-            limit,
-            amounts[limit.key.metric],
-            read_at,
-            lo,
-            hi,
-            bucket if lo <= bucket <= hi else None,
-        )
+        read_at, lo, hi, bucket = window.placement(at, now, self.tz)
+        return _new_check(limit, amounts[limit.key.metric], read_at, lo, hi, bucket)
 
     def usage_check(self, limit: EffectiveLimit, now: datetime) -> Check:
         """What a usage read measures for one limit: the window as of now, adding nothing."""

@@ -29,12 +29,12 @@ from tokenquota.domain.holds import (
 )
 from tokenquota.domain.ledger import Event, grant_event, usage_event
 from tokenquota.domain.limits import LimitKey
-from tokenquota.domain.metrics import Metric
+from tokenquota.domain.metrics import MAX_UNITS, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
 from tokenquota.storage.base import Page
 from tokenquota.storage.ledger_rows import grant_audit
-from tokenquota.storage.memory.state import State
+from tokenquota.storage.memory.state import Counting, State
 
 _new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init__: one per limit
 
@@ -52,6 +52,27 @@ class MemoryMeter:
     def read(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
         with self._lock:
             return [self._read(c, now) for c in checks]
+
+    def _reads(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
+        """``_read`` of each check; a calendar or ``total`` window, with no reservation
+        held anywhere, read here in line: nearly every check of nearly every decision."""
+        state = self._s
+        if state.held:
+            return [self._read(c, now) for c in checks]
+        counters = state.counters
+        out = []
+        for check in checks:
+            lo = check.lo
+            limit = check.limit
+            window = limit.key.window
+            if window is None or lo != check.hi or window.rolling_seconds:
+                out.append(self._read(check, now))
+                continue
+            subject, metric_name, _, _ = limit.names()
+            series = counters.get((subject, metric_name, window.key))
+            units = series.get(lo) if series else None
+            out.append(_new_reading({lo: units} if units else {}))
+        return out
 
     def _read(self, check: Check, now: datetime) -> Reading:
         limit = check.limit
@@ -121,12 +142,8 @@ class MemoryMeter:
     def _decide(self, plan: DebitPlan, event_id: int | None = None) -> Decision:
         """The decision on ``plan``; if admitted, it names ``event_id`` (its event's id)."""
         now = plan.now
-        read = self._read
         decision = decide(
-            plan,
-            [read(c, now) for c in plan.reads],
-            event_id,
-            self._prepaid(plan.charged, now),
+            plan, self._reads(plan.reads, now), event_id, self._prepaid(plan.charged, now)
         )
         for status in decision.shadow_blocked:
             self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
@@ -150,9 +167,21 @@ class MemoryMeter:
                 self._s.idempotency[key] = (plan.fingerprint, decision)
             return decision
 
-    def _check_bounds(self, plan: DebitPlan) -> None:
-        # Only the metrics the request carries can cross the bound: read their
+    def _check_bounds(self, plan: DebitPlan, lifetime: Counting | None = None) -> None:
+        # Only the metrics the request carries can cross the bound: their
         # lifetime counters (the ``total`` bucket of LIFETIME), not all of them.
+        # Nearly always far below it: the exact check only when one might cross.
+        if lifetime is None:
+            lifetime = self._s.shape(plan.series, plan.amounts)[1]
+        amounts = plan.amounts
+        for _, metric, dicts in lifetime:
+            headroom = MAX_UNITS - amounts[metric]
+            for buckets in dicts:
+                if buckets.get(LIFETIME_BUCKET, 0) > headroom:
+                    self._check_bounds_exactly(plan)
+                    return
+
+    def _check_bounds_exactly(self, plan: DebitPlan) -> None:
         counters = self._s.counters
         series = plan.series
         lifetime: dict[tuple[str, Metric], int] = {}
@@ -164,16 +193,17 @@ class MemoryMeter:
         check_lifetime(series, plan.amounts, lifetime)
 
     def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
-        # Before deciding, which counts shadow hits: a refused amount changes nothing.
-        self._check_bounds(plan)
         state = self._s
+        counting, lifetime = state.shape(plan.series, plan.amounts)  # the event's too
+        # Before deciding, which counts shadow hits: a refused amount changes nothing.
+        self._check_bounds(plan, lifetime)
         # Decided with the id its event will get, so the answer is built once.
         decision = self._decide(plan, state.last_event_id + 1)
         if not decision.allowed:
             return decision
         event = usage_event(plan, reservation_id, state.last_event_id + 1)
         state.append_event(event)
-        state.count(event, state.tracked)
+        state.count_into(event, counting)
         self._burn(event)
         return decision
 
@@ -317,6 +347,7 @@ class MemoryMeter:
     def rebuild(self) -> int:
         with self._lock:
             self._s.counters.clear()
+            self._s.forget_counting()
             for grant_id, grant in self._s.grants.items():
                 self._s.grants[grant_id] = replace(grant, remaining=grant.amount)
             for event in self._s.events:

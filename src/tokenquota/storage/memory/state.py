@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.bounds import LIFETIME
@@ -26,9 +26,17 @@ from tokenquota.domain.holds import HoldState, Lease, Reservation
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, counted
 from tokenquota.domain.limits import LimitKey, Rule
+from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.windows import Window
 from tokenquota.storage.base import Scope, StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
+
+_MAX_COUNTING: Final = 4_096  # shapes remembered; more (many users) start it afresh
+
+# Per tracked window of one metric: the window, the metric, and the bucket
+# dict of that (metric, window) in each series, in series order.
+Counting = list[tuple[Window, Metric, tuple[dict[int, int], ...]]]
 
 
 @dataclass
@@ -71,6 +79,12 @@ class State:
     # write under the lock, compared by every step that decides on a plan.
     config_version: str = FIRST_TOKEN
     config_versions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+    # The bucket dicts an event of one (series, metrics) shape adds to: ``shape``.
+    # Dropped whenever ``tracked`` grows or ``counters`` is emptied.
+    _counting: dict[tuple[tuple[str, ...], tuple[Metric, ...]], tuple[Counting, Counting]] = field(
+        default_factory=dict, repr=False
+    )
+    _counting_tracked: int = 0
 
     def bump_config(self) -> None:
         """A configuration write: every snapshot of the old version is stale from now."""
@@ -117,6 +131,9 @@ class State:
         """Add a usage event to the counters of ``keys`` (a backfill, a consume, a rebuild)."""
         if not event.is_usage:
             return  # a grant adds credits to spend; it is not usage
+        if keys is self.tracked:
+            self.count_into(event, self.shape(event.series, event.amounts)[0])
+            return
         counters = self.counters
         series = event.series
         # ``ledger.counted`` per series, as ``ledger.increments`` would list them,
@@ -128,6 +145,52 @@ class State:
                     counters[(subject, metric, window)] = {bucket: units}
                 else:
                     buckets[bucket] = buckets.get(bucket, 0) + units
+
+    def count_into(self, event: Event, counting: Counting) -> None:
+        """``count`` over every tracked key, into the bucket dicts ``shape`` gave for the
+        event's series and metrics: no key tuple built, looked up or skipped per series,
+        and ``ledger.counted``'s entries all the same."""
+        at, tz = event.timestamp, self.tz
+        units = dict(event.amounts.items())  # one C lookup per window, not Amounts.__getitem__
+        for window, metric, dicts in counting:
+            bucket = window.bucket_of(at, tz)
+            amount = units[metric]
+            for buckets in dicts:
+                buckets[bucket] = buckets.get(bucket, 0) + amount
+
+    def shape(self, series: tuple[str, ...], amounts: Amounts) -> tuple[Counting, Counting]:
+        """The bucket dicts an event of these series and metrics adds to, per tracked
+        window, and among them the lifetime (``total``) ones the 63-bit bound reads.
+
+        Remembered per (series, metrics): every consume of one subject counts
+        into the same dicts, which live as long as ``counters`` keeps them. A
+        dict is made empty here if its series had none yet; an empty dict reads
+        as no usage everywhere. Call it under the lock.
+        """
+        if self._counting_tracked != len(self.tracked):  # tracked only ever grows
+            self._counting.clear()
+            self._counting_tracked = len(self.tracked)
+        key = (series, tuple(amounts))
+        found = self._counting.get(key)
+        if found is not None:
+            return found
+        counters = self.counters
+        made: Counting = []
+        for tracked in self.tracked:
+            window, metric = tracked.window, tracked.metric
+            if window is None or metric not in amounts:
+                continue
+            name = metric._value_
+            dicts = tuple(counters.setdefault((s, name, window.key), {}) for s in series)
+            made.append((window, metric, dicts))
+        if len(self._counting) >= _MAX_COUNTING:
+            self._counting.clear()
+        found = self._counting[key] = (made, [e for e in made if e[0].is_total])
+        return found
+
+    def forget_counting(self) -> None:
+        """Drop the remembered bucket dicts: call it whenever ``counters`` is emptied."""
+        self._counting.clear()
 
     def counter(self, key: CounterKey) -> int:
         subject, metric, window, bucket = key

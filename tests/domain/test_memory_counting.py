@@ -1,0 +1,43 @@
+"""The memory meter's remembered bucket dicts count what a replay of the ledger counts.
+
+``State.shape`` keeps, per (series, metrics), the very dicts of ``counters``
+an event adds to. A rebuild empties ``counters`` and a new limit's window
+grows ``tracked``; after either, the next consumes must land in the live
+dicts: the usage counted as they happen equals the usage a rebuild
+recounts from the ledger.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import tokenquota
+from tokenquota import FrozenClock
+
+
+def test_live_counters_match_a_rebuild_across_rebuilds_and_new_windows() -> None:
+    clock = FrozenClock(datetime(2026, 3, 28, 22, 50, tzinfo=UTC))
+    quota = tokenquota.open("memory://", clock=clock)
+    quota.set_parents("user:alice", ["company:acme"])
+    quota.set_limit("user:alice", "tokens", "hour", 10**9)
+    quota.set_limit("company:acme", "tokens", "month", 10**9)
+
+    def consume(times: int) -> None:
+        for i in range(times):
+            quota.consume("user:alice", tokens=10 + i, requests=1)
+            quota.consume("user:bob", tokens=7)  # another shape, no ancestors
+            clock.advance(minutes=13)
+
+    def counted_live_equals_replayed() -> None:
+        live = [quota.usage(s, include_ancestors=True) for s in ("user:alice", "user:bob")]
+        quota.rebuild()
+        assert [quota.usage(s, include_ancestors=True) for s in ("user:alice", "user:bob")] == live
+
+    consume(5)
+    counted_live_equals_replayed()
+    consume(5)  # into the dicts the rebuild made, not the ones it dropped
+    counted_live_equals_replayed()
+    quota.set_limit("user:alice", "tokens", "rolling:1h", 10**9)  # tracked grows
+    quota.set_limit("user:bob", "requests", "day", 10**9)
+    consume(5)
+    counted_live_equals_replayed()
