@@ -31,7 +31,7 @@ REF = sa.String(161)
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _columns(table: str) -> list[sa.SchemaItem]:
+def _columns(table: str) -> list[sa.schema.SchemaItem]:
     # As 0001 created them; written out so the migration means the same forever.
     if table == "counters":
         return [
