@@ -26,8 +26,8 @@ RUN python3 -m venv /opt/tokenquota \
 
 FROM ${BASE} AS runtime
 # A fixed uid, so a bind-mounted /data can be chowned to it ahead of time.
-RUN groupadd --system --gid 10001 tokenquota \
- && useradd --system --uid 10001 --gid tokenquota --home-dir /data --no-create-home \
+RUN groupadd --gid 10001 tokenquota \
+ && useradd --uid 10001 --gid tokenquota --home-dir /data --no-create-home \
       --shell /usr/sbin/nologin tokenquota \
  && mkdir -p /data && chown tokenquota:tokenquota /data
 COPY --from=build /opt/tokenquota /opt/tokenquota

@@ -14,7 +14,7 @@ scripts/image/tools.sh
 TOKENQUOTA_IMAGE_BASE=$base scripts/image/base.sh
 scripts/image/wheelhouse.sh "$wheels"
 # --format docker keeps the HEALTHCHECK (the OCI format has no field for it).
-podman build --format docker --network none \
+scripts/image/podman.sh build --format docker --network none \
     --build-arg "BASE=$base" \
     --build-arg "PIP_ARGS=--no-index --find-links /wheelhouse" \
     --volume "$wheels:/wheelhouse:ro" \

@@ -14,12 +14,12 @@ if ! present; then
         echo "tools: installing podman and debootstrap from Debian's packages" >&2
         export DEBIAN_FRONTEND=noninteractive
         apt-get -o DPkg::Lock::Timeout=600 update -qq >&2 \
-            && apt-get -o DPkg::Lock::Timeout=600 install -y -qq podman debootstrap >&2
+            && apt-get -o DPkg::Lock::Timeout=600 install -y -qq podman runc debootstrap >&2
     fi
 fi
 if ! present; then
     echo "podman and debootstrap are not installed, and could not be installed here" \
-        "(needs root and apt-get: apt-get install podman debootstrap)" >&2
+        "(needs root and apt-get: apt-get install podman runc debootstrap)" >&2
     exit 3
 fi
 if ! out=$(podman info 2>&1 >/dev/null); then

@@ -17,9 +17,11 @@ if [[ "$version" != 3.11 ]]; then
 fi
 mkdir -p "$dir"
 # hatchling and its own requirements: pip builds the tokenquota wheel inside the
-# image in an isolated environment that can only look here.
+# image in an isolated environment that can only look here. async-timeout: redis
+# needs it below Python 3.11.3, and bookworm's is 3.11.2, while the host's pip
+# resolves markers for the host's own (newer) 3.11.
 "$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$dir" \
-    ".[postgres,redis]" hatchling
+    ".[postgres,redis]" hatchling "async-timeout>=4.0.3"
 # The project's own wheel is built inside the image from the copied source.
 rm -f "$dir"/tokenquota-*.whl
 echo "wheelhouse: $(ls "$dir" | wc -l) wheels in $dir"

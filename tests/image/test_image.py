@@ -46,8 +46,9 @@ def _unavailable(reason: str) -> NoReturn:
 
 
 def _podman(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    # The wrapper picks the runtime and resource limits this machine allows.
     return subprocess.run(
-        ["podman", *args], capture_output=True, text=True, timeout=timeout, check=False
+        [SCRIPTS / "podman.sh", *args], capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
