@@ -26,6 +26,8 @@ from typing import NoReturn
 import httpx
 import pytest
 
+from tests.services import fresh_redis_prefix, require_postgres
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPTS = ROOT / "scripts" / "image"
 TAG = os.environ.get("TOKENQUOTA_IMAGE_TAG", "localhost/tokenquota:test")
@@ -106,13 +108,22 @@ class Running:
             time.sleep(0.25)
 
 
-def _run(image: str, volume: str) -> Running:
+def _run(image: str, volume: str, env: dict[str, str] | None = None) -> Running:
+    """Start the image on ``volume``: its port published on loopback, or, given
+    ``env``, on the host's network (to reach the host's PostgreSQL and Redis) at a
+    free loopback port of its own."""
     name = f"tokenquota-test-{uuid.uuid4().hex[:10]}"
     port = _free_port()
+    if env is None:
+        where = ["--publish", f"127.0.0.1:{port}:8000"]
+        command: list[str] = []
+    else:
+        env = {**env, "TOKENQUOTA_PORT": str(port)}
+        where = ["--network", "host", *(f"--env={k}={v}" for k, v in env.items())]
+        command = ["serve", "--host", "127.0.0.1"]
     started = _podman(
-        "run", "--detach", "--name", name, "--publish", f"127.0.0.1:{port}:8000",
-        "--volume", f"{volume}:/data", image,
-    )  # fmt: skip
+        "run", "--detach", "--name", name, *where, "--volume", f"{volume}:/data", image, *command
+    )
     assert started.returncode == 0, started.stderr
     return Running(name=name, volume=volume, url=f"http://127.0.0.1:{port}")
 
@@ -126,11 +137,12 @@ def volume(image: str) -> Iterator[str]:
 
 @pytest.fixture
 def containers(image: str, volume: str) -> Iterator[list[Running]]:
-    """Containers started by the test on one volume, removed (with it) afterwards."""
+    """Containers the test starts, removed with their volumes afterwards."""
     started: list[Running] = []
     yield started
     for running in started:
         _podman("rm", "--force", "--time", "5", running.name)
+        _podman("volume", "rm", "--force", running.volume)
 
 
 def _stop(running: Running) -> None:
@@ -186,3 +198,41 @@ def test_the_image_serves_health_and_a_consume(
         )
         assert over.status_code == 429, over.text
     _stop(second)
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    yield from fresh_redis_prefix()
+
+
+def test_two_replicas_share_postgresql_and_redis(
+    image: str, volume: str, containers: list[Running], redis_url: str
+) -> None:
+    """compose.yaml's shape on the host's own servers: two replicas of the image on
+    one (new, so both migrate it at once) PostgreSQL database and one Redis keyspace;
+    what one admits, the other counts."""
+    env = {"TOKENQUOTA_DB": require_postgres(), "TOKENQUOTA_REDIS": redis_url}
+    replicas = [_run(image, volume, env), _run(image, f"{volume}-2", env)]
+    containers.extend(replicas)
+    for replica in replicas:
+        replica.wait_healthy()
+    admin = replicas[0].exec("tokenquota", "keys", "create", "--role", "admin", "--quiet")
+    service = replicas[1].exec("tokenquota", "keys", "create", "--role", "service", "--quiet")
+    with httpx.Client(timeout=10.0) as http:
+        limits = http.put(
+            f"{replicas[1].url}/v1/subjects/company:acme/limits",
+            headers={"Authorization": f"Bearer {admin}"},
+            json={"limits": [{"metric": "tokens", "window": "day", "limit": 1000}]},
+        )
+        assert limits.status_code == 200, limits.text
+        body = {"subject": "company:acme", "amounts": {"tokens": 600}}
+        first = http.post(
+            f"{replicas[0].url}/v1/consume", headers={"X-API-Key": service}, json=body
+        )
+        assert first.status_code == 200, first.text
+        second = http.post(
+            f"{replicas[1].url}/v1/consume", headers={"X-API-Key": service}, json=body
+        )
+        assert second.status_code == 429, second.text
+    for replica in replicas:
+        _stop(replica)
