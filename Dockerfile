@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The tokenquota HTTP service: the wheel built in one stage, installed into a venv
 # that the slim runtime stage copies, run as a user without privileges.
 #

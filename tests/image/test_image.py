@@ -211,7 +211,10 @@ def test_two_replicas_share_postgresql_and_redis(
     """compose.yaml's shape on the host's own servers: two replicas of the image on
     one (new, so both migrate it at once) PostgreSQL database and one Redis keyspace;
     what one admits, the other counts."""
-    env = {"TOKENQUOTA_DB": require_postgres(), "TOKENQUOTA_REDIS": redis_url}
+    # The plain postgresql:// scheme compose.yaml uses: the image's SQLAlchemy
+    # must pick psycopg 3 for it by itself.
+    database = require_postgres().replace("postgresql+psycopg://", "postgresql://", 1)
+    env = {"TOKENQUOTA_DB": database, "TOKENQUOTA_REDIS": redis_url}
     replicas = [_run(image, volume, env), _run(image, f"{volume}-2", env)]
     containers.extend(replicas)
     for replica in replicas:
