@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint typecheck pytest bench bench-hot bench-size bench-group clean fuzz client
+.PHONY: install demo serve test lint typecheck pytest bench bench-hot bench-size bench-group clean fuzz client image-test
 
 install: $(STAMP)
 
@@ -74,3 +74,10 @@ bench-size: install
 # Group commit on SQLite and PostgreSQL at 1, 8 and 64 callers, on against off (a table; a minute or two).
 bench-group: install
 	$(BIN)/python -m bench.bench_group_commit
+
+# Builds the Dockerfile with podman on a Debian base made here (no image registry
+# answers from these machines), runs it, asks /healthz and makes one consume
+# (docs/deploy.md). The first run pays a few minutes for debootstrap; the base is
+# kept in .cache/image/. Not part of `make test`; .ci/run runs it after.
+image-test: install
+	TOKENQUOTA_IMAGE_TEST=1 $(BIN)/pytest -n 0 -p no:cacheprovider tests/image -q $(PYTEST_ARGS)
