@@ -30,6 +30,7 @@ from tokenquota.engine.keycache import MISS
 
 _BOOTSTRAP_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _BOOTSTRAP = ApiKey("bootstrap", Role.ADMIN, None, "TOKENQUOTA_ADMIN_KEY", _BOOTSTRAP_EPOCH)
+BOOTSTRAP_KEY = _BOOTSTRAP  # the caller that presents TOKENQUOTA_ADMIN_KEY (http.fastpath too)
 
 
 async def get_quota(request: Request) -> Quota:
