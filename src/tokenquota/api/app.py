@@ -104,6 +104,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+    app.state.key_lookups = auth.KeyLookups()
     metrics = app.state.metrics = Metrics()
     errors.install(app)
     app.add_exception_handler(405, _method_not_allowed)
@@ -281,7 +282,9 @@ class Door:
             return message
 
         started = time.perf_counter()
-        answered = None  # the path, when the fast path answered it (no route object then)
+        answered: str | None = (
+            None  # the path, when the fast path answered it (no route object then)
+        )
         try:
             try:
                 fast = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
@@ -293,7 +296,7 @@ class Door:
                     source = rest
                 await self.app(scope, limited, send)
             finally:
-                route = answered or getattr(scope.get("route"), "path", "unmatched")
+                route = answered or str(getattr(scope.get("route"), "path", "unmatched"))
                 self.metrics.timed(route, scope["method"], time.perf_counter() - started)
         except _TooLarge:
             # Only when the body was read outside a route (a route's exception

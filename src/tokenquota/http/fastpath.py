@@ -8,17 +8,19 @@ every route, solving dependencies, a body field validated through its
 request itself, but only when nothing about it can be an error the framework
 would have answered:
 
-- a JSON ``Content-Type`` (exactly ``application/json``), an API key the key
-  cache vouches for without the store (or the bootstrap key), a whole body
-  within the cap;
+- a JSON ``Content-Type`` (exactly ``application/json``), an API key, a
+  whole body within the cap;
 - a body that ``json.loads`` (what Starlette's ``Request.json`` runs) reads
   as an object and the route's own pydantic model accepts, validated the way
-  FastAPI validates a lone body model (python mode, from the parsed object).
+  FastAPI validates a lone body model (python mode, from the parsed object);
+- then, in FastAPI's order, a key ``Authenticate`` accepts (the bootstrap
+  key, or ``KeyLookups``: the key cache, else the one store lookup in flight).
 
 Anything else goes the usual way, with the body already read handed on
-unchanged (``Replay``), so every refusal (401, 413, 415-like content types,
+unchanged (``Replay``), so every refusal (401, 413, other content types,
 422 and its field names) is the one the framework gives; nothing on this side
-has any effect before that point, so declining is always safe. Once a
+has any effect before that point but a key lookup, which the usual path would
+make anyway, so declining is always safe. Once a
 request is taken, the route's own handler runs on its lane, and an exception
 it raises is answered by the app's exception handlers, looked up as
 Starlette's ``ExceptionMiddleware`` looks them up; one without a handler
@@ -43,9 +45,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tokenquota.domain.keys import ApiKey
-from tokenquota.engine import Quota
-from tokenquota.engine.keycache import MISS
-from tokenquota.http.auth import BOOTSTRAP_KEY
+from tokenquota.http.auth import BOOTSTRAP_KEY, KeyLookups
 from tokenquota.http.capacity import Threads
 
 Handler = Callable[[Any, Request, ApiKey], Response]
@@ -74,15 +74,16 @@ class Replay:
         return await self.receive()
 
 
-def caller_of(scope: Scope, app_state: Any) -> ApiKey | None:
-    """The caller when it is settled without the store and valid; else None (ask the
-    usual path, which answers every other case exactly as it always has).
+def presented_of(scope: Scope) -> str | None:
+    """The key a JSON request presents, read as ``auth.presented_key`` reads it; None
+    when there is none or the body is not declared as exactly ``application/json``.
 
     The headers are read as Starlette's ``Headers.get`` reads them: the first of
-    each name, latin-1; ``presented_key``'s rules, including Authorization
-    taking precedence over X-API-Key.
+    each name, latin-1; Authorization, when sent, wins over X-API-Key.
     """
-    authorization = api_key = content_type = None
+    authorization: bytes | None = None
+    api_key: bytes | None = None
+    content_type: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"authorization":
             authorization = authorization if authorization is not None else value
@@ -94,19 +95,20 @@ def caller_of(scope: Scope, app_state: Any) -> ApiKey | None:
         return None
     if authorization:
         scheme, _, rest = authorization.decode("latin-1").partition(" ")
-        presented = rest.strip()
+        presented: str = rest.strip()
         if scheme.lower() not in ("bearer", "token") or not presented:
             return None
-    elif api_key:
-        presented = api_key.decode("latin-1")
-    else:
-        return None
+        return presented
+    return api_key.decode("latin-1") if api_key else None
+
+
+async def caller_of(presented: str, app_state: Any) -> ApiKey | None:
+    """The caller ``Authenticate`` would find, or None where it would answer 401."""
     bootstrap: str | None = app_state.admin_key
     if bootstrap and hmac.compare_digest(presented.encode(), bootstrap.encode()):
         return BOOTSTRAP_KEY
-    quota: Quota = app_state.quota
-    found = quota.keys.answer(presented)
-    return None if found is MISS or found is None else found
+    lookups: KeyLookups = app_state.key_lookups
+    return await lookups.caller(app_state.quota, presented)
 
 
 async def read_body(receive: Receive, max_bytes: int) -> tuple[bytes | None, list[Message]]:
@@ -187,9 +189,8 @@ async def serve(
 ) -> Receive | None:
     """Answer the request here and return None, or return the ``receive`` the
     usual path must be called with (the body read so far, replayed)."""
-    starlette_app: Any = scope["app"]
-    caller = caller_of(scope, starlette_app.state)
-    if caller is None:
+    presented = presented_of(scope)
+    if presented is None:
         return receive
     body, messages = await read_body(receive, max_bytes)
     if body is None:
@@ -197,8 +198,13 @@ async def serve(
     model = parsed(fast.model, body)
     if model is None:
         return Replay(messages, receive)
+    # Only now, as FastAPI does: a body it cannot read is a 422 whatever the key.
+    starlette_app: Any = scope["app"]
     request = Request(scope, receive, send)
     try:
+        caller = await caller_of(presented, starlette_app.state)
+        if caller is None:  # the usual path answers 401, as it always has
+            return Replay(messages, receive)
         response = await fast.threads.run(functools.partial(fast.handler, model, request, caller))
     except Exception as exc:
         response = await handled(exc, request, starlette_app.exception_handlers)
