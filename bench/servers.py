@@ -1,8 +1,10 @@
 """The HTTP services the rows load: ``tokenquota serve`` and the bare FastAPI floor.
 
 Both run as subprocesses on a free loopback port under uvicorn with the same
-number of workers and uvicorn's defaults (httptools and uvloop when
-installed, the access log on), so the only difference is the app.
+number of workers, httptools and uvloop (uvicorn's choice when installed) and
+no access log (``serve``'s default; the bare endpoint is told
+``--no-access-log`` so the floor does not pay for a log line the service
+does not write), so the only difference is the app.
 """
 
 from __future__ import annotations
@@ -98,11 +100,12 @@ def served(db: str, redis: str | None, logs: Path, workers: int = WORKERS) -> It
 
 @contextmanager
 def bare(logs: Path, workers: int = WORKERS) -> Iterator[Endpoint]:
-    """The bare FastAPI endpoint (bench/bare_app.py) under uvicorn, as ``serve`` runs it."""
+    """The bare FastAPI endpoint (bench/bare_app.py) under uvicorn, as ``serve`` runs it
+    (its defaults: no access log)."""
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "bench.bare_app:create", "--factory"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    command += ["--app-dir", str(ROOT)]
+    command += ["--app-dir", str(ROOT), "--no-access-log"]
     with process(command, dict(os.environ), logs, port):
         yield Endpoint(f"http://127.0.0.1:{port}/v1/consume", {})
 

@@ -25,10 +25,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokenquota
 from tokenquota.api.routes import admin, grants, health, holds, metering, reads, resources
+from tokenquota.api.schemas import CheckIn, ConsumeIn
 from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
-from tokenquota.http import auth, errors
+from tokenquota.http import auth, errors, fastpath
 from tokenquota.http.capacity import (
     RETRY_AFTER_SECONDS,
     Capacity,
@@ -104,6 +105,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.admin_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+    app.state.key_lookups = auth.KeyLookups()
     metrics = app.state.metrics = Metrics()
     errors.install(app)
     app.add_exception_handler(405, _method_not_allowed)
@@ -116,7 +118,13 @@ def create_app(
     capacity = Capacity.of(
         settings.decision_threads, settings.read_threads, settings.heavy_reads_per_key
     )
-    app.add_middleware(Door, capacity=capacity, max_bytes=settings.max_body_bytes, metrics=metrics)
+    fast = {
+        "/v1/consume": fastpath.FastRoute(ConsumeIn, metering.decide_consume, capacity.decisions),
+        "/v1/check": fastpath.FastRoute(CheckIn, metering.decide_check, capacity.decisions),
+    }
+    app.add_middleware(
+        Door, capacity=capacity, max_bytes=settings.max_body_bytes, metrics=metrics, fast=fast
+    )
     app.state.capacity = capacity
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app
@@ -224,13 +232,24 @@ class Door:
       bytes read pass the cap.
     - Latency per route template, for /metrics; a body refused for its
       Content-Length is not timed (no route ever saw it).
+    - The hot routes' short way (``http.fastpath``): ``POST`` to one of ``fast``
+      is answered there when it is well formed and its key is cached; anything
+      else goes on to FastAPI with its body replayed.
     """
 
-    def __init__(self, app: ASGIApp, capacity: Capacity, max_bytes: int, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        capacity: Capacity,
+        max_bytes: int,
+        metrics: Metrics,
+        fast: dict[str, fastpath.FastRoute] | None = None,
+    ) -> None:
         self.app = app
         self.capacity = capacity
         self.max_bytes = max_bytes
         self.metrics = metrics
+        self.fast = fast or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = serving(self.capacity)
@@ -252,10 +271,11 @@ class Door:
             return
         seen = 0
         max_bytes = self.max_bytes
+        source = receive  # or, when the fast path declined, what it read replayed first
 
         async def limited() -> Message:
             nonlocal seen
-            message = await receive()
+            message = await source()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > max_bytes:
@@ -263,16 +283,22 @@ class Door:
             return message
 
         started = time.perf_counter()
+        answered: str | None = (
+            None  # the path, when the fast path answered it (no route object then)
+        )
         try:
             try:
+                fast = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
+                if fast is not None:
+                    rest = await fastpath.serve(fast, self.max_bytes, scope, receive, send)
+                    if rest is None:
+                        answered = scope["path"]
+                        return
+                    source = rest
                 await self.app(scope, limited, send)
             finally:
-                route = scope.get("route")
-                self.metrics.timed(
-                    getattr(route, "path", "unmatched"),
-                    scope["method"],
-                    time.perf_counter() - started,
-                )
+                route = answered or str(getattr(scope.get("route"), "path", "unmatched"))
+                self.metrics.timed(route, scope["method"], time.perf_counter() - started)
         except _TooLarge:
             # Only when the body was read outside a route (a route's exception
             # handlers answer it themselves, in the same shape).

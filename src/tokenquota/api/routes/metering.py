@@ -105,6 +105,11 @@ def decision_response(
 )
 @runs_on("decisions")
 def check(body: CheckIn, request: Request, caller: Caller) -> JSONResponse:
+    return decide_check(body, request, caller)
+
+
+def decide_check(body: CheckIn, request: Request, caller: ApiKey) -> JSONResponse:
+    """The route's work, on a decision thread; ``http.fastpath`` calls it too."""
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
     decision = engine(request).check(
@@ -133,6 +138,11 @@ def check(body: CheckIn, request: Request, caller: Caller) -> JSONResponse:
 )
 @runs_on("decisions")
 def consume(body: ConsumeIn, request: Request, caller: Caller) -> JSONResponse:
+    return decide_consume(body, request, caller)
+
+
+def decide_consume(body: ConsumeIn, request: Request, caller: ApiKey) -> JSONResponse:
+    """The route's work, on a decision thread; ``http.fastpath`` calls it too."""
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
     decision = engine(request).consume(
