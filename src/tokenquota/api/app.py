@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import anyio.to_thread
@@ -28,6 +29,7 @@ from tokenquota.api.routes import admin, grants, health, holds, metering, reads,
 from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
+from tokenquota.engine.retention import start_pruning
 from tokenquota.http import auth, errors
 from tokenquota.http.capacity import (
     RETRY_AFTER_SECONDS,
@@ -86,9 +88,12 @@ def create_app(
             quota if quota is not None else await anyio.to_thread.run_sync(_open, settings, clock)
         )
         app.state.quota = opened
+        app.state.pruning = start_pruning(opened, **settings.pruning())
         try:
             yield
         finally:
+            if app.state.pruning is not None:
+                await anyio.to_thread.run_sync(app.state.pruning.close)
             # The lanes first: a call still running ends before its store is closed.
             await anyio.to_thread.run_sync(capacity.close)
             if quota is None:
@@ -197,6 +202,7 @@ def _open(settings: Settings, clock: Clock | None) -> Quota:
         on_store_error=settings.on_store_error,
         spool=settings.spool,
         key_cache_seconds=settings.key_cache_seconds,
+        retention=timedelta(days=settings.retention_days),
     )
 
 

@@ -1,0 +1,110 @@
+"""Pruning the memory backend: the reference every other pruner is compared with.
+
+Each batch takes the state's one lock for at most ``batch`` records examined
+(series of counters, answers, reservations, leases), so a decision waits at
+most one batch. Keys are listed under the lock and re-read under it when
+their batch runs: what a decision added in between is judged afresh.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from tokenquota.domain.retention import Cutoffs
+from tokenquota.storage.memory.state import State
+
+K = TypeVar("K")
+
+
+class MemoryPruner:
+    def __init__(self, state: State) -> None:
+        self._s = state
+
+    def prune(self, cutoffs: Cutoffs, batch: int) -> Iterator[tuple[str, int]]:
+        steps: dict[str, Callable[[Cutoffs, int], Iterator[int]]] = {
+            "counters": self._counters,
+            "idempotency": self._idempotency,
+            "reservations": self._reservations,
+            "leases": self._leases,
+        }
+        for kind in cutoffs.kinds:
+            for removed in steps[kind](cutoffs, batch):
+                yield kind, removed
+
+    def _batches(self, keys: Callable[[], Sequence[K]], batch: int) -> Iterator[Sequence[K]]:
+        with self._s.lock:
+            listed = list(keys())
+        for start in range(0, len(listed), batch):
+            yield listed[start : start + batch]
+
+    def _counters(self, cutoffs: Cutoffs, batch: int) -> Iterator[int]:
+        cut = cutoffs.counters
+        for keys in self._batches(lambda: [k for k in self._s.counters if k[2] in cut], batch):
+            removed = 0
+            with self._s.lock:
+                for key in keys:
+                    buckets = self._s.counters.get(key)
+                    if buckets is None:
+                        continue
+                    old = [b for b in buckets if b < cut[key[2]]]
+                    for bucket in old:
+                        del buckets[bucket]
+                    removed += len(old)
+                    if not buckets:
+                        del self._s.counters[key]
+            yield removed
+
+    def _recorded_at(self, event_id: int | None) -> datetime | None:
+        """When the event an answer charged was recorded (events are numbered from 1)."""
+        events = self._s.events
+        if event_id is None or not 0 < event_id <= len(events):
+            return None
+        event = events[event_id - 1]
+        return event.recorded_at if event.id == event_id else None
+
+    def _idempotency(self, cutoffs: Cutoffs, batch: int) -> Iterator[int]:
+        for keys in self._batches(lambda: list(self._s.idempotency), batch):
+            removed = 0
+            with self._s.lock:
+                for key in keys:
+                    found = self._s.idempotency.get(key)
+                    if found is None:
+                        continue
+                    at = self._recorded_at(found[1].event_id)
+                    if at is not None and at < cutoffs.idempotency:
+                        del self._s.idempotency[key]
+                        removed += 1
+            yield removed
+
+    def _reservations(self, cutoffs: Cutoffs, batch: int) -> Iterator[int]:
+        for ids in self._batches(lambda: list(self._s.reservations), batch):
+            removed = 0
+            with self._s.lock:
+                for rid in ids:
+                    r = self._s.reservations.get(rid)
+                    # A settled one is judged by its expiry too: when it settled is not kept,
+                    # and it settled before it expired.
+                    if r is not None and r.expires_at < cutoffs.holds:
+                        del self._s.reservations[rid]
+                        self._s.held.pop(rid, None)
+                        removed += 1
+            yield removed
+
+    def _leases(self, cutoffs: Cutoffs, batch: int) -> Iterator[int]:
+        for ids in self._batches(lambda: list(self._s.leases), batch):
+            removed = 0
+            with self._s.lock:
+                for lid in ids:
+                    lease = self._s.leases.get(lid)
+                    if lease is None:
+                        continue
+                    ended = lease.released_at or lease.expires_at
+                    if min(ended, lease.expires_at) < cutoffs.holds:
+                        del self._s.leases[lid]
+                        removed += 1
+            yield removed
+
+
+__all__ = ["MemoryPruner"]
