@@ -40,20 +40,27 @@ class MemoryPruner:
             yield listed[start : start + batch]
 
     def _counters(self, cutoffs: Cutoffs, batch: int) -> Iterator[int]:
+        # At most ``batch`` buckets removed and ``batch`` series looked at per lock hold.
         cut = cutoffs.counters
-        for keys in self._batches(lambda: [k for k in self._s.counters if k[2] in cut], batch):
-            removed = 0
+        with self._s.lock:
+            listed = [k for k in self._s.counters if k[2] in cut]
+        at = 0
+        while at < len(listed):
+            removed = looked = 0
             with self._s.lock:
-                for key in keys:
-                    buckets = self._s.counters.get(key)
-                    if buckets is None:
-                        continue
+                while at < len(listed) and removed < batch and looked < batch:
+                    key = listed[at]
+                    looked += 1
+                    buckets = self._s.counters.get(key, {})
                     old = [b for b in buckets if b < cut[key[2]]]
-                    for bucket in old:
+                    room = batch - removed
+                    for bucket in old[:room]:
                         del buckets[bucket]
-                    removed += len(old)
-                    if not buckets:
-                        del self._s.counters[key]
+                    removed += min(len(old), room)
+                    if len(old) <= room:  # this series is done
+                        at += 1
+                        if not buckets:
+                            self._s.counters.pop(key, None)
             yield removed
 
     def _recorded_at(self, event_id: int | None) -> datetime | None:

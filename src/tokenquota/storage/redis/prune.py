@@ -86,7 +86,8 @@ class RedisPruner:
                 if first is None:
                     continue
                 old: list[str] = []
-                for field in self.redis.hscan_iter(name, count=batch, no_values=True):
+                # Values come along: HSCAN's NOVALUES needs Redis 7.4.
+                for field, _ in self.redis.hscan_iter(name, count=batch):
                     if int(_text(field)) < first:
                         old.append(_text(field))
                         if len(old) >= batch:
@@ -134,7 +135,9 @@ class RedisPruner:
                 while True:
                     removed = int(call(lambda keys=keys: self._holds(keys=keys, args=[cut, batch])))
                     if removed:
-                        yield removed
+                        # A batch done, but no record: entries belong to the records counted
+                        # below, as SQL's hold rows belong to their reservations.
+                        yield 0
                     if removed < batch:
                         break
 

@@ -65,11 +65,11 @@ class SqlPruner:
 
     def _counters(self, cutoffs: Cutoffs, batch: int) -> Iterator[int]:
         c = t.counters.c
+        if not cutoffs.counters:
+            return
         old = sa.or_(
             *(sa.and_(c.window == w, c.bucket < first) for w, first in cutoffs.counters.items())
         )
-        if not cutoffs.counters:
-            return
         pk = [c.subject, c.metric, c.window, c.bucket]
         yield from self._walk(
             t.counters,

@@ -1,0 +1,191 @@
+"""Retention (issue 14 part 4) on every backend: pruning removes only what no answer reads.
+
+After a pass, usage, history, idempotent replays within the horizon and a
+rebuild answer exactly as before it, while old buckets, old answers and
+ended holds are gone, batch by batch, each batch within its bound.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from tokenquota import Quota
+from tokenquota.domain.clock import FrozenClock
+from tokenquota.domain.errors import NotFound
+from tokenquota.domain.retention import MIN_IDEMPOTENCY, Horizons
+from tokenquota.domain.views import Reserved
+from tokenquota.domain.windows import Window
+from tokenquota.engine.retention import Retention
+from tokenquota.storage.redis.prune import counter_window
+from tokenquota.storage.redis.store import RedisStore
+from tests.conftest import QuotaFactory
+
+RETENTION = timedelta(days=30)
+LIMITS = [
+    {"metric": "tokens", "window": w, "limit": 1_000_000}
+    for w in ("minute", "hour", "day", "month", "rolling:1h", "rolling:30d", "total")
+]
+
+
+def settle(quota: Quota) -> None:
+    """Redis: the ledger reaches SQL (where answers are aged from) as the mover would."""
+    if isinstance(quota.store, RedisStore):
+        quota.store.flush()
+
+
+def snapshot(quota: Quota) -> dict[str, Any]:
+    """Every answer pruning must not change."""
+    now = quota.clock.now()
+    usage = quota.usage("user:ann", include_ancestors=True)
+    return {
+        "usage": usage,
+        "history": quota.history(
+            "company:acme", start=now - RETENTION, end=now, granularity="hour"
+        ),
+        "all_history": quota.history("user:ann", granularity="day"),
+        "events": quota.events(subject="company:acme", offset=0, limit=1000).total,
+    }
+
+
+def rid(reserved: Reserved) -> str:
+    assert reserved.reservation is not None
+    return reserved.reservation.id
+
+
+def fill(quota: Quota, clock: FrozenClock) -> list[tuple[str, dict[str, int]]]:
+    """Usage, answers and holds spread over 45 days; returns the recent keys and amounts."""
+    quota.put_subject("user:ann", parents=["company:acme"])
+    quota.set_limits("company:acme", LIMITS)
+    quota.set_limits("user:ann", LIMITS)
+    recent: list[tuple[str, dict[str, int]]] = []
+    for day in range(45):
+        for n in range(3):
+            key = f"k{day}-{n}"
+            amounts = {"tokens": 10 + day + n}
+            assert quota.consume("user:ann", amounts, idempotency_key=key).allowed
+            if day >= 43:
+                recent.append((key, amounts))
+            clock.advance(timedelta(minutes=7))
+        reservation = quota.reserve("user:ann", {"tokens": 5}, ttl=60)
+        if day % 2:
+            quota.commit(rid(reservation), {"tokens": 4})
+        elif day % 3:
+            quota.release(rid(reservation))  # else: left to expire
+        lease = quota.acquire("user:ann", ttl=30).lease
+        assert lease is not None
+        if day % 2:
+            quota.release_lease(lease.id)
+        clock.advance(timedelta(days=1) - timedelta(minutes=21))
+    # one back-dated record well inside the horizon: its day bucket must stay
+    quota.consume(
+        "user:ann", {"tokens": 7}, mode="record", timestamp=clock.now() - timedelta(days=20)
+    )
+    settle(quota)
+    return recent
+
+
+def test_pruning_changes_no_answer_and_removes_what_none_reads(
+    make_quota: QuotaFactory, clock: FrozenClock
+) -> None:
+    quota = make_quota(retention=RETENTION)
+    recent = fill(quota, clock)
+    old_hold = quota.reserve("user:ann", {"tokens": 1}, ttl=1)
+    clock.advance(timedelta(seconds=2))
+    before = snapshot(quota)
+    backdated = clock.now() - timedelta(days=29)
+    check_before = quota.check("user:ann", {"tokens": 1}, timestamp=backdated)
+
+    retention = Retention(
+        quota, Horizons(backdate=RETENTION, idempotency=2 * MIN_IDEMPOTENCY), batch=7
+    )
+    batches = list(retention.batches())
+    removed = Counter[str]()
+    for kind, count in batches:
+        assert 0 <= count <= 7, (kind, count)  # every batch within its bound
+        removed[kind] += count
+    assert removed["counters"] > 50  # minute, hour, day and rolling buckets of weeks ago
+    assert removed["idempotency"] >= 3 * 40  # answers older than 48 h (and the grace)
+    assert removed["reservations"] >= 35  # ended more than 7 days ago
+    assert removed["leases"] >= 35
+    assert len(batches) > 4
+
+    assert snapshot(quota) == before
+    assert quota.check("user:ann", {"tokens": 1}, timestamp=backdated) == check_before
+    # The hold that just expired is kept (within the holds horizon): its state still reads.
+    assert quota.get_reservation(rid(old_hold)).id == rid(old_hold)
+
+    # Replays within the horizon answer the first call and charge nothing.
+    for key, amounts in recent:
+        replay = quota.consume("user:ann", amounts, idempotency_key=key)
+        assert replay.replayed and replay.allowed
+    assert snapshot(quota) == before
+
+    # A second pass finds nothing left to remove.
+    assert sum(n for _, n in retention.batches()) == 0
+
+    # Rebuild recomputes from the ledger (kept whole) and agrees.
+    quota.rebuild()
+    assert snapshot(quota) == before
+    assert quota.check("user:ann", {"tokens": 1}, timestamp=backdated) == check_before
+
+
+def test_ended_holds_go_after_their_horizon(make_quota: QuotaFactory, clock: FrozenClock) -> None:
+    quota = make_quota(retention=RETENTION)
+    held = quota.reserve("user:bo", {"tokens": 5}, ttl=60)
+    released = quota.reserve("user:bo", {"tokens": 5}, ttl=60)
+    quota.release(rid(released))
+    lease = quota.acquire("user:bo", ttl=60).lease
+    assert lease is not None
+    settle(quota)
+    h = Horizons(backdate=RETENTION, holds=timedelta(hours=1), grace=timedelta(0))
+    retention = Retention(quota, h)
+    clock.advance(timedelta(minutes=30))  # ended within the horizon: kept
+    assert retention.run().removed["reservations"] == 0
+    assert quota.get_reservation(rid(held)).state.value == "held"
+    clock.advance(timedelta(hours=1))
+    report = retention.run()
+    assert report.removed["reservations"] == 2 and report.removed["leases"] == 1
+    assert report.complete
+    for gone in (rid(held), rid(released)):
+        with pytest.raises(NotFound):
+            quota.get_reservation(gone)
+    with pytest.raises(NotFound):
+        quota.get_lease(lease.id)
+
+
+def test_a_run_stops_at_its_bound_and_the_next_goes_on(
+    make_quota: QuotaFactory, clock: FrozenClock
+) -> None:
+    quota = make_quota(retention=RETENTION)
+    for n in range(12):
+        quota.consume("user:cy", {"tokens": 1}, idempotency_key=f"k{n}")
+    settle(quota)
+    clock.advance(timedelta(days=3))
+    retention = Retention(quota, Horizons(backdate=RETENTION, idempotency=MIN_IDEMPOTENCY), batch=5)
+    first = retention.run(kinds=["idempotency"], max_batches=1)
+    assert not first.complete and first.removed["idempotency"] <= 5
+    rest = retention.run(kinds=["idempotency"])
+    assert rest.complete
+    assert first.removed["idempotency"] + rest.removed["idempotency"] == 12
+
+
+def test_horizons_refuse_idempotency_under_24_hours() -> None:
+    with pytest.raises(Exception, match="24 hours"):
+        Horizons(backdate=RETENTION, idempotency=timedelta(hours=23))
+
+
+@pytest.mark.parametrize(
+    ("key", "window"),
+    [
+        ("tq:{user:ann}:c:user:ann:tokens:day", "day"),
+        ("tq:{user:ann}:c:user:ann:tokens:rolling:30d", "rolling:30d"),
+        ("tq:{gpu:a}:c:gpu:a~user:rolling:tokens:rolling:1h", "rolling:1h"),
+    ],
+)
+def test_a_redis_counter_key_names_its_window(key: str, window: str) -> None:
+    assert counter_window(key) == window
+    Window.parse(window)
