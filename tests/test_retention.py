@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import QuotaFactory
 from tokenquota import Quota
 from tokenquota.domain.clock import FrozenClock
 from tokenquota.domain.errors import NotFound
@@ -22,7 +23,6 @@ from tokenquota.domain.windows import Window
 from tokenquota.engine.retention import Retention
 from tokenquota.storage.redis.prune import counter_window
 from tokenquota.storage.redis.store import RedisStore
-from tests.conftest import QuotaFactory
 
 RETENTION = timedelta(days=30)
 LIMITS = [
@@ -121,7 +121,8 @@ def test_pruning_changes_no_answer_and_removes_what_none_reads(
     # Replays within the horizon answer the first call and charge nothing.
     for key, amounts in recent:
         replay = quota.consume("user:ann", amounts, idempotency_key=key)
-        assert replay.replayed and replay.allowed
+        assert replay.replayed
+        assert replay.allowed
     assert snapshot(quota) == before
 
     # A second pass finds nothing left to remove.
@@ -148,7 +149,8 @@ def test_ended_holds_go_after_their_horizon(make_quota: QuotaFactory, clock: Fro
     assert quota.get_reservation(rid(held)).state.value == "held"
     clock.advance(timedelta(hours=1))
     report = retention.run()
-    assert report.removed["reservations"] == 2 and report.removed["leases"] == 1
+    assert report.removed["reservations"] == 2
+    assert report.removed["leases"] == 1
     assert report.complete
     for gone in (rid(held), rid(released)):
         with pytest.raises(NotFound):
@@ -167,7 +169,8 @@ def test_a_run_stops_at_its_bound_and_the_next_goes_on(
     clock.advance(timedelta(days=3))
     retention = Retention(quota, Horizons(backdate=RETENTION, idempotency=MIN_IDEMPOTENCY), batch=5)
     first = retention.run(kinds=["idempotency"], max_batches=1)
-    assert not first.complete and first.removed["idempotency"] <= 5
+    assert not first.complete
+    assert first.removed["idempotency"] <= 5
     rest = retention.run(kinds=["idempotency"])
     assert rest.complete
     assert first.removed["idempotency"] + rest.removed["idempotency"] == 12
