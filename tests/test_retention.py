@@ -7,22 +7,26 @@ ended holds are gone, batch by batch, each batch within its bound.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import QuotaFactory
 from tokenquota import Quota
-from tokenquota.domain.clock import FrozenClock
+from tokenquota.domain.clock import EPOCH, FrozenClock
 from tokenquota.domain.errors import NotFound
-from tokenquota.domain.retention import MIN_IDEMPOTENCY, Horizons
+from tokenquota.domain.ledger import Event
+from tokenquota.domain.retention import CARRY_TAG, MIN_IDEMPOTENCY, Horizons, archive_cutoff
 from tokenquota.domain.views import Reserved
 from tokenquota.domain.windows import Window
 from tokenquota.engine.retention import Retention
 from tokenquota.storage.redis.prune import counter_window
 from tokenquota.storage.redis.store import RedisStore
+from tokenquota.wire.ledger import decode_event
 
 RETENTION = timedelta(days=30)
 LIMITS = [
@@ -51,12 +55,18 @@ def snapshot(quota: Quota) -> dict[str, Any]:
     }
 
 
+def lines_as_events(lines: list[dict[str, Any]]) -> list[Event]:
+    return [decode_event(line) for line in lines]
+
+
 def rid(reserved: Reserved) -> str:
     assert reserved.reservation is not None
     return reserved.reservation.id
 
 
-def fill(quota: Quota, clock: FrozenClock) -> list[tuple[str, dict[str, int]]]:
+def fill(
+    quota: Quota, clock: FrozenClock, back: timedelta = timedelta(days=20)
+) -> list[tuple[str, dict[str, int]]]:
     """Usage, answers and holds spread over 45 days; returns the recent keys and amounts."""
     quota.put_subject("user:ann", parents=["company:acme"])
     quota.set_limits("company:acme", LIMITS)
@@ -81,9 +91,7 @@ def fill(quota: Quota, clock: FrozenClock) -> list[tuple[str, dict[str, int]]]:
             quota.release_lease(lease.id)
         clock.advance(timedelta(days=1) - timedelta(minutes=21))
     # one back-dated record well inside the horizon: its day bucket must stay
-    quota.consume(
-        "user:ann", {"tokens": 7}, mode="record", timestamp=clock.now() - timedelta(days=20)
-    )
+    quota.consume("user:ann", {"tokens": 7}, mode="record", timestamp=clock.now() - back)
     settle(quota)
     return recent
 
@@ -192,3 +200,66 @@ def test_horizons_refuse_idempotency_under_24_hours() -> None:
 def test_a_redis_counter_key_names_its_window(key: str, window: str) -> None:
     assert counter_window(key) == window
     Window.parse(window)
+
+
+def test_archiving_the_ledger_keeps_every_answer_and_rebuild_agrees(
+    make_quota: QuotaFactory, clock: FrozenClock, tmp_path: Path
+) -> None:
+    backdate = timedelta(days=10)
+    quota = make_quota(retention=backdate)
+    quota.grant("user:ann", 1_000)
+    quota.consume("user:ann", {"credits": 3, "tokens": 1})  # moved credits: stays
+    fill(quota, clock, back=timedelta(days=5))
+    quota.consume("user:ann", {"credits": 2})
+    settle(quota)
+    everything = quota.events(subject=None, offset=0, limit=1000).items
+    now = clock.now()
+    usage_before = quota.usage("user:ann", include_ancestors=True)
+    recent_before = quota.history("company:acme", start=now - backdate, end=now, granularity="hour")
+    backdated = now - timedelta(days=9)
+    check_before = quota.check("user:ann", {"tokens": 1}, timestamp=backdated)
+    balance_before = quota.balance("user:ann")
+
+    h = Horizons(backdate=backdate, idempotency=2 * MIN_IDEMPOTENCY)
+    retention = Retention(quota, h, batch=16)
+    Retention(quota, h).run()  # what the service does first: prune
+    sink, report = retention.archive(timedelta(days=1), tmp_path / "archive")
+    assert report.complete
+    moved = report.removed["ledger"]
+    assert moved > 50
+    # The cutoff was held back to the oldest month bucket a back-dated consume may read.
+    cutoff = archive_cutoff(now, timedelta(days=1), retention.cutoffs())
+    assert cutoff <= now - backdate
+    lines = [json.loads(line) for line in sink.path.read_text().splitlines()]
+    assert len(lines) == moved
+    archived_ids = {line["id"] for line in lines}
+    assert all(e.timestamp < cutoff for e in everything if e.id in archived_ids)
+    assert not any(e.kind == "grant" or e.amounts.get("credits") for e in lines_as_events(lines))
+
+    left = quota.events(subject=None, offset=0, limit=1000).items
+    carries = [e for e in left if CARRY_TAG in e.tags]
+    assert carries  # one per (subject, charged, resource), at the epoch
+    assert all(e.timestamp == EPOCH for e in carries)
+    assert sum(int(e.tags[CARRY_TAG]) for e in carries) == moved
+    assert len(left) == len(everything) - moved + len(carries)
+    for metric in ("tokens", "requests"):
+        assert sum(e.amounts.get(metric, 0) for e in left if e.is_usage) == sum(
+            e.amounts.get(metric, 0) for e in everything if e.is_usage
+        )
+
+    def same() -> None:
+        assert quota.usage("user:ann", include_ancestors=True) == usage_before
+        assert (
+            quota.history("company:acme", start=now - backdate, end=now, granularity="hour")
+            == recent_before
+        )
+        assert quota.check("user:ann", {"tokens": 1}, timestamp=backdated) == check_before
+        assert quota.balance("user:ann") == balance_before
+
+    same()
+    quota.rebuild()  # from the ledger that is left, carries included
+    same()
+    # A second pass finds nothing more, and a prune after the rebuild leaves the answers alone.
+    assert retention.archive(timedelta(days=1), tmp_path / "archive")[1].total == 0
+    Retention(quota, h).run()
+    same()

@@ -167,6 +167,21 @@ class Settings(BaseSettings):
     prune_pause_ms: float = Field(
         10, ge=0, le=60_000, description="The pause between two pruning batches"
     )
+    ledger_archive_days: int | None = Field(
+        None,
+        ge=1,
+        le=36_600,
+        description=(
+            "Off (the ledger is kept) unless set: usage events older than this many days are "
+            "exported to ledger_archive_dir, then deleted (docs/retention.md)"
+        ),
+    )
+    ledger_archive_dir: str = Field(
+        "tokenquota-archive",
+        min_length=1,
+        max_length=4_096,
+        description="Where archived ledger events are written, as JSON lines",
+    )
     prune_grace_seconds: float = Field(
         3_600,
         ge=0,
@@ -212,6 +227,8 @@ class Settings(BaseSettings):
             "batch": self.prune_batch,
             "max_batches": self.prune_max_batches,
             "pause": self.prune_pause_ms / 1000,
+            "archive_days": self.ledger_archive_days,
+            "archive_dir": self.ledger_archive_dir,
         }
 
     def default_rules(self) -> list[dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -77,6 +78,24 @@ def prune(
             help="Records one batch (one short transaction) removes at most.",
         ),
     ] = DEFAULT_BATCH,
+    archive_days: Annotated[
+        int | None,
+        typer.Option(
+            envvar="TOKENQUOTA_LEDGER_ARCHIVE_DAYS",
+            min=1,
+            help=(
+                "Also archive the ledger: export usage events older than this many days "
+                "to --archive-dir, then delete them. Off unless given."
+            ),
+        ),
+    ] = None,
+    archive_dir: Annotated[
+        Path,
+        typer.Option(
+            envvar="TOKENQUOTA_LEDGER_ARCHIVE_DIR",
+            help="Where --archive-days writes the archived events (JSON lines).",
+        ),
+    ] = Path("tokenquota-archive"),
     only: Annotated[
         list[str] | None,
         typer.Option(help=f"Prune only these kinds ({', '.join(KINDS)}); repeatable."),
@@ -121,5 +140,15 @@ def prune(
                 report.removed[kind] += removed
                 report.batches += 1
                 progress.advance(tasks[kind], removed)
+            if archive_days is not None:
+                task = progress.add_task("archiving the ledger", total=None)
+                sink, archived = retention.archive(
+                    timedelta(days=archive_days),
+                    archive_dir,
+                    on_batch=lambda moved: progress.advance(task, moved),
+                )
     parts = ", ".join(f"{kind} {report.removed[kind]}" for kind in kinds)
     typer.echo(f"pruned {report.total} records in {report.batches} batches: {parts}")
+    if archive_days is not None:
+        where = f" to {sink.path}" if archived.total else ""
+        typer.echo(f"archived {archived.total} ledger events{where}")

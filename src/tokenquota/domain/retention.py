@@ -21,13 +21,17 @@ what it reads.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Final
 from zoneinfo import ZoneInfo
 
+from tokenquota.domain.clock import EPOCH
+from tokenquota.domain.decisions import Mode
 from tokenquota.domain.errors import ValidationError
+from tokenquota.domain.ledger import Event
+from tokenquota.domain.metrics import Amounts
 from tokenquota.domain.windows import Window
 
 MIN_IDEMPOTENCY: Final = timedelta(hours=24)
@@ -100,3 +104,92 @@ def cutoffs(
         holds=now - h.holds - h.grace,
         kinds=chosen,
     )
+
+
+# The ledger archive ---------------------------------------------------------
+# Archived usage is folded into one **carry** event per (subject, charged,
+# resource): a record-mode consume at the epoch, tagged with this key, whose
+# amounts are the sum of everything archived for that group. Rebuild replays
+# it like any event, so lifetime (``total``) counters stay exact; every other
+# window reads only buckets after the archive's cutoff, which it never reaches.
+CARRY_TAG: Final = "tokenquota:archived"
+CarryKey = tuple[str, tuple[str, ...], str | None]
+
+
+def is_carry(tags: Mapping[str, str]) -> bool:
+    return CARRY_TAG in tags
+
+
+def archivable(
+    *,
+    kind_is_usage: bool,
+    tags: Mapping[str, str],
+    credits: int,
+    recorded_at: datetime,
+    cutoff: datetime,
+) -> bool:
+    """Whether an event older than ``cutoff`` may leave the ledger.
+
+    Usage only: a grant event is what a balance is rebuilt from. Never one that
+    moved credits: rebuild burns credits from grants event by event, in order,
+    and a sum would burn them differently. Never a carry (it is folded into).
+    """
+    return kind_is_usage and not credits and not is_carry(tags) and recorded_at < cutoff
+
+
+def archive_cutoff(now: datetime, age: timedelta, c: Cutoffs) -> datetime:
+    """The latest instant before which events may be archived: ``age`` ago, and never later
+    than the oldest bucket, answer or hold any read may still need (their events stay)."""
+    latest = min(now - age, c.idempotency, c.holds)
+    if c.counters:
+        oldest = min(c.counters.values())
+        latest = min(latest, EPOCH + timedelta(seconds=oldest))
+    return latest
+
+
+def carry_key(event: Event) -> CarryKey:
+    return (
+        str(event.subject),
+        tuple(map(str, event.charged)),
+        str(event.resource) if event.resource else None,
+    )
+
+
+def fold(
+    events: Sequence[Event], carries: Mapping[CarryKey, Event]
+) -> tuple[list[Event], list[int]]:
+    """Fold archived ``events`` into their carries: (carries to write, event ids to delete).
+
+    A group without a carry yet turns its first event into one (keeping its id,
+    so no id is ever made here: on Redis the ids come from Redis); every other
+    event of the batch is deleted.
+    """
+    groups: dict[CarryKey, list[Event]] = {}
+    for event in events:
+        groups.setdefault(carry_key(event), []).append(event)
+    written: list[Event] = []
+    deleted: list[int] = []
+    for key, group in groups.items():
+        base = carries.get(key)
+        units: dict[str, int] = dict(base.amounts.to_units_json()) if base else {}
+        count = int(base.tags[CARRY_TAG]) if base else 0
+        for event in group:
+            for metric, amount in event.amounts.to_units_json().items():
+                units[metric] = units.get(metric, 0) + amount
+        count += len(group)
+        keep = base or group[0]
+        deleted.extend(e.id for e in group if e.id != keep.id)
+        written.append(
+            replace(
+                keep,
+                kind="consume",
+                timestamp=EPOCH,
+                recorded_at=max(keep.recorded_at, *(e.recorded_at for e in group)),
+                mode=Mode.RECORD,
+                amounts=Amounts.from_units_json(units),
+                model=None,
+                tags={CARRY_TAG: str(count)},
+                idempotency_key=None,
+            )
+        )
+    return written, deleted

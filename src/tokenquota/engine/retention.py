@@ -13,16 +13,28 @@ here: it is kept (the source of truth that ``history``, ``events`` and
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tokenquota.domain.errors import TokenQuotaError
-from tokenquota.domain.retention import DEFAULT_BATCH, KINDS, MAX_BATCH, Cutoffs, Horizons, cutoffs
+from tokenquota.domain.ledger import Event
+from tokenquota.domain.retention import (
+    DEFAULT_BATCH,
+    KINDS,
+    MAX_BATCH,
+    Cutoffs,
+    Horizons,
+    archive_cutoff,
+    cutoffs,
+)
+from tokenquota.export import jsonl_chunks
 from tokenquota.storage.base import Pruner, Store
 
 if TYPE_CHECKING:
@@ -86,6 +98,39 @@ class Retention:
         """Every batch of one full pass, as (kind, records removed): for a progress bar."""
         yield from self.pruner.prune(self.cutoffs(kinds), self.batch)
 
+    def archive(
+        self,
+        age: timedelta,
+        directory: Path,
+        *,
+        max_batches: int | None = None,
+        pause: float = 0.0,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[int], object] | None = None,
+    ) -> tuple[ArchiveFile, Report]:
+        """Export then delete the usage events older than ``age`` (docs/retention.md).
+
+        The cutoff is never later than what any answer still reads
+        (``archive_cutoff``); events that moved credits, and grants, stay.
+        """
+        now = self.quota.clock.now()
+        cutoff = archive_cutoff(now, age, self.cutoffs())
+        sink = ArchiveFile(directory, cutoff, now)
+        report = Report()
+        for moved in self.pruner.archive(cutoff, self.batch, sink):
+            report.removed["ledger"] += moved
+            report.batches += 1
+            if on_batch is not None:
+                on_batch(moved)
+            if (max_batches is not None and report.batches >= max_batches) or (
+                stop is not None and stop.is_set()
+            ):
+                report.complete = False
+                break
+            if pause:
+                time.sleep(pause)
+        return sink, report
+
     def run(
         self,
         *,
@@ -110,6 +155,27 @@ class Retention:
         return report
 
 
+class ArchiveFile:
+    """Where one run's archived events go: JSON lines (the form ``events --format jsonl``
+    exports), each batch written and fsync'd before its events leave the ledger."""
+
+    def __init__(self, directory: Path, cutoff: datetime, now: datetime) -> None:
+        self.path = directory / (
+            f"events-before-{cutoff:%Y%m%dT%H%M%SZ}-archived-{now:%Y%m%dT%H%M%S%fZ}.jsonl"
+        )
+        self.directory = directory
+        self.written = 0
+
+    def __call__(self, events: Sequence[Event]) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as out:
+            for chunk in jsonl_chunks(events):
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        self.written += len(events)
+
+
 class Pruning:
     """The service's background pruning: one bounded run every ``interval`` seconds."""
 
@@ -120,8 +186,10 @@ class Pruning:
         interval: float,
         max_batches: int,
         pause: float,
+        archive: tuple[timedelta, Path] | None = None,
     ) -> None:
         self.retention = retention
+        self.archive = archive
         self.interval = interval
         self.max_batches = max_batches
         self.pause = pause
@@ -150,6 +218,8 @@ class Pruning:
                 log.exception("pruning failed")
             else:
                 self.last = report
+                if self.archive is not None and report.complete and not self.stop.is_set():
+                    self._archive(*self.archive)
                 log.info(
                     "pruned %d records in %d batches (%s)%s",
                     report.total,
@@ -158,6 +228,19 @@ class Pruning:
                     "" if report.complete else "; the rest next time",
                 )
             self.runs += 1
+
+    def _archive(self, age: timedelta, directory: Path) -> None:
+        try:
+            sink, report = self.retention.archive(
+                age, directory, max_batches=self.max_batches, pause=self.pause, stop=self.stop
+            )
+        except TokenQuotaError as exc:
+            log.warning("archiving the ledger failed: %s", exc)
+        except Exception:
+            log.exception("archiving the ledger failed")
+        else:
+            if report.total:
+                log.info("archived %d ledger events to %s", report.total, sink.path)
 
 
 def horizons(
@@ -181,6 +264,8 @@ def start_pruning(
     batch: int,
     max_batches: int,
     pause: float,
+    archive_days: int | None = None,
+    archive_dir: str = "",
 ) -> Pruning | None:
     """The service's background pruning, started; None when ``interval`` is 0 (off)."""
     if not interval:
@@ -196,6 +281,7 @@ def start_pruning(
         interval=interval,
         max_batches=max_batches,
         pause=pause,
+        archive=(timedelta(days=archive_days), Path(archive_dir)) if archive_days else None,
     )
     pruning.start()
     return pruning

@@ -298,11 +298,22 @@ class Pruner(Protocol):
     Each batch is its own short transaction (or Redis call, or lock hold) that
     removes at most ``batch`` records, so pruning never holds a lock for long
     and never delays a decision by more than one batch. Pruning removes only
-    what is older than ``cutoffs``; the ledger is never touched here.
+    what is older than ``cutoffs``; the ledger only by ``archive``, when asked.
     """
 
     def prune(self, cutoffs: Cutoffs, batch: int) -> Iterator[tuple[str, int]]:
         """Prune batch by batch; after each, yield (kind, records removed by it)."""
+        ...
+
+    def archive(
+        self, cutoff: datetime, batch: int, sink: Callable[[Sequence[Event]], None]
+    ) -> Iterator[int]:
+        """Move archivable events older than ``cutoff`` out of the ledger, batch by batch.
+
+        Each batch hands its events to ``sink`` (which must make them durable)
+        before the transaction that folds them into their carry events and
+        deletes them commits (domain/retention.py); yields how many left.
+        """
         ...
 
 

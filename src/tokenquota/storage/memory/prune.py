@@ -8,11 +8,14 @@ their batch runs: what a decision added in between is judged afresh.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import TypeVar
 
-from tokenquota.domain.retention import Cutoffs
+from tokenquota.domain.ledger import Event
+from tokenquota.domain.metrics import Metric
+from tokenquota.domain.retention import Cutoffs, archivable, carry_key, fold, is_carry
 from tokenquota.storage.memory.state import State
 
 K = TypeVar("K")
@@ -32,6 +35,40 @@ class MemoryPruner:
         for kind in cutoffs.kinds:
             for removed in steps[kind](cutoffs, batch):
                 yield kind, removed
+
+    def archive(
+        self, cutoff: datetime, batch: int, sink: Callable[[Sequence[Event]], None]
+    ) -> Iterator[int]:
+        seen = 0  # events are kept in id order; carries keep their place
+        while True:
+            with self._s.lock:
+                events = self._s.events
+                chosen: list[Event] = []
+                while seen < len(events) and len(chosen) < batch:
+                    event = events[seen]
+                    seen += 1
+                    if event.timestamp < cutoff and archivable(
+                        kind_is_usage=event.is_usage,
+                        tags=event.tags,
+                        credits=event.amounts[Metric.CREDITS],
+                        recorded_at=event.recorded_at,
+                        cutoff=cutoff,
+                    ):
+                        chosen.append(event)
+                if not chosen:
+                    return
+                keys = {carry_key(e) for e in chosen}
+                carries = {
+                    carry_key(e): e for e in events if is_carry(e.tags) and carry_key(e) in keys
+                }
+                sink(chosen)
+                written, deleted = fold(chosen, carries)
+                replaced = {e.id: e for e in written}
+                gone = set(deleted)
+                kept = [replaced.get(e.id, e) for e in events if e.id not in gone]
+                seen -= sum(1 for e in events[:seen] if e.id in gone)
+                self._s.events[:] = kept
+            yield len(chosen)
 
     def _batches(self, keys: Callable[[], Sequence[K]], batch: int) -> Iterator[Sequence[K]]:
         with self._s.lock:
@@ -65,11 +102,11 @@ class MemoryPruner:
 
     def _recorded_at(self, event_id: int | None) -> datetime | None:
         """When the event an answer charged was recorded (events are numbered from 1)."""
-        events = self._s.events
-        if event_id is None or not 0 < event_id <= len(events):
+        if event_id is None:
             return None
-        event = events[event_id - 1]
-        return event.recorded_at if event.id == event_id else None
+        events = self._s.events  # in id order; archived ones may have left it
+        at = bisect_left(events, event_id, key=lambda e: e.id)
+        return events[at].recorded_at if at < len(events) and events[at].id == event_id else None
 
     def _idempotency(self, cutoffs: Cutoffs, batch: int) -> Iterator[int]:
         for keys in self._batches(lambda: list(self._s.idempotency), batch):

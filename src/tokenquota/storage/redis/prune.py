@@ -20,17 +20,20 @@ blocked for longer than one batch:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
 
 from tokenquota.domain.clock import to_micros
+from tokenquota.domain.ledger import Event
 from tokenquota.domain.retention import Cutoffs
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import Layout
 from tokenquota.storage.sql import schema as t
+from tokenquota.storage.sql.prune import SqlPruner
 from tokenquota.storage.sql.tx import Database
 
 _ROLLING = re.compile(r":(rolling:\d+[mhd])$")
@@ -62,6 +65,12 @@ class RedisPruner:
         self.redis = client
         self.layout = layout
         self._holds = client.register_script(_HOLDS)
+
+    def archive(
+        self, cutoff: datetime, batch: int, sink: Callable[[Sequence[Event]], None]
+    ) -> Iterator[int]:
+        """The ledger is SQL's (the mover copies Redis's stream there long before the cutoff)."""
+        return SqlPruner(self.db).archive(cutoff, batch, sink)
 
     def prune(self, cutoffs: Cutoffs, batch: int) -> Iterator[tuple[str, int]]:
         for kind in cutoffs.kinds:

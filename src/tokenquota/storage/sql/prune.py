@@ -13,14 +13,21 @@ transaction, so a decision waits at most one batch.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from tokenquota.domain.clock import to_micros
-from tokenquota.domain.retention import Cutoffs
+from tokenquota.domain.ledger import Event
+from tokenquota.domain.metrics import Metric
+from tokenquota.domain.retention import Cutoffs, archivable, carry_key, fold, is_carry
+from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.sql import schema as t
-from tokenquota.storage.sql.tx import Database
+from tokenquota.storage.sql.ledger import event_from_row
+from tokenquota.storage.sql.tx import BATCH, Database
+
+ARCHIVE_LOCK = "tokenquota:archive"  # a series name no subject can have (a kind is [a-z]...)
 
 
 class SqlPruner:
@@ -31,6 +38,65 @@ class SqlPruner:
         for kind in cutoffs.kinds:
             for removed in getattr(self, f"_{kind}")(cutoffs, batch):
                 yield kind, removed
+
+    def archive(
+        self, cutoff: datetime, batch: int, sink: Callable[[Sequence[Event]], None]
+    ) -> Iterator[int]:
+        # In (ts, id) order through the index on ts; what stays is stepped over by the key.
+        e = t.events.c
+        cut = to_micros(cutoff)
+        last = (-1, 0)
+        while True:
+            with self.db.tx(hot=True) as conn:
+                # One archiver at a time across replicas: two would fold one event twice.
+                self.db.lock_series(conn, [ARCHIVE_LOCK])
+                rows = conn.execute(
+                    sa.select(t.events)
+                    .where(e.ts < cut, sa.tuple_(e.ts, e.id) > sa.tuple_(*map(sa.literal, last)))
+                    .order_by(e.ts, e.id)
+                    .limit(batch)
+                ).all()
+                if not rows:
+                    return
+                last = (rows[-1].ts, rows[-1].id)
+                chosen = [
+                    event
+                    for event in map(event_from_row, rows)
+                    if archivable(
+                        kind_is_usage=event.is_usage,
+                        tags=event.tags,
+                        credits=event.amounts[Metric.CREDITS],
+                        recorded_at=event.recorded_at,
+                        cutoff=cutoff,
+                    )
+                ]
+                if chosen:
+                    self._fold(conn, chosen, sink)
+            yield len(chosen)
+            if len(rows) < batch:
+                return
+
+    def _fold(
+        self, conn: sa.Connection, chosen: list[Event], sink: Callable[[Sequence[Event]], None]
+    ) -> None:
+        e, es = t.events.c, t.event_subjects.c
+        subjects = sorted({str(ev.subject) for ev in chosen})
+        found = conn.execute(
+            sa.select(t.events)
+            .join(t.event_subjects, es.event_id == e.id)
+            .where(es.subject.in_(subjects), es.ts == 0)
+        ).all()
+        carries = {carry_key(ev): ev for ev in map(event_from_row, found) if is_carry(ev.tags)}
+        sink(chosen)  # durable before anything is deleted
+        written, deleted = fold(chosen, carries)
+        for carry in written:
+            row = event_row(carry)
+            conn.execute(t.events.update().where(e.id == carry.id).values(**row))
+            conn.execute(t.event_subjects.update().where(es.event_id == carry.id).values(ts=0))
+        for start in range(0, len(deleted), BATCH):
+            ids = deleted[start : start + BATCH]
+            conn.execute(t.event_subjects.delete().where(es.event_id.in_(ids)))
+            conn.execute(t.events.delete().where(e.id.in_(ids)))
 
     def _walk(
         self,
