@@ -20,6 +20,7 @@ from tokenquota import Quota
 from tokenquota.domain.clock import EPOCH, FrozenClock
 from tokenquota.domain.errors import NotFound
 from tokenquota.domain.ledger import Event
+from tokenquota.domain.metrics import Metric
 from tokenquota.domain.retention import CARRY_TAG, MIN_IDEMPOTENCY, Horizons, archive_cutoff
 from tokenquota.domain.views import Reserved
 from tokenquota.domain.windows import Window
@@ -234,7 +235,7 @@ def test_archiving_the_ledger_keeps_every_answer_and_rebuild_agrees(
     assert len(lines) == moved
     archived_ids = {line["id"] for line in lines}
     assert all(e.timestamp < cutoff for e in everything if e.id in archived_ids)
-    assert not any(e.kind == "grant" or e.amounts.get("credits") for e in lines_as_events(lines))
+    assert not any(e.kind == "grant" or e.amounts[Metric.CREDITS] for e in lines_as_events(lines))
 
     left = quota.events(subject=None, offset=0, limit=1000).items
     carries = [e for e in left if CARRY_TAG in e.tags]
@@ -242,9 +243,9 @@ def test_archiving_the_ledger_keeps_every_answer_and_rebuild_agrees(
     assert all(e.timestamp == EPOCH for e in carries)
     assert sum(int(e.tags[CARRY_TAG]) for e in carries) == moved
     assert len(left) == len(everything) - moved + len(carries)
-    for metric in ("tokens", "requests"):
-        assert sum(e.amounts.get(metric, 0) for e in left if e.is_usage) == sum(
-            e.amounts.get(metric, 0) for e in everything if e.is_usage
+    for metric in (Metric.TOKENS, Metric.REQUESTS, Metric.CREDITS):
+        assert sum(e.amounts[metric] for e in left if e.is_usage) == sum(
+            e.amounts[metric] for e in everything if e.is_usage
         )
 
     def same() -> None:
