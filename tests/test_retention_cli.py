@@ -95,3 +95,29 @@ def test_the_service_refuses_idempotency_hours_under_24(tmp_path: Path) -> None:
     config.write_text("idempotency_hours = 12\n")
     with pytest.raises(ValueError, match="idempotency_hours"):
         Settings.load(config)
+
+
+def test_prune_command_archives_the_ledger_when_asked(
+    sqlite_template: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "quota.db"
+    url = migrated_sqlite(sqlite_template, path)
+    clock = FrozenClock(datetime.now(UTC) - timedelta(days=90))
+    with tokenquota.open(url, clock=clock) as quota:
+        quota.set_limits("user:ann", [{"metric": "tokens", "window": "total", "limit": 1_000}])
+        for _ in range(5):
+            quota.consume("user:ann", {"tokens": 10})
+    with tokenquota.open(url) as quota:
+        usage_before = [(s.used, s.remaining) for s in quota.usage("user:ann").limits]
+    archive = tmp_path / "archive"
+    args = ["prune", "--db", url, "--retention-days", "20", "--archive-days", "30"]
+    result = CliRunner().invoke(app, [*args, "--archive-dir", str(archive)], env=ENV)
+    assert result.exit_code == 0, result.output
+    assert "archived 5 ledger events to" in result.stdout
+    [written] = archive.iterdir()
+    assert len(written.read_text().splitlines()) == 5
+    assert rows(path, "events") == 1  # the carry that holds their sum
+    with tokenquota.open(url) as quota:
+        assert [(s.used, s.remaining) for s in quota.usage("user:ann").limits] == usage_before
+        quota.rebuild()
+        assert [(s.used, s.remaining) for s in quota.usage("user:ann").limits] == usage_before
