@@ -2,10 +2,11 @@
 
 A store is filled with weeks of old usage (minute, hour and day buckets,
 idempotency answers, reservations) under a frozen clock, then consumes are
-timed in alternating phases: alone, and while a pruning pass (no pause
-between batches, the worst case) deletes in another thread of the same
-process. The ratio is the consume rate beside pruning / alone, from the same
-run; the batch durations say how long one batch holds its transaction.
+timed in alternating phases: alone, and while a pruning pass (with the
+service's pause between batches; ``--pause-ms 0`` for the worst case) deletes
+in another thread of the same process. The ratio is the consume rate beside
+pruning / alone, from the same run; the batch durations say how long one
+batch takes (its transaction, and any wait for the lock it needs).
 
     .venv/bin/python -m bench.bench_prune --only sqlite,postgres
 """
@@ -13,6 +14,7 @@ run; the batch durations say how long one batch holds its transaction.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -52,7 +54,9 @@ def phase(quota: tokenquota.Quota, seconds: float) -> Figures:
     return Figures.of(latencies, time.perf_counter() - began)
 
 
-def run(name: str, url: str, calls: int, seconds: float, rounds: int, batch: int) -> None:
+def run(
+    name: str, url: str, calls: int, seconds: float, rounds: int, batch: int, pause: float
+) -> None:
     clock = FrozenClock(START)
     with tokenquota.open(url, clock=clock, retention=timedelta(days=1)) as quota:
         fill(quota, clock, calls)
@@ -77,6 +81,7 @@ def run(name: str, url: str, calls: int, seconds: float, rounds: int, batch: int
                         return
                     durations.append(time.perf_counter() - t)
                     removed += got[1]
+                    stop.wait(pause)
 
             worker = threading.Thread(target=prune)
             worker.start()
@@ -102,14 +107,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument(
+        "--pause-ms", type=float, default=10, help="between batches (the service's)"
+    )
     args = parser.parse_args()
-    import tempfile
-
     for name in args.only.split(","):
         if name == "sqlite":
             with tempfile.TemporaryDirectory() as tmp:
+                url = f"sqlite:///{tmp}/q.db"
                 run(
-                    name, f"sqlite:///{tmp}/q.db", args.calls, args.seconds, args.rounds, args.batch
+                    name,
+                    url,
+                    args.calls,
+                    args.seconds,
+                    args.rounds,
+                    args.batch,
+                    args.pause_ms / 1000,
                 )
         elif name == "postgres":
             notes: list[str] = []
@@ -118,7 +131,15 @@ def main() -> None:
                     print(*notes)
                     continue
                 url = postgres_url(fresh())
-                run(name, url, args.calls, args.seconds, args.rounds, args.batch)
+                run(
+                    name,
+                    url,
+                    args.calls,
+                    args.seconds,
+                    args.rounds,
+                    args.batch,
+                    args.pause_ms / 1000,
+                )
             print(*notes)
 
 
