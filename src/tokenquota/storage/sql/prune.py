@@ -148,24 +148,20 @@ class SqlPruner:
         # created_at is indexed: the oldest answers come first, and the walk stops at the cutoff.
         c = t.idempotency.c
         cut = to_micros(cutoffs.idempotency)
+        oldest = (
+            sa.select(c.subject, c.key)
+            .where(c.created_at < cut)
+            .order_by(c.created_at)
+            .limit(batch)
+        )
+        # One statement per batch: the oldest ``batch`` answers, by the created_at index.
+        delete = t.idempotency.delete().where(sa.tuple_(c.subject, c.key).in_(oldest))
         while True:
             with self.db.tx(hot=True) as conn:
-                rows = conn.execute(
-                    sa.select(c.subject, c.key)
-                    .where(c.created_at < cut)
-                    .order_by(c.created_at)
-                    .limit(batch)
-                ).all()
-                if rows:
-                    conn.execute(
-                        t.idempotency.delete().where(
-                            c.subject == sa.bindparam("s"), c.key == sa.bindparam("k")
-                        ),
-                        [{"s": r.subject, "k": r.key} for r in rows],
-                    )
-            if rows:
-                yield len(rows)
-            if len(rows) < batch:
+                removed = conn.execute(delete).rowcount
+            if removed:
+                yield removed
+            if removed < batch:
                 return
 
     def _reservations(self, cutoffs: Cutoffs, batch: int) -> Iterator[int]:
