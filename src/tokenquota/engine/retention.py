@@ -270,6 +270,11 @@ def start_pruning(
     """The service's background pruning, started; None when ``interval`` is 0 (off)."""
     if not interval:
         return None
+    try:
+        pruner_for(quota.store)
+    except TypeError:  # a store of the caller's own making: it prunes itself, if at all
+        log.warning("no pruner for %s: background pruning is off", type(quota.store).__name__)
+        return None
     found = horizons(
         quota,
         idempotency_hours=idempotency_hours,
