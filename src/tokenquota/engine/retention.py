@@ -5,9 +5,10 @@ and drives the store's pruner batch by batch; ``Pruning`` runs it on a
 thread of its own every ``interval`` in the service. A run is bounded
 (``max_batches`` batches of at most ``batch`` records, with ``pause`` between
 them), so it never holds a lock long and gives decisions the store between
-batches; what one run leaves, the next one takes. The ledger is never pruned
-here: it is kept (the source of truth that ``history``, ``events`` and
-``rebuild`` read).
+batches; what one run leaves, the next one takes. The ledger is kept (the
+source of truth ``history``, ``events`` and ``rebuild`` read) unless an archive
+age is set: then ``archive`` exports old usage events to a file and folds them
+into carry events, so ``rebuild`` still agrees (docs/retention.md).
 """
 
 from __future__ import annotations

@@ -2,8 +2,10 @@
 
 Each batch takes the state's one lock for at most ``batch`` records examined
 (series of counters, answers, reservations, leases), so a decision waits at
-most one batch. Keys are listed under the lock and re-read under it when
-their batch runs: what a decision added in between is judged afresh.
+most one batch (the archive walks the event list, so it holds the lock
+longer: memory is the reference, not a production store). Keys are listed
+under the lock and re-read under it when their batch runs: what a decision
+added in between is judged afresh.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ of its own. On PostgreSQL a batch holds the global advisory key *shared*, as
 a decision does, and takes no series lock: it deletes only rows no decision
 reads (domain/retention.py), so it never waits for a decision or makes one
 wait for more than its row locks. On SQLite a batch is one short write
-transaction, so a decision waits at most one batch.
+transaction, so a decision waits at most one batch. The idempotency answers
+go oldest first by their ``created_at`` index, and the ledger archive walks
+events by their ``ts`` index, one archiver at a time (an advisory lock).
 """
 
 from __future__ import annotations
