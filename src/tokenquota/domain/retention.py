@@ -13,7 +13,7 @@ chosen so that no answer the service can still give reads what it removes:
 - the ``total`` bucket is read by every ``total`` limit and the 63-bit bound:
   never pruned;
 - idempotency answers and finished holds and leases are kept for their own
-  horizons (answers at least 24 h: SPEC section 5).
+  horizons (answers at least 24 h: contract §5).
 
 ``grace`` widens every cutoff so a replica whose clock is behind still finds
 what it reads.
