@@ -8,7 +8,9 @@ ended holds are gone, batch by batch, each batch within its bound.
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -264,3 +266,47 @@ def test_archiving_the_ledger_keeps_every_answer_and_rebuild_agrees(
     assert retention.archive(timedelta(days=1), tmp_path / "archive")[1].total == 0
     Retention(quota, h).run()
     same()
+
+
+def test_pruning_beside_racing_consumes_loses_and_overspends_nothing(
+    make_quota: QuotaFactory, clock: FrozenClock
+) -> None:
+    quota = make_quota(retention=RETENTION)
+    fill(quota, clock)  # a backlog to prune while the consumes race
+    quota.set_limits("company:acme", [{"metric": "tokens", "window": "day", "limit": 600}])
+    before = quota.usage("company:acme").limits
+    used_before = {str(s.window): s.used for s in before}
+    retention = Retention(
+        quota,
+        Horizons(backdate=RETENTION, idempotency=MIN_IDEMPOTENCY, grace=timedelta(0)),
+        batch=3,
+    )
+    stop = threading.Event()
+    passes = 0
+
+    def prune() -> None:
+        nonlocal passes
+        while not stop.is_set():
+            retention.run()
+            passes += 1
+
+    def consume(n: int) -> int:
+        return sum(
+            quota.consume("user:ann", {"tokens": 10}, idempotency_key=f"race-{n}-{i}").allowed
+            for i in range(25)
+        )
+
+    pruner = threading.Thread(target=prune)
+    pruner.start()
+    with ThreadPoolExecutor(4) as pool:
+        admitted = sum(pool.map(consume, range(4)))
+    stop.set()
+    pruner.join()
+    assert passes >= 1
+    settle(quota)
+    after = {str(s.window): s.used for s in quota.usage("company:acme").limits}
+    day_before = used_before.get("day", 0)
+    assert after["day"] == day_before + 10 * admitted <= 600  # nothing lost, nothing over
+    assert after["total"] == used_before["total"] + 10 * admitted
+    quota.rebuild()
+    assert {str(s.window): s.used for s in quota.usage("company:acme").limits} == after
