@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from contextvars import ContextVar
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -138,6 +139,64 @@ class Settings(BaseSettings):
         ),
     )
 
+    retention_days: int = Field(
+        400,
+        ge=1,
+        le=3_660,
+        description=(
+            "How far back a consume may be dated; calendar counter buckets are kept this "
+            "long past their period (docs/retention.md)"
+        ),
+    )
+    idempotency_hours: float = Field(
+        168,
+        ge=24,
+        le=24 * 3_660,
+        description="How long idempotency answers are kept, at least 24 hours",
+    )
+    holds_hours: float = Field(
+        168,
+        ge=0,
+        le=24 * 3_660,
+        description="How long reservations and leases are kept after they ended",
+    )
+    prune_interval_seconds: float = Field(
+        3_600,
+        ge=0,
+        le=7 * 86_400,
+        description="How often the service prunes in the background; 0 turns it off",
+    )
+    prune_batch: int = Field(
+        500, ge=1, le=10_000, description="Records one pruning batch (one transaction) removes"
+    )
+    prune_max_batches: int = Field(
+        1_000, ge=1, le=1_000_000, description="Batches one background pruning run takes"
+    )
+    prune_pause_ms: float = Field(
+        10, ge=0, le=60_000, description="The pause between two pruning batches"
+    )
+    ledger_archive_days: int | None = Field(
+        None,
+        ge=1,
+        le=36_600,
+        description=(
+            "Off (the ledger is kept) unless set: usage events older than this many days are "
+            "exported to ledger_archive_dir, then deleted (docs/retention.md)"
+        ),
+    )
+    ledger_archive_dir: str = Field(
+        "tokenquota-archive",
+        min_length=1,
+        max_length=4_096,
+        description="Where archived ledger events are written, as JSON lines",
+    )
+    prune_grace_seconds: float = Field(
+        3_600,
+        ge=0,
+        le=7 * 86_400,
+        description="Added to every horizon, for replicas whose clocks are behind",
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -166,6 +225,20 @@ class Settings(BaseSettings):
         finally:
             _CONFIG_FILE.reset(token)
 
+    def pruning(self) -> dict[str, Any]:
+        """The background pruning's options (engine/retention.py ``start_pruning``)."""
+        return {
+            "interval": self.prune_interval_seconds,
+            "idempotency_hours": self.idempotency_hours,
+            "holds_hours": self.holds_hours,
+            "grace_seconds": self.prune_grace_seconds,
+            "batch": self.prune_batch,
+            "max_batches": self.prune_max_batches,
+            "pause": self.prune_pause_ms / 1000,
+            "archive_days": self.ledger_archive_days,
+            "archive_dir": self.ledger_archive_dir,
+        }
+
     def default_rules(self) -> list[dict[str, Any]]:
         return [d.model_dump() for d in self.defaults]
 
@@ -192,4 +265,5 @@ def open_quota(
         on_store_error=settings.on_store_error,
         spool=settings.spool,
         key_cache_seconds=settings.key_cache_seconds,
+        retention=timedelta(days=settings.retention_days),
     )

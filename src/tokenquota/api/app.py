@@ -23,12 +23,12 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import tokenquota
 from tokenquota.api.routes import admin, grants, health, holds, metering, reads, resources
 from tokenquota.api.schemas import CheckIn, ConsumeIn
 from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
+from tokenquota.engine.retention import start_pruning
 from tokenquota.http import auth, errors, fastpath
 from tokenquota.http.capacity import (
     RETRY_AFTER_SECONDS,
@@ -38,7 +38,7 @@ from tokenquota.http.capacity import (
     serving,
 )
 from tokenquota.http.metrics import Metrics
-from tokenquota.settings import Settings
+from tokenquota.settings import Settings, open_quota
 from tokenquota.wire.version import VERSION
 
 ROUTERS = [
@@ -85,12 +85,19 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         opened = (
-            quota if quota is not None else await anyio.to_thread.run_sync(_open, settings, clock)
+            quota
+            if quota is not None
+            else await anyio.to_thread.run_sync(
+                functools.partial(open_quota, settings, clock=clock)
+            )
         )
         app.state.quota = opened
+        app.state.pruning = start_pruning(opened, **settings.pruning())
         try:
             yield
         finally:
+            if app.state.pruning is not None:
+                await anyio.to_thread.run_sync(app.state.pruning.close)
             # The lanes first: a call still running ends before its store is closed.
             await anyio.to_thread.run_sync(capacity.close)
             if quota is None:
@@ -192,20 +199,6 @@ async def _too_many_heavy_reads(request: Request, exc: Exception) -> JSONRespons
         str(exc),
         {"in_flight_per_key": exc.bound},
         {"Retry-After": str(RETRY_AFTER_SECONDS)},
-    )
-
-
-def _open(settings: Settings, clock: Clock | None) -> Quota:
-    return tokenquota.open(
-        settings.db,
-        redis=settings.redis,
-        timezone=settings.timezone,
-        strict_subjects=settings.strict_subjects,
-        defaults=settings.default_rules(),
-        clock=clock,
-        on_store_error=settings.on_store_error,
-        spool=settings.spool,
-        key_cache_seconds=settings.key_cache_seconds,
     )
 
 

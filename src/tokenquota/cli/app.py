@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from tokenquota.cli import ledger, metering, serve
+from tokenquota.cli import ledger, metering, prune, serve
 from tokenquota.cli.grants import grants_app
 from tokenquota.cli.holds import leases_app, reservations_app
 from tokenquota.cli.keys import keys_app
@@ -46,6 +46,7 @@ app.command("events")(ledger.events)
 app.command("audit")(ledger.audit)
 app.command("rebuild")(ledger.rebuild)
 app.command("migrate")(ledger.migrate)
+app.command("prune")(prune.prune)
 app.command("serve")(serve.serve)
 
 

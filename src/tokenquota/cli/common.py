@@ -144,6 +144,7 @@ def opened(
     *,
     move_timezone: bool = False,
     redis: str | None = None,
+    settings: Settings | None = None,
 ) -> Iterator[Quota]:
     """The store as ``serve`` would open it with these flags: see ``load_settings``.
 
@@ -151,7 +152,8 @@ def opened(
     would leave usage it admitted "open" in a spool file that no running
     process drains, so a person at a terminal gets the error instead.
     """
-    settings = load_settings(config, db=db, timezone=timezone, redis=redis)
+    if settings is None:  # a command with settings of its own resolved them the same way
+        settings = load_settings(config, db=db, timezone=timezone, redis=redis)
     settings = settings.model_copy(update={"on_store_error": "closed"})
     with open_quota(settings, move_timezone=move_timezone) as quota:
         yield quota

@@ -25,6 +25,7 @@ from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, Event, defaults_target, plan_target
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
+from tokenquota.domain.retention import Cutoffs
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.domain.views import Page as Page  # re-exported: stores name it from here
 
@@ -288,6 +289,31 @@ class Meter(Protocol):
 
     def rebuild(self) -> int:
         """Recompute every counter from the ledger; returns the number of events replayed."""
+        ...
+
+
+class Pruner(Protocol):
+    """Removes what no answer needs any more (domain/retention.py), in bounded batches.
+
+    Each batch is its own short transaction (or Redis call, or lock hold) that
+    removes at most ``batch`` records, so pruning never holds a lock for long
+    and never delays a decision by more than one batch. Pruning removes only
+    what is older than ``cutoffs``; the ledger only by ``archive``, when asked.
+    """
+
+    def prune(self, cutoffs: Cutoffs, batch: int) -> Iterator[tuple[str, int]]:
+        """Prune batch by batch; after each, yield (kind, records removed by it)."""
+        ...
+
+    def archive(
+        self, cutoff: datetime, batch: int, sink: Callable[[Sequence[Event]], None]
+    ) -> Iterator[int]:
+        """Move archivable events older than ``cutoff`` out of the ledger, batch by batch.
+
+        Each batch hands its events to ``sink`` (which must make them durable)
+        before the transaction that folds them into their carry events and
+        deletes them commits (domain/retention.py); yields how many left.
+        """
         ...
 
 
