@@ -18,7 +18,6 @@ docs/redis.md lists the keys with their types.
 from __future__ import annotations
 
 import json
-import re
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,19 +27,10 @@ import orjson
 
 from tokenquota.domain.clock import from_micros
 from tokenquota.domain.decisions import Reading
-from tokenquota.domain.metrics import Metric
 
 # A cluster spreads the ledger over this many shards; a single Redis keeps one,
 # so its event ids follow the order events happened in exactly.
 CLUSTER_SHARDS = 16
-# The counter layout this code writes: 2 keeps every counter of one series in
-# one hash (``cs:``), so a step reads and writes a series in one call each;
-# 1 kept one hash per (series, metric, window) (``c:``). counters.py moves 1 to 2.
-COUNTER_LAYOUT = "2"
-_OLD_COUNTER = re.compile(
-    rf"(?P<series>.+):(?P<metric>{'|'.join(m.value for m in Metric)})"
-    r":(?P<window>rolling:[^:]+|[^:]+)"
-)
 
 
 def tag_of(series: str) -> str:
@@ -59,29 +49,8 @@ class Layout:
     def _key(self, tag: str, rest: str) -> str:
         return f"{self.prefix}:{{{tag}}}:{rest}"
 
-    def counter(self, series: str) -> str:
-        """Every counter of one series, in one hash: bucket(metric, window, n) -> units."""
-        return self._key(tag_of(series), f"cs:{series}")
-
-    @staticmethod
-    def bucket(metric: str, window: str, bucket: int | str) -> str:
-        """The field of one counter bucket in its series' hash (metrics have no colon)."""
-        return f"{metric}:{window}:{bucket}"
-
-    def old_counter(self, key: str) -> tuple[str, str] | None:
-        """For a layout-1 counter key: the layout-2 key and field prefix its buckets go to."""
-        head = f"{self.prefix}:{{"
-        if not key.startswith(head):
-            return None
-        tag, sep, rest = key[len(head) :].partition("}:c:")
-        found = _OLD_COUNTER.fullmatch(rest) if sep else None
-        if found is None or tag_of(found["series"]) != tag:
-            return None
-        return self.counter(found["series"]), f"{found['metric']}:{found['window']}:"
-
-    def counter_layout(self) -> str:
-        """Which counter layout this keyspace holds (absent: 1, or an empty Redis)."""
-        return self.ledger(0, "layout")
+    def counter(self, series: str, metric: str, window: str) -> str:
+        return self._key(tag_of(series), f"c:{series}:{metric}:{window}")
 
     def holds(self, series: str, metric: str) -> tuple[str, str]:
         """A sorted set of reservation ids by expiry, and a hash of their amounts."""

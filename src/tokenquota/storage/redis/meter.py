@@ -420,12 +420,10 @@ class RedisMeter:
         twice or not at all until the next rebuild.
         """
         self.mover.drain(conn)
-        self.counters.clear("c")  # layout 1 (counters.py), if a rebuild comes before an upgrade
-        self.counters.clear("cs")
+        self.counters.clear("c")
         self.counters.clear("g")
         conn.execute(t.counters.delete())  # the SQL meter's, unused beside Redis
         self.counters.add(self.ledger.replay(conn, self.catalog.tracked(conn)))
-        self.counters.mark()
         pipe = self.redis.pipeline(transaction=False)
         self.credits.restore(conn, pipe)
         count = self.ledger.count(conn)

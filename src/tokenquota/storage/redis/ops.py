@@ -139,11 +139,10 @@ class Runner:
             if key.window is None:
                 op.checks.append(None)  # a per-request cap reads nothing
                 continue
-            counter = self.layout.counter(series)
+            counter = self.layout.counter(series, key.metric.value, key.window.key)
             hz, ha = self.layout.holds(series, key.metric.value)
             step = op.steps.at(counter)
             fields = _fields(check)
-            named = [self.layout.bucket(key.metric.value, key.window.key, f) for f in fields]
             kind, used, held = "w", 0, 0
             if guards is not None and i >= first_guard:
                 seen = guards[i - first_guard]
@@ -151,7 +150,7 @@ class Runner:
             # positional, as step.lua reads a check: the buckets come last
             spec: list[Any] = [kind, step.key(counter), step.key(hz), step.key(ha)]
             spec += (check.amount if check.bucket is not None else 0, check.limit.value)
-            spec += (int(enforce and _enforced(check)), used, held, *named)
+            spec += (int(enforce and _enforced(check)), used, held, *map(str, fields))
             op.checks.append((step, step.add("checks", spec), fields, False))
 
     def add_wallets(
@@ -206,12 +205,11 @@ class Runner:
         for (series, metric, window, bucket), delta in increments(
             plan.series, plan.amounts, plan.timestamp, self.db.tz, keys
         ).items():
-            counter = self.layout.counter(series)
+            counter = self.layout.counter(series, metric, window)
             step = op.steps.at(counter)
-            field = self.layout.bucket(metric, window, bucket)
-            step.add("incr", [step.key(counter), field, str(delta)])
+            step.add("incr", [step.key(counter), str(bucket), str(delta)])
             if window == "total":  # the lifetime counter: checked against 2^63 - 1 first
-                step.add("cap", [step.key(counter), field, str(delta), f"{metric}|{series}"])
+                step.add("cap", [step.key(counter), str(bucket), str(delta), f"{metric}|{series}"])
 
     def add_event(self, step: Step, shard: int, body: dict[str, Any]) -> None:
         step.spec["seq"] = step.key(self.layout.seq(shard))

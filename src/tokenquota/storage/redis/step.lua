@@ -130,50 +130,12 @@ if spec.state then
     return { 'state', 0, state or '', '', '' }
   end
 end
--- Counter hashes (one per series, layout.py): every field this step reads
--- (checks, caps) or adds to (incr), read with one HMGET per key. Nothing in
--- this step writes them before the increments below, which start from these
--- values. cur[key][field] is the stored text, false when absent, true once
--- a HINCRBY (past 10^15, where doubles stop being exact) made it unknown.
-local cur = {}
-local wanted = {}
-local function want(k, f)
-  local fields = wanted[k]
-  if not fields then
-    fields = {}
-    wanted[k] = fields
-    cur[k] = {}
-  end
-  if cur[k][f] == nil then
-    cur[k][f] = false
-    fields[#fields + 1] = f
-  end
-end
-local cap = spec.cap or {}
-local incr = spec.incr or {}
-for i = 1, #cap, 4 do want(cap[i], cap[i + 1]) end
-for _, c in ipairs(spec.checks or {}) do
-  if c[1] ~= 'l' then
-    for j = 10, #c do want(c[2], c[j]) end
-  end
-end
-if not dry then
-  for i = 1, #incr, 3 do want(incr[i], incr[i + 1]) end
-end
-for k, fields in pairs(wanted) do
-  local t = cur[k]
-  for from = 1, #fields, 1000 do -- unpack has a stack limit; rolling windows have many buckets
-    local to = math.min(from + 999, #fields)
-    local got = redis.call('HMGET', KEYS[k], unpack(fields, from, to))
-    for j = from, to do t[fields[j]] = got[j - from + 1] or false end
-  end
-end
-
 -- The 63-bit bound (domain/bounds.py): key, field, amount, name per lifetime
 -- counter this step adds to; a refusal names the first that overflows and
 -- comes before the first write, so it changes nothing.
+local cap = spec.cap or {}
 for i = 1, #cap, 4 do
-  local current = cur[cap[i]][cap[i + 1]] or '0'
+  local current = redis.call('HGET', KEYS[cap[i]], cap[i + 1]) or '0'
   if not fits(current, cap[i + 2]) then return { 'too_large', 0, '', '', cap[i + 3] } end
 end
 if not dry and spec.unhold then
@@ -212,11 +174,14 @@ for i, c in ipairs(spec.checks or {}) do
   else
     local values = {}
     local used = 0
-    local t = cur[c[2]]
-    for j = 10, #c do
-      local text = t[c[j]] or '0' -- the stored text: exact, where int(v) is not past 2^53
-      used = used + tonumber(text)
-      values[j - 9] = text
+    local nf = #c - 9
+    if nf > 0 then
+      local got = redis.call('HMGET', KEYS[c[2]], unpack(c, 10))
+      for j = 1, nf do
+        local v = num(got[j])
+        used = used + v
+        values[j] = got[j] or '0' -- the stored text: exact, where int(v) is not past 2^53
+      end
     end
     local held, last = holds(c[3], c[4])
     if c[1] == 'g' then
@@ -257,39 +222,9 @@ if denied then return { 'denied', 0, rd, wl, '' } end
 if dry then return { 'ok', 0, rd, wl, '' } end
 
 -- phase 2: admitted, so write everything -------------------------------------
--- New values computed here and written with one HSET per key, where a
--- double is exact (both below 10^15); past that, HINCRBY (exact, and it
--- refuses to pass 2^63 - 1).
-local pending = {}
+local incr = spec.incr or {}
 for i = 1, #incr, 3 do
-  local k, f, d = incr[i], incr[i + 1], incr[i + 2]
-  local t = cur[k]
-  local v = t[f] or '0'
-  local p = pending[k]
-  if not p then
-    p = {}
-    pending[k] = p
-  end
-  if v ~= true and #v <= 15 and #d <= 15 then
-    local text = int(tonumber(v) + tonumber(d))
-    t[f] = text
-    p[f] = text
-  else
-    if p[f] then
-      redis.call('HSET', KEYS[k], f, p[f])
-      p[f] = nil
-    end
-    redis.call('HINCRBY', KEYS[k], f, d)
-    t[f] = true
-  end
-end
-for k, p in pairs(pending) do
-  local args = {}
-  for f, v in pairs(p) do
-    args[#args + 1] = f
-    args[#args + 1] = v
-  end
-  if #args > 0 then redis.call('HSET', KEYS[k], unpack(args)) end
+  redis.call('HINCRBY', KEYS[incr[i]], incr[i + 1], incr[i + 2])
 end
 for _, op in ipairs(spec.hold or {}) do
   redis.call('ZADD', KEYS[op[1]], op[4], op[3])

@@ -74,7 +74,6 @@ class RedisStore(ComposedStore):
             self.keyspace.stamp(prefix)
             self.db.pin_timezone(tz, move_timezone, meter.rebuild_in)
             self.keyspace.open_epoch(meter.rebuild_in)
-            counters.upgrade()
         except BaseException:
             self.redis.close()
             self.db.close()
