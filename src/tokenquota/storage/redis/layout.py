@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from tokenquota.domain.clock import from_micros
 from tokenquota.domain.decisions import Reading
 
@@ -104,6 +106,7 @@ class Step:
 
     keys: list[str] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=dict)
+    body: str = ""  # the ledger event's JSON, ARGV[2]: no second encoding inside the spec
     _index: dict[str, int] = field(default_factory=dict)
 
     def key(self, name: str) -> int:
@@ -120,8 +123,18 @@ class Step:
         ops.append(value)
         return len(ops) - 1
 
-    def argv(self, now: int, *, dry: bool = False) -> str:
-        return json.dumps({**self.spec, "now": now, "dry": dry}, separators=(",", ":"))
+    def argv(self, now: int, *, dry: bool = False) -> list[str | bytes]:
+        """ARGV for step.lua: the spec, with "incr" and "cap" flattened (fewer Lua
+        tables to decode), and the event body."""
+        spec = {**self.spec, "now": now, "dry": dry}
+        for flat in ("incr", "cap"):
+            if flat in spec:
+                spec[flat] = [v for op in spec[flat] for v in op]
+        try:
+            encoded: str | bytes = orjson.dumps(spec)
+        except TypeError:  # an integer past 64 bits (a guard's sum of many buckets)
+            encoded = json.dumps(spec, separators=(",", ":"))
+        return [encoded, self.body]
 
 
 class Steps:

@@ -69,7 +69,7 @@ class Runner:
     # running steps -------------------------------------------------------------
     def run(self, step: Step, now: datetime, *, dry: bool = False) -> Reply:
         keys, argv = step.keys, step.argv(to_micros(now), dry=dry)
-        return Reply.parse(call(lambda: self._script(keys=keys, args=[argv])))
+        return Reply.parse(call(lambda: self._script(keys=keys, args=argv)))
 
     def execute(self, op: Op, now: datetime, *, dry: bool = False) -> list[Reply]:
         """Run every step; on a cluster, undo earlier steps when a later one refuses.
@@ -131,14 +131,10 @@ class Runner:
             if key.metric is Metric.CONCURRENT_REQUESTS:
                 z = self.layout.leases(series)
                 step = op.steps.at(z)
-                spec = {
-                    "t": "l",
-                    "z": step.key(z),
-                    "n": check.amount,
-                    "lim": check.limit.value,
-                    "e": int(enforce and _enforced(check)),
-                }
-                op.checks.append((step, step.add("checks", spec), [], True))
+                # positional, as step.lua reads a check
+                lease = ["l", step.key(z), check.amount, check.limit.value]
+                lease.append(int(enforce and _enforced(check)))
+                op.checks.append((step, step.add("checks", lease), [], True))
                 continue
             if key.window is None:
                 op.checks.append(None)  # a per-request cap reads nothing
@@ -147,19 +143,14 @@ class Runner:
             hz, ha = self.layout.holds(series, key.metric.value)
             step = op.steps.at(counter)
             fields = _fields(check)
-            spec = {
-                "t": "w",
-                "c": step.key(counter),
-                "f": [str(f) for f in fields],
-                "hz": step.key(hz),
-                "ha": step.key(ha),
-                "n": check.amount if check.bucket is not None else 0,
-                "lim": check.limit.value,
-                "e": int(enforce and _enforced(check)),
-            }
+            kind, used, held = "w", 0, 0
             if guards is not None and i >= first_guard:
                 seen = guards[i - first_guard]
-                spec.update(t="g", used=sum(seen.buckets.values()), held=seen.reserved)
+                kind, used, held = "g", sum(seen.buckets.values()), seen.reserved
+            # positional, as step.lua reads a check: the buckets come last
+            spec: list[Any] = [kind, step.key(counter), step.key(hz), step.key(ha)]
+            spec += (check.amount if check.bucket is not None else 0, check.limit.value)
+            spec += (int(enforce and _enforced(check)), used, held, *map(str, fields))
             op.checks.append((step, step.add("checks", spec), fields, False))
 
     def add_wallets(
@@ -226,8 +217,8 @@ class Runner:
             "stream": step.key(self.layout.stream(shard)),
             "shard": shard,
             "shards": self.layout.shards,
-            "body": json.dumps(body, separators=(",", ":")),
         }
+        step.body = json.dumps(body, separators=(",", ":"))
 
     def ledger_step(self, op: Op, shard: int, key: str, *, version: str | None = None) -> Step:
         """The step that makes an operation count; ``version`` (the plan's) is checked in it."""
