@@ -24,7 +24,17 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import tokenquota
-from tokenquota.api.routes import admin, grants, health, holds, metering, reads, resources
+from tokenquota.api.dashboard import pages as dashboard
+from tokenquota.api.routes import (
+    admin,
+    grants,
+    health,
+    holds,
+    insights,
+    metering,
+    reads,
+    resources,
+)
 from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
@@ -47,6 +57,8 @@ ROUTERS = [
     resources.router,
     grants.router,
     health.router,
+    insights.router,
+    dashboard.router,
 ]
 
 DESCRIPTION = """\
