@@ -22,7 +22,7 @@ MAX_TOP: Final = 100  # consumers per answer: a ranking, not an export (use /v1/
 class Consumer:
     subject: str
     value: Number  # in the metric's unit (credits as Decimal)
-    events: int  # usage events that carried the metric
+    events: int  # usage events that used some of the metric
 
 
 @dataclass(frozen=True, slots=True)

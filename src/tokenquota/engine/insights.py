@@ -72,6 +72,8 @@ class Insights:
             end=end,
             parent=parent_ref,
             within=within_ref,
+            # Charged by the same events, but above the subtree asked for.
+            hidden=frozenset(self.store.ancestors(within_ref)) if within_ref else frozenset(),
             kind=kind,
             limit=limit,
         )

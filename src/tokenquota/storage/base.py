@@ -316,6 +316,7 @@ class Insights(Protocol):
         end: datetime | None,
         parent: SubjectRef | None,
         within: SubjectRef | None,
+        hidden: frozenset[SubjectRef],
         kind: str | None,
         limit: int,
     ) -> list[Spent]:
@@ -323,8 +324,9 @@ class Insights(Protocol):
 
         ``parent``: only its current direct children, counting the events
         charged to both (what they spent in it). ``within``: only events charged
-        to that subject too (a member's subtree). ``kind``: only subjects of it.
-        Highest first, ties by subject; at most ``limit``.
+        to that subject too (a member's subtree; its ancestors, charged by the
+        same events, go in ``hidden``). ``hidden``: never ranked. ``kind``: only
+        subjects of it. Highest first, ties by subject; at most ``limit``.
         """
         ...
 

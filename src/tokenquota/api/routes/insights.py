@@ -30,7 +30,7 @@ router = APIRouter(prefix="/v1", tags=["usage"])
 class ConsumerOut(Model):
     subject: str
     value: Num = Field(description="Integer; a decimal string for credits")
-    events: int = Field(description="Usage events in the range that carried the metric")
+    events: int = Field(description="Usage events in the range that used some of the metric")
 
 
 class TopConsumersOut(Model):

@@ -27,6 +27,7 @@ class LedgerInsights:
         end: datetime | None,
         parent: SubjectRef | None,
         within: SubjectRef | None,
+        hidden: frozenset[SubjectRef],
         kind: str | None,
         limit: int,
     ) -> list[Spent]:
@@ -36,14 +37,14 @@ class LedgerInsights:
         # Events charged to the parent are those of its subtree; iter_events filters by it.
         for event in self.store.iter_events(subject=parent or within, start=start, end=end):
             amount = event.amounts.get(metric)
-            if not event.is_usage or amount is None:
+            if not event.is_usage or not amount:  # absent or 0: not a use of it
                 continue
             if within is not None and within not in event.charged:
                 continue
             for ref in event.charged:
                 if children is not None and ref not in children:
                     continue
-                if kind is not None and ref.kind != kind:
+                if ref in hidden or (kind is not None and ref.kind != kind):
                     continue
                 units[ref] += amount
                 events[ref] += 1

@@ -37,12 +37,13 @@ class SqlInsights:
         end: datetime | None,
         parent: SubjectRef | None,
         within: SubjectRef | None,
+        hidden: frozenset[SubjectRef],
         kind: str | None,
         limit: int,
     ) -> list[Spent]:
         if self.flush is not None:
             self.flush()
-        query = _query(metric, start, end, parent, within, kind, limit)
+        query = _query(metric, start, end, parent, within, hidden, kind, limit)
         with self.db.tx() as conn:
             rows = conn.execute(query).all()
         return [Spent(SubjectRef.parse(r.subject), int(r.units), int(r.events)) for r in rows]
@@ -54,6 +55,7 @@ def _query(
     end: datetime | None,
     parent: SubjectRef | None,
     within: SubjectRef | None,
+    hidden: frozenset[SubjectRef],
     kind: str | None,
     limit: int,
 ) -> sa.Select[Any]:
@@ -64,7 +66,7 @@ def _query(
     query = (
         sa.select(ranked.c.subject, units, sa.func.count().label("events"))
         .select_from(ranked.join(events, events.c.id == ranked.c.event_id))
-        .where(events.c.kind.in_(sorted(USAGE_KINDS)), amount.is_not(None))
+        .where(events.c.kind.in_(sorted(USAGE_KINDS)), amount != 0)  # NULL (absent) is not != 0
     )
     if start is not None:
         query = query.where(ranked.c.ts >= to_micros(start))
@@ -87,6 +89,8 @@ def _query(
         query = query.where(
             sa.exists().where(sp.c.child == ranked.c.subject, sp.c.parent == str(parent))
         )
+    if hidden:
+        query = query.where(ranked.c.subject.not_in(sorted(map(str, hidden))))
     if kind is not None:
         # substr, not LIKE: a kind may hold "_", which LIKE reads as a wildcard.
         prefix = f"{kind}:"
