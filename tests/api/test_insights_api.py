@@ -60,7 +60,12 @@ def test_admin_ranks_everyone_a_kind_or_a_parent_s_children(acme: Api) -> None:
             ("user:a2", 25),
         ]
         start = (NOW - timedelta(days=30)).isoformat()
-        params = {"metric": "tokens", "kind": "user", "start": start, "limit": 1}
+        params: dict[str, str | int] = {
+            "metric": "tokens",
+            "kind": "user",
+            "start": start,
+            "limit": 1,
+        }
         assert ranked(admin.get(PATH, params=params)) == [("user:a2", 1_025)]
 
 
@@ -128,9 +133,9 @@ def test_the_clients_read_the_ranking(acme: Api) -> None:
         )
         with pytest.raises(ValidationError):
             client.top_consumers("tokens", limit=MAX_TOP + 1)
-    with Client(acme.url, acme.key("member", "user:a1"), timeout=30) as member:
-        with pytest.raises(Forbidden):
-            member.top_consumers("tokens", parent="org:other")
+    member_key = acme.key("member", "user:a1")
+    with Client(acme.url, member_key, timeout=30) as member, pytest.raises(Forbidden):
+        member.top_consumers("tokens", parent="org:other")
 
 
 @pytest.fixture

@@ -112,22 +112,23 @@ def test_credits_are_decimals(quota: Quota) -> None:
 
 def test_the_backend_agrees_with_the_ledger_walk(acme: Quota) -> None:
     reference = LedgerInsights(acme.store)
-    for parent in (None, SubjectRef("org", "acme")):
-        for within in (None, SubjectRef("org", "acme")):
+    acme_ref = SubjectRef("org", "acme")
+    for parent in (None, acme_ref):
+        for within in (None, acme_ref):
             for kind in (None, "user"):
-                hidden = frozenset(acme.ancestors(within)) if within else frozenset()
-                args = {"parent": parent, "within": within, "kind": kind, "limit": 100}
                 mine = Insights(acme.store, acme.clock).top_consumers(
-                    "tokens",
-                    window="total",
+                    "tokens", window="total", parent=parent, within=within, kind=kind, limit=100
+                )
+                expected = reference.top_consumers(
+                    Metric.TOKENS,
+                    start=None,
+                    end=None,
                     parent=parent,
                     within=within,
+                    hidden=frozenset(acme.ancestors(within)) if within else frozenset(),
                     kind=kind,
                     limit=100,
                 )
-                expected = reference.top_consumers(
-                    Metric.TOKENS, start=None, end=None, hidden=hidden, **args
-                )  # type: ignore[arg-type]
                 assert [(c.subject, c.value, c.events) for c in mine.consumers] == [
                     (str(s.subject), s.units, s.events) for s in expected
                 ]

@@ -119,10 +119,12 @@ class Chart:
     legend: tuple[tuple[str, str], ...]  # (model, colour)
     peak: Number
     rows: tuple[tuple[datetime, tuple[Number | None, ...], Number], ...]  # for the table
+    ticks: tuple[tuple[float, datetime, str], ...]  # (x, period start, text-anchor)
 
 
-def stacked(metric: str, points: Sequence[HistoryPoint]) -> Chart:
-    """One column per period with usage, split by model, tallest column to full height."""
+def stacked(metric: str, points: Sequence[HistoryPoint], slots: Sequence[datetime]) -> Chart:
+    """One column slot per period of the range (``slots``, their starts, oldest first),
+    each split by model; the tallest column reaches full height, empty periods stay gaps."""
     mine = [p for p in points if p.metric == metric]
     models = sorted({p.model or "" for p in mine})
     colours = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
@@ -132,9 +134,10 @@ def stacked(metric: str, points: Sequence[HistoryPoint]) -> Chart:
     starts = sorted(periods)
     totals = {s: sum((Decimal(v) for v in periods[s].values()), Decimal(0)) for s in starts}
     peak = max(totals.values(), default=Decimal(0))
-    step = CHART_WIDTH / max(len(starts), 1)
+    where = {s: i for i, s in enumerate(slots)}
+    step = CHART_WIDTH / max(len(slots), 1)
     columns = []
-    for i, s in enumerate(starts):
+    for s in starts:
         y = CHART_HEIGHT
         segments = []
         for m in models:
@@ -144,16 +147,24 @@ def stacked(metric: str, points: Sequence[HistoryPoint]) -> Chart:
             height = float(Decimal(value) / peak) * CHART_HEIGHT if peak > 0 else 0.0
             y -= height
             segments.append(Segment(m or "(none)", colours[m], y, height, value))
-        columns.append(
-            Column(s, i * step + step * 0.1, step * 0.8, _number(totals[s]), tuple(segments))
-        )
+        x = where.get(s, 0) * step + step * 0.1
+        columns.append(Column(s, x, step * 0.8, _number(totals[s]), tuple(segments)))
     rows = tuple((s, tuple(periods[s].get(m) for m in models), _number(totals[s])) for s in starts)
+    ticks: list[tuple[float, datetime, str]] = []
+    if slots:  # the first, middle and last periods, kept inside the drawing
+        ticks.append((0.0, slots[0], "start"))
+        if len(slots) > 2:
+            middle = len(slots) // 2
+            ticks.append((middle * step + step / 2, slots[middle], "middle"))
+        if len(slots) > 1:
+            ticks.append((CHART_WIDTH, slots[-1], "end"))
     return Chart(
         metric,
         tuple(columns),
         tuple((m or "(none)", colours[m]) for m in models),
         _number(peak),
         rows,
+        tuple(ticks),
     )
 
 

@@ -27,6 +27,7 @@ from tokenquota.api.dashboard.session import Viewer, forget, keep, key_of
 from tokenquota.api.routes.insights import ranked
 from tokenquota.domain.errors import NotFound, TokenQuotaError
 from tokenquota.domain.keys import ApiKey
+from tokenquota.domain.ledger import AuditEntry
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import COUNTERS
 from tokenquota.domain.subjects import Subject, SubjectRef
@@ -187,10 +188,7 @@ def _subject(
 ) -> Response:
     target = SubjectRef.parse(ref, "ref")
     require_read(quota, viewer, target)
-    try:
-        grain = Granularity(granularity)
-    except ValueError:
-        grain = Granularity.DAY
+    grain = Granularity.HOUR if granularity == "hour" else Granularity.DAY
     known = _known(quota, target)
     usage = quota.usage(target)
     hits = quota.shadow_hits(target)
@@ -200,14 +198,14 @@ def _subject(
         if s.subject == str(target)
     ]
     children = ranked(quota, viewer, metric, window=window, parent=str(target), limit=TOP_ROWS)
-    span = HISTORY_SPAN.get(grain, HISTORY_SPAN[Granularity.DAY])
-    end = calendar_period(Calendar(grain.value), quota.clock.now(), quota.tz)[1]
-    points = quota.history(
-        target, start=end - span, end=end, granularity=grain.value, group_by="model"
-    )
-    audit = (
-        quota.audit(subject=str(target), limit=AUDIT_ROWS).items if viewer.role in WRITERS else None
-    )
+    unit = Calendar(grain.value)
+    end = calendar_period(unit, quota.clock.now(), quota.tz)[1]
+    start = calendar_period(unit, end - HISTORY_SPAN[grain], quota.tz)[0]
+    points = quota.history(target, start=start, end=end, granularity=grain.value, group_by="model")
+    slots = [start]
+    while (following := calendar_period(unit, slots[-1], quota.tz)[1]) < end:
+        slots.append(following)
+    audit = _latest_changes(quota, target) if viewer.role in WRITERS else None
     parents = [p for p in (known.parents if known else ()) if in_scope(quota, viewer, p)]
     return page(
         "subject.html",
@@ -218,7 +216,7 @@ def _subject(
         gauges=gauges,
         children=children,
         child_bars=charts.bars(children.consumers),
-        chart=charts.stacked(metric, points),
+        chart=charts.stacked(metric, points, slots),
         granularity=grain.value,
         audit=audit,
         form={"metric": metric, "window": window, "granularity": grain.value},
@@ -230,6 +228,13 @@ def _subject(
         chart_height=charts.CHART_HEIGHT,
         query=urlencode,
     )
+
+
+def _latest_changes(quota: Quota, ref: SubjectRef) -> list[AuditEntry]:
+    """The newest ``AUDIT_ROWS`` changes, newest first (the log pages oldest first)."""
+    total = quota.audit(subject=str(ref), limit=1).total
+    offset = max(total - AUDIT_ROWS, 0)
+    return quota.audit(subject=str(ref), offset=offset, limit=AUDIT_ROWS).items[::-1]
 
 
 def _known(quota: Quota, ref: SubjectRef) -> Subject | None:
