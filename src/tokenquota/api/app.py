@@ -58,7 +58,6 @@ ROUTERS = [
     grants.router,
     health.router,
     insights.router,
-    dashboard.router,
 ]
 
 DESCRIPTION = """\
@@ -121,6 +120,7 @@ def create_app(
     app.add_exception_handler(TooManyHeavyReads, _too_many_heavy_reads)
     for router in ROUTERS:
         app.include_router(router)
+    app.router.routes.extend(dashboard.routes)  # HTML for browsers (api/dashboard/pages.py)
     for surface in SURFACES:
         app.include_router(surface.router)
         errors.register_surface(app, surface.PREFIXES, surface.render_error)

@@ -12,18 +12,19 @@ read of its key, as the history and ranking it draws are over /v1.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from tokenquota.api.dashboard import charts
-from tokenquota.api.dashboard.session import Viewer, forget, keep, key_of
+from tokenquota.api.dashboard.session import forget, keep, key_of, signed_in
 from tokenquota.api.routes.insights import ranked
 from tokenquota.domain.errors import NotFound, TokenQuotaError
 from tokenquota.domain.keys import ApiKey
@@ -34,10 +35,9 @@ from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.domain.views import Granularity
 from tokenquota.domain.windows import Calendar, calendar_period
 from tokenquota.engine import Quota
-from tokenquota.http.auth import WRITERS, QuotaDep, in_scope, require_read
-from tokenquota.http.capacity import _heavy_read, runs_on
-
-router = APIRouter(include_in_schema=False)
+from tokenquota.http.auth import WRITERS, in_scope, require_read
+from tokenquota.http.capacity import _heavy_read as heavy_read
+from tokenquota.http.capacity import runs_on
 
 CSS: Final = (Path(__file__).parent / "static" / "dashboard.css").read_bytes()
 METRICS: Final = tuple(m.value for m in COUNTERS)
@@ -66,18 +66,6 @@ _templates = Environment(
 _templates.filters["show"] = charts.show
 
 
-async def _heavy(viewer: Viewer) -> AsyncIterator[None]:
-    """One heavy read of the signed-in key while a page renders (none when signed out)."""
-    if viewer is None:
-        yield
-        return
-    async for _ in _heavy_read(viewer):
-        yield
-
-
-Heavy = Annotated[None, Depends(_heavy, scope="request")]
-
-
 def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
     html = _templates.get_template(name).render(**context)
     return HTMLResponse(html, status_code=status, headers=HEADERS)
@@ -91,19 +79,16 @@ def _failed(viewer: ApiKey, error: TokenQuotaError) -> HTMLResponse:
     return page("error.html", error.status, viewer=viewer, error=error)
 
 
-@router.get("/dashboard/static/dashboard.css")
-async def stylesheet() -> Response:
+async def stylesheet(request: Request) -> Response:
     return Response(CSS, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
 
-@router.get("/dashboard/login")
-async def login_form(viewer: Viewer) -> Response:
-    if viewer is not None:
+async def login_form(request: Request) -> Response:
+    if await signed_in(request) is not None:
         return RedirectResponse("/dashboard", status_code=303, headers=HEADERS)
     return page("login.html", viewer=None, failed=False)
 
 
-@router.post("/dashboard/login")
 async def login(request: Request) -> Response:
     # Only from our own pages: a form on another site must not sign a browser in.
     origin = request.headers.get("origin")
@@ -118,27 +103,49 @@ async def login(request: Request) -> Response:
     return response
 
 
-@router.post("/dashboard/logout")
 async def logout(request: Request) -> Response:
     response = _to_login()
     forget(response, request)
     return response
 
 
-@router.get("/dashboard")
-@runs_on("reads")
-def overview(
-    viewer: Viewer,
-    quota: QuotaDep,
-    _heavy: Heavy,
-    metric: str = "tokens",
-    window: str = "month",
-    kind: str = "",
-    parent: str = "",
-) -> Response:
+async def overview(request: Request) -> Response:
     """Top consumers: of everyone, of one kind, or of a parent's children."""
+    viewer = await signed_in(request)
     if viewer is None:
         return _to_login()
+    q = request.query_params
+    async with _heavy_read(viewer):
+        return await _on_reads(_overview)(
+            viewer,
+            request.app.state.quota,
+            q.get("metric", "tokens"),
+            q.get("window", "month"),
+            q.get("kind", ""),
+            q.get("parent", ""),
+        )
+
+
+async def subject(request: Request) -> Response:
+    """One subject: a gauge per effective limit, its children, its history, its audit."""
+    viewer = await signed_in(request)
+    if viewer is None:
+        return _to_login()
+    q = request.query_params
+    async with _heavy_read(viewer):
+        return await _on_reads(_subject)(
+            viewer,
+            request.app.state.quota,
+            request.path_params["ref"],
+            q.get("metric", "tokens"),
+            q.get("window", "month"),
+            q.get("granularity", "day"),
+        )
+
+
+def _overview(
+    viewer: ApiKey, quota: Quota, metric: str, window: str, kind: str, parent: str
+) -> Response:
     try:
         top = ranked(
             quota,
@@ -163,27 +170,16 @@ def overview(
     )
 
 
-@router.get("/dashboard/subjects/{ref}")
-@runs_on("reads")
-def subject(
-    viewer: Viewer,
-    quota: QuotaDep,
-    _heavy: Heavy,
-    ref: str,
-    metric: str = "tokens",
-    window: str = "month",
-    granularity: str = "day",
+def _subject(
+    viewer: ApiKey, quota: Quota, ref: str, metric: str, window: str, granularity: str
 ) -> Response:
-    """One subject: a gauge per effective limit, its children, its history, its audit."""
-    if viewer is None:
-        return _to_login()
     try:
-        return _subject(viewer, quota, ref, metric, window, granularity)
+        return _subject_page(viewer, quota, ref, metric, window, granularity)
     except TokenQuotaError as error:
         return _failed(viewer, error)
 
 
-def _subject(
+def _subject_page(
     viewer: ApiKey, quota: Quota, ref: str, metric: str, window: str, granularity: str
 ) -> Response:
     target = SubjectRef.parse(ref, "ref")
@@ -243,3 +239,19 @@ def _known(quota: Quota, ref: SubjectRef) -> Subject | None:
         return quota.get_subject(ref)
     except NotFound:
         return None
+
+
+_on_reads = runs_on("reads")
+_heavy_read = asynccontextmanager(heavy_read)
+
+# Plain Starlette routes, not API operations: they answer HTML to a browser holding the
+# session cookie, are not in the OpenAPI document and are not /v1's header-keyed calls
+# (tests/api/test_isolation_matrix.py walks those; tests/api/test_dashboard*.py these).
+routes = [
+    Route("/dashboard", overview, methods=["GET"]),
+    Route("/dashboard/login", login_form, methods=["GET"]),
+    Route("/dashboard/login", login, methods=["POST"]),
+    Route("/dashboard/logout", logout, methods=["POST"]),
+    Route("/dashboard/subjects/{ref}", subject, methods=["GET"]),
+    Route("/dashboard/static/dashboard.css", stylesheet, methods=["GET"]),
+]

@@ -17,9 +17,10 @@ log line here names it.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Final
 
-from fastapi import Depends, Request, Response
+from starlette.requests import Request
+from starlette.responses import Response
 
 from tokenquota.domain.errors import TokenQuotaError
 from tokenquota.domain.keys import ApiKey
@@ -45,9 +46,6 @@ async def key_of(request: Request, presented: str) -> ApiKey | None:
 
 async def signed_in(request: Request) -> ApiKey | None:
     return await key_of(request, request.cookies.get(COOKIE, ""))
-
-
-Viewer = Annotated[ApiKey | None, Depends(signed_in)]
 
 
 def keep(response: Response, request: Request, presented: str) -> None:
