@@ -131,3 +131,15 @@ def test_the_stylesheet_is_served_by_the_service(acme: Api) -> None:
         response = client.get("/dashboard/static/dashboard.css")
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/css")
+
+
+def test_times_are_shown_in_the_store_s_zone(make_api: ServerFactory) -> None:
+    api = make_api(clock=FrozenClock(NOW), timezone="Europe/Stockholm")
+    api.quota.set_limit("user:sven", "tokens", "day", 100)
+    api.quota.consume("user:sven", tokens=10)
+    with browser(api) as client:
+        assert sign_in(client, ADMIN_KEY).status_code == 303
+        page = client.get("/dashboard/subjects/user:sven").text
+    # Midnight in Stockholm (23:00 UTC): the day resets, and the day's column starts, there.
+    assert '<dd data-field="reset">2026-03-11 00:00 CET</dd>' in page
+    assert "<td>2026-03-10 00:00 CET</td>" in page

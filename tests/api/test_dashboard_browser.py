@@ -135,7 +135,7 @@ def test_gauges_and_chart_show_the_known_usage(
         }
         assert heights["gpt-x"] == pytest.approx(heights["claude"] * 1.5)
         table = page.inner_text('[data-testid="history-table"] tbody').split("\t")
-        assert [cell.strip() for cell in table] == ["2026-03-10 00:00", "200", "300", "500"]
+        assert [cell.strip() for cell in table] == ["2026-03-10 00:00 UTC", "200", "300", "500"]
         audit = page.locator('[data-testid="audit"] tbody tr')
         actions = [audit.nth(i).inner_text().split("\t")[2] for i in range(audit.count())]
         assert actions == ["override.set", "override.set", "subject.put"]  # newest first

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from decimal import Decimal
 from typing import Final
 
@@ -43,6 +43,11 @@ def show(value: Number | None) -> str:
     if isinstance(value, Decimal):
         return f"{value:,f}"
     return f"{value:,}"
+
+
+def when(value: datetime, tz: tzinfo, fmt: str = "%Y-%m-%d %H:%M %Z") -> str:
+    """A time in the store's zone, the zone the periods and resets are computed in."""
+    return value.astimezone(tz).strftime(fmt)
 
 
 @dataclass(frozen=True, slots=True)

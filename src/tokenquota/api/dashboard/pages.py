@@ -64,6 +64,7 @@ _templates = Environment(
     lstrip_blocks=True,
 )
 _templates.filters["show"] = charts.show
+_templates.filters["when"] = charts.when
 
 
 def page(name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -161,6 +162,7 @@ def _overview(
     return page(
         "overview.html",
         viewer=viewer,
+        tz=quota.tz,
         top=top,
         bars=charts.bars(top.consumers),
         form={"metric": metric, "window": window, "kind": kind, "parent": parent},
@@ -206,6 +208,7 @@ def _subject_page(
     return page(
         "subject.html",
         viewer=viewer,
+        tz=quota.tz,
         ref=str(target),
         known=known,
         parents=parents,
