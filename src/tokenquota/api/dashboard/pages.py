@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
@@ -225,7 +225,6 @@ def _subject_page(
         bar_width=charts.BAR_WIDTH,
         chart_width=charts.CHART_WIDTH,
         chart_height=charts.CHART_HEIGHT,
-        query=urlencode,
     )
 
 
