@@ -143,6 +143,8 @@ FILL: dict[str, Filler | object] = {
     "group_by": OMIT,
     "format": OMIT,
     "WindowDays": OMIT,
+    "metric": lambda c: "tokens",
+    "window": OMIT,
     "resourceId": lambda c: f"d{uuid.uuid4().hex[:12]}",
     "resourceType": lambda c: "deployment",
     # body fields (top level)

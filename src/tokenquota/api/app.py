@@ -23,7 +23,17 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tokenquota.api.routes import admin, grants, health, holds, metering, reads, resources
+from tokenquota.api.dashboard import pages as dashboard
+from tokenquota.api.routes import (
+    admin,
+    grants,
+    health,
+    holds,
+    insights,
+    metering,
+    reads,
+    resources,
+)
 from tokenquota.api.schemas import CheckIn, ConsumeIn
 from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
@@ -49,6 +59,7 @@ ROUTERS = [
     resources.router,
     grants.router,
     health.router,
+    insights.router,
 ]
 
 DESCRIPTION = """\
@@ -119,6 +130,7 @@ def create_app(
     app.add_exception_handler(TooManyHeavyReads, _too_many_heavy_reads)
     for router in ROUTERS:
         app.include_router(router)
+    app.router.routes.extend(dashboard.routes)  # HTML for browsers (api/dashboard/pages.py)
     for surface in SURFACES:
         app.include_router(surface.router)
         errors.register_surface(app, surface.PREFIXES, surface.render_error)

@@ -19,6 +19,7 @@ from tokenquota.client._twins import AsyncHold, shielded
 from tokenquota.domain.decisions import Decision, Mode
 from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.holds import DEFAULT_TTL, Lease, Reservation
+from tokenquota.domain.insights import DEFAULT_TOP, TopConsumers
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import Plan
@@ -275,6 +276,31 @@ class AsyncClient:
         """A time series from the ledger."""
         return await self._run(
             p.history(subject, start=start, end=end, granularity=granularity, group_by=group_by)
+        )
+
+    async def top_consumers(
+        self,
+        metric: str,
+        *,
+        window: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        parent: str | SubjectRef | None = None,
+        kind: str | None = None,
+        limit: int = DEFAULT_TOP,
+    ) -> TopConsumers:
+        """Who used most of ``metric`` in a window's current period (default month) or a
+        range; under ``parent``, its direct children by what they spent in it."""
+        return await self._run(
+            p.top_consumers(
+                metric,
+                window=window,
+                start=start,
+                end=end,
+                parent=parent,
+                kind=kind,
+                limit=limit,
+            )
         )
 
     async def events(

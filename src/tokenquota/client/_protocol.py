@@ -25,6 +25,7 @@ from tokenquota.domain.errors import (
 )
 from tokenquota.domain.grants import Balance, Grant
 from tokenquota.domain.holds import Lease, Reservation
+from tokenquota.domain.insights import TopConsumers
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.ledger import AuditEntry, Event
 from tokenquota.domain.limits import Plan
@@ -51,6 +52,7 @@ from tokenquota.wire.catalog import (
 from tokenquota.wire.decisions import decode_decision
 from tokenquota.wire.errors import decode_error
 from tokenquota.wire.holds import decode_acquired, decode_lease, decode_reservation, decode_reserved
+from tokenquota.wire.insights import decode_top_consumers
 from tokenquota.wire.ledger import decode_audit_entry, decode_balance, decode_event, decode_grant
 from tokenquota.wire.version import VERSION
 from tokenquota.wire.views import (
@@ -360,6 +362,32 @@ def history(
         f"/v1/subjects/{_ref(subject)}/history",
         lambda data: [decode_history_point(p) for p in data["points"]],
         params=_params(start=start, end=end, granularity=granularity, group_by=group_by),
+    )
+
+
+def top_consumers(
+    metric: str,
+    *,
+    window: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    parent: str | SubjectRef | None,
+    kind: str | None,
+    limit: int,
+) -> Call[TopConsumers]:
+    return Call(
+        "GET",
+        "/v1/insights/top-consumers",
+        decode_top_consumers,
+        params=_params(
+            metric=metric,
+            window=window,
+            start=start,
+            end=end,
+            parent=str(parent) if parent is not None else None,
+            kind=kind,
+            limit=limit,
+        ),
     )
 
 

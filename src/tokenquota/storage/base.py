@@ -25,6 +25,7 @@ from tokenquota.domain.holds import Lease, Reservation
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, Event, defaults_target, plan_target
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
+from tokenquota.domain.metrics import Metric
 from tokenquota.domain.retention import Cutoffs
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.domain.views import Page as Page  # re-exported: stores name it from here
@@ -313,6 +314,45 @@ class Pruner(Protocol):
         Each batch hands its events to ``sink`` (which must make them durable)
         before the transaction that folds them into their carry events and
         deletes them commits (domain/retention.py); yields how many left.
+        """
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Spent:
+    """One subject's total of a metric over a range, in units (domain.metrics)."""
+
+    subject: SubjectRef
+    units: int
+    events: int
+
+
+class Insights(Protocol):
+    """Aggregates over the ledger for the dashboard and /v1/insights (storage/insights.py).
+
+    Apart from ``Store`` so each backend answers it from its own files, with
+    the ledger as the source: counters are kept only for tracked windows.
+    """
+
+    def top_consumers(
+        self,
+        metric: Metric,
+        *,
+        start: datetime | None,
+        end: datetime | None,
+        parent: SubjectRef | None,
+        within: SubjectRef | None,
+        hidden: frozenset[SubjectRef],
+        kind: str | None,
+        limit: int,
+    ) -> list[Spent]:
+        """The subjects charged most of ``metric`` by usage events with a time in [start, end).
+
+        ``parent``: only its current direct children, counting the events
+        charged to both (what they spent in it). ``within``: only events charged
+        to that subject too (a member's subtree; its ancestors, charged by the
+        same events, go in ``hidden``). ``hidden``: never ranked. ``kind``: only
+        subjects of it. Highest first, ties by subject; at most ``limit``.
         """
         ...
 
