@@ -1,4 +1,4 @@
-"""on_store_error: closed answers 503, open admits and queues (SPEC section 5).
+"""on_store_error: closed answers 503, open admits and queues (contract §5).
 
 The outage is real: a TCP proxy in front of the machine's PostgreSQL (or
 Redis) is cut while the server keeps running, then restored.

@@ -1,6 +1,6 @@
 """Group commit on SQLite and PostgreSQL (storage/sql/group.py): many decisions, one commit.
 
-What must stay true with it (SPEC section 10): exact admission under threads
+What must stay true with it (contract §10): exact admission under threads
 and processes, nothing acknowledged lost when the process is killed (the
 answer comes after the commit), and one decision's error reaching only its
 own caller, never the others of its batch.

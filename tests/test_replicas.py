@@ -1,4 +1,4 @@
-"""Replicas (SPEC section 10): several ``tokenquota serve`` on one store behave as one.
+"""Replicas (contract §10): several ``tokenquota serve`` on one store behave as one.
 
 A deployment scales out by running more processes behind a load balancer,
 each with its own connections and memory. The guarantees must hold across

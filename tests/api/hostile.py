@@ -5,7 +5,7 @@ attacked without editing this file: it starts from the example in ``EXAMPLES``
 when there is one, else from a body built out of its schema's required fields.
 
 A hostile value is one the contract forbids wherever it is put: text holding
-NUL, another control character or a lone surrogate (SPEC: refs, metrics and
+NUL, another control character or a lone surrogate (contract §1: refs, metrics and
 every text field), bytes that are not UTF-8, integers outside 63 bits or sums
 that leave them, booleans or null where the schema takes neither, nesting ten
 thousand deep, and bodies over the body cap. Null and booleans are put only

@@ -299,7 +299,7 @@ def test_history_events_and_exports_match_the_engine(frozen: Api) -> None:
         ("user:bob", "7"),
         ("user:carol", "1"),
     ]
-    # No event field may hold a line break any more (SPEC section 1); the line
+    # No event field may hold a line break any more (contract §1); the line
     # splitter's handling of quoted breaks is tested on its own above.
     assert rows[-1]["model"] == 'two, "quoted"'  # CSV quoting survives the round trip
     assert len(jsonl) == 1

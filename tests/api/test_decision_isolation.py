@@ -1,4 +1,4 @@
-"""What a decision shows, over real HTTP on every backend (SPEC section 10, issue 11).
+"""What a decision shows, over real HTTP on every backend (contract §10, issue 11).
 
 - A member key sees only its subject and descendants in check, consume, reserve,
   acquire and commit answers, in the 429 body and in the RateLimit-* headers; a

@@ -1,4 +1,4 @@
-"""Races over real HTTP (SPEC section 10): no overspend, and a retried key charges once.
+"""Races over real HTTP (contract §10): no overspend, and a retried key charges once.
 
 The engine's own race tests call it directly; these go through uvicorn, the
 thread pool the routes run on and the SQLite store, as a fleet of clients would.

@@ -1,4 +1,4 @@
-"""The isolation matrix, generated from the app's route table (SPEC sections 7 and 10).
+"""The isolation matrix, generated from the app's route table (contract §7 and §10).
 
 Every route the app serves, native and compatibility, is called by every role
 (admin, staff, service, member) on every relation to the member's subject: its
@@ -18,7 +18,7 @@ What is asserted:
   other than what the member itself sent in that request (an error may repeat
   the member's own input, which tells it nothing).
 
-One exception, by design: BokaMera's API is company-level (SPEC section 8:
+One exception, by design: BokaMera's API is company-level (contract §8:
 CompanyId defaults to the caller's company, its nearest ancestor of kind
 company), so a member bound below a company sees that company there; see
 docs/api.md ("What a member key sees").
@@ -50,7 +50,7 @@ from tokenquota.settings import Settings
 ROLES = ("member", "service", "staff", "admin")
 RELATIONS = ("own", "descendant", "ancestor", "sibling", "foreign")
 OUTSIDE = frozenset({"ancestor", "sibling", "foreign"})
-# BokaMera answers for the caller's company (SPEC section 8), an ancestor of the member.
+# BokaMera answers for the caller's company (contract §8), an ancestor of the member.
 COMPANY_LEVEL = frozenset({"/assistant/ai-chat/usage"})
 RULE = {"metric": "tokens", "window": "day", "limit": 50}
 OMIT = object()  # a parameter the matrix leaves out

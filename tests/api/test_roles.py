@@ -1,4 +1,4 @@
-"""The role matrix (SPEC section 7): every endpoint x role x a subject inside or outside
+"""The role matrix (contract §7): every endpoint x role x a subject inside or outside
 the member's scope, over real HTTP.
 
 One server serves the whole module (a few hundred cases); before each case the

@@ -1,4 +1,4 @@
-"""A resource policy on a group reaches its members (SPEC section 6), on every backend."""
+"""A resource policy on a group reaches its members (contract §6), on every backend."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Hostile text (SPEC section 1): NUL, controls and lone surrogates are a 422 naming the field.
+"""Hostile text (contract §1): NUL, controls and lone surrogates are a 422 naming the field.
 
 The same on every backend, nothing written, and the error's message and
 details always encode as UTF-8 (a message that cannot be encoded was a 500).
@@ -92,7 +92,7 @@ def test_metadata_keeps_layout_but_refuses_other_controls(quota: Quota) -> None:
 
 
 def test_format_characters_are_kept(quota: Quota) -> None:
-    """Zero-width joiners and bidi marks are how real names are written (SPEC section 1)."""
+    """Zero-width joiners and bidi marks are how real names are written (contract §1)."""
     name = "\u05e9\u05dc\u05d5\u05dd \u200f\U0001f469\u200d\U0001f4bb"
     assert quota.put_subject("user:m", name=name).name == name
     assert quota.create_plan("plan \u00e9t\u00e9", []).name == "plan \u00e9t\u00e9"

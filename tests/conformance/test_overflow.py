@@ -1,4 +1,4 @@
-"""The 63-bit bound (SPEC section 2): a sum past 2^63 - 1 is a 422 that changes nothing."""
+"""The 63-bit bound (contract §2): a sum past 2^63 - 1 is a 422 that changes nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Shared-capacity quotas on a resource (SPEC section 6), through the engine, on every backend."""
+"""Shared-capacity quotas on a resource (contract §6), through the engine, on every backend."""
 
 from __future__ import annotations
 

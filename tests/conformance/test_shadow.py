@@ -1,4 +1,4 @@
-"""Shadow rules beside enforced ones (SPEC section 4), the same on every backend.
+"""Shadow rules beside enforced ones (contract §4), the same on every backend.
 
 A shadow rule takes no part in choosing the enforced limit: it is measured
 beside it, counts what it would have blocked, and never loosens anything.

@@ -48,7 +48,7 @@ def status(
     else:
         used = sum(reading.buckets.values()) + added
         remaining = None if limit.unlimited else max(0, limit.value - used - reserved)
-        within = limit.unlimited or used < limit.value  # SPEC: used < limit
+        within = limit.unlimited or used < limit.value  # contract §5: within_limit is used < limit
         if window is not None:
             buckets = dict(reading.buckets)
             if added and check.bucket is not None:
@@ -187,7 +187,7 @@ def _overall(blocked_by: Sequence[LimitStatus]) -> str:
 
 
 def capacity_refuses(plan: DebitPlan, capacity_readings: Readings) -> bool:
-    """Whether the SPEC section 6 capacity test alone refuses an enforced request.
+    """Whether the contract §6 capacity test alone refuses an enforced request.
 
     A store that cannot run ``decide`` inside its atomic section (Redis) asks
     this first, then makes the atomic section confirm it read the same.

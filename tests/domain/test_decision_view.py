@@ -1,4 +1,4 @@
-"""Decision.visible_to and Decision.tightest: pure, no store (SPEC section 10; issue 11)."""
+"""Decision.visible_to and Decision.tightest: pure, no store (contract §10; issue 11)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Metrics and amounts (SPEC section 2): validation, defaults and exact units."""
+"""Metrics and amounts (contract §2): validation, defaults and exact units."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Resource quotas (SPEC section 6): validation, and the shared-capacity formula.
+"""Resource quotas (contract §6): validation, and the shared-capacity formula.
 
 The admission tests compare ``capacity_admits`` with ``reference``, an
-independent transcription of the SPEC formula in ``fractions.Fraction``
+independent transcription of the contract §6 formula in ``fractions.Fraction``
 (exact rationals, no Decimal contexts), and with hand-computed expectations.
 """
 
@@ -46,7 +46,7 @@ def ref(value: str) -> SubjectRef:
 
 
 # ---------------------------------------------------------------------------
-# The reference: SPEC section 6 written out directly, in exact rationals.
+# The reference: contract §6 written out directly, in exact rationals.
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Subjects (SPEC section 1): references, metadata, parents and the acyclic hierarchy."""
+"""Subjects (contract §1): references, metadata, parents and the acyclic hierarchy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Windows (SPEC section 3): parsing, calendar periods, rolling buckets, resets, retry timing.
+"""Windows (contract §3): parsing, calendar periods, rolling buckets, resets, retry timing.
 
 Every instant here is fixed; nothing reads the wall clock.
 """

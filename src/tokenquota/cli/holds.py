@@ -1,4 +1,4 @@
-"""Reservations and leases: budget held while an LLM call runs (SPEC section 5).
+"""Reservations and leases: budget held while an LLM call runs (contract §5).
 
 A reservation holds an estimate until ``commit`` replaces it by what the call
 really used or ``release`` frees it; a lease holds one concurrent_requests slot.

@@ -1,4 +1,4 @@
-"""Shared-capacity quotas on protected resources (SPEC section 6).
+"""Shared-capacity quotas on protected resources (contract §6).
 
 The quota is given as the JSON object of the HTTP API (default_rules, policies,
 capacity, saturation_threshold) and validated by the engine, whose errors name

@@ -1,4 +1,4 @@
-"""``tokenquota serve``: the HTTP service on uvicorn (SPEC section 9).
+"""``tokenquota serve``: the HTTP service on uvicorn (contract §9).
 
 Options resolve as everywhere in the service: flags > ``TOKENQUOTA_*``
 environment > TOML config file > defaults (``Settings.load``). The store is

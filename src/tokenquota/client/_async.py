@@ -502,7 +502,7 @@ class AsyncClient:
     async def set_resource_quota(
         self, resource: str | SubjectRef, quota: Mapping[str, object]
     ) -> ResourceQuota:
-        """Put a shared-capacity quota on a resource (SPEC section 6); replaces any earlier one."""
+        """Put a shared-capacity quota on a resource (contract §6); replaces any earlier one."""
         return await self._run(p.set_resource_quota(resource, quota))
 
     async def get_resource_quota(self, resource: str | SubjectRef) -> ResourceQuota:

@@ -489,7 +489,7 @@ class Client:
     def set_resource_quota(
         self, resource: str | SubjectRef, quota: Mapping[str, object]
     ) -> ResourceQuota:
-        """Put a shared-capacity quota on a resource (SPEC section 6); replaces any earlier one."""
+        """Put a shared-capacity quota on a resource (contract §6); replaces any earlier one."""
         return self._run(p.set_resource_quota(resource, quota))
 
     def get_resource_quota(self, resource: str | SubjectRef) -> ResourceQuota:

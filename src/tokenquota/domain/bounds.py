@@ -1,4 +1,4 @@
-"""The 63-bit bound on every counter and balance (SPEC section 2).
+"""The 63-bit bound on every counter and balance (contract §2).
 
 Each amount fits in 63 bits on its own (``metrics.to_units``), but sums of
 them are what the stores keep: a counter bucket, a window's SQL ``SUM``, a

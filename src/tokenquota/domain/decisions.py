@@ -48,7 +48,7 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Scope:
-    """The subjects a viewer may see in a decision (SPEC section 10).
+    """The subjects a viewer may see in a decision (contract §10).
 
     A member key sees its own subject and its descendants; a decision lists the
     subject and its ancestors, resources and prepaid wallets. ``subjects`` holds
@@ -135,7 +135,7 @@ class Decision:
         return min(bounded, key=lambda s: (_fraction_left(s), s.reset_at is None))
 
     def visible_to(self, scope: Scope) -> Decision:
-        """This decision as a viewer confined to ``scope`` may see it (SPEC section 10).
+        """This decision as a viewer confined to ``scope`` may see it (contract §10).
 
         Statuses of subjects outside the scope (ancestors, resources, their
         wallets) are dropped; a refusal by one becomes a ``WithheldBlock``
@@ -233,7 +233,7 @@ def _status(
             remaining = value - used - reserved
             if remaining < 0:
                 remaining = 0
-            within = used < value  # SPEC: used < limit
+            within = used < value  # contract §5: within_limit is used < limit
         if window is not None:
             # Only a rolling window's reset depends on the buckets: its oldest
             # one holding usage, which may be the one this request lands in.
@@ -401,7 +401,7 @@ def _overall(blocked_by: Sequence[LimitStatus]) -> str:
 
 
 def capacity_refuses(plan: DebitPlan, capacity_readings: Readings) -> bool:
-    """Whether the SPEC section 6 capacity test alone refuses an enforced request.
+    """Whether the contract §6 capacity test alone refuses an enforced request.
 
     A store that cannot run ``decide`` inside its atomic section (Redis) asks
     this first, then makes the atomic section confirm it read the same.

@@ -1,4 +1,4 @@
-"""API keys and roles (SPEC section 7).
+"""API keys and roles (contract §7).
 
 A key reads ``tq_<id>_<secret>``. Only a SHA-256 of the secret is stored: the
 secret carries 256 random bits, so a slow password hash would add nothing,

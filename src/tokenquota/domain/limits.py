@@ -1,4 +1,4 @@
-"""Limits and their resolution (SPEC section 4).
+"""Limits and their resolution (contract §4).
 
 A rule is (metric, window, value). Values are in units (see ``metrics``);
 ``UNLIMITED`` (-1) never blocks. A subject's enforced limit for one
@@ -35,7 +35,7 @@ class Source(StrEnum):
     OVERRIDE = "override"
     PLAN = "plan"
     DEFAULT = "default"
-    RESOURCE = "resource"  # a resource quota's rule for one consumer (SPEC section 6)
+    RESOURCE = "resource"  # a resource quota's rule for one consumer (contract §6)
     NONE = "none"
 
 
@@ -174,7 +174,7 @@ def resolve(
 
     The enforced limit is the nearest enforcing rule; shadow rules are skipped
     while choosing it, so a shadow override never switches off the plan or
-    default under it (SPEC section 4). The nearest shadow rule of the same
+    default under it (contract §4). The nearest shadow rule of the same
     (metric, window) is listed too, after the enforced one; it only counts the
     decisions it would have blocked. One shadow limit per (metric, window), so
     its hit counter, kept per (subject, metric, window), means one rule.

@@ -1,4 +1,4 @@
-"""Metrics and amounts (SPEC section 2).
+"""Metrics and amounts (contract §2).
 
 Internally every amount is a non-negative integer of *units*: one unit is one
 token or one request, and one billionth of a credit. Integer units keep credit

@@ -46,7 +46,7 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class CapacityPlan:
-    """The SPEC section 6 capacity test for a request that names a resource.
+    """The contract §6 capacity test for a request that names a resource.
 
     ``total`` reads the resource's usage this minute in the capacity's unit;
     ``shares`` read the usage of each consumer holding a reserved share.

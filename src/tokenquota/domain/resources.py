@@ -1,4 +1,4 @@
-"""Resource quotas: shared capacity on a protected resource (SPEC section 6).
+"""Resource quotas: shared capacity on a protected resource (contract §6).
 
 A resource such as ``deployment:llama-70b`` may carry a quota with
 
@@ -85,7 +85,7 @@ class ResourceRule:
 
     ``window`` is a calendar minute, hour or day for ``requests`` and ``tokens``,
     and None for ``concurrent_requests`` and ``input_sequence_length``, which
-    apply per request or lease (SPEC section 2) rather than summed over time.
+    apply per request or lease (contract §2) rather than summed over time.
     """
 
     metric: Metric
@@ -177,7 +177,7 @@ class Capacity:
 
 @dataclass(frozen=True, slots=True)
 class ResourceQuota:
-    """The quota of one protected resource (SPEC section 6).
+    """The quota of one protected resource (contract §6).
 
     Invariants (checked on construction, so no invalid quota exists): every
     share and the threshold lie in [0, 1]; the shares sum to at most 1, so the
@@ -307,7 +307,7 @@ def capacity_admits(
     with a reserved share to their own usage U_i this minute (a missing entry
     is 0; entries of other consumers are ignored).
 
-    The rule (SPEC section 6), with C the capacity and s the threshold:
+    The rule (contract §6), with C the capacity and s the threshold:
 
     - the resource is saturated when s is not None and U + a > s·C;
     - the bound B is C, or when saturated C - Σ_{i≠j} max(0, r_i·C - U_i): the

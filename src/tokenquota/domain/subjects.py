@@ -1,4 +1,4 @@
-"""Subjects (SPEC section 1): who consumes, and the hierarchy they are charged through."""
+"""Subjects (contract §1): who consumes, and the hierarchy they are charged through."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ def check_acyclic(
 
 
 def consumer_series(resource: SubjectRef, consumer: SubjectRef) -> str:
-    """The counter key of one consumer's use of a resource (SPEC section 6 rules).
+    """The counter key of one consumer's use of a resource (contract §6 rules).
 
     It holds a second ':' and a '~', which no subject ref may, so it never
     collides with a subject; it is never parsed back.

@@ -1,4 +1,4 @@
-"""Free text at the door (SPEC section 1): one rule for every text field.
+"""Free text at the door (contract §1): one rule for every text field.
 
 Every store must hold what the door lets in, and every error must be
 renderable. PostgreSQL refuses NUL in ``text`` and ``\\u0000`` in ``jsonb``;

@@ -1,4 +1,4 @@
-"""Windows (SPEC section 3): over which span usage is summed, and when it resets.
+"""Windows (contract §3): over which span usage is summed, and when it resets.
 
 Counting is done in *buckets* named by an integer (seconds since the epoch of
 the bucket's start):
@@ -163,7 +163,7 @@ class Window:
         return at, 0, 0, 0
 
     def reset_at(self, at: datetime, tz: ZoneInfo, buckets: Mapping[int, int]) -> datetime | None:
-        """When usage next drops (SPEC section 3).
+        """When usage next drops (contract §3).
 
         Calendar: the start of the next period. Rolling: when the oldest bucket
         still holding usage leaves the window, or None when nothing is in it.

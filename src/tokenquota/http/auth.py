@@ -1,4 +1,4 @@
-"""Who is calling, and what their role lets them touch (SPEC section 7).
+"""Who is calling, and what their role lets them touch (contract §7).
 
 | role    | may                                                              |
 | ------- | ---------------------------------------------------------------- |
@@ -198,7 +198,7 @@ def decision_scope(quota: Quota, caller: ApiKey, decision: Decision) -> Scope | 
     """Which subjects named in ``decision`` the caller may see; None when it sees all.
 
     A decision names its subject and every ancestor, the resource it asked for and
-    prepaid wallets: for a member only those in its own subtree stay (SPEC section 10).
+    prepaid wallets: for a member only those in its own subtree stay (contract §10).
     """
     if caller.role is not Role.MEMBER:
         return None

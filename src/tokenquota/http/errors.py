@@ -44,7 +44,7 @@ def error_response(
 
 
 class Renderer(Protocol):
-    """Renders an error in one API surface's own shape (SPEC section 8)."""
+    """Renders an error in one API surface's own shape (contract §8)."""
 
     def __call__(
         self,

@@ -182,7 +182,7 @@ class Catalog(Protocol):
         self, ref: SubjectRef, plan_id: str | None, *, actor: str, now: datetime
     ) -> None: ...
 
-    # resource quotas (SPEC section 6), kept as their validated wire form
+    # resource quotas (contract §6), kept as their validated wire form
     def get_resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None: ...
 
     def put_resource_quota(

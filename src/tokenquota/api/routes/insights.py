@@ -1,6 +1,6 @@
 """Aggregates over usage for people watching it: top consumers (engine/insights.py).
 
-A member key sees only its own subtree here as everywhere (SPEC section 10):
+A member key sees only its own subtree here as everywhere (contract §10):
 its ``parent`` must be inside it, only usage charged to its own subject is
 summed, and any subject outside it now (moved since) is left out of the answer.
 """

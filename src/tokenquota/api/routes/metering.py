@@ -58,7 +58,7 @@ def decision_answer(
     request: Request, decision: Decision, operation: str, caller: ApiKey
 ) -> tuple[int, dict[str, Any], dict[str, str]]:
     """Status, body and headers of the answer to a decision, as much of it as the caller
-    may see (SPEC section 10); counted in /metrics."""
+    may see (contract §10); counted in /metrics."""
     state = request.app.state
     metrics = state.metrics
     metrics.decided(operation, decision.mode.value, decision.allowed)

@@ -1,4 +1,4 @@
-"""Shared-capacity quotas on protected resources (SPEC section 6); events name their resource.
+"""Shared-capacity quotas on protected resources (contract §6); events name their resource.
 
 Revision ID: 0004
 Revises: 0003

@@ -70,7 +70,7 @@ from tokenquota.storage.sql.tx import Database
 from tokenquota.wire import stored
 
 T = TypeVar("T")
-# A capacity test (SPEC section 6) is checked by comparing what it read with
+# A capacity test (contract §6) is checked by comparing what it read with
 # what the script finds; a busy resource may need a few rounds.
 MAX_ROUNDS = 50
 

@@ -92,7 +92,7 @@ local function fits(a, b)
   return hi < 9223372036 or (hi == 9223372036 and lo <= 854775807)
 end
 
--- SPEC section 3: a request fits when the limit is not yet reached and the
+-- contract §3: a request fits when the limit is not yet reached and the
 -- request does not cross it (the same rule as domain.windows.admits).
 local function admits(used, amount, limit)
   return used < limit and used + amount <= limit

@@ -8,7 +8,7 @@ takes up to ``limit`` queued steps (its own among them) and hands them to
 ``run``, which executes them one after another in one transaction (each sees
 what the previous one wrote, so each is decided against the numbers the one
 before it left) and commits once. Only then are the callers of the batch
-answered: nothing is acknowledged before it is durable (SPEC section 10).
+answered: nothing is acknowledged before it is durable (contract §10).
 If more steps queued meanwhile, the leader passes the lead to the oldest of
 them and returns its own answer; that caller runs the next batch.
 

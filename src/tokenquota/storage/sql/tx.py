@@ -328,7 +328,7 @@ def plan_series(plan: DebitPlan) -> set[str]:
     ``plan.series`` holds the charged subjects (counters bumped, grants
     burned, the subject's idempotency key) and the resource-consumer share;
     the reads add what is only read: limits' subjects and the capacity
-    series of SPEC section 6, other consumers' shares among them.
+    series of contract §6, other consumers' shares among them.
     """
     return {*plan.series, *(str(check.limit.subject) for check in plan.reads)}
 
