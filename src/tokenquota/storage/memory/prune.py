@@ -100,6 +100,9 @@ class MemoryPruner:
                         at += 1
                         if not buckets:
                             self._s.counters.pop(key, None)
+                            # ``State.shape`` may hold this very dict: a consume must not
+                            # count into a series no read can find any more.
+                            self._s.forget_counting()
             yield removed
 
     def _recorded_at(self, event_id: int | None) -> datetime | None:
