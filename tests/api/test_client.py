@@ -34,7 +34,7 @@ from tokenquota import (
     Usage,
     ValidationError,
 )
-from tokenquota.client._protocol import LineSplitter
+from tokenquota.client._answers import LineSplitter
 from tokenquota.domain.clock import FrozenClock
 from tokenquota.domain.errors import Forbidden, Unauthorized
 from tokenquota.domain.holds import HoldState, ReservationClosed

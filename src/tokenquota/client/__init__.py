@@ -6,8 +6,8 @@ decoders of ``tokenquota.wire`` (the routes encode with the same module), so
 the two cannot drift apart; see README.md in this folder.
 """
 
+from tokenquota.client._answers import ServiceUnreachable
 from tokenquota.client._async import AsyncClient
-from tokenquota.client._protocol import ServiceUnreachable
 from tokenquota.client._sync import Client
 from tokenquota.domain.decisions import QuotaExceeded
 

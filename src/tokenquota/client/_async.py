@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tokenquota.client import _answers as a
 from tokenquota.client import _protocol as p
 from tokenquota.client._twins import AsyncHold, shielded
 from tokenquota.domain.decisions import Decision, Mode
@@ -88,8 +89,8 @@ class AsyncClient:
                 call.method, call.path, params=call.params, json=call.body
             )
         except httpx.TransportError as error:
-            raise p.unreachable(self._http.base_url, call, error) from error
-        return p.finish(call, response)
+            raise a.unreachable(self._http.base_url, call, error) from error
+        return a.finish(call, response)
 
     # operations -------------------------------------------------------------
     async def check(
@@ -362,15 +363,15 @@ class AsyncClient:
             async with self._http.stream(call.method, call.path, params=call.params) as response:
                 if response.is_error:
                     await response.aread()
-                    raise p.error_from(response)
-                lines = p.LineSplitter()
+                    raise a.error_from(response)
+                lines = a.LineSplitter()
                 async for text in response.aiter_text():
                     for line in lines.feed(text):
                         yield line
                 for rest in lines.end():
                     yield rest
         except httpx.TransportError as error:
-            raise p.unreachable(self._http.base_url, call, error) from error
+            raise a.unreachable(self._http.base_url, call, error) from error
 
     # subjects ---------------------------------------------------------------
     async def put_subject(

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tokenquota.client import _answers as a
 from tokenquota.client import _protocol as p
 from tokenquota.client._twins import Hold, unshielded
 from tokenquota.domain.decisions import Decision, Mode
@@ -84,8 +85,8 @@ class Client:
                 call.method, call.path, params=call.params, json=call.body
             )
         except httpx.TransportError as error:
-            raise p.unreachable(self._http.base_url, call, error) from error
-        return p.finish(call, response)
+            raise a.unreachable(self._http.base_url, call, error) from error
+        return a.finish(call, response)
 
     # operations -------------------------------------------------------------
     def check(
@@ -355,13 +356,13 @@ class Client:
             with self._http.stream(call.method, call.path, params=call.params) as response:
                 if response.is_error:
                     response.read()
-                    raise p.error_from(response)
-                lines = p.LineSplitter()
+                    raise a.error_from(response)
+                lines = a.LineSplitter()
                 for text in response.iter_text():
                     yield from lines.feed(text)
                 yield from lines.end()
         except httpx.TransportError as error:
-            raise p.unreachable(self._http.base_url, call, error) from error
+            raise a.unreachable(self._http.base_url, call, error) from error
 
     # subjects ---------------------------------------------------------------
     def put_subject(
