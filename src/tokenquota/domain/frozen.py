@@ -5,7 +5,7 @@ A frozen dataclass's generated ``__init__`` stores each field through
 field, against a few for a plain slot store. For the twelve fields of a
 ``LimitStatus`` that is three quarters of what building one costs, and every
 decision builds one per limit, plus its ``Decision``, its readings and its
-event (docs/performance.md, part 5).
+event (docs/performance-log.md, part 5).
 """
 
 from __future__ import annotations

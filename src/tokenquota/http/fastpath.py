@@ -4,7 +4,7 @@
 FastAPI's generic path for them (three ASGI layers under ours, routing over
 every route, solving dependencies, a body field validated through its
 ``ModelField``) cost more CPU than the bare endpoint it is measured against
-(docs/performance.md, "The HTTP path"). A ``FastRoute`` answers such a
+(docs/performance-log.md, "The HTTP path"). A ``FastRoute`` answers such a
 request itself, but only when nothing about it can be an error the framework
 would have answered:
 

@@ -6,7 +6,7 @@ inserts one link per charged subject, so it dirtied pages of both, and each
 dirty page is a frame of the WAL its commit writes and syncs. A WITHOUT ROWID
 table is the one b-tree in key order: a subject's counters sit together,
 the hot read is one descent per range, and a commit writes fewer frames
-(docs/performance.md has the counts). SQLite cannot change this in place, so
+(docs/performance-log.md has the counts). SQLite cannot change this in place, so
 each table is copied into a new one and renamed; that reads the table once,
 at upgrade. The columns, their types and the primary keys stay as they were.
 
