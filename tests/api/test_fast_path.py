@@ -46,7 +46,9 @@ def headers_of(answer: httpx.Response) -> dict[str, str]:
     request id the service made up (test_observability.py checks that one)."""
     assert answer.headers.get("x-request-id")
     return {
-        name: value for name, value in answer.headers.items() if name not in ("date", "x-request-id")
+        name: value
+        for name, value in answer.headers.items()
+        if name not in ("date", "x-request-id")
     }
 
 
