@@ -11,11 +11,13 @@ import json
 import logging
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from tests.api.conftest import ADMIN_KEY, Api, ServerFactory
+from tests.proxy import Proxy
 from tokenquota.http import logs
 
 GENERATED = re.compile(r"[0-9a-f]{32}")
@@ -192,3 +194,25 @@ def test_the_redis_ledger_lag_is_read_from_the_mover(
     assert gauge(api, "tokenquota_ledger_pending_events") == 3.0
     assert mover.flush() == 3
     assert gauge(api, "tokenquota_ledger_pending_events") == 0.0
+
+
+def test_a_store_outage_is_counted_and_decisions_are_timed(
+    make_api: ServerFactory, postgres_url: str
+) -> None:
+    parts = urlsplit(postgres_url)
+    assert parts.hostname is not None
+    assert parts.port is not None
+    proxy = Proxy(parts.hostname, parts.port)
+    try:
+        api = make_api(db=postgres_url.replace(f":{parts.port}/", f":{proxy.port}/", 1))
+        body = {"subject": "user:cut", "amounts": {"tokens": 1}}
+        assert post(api, "/v1/consume", body, KINDS[0]).status_code == 200
+        proxy.cut()
+        for kind in KINDS:
+            assert post(api, "/v1/consume", body, kind).status_code == 503
+        text = httpx.get(f"{api.url}/metrics", timeout=30).text
+        assert 'tokenquota_store_errors_total{lane="decisions"} 2.0' in text
+        assert 'tokenquota_store_seconds_count{lane="decisions"} 3.0' in text
+        assert 'route="/v1/consume",status="503"} 2.0' in text
+    finally:
+        proxy.cut()

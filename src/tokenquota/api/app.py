@@ -147,6 +147,8 @@ def create_app(
         Door, capacity=capacity, max_bytes=settings.max_body_bytes, metrics=metrics, fast=fast
     )
     app.state.capacity = capacity
+    capacity.decisions.observe = metrics.lane("decisions")
+    capacity.reads.observe = metrics.lane("reads")
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app
 

@@ -19,12 +19,14 @@ by whichever worker answers, never counted: every worker would read the same.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from tokenquota.domain.errors import StoreUnavailable
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -67,6 +69,19 @@ class Metrics:
             ["route", "method", "status"],
             registry=self.registry,
         )
+        self.store_seconds = Histogram(
+            "tokenquota_store_seconds",
+            "Time a call spends on its lane's thread (the store step, with the planning "
+            "and the answer around it), by lane: decisions or reads.",
+            ["lane"],
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "tokenquota_store_errors_total",
+            "Calls the store could not answer (a 503 store_unavailable), by lane.",
+            ["lane"],
+            registry=self.registry,
+        )
         # As many as the metrics' own children: one per label set ever counted.
         self._decided: dict[tuple[str, str, bool], Counter] = {}
         self._timed: dict[tuple[str, str], Histogram] = {}
@@ -95,6 +110,18 @@ class Metrics:
                 answered, self.requests.labels(route, method, str(status))
             )
         counter.inc()
+
+    def lane(self, name: str) -> Callable[[float, BaseException | None], None]:
+        """The observer of one lane's calls (``http.capacity.Threads.observe``)."""
+        seconds = self.store_seconds.labels(name)
+        errors = self.store_errors.labels(name)
+
+        def observe(elapsed: float, raised: BaseException | None) -> None:
+            seconds.observe(elapsed)
+            if isinstance(raised, StoreUnavailable):
+                errors.inc()
+
+        return observe
 
     def exposition(self, quota: Any) -> bytes:
         """The text a scrape gets: every worker's counts, and the live state of ``quota``."""
