@@ -294,23 +294,27 @@ class Door:
             await send(message)
 
         started = time.perf_counter()
-        route = "unmatched"
+        answered = False  # by the fast path, which has no route object
         try:
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
                 await self._too_large(scope, receive, answering)
                 return
-            route = await self._answer(scope, receive, answering)
+            answered = await self._answer(scope, receive, answering)
         finally:
             seconds = time.perf_counter() - started
             method = scope["method"]
+            # Read here, not returned: a route that raised has its template too.
+            route = (
+                scope["path"] if answered else str(getattr(scope.get("route"), "path", "unmatched"))
+            )
             # One that raised before any answer began counts as the 500 the server sends.
             code = status or 500
             self.metrics.timed(route, method, code, seconds)
             if logs.ACCESS.isEnabledFor(logging.INFO):  # a cached lookup in logging
                 logs.request(info, method, route, code, seconds)
 
-    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> str:
-        """Answer the request; returns the route template it was answered on."""
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer the request; True when the fast path answered it."""
         seen = 0
         max_bytes = self.max_bytes
         source = receive  # or, when the fast path declined, what it read replayed first
@@ -325,21 +329,18 @@ class Door:
             return message
 
         try:
-            try:
-                fast = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
-                if fast is not None:
-                    rest = await fastpath.serve(fast, self.max_bytes, scope, receive, send)
-                    if rest is None:
-                        return str(scope["path"])  # no route object on the fast path
-                    source = rest
-                await self.app(scope, limited, send)
-            finally:
-                route = str(getattr(scope.get("route"), "path", "unmatched"))
+            fast = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
+            if fast is not None:
+                rest = await fastpath.serve(fast, self.max_bytes, scope, receive, send)
+                if rest is None:
+                    return True
+                source = rest
+            await self.app(scope, limited, send)
         except _TooLarge:
             # Only when the body was read outside a route (a route's exception
             # handlers answer it themselves, in the same shape).
             await self._too_large(scope, receive, send)
-        return route
+        return False
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Rendered like every other error, so a compatibility surface keeps its shape.
