@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.test_serve import (
@@ -23,10 +24,11 @@ from tests.api.test_serve import (
     consume,
     create_key,
     free_port,
-    pytestmark,  # noqa: F401  (slow, like every test that starts serve)
     run_cli,
     serve,  # noqa: F401  (the fixture)
 )
+
+pytestmark = pytest.mark.slow  # like every test that starts serve
 
 ALLOWED, DENIED, CHECKS, SCRAPES = 10, 5, 3, 6
 
