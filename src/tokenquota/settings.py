@@ -55,8 +55,16 @@ class Settings(BaseSettings):
     access_log: bool = Field(
         False,
         description=(
-            "Log one line per request (uvicorn's access log); off by default, since "
-            "writing it cost about a twentieth of a decision's time on the service"
+            "Log one line per request and one per decision (tokenquota.access and "
+            "tokenquota.decisions); off by default, since writing them costs a share of a "
+            "decision's time on the service"
+        ),
+    )
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description=(
+            "How serve writes its log lines: json (one object a line, for log collectors) "
+            "or text (for a terminal)"
         ),
     )
     keep_alive_seconds: int = Field(

@@ -42,7 +42,14 @@ def same(answers: list[httpx.Response]) -> httpx.Response:
 
 
 def headers_of(answer: httpx.Response) -> dict[str, str]:
-    return {name: value for name, value in answer.headers.items() if name != "date"}
+    """The headers, but the two that differ between any two answers: the date and the
+    request id the service made up (test_observability.py checks that one)."""
+    assert answer.headers.get("x-request-id")
+    return {
+        name: value
+        for name, value in answer.headers.items()
+        if name not in ("date", "x-request-id")
+    }
 
 
 def fresh(make_api: ServerFactory) -> Api:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import os
 import time
 from collections.abc import AsyncIterator
@@ -39,7 +40,7 @@ from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
 from tokenquota.engine.retention import start_pruning
-from tokenquota.http import auth, errors, fastpath
+from tokenquota.http import auth, errors, fastpath, logs
 from tokenquota.http.capacity import (
     RETRY_AFTER_SECONDS,
     Capacity,
@@ -111,6 +112,7 @@ def create_app(
                 await anyio.to_thread.run_sync(app.state.pruning.close)
             # The lanes first: a call still running ends before its store is closed.
             await anyio.to_thread.run_sync(capacity.close)
+            metrics.close()
             if quota is None:
                 await anyio.to_thread.run_sync(opened.close)
 
@@ -145,6 +147,8 @@ def create_app(
         Door, capacity=capacity, max_bytes=settings.max_body_bytes, metrics=metrics, fast=fast
     )
     app.state.capacity = capacity
+    capacity.decisions.observe = metrics.lane("decisions")
+    capacity.reads.observe = metrics.lane("reads")
     app.openapi = functools.partial(_openapi, app)  # type: ignore[method-assign]
     return app
 
@@ -235,8 +239,11 @@ class Door:
     - Body cap: a body over ``max_bytes`` is refused with 413 before any of it
       is parsed: at once when its Content-Length says so, else as soon as the
       bytes read pass the cap.
-    - Latency per route template, for /metrics; a body refused for its
-      Content-Length is not timed (no route ever saw it).
+    - Latency per route template and a count per status code, for /metrics
+      (a body refused for its Content-Length counts as route "unmatched").
+    - The request id (``http.logs``): the caller's ``X-Request-ID`` when it is
+      plain, else a new one, echoed on every answer (errors and the fast path
+      included), and the request's log line once it is answered.
     - The hot routes' short way (``http.fastpath``): ``POST`` to one of ``fast``
       is answered there when it is well formed and its key is cached; anything
       else goes on to FastAPI with its body replayed.
@@ -268,12 +275,46 @@ class Door:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = None
+        presented_id = None
         for name, value in scope["headers"]:
             if name == b"content-length":
                 declared = value  # the last one, should there be several
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._too_large(scope, receive, send)
-            return
+            elif name == b"x-request-id" and presented_id is None:
+                presented_id = value
+        info = logs.RequestLog(logs.request_id_from(presented_id))
+        scope[logs.SCOPE_KEY] = info
+        echoed = (logs.HEADER, info.request_id.encode("ascii"))
+        status = 0
+
+        async def answering(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), echoed]
+            await send(message)
+
+        started = time.perf_counter()
+        answered = False  # by the fast path, which has no route object
+        try:
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+                await self._too_large(scope, receive, answering)
+                return
+            answered = await self._answer(scope, receive, answering)
+        finally:
+            seconds = time.perf_counter() - started
+            method = scope["method"]
+            # Read here, not returned: a route that raised has its template too.
+            route = (
+                scope["path"] if answered else str(getattr(scope.get("route"), "path", "unmatched"))
+            )
+            # One that raised before any answer began counts as the 500 the server sends.
+            code = status or 500
+            self.metrics.timed(route, method, code, seconds)
+            if logs.ACCESS.isEnabledFor(logging.INFO):  # a cached lookup in logging
+                logs.request(info, method, route, code, seconds)
+
+    async def _answer(self, scope: Scope, receive: Receive, send: Send) -> bool:
+        """Answer the request; True when the fast path answered it."""
         seen = 0
         max_bytes = self.max_bytes
         source = receive  # or, when the fast path declined, what it read replayed first
@@ -287,27 +328,19 @@ class Door:
                     raise _TooLarge(max_bytes)
             return message
 
-        started = time.perf_counter()
-        answered: str | None = (
-            None  # the path, when the fast path answered it (no route object then)
-        )
         try:
-            try:
-                fast = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
-                if fast is not None:
-                    rest = await fastpath.serve(fast, self.max_bytes, scope, receive, send)
-                    if rest is None:
-                        answered = scope["path"]
-                        return
-                    source = rest
-                await self.app(scope, limited, send)
-            finally:
-                route = answered or str(getattr(scope.get("route"), "path", "unmatched"))
-                self.metrics.timed(route, scope["method"], time.perf_counter() - started)
+            fast = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
+            if fast is not None:
+                rest = await fastpath.serve(fast, self.max_bytes, scope, receive, send)
+                if rest is None:
+                    return True
+                source = rest
+            await self.app(scope, limited, send)
         except _TooLarge:
             # Only when the body was read outside a route (a route's exception
             # handlers answer it themselves, in the same shape).
             await self._too_large(scope, receive, send)
+        return False
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Rendered like every other error, so a compatibility surface keeps its shape.

@@ -7,10 +7,14 @@ worker) and a bad URL, zone or default is reported as one line, exit code 2,
 instead of a traceback from inside a worker.
 """
 
+import contextlib
 import importlib.util
 import json
 import os
 import shlex
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Final
 
@@ -20,6 +24,11 @@ import uvicorn
 from tokenquota import ValidationError
 from tokenquota.cli.common import load_settings, reports_errors
 from tokenquota.settings import Settings, open_quota
+
+# Named here rather than imported from the app: http.logs and http.metrics pull
+# in uvicorn's and prometheus-client's modules, and the latter must not be
+# imported before MULTIPROC_ENV is set.
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 # The factory each worker process calls; it reads SETTINGS_ENV.
 APP_FACTORY: Final = "tokenquota.api:app_from_env"
@@ -118,8 +127,21 @@ def serve(
         bool | None,
         typer.Option(
             "--access-log/--no-access-log",
-            help="One log line per request (env TOKENQUOTA_ACCESS_LOG, default off).",
+            help=(
+                "One log line per request and per decision (env TOKENQUOTA_ACCESS_LOG, "
+                "default off)."
+            ),
             show_default=False,
+        ),
+    ] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            metavar="json|text",
+            help=(
+                "Log lines as JSON objects or as text (env TOKENQUOTA_LOG_FORMAT, default json)."
+            ),
         ),
     ] = None,
     keep_alive: Annotated[
@@ -159,6 +181,7 @@ def serve(
         on_store_error=on_store_error,
         spool=spool,
         access_log=access_log,
+        log_format=log_format,
         keep_alive_seconds=keep_alive,
     )
     if settings.workers > 1 and settings.db.lower().startswith("memory:"):
@@ -177,23 +200,49 @@ def serve(
         return
     # Worker processes rebuild the app from these settings instead of re-reading flags.
     os.environ[SETTINGS_ENV] = settings_json(settings)
-    uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **server_options(settings))
+    with shared_metrics():
+        uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **server_options(settings))
+
+
+@contextlib.contextmanager
+def shared_metrics() -> Iterator[None]:
+    """A fresh directory for the workers' Prometheus values, removed at exit.
+
+    Set before uvicorn starts the workers, which read it when they first import
+    prometheus-client (``http.metrics``); a directory left by an earlier run
+    would add its counts to this one's, so an inherited setting is replaced.
+    """
+    directory = tempfile.mkdtemp(prefix="tokenquota-metrics-")
+    previous = os.environ.get(MULTIPROC_ENV)
+    os.environ[MULTIPROC_ENV] = directory
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(MULTIPROC_ENV, None)
+        else:
+            os.environ[MULTIPROC_ENV] = previous
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def server_options(settings: Settings) -> dict[str, Any]:
-    """What uvicorn is told besides the app: no per-request log line unless asked for,
+    """What uvicorn is told besides the app: the log configuration (``http.logs``),
     the keep-alive of the settings, and the fastest loop and parser it finds.
 
     "auto" is uvloop and httptools whenever they are installed, which
     ``uvicorn[standard]`` (a dependency) does wherever they exist (not on Windows
     or PyPy: there asyncio and h11 serve). The banner says which were found.
     """
+    from tokenquota.http.logs import logging_config  # see MULTIPROC_ENV
+
     return {
         "host": settings.host,
         "port": settings.port,
         "loop": "auto",
         "http": "auto",
-        "access_log": settings.access_log,
+        # tokenquota.access writes the request lines, uvicorn's own are off (http/logs.py).
+        "access_log": False,
+        "log_config": logging_config(settings.log_format, settings.access_log),
         "timeout_keep_alive": settings.keep_alive_seconds,
     }
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from tokenquota.domain.clock import Clock, SystemClock, ensure_utc
 from tokenquota.domain.decisions import (
@@ -48,6 +48,9 @@ from tokenquota.engine.outage import Outage
 from tokenquota.engine.planner import Planner, parse_config_defaults, planned
 from tokenquota.engine.spool import Spool
 from tokenquota.storage import Store, open_store
+
+if TYPE_CHECKING:  # redis is optional: its mover is reached through the store
+    from tokenquota.storage.redis.mover import LedgerLag
 
 shadow_log = logging.getLogger("tokenquota.shadow")
 
@@ -104,6 +107,13 @@ class Quota(Holds):
     def spool(self) -> Spool | None:
         """The local queue of usage admitted without the store; None when failing closed."""
         return self.outage.spool
+
+    def ledger_lag(self) -> LedgerLag | None:
+        """How far the SQL ledger is behind Redis's streams; None on a store without
+        a mover (SQL and memory stores write the ledger in the decision itself)."""
+        mover = getattr(getattr(self.store, "meter", None), "mover", None)
+        lag: LedgerLag | None = mover.lag() if mover is not None else None
+        return lag
 
     def close(self) -> None:
         self.outage.close()

@@ -28,6 +28,7 @@ from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
 from tokenquota.engine.keycache import MISS
+from tokenquota.http import logs
 
 _BOOTSTRAP_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _BOOTSTRAP = ApiKey("bootstrap", Role.ADMIN, None, "TOKENQUOTA_ADMIN_KEY", _BOOTSTRAP_EPOCH)
@@ -79,6 +80,7 @@ class Authenticate(SecurityBase):
             raise Unauthorized("send an API key: Authorization: Bearer <key> or X-API-Key")
         bootstrap: str | None = request.app.state.admin_key
         if bootstrap and hmac.compare_digest(presented.encode(), bootstrap.encode()):
+            logs.seen_key(request.scope, _BOOTSTRAP.id)
             return _BOOTSTRAP
         quota: Quota = request.app.state.quota
         lookups: KeyLookups | None = getattr(request.app.state, "key_lookups", None)
@@ -93,6 +95,7 @@ class Authenticate(SecurityBase):
             )
         if key is None:
             raise Unauthorized("the API key is not valid")
+        logs.seen_key(request.scope, key.id)
         return key
 
 

@@ -32,6 +32,7 @@ import asyncio
 import contextvars
 import functools
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,8 @@ Lane = Literal["decisions", "reads"]
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+# Told how long each call took on a lane's thread and what it raised (http.metrics).
+Observer = Callable[[float, BaseException | None], None]
 
 RETRY_AFTER_SECONDS = 1
 
@@ -60,6 +63,7 @@ class Threads:
         self._pool: ThreadPoolExecutor | None = None  # made on first use, after a close too
         self._lock = threading.Lock()
         self._running = 0
+        self.observe: Observer | None = None
 
     @property
     def borrowed_tokens(self) -> int:
@@ -80,11 +84,18 @@ class Threads:
     def _enter(self, context: contextvars.Context, call: Callable[[], R]) -> R:
         with self._lock:
             self._running += 1
+        started = time.perf_counter()
+        raised: BaseException | None = None
         try:
             return context.run(call)
+        except BaseException as exc:
+            raised = exc
+            raise
         finally:
             with self._lock:
                 self._running -= 1
+            if self.observe is not None:
+                self.observe(time.perf_counter() - started, raised)
 
     def close(self) -> None:
         """After the last request: let running calls end, drop any never started."""

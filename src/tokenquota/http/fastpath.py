@@ -45,6 +45,7 @@ from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
 from tokenquota.domain.keys import ApiKey
+from tokenquota.http import logs
 from tokenquota.http.auth import BOOTSTRAP_KEY, KeyLookups
 from tokenquota.http.capacity import Threads
 
@@ -205,6 +206,7 @@ async def serve(
         caller = await caller_of(presented, starlette_app.state)
         if caller is None:  # the usual path answers 401, as it always has
             return Replay(messages, receive)
+        logs.seen_key(scope, caller.id)
         response = await fast.threads.run(functools.partial(fast.handler, model, request, caller))
     except Exception as exc:
         response = await handled(exc, request, starlette_app.exception_handlers)

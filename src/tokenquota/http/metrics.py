@@ -3,16 +3,43 @@
 Label children are looked up once and kept: ``Counter.labels(...)`` takes a
 lock and builds a key on every call, and the hot path counts every decision
 and times every request.
+
+With several worker processes (``serve --workers N``) each worker counts in
+its own memory, and a scrape reaches one of them: the totals went 2, 4, 2, 4.
+``serve`` then sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start;
+prometheus-client keeps every value in a file there, and a scrape adds up
+every worker's files (``MultiProcessCollector``), the ones of workers that
+have exited included, so a counter never goes back.
+
+Numbers that describe the shared state rather than the traffic (the spool's
+depth, the Redis ledger mover's lag) are read from the engine at scrape time
+by whichever worker answers, never counted: every worker would read the same.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tokenquota.domain.errors import StoreUnavailable
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The directory the workers share their values in, when serve set one."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.shared = multiprocess_dir() is not None
         self.decisions = Counter(
             "tokenquota_decisions_total",
             "Check and consume decisions by operation, mode and outcome.",
@@ -36,9 +63,29 @@ class Metrics:
             ["route", "method"],
             registry=self.registry,
         )
+        self.requests = Counter(
+            "tokenquota_requests_total",
+            "Requests answered, by route template, method and status code.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.store_seconds = Histogram(
+            "tokenquota_store_seconds",
+            "Time a call spends on its lane's thread (the store step, with the planning "
+            "and the answer around it), by lane: decisions or reads.",
+            ["lane"],
+            registry=self.registry,
+        )
+        self.store_errors = Counter(
+            "tokenquota_store_errors_total",
+            "Calls the store could not answer (a 503 store_unavailable), by lane.",
+            ["lane"],
+            registry=self.registry,
+        )
         # As many as the metrics' own children: one per label set ever counted.
         self._decided: dict[tuple[str, str, bool], Counter] = {}
         self._timed: dict[tuple[str, str], Histogram] = {}
+        self._answered: dict[tuple[str, str, int], Counter] = {}
 
     def decided(self, operation: str, mode: str, allowed: bool) -> None:
         """Count one decision."""
@@ -49,10 +96,80 @@ class Metrics:
             child = self._decided.setdefault(key, self.decisions.labels(operation, mode, outcome))
         child.inc()
 
-    def timed(self, route: str, method: str, seconds: float) -> None:
-        """Record one request's latency."""
+    def timed(self, route: str, method: str, status: int, seconds: float) -> None:
+        """Record one request's latency and count it under its status code."""
         key = (route, method)
         child = self._timed.get(key)
         if child is None:
             child = self._timed.setdefault(key, self.latency.labels(route, method))
         child.observe(seconds)
+        answered = (route, method, status)
+        counter = self._answered.get(answered)
+        if counter is None:
+            counter = self._answered.setdefault(
+                answered, self.requests.labels(route, method, str(status))
+            )
+        counter.inc()
+
+    def lane(self, name: str) -> Callable[[float, BaseException | None], None]:
+        """The observer of one lane's calls (``http.capacity.Threads.observe``)."""
+        seconds = self.store_seconds.labels(name)
+        errors = self.store_errors.labels(name)
+
+        def observe(elapsed: float, raised: BaseException | None) -> None:
+            seconds.observe(elapsed)
+            if isinstance(raised, StoreUnavailable):
+                errors.inc()
+
+        return observe
+
+    def exposition(self, quota: Any) -> bytes:
+        """The text a scrape gets: every worker's counts, and the live state of ``quota``."""
+        scrape = CollectorRegistry(auto_describe=False)
+        if self.shared:
+            scrape.register(multiprocess.MultiProcessCollector(None))  # type: ignore[no-untyped-call]
+        else:
+            scrape.register(self.registry)
+        if quota is not None:
+            scrape.register(Live(quota))
+        return generate_latest(scrape)
+
+    def close(self) -> None:
+        """This worker is ending: its live values stop counting (counters stay)."""
+        if self.shared:
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
+
+
+class Live(Collector):
+    """Gauges read from the engine when scraped (see the module's docstring)."""
+
+    def __init__(self, quota: Any) -> None:
+        self.quota = quota
+
+    def collect(self) -> Iterable[Any]:
+        spool = self.quota.spool
+        if spool is not None:
+            depth = GaugeMetricFamily(
+                "tokenquota_spool_depth",
+                "Usage admitted while the store was unreachable and not yet stored "
+                "(on_store_error=open).",
+            )
+            depth.add_metric([], float(spool.depth()))
+            yield depth
+        try:
+            lag = self.quota.ledger_lag()
+        except Exception:  # Redis away: the scrape still answers, without these two
+            lag = None
+        if lag is not None:
+            pending = GaugeMetricFamily(
+                "tokenquota_ledger_pending_events",
+                "Events in the Redis streams the mover has not copied to the SQL ledger yet.",
+            )
+            pending.add_metric([], float(lag.pending))
+            yield pending
+            behind = GaugeMetricFamily(
+                "tokenquota_ledger_lag_seconds",
+                "Age of the oldest event the mover has not copied yet (0 when none wait).",
+            )
+            behind.add_metric([], lag.seconds)
+            yield behind

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import anyio.to_thread
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from tokenquota.api.schemas import ErrorOut, HealthOut, StatusOut
 from tokenquota.domain.errors import StoreUnavailable
@@ -41,6 +42,7 @@ def readyz(quota: QuotaDep) -> JSONResponse:
     responses={200: {"content": {"text/plain": {}}}},
 )
 async def metrics(request: Request) -> Response:
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+    state = request.app.state
+    # On a thread: the live gauges read the spool and, on Redis, the streams.
+    body = await anyio.to_thread.run_sync(state.metrics.exposition, getattr(state, "quota", None))
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -14,6 +14,7 @@ from tokenquota.domain.decisions import Decision
 from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
+from tokenquota.http import logs
 from tokenquota.http.auth import Caller, decision_scope, require_consume
 from tokenquota.http.capacity import runs_on
 from tokenquota.http.errors import error_body
@@ -62,6 +63,7 @@ def decision_answer(
     state = request.app.state
     metrics = state.metrics
     metrics.decided(operation, decision.mode.value, decision.allowed)
+    logs.decision(request.scope, operation, decision)
     if decision.shadow_blocked:
         metrics.shadow_blocks.inc(len(decision.shadow_blocked))
     if decision.failed_open:

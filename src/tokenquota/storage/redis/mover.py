@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -29,6 +31,14 @@ log = logging.getLogger("tokenquota.redis")
 
 MOVE_BATCH = 500
 MOVE_INTERVAL = 0.2  # seconds between mover passes
+
+
+@dataclass(frozen=True)
+class LedgerLag:
+    """How far the SQL ledger is behind the Redis streams."""
+
+    pending: int  # events in the streams, not yet copied
+    seconds: float  # age of the oldest of them by this host's clock; 0 when none wait
 
 
 class Mover:
@@ -145,6 +155,25 @@ class Mover:
                     display(reason),
                 )
         call(lambda: self.redis.xdel(stream, *[i for i, _ in entries]))
+
+    def lag(self) -> LedgerLag:
+        """Read-only: what waits in the streams now, for monitoring (/metrics).
+
+        An event's stream id starts with the Redis server's time in milliseconds;
+        the age is measured against this host's clock, so a skew between the two
+        shows up in it (never below 0).
+        """
+        pending = 0
+        oldest: float | None = None
+        for shard in range(self.layout.shards):
+            stream = self.layout.stream(shard)
+            pending += int(call(lambda s=stream: self.redis.xlen(s)))
+            first = call(lambda s=stream: self.redis.xrange(s, count=1))
+            if first:
+                millis = int(_text(first[0][0]).partition("-")[0])
+                oldest = millis if oldest is None else min(oldest, millis)
+        seconds = 0.0 if oldest is None else max(0.0, time.time() - oldest / 1000)
+        return LedgerLag(pending, seconds)
 
     def quarantined(self) -> list[dict[str, str]]:
         """Every quarantined event, oldest first per shard, for an operator to inspect."""
