@@ -107,25 +107,24 @@ async def _quota_error(request: Request, exc: Exception) -> JSONResponse:
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
+    # Each problem keeps the validator's own words: the compat surfaces translate
+    # those into their dialects (compat/waldur.py). The message says what to do.
     problems = [
         {
             # A body that is not JSON at all has no field to name but itself.
             "field": "body" if e.get("type") == "json_invalid" else _field(tuple(e.get("loc", ()))),
-            "message": _actionable(request, exc, e),
+            "message": str(e.get("msg", "")),
         }
         for e in errors
     ]
-    first = problems[0] if problems else {"field": "body", "message": "invalid request"}
-    details: dict[str, Any] = {"field": first["field"], "errors": problems}
-    if errors and errors[0].get("type") == "json_invalid":
+    if not errors:
+        return render(request, 422, "validation_error", "body: invalid request", {"field": "body"})
+    field = problems[0]["field"]
+    details: dict[str, Any] = {"field": field, "errors": problems}
+    if errors[0].get("type") == "json_invalid":
         details.update(_json_position(exc.body, errors[0]))
-    return render(
-        request,
-        422,
-        "validation_error",
-        f"{first['field']}: {first['message']}",
-        details,
-    )
+    message = f"{field}: {_actionable(request, exc, errors[0])}"
+    return render(request, 422, "validation_error", message, details)
 
 
 SEND_JSON = "send the body as JSON with Content-Type: application/json"
