@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 
@@ -24,7 +25,7 @@ from tokenquota.cli.common import (
 )
 from tokenquota.cli.metering import AsJson
 from tokenquota.cli.tables import Listing
-from tokenquota.domain.insights import DEFAULT_TOP, MAX_TOP
+from tokenquota.domain.insights import DEFAULT_TOP, MAX_TOP, TopConsumers
 from tokenquota.wire.insights import encode_top_consumers
 
 
@@ -102,11 +103,7 @@ def top(
         if as_json:
             print_json(encode_top_consumers(ranked))
             return
-        span = f"{when(ranked.start, quota.tz)} to {when(ranked.end, quota.tz)}"
-        if ranked.window == "total":
-            span = "all time"
-        elif ranked.window:
-            span = f"{ranked.window}, {span}"
+        span = _span(ranked, quota.tz)
         scope = f" under {ranked.parent}" if ranked.parent else ""
         # The range on its own line: a title as long would wrap over the narrow table.
         out = console()
@@ -117,7 +114,24 @@ def top(
         table.add_column(ranked.metric, justify="right", no_wrap=True)
         table.add_column("events", justify="right", no_wrap=True)
         for rank, consumer in enumerate(ranked.consumers, start=1):
-            table.add_row(str(rank), consumer.subject, number(consumer.value), number(consumer.events))
-        out.print(table)
-        if not ranked.consumers:
+            table.add_row(
+                str(rank), consumer.subject, number(consumer.value), number(consumer.events)
+            )
+        if ranked.consumers:
+            out.print(table)
+        else:
             out.print(f"no {ranked.metric} used{scope} in that range")
+
+
+def _span(ranked: TopConsumers, tz: ZoneInfo) -> str:
+    """The range ranked, in the store's zone: a window's current period or the bounds given."""
+    start, end = ranked.start, ranked.end
+    if start is not None and end is not None:
+        text = f"{when(start, tz)} to {when(end, tz)}"
+    elif start is not None:
+        text = f"since {when(start, tz)}"
+    elif end is not None:
+        text = f"before {when(end, tz)}"
+    else:
+        text = "all time"
+    return f"{ranked.window}, {text}" if ranked.window and ranked.window != "total" else text
