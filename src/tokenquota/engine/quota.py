@@ -50,6 +50,7 @@ from tokenquota.engine.outage import Outage
 from tokenquota.engine.planner import Planner, parse_config_defaults, planned
 from tokenquota.engine.spool import Spool
 from tokenquota.storage import Store, open_store
+from tokenquota.storage.base import RebuildProgress
 
 shadow_log = logging.getLogger("tokenquota.shadow")
 
@@ -335,9 +336,13 @@ class Quota(Holds):
             metric, window=window, start=start, end=end, parent=parent, kind=kind, limit=limit
         )
 
-    def rebuild(self) -> int:
-        """Recompute every counter from the ledger; returns the number of events replayed."""
-        return self.store.rebuild()
+    def rebuild(self, *, on_progress: RebuildProgress | None = None) -> int:
+        """Recompute every counter from the ledger; returns the number of events replayed.
+
+        ``on_progress(replayed, total)`` is called now and then while the ledger
+        is replayed (the CLI's progress bar); it must not call back into the store.
+        """
+        return self.store.rebuild(on_progress)
 
 
 _GRAIN_SPAN: Final = {
