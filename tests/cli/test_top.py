@@ -107,4 +107,5 @@ def test_bad_input_is_one_line_and_exit_2(db: str, args: tuple[str, ...], field:
     result = invoke("top", *args, db=db)
     assert result.exit_code == 2, result.output
     (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("error: ") and field in line, line
+    assert line.startswith("error: "), line
+    assert field in line, line
