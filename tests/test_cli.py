@@ -535,6 +535,35 @@ def test_rebuild_replays_the_ledger(three_events: Run) -> None:
     bad_input(three_events("rebuild", "--db", "redis://x"), "db")
 
 
+# A terminal for rich (FORCE_COLOR makes it draw as if stderr were one), so the bars show.
+TERMINAL: dict[str, str | None] = {"FORCE_COLOR": "1", "NO_COLOR": None, "TTY_COMPATIBLE": "1"}
+
+
+def test_rebuild_and_export_draw_a_progress_bar_on_stderr_only(
+    three_events: Run, tmp_path: Path
+) -> None:
+    rebuilt = three_events("rebuild", env=TERMINAL)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    assert "replaying the ledger" in rebuilt.stderr
+    assert "3/3" in rebuilt.stderr
+    assert "3 events replayed" in rebuilt.stdout
+    assert "replaying" not in rebuilt.stdout
+
+    plain, barred = tmp_path / "plain.csv", tmp_path / "barred.csv"
+    quiet = three_events("events", "--format", "csv", "--output", str(plain))
+    assert quiet.stderr.strip() == f"wrote 3 events to {plain}"  # no terminal: no bar
+    drawn = three_events("events", "--format", "csv", "--output", str(barred), env=TERMINAL)
+    assert drawn.exit_code == 0, drawn.output
+    assert f"exporting to {barred}" in drawn.stderr
+    assert "3/3" in drawn.stderr
+    assert drawn.stdout == ""
+    assert barred.read_text() == plain.read_text()
+    # To stdout the export is the data itself: no bar in it, nor beside it.
+    piped = three_events("events", "--format", "jsonl", env=TERMINAL)
+    assert "exporting" not in piped.stdout + piped.stderr
+    assert len(piped.stdout.splitlines()) == 3
+
+
 def test_keys_create_quiet_prints_only_the_key(cli: Run) -> None:
     out = ok(cli("keys", "create", "--role", "service", "--quiet"))
     assert re.fullmatch(r"tq_[0-9a-f]{16}_[A-Za-z0-9_-]{43}\n", out)

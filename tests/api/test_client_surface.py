@@ -33,10 +33,6 @@ QUOTA_ONLY: dict[str, str] = {
 # Methods of both clients that the embedded library does not have.
 CLIENT_ONLY: dict[str, str] = {
     "export_events": "the streamed CSV / JSON lines export is an HTTP answer",
-    "top_consumers": (
-        "the library's is tokenquota.engine.insights.Insights(quota.store, quota.clock)"
-        ".top_consumers, same arguments, while engine/quota.py is being split"
-    ),
 }
 
 # Methods of AsyncClient alone.

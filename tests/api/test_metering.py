@@ -136,3 +136,40 @@ def test_bodies_that_are_not_json_are_422_naming_the_body(api: Api, admin: httpx
         )
         assert response.status_code == 422, raw
         assert response.json()["error"]["details"]["field"] == "body"
+
+
+def test_a_body_sent_without_a_json_content_type_says_to_send_json(
+    api: Api, admin: httpx.Client
+) -> None:
+    body = b'{"subject": "user:alice", "amounts": {"tokens": 1}}'
+    for headers in (
+        {"content-type": "application/x-www-form-urlencoded"},  # what curl -d sends
+        {"content-type": "text/plain"},
+        {},
+    ):
+        request = admin.build_request("POST", "/v1/consume", content=body, headers=headers)
+        request.headers.pop("content-type", None)  # httpx adds none for bytes; be sure
+        request.headers.update(headers)
+        response = admin.send(request)
+        assert response.status_code == 422, headers
+        error = response.json()["error"]
+        assert error["code"] == "validation_error"
+        assert error["details"]["field"] == "body"
+        assert error["message"] == (
+            "body: send the body as JSON with Content-Type: application/json"
+        ), headers
+    assert api.quota.events().total == 0
+
+
+def test_malformed_json_names_the_line_and_column(admin: httpx.Client) -> None:
+    raw = b'{\n  "subject": "user:alice",\n  "amounts": {"tokens": 1,}\n}'
+    response = admin.post("/v1/consume", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 422
+    error = response.json()["error"]
+    offset = raw.decode().index(",}") + 1
+    assert error["details"]["field"] == "body"
+    assert (error["details"]["line"], error["details"]["column"]) == (3, 27)
+    assert error["details"]["position"] == offset
+    assert "line 3 column 27" in error["message"]
+    assert f"(char {offset})" in error["message"]
+    assert error["message"].startswith("body: not valid JSON: ")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -207,6 +208,47 @@ def test_serve_migrates_serves_keys_from_the_cli_and_stops_on_sigterm(
     assert "Application shutdown complete" in server.output()
 
 
+def test_a_taken_port_is_one_line_and_exit_2_before_any_banner(tmp_path: Path) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*TOKENQUOTA, "serve", "--port", str(port), "--db", f"sqlite:///{tmp_path / 't.db'}"],
+            cwd=tmp_path,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_SECONDS,
+            check=False,
+        )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == [f"error: port {port} is in use; pass --port"]
+
+
+def test_the_banner_s_command_runs_as_printed(tmp_path: Path, serve: StartServe) -> None:
+    """The banner names a command the user can paste, with or without the venv on PATH."""
+    db = f"sqlite:///{tmp_path / 'banner.db'}"
+    port = free_port()
+    scripts = str(Path(TOKENQUOTA[0]).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != scripts)
+    server = serve("--port", str(port), "--db", db, port=port, env=clean_env(PATH=path))
+
+    (line,) = [x for x in server.output().splitlines() if x.startswith("admin key: none set")]
+    command = line.partition("make one with: ")[2]
+    done = subprocess.run(
+        shlex.split(command),
+        cwd=tmp_path,
+        env=clean_env(PATH=path),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert done.returncode == 0, command + "\n" + done.stderr
+    secret = dict(x.split(maxsplit=1) for x in done.stdout.splitlines() if x.strip())["key"]
+    assert consume(server.url, secret, "user:alice", 1).status_code == 200
+
+
 def test_two_workers_share_one_store_and_its_limits(tmp_path: Path, serve: StartServe) -> None:
     db = f"sqlite:///{tmp_path / 'workers.db'}"
     port = free_port()
@@ -281,7 +323,12 @@ def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict[str, 
         # What the workers would inherit: the CliRunner restores the environment afterwards.
         calls.append((target, {**kwargs, "settings_json": os.environ.get(SETTINGS_ENV)}))
 
+    def any_free_port(settings: Settings) -> socket.socket:
+        # Not the port asked for (8000 may be some other server's): nothing listens here.
+        return socket.create_server(("127.0.0.1", 0))
+
     monkeypatch.setattr("tokenquota.cli.serve.uvicorn.run", fake_run)
+    monkeypatch.setattr("tokenquota.cli.serve.listening_socket", any_free_port)
     monkeypatch.delenv(SETTINGS_ENV, raising=False)
     return calls
 

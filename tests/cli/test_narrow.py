@@ -79,6 +79,8 @@ COMMANDS = [
     ("plans", "list"),
     ("grants", "list", "user:alice"),
     ("history", "user:alice"),
+    ("top",),
+    ("top", "--parent", "company:acme", "--window", "total"),
     ("events",),
     ("audit",),
     ("keys", "list"),

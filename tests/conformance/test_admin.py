@@ -198,6 +198,25 @@ def test_rebuild_reproduces_the_counters(quota: Quota, clock: FrozenClock) -> No
     assert quota.usage("user:alice", include_ancestors=True) == before
 
 
+def test_rebuild_reports_its_progress_and_still_agrees(quota: Quota, clock: FrozenClock) -> None:
+    """``on_progress`` sees the replay move forward to the ledger's size, on every backend."""
+    from tokenquota.storage.base import PROGRESS_EVERY
+
+    quota.set_limit("user:alice", "tokens", "total", 10_000_000)
+    n = PROGRESS_EVERY + 5  # more than one report's worth of events
+    for _ in range(n):
+        quota.consume("user:alice", tokens=3, mode="record")
+    quota.grant("user:alice", 2)  # a grant is a ledger event too
+    before = quota.usage("user:alice")
+    seen: list[tuple[int, int]] = []
+    assert quota.rebuild(on_progress=lambda done, total: seen.append((done, total))) == n + 1
+    assert quota.usage("user:alice") == before
+    assert seen[0] == (0, n + 1)
+    assert seen[-1] == (n + 1, n + 1)
+    assert len(seen) >= 3  # the start, at least one step between, the end
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
 def test_the_time_zone_is_kept_with_the_store(
     backend: str, make_quota: QuotaFactory, clock: FrozenClock
 ) -> None:

@@ -152,3 +152,14 @@ def test_bad_input_names_its_field(quota: Quota, kwargs: dict[str, object], fiel
     with pytest.raises(ValidationError) as raised:
         Insights(quota.store, quota.clock).top_consumers(**kwargs)  # type: ignore[arg-type]
     assert raised.value.details.get("field") == field
+
+
+def test_the_library_method_ranks_as_the_insights_do(acme: Quota) -> None:
+    """``Quota.top_consumers`` is the clients' method in the library, on every backend."""
+    for kwargs in ({}, {"parent": "org:acme"}, {"kind": "user", "limit": 2}, {"window": "day"}):
+        mine = acme.top_consumers("tokens", **kwargs)
+        assert mine == Insights(acme.store, acme.clock).top_consumers("tokens", **kwargs)
+    assert [c.subject for c in acme.top_consumers("tokens", parent="org:acme").consumers] == [
+        "team:a",
+        "user:a2",
+    ]

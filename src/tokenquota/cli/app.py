@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from tokenquota.cli import ledger, metering, prune, serve
+from tokenquota.cli import insights, ledger, metering, prune, serve
 from tokenquota.cli.grants import grants_app
 from tokenquota.cli.holds import leases_app, reservations_app
 from tokenquota.cli.keys import keys_app
@@ -42,6 +42,7 @@ app.command("consume")(metering.consume)
 app.command("check")(metering.check)
 app.command("usage")(metering.usage)
 app.command("history")(metering.history)
+app.command("top")(insights.top)
 app.command("events")(ledger.events)
 app.command("audit")(ledger.audit)
 app.command("rebuild")(ledger.rebuild)

@@ -10,6 +10,15 @@ from pathlib import Path
 from typing import Annotated, TextIO
 
 import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from tokenquota import Event, ValidationError
 from tokenquota.cli.common import (
@@ -44,6 +53,23 @@ Offset = Annotated[int, typer.Option("--offset", metavar="N", help="Skip this ma
 Limit = Annotated[
     int, typer.Option("--limit", metavar="N", help="Show at most this many (table only).")
 ]
+
+
+def progress_bar() -> Progress:
+    """A bar on stderr that leaves nothing behind (``transient``), as ``prune`` has.
+
+    On stderr, so the data written to stdout or a file is never mixed with it;
+    rich draws nothing when stderr is not a terminal.
+    """
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
 
 
 @contextmanager
@@ -133,9 +159,19 @@ def events(
 
         chunks = csv_chunks if fmt is Format.CSV else jsonl_chunks
         try:
-            with _sink(output) as sink:
-                for chunk in chunks(counted()):
-                    sink.write(chunk)
+            if output is None:  # to stdout, where a reader takes it: no bar
+                with _sink(output) as sink:
+                    for chunk in chunks(counted()):
+                        sink.write(chunk)
+            else:
+                # The total is one count of the same range; events added meanwhile may
+                # carry the bar past it, which only a progress bar can be wrong about.
+                total = quota.events(subject=subject, start=begin, end=stop, limit=1).total
+                with _sink(output) as sink, progress_bar() as bar:
+                    task = bar.add_task(f"exporting to {output}", total=total)
+                    for chunk in chunks(counted()):
+                        sink.write(chunk)
+                        bar.update(task, completed=written)
         except BrokenPipeError:
             # The reader (say `| head`) has stopped; that is its choice, not an error.
             # Point stdout at /dev/null so the interpreter's final flush stays quiet.
@@ -202,8 +238,14 @@ def rebuild(
     store moves to that zone: every calendar counter is recomputed in it. With
     --redis, it restores Redis (after it lost its data) from the ledger in --db.
     """
-    with opened(db, timezone, config, move_timezone=True, redis=redis) as quota:
-        replayed = quota.rebuild()
+    with (
+        opened(db, timezone, config, move_timezone=True, redis=redis) as quota,
+        progress_bar() as bar,
+    ):
+        task = bar.add_task("replaying the ledger", total=None)
+        replayed = quota.rebuild(
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total)
+        )
     typer.echo(f"rebuilt the counters from the ledger: {replayed} events replayed")
 
 

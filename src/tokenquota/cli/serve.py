@@ -8,11 +8,14 @@ instead of a traceback from inside a worker.
 """
 
 import contextlib
+import errno
 import importlib.util
 import json
 import os
 import shlex
 import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +25,7 @@ import typer
 import uvicorn
 
 from tokenquota import ValidationError
-from tokenquota.cli.common import load_settings, reports_errors
+from tokenquota.cli.common import EXIT_BAD_INPUT, load_settings, reports_errors
 from tokenquota.settings import Settings, open_quota
 
 # Named here rather than imported from the app: http.logs and http.metrics pull
@@ -34,6 +37,7 @@ MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 APP_FACTORY: Final = "tokenquota.api:app_from_env"
 SETTINGS_ENV: Final = "TOKENQUOTA_SETTINGS_JSON"
 ADMIN_KEY_ENV: Final = "TOKENQUOTA_ADMIN_KEY"
+LISTEN_BACKLOG: Final = 2048
 
 
 @reports_errors
@@ -191,17 +195,63 @@ def serve(
         )
     # Migrate once and validate the zone, the defaults and the spool before any worker starts.
     open_quota(settings).close()
-    typer.echo(banner(settings))
-    if settings.workers == 1:
-        # Imported here: building the app pulls in FastAPI, which other commands never need.
-        from tokenquota.api.app import create_app
+    # Bound here and handed to uvicorn, so the banner never announces a port we lack.
+    with listening_socket(settings) as sock:
+        typer.echo(banner(settings))
+        options = {**server_options(settings), "fd": sock.fileno()}
+        if settings.workers == 1:
+            # Imported here: building the app pulls in FastAPI, which other commands never need.
+            from tokenquota.api.app import create_app
 
-        uvicorn.run(create_app(settings), **server_options(settings))
-        return
-    # Worker processes rebuild the app from these settings instead of re-reading flags.
-    os.environ[SETTINGS_ENV] = settings_json(settings)
-    with shared_metrics():
-        uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **server_options(settings))
+            uvicorn.run(create_app(settings), **options)
+            return
+        # Worker processes rebuild the app from these settings instead of re-reading flags.
+        os.environ[SETTINGS_ENV] = settings_json(settings)
+        with shared_metrics():
+            uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **options)
+
+
+def listening_socket(settings: Settings) -> socket.socket:
+    """The service's socket, bound before anything says "listening".
+
+    uvicorn would bind only after the banner and the app's startup, and a port
+    already taken then surfaced as "listening on ..." followed by ``[Errno 98]``.
+    A failure here is one line and exit code 2, as for any other bad setting.
+    """
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        # As uvicorn sets it: a restart need not wait out the old connections' TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((settings.host, settings.port))
+        # Listening, not only bound: two bound sockets with SO_REUSEADDR may share a port
+        # until one listens. Connections queue until uvicorn accepts; 2048 is its backlog.
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            message = f"port {settings.port} is in use; pass --port"
+        else:
+            message = f"cannot listen on {base_url(settings)}: {exc.strerror or exc}"
+        typer.echo(f"error: {message}", err=True)
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    return sock
+
+
+def command() -> str:
+    """How the user can run this same command line again, as a shell word.
+
+    ``tokenquota`` when that name on PATH is the script running now; otherwise
+    the script's own path (``make serve`` runs ``.venv/bin/tokenquota``, which
+    is not on PATH), or ``python -m tokenquota.cli`` when no script runs at all.
+    """
+    script = Path(sys.argv[0])
+    if script.name in ("tokenquota", "tokenquota.exe") and script.exists():
+        found = shutil.which("tokenquota")
+        if found and Path(found).resolve() == script.resolve():
+            return "tokenquota"
+        return shlex.quote(str(script.resolve()))
+    return f"{shlex.quote(sys.executable)} -m tokenquota.cli"
 
 
 @contextlib.contextmanager
@@ -285,8 +335,8 @@ def banner(settings: Settings) -> str:
     if settings.on_store_error == "open":
         lines.append(f"store unreachable: admit and queue in {settings.spool} (fails open)")
     if settings.admin_key is None:
-        command = f"tokenquota keys create --role admin --db {shlex.quote(settings.db)}"
-        lines.append(f"admin key: none set; make one with: {command}")
+        create = f"{command()} keys create --role admin --db {shlex.quote(settings.db)}"
+        lines.append(f"admin key: none set; make one with: {create}")
     elif os.environ.get(ADMIN_KEY_ENV):
         lines.append(f"admin key: {ADMIN_KEY_ENV} is set")
     else:

@@ -30,6 +30,7 @@ from tokenquota.domain.decisions import (
     status,
 )
 from tokenquota.domain.errors import ValidationError
+from tokenquota.domain.insights import DEFAULT_TOP, TopConsumers
 from tokenquota.domain.ledger import Event
 from tokenquota.domain.metrics import Amounts, Metric, from_units, merge_amounts
 from tokenquota.domain.subjects import SubjectRef
@@ -43,11 +44,13 @@ from tokenquota.domain.views import (
 from tokenquota.domain.windows import Calendar, calendar_period, parse_timezone
 from tokenquota.engine import inputs
 from tokenquota.engine.holds import Holds
+from tokenquota.engine.insights import Insights
 from tokenquota.engine.keycache import KEY_CACHE_SECONDS, KeyCache
 from tokenquota.engine.outage import Outage
 from tokenquota.engine.planner import Planner, parse_config_defaults, planned
 from tokenquota.engine.spool import Spool
 from tokenquota.storage import Store, open_store
+from tokenquota.storage.base import RebuildProgress
 
 if TYPE_CHECKING:  # redis is optional: its mover is reached through the store
     from tokenquota.storage.redis.mover import LedgerLag
@@ -322,9 +325,34 @@ class Quota(Holds):
             end=ensure_utc(end, "end") if end else None,
         )
 
-    def rebuild(self) -> int:
-        """Recompute every counter from the ledger; returns the number of events replayed."""
-        return self.store.rebuild()
+    def top_consumers(
+        self,
+        metric: str,
+        *,
+        window: str | None = None,
+        start: datetime | None = None,
+        end: datetime | None = None,
+        parent: str | SubjectRef | None = None,
+        kind: str | None = None,
+        limit: int = DEFAULT_TOP,
+    ) -> TopConsumers:
+        """Who used most of ``metric`` in a window's current period (default month) or a
+        range; under ``parent``, its direct children by what they spent in it.
+
+        The same method as the clients' (/v1/insights/top-consumers), so code moves
+        between the library and the service unchanged; see ``Insights``.
+        """
+        return Insights(self.store, self.clock).top_consumers(
+            metric, window=window, start=start, end=end, parent=parent, kind=kind, limit=limit
+        )
+
+    def rebuild(self, *, on_progress: RebuildProgress | None = None) -> int:
+        """Recompute every counter from the ledger; returns the number of events replayed.
+
+        ``on_progress(replayed, total)`` is called now and then while the ledger
+        is replayed (the CLI's progress bar); it must not call back into the store.
+        """
+        return self.store.rebuild(on_progress)
 
 
 _GRAIN_SPAN: Final = {

@@ -106,22 +106,69 @@ async def _quota_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _request_validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    # Each problem keeps the validator's own words: the compat surfaces translate
+    # those into their dialects (compat/waldur.py). The message says what to do.
     problems = [
         {
             # A body that is not JSON at all has no field to name but itself.
             "field": "body" if e.get("type") == "json_invalid" else _field(tuple(e.get("loc", ()))),
             "message": str(e.get("msg", "")),
         }
-        for e in exc.errors()
+        for e in errors
     ]
-    first = problems[0] if problems else {"field": "body", "message": "invalid request"}
-    return render(
-        request,
-        422,
-        "validation_error",
-        f"{first['field']}: {first['message']}",
-        {"field": first["field"], "errors": problems},
+    if not errors:
+        return render(request, 422, "validation_error", "body: invalid request", {"field": "body"})
+    field = problems[0]["field"]
+    details: dict[str, Any] = {"field": field, "errors": problems}
+    if errors[0].get("type") == "json_invalid":
+        details.update(_json_position(exc.body, errors[0]))
+    message = f"{field}: {_actionable(request, exc, errors[0])}"
+    return render(request, 422, "validation_error", message, details)
+
+
+SEND_JSON = "send the body as JSON with Content-Type: application/json"
+
+
+def _actionable(request: Request, exc: RequestValidationError, error: Any) -> str:
+    """The framework's message, or what to do instead when it only describes a symptom.
+
+    Without a JSON content type the framework never parses the body, and says
+    the body "should be a valid dictionary" (``curl -d`` sends a form type);
+    a parse failure says "JSON decode error" without saying where.
+    """
+    if error.get("type") == "json_invalid":
+        position = _json_position(exc.body, error)
+        reason = str((error.get("ctx") or {}).get("error") or "not valid JSON")
+        if "line" not in position:
+            return f"not valid JSON: {reason}"
+        return (
+            f"not valid JSON: {reason} at line {position['line']} column {position['column']}"
+            f" (char {position['position']})"
+        )
+    if tuple(error.get("loc", ())) == ("body",) and not _sends_json(request):
+        return SEND_JSON
+    return str(error.get("msg", ""))
+
+
+def _sends_json(request: Request) -> bool:
+    media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
     )
+
+
+def _json_position(document: Any, error: Any) -> dict[str, int]:
+    """Line and column (1-based, as editors count) and the character offset of a JSON error."""
+    loc = tuple(error.get("loc", ()))
+    offset = loc[1] if len(loc) > 1 and isinstance(loc[1], int) else None
+    if offset is None:
+        return {}
+    if not isinstance(document, str):
+        return {"position": offset}
+    before = document[:offset]
+    line = before.count("\n") + 1
+    return {"line": line, "column": offset - (before.rfind("\n") + 1) + 1, "position": offset}
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -30,6 +30,11 @@ from tokenquota.domain.retention import Cutoffs
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.domain.views import Page as Page  # re-exported: stores name it from here
 
+# (events replayed so far, events in the ledger): how far a rebuild is.
+RebuildProgress = Callable[[int, int], None]
+# How often a rebuild reports: rare enough to cost nothing beside the replay itself.
+PROGRESS_EVERY = 1000
+
 MAX_PAGE = 1000
 T = TypeVar("T")
 
@@ -288,8 +293,12 @@ class Meter(Protocol):
 
     def shadow_hits(self, ref: SubjectRef) -> dict[LimitKey, int]: ...
 
-    def rebuild(self) -> int:
-        """Recompute every counter from the ledger; returns the number of events replayed."""
+    def rebuild(self, on_progress: RebuildProgress | None = None) -> int:
+        """Recompute every counter from the ledger; returns the number of events replayed.
+
+        ``on_progress(replayed, total)`` is told how far the replay is, now and
+        then (every ``PROGRESS_EVERY`` events), for a progress bar.
+        """
         ...
 
 

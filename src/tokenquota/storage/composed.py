@@ -29,6 +29,7 @@ from tokenquota.storage.base import (
     ConfigView,
     Meter,
     Page,
+    RebuildProgress,
     RuleSet,
     Scope,
     StaleConfig,
@@ -242,5 +243,5 @@ class ComposedStore:
     def shadow_hits(self, ref: SubjectRef) -> dict[LimitKey, int]:
         return self.meter.shadow_hits(ref)
 
-    def rebuild(self) -> int:
-        return self.meter.rebuild()
+    def rebuild(self, on_progress: RebuildProgress | None = None) -> int:
+        return self.meter.rebuild(on_progress)

@@ -32,7 +32,7 @@ from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import MAX_UNITS, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
-from tokenquota.storage.base import Page
+from tokenquota.storage.base import PROGRESS_EVERY, Page, RebuildProgress
 from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.memory.state import Counting, State
 
@@ -344,14 +344,19 @@ class MemoryMeter:
         with self._lock:
             return {k: v for (s, k), v in self._s.shadow.items() if s == str(ref)}
 
-    def rebuild(self) -> int:
+    def rebuild(self, on_progress: RebuildProgress | None = None) -> int:
         with self._lock:
             self._s.counters.clear()
             self._s.forget_counting()
             for grant_id, grant in self._s.grants.items():
                 self._s.grants[grant_id] = replace(grant, remaining=grant.amount)
-            for event in self._s.events:
+            total = len(self._s.events)
+            for done, event in enumerate(self._s.events):
+                if on_progress is not None and done % PROGRESS_EVERY == 0:
+                    on_progress(done, total)
                 self._s.count(event, self._s.tracked)
                 if event.is_usage:
                     self._burn(event)
-            return len(self._s.events)
+            if on_progress is not None:
+                on_progress(total, total)
+            return total

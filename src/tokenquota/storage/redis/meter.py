@@ -49,7 +49,7 @@ from tokenquota.domain.ledger import Event, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.storage.base import Page, StaleConfig
+from tokenquota.storage.base import Page, RebuildProgress, StaleConfig
 from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.redis.answers import (
     committed_answer,
@@ -408,11 +408,11 @@ class RedisMeter:
         self.mover.flush()
         return self.ledger.iter_events(subject=subject, start=start, end=end)
 
-    def rebuild(self) -> int:
+    def rebuild(self, on_progress: RebuildProgress | None = None) -> int:
         with self.db.tx(write=True) as conn:
-            return self.rebuild_in(conn)
+            return self.rebuild_in(conn, on_progress)
 
-    def rebuild_in(self, conn: Connection) -> int:
+    def rebuild_in(self, conn: Connection, on_progress: RebuildProgress | None = None) -> int:
         """Restore Redis from the ledger: counters, balances, idempotency, sequences.
 
         Live holds and leases are kept (a lost Redis has none left). Run it
@@ -423,7 +423,8 @@ class RedisMeter:
         self.counters.clear("c")
         self.counters.clear("g")
         conn.execute(t.counters.delete())  # the SQL meter's, unused beside Redis
-        self.counters.add(self.ledger.replay(conn, self.catalog.tracked(conn)))
+        tracked = self.catalog.tracked(conn)
+        self.counters.add(self.ledger.replay(conn, tracked, on_progress=on_progress))
         pipe = self.redis.pipeline(transaction=False)
         self.credits.restore(conn, pipe)
         count = self.ledger.count(conn)

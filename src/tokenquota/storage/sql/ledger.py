@@ -22,7 +22,7 @@ from tokenquota.domain.ledger import CounterKey, Event, increments
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.storage.base import Page
+from tokenquota.storage.base import PROGRESS_EVERY, Page, RebuildProgress
 from tokenquota.storage.ledger_rows import event_links, event_row
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.tx import BATCH, Database
@@ -140,17 +140,26 @@ class SqlLedger:
             last = rows[-1].id
 
     def replay(
-        self, conn: Connection, keys: set[LimitKey], start: datetime | None = None
+        self,
+        conn: Connection,
+        keys: set[LimitKey],
+        start: datetime | None = None,
+        *,
+        on_progress: RebuildProgress | None = None,
     ) -> dict[CounterKey, int]:
         """What the ledger adds to ``keys``: the one path for backfill and rebuild.
 
         Rebuild replays it all (``start`` None); a backfill only the events from
-        ``start`` on, read through the index on ``ts``.
+        ``start`` on, read through the index on ``ts``. Only with ``on_progress``
+        is the ledger counted first, for the total it is told.
         """
         totals: dict[CounterKey, int] = defaultdict(int)
         events = self.scan(conn, None, None, None) if start is None else self._since(conn, start)
+        total = self.count(conn) if on_progress is not None else 0
         read = 0
         for event in events:
+            if on_progress is not None and read % PROGRESS_EVERY == 0:
+                on_progress(read, total)
             read += 1
             if not event.is_usage:
                 continue  # a grant adds credits to spend; it is not usage
@@ -158,6 +167,8 @@ class SqlLedger:
                 event.series, event.amounts, event.timestamp, self.db.tz, keys
             ).items():
                 totals[key] += units
+        if on_progress is not None:
+            on_progress(read, max(read, total))
         if start is not None:
             log.info(
                 "backfilled %s from %d ledger events since %s",

@@ -37,7 +37,7 @@ from tokenquota.domain.ledger import Event, grant_event, increments, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.storage.base import Page
+from tokenquota.storage.base import Page, RebuildProgress
 from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.catalog import SqlCatalog
@@ -510,13 +510,14 @@ class SqlMeter:
     ) -> Iterator[Event]:
         return self.ledger.iter_events(subject=subject, start=start, end=end)
 
-    def rebuild(self) -> int:
+    def rebuild(self, on_progress: RebuildProgress | None = None) -> int:
         with self.db.tx(write=True) as conn:
-            return self.rebuild_in(conn)
+            return self.rebuild_in(conn, on_progress)
 
-    def rebuild_in(self, conn: Connection) -> int:
+    def rebuild_in(self, conn: Connection, on_progress: RebuildProgress | None = None) -> int:
         """Every counter and grant balance again from the ledger, inside ``conn``."""
         conn.execute(t.counters.delete())
-        self.counters.add(conn, self.ledger.replay(conn, self.catalog.tracked(conn)))
+        tracked = self.catalog.tracked(conn)
+        self.counters.add(conn, self.ledger.replay(conn, tracked, on_progress=on_progress))
         self.ledger.restore_grants(conn)
         return self.ledger.count(conn)
