@@ -26,6 +26,7 @@ QUOTA_ONLY: dict[str, str] = {
     "ancestors": "no route answers a subject's ancestors; get_subject has its parents",
     "authenticate": "checking a presented key is the server's job; a client holds one",
     "drain": "the outage spool belongs to the process running the engine",
+    "ledger_lag": "the Redis mover runs in the engine's process; /metrics exposes its lag",
     "rebuild": "rebuilding counters from the ledger is an operator command",
     "resource_quotas": "no route lists resource quotas; get_resource_quota reads one",
 }
