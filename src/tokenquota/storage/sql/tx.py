@@ -53,14 +53,13 @@ _SERIES_LOCKS = sa.text(
 )
 SQLITE_BUSY_SECONDS = 60
 # A checkpoint copies the WAL into the database file and syncs both: two more
-# fsyncs, on the thread of the commit that crossed the threshold. A consume
-# writes about five frames, so at SQLite's default (1,000 pages) one consume
-# in 200 paid for a checkpoint; at 8,000 one in 1,600 does, and a page every
-# consume dirties (its counters, the newest event and link leaves) is copied
-# once per checkpoint instead of eight times. The WAL file grows to about 32 MB
-# and stays there: it is reused from the start after a checkpoint, and a file
-# that keeps its size needs no metadata journal commit at each fsync.
-SQLITE_CHECKPOINT_PAGES = 8_000
+# fsyncs, on the thread of the commit that crossed the threshold. SQLite's own
+# default (1,000 pages) is kept: 8,000 made one consume in ~1,600 pay for a
+# checkpoint instead of one in ~200, but the timed row got slower (SQLite
+# in-process 0.22-0.25 of the floor against 0.33-0.34 at 1,000, alternating on
+# a quiet machine, docs/performance-log.md): a longer WAL costs every read its
+# lookup in the WAL index, and a consume reads before it writes.
+SQLITE_CHECKPOINT_PAGES = 1_000
 # Only a WAL that outgrew this (a reader held a checkpoint back) is cut back.
 SQLITE_WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
