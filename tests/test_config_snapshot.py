@@ -360,33 +360,42 @@ def test_limits_changing_under_racing_consumes_never_admit_more_than_they_allow(
     done = threading.Event()
     errors: list[BaseException] = []
 
-    def record(started: int, decision: Decision) -> None:
+    made = [0, 0, 0, 0]  # decisions answered, per consumer thread
+
+    def record(worker: int, started: int, decision: Decision) -> None:
         with progress:
             results.append((started, decision))
+            made[worker] += 1
             progress.notify_all()
 
-    def consumer(quota: Quota) -> None:
+    def consumer(worker: int, quota: Quota) -> None:
         try:
             for _ in range(45):
                 started = next(tick)
-                record(started, quota.consume("user:ann", tokens=1))
+                record(worker, started, quota.consume("user:ann", tokens=1))
             while not done.is_set():  # keep racing until the last change has landed
                 started = next(tick)
-                record(started, quota.consume("user:ann", tokens=1))
+                record(worker, started, quota.consume("user:ann", tokens=1))
             for _ in range(10):
                 started = next(tick)
-                record(started, quota.consume("user:ann", tokens=1))
+                record(worker, started, quota.consume("user:ann", tokens=1))
         except BaseException as exc:
             errors.append(exc)
 
     def setter() -> None:
-        # Each limit holds while the consumers make 8 decisions: a change after
-        # every round trip would refuse every plan (after 5 rounds, a 503).
+        # Each limit holds until every consumer has answered 2 more decisions: a
+        # change after every round trip would refuse every plan (after 5 rounds,
+        # a 503), and a thread the scheduler starved must not see five changes
+        # land while its one consume replans (8 decisions in all let that happen
+        # on a loaded machine while the other threads ran).
         try:
             for value in [*limits[1:], final]:
                 with progress:
-                    wanted = len(results) + 8
-                    progress.wait_for(lambda: len(results) >= wanted, timeout=60)  # noqa: B023 (used at once)
+                    wanted = [n + 2 for n in made]
+                    progress.wait_for(
+                        lambda: all(n >= w for n, w in zip(made, wanted, strict=True)),  # noqa: B023 (used at once)
+                        timeout=60,
+                    )
                 a.set_limit("user:ann", "tokens", "day", value)
             final_set[0] = next(tick)
         except BaseException as exc:
@@ -394,7 +403,7 @@ def test_limits_changing_under_racing_consumes_never_admit_more_than_they_allow(
         finally:
             done.set()
 
-    threads = [threading.Thread(target=consumer, args=(q,)) for q in (a, b, a, b)]
+    threads = [threading.Thread(target=consumer, args=(i, q)) for i, q in enumerate((a, b, a, b))]
     threads.append(threading.Thread(target=setter))
     for thread in threads:
         thread.start()
