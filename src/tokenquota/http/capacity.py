@@ -36,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
@@ -188,8 +189,13 @@ def _step(chunks: Iterator[T]) -> tuple[T] | tuple[()]:
     return ()
 
 
-async def _heavy_read(caller: Caller) -> AsyncIterator[None]:
-    # Counted on the event loop, before any thread is taken: the 429 never waits.
+async def heavy_read(caller: Caller) -> AsyncIterator[None]:
+    """One of the caller's bounded heavy reads, held while the body runs (or a 429).
+
+    Counted on the event loop, before any thread is taken: the 429 never waits.
+    Routes take it as the ``HeavyRead`` dependency; pages outside FastAPI's
+    dependencies (the dashboard) as ``one_heavy_read``.
+    """
     capacity = _CURRENT.get()
     if capacity.heavy[caller.id] >= capacity.heavy_per_key:
         raise TooManyHeavyReads(capacity.heavy_per_key)
@@ -203,4 +209,5 @@ async def _heavy_read(caller: Caller) -> AsyncIterator[None]:
 
 
 # scope="request": released after the response is sent, an export's last batch included.
-HeavyRead = Annotated[None, Depends(_heavy_read, scope="request")]
+HeavyRead = Annotated[None, Depends(heavy_read, scope="request")]
+one_heavy_read = asynccontextmanager(heavy_read)

@@ -12,7 +12,6 @@ read of its key, as the history and ranking it draws are over /v1.
 
 from __future__ import annotations
 
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -36,8 +35,7 @@ from tokenquota.domain.views import Granularity
 from tokenquota.domain.windows import Calendar, calendar_period
 from tokenquota.engine import Quota
 from tokenquota.http.auth import WRITERS, in_scope, require_read
-from tokenquota.http.capacity import _heavy_read as heavy_read
-from tokenquota.http.capacity import runs_on
+from tokenquota.http.capacity import one_heavy_read, runs_on
 
 CSS: Final = (Path(__file__).parent / "static" / "dashboard.css").read_bytes()
 METRICS: Final = tuple(m.value for m in COUNTERS)
@@ -116,7 +114,7 @@ async def overview(request: Request) -> Response:
     if viewer is None:
         return _to_login()
     q = request.query_params
-    async with _heavy_read(viewer):
+    async with one_heavy_read(viewer):
         return await _on_reads(_overview)(
             viewer,
             request.app.state.quota,
@@ -133,7 +131,7 @@ async def subject(request: Request) -> Response:
     if viewer is None:
         return _to_login()
     q = request.query_params
-    async with _heavy_read(viewer):
+    async with one_heavy_read(viewer):
         return await _on_reads(_subject)(
             viewer,
             request.app.state.quota,
@@ -244,7 +242,6 @@ def _known(quota: Quota, ref: SubjectRef) -> Subject | None:
 
 
 _on_reads = runs_on("reads")
-_heavy_read = asynccontextmanager(heavy_read)
 
 # Plain Starlette routes, not API operations: they answer HTML to a browser holding the
 # session cookie, are not in the OpenAPI document and are not /v1's header-keyed calls
