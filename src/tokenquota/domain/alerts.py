@@ -14,6 +14,9 @@ cross at exactly 0.3 credits, never at a rounded figure.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
 from typing import Final
 
 from tokenquota.domain.errors import ValidationError
@@ -54,4 +57,53 @@ def crossed(thresholds: Iterable[int], limit: int, before: int, after: int) -> t
     return tuple(t for t in thresholds if first or before * 100 < t * limit <= after * 100)
 
 
-__all__ = ["MAX_PERCENT", "MAX_THRESHOLDS", "crossed", "parse_thresholds"]
+class AlertKind(StrEnum):
+    """What an alert event says happened; stable wire values (the webhook's ``type``)."""
+
+    THRESHOLD = "threshold.crossed"  # usage reached a threshold of a limit
+    DENIED = "limit.denied"  # an enforced limit refused a request (first in its period)
+    SHADOW = "shadow.blocked"  # a shadow limit would have refused (first in its period)
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    """One row of the alert outbox: what happened to one limit of one subject.
+
+    ``used`` and ``limit`` are in the metric's units (domain.metrics), as the
+    counters are; the webhook body converts them to the metric's wire numbers.
+    ``period_start`` is the window period the event belongs to (None for a
+    ``total`` window or a windowless limit). ``dedupe`` is unique in the store:
+    it names (kind, subject, metric, window, period, threshold), so a second
+    writer of the same crossing, or a retry, records nothing. ``id`` is 0 until
+    the store assigns it.
+    """
+
+    kind: AlertKind
+    subject: str
+    metric: str
+    window: str  # "" for a windowless limit, as LimitKey.window_key
+    period_start: datetime | None
+    threshold: int | None  # the percentage; None for denied and shadow events
+    used: int
+    limit: int
+    reset_at: datetime | None
+    at: datetime  # the decision's time
+    id: int = 0
+
+    @property
+    def dedupe(self) -> str:
+        period = "" if self.period_start is None else self.period_start.isoformat()
+        threshold = "" if self.threshold is None else str(self.threshold)
+        return "|".join(
+            (self.kind.value, self.subject, self.metric, self.window, period, threshold)
+        )
+
+
+__all__ = [
+    "MAX_PERCENT",
+    "MAX_THRESHOLDS",
+    "AlertEvent",
+    "AlertKind",
+    "crossed",
+    "parse_thresholds",
+]

@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
+from tokenquota.domain.alerts import AlertEvent
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import Lease, Reservation
@@ -324,6 +325,29 @@ class Pruner(Protocol):
         before the transaction that folds them into their carry events and
         deletes them commits (domain/retention.py); yields how many left.
         """
+        ...
+
+
+class AlertLog(Protocol):
+    """The alert outbox (contract §9), read by the delivery worker.
+
+    Each backend writes alert events inside the atomic step of the decision
+    that caused them (a threshold crossed, a denial, a shadow block), keyed by
+    ``AlertEvent.dedupe`` so one is recorded once however many replicas race;
+    on Redis the step puts them on the ledger stream and the mover writes them
+    here. This side only reads them and marks them handed to the webhooks.
+    """
+
+    def alert_events(self, *, after: int, limit: int) -> list[AlertEvent]:
+        """Recorded events with an id above ``after``, oldest first, at most ``limit``."""
+        ...
+
+    def unfanned_alert_events(self, limit: int) -> list[AlertEvent]:
+        """Events not yet handed to the webhook deliveries, oldest first."""
+        ...
+
+    def mark_alerts_fanned(self, ids: Sequence[int]) -> None:
+        """These events have their delivery rows: never hand them out again."""
         ...
 
 

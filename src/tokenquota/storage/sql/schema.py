@@ -58,6 +58,8 @@ rules = sa.Table(
     sa.Column("window", sa.String(32), primary_key=True),
     sa.Column("value", sa.BigInteger, nullable=False),
     sa.Column("shadow", sa.Boolean, nullable=False),
+    # Alert thresholds as whole percentages, "50,80,100"; NULL when none (domain/alerts.py).
+    sa.Column("thresholds", sa.String(64), nullable=True),
 )
 
 # The (metric, window) pairs counters are kept for: every pair any rule has named.
@@ -230,4 +232,60 @@ grants = sa.Table(
     sa.Column("granted_at", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.BigInteger, nullable=True),
     sa.Column("remaining", sa.BigInteger, nullable=False),
+)
+
+# The alert outbox (contract §9): written in the transaction of the decision that
+# crossed a threshold, was denied or was shadow-blocked; ``dedupe`` makes a
+# threshold's crossing one row per window period however many replicas race it.
+alert_events = sa.Table(
+    "alert_events",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("dedupe", sa.String(400), nullable=False, unique=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("subject", sa.String(161), nullable=False),
+    sa.Column("metric", sa.String(32), nullable=False),
+    sa.Column("window", sa.String(32), nullable=False),
+    sa.Column("period_start", sa.BigInteger, nullable=True),
+    sa.Column("threshold", sa.Integer, nullable=True),
+    sa.Column("used", sa.BigInteger, nullable=False),
+    sa.Column("limit_value", sa.BigInteger, nullable=False),
+    sa.Column("reset_at", sa.BigInteger, nullable=True),
+    sa.Column("at", sa.BigInteger, nullable=False),
+    sa.Column("fanned_out", sa.Boolean, nullable=False, server_default=sa.false(), index=True),
+)
+
+# Where alert events are sent. The signing secret is derived from the server's
+# key and the id (domain/webhooks.py), never stored.
+webhook_endpoints = sa.Table(
+    "webhook_endpoints",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("url", sa.String(2048), nullable=False),
+    sa.Column("events", sa.String(128), nullable=False),
+    sa.Column("owner", sa.String(161), nullable=True),
+    sa.Column("description", sa.String(256), nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.Column("disabled_at", sa.BigInteger, nullable=True),
+)
+
+# One row per (alert event, endpoint): what the delivery worker claims, retries
+# with backoff and finally dead-letters.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", ID, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.BigInteger, nullable=False),
+    sa.Column("endpoint_id", sa.String(32), nullable=False, index=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.BigInteger, nullable=False),
+    sa.Column("claimed_until", sa.BigInteger, nullable=True),
+    sa.Column("last_status", sa.Integer, nullable=True),
+    sa.Column("last_error", sa.String(512), nullable=True),
+    sa.Column("last_attempt_at", sa.BigInteger, nullable=True),
+    sa.Column("delivered_at", sa.BigInteger, nullable=True),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.UniqueConstraint("event_id", "endpoint_id"),
+    sa.Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
 )
