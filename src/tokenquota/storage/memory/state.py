@@ -14,11 +14,12 @@ import itertools
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+from tokenquota.domain.alerts import AlertEvent
 from tokenquota.domain.bounds import LIFETIME
 from tokenquota.domain.decisions import DebitPlan, Decision
 from tokenquota.domain.grants import Grant
@@ -71,6 +72,12 @@ class State:
     grants: dict[str, Grant] = field(default_factory=dict)
     grant_ids: dict[SubjectRef, list[str]] = field(default_factory=dict)  # in grant order
     leases: dict[str, Lease] = field(default_factory=dict)
+    # The alert outbox (storage.base.AlertLog): events in id order, keyed by
+    # ``AlertEvent.dedupe`` so one is recorded once; ``alerts_fanned`` holds the
+    # ids already handed to the webhook deliveries.
+    alert_events: list[AlertEvent] = field(default_factory=list)
+    alert_dedupe: dict[str, int] = field(default_factory=dict)  # dedupe -> id
+    alerts_fanned: set[int] = field(default_factory=set)
     # The id of the last event appended: a decision is built with the id its
     # event will get (``last_event_id + 1``) before the event is appended.
     last_event_id: int = 0
@@ -104,6 +111,15 @@ class State:
         assert event.id == self.last_event_id + 1
         self.last_event_id = event.id
         self.events.append(event)
+
+    def record_alert(self, event: AlertEvent) -> AlertEvent | None:
+        """Append ``event`` numbered, unless its dedupe key is recorded already; under the lock."""
+        if event.dedupe in self.alert_dedupe:
+            return None
+        numbered = replace(event, id=len(self.alert_events) + 1)
+        self.alert_events.append(numbered)
+        self.alert_dedupe[event.dedupe] = numbered.id
+        return numbered
 
     def put_reservation(self, reservation: Reservation) -> None:
         self.reservations[reservation.id] = reservation
