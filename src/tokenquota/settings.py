@@ -37,6 +37,7 @@ class DefaultLimit(BaseModel):
     window: str | None = None
     limit: int | str | None
     shadow: bool = False
+    thresholds: list[int] | None = None  # alert thresholds, whole percentages (docs/alerts.md)
 
 
 class Settings(BaseSettings):

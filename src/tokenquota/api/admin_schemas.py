@@ -78,6 +78,12 @@ class RuleIn(Model):
         examples=[50_000],
     )
     shadow: bool = Field(False, description="Count and log what it would block; never block")
+    thresholds: list[int] | None = Field(
+        None,
+        description="Alert thresholds, whole percentages of the limit (1-1000, at most 10); "
+        "each is recorded once per window period when usage crosses it (docs/alerts.md)",
+        examples=[[50, 80, 100]],
+    )
 
 
 class RuleOut(Model):
@@ -85,6 +91,7 @@ class RuleOut(Model):
     window: str | None
     limit: Num = Field(description="-1 means unlimited; credits as a decimal string")
     shadow: bool
+    thresholds: list[int] = Field(default_factory=list, description="Alert thresholds, sorted")
 
 
 class PlanOut(Model):
@@ -105,6 +112,10 @@ class EffectiveLimitOut(Model):
     shadow: bool = Field(
         description="A rule on trial: it never blocks and never replaces the enforced limit "
         "listed before it for the same (metric, window)"
+    )
+    thresholds: list[int] = Field(
+        default_factory=list,
+        description="The alert thresholds of the rule that supplies this limit",
     )
     shadow_hits: int | None = Field(
         None,
@@ -161,6 +172,7 @@ class DefaultOut(Model):
     window: str | None
     limit: Num
     shadow: bool
+    thresholds: list[int] = Field(default_factory=list, description="Alert thresholds, sorted")
     origin: str = Field(description="runtime (set through the API or CLI; wins) or config")
 
 

@@ -15,32 +15,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Final
+from zoneinfo import ZoneInfo
 
-from tokenquota.domain.errors import ValidationError
+from tokenquota.domain.clock import EPOCH
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Mode, Reading, blocks
 from tokenquota.domain.limits import UNLIMITED
-
-MAX_THRESHOLDS: Final = 10
-# Above 100 % still means something: record-mode usage and shadow limits pass a limit.
-MAX_PERCENT: Final = 1000
-
-
-def parse_thresholds(value: object, field: str = "thresholds") -> tuple[int, ...]:
-    """Whole percentages in 1..1000, at most ten, answered sorted and without repeats."""
-    if not isinstance(value, Sequence) or isinstance(value, str | bytes):
-        raise ValidationError(field, "must be a list of whole percentages, e.g. [50, 80, 100]")
-    if len(value) > MAX_THRESHOLDS:
-        raise ValidationError(field, f"at most {MAX_THRESHOLDS} thresholds")
-    seen: set[int] = set()
-    for i, item in enumerate(value):
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise ValidationError(f"{field}[{i}]", "must be a whole percentage")
-        if not 1 <= item <= MAX_PERCENT:
-            raise ValidationError(f"{field}[{i}]", f"must be between 1 and {MAX_PERCENT}")
-        seen.add(item)
-    return tuple(sorted(seen))
+from tokenquota.domain.metrics import Metric
+from tokenquota.domain.thresholds import MAX_PERCENT, MAX_THRESHOLDS, parse_thresholds
 
 
 def crossed(thresholds: Iterable[int], limit: int, before: int, after: int) -> tuple[int, ...]:
@@ -99,11 +82,156 @@ class AlertEvent:
         )
 
 
+def mark(threshold: int, limit: int) -> int:
+    """The least usage that reaches ``threshold`` % of ``limit``: ``crossed`` says
+    ``before < mark <= after`` (for a limit above 0), in integers. What a store that
+    decides inside a script (Redis) compares, instead of multiplying there."""
+    return -(-threshold * limit // 100)
+
+
+def period_start(check: Check, tz: ZoneInfo) -> datetime | None:
+    """The window period an event of ``check`` belongs to; its once-per-period key.
+
+    A calendar window: the period holding the request (its bucket). A rolling
+    window has no periods of its own, so it is cut into epochs of its length
+    counted from 1970-01-01 UTC (a ``rolling:30d`` one: 30-day spans), taken at
+    the decision's reading time. ``total`` and windowless limits: None.
+    """
+    window = check.limit.key.window
+    if window is None or window.is_total:
+        return None
+    if window.calendar is not None:
+        return EPOCH + timedelta(seconds=window.bucket_of(check.read_at, tz))
+    seconds = int((check.read_at - EPOCH).total_seconds())
+    span = window.rolling_seconds
+    return EPOCH + timedelta(seconds=seconds // span * span)
+
+
+def has_thresholds(checks: Sequence[Check]) -> bool:
+    """Whether any limit of a plan has thresholds: a plain loop, as it runs per decision."""
+    for check in checks:  # noqa: SIM110 - any() over a generator allocates one per call
+        if check.limit.thresholds:
+            return True
+    return False
+
+
+def threshold_checks(plan: DebitPlan) -> list[int]:
+    """The checks of ``plan`` whose usage this request may take across a threshold.
+
+    Enforced, windowed limits with thresholds, where the request adds usage: a
+    reservation holds (usage comes with its commit), a back-dated request outside
+    a rolling window adds nothing to it. Shadow limits have no thresholds of their
+    own to alert on: a trial reports what it would block (``shadow.blocked``).
+    """
+    if plan.hold:
+        return []
+    out = []
+    for i, check in enumerate(plan.checks):
+        limit = check.limit
+        if (
+            limit.thresholds
+            and not limit.shadow
+            and limit.value != UNLIMITED
+            and limit.key.window is not None
+            and check.bucket is not None
+            and check.amount > 0
+        ):
+            out.append(i)
+    return out
+
+
+def _used(check: Check, reading: Reading) -> int:
+    if check.limit.key.window is None and check.limit.key.metric is not Metric.CONCURRENT_REQUESTS:
+        return check.amount  # a per-request cap: what the request asked for
+    return sum(reading.buckets.values())
+
+
+def _event(
+    kind: AlertKind,
+    plan: DebitPlan,
+    check: Check,
+    reading: Reading,
+    threshold: int | None,
+    used: int,
+    added: int,
+) -> AlertEvent:
+    limit = check.limit
+    window = limit.key.window
+    reset_at = None
+    if window is not None:
+        buckets = reading.buckets
+        if added and window.rolling_seconds and check.bucket is not None:
+            buckets = {**buckets, check.bucket: buckets.get(check.bucket, 0) + added}
+        reset_at = window.reset_at(check.read_at, plan.tz, buckets)
+    subject, metric, window_key, _ = limit.names()
+    return AlertEvent(
+        kind=kind,
+        subject=subject,
+        metric=metric,
+        window=window_key or "",
+        period_start=period_start(check, plan.tz),
+        threshold=threshold,
+        used=used,
+        limit=limit.value,
+        reset_at=reset_at,
+        at=plan.now,
+    )
+
+
+def alert_events(
+    plan: DebitPlan, readings: Sequence[Reading], decision: Decision
+) -> Sequence[AlertEvent]:
+    """What one decision records in the alert outbox, computed inside the store's step.
+
+    ``readings`` are what the step read before writing (``plan.reads`` order).
+    An admitted decision records ``threshold.crossed`` per threshold its usage
+    crosses (``threshold_checks``; the usage read plus what the request adds,
+    holds not counted). An enforced refusal records ``limit.denied`` per
+    blocking limit (the plan's checks; a resource's capacity and a prepaid
+    balance are not limits with periods); a shadow limit that would have
+    blocked records ``shadow.blocked``. Each is a candidate: the outbox keeps
+    the first of its dedupe key, so a period records it once.
+
+    Returns at once, allocating nothing, for the common case: an admitted
+    decision with no shadow block on a plan without thresholds.
+    """
+    allowed = decision.allowed
+    if allowed and not decision.shadow_blocked and not has_thresholds(plan.checks):
+        return ()
+    events: list[AlertEvent] = []
+    checks = plan.checks
+    if allowed:
+        for i in threshold_checks(plan):
+            check, reading = checks[i], readings[i]
+            before = sum(reading.buckets.values())
+            after = before + check.amount
+            limit = check.limit
+            for threshold in crossed(limit.thresholds, limit.value, before, after):
+                events.append(
+                    _event(
+                        AlertKind.THRESHOLD, plan, check, reading, threshold, after, check.amount
+                    )
+                )
+    refused = not allowed and plan.mode is Mode.ENFORCE
+    if refused or decision.shadow_blocked:
+        for check, reading in zip(checks, readings, strict=False):
+            shadow = check.limit.shadow
+            if (shadow or refused) and blocks(check, reading):
+                kind = AlertKind.SHADOW if shadow else AlertKind.DENIED
+                events.append(_event(kind, plan, check, reading, None, _used(check, reading), 0))
+    return events
+
+
 __all__ = [
     "MAX_PERCENT",
     "MAX_THRESHOLDS",
     "AlertEvent",
     "AlertKind",
+    "alert_events",
     "crossed",
+    "has_thresholds",
+    "mark",
     "parse_thresholds",
+    "period_start",
+    "threshold_checks",
 ]

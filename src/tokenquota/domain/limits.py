@@ -25,6 +25,7 @@ from tokenquota.domain.metrics import (
 )
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.text import check_text
+from tokenquota.domain.thresholds import parse_thresholds
 from tokenquota.domain.windows import Window
 
 UNLIMITED: Final = -1
@@ -79,6 +80,8 @@ class Rule:
     key: LimitKey
     value: int  # units, or UNLIMITED
     shadow: bool = False
+    # Alert thresholds, whole percentages of ``value`` sorted (domain/alerts.py).
+    thresholds: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,7 @@ class RuleChange:
     key: LimitKey
     value: int | None
     shadow: bool = False
+    thresholds: tuple[int, ...] = ()
 
 
 def parse_limit_value(metric: Metric, value: object, field: str) -> int | None:
@@ -112,7 +116,7 @@ def parse_rule_changes(items: Iterable[Mapping[str, object]], field: str) -> lis
         where = f"{field}[{i}]"
         if not isinstance(item, Mapping):
             raise ValidationError(where, "must be an object with metric, window and limit")
-        unknown = set(item) - {"metric", "window", "limit", "shadow"}
+        unknown = set(item) - {"metric", "window", "limit", "shadow", "thresholds"}
         if unknown:
             raise ValidationError(where, f"unknown field(s): {', '.join(sorted(unknown))}")
         if "limit" not in item:
@@ -125,7 +129,10 @@ def parse_rule_changes(items: Iterable[Mapping[str, object]], field: str) -> lis
         if not isinstance(shadow, bool):
             raise ValidationError(f"{where}.shadow", "must be true or false")
         value = parse_limit_value(key.metric, item["limit"], f"{where}.limit")
-        changes.append(RuleChange(key, value, shadow))
+        # Absent or null: none. A rule is replaced whole, as its shadow flag is.
+        raw = item.get("thresholds")
+        thresholds = () if raw is None else parse_thresholds(raw, f"{where}.thresholds")
+        changes.append(RuleChange(key, value, shadow, thresholds))
         if len(changes) > MAX_RULES:
             raise ValidationError(field, f"at most {MAX_RULES} rules at once")
     return changes
@@ -138,6 +145,9 @@ class EffectiveLimit:
     value: int
     source: Source
     shadow: bool
+    # The alert thresholds of the rule that supplies this limit (contract §9):
+    # an override's own, else its plan's, else the default's; never mixed.
+    thresholds: tuple[int, ...] = ()
     # ``names()``, computed on first use. A configuration's resolved limits are
     # shared by every plan made from it, and each decision names each limit
     # twice (its counter series, its status). Not part of the value.
@@ -194,7 +204,7 @@ def resolve(
             chosen = trials if rule.shadow else enforced
             if rule.key not in chosen:
                 chosen[rule.key] = EffectiveLimit(
-                    subject, rule.key, rule.value, source, rule.shadow
+                    subject, rule.key, rule.value, source, rule.shadow, rule.thresholds
                 )
     for key in trials.keys() - enforced.keys():
         enforced[key] = EffectiveLimit(subject, key, UNLIMITED, Source.NONE, False)

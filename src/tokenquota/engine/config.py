@@ -143,14 +143,14 @@ class Configuration:
         value: object,
         *,
         shadow: bool = False,
+        thresholds: Sequence[int] | None = None,
         actor: str = "library",
     ) -> LimitsView:
-        """Set one override; ``value`` None removes it, -1 makes the subject unlimited."""
-        return self.set_limits(
-            subject,
-            [{"metric": metric, "window": window, "limit": value, "shadow": shadow}],
-            actor=actor,
-        )
+        """Set one override; ``value`` None removes it, -1 makes the subject unlimited.
+
+        ``thresholds`` are alert thresholds in whole percent (docs/alerts.md)."""
+        item = {"metric": metric, "window": window, "limit": value, "shadow": shadow}
+        return self.set_limits(subject, [{**item, "thresholds": thresholds}], actor=actor)
 
     def set_limits(
         self,
@@ -184,11 +184,12 @@ class Configuration:
         value: object,
         *,
         shadow: bool = False,
+        thresholds: Sequence[int] | None = None,
         actor: str = "library",
     ) -> list[DefaultRule]:
+        item = {"kind": kind, "metric": metric, "window": window, "limit": value}
         return self.set_defaults(
-            [{"kind": kind, "metric": metric, "window": window, "limit": value, "shadow": shadow}],
-            actor=actor,
+            [{**item, "shadow": shadow, "thresholds": thresholds}], actor=actor
         )
 
     def set_defaults(
@@ -227,7 +228,9 @@ class Configuration:
     ) -> Plan:
         plan_name = validate_plan_name(name)
         changes = parse_rule_changes(rules, "rules")
-        parsed = [Rule(c.key, c.value, c.shadow) for c in changes if c.value is not None]
+        parsed = [
+            Rule(c.key, c.value, c.shadow, c.thresholds) for c in changes if c.value is not None
+        ]
         return self.store.create_plan(plan_name, parsed, actor=actor, now=self.clock.now())
 
     def update_plan(

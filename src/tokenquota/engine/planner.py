@@ -44,6 +44,7 @@ from tokenquota.domain.limits import (
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef, consumer_ref, parse_kind
+from tokenquota.domain.thresholds import parse_thresholds
 from tokenquota.domain.windows import Window
 from tokenquota.engine import inputs
 from tokenquota.storage.base import ConfigView, RuleSet, StaleConfig
@@ -395,5 +396,7 @@ def parse_config_defaults(items: Iterable[Mapping[str, object]]) -> dict[str, li
         value = parse_limit_value(key.metric, item.get("limit"), f"defaults[{i}].limit")
         if value is None:
             continue
-        out[kind].append(Rule(key, value, bool(item.get("shadow", False))))
+        raw = item.get("thresholds")
+        thresholds = () if raw is None else parse_thresholds(raw, f"defaults[{i}].thresholds")
+        out[kind].append(Rule(key, value, bool(item.get("shadow", False)), thresholds))
     return dict(out)

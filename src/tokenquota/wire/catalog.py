@@ -64,12 +64,18 @@ def encode_rule(rule: Rule) -> dict[str, object]:
         **_key_fields(rule.key),
         "limit": wire_number(limit_to_wire(rule.key.metric, rule.value)),
         "shadow": rule.shadow,
+        "thresholds": list(rule.thresholds),
     }
 
 
 def decode_rule(data: Any) -> Rule:
     key = _key(data)
-    return Rule(key, _value(key, data["limit"]), bool(data.get("shadow", False)))
+    return Rule(
+        key,
+        _value(key, data["limit"]),
+        bool(data.get("shadow", False)),
+        tuple(int(t) for t in data.get("thresholds") or ()),
+    )
 
 
 def encode_effective_limit(limit: EffectiveLimit) -> dict[str, object]:
@@ -79,6 +85,7 @@ def encode_effective_limit(limit: EffectiveLimit) -> dict[str, object]:
         "limit": wire_number(limit_to_wire(limit.key.metric, limit.value)),
         "source": limit.source.value,
         "shadow": limit.shadow,
+        "thresholds": list(limit.thresholds),
     }
 
 
@@ -90,6 +97,7 @@ def decode_effective_limit(data: Any) -> EffectiveLimit:
         value=_value(key, data["limit"]),
         source=Source(data["source"]),
         shadow=bool(data.get("shadow", False)),
+        thresholds=tuple(int(t) for t in data.get("thresholds") or ()),
     )
 
 

@@ -188,7 +188,9 @@ class MemoryCatalog:
                     rules.pop(change.key, None)
                     after = None
                 else:
-                    after = rules[change.key] = Rule(change.key, change.value, change.shadow)
+                    after = rules[change.key] = Rule(
+                        change.key, change.value, change.shadow, change.thresholds
+                    )
                 if before != after:
                     self._s.write_audit(
                         now,

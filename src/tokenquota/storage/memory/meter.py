@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
+from tokenquota.domain.alerts import alert_events
 from tokenquota.domain.bounds import LIFETIME_BUCKET, check_granted, check_lifetime
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
@@ -142,9 +143,10 @@ class MemoryMeter:
     def _decide(self, plan: DebitPlan, event_id: int | None = None) -> Decision:
         """The decision on ``plan``; if admitted, it names ``event_id`` (its event's id)."""
         now = plan.now
-        decision = decide(
-            plan, self._reads(plan.reads, now), event_id, self._prepaid(plan.charged, now)
-        )
+        readings = self._reads(plan.reads, now)
+        decision = decide(plan, readings, event_id, self._prepaid(plan.charged, now))
+        for alert in alert_events(plan, readings, decision):  # in this step, under the lock
+            self._s.record_alert(alert)
         for status in decision.shadow_blocked:
             self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
         return decision

@@ -42,6 +42,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from tokenquota.domain.alerts import AlertEvent
 from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
@@ -54,6 +55,7 @@ from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.snapshot import FIRST_TOKEN
+from tokenquota.storage.sql.outbox import alert_values
 from tokenquota.storage.sql.statements import (
     GLOBAL_EXCLUSIVE,
     GLOBAL_SHARED,
@@ -361,6 +363,10 @@ class HotTx:
             stmts.append((sql.remember, (who, key_name, fingerprint, answer, to_micros(now))))
         self._send(stmts)
         return event_id
+
+    def alerts(self, events: Sequence[AlertEvent]) -> None:
+        """The alert outbox rows of this decision, with its other writes (storage/sql/outbox.py)."""
+        self._send([(self.sql.alert, alert_values(e)) for e in events])
 
     def _send(self, stmts: list[Stmt]) -> None:
         # Writes answer nothing the decision needs: when ``defer_writes`` is set

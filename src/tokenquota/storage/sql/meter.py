@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from tokenquota.domain.alerts import alert_events
 from tokenquota.domain.bounds import check_granted, check_lifetime
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
@@ -44,6 +45,7 @@ from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.group import GroupCommit, Job
 from tokenquota.storage.sql.hot import Found, HotTx, burns_of
 from tokenquota.storage.sql.ledger import SqlCounters, SqlLedger, grant_from_row
+from tokenquota.storage.sql.outbox import Recorded
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database, plan_series
 from tokenquota.wire import stored
@@ -72,6 +74,7 @@ class SqlMeter:
         self.counters = counters
         self.shadow = ShadowHits(db)
         self.group = GroupCommit(self._run_batch)
+        self.alerted = Recorded()
 
     @property
     def tz(self) -> ZoneInfo:
@@ -174,6 +177,9 @@ class SqlMeter:
                 else None
             ),
         )
+        alerts = alert_events(plan, found.readings, decision)
+        if alerts:  # in this transaction: recorded if, and only if, the decision is
+            tx.alerts(self.alerted.fresh(alerts))
         return replace(decision, event_id=event_id) if usage else decision
 
     def _found(

@@ -21,6 +21,7 @@ from sqlalchemy import Connection
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.ledger import AuditEntry
 from tokenquota.domain.limits import LimitKey, Rule
+from tokenquota.domain.thresholds import thresholds_from_text, thresholds_text
 from tokenquota.storage.base import Page, Scope
 from tokenquota.storage.snapshot import Snapshot
 from tokenquota.storage.sql import schema as t
@@ -87,7 +88,15 @@ class CatalogBase:
 def rules_in(conn: Connection, scope: Scope) -> list[Rule]:
     rows = conn.execute(scope_filter(sa.select(t.rules), scope))
     return sorted(
-        (Rule(LimitKey.from_storage(r.metric, r.window), r.value, r.shadow) for r in rows),
+        (
+            Rule(
+                LimitKey.from_storage(r.metric, r.window),
+                r.value,
+                r.shadow,
+                thresholds_from_text(r.thresholds),
+            )
+            for r in rows
+        ),
         key=lambda r: r.key.sort_key,
     )
 
@@ -104,4 +113,5 @@ def rule_row(scope: Scope, rule: Rule) -> dict[str, Any]:
         "window": rule.key.window_key,
         "value": rule.value,
         "shadow": rule.shadow,
+        "thresholds": thresholds_text(rule.thresholds),
     }

@@ -25,6 +25,7 @@ from tokenquota.domain.errors import Conflict, NotFound
 from tokenquota.domain.ledger import plan_target
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import SubjectRef, ancestors_of
+from tokenquota.domain.thresholds import thresholds_from_text
 from tokenquota.storage.base import Layer, RuleSet, Scope
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.parts import rule_row, rules_in, scope_filter
@@ -83,7 +84,12 @@ class SqlRules(SqlSubjects):
                 )
             )
         ):
-            rule = Rule(LimitKey.from_storage(row.metric, row.window), row.value, row.shadow)
+            rule = Rule(
+                LimitKey.from_storage(row.metric, row.window),
+                row.value,
+                row.shadow,
+                thresholds_from_text(row.thresholds),
+            )
             found[(row.layer, row.scope)].append(rule)
 
         def layer(name: Layer, scope: str) -> tuple[Rule, ...]:
@@ -119,7 +125,9 @@ class SqlRules(SqlSubjects):
             for change in changes:
                 before = current.get(change.key)
                 after = (
-                    None if change.value is None else Rule(change.key, change.value, change.shadow)
+                    None
+                    if change.value is None
+                    else Rule(change.key, change.value, change.shadow, change.thresholds)
                 )
                 if before == after:
                     continue

@@ -51,6 +51,12 @@ class Sql:
         'INSERT INTO shadow_hits (subject, metric, "window", hits) VALUES (?, ?, ?, 1)'
         ' ON CONFLICT (subject, metric, "window") DO UPDATE SET hits = shadow_hits.hits + 1'
     )
+    # The alert outbox (storage/sql/outbox.py): the first of a dedupe key stays.
+    alert = (
+        'INSERT INTO alert_events (dedupe, kind, subject, metric, "window", period_start,'
+        " threshold, used, limit_value, reset_at, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (dedupe) DO NOTHING"
+    )
 
     def counters(self, keys: Sequence[tuple[str, str, str, int, int]]) -> Stmt:
         """The buckets of every (subject, metric, window, lo, hi), tagged by position."""
@@ -99,6 +105,7 @@ class PostgresSql(Sql):
     )
     burn = Sql.burn.replace("?", "%s")
     shadow = Sql.shadow.replace("?", "%s")
+    alert = Sql.alert.replace("?", "%s")
     # Events are numbered before they are written: the idempotency answer stored
     # with an event names its id, and both go in one pipeline.
     next_event = "SELECT nextval(pg_get_serial_sequence('events', 'id'))"
