@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
 from fastapi import Path, Query
-from pydantic import AfterValidator, AwareDatetime, Field
+from pydantic import AfterValidator, AwareDatetime, Field, StrictInt
 
 from tokenquota.api.schemas import Amount, ErrorOut, Model, Num
 
@@ -78,7 +78,7 @@ class RuleIn(Model):
         examples=[50_000],
     )
     shadow: bool = Field(False, description="Count and log what it would block; never block")
-    thresholds: list[int] | None = Field(
+    thresholds: list[StrictInt] | None = Field(
         None,
         description="Alert thresholds, whole percentages of the limit (1-1000, at most 10); "
         "each is recorded once per window period when usage crosses it (docs/alerts.md)",
