@@ -140,6 +140,38 @@ def threshold_checks(plan: DebitPlan) -> list[int]:
     return out
 
 
+def crossings(plan: DebitPlan, index: int, reading: Reading) -> list[AlertEvent]:
+    """The ``threshold.crossed`` events of check ``index`` (one of ``threshold_checks``)
+    when the request is admitted on ``reading``."""
+    check = plan.checks[index]
+    before = sum(reading.buckets.values())
+    after = before + check.amount
+    limit = check.limit
+    return [
+        _event(AlertKind.THRESHOLD, plan, check, reading, threshold, after, check.amount)
+        for threshold in crossed(limit.thresholds, limit.value, before, after)
+    ]
+
+
+def threshold_candidates(plan: DebitPlan) -> list[tuple[int, int, AlertEvent]]:
+    """For a store that learns the usage only inside its script (Redis): per threshold
+    of ``threshold_checks``, (check index, ``mark``, the event with ``used`` 0).
+
+    The script adds the event when ``before < mark <= before + amount`` (for a
+    limit of 0, mark 0: when ``before`` is 0), filling in ``used`` and, for a
+    rolling window, ``reset_at``: exactly what ``alert_events`` would record.
+    """
+    out = []
+    empty = Reading()
+    for i in threshold_checks(plan):
+        check = plan.checks[i]
+        limit = check.limit
+        for threshold in limit.thresholds:
+            event = _event(AlertKind.THRESHOLD, plan, check, empty, threshold, 0, 0)
+            out.append((i, mark(threshold, limit.value), event))
+    return out
+
+
 def _used(check: Check, reading: Reading) -> int:
     if check.limit.key.window is None and check.limit.key.metric is not Metric.CONCURRENT_REQUESTS:
         return check.amount  # a per-request cap: what the request asked for
@@ -199,26 +231,26 @@ def alert_events(
     if allowed and not decision.shadow_blocked and not has_thresholds(plan.checks):
         return ()
     events: list[AlertEvent] = []
-    checks = plan.checks
     if allowed:
         for i in threshold_checks(plan):
-            check, reading = checks[i], readings[i]
-            before = sum(reading.buckets.values())
-            after = before + check.amount
-            limit = check.limit
-            for threshold in crossed(limit.thresholds, limit.value, before, after):
-                events.append(
-                    _event(
-                        AlertKind.THRESHOLD, plan, check, reading, threshold, after, check.amount
-                    )
-                )
-    refused = not allowed and plan.mode is Mode.ENFORCE
-    if refused or decision.shadow_blocked:
-        for check, reading in zip(checks, readings, strict=False):
-            shadow = check.limit.shadow
-            if (shadow or refused) and blocks(check, reading):
-                kind = AlertKind.SHADOW if shadow else AlertKind.DENIED
-                events.append(_event(kind, plan, check, reading, None, _used(check, reading), 0))
+            events += crossings(plan, i, readings[i])
+    events += refusal_events(plan, readings, decision)
+    return events
+
+
+def refusal_events(
+    plan: DebitPlan, readings: Sequence[Reading], decision: Decision
+) -> Sequence[AlertEvent]:
+    """The ``limit.denied`` and ``shadow.blocked`` part of ``alert_events``."""
+    refused = not decision.allowed and plan.mode is Mode.ENFORCE
+    if not refused and not decision.shadow_blocked:
+        return ()
+    events = []
+    for check, reading in zip(plan.checks, readings, strict=False):
+        shadow = check.limit.shadow
+        if (shadow or refused) and blocks(check, reading):
+            kind = AlertKind.SHADOW if shadow else AlertKind.DENIED
+            events.append(_event(kind, plan, check, reading, None, _used(check, reading), 0))
     return events
 
 
@@ -229,9 +261,12 @@ __all__ = [
     "AlertKind",
     "alert_events",
     "crossed",
+    "crossings",
     "has_thresholds",
     "mark",
     "parse_thresholds",
     "period_start",
+    "refusal_events",
+    "threshold_candidates",
     "threshold_checks",
 ]

@@ -80,6 +80,10 @@ class Layout:
         shard = self.shard_of(record_id)
         return shard, self.ledger(shard, f"{kind}:{record_id}")
 
+    def alerts(self, shard: int) -> str:
+        """A stream of shard ``shard``'s alert events (threshold crossings), for the mover."""
+        return self.ledger(shard, "alerts")
+
     def quarantine(self, shard: int) -> str:
         """A stream of shard ``shard``'s events the SQL ledger refused, kept for an operator."""
         return self.ledger(shard, "quarantine")

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
+from tokenquota.domain.alerts import alert_events, has_thresholds, refusal_events
 from tokenquota.domain.decisions import (
     Check,
     DebitPlan,
@@ -65,6 +66,7 @@ from tokenquota.storage.redis.ops import Op, Runner, back_off, refuse_too_large
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.ledger import SqlLedger
+from tokenquota.storage.sql.outbox import Recorded, alert_row, insert_alerts
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database
 from tokenquota.wire import stored
@@ -105,6 +107,7 @@ class RedisMeter:
         self.shadow = ShadowHits(db)
         self.holds = RedisHolds(ops)
         self.credits = RedisGrants(db, catalog, ledger, ops)
+        self.alerted = Recorded()
 
     @property
     def tz(self) -> ZoneInfo:
@@ -195,6 +198,7 @@ class RedisMeter:
             for c in plan.checks
         )
         credits = plan.amounts[Metric.CREDITS]
+        alerting = has_thresholds(plan.checks)  # a plain loop: nothing when none has any
         for attempt in range(MAX_ROUNDS):
             if attempt:
                 back_off(attempt)
@@ -216,6 +220,8 @@ class RedisMeter:
             if not plan.hold:
                 self.ops.add_increments(op, plan, tracked)
             effects(op, step)
+            if alerting:
+                self.ops.add_alerts(op, step, ledger[0], plan)
             if idem is not None:
                 step.spec["idem"] = {
                     "k": step.key(idem["key"]),
@@ -244,9 +250,16 @@ class RedisMeter:
             decision = decide(plan, readings, last.event_id if admitted else None, prepaid=prepaid)
             if decision.allowed != admitted:  # the script and decide() share one rule
                 raise AssertionError(f"Redis said {statuses}, decide() said {decision.allowed}")
-            if decision.shadow_blocked:
+            # Threshold crossings went with the step; a refusal or a shadow block
+            # changed nothing in Redis, so its alert row goes straight to SQL.
+            refusals = refusal_events(plan, readings, decision)
+            if refusals:
+                refusals = self.alerted.fresh(refusals)
+            if decision.shadow_blocked or refusals:
                 with self.db.tx(hot=True) as conn:  # a statistic: decides nothing
-                    self.shadow.count(conn, decision)
+                    if decision.shadow_blocked:
+                        self.shadow.count(conn, decision)
+                    insert_alerts(conn, [alert_row(e) for e in refusals])
             return decision, last if admitted else None
         raise StoreUnavailable("the resource is too busy to measure its capacity; retry")
 
@@ -343,8 +356,12 @@ class RedisMeter:
                 burn=credits,
             )
             self.ops.add_increments(op, plan, tracked)
-            if len(op.steps.ordered()) == 1:  # one atomic step: its answer's inputs go in it
+            one_step = len(op.steps.ordered()) == 1
+            if one_step:  # one atomic step: its answer's inputs go in it
                 step.spec["record"]["p"] = plan_json(plan, *self.ops.places(op))
+            alerting = has_thresholds(plan.checks)
+            if alerting and one_step:
+                self.ops.add_alerts(op, step, shard, plan)
             since = self.snapshot.monotonic()
             replies = self.ops.execute_ledger_first(op, plan.now)
             if replies[-1].status == "lost":
@@ -357,6 +374,12 @@ class RedisMeter:
             refuse_too_large(replies)
             readings, prepaid = self.ops.answers(op, replies)
             decision = decide(plan, readings, replies[-1].event_id, prepaid=prepaid)
+            if alerting and not one_step:
+                # A cluster commits the record step first and reads the counters after:
+                # their crossings are known only now, and written to SQL from here.
+                with self.db.tx(hot=True) as conn:
+                    rows = [alert_row(e) for e in alert_events(plan, readings, decision)]
+                    insert_alerts(conn, rows)
             wire = json.dumps(stored.encode_decision(decision))
             call(lambda w=wire: self.redis.hset(key, "d", w))
             return decision

@@ -25,6 +25,7 @@ from tokenquota.storage.ledger_rows import event_links
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import Layout
 from tokenquota.storage.sql.ledger import SqlLedger
+from tokenquota.storage.sql.outbox import insert_alerts
 from tokenquota.storage.sql.tx import Database
 
 log = logging.getLogger("tokenquota.redis")
@@ -69,6 +70,7 @@ class Mover:
         """
         moved = 0
         for shard in range(self.layout.shards):
+            self._move_alerts(shard, None)
             stream = self.layout.stream(shard)
             while True:
                 entries = call(lambda s=stream: self.redis.xrange(s, count=MOVE_BATCH))
@@ -85,6 +87,7 @@ class Mover:
     def drain(self, conn: Connection) -> None:
         """Move everything now, inside ``conn`` (which may hold the write lock)."""
         for shard in range(self.layout.shards):
+            self._move_alerts(shard, conn)
             stream = self.layout.stream(shard)
             while True:
                 entries = call(lambda s=stream: self.redis.xrange(s, count=MOVE_BATCH))
@@ -92,6 +95,30 @@ class Mover:
                     break
                 refused = self._insert_events(conn, entries)
                 self._set_aside(shard, stream, entries, refused)
+
+    def _move_alerts(self, shard: int, conn: Connection | None) -> None:
+        """The shard's alert events into SQL's outbox (inside ``conn`` when given).
+
+        Their dedupe key is unique there, so a second copy (two movers, a crash
+        between the insert and the delete) is skipped, as an event's id is. An
+        entry carries the row the service built and, for a crossing the script
+        decided, the usage it found (``u``) and a rolling window's reset in
+        seconds (``r``).
+        """
+        stream = self.layout.alerts(shard)
+        while True:
+            entries = call(lambda: self.redis.xrange(stream, count=MOVE_BATCH))
+            if not entries:
+                return
+            rows = [_alert_row(data) for _, data in entries]
+            if conn is None:
+                with self.db.tx(hot=True) as fresh:
+                    insert_alerts(fresh, rows)
+            else:
+                insert_alerts(conn, rows)
+            call(lambda e=entries: self.redis.xdel(stream, *[i for i, _ in e]))
+            if len(entries) < MOVE_BATCH:
+                return
 
     def _insert_events(self, conn: Connection, entries: Sequence[Any]) -> dict[Any, str]:
         """Insert a batch; returns the entries the ledger refused, by stream id, with why.
@@ -194,6 +221,15 @@ class Mover:
 # takes, a missing column). A database that cannot be reached (OperationalError,
 # also a StatementError) is not among them: that pass fails and is retried.
 _DATA_ERRORS = (sa.exc.DataError, sa.exc.IntegrityError, UnicodeError)
+
+
+def _alert_row(data: dict[bytes, bytes]) -> dict[str, Any]:
+    row: dict[str, Any] = json.loads(data[b"a"])
+    if data.get(b"u"):
+        row["used"] = int(data[b"u"])
+    if data.get(b"r"):
+        row["reset_at"] = int(data[b"r"]) * 1_000_000
+    return row
 
 
 def _reason(exc: Exception) -> str:

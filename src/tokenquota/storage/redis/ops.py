@@ -18,6 +18,7 @@ from datetime import datetime
 from importlib.resources import files
 from typing import Any
 
+from tokenquota.domain.alerts import crossings, threshold_candidates
 from tokenquota.domain.bounds import too_large
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Prepaid, Reading
@@ -37,6 +38,7 @@ from tokenquota.storage.redis.layout import (
     parse_wallet,
     split,
 )
+from tokenquota.storage.sql.outbox import alert_row
 from tokenquota.storage.sql.tx import Database
 
 STEP_LUA = files("tokenquota.storage.redis").joinpath("step.lua").read_text()
@@ -50,6 +52,9 @@ class Op:
     steps: Steps
     checks: list[tuple[Step, int, list[int], bool] | None] = field(default_factory=list)
     wallets: list[tuple[Step, int, SubjectRef, list[Grant]]] = field(default_factory=list)
+    # Called with the steps run and their replies just before the ledger step runs,
+    # when that is not the first: the threshold alerts of checks read before it.
+    before_ledger: Callable[[list[Step], list[Reply]], None] | None = None
 
 
 class Runner:
@@ -81,6 +86,8 @@ class Runner:
         for i, step in enumerate(steps):
             if "idem" in step.spec:  # it keeps what the steps before it read (see answers.py)
                 step.spec["idem"]["pre"] = json.dumps([[r.readings, r.wallets] for r in replies])
+            if op.before_ledger is not None and i and i == len(steps) - 1:
+                op.before_ledger(steps[:i], replies)
             reply = self.run(step, now, dry=dry)
             replies.append(reply)
             if reply.status == "ok":
@@ -219,6 +226,45 @@ class Runner:
             "shards": self.layout.shards,
         }
         step.body = json.dumps(body, separators=(",", ":"))
+
+    def add_alerts(self, op: Op, step: Step, shard: int, plan: DebitPlan) -> None:
+        """The threshold alerts ``plan`` may record, added by the ledger ``step`` to the
+        shard's alert stream only when it commits (step.lua; the mover takes them to SQL).
+
+        A check read in the ledger step itself (one Redis: all of them) is decided
+        there, against the usage the script reads. On a cluster a check's step runs
+        before the ledger step and has committed its counters by then: its reading is
+        the usage the request was added to, so ``before_ledger`` computes its
+        crossings here (domain/alerts.py) and hands the ledger step the events.
+        """
+        entries: list[list[Any]] = []
+        earlier: list[int] = []
+        for i, threshold_mark, event in threshold_candidates(plan):
+            entry = op.checks[i]
+            assert entry is not None  # a windowed check reads buckets
+            if entry[0] is not step:
+                if i not in earlier:
+                    earlier.append(i)
+                continue
+            check = plan.checks[i]
+            window = check.limit.key.window
+            assert window is not None
+            body = json.dumps(alert_row(event), separators=(",", ":"))
+            entries.append(
+                [entry[1] + 1, threshold_mark, body, check.bucket, window.rolling_seconds]
+            )
+        spec = step.spec["alerts"] = {"s": step.key(self.layout.alerts(shard)), "e": entries}
+
+        def decided(steps: list[Step], replies: list[Reply]) -> None:
+            by_step = {id(s): r for s, r in zip(steps, replies, strict=True)}
+            for i in earlier:
+                step_of, pos, fields, lease = op.checks[i]  # type: ignore[misc]
+                reading = parse_reading(split(by_step[id(step_of)].readings)[pos], fields, lease)
+                for event in crossings(plan, i, reading):
+                    spec["e"].append([0, 0, json.dumps(alert_row(event), separators=(",", ":"))])
+
+        if earlier:
+            op.before_ledger = decided
 
     def ledger_step(self, op: Op, shard: int, key: str, *, version: str | None = None) -> Step:
         """The step that makes an operation count; ``version`` (the plan's) is checked in it."""

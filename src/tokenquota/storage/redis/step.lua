@@ -160,6 +160,8 @@ end
 local denied = false
 local conflict = false
 local readings = {}
+-- Per window check: the usage read and each bucket's value (threshold alerts).
+local sums, vals = {}, {}
 -- A check is { 'l', key, amount, limit, enforced } for the leases of a
 -- series, else { 'w' or 'g', counter key, holds zset, holds hash, amount,
 -- limit, enforced, guard's used, guard's held, bucket... } ('g': a guard, which
@@ -196,6 +198,7 @@ for i, c in ipairs(spec.checks or {}) do
       denied = true
     end
     text = table.concat(values, ',') .. ';' .. int(held) .. ';' .. int(last)
+    sums[i], vals[i] = used, values
   end
   readings[i] = text
 end
@@ -269,6 +272,37 @@ if spec.event then
   redis.call('SET', KEYS[spec.seq], int(base))
   eid = int(base * ev.shards + ev.shard)
   redis.call('XADD', KEYS[ev.stream], '*', 'id', eid, 'e', ARGV[2])
+end
+-- Threshold alerts (domain/alerts.py), only as the step commits: an entry is
+-- { check, mark, row, bucket, rolling seconds } for a check of this step, added
+-- when the usage read goes from below the mark to at or above it (a limit of 0
+-- has mark 0: reached by the first usage), or { 0, 0, row } for one decided
+-- already from an earlier step's reading (a cluster). The mover writes the rows.
+if spec.alerts then
+  local stream = KEYS[spec.alerts.s]
+  for _, e in ipairs(spec.alerts.e) do
+    if e[1] == 0 then
+      redis.call('XADD', stream, '*', 'a', e[3], 'u', '', 'r', '')
+    else
+      local c = spec.checks[e[1]]
+      local before = sums[e[1]]
+      local after = before + c[5]
+      local hit
+      if e[2] == 0 then hit = before == 0 and after > 0 else hit = before < e[2] and e[2] <= after end
+      if hit then
+        local reset = ''
+        if e[5] > 0 then -- rolling: when the oldest bucket holding usage leaves the window
+          local oldest = e[4]
+          for j = 10, #c do
+            local b = tonumber(c[j])
+            if b < oldest and num(vals[e[1]][j - 9]) > 0 then oldest = b end
+          end
+          reset = int(oldest + e[5])
+        end
+        redis.call('XADD', stream, '*', 'a', e[3], 'u', int(after), 'r', reset)
+      end
+    end
+  end
 end
 -- The first answer's inputs, in the step that charges (no crash can come
 -- between): the plan the service sent, what this step and the earlier ones
