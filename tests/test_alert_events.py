@@ -21,6 +21,7 @@ from pydantic import SecretStr
 from tests.conftest import migrated_sqlite
 from tests.live import LiveServer
 from tokenquota import FrozenClock, Quota
+from tokenquota import open as tokenquota_open
 from tokenquota.api.app import create_app
 from tokenquota.domain.clock import to_micros
 from tokenquota.settings import Settings
@@ -110,7 +111,8 @@ def test_a_new_period_records_again(quota: Quota, clock: FrozenClock) -> None:
     rows = [r for r in recorded(quota) if r[0] == "threshold.crossed"]
     assert [(r[5], r[6]) for r in rows] == [(50, 60), (50, 55)]
     first, second = (r[4] for r in rows)
-    assert first is not None and second == first + DAY
+    assert first is not None
+    assert second == first + DAY
 
 
 def test_a_rolling_window_records_once_per_epoch_of_its_length(quota: Quota) -> None:
@@ -119,7 +121,8 @@ def test_a_rolling_window_records_once_per_epoch_of_its_length(quota: Quota) -> 
     rows = recorded(quota)
     assert [r[5] for r in rows] == [50]
     period = rows[0][4]
-    assert period is not None and period % (3_600 * 1_000_000) == 0
+    assert period is not None
+    assert period % (3_600 * 1_000_000) == 0
 
 
 def test_a_total_window_has_no_period(quota: Quota) -> None:
@@ -214,7 +217,8 @@ def test_an_idempotent_replay_records_nothing(quota: Quota, clock: FrozenClock) 
     first = quota.consume("user:ann", tokens=60, idempotency_key="k1")
     clock.advance(timedelta(days=1))  # a new period: a replay deciding again would cross
     again = quota.consume("user:ann", tokens=60, idempotency_key="k1")
-    assert again.replayed and again.event_id == first.event_id
+    assert again.replayed
+    assert again.event_id == first.event_id
     assert crossings(quota) == [(50, 60)]
 
 
@@ -222,7 +226,8 @@ def test_a_reservation_crosses_when_it_is_committed(quota: Quota) -> None:
     quota.set_limit("user:ann", "tokens", "day", 100, thresholds=[50])
     held = quota.reserve("user:ann", tokens=80)
     reservation = held.reservation
-    assert held.decision.allowed and reservation is not None
+    assert held.decision.allowed
+    assert reservation is not None
     assert crossings(quota) == []  # a hold is not usage
     quota.commit(reservation.id, tokens=60)
     assert crossings(quota) == [(50, 60)]
@@ -394,3 +399,46 @@ def test_periods_are_in_utc_microseconds(quota: Quota, clock: FrozenClock) -> No
     now = clock.now()
     midnight = datetime(now.year, now.month, now.day, tzinfo=UTC)
     assert [r[4] for r in recorded(quota)] == [to_micros(midnight)]
+
+
+# the CLI ------------------------------------------------------------------------------
+def test_the_cli_sets_and_shows_thresholds(tmp_path: Path, sqlite_template: Path) -> None:
+    from typer.testing import CliRunner
+
+    from tokenquota.cli.app import app
+
+    db = migrated_sqlite(sqlite_template, tmp_path / "cli.db")
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(app, [*args, "--db", db], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    shown = run(
+        "limits",
+        "set",
+        "user:ann",
+        "tokens",
+        "day",
+        "100",
+        "--threshold",
+        "80",
+        "--threshold",
+        "50",
+    )
+    assert "50%, 80%" in shown
+    assert "50%" in run("defaults", "set", "user", "tokens", "day", "9", "--threshold", "50")
+    assert "90%, 100%" in run("plans", "create", "pro", "--rule", "tokens:day:10@100,90")
+    with tokenquota_open(db) as quota:
+        assert quota.limits("user:ann").overrides[0].thresholds == (50, 80)
+        assert quota.get_plan("pro").rules[0].thresholds == (90, 100)
+        quota.consume("user:ann", tokens=85)
+        assert crossings(quota) == [(50, 85), (80, 85)]
+    bad = CliRunner().invoke(
+        app, ["limits", "set", "user:ann", "tokens", "day", "5", "--threshold", "0", "--db", db]
+    )
+    assert bad.exit_code != 0
+    assert "thresholds[0]" in bad.output
+    bad = CliRunner().invoke(app, ["plans", "create", "x", "--rule", "tokens:day:5@a", "--db", db])
+    assert bad.exit_code != 0
+    assert "rules[0].thresholds" in bad.output

@@ -27,6 +27,7 @@ from tokenquota.cli.common import (
     window_text,
 )
 from tokenquota.cli.tables import Listing
+from tokenquota.domain.errors import ValidationError
 from tokenquota.domain.limits import limit_to_wire
 
 limits_app = typer.Typer(
@@ -59,6 +60,18 @@ Shadow = Annotated[
         help="Never block; count and log the decisions this limit would have blocked.",
     ),
 ]
+Thresholds = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--threshold",
+        metavar="PERCENT",
+        help=(
+            "An alert threshold in whole percent of the limit, repeatable "
+            "(--threshold 80 --threshold 100): recorded once per window period when "
+            "usage reaches it. Setting a rule without it removes its thresholds."
+        ),
+    ),
+]
 Kind = Annotated[
     str,
     typer.Argument(help="Subject kind, e.g. user or company.", show_default=False, metavar="KIND"),
@@ -77,12 +90,33 @@ def rule_cells(rule: Rule) -> tuple[str, str, str]:
     )
 
 
+def thresholds_cell(thresholds: Iterable[int]) -> str:
+    return ", ".join(f"{t}%" for t in thresholds)
+
+
+def plan_rule_arg(text: str, field: str) -> dict[str, object]:
+    """``rule_arg``'s METRIC:WINDOW:LIMIT[:shadow], with alert thresholds after an @:
+    ``tokens:day:50000@80,100``."""
+    rule, sep, marks = text.partition("@")
+    parsed = rule_arg(rule, field)
+    if sep:
+        try:
+            parsed["thresholds"] = [int(m) for m in marks.split(",")]
+        except ValueError:
+            raise ValidationError(
+                f"{field}.thresholds", f"{marks!r} is not whole percentages such as 80,100"
+            ) from None
+    return parsed
+
+
 def rules_table(rules: Iterable[Rule], title: str) -> Listing:
     table = Listing(title)
-    for name in ("metric", "window", "limit", "shadow"):
+    for name in ("metric", "window", "limit", "shadow", "alerts at"):
         table.add_column(name, justify="right" if name == "limit" else "left")
     for rule in rules:
-        table.add_row(*rule_cells(rule), "yes" if rule.shadow else "")
+        table.add_row(
+            *rule_cells(rule), "yes" if rule.shadow else "", thresholds_cell(rule.thresholds)
+        )
     return table
 
 
@@ -93,13 +127,14 @@ def _print_limits(quota: Quota, view: LimitsView) -> None:
     out.print(rules_table(view.overrides, "overrides"))
     hits = quota.shadow_hits(view.subject)
     table = Listing("effective limits")
-    for name in ("metric", "window", "limit", "source", "shadow hits"):
+    for name in ("metric", "window", "limit", "source", "shadow hits", "alerts at"):
         table.add_column(name, justify="right" if name in ("limit", "shadow hits") else "left")
     for limit in view.effective:
         table.add_row(
             *rule_cells(Rule(limit.key, limit.value, limit.shadow)),
             source_text(limit.source.value, limit.shadow),
             str(hits.get(str(limit.key), 0)) if limit.shadow else "",
+            thresholds_cell(limit.thresholds),
         )
     out.print(table)
 
@@ -113,14 +148,21 @@ def limits_set(
     window: Window,
     value: Value,
     shadow: Shadow = False,
+    threshold: Thresholds = None,
     db: Db = None,
     timezone: Timezone = None,
     config: Config = None,
 ) -> None:
-    """Set one override. Example: limits set user:alice tokens day 50000."""
+    """Set one override. Example: limits set user:alice tokens day 50000 --threshold 80."""
     with opened(db, timezone, config) as quota:
         view = quota.set_limit(
-            subject, metric, window_arg(window), limit_arg(value), shadow=shadow, actor=actor()
+            subject,
+            metric,
+            window_arg(window),
+            limit_arg(value),
+            shadow=shadow,
+            thresholds=threshold,
+            actor=actor(),
         )
         _print_limits(quota, view)
 
@@ -154,7 +196,7 @@ def limits_show(
 # defaults -------------------------------------------------------------------
 def _print_defaults(defaults: list[DefaultRule], kind: str | None) -> None:
     table = Listing("defaults")
-    for name in ("kind", "metric", "window", "limit", "shadow", "origin"):
+    for name in ("kind", "metric", "window", "limit", "shadow", "alerts at", "origin"):
         table.add_column(name, justify="right" if name == "limit" else "left")
     for default in defaults:
         if kind is not None and default.kind != kind:
@@ -163,6 +205,7 @@ def _print_defaults(defaults: list[DefaultRule], kind: str | None) -> None:
             default.kind,
             *rule_cells(default.rule),
             "yes" if default.rule.shadow else "",
+            thresholds_cell(default.rule.thresholds),
             default.origin,
         )
     console().print(table)
@@ -176,6 +219,7 @@ def defaults_set(
     window: Window,
     value: Value,
     shadow: Shadow = False,
+    threshold: Thresholds = None,
     db: Db = None,
     timezone: Timezone = None,
     config: Config = None,
@@ -183,7 +227,13 @@ def defaults_set(
     """Set a default for every subject of a kind. Example: defaults set user tokens day 10000."""
     with opened(db, timezone, config) as quota:
         defaults = quota.set_default(
-            kind, metric, window_arg(window), limit_arg(value), shadow=shadow, actor=actor()
+            kind,
+            metric,
+            window_arg(window),
+            limit_arg(value),
+            shadow=shadow,
+            thresholds=threshold,
+            actor=actor(),
         )
         _print_defaults(defaults, kind)
 
@@ -239,7 +289,8 @@ def plans_create(
             metavar="METRIC:WINDOW:LIMIT",
             help=(
                 "A rule, repeatable: tokens:day:50000, credits:rolling:30d:20, "
-                "concurrent_requests:-:4. Append :shadow for a shadow rule."
+                "concurrent_requests:-:4. Append :shadow for a shadow rule, and "
+                "@80,100 for alert thresholds (tokens:day:50000@80,100)."
             ),
         ),
     ] = None,
@@ -248,7 +299,7 @@ def plans_create(
     config: Config = None,
 ) -> None:
     """Create a plan; prints its id, which (like the name) assigns it."""
-    rules = [rule_arg(text, f"rules[{i}]") for i, text in enumerate(rule or [])]
+    rules = [plan_rule_arg(text, f"rules[{i}]") for i, text in enumerate(rule or [])]
     with opened(db, timezone, config) as quota:
         _print_plan(quota.create_plan(name, rules, actor=actor()))
 
