@@ -65,7 +65,7 @@ def recorded(quota: Quota) -> list[Row]:
                 a.limit_value,
             ).order_by(a.id)
         ).all()
-    return [tuple(r) for r in rows]  # type: ignore[misc]
+    return [tuple(r) for r in rows]
 
 
 def crossings(quota: Quota) -> list[tuple[int | None, int]]:
@@ -264,7 +264,7 @@ def test_racing_threads_record_each_threshold_once(quota: Quota) -> None:
         thread.join()
     assert errors == []
     assert quota.usage("user:ann").limits[0].used == 1_000
-    assert sorted(th for th, _ in crossings(quota)) == [50, 80, 100]
+    assert sorted(th or 0 for th, _ in crossings(quota)) == [50, 80, 100]
     assert sorted(used for _, used in crossings(quota)) == [500, 800, 1_000]
     assert kinds(quota).count("limit.denied") == 1
 
@@ -442,3 +442,21 @@ def test_the_cli_sets_and_shows_thresholds(tmp_path: Path, sqlite_template: Path
     bad = CliRunner().invoke(app, ["plans", "create", "x", "--rule", "tokens:day:5@a", "--db", db])
     assert bad.exit_code != 0
     assert "rules[0].thresholds" in bad.output
+
+
+def test_the_client_sets_and_reads_thresholds(http: tuple[httpx.Client, Quota]) -> None:
+    from tokenquota.client import Client
+
+    server, quota = http
+    with Client(str(server.base_url), ADMIN, timeout=30) as client:
+        view = client.set_limit("user:ann", "tokens", "day", 100, thresholds=[80, 50])
+        assert view.overrides[0].thresholds == (50, 80)
+        assert view.effective[0].thresholds == (50, 80)
+        defaults = client.set_default("team", "tokens", "day", 10, thresholds=[100])
+        assert [d.rule.thresholds for d in defaults] == [(100,)]
+        plan = client.create_plan(
+            "pro", [{"metric": "tokens", "window": "day", "limit": 5, "thresholds": [90]}]
+        )
+        assert plan.rules[0].thresholds == (90,)
+        client.consume("user:ann", tokens=85)
+    assert crossings(quota) == [(50, 85), (80, 85)]

@@ -406,11 +406,15 @@ class Client:
         value: object,
         *,
         shadow: bool = False,
+        thresholds: Sequence[int] | None = None,
     ) -> LimitsView:
-        """Set one override; ``value`` None removes it, -1 makes the subject unlimited."""
-        return self.set_limits(
-            subject, [{"metric": metric, "window": window, "limit": value, "shadow": shadow}]
-        )
+        """Set one override; ``value`` None removes it, -1 makes the subject unlimited.
+
+        ``thresholds``: alert thresholds in whole percent of the limit (docs/alerts.md)."""
+        rule = {"metric": metric, "window": window, "limit": value, "shadow": shadow}
+        if thresholds is not None:
+            rule["thresholds"] = list(thresholds)
+        return self.set_limits(subject, [rule])
 
     def set_limits(
         self, subject: str | SubjectRef, limits: Sequence[Mapping[str, object]]
@@ -429,10 +433,12 @@ class Client:
         value: object,
         *,
         shadow: bool = False,
+        thresholds: Sequence[int] | None = None,
     ) -> list[DefaultRule]:
-        return self.set_defaults(
-            [{"kind": kind, "metric": metric, "window": window, "limit": value, "shadow": shadow}]
-        )
+        rule = {"kind": kind, "metric": metric, "window": window, "limit": value, "shadow": shadow}
+        if thresholds is not None:
+            rule["thresholds"] = list(thresholds)
+        return self.set_defaults([rule])
 
     def set_defaults(self, items: Sequence[Mapping[str, object]]) -> list[DefaultRule]:
         """Runtime defaults win over the server's config; ``limit`` None removes one."""
