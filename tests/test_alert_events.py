@@ -460,3 +460,39 @@ def test_the_client_sets_and_reads_thresholds(http: tuple[httpx.Client, Quota]) 
         assert plan.rules[0].thresholds == (90,)
         client.consume("user:ann", tokens=85)
     assert crossings(quota) == [(50, 85), (80, 85)]
+
+
+def resets(quota: Quota) -> list[int | None]:
+    """reset_at (µs) of every row, in id order."""
+    store: Any = quota.store
+    if isinstance(store, MemoryStore):
+        return [
+            None if e.reset_at is None else to_micros(e.reset_at)
+            for e in store.meter._s.alert_events
+        ]
+    if isinstance(store, RedisStore):
+        store.flush()
+    a = t.alert_events.c
+    with store.db.engine.connect() as conn:
+        return list(conn.execute(sa.select(a.reset_at).order_by(a.id)).scalars())
+
+
+@pytest.mark.parametrize("window", ["day", "rolling:1h", "total"])
+def test_an_alert_resets_when_the_decision_says_usage_drops(
+    quota: Quota, clock: FrozenClock, window: str
+) -> None:
+    quota.set_limit("user:ann", "tokens", window, 100, thresholds=[10, 50])
+    quota.consume("user:ann", tokens=20)
+    clock.advance(timedelta(minutes=5))  # the next consume lands in a later rolling bucket
+    decision = quota.consume("user:ann", tokens=40)
+    expected = decision.limits[0].reset_at
+    assert crossings(quota) == [(10, 20), (50, 60)]
+    assert resets(quota)[-1] == (None if expected is None else to_micros(expected))
+
+
+def test_a_credits_threshold_crosses_at_the_exact_amount(quota: Quota) -> None:
+    quota.set_limit("user:ann", "credits", "month", "0.3", thresholds=[100])
+    quota.consume("user:ann", credits="0.2")
+    assert crossings(quota) == []
+    quota.consume("user:ann", credits="0.1")
+    assert [th for th, _ in crossings(quota)] == [100]
