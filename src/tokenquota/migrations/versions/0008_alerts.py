@@ -37,7 +37,7 @@ def upgrade() -> None:
         "alert_events",
         sa.Column("id", ID, nullable=False, autoincrement=True),
         sa.Column("dedupe", sa.String(400), nullable=False),
-        sa.Column("kind", sa.String(16), nullable=False),
+        sa.Column("kind", sa.String(32), nullable=False),
         sa.Column("subject", REF, nullable=False),
         sa.Column("metric", sa.String(32), nullable=False),
         sa.Column("window", sa.String(32), nullable=False),

@@ -242,7 +242,8 @@ alert_events = sa.Table(
     metadata,
     sa.Column("id", ID, primary_key=True, autoincrement=True),
     sa.Column("dedupe", sa.String(400), nullable=False, unique=True),
-    sa.Column("kind", sa.String(16), nullable=False),
+    # "threshold.crossed" is 17 characters: room for the AlertKind values and more.
+    sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("subject", sa.String(161), nullable=False),
     sa.Column("metric", sa.String(32), nullable=False),
     sa.Column("window", sa.String(32), nullable=False),
