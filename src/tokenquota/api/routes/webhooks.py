@@ -13,7 +13,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import Field
+from pydantic import Field, StrictBool
 
 from tokenquota.api.admin_schemas import LimitQuery, OffsetQuery, error_responses
 from tokenquota.api.schemas import Model
@@ -47,7 +47,7 @@ class EndpointIn(Model):
 
 
 class EndpointPatch(Model):
-    enabled: bool = Field(description="false stops deliveries to it; true resumes them")
+    enabled: StrictBool = Field(description="false stops deliveries to it; true resumes them")
 
 
 class EndpointOut(Model):
