@@ -45,12 +45,15 @@ class Receiver:
         self.default = default
         self.delay = delay
         self.got: list[Received] = []
+        self.arrivals = 0  # requests begun (counted before the pause)
         self.lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                with receiver.lock:
+                    receiver.arrivals += 1
                 if receiver.delay:
                     time.sleep(receiver.delay)
                 with receiver.lock:
