@@ -7,8 +7,11 @@ from typing import Any
 
 import pytest
 
-from tests.api.conftest import Api, ServerFactory, make_api  # noqa: F401  (fixture)
+from tests.api import conftest as api_fixtures
+from tests.api.conftest import Api, ServerFactory
 from tests.webhooks.receiver import Receiver
+
+make_api = api_fixtures.make_api  # the live servers of tests/api, here too
 
 WEBHOOK_KEY = "webhook-test-server-key-0123456789abcdef"
 # Quick, so tests wait little; the backoff is still random and exponential.

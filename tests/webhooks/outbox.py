@@ -62,9 +62,7 @@ def record(quota: Quota, event: AlertEvent) -> int:
 def insert_sql(engine: sa.Engine, event: AlertEvent) -> int:
     with engine.begin() as conn:
         row = conn.execute(
-            sa.insert(t.alert_events)
-            .values(**columns(event))
-            .returning(t.alert_events.c.id)
+            sa.insert(t.alert_events).values(**columns(event)).returning(t.alert_events.c.id)
         ).one()
     return int(row.id)
 

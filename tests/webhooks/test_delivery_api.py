@@ -15,7 +15,7 @@ import pytest
 from tests.api.conftest import Api, ServerFactory
 from tests.webhooks.conftest import FAST
 from tests.webhooks.outbox import alert, record
-from tests.webhooks.receiver import Receiver, closed_url
+from tests.webhooks.receiver import Receiver
 from tokenquota.client import Client, SignatureError, verify_webhook
 from tokenquota.domain.alerts import AlertKind
 

@@ -72,7 +72,7 @@ def test_three_replicas_racing_deliver_each_event_exactly_once(
         replicas = fleet.start(3, ["--db", db, "--config", str(config(tmp_path))])
         with client(replicas[0].url, ADMIN_KEY) as http:
             endpoint = http.post("/v1/webhooks", json={"url": receiver.url}).json()
-        events = []
+        events: list[int] = []
         for _wave in range(3):  # while the replicas are busy with the last wave
             events += [insert_url(db, alert(f"user:u{len(events) + i}")) for i in range(20)]
         receiver.wait_for(len(events), WAIT_SECONDS)

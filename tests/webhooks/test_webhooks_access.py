@@ -73,7 +73,9 @@ def test_a_member_endpoint_never_gets_a_siblings_event(hooked: Api) -> None:
             service = hooked.key("service")
             with hooked.client(service) as service_client:
                 assert service_client.get("/v1/webhooks").status_code == 403
-                assert service_client.post("/v1/webhooks", json={"url": mine.url}).status_code == 403
+                assert (
+                    service_client.post("/v1/webhooks", json={"url": mine.url}).status_code == 403
+                )
             time.sleep(0.3)  # several worker passes: nothing else arrives
         assert sorted(r.event["data"]["subject"] for r in mine.received()) == [
             "team:red",
