@@ -36,7 +36,8 @@ def test_the_commands_manage_endpoints_and_deliveries(db: str) -> None:
         made = json.loads(out)
         assert made["events"] == ["threshold.crossed"]
         code, out = run(db, "list")
-        assert code == 0 and made["id"] in out, out
+        assert code == 0, out
+        assert made["id"] in out, out
         code, out = run(db, "show", made["id"], "--secret")
         assert json.loads(out)["secret"] == made["secret"]
         assert run(db, "disable", made["id"])[0] == 0
@@ -60,7 +61,8 @@ def test_the_commands_manage_endpoints_and_deliveries(db: str) -> None:
         assert delivery["event_id"] == event_id
         assert delivery["status"] == "delivered"
         code, out = run(db, "deliveries", made["id"])
-        assert code == 0 and "delivered" in out, out
+        assert code == 0, out
+        assert "delivered" in out, out
         code, out = run(db, "redeliver", str(delivery["id"]))
         assert code == 0, out
         again = json.loads(run(db, "deliveries", made["id"], "--json")[1])["items"][0]
@@ -73,13 +75,18 @@ def test_the_commands_manage_endpoints_and_deliveries(db: str) -> None:
 
 def test_bad_input_and_a_missing_key_exit_2_naming_the_field(db: str) -> None:
     code, out = run(db, "add", "ftp://example.com/")
-    assert code == 2 and "url" in out, out
+    assert code == 2, out
+    assert "url" in out, out
     code, out = run(db, "add", "https://example.com/", "--event", "nope")
-    assert code == 2 and "events[0]" in out, out
+    assert code == 2, out
+    assert "events[0]" in out, out
     code, out = run(db, "add", "https://example.com/", key=None)
-    assert code != 0 and "TOKENQUOTA_WEBHOOK_KEY" in out, out
+    assert code != 0, out
+    assert "TOKENQUOTA_WEBHOOK_KEY" in out, out
     code, out = run(db, "redeliver", "abc")
-    assert code == 2 and "id" in out, out
+    assert code == 2, out
+    assert "id" in out, out
     code, out = run(db, "show", "wh_nothere")
-    assert code != 0 and "no webhook endpoint" in out, out
+    assert code != 0, out
+    assert "no webhook endpoint" in out, out
     assert json.loads(run(db, "list", "--json")[1]) == {"items": []}
