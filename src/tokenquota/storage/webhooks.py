@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, cast
 
 from tokenquota.domain.alerts import AlertEvent
 from tokenquota.domain.webhooks import Delivery, DeliveryStatus, Endpoint
@@ -87,17 +87,9 @@ class WebhookTables(AlertLog, Protocol):
 
 
 def webhook_tables(store: Store) -> WebhookTables:
-    """The webhook tables of the backend ``store`` is, over the connections it uses.
-
-    Imported here, not at the top: each backend's module pulls in its driver
-    (redis-py, psycopg), which an install without that backend does not have.
-    """
-    from tokenquota.storage.memory.store import MemoryStore
-    from tokenquota.storage.sql.webhooks import SqlWebhooks
-
-    if isinstance(store, MemoryStore):
-        return store.webhooks
-    db = getattr(store, "db", None)  # SqlStore, and RedisStore's SQL half
-    if db is not None:
-        return SqlWebhooks(db)
-    raise TypeError(f"no webhook tables for {type(store).__name__}")
+    """The webhook tables of ``store`` (``ComposedStore.alerts``); TypeError for a store
+    of the caller's own making, which keeps none."""
+    tables = getattr(store, "alerts", None)
+    if tables is None:
+        raise TypeError(f"no webhook tables for {type(store).__name__}")
+    return cast(WebhookTables, tables)

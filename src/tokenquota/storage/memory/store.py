@@ -24,7 +24,7 @@ class MemoryStore(ComposedStore):
     def __init__(self, tz: ZoneInfo | None) -> None:
         state = State(tz or ZoneInfo("UTC"))
         super().__init__(MemoryCatalog(state), MemoryMeter(state))
-        self.webhooks = MemoryWebhooks(state)  # the alert outbox and webhook tables
+        self.alerts = MemoryWebhooks(state)
 
     def close(self) -> None:
         pass

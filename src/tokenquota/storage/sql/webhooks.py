@@ -173,8 +173,10 @@ class SqlWebhooks:
                         created_at=at,
                     )
                     .on_conflict_do_nothing(index_elements=["event_id", "endpoint_id"])
+                    .returning(D.c.id)
                 )
-                inserted += max(conn.execute(stmt).rowcount, 0)
+                # Counted by the rows returned: rowcount is not reliable with RETURNING.
+                inserted += len(conn.execute(stmt).all())
             if events:
                 self._mark(conn, events)
         return inserted
