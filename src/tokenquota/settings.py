@@ -206,6 +206,34 @@ class Settings(BaseSettings):
         description="Added to every horizon, for replicas whose clocks are behind",
     )
 
+    webhook_key: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description=(
+            "The server key webhook signing secrets are derived from (and users' own secrets "
+            "sealed under): the same random string on every replica. Unset: no webhook "
+            "endpoint can be made and nothing is delivered (docs/webhooks.md)"
+        ),
+    )
+    webhook_poll_seconds: float = Field(
+        1.0, gt=0, le=3_600, description="How often the delivery worker looks for work"
+    )
+    webhook_timeout_seconds: float = Field(
+        10.0, gt=0, le=300, description="How long one webhook POST may take"
+    )
+    webhook_max_attempts: int = Field(
+        8, ge=1, le=100, description="Attempts before a delivery is failed (the dead letter)"
+    )
+    webhook_backoff_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=86_400,
+        description="The first retry waits up to this long (full jitter), doubled each attempt",
+    )
+    webhook_backoff_max_seconds: float = Field(
+        3_600.0, ge=0, le=7 * 86_400, description="The longest wait between two attempts"
+    )
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -246,6 +274,16 @@ class Settings(BaseSettings):
             "pause": self.prune_pause_ms / 1000,
             "archive_days": self.ledger_archive_days,
             "archive_dir": self.ledger_archive_dir,
+        }
+
+    def webhooks(self) -> dict[str, Any]:
+        """The delivery worker's options (engine/delivery.py ``DeliveryOptions``)."""
+        return {
+            "poll": self.webhook_poll_seconds,
+            "timeout": self.webhook_timeout_seconds,
+            "max_attempts": self.webhook_max_attempts,
+            "backoff": self.webhook_backoff_seconds,
+            "backoff_max": self.webhook_backoff_max_seconds,
         }
 
     def default_rules(self) -> list[dict[str, Any]]:

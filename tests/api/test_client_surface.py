@@ -31,9 +31,21 @@ QUOTA_ONLY: dict[str, str] = {
     "resource_quotas": "no route lists resource quotas; get_resource_quota reads one",
 }
 
+# Webhooks are managed over the service (or the CLI, engine/webhooks.py): not on Quota.
+WEBHOOKS = "webhooks belong to the service: its server key signs and its worker delivers"
+
 # Methods of both clients that the embedded library does not have.
 CLIENT_ONLY: dict[str, str] = {
     "export_events": "the streamed CSV / JSON lines export is an HTTP answer",
+    "create_webhook": WEBHOOKS,
+    "webhooks": WEBHOOKS,
+    "get_webhook": WEBHOOKS,
+    "webhook_secret": WEBHOOKS,
+    "set_webhook_enabled": WEBHOOKS,
+    "delete_webhook": WEBHOOKS,
+    "deliveries": WEBHOOKS,
+    "get_delivery": WEBHOOKS,
+    "redeliver": WEBHOOKS,
 }
 
 # Methods of AsyncClient alone.

@@ -34,12 +34,15 @@ from tokenquota.api.routes import (
     metering,
     reads,
     resources,
+    webhooks,
 )
 from tokenquota.api.schemas import CheckIn, ConsumeIn
 from tokenquota.compat import SURFACES
 from tokenquota.domain.clock import Clock
 from tokenquota.engine import Quota
+from tokenquota.engine.delivery import DeliveryOptions, start_delivery
 from tokenquota.engine.retention import start_pruning
+from tokenquota.engine.webhooks import open_webhooks, server_key
 from tokenquota.http import auth, errors, fastpath, logs
 from tokenquota.http.capacity import (
     RETRY_AFTER_SECONDS,
@@ -61,6 +64,7 @@ ROUTERS = [
     grants.router,
     health.router,
     insights.router,
+    webhooks.router,
 ]
 
 DESCRIPTION = """\
@@ -105,9 +109,18 @@ def create_app(
         )
         app.state.quota = opened
         app.state.pruning = start_pruning(opened, **settings.pruning())
+        key = server_key(settings.webhook_key.get_secret_value() if settings.webhook_key else None)
+        app.state.webhooks = open_webhooks(opened, key)
+        app.state.delivery = start_delivery(
+            opened, key, DeliveryOptions(**settings.webhooks()), on_outcome=metrics.delivered
+        )
+        if app.state.webhooks is not None:
+            metrics.webhook_counts = app.state.webhooks.tables.delivery_counts
         try:
             yield
         finally:
+            if app.state.delivery is not None:
+                await anyio.to_thread.run_sync(app.state.delivery.close)
             if app.state.pruning is not None:
                 await anyio.to_thread.run_sync(app.state.pruning.close)
             # The lanes first: a call still running ends before its store is closed.

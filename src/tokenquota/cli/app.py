@@ -12,6 +12,7 @@ from tokenquota.cli.keys import keys_app
 from tokenquota.cli.resources import resources_app
 from tokenquota.cli.rules import defaults_app, limits_app, plans_app
 from tokenquota.cli.subjects import subjects_app
+from tokenquota.cli.webhooks import webhooks_app
 
 app = typer.Typer(
     name="tokenquota",
@@ -38,6 +39,7 @@ app.add_typer(reservations_app, name="reservations")
 app.add_typer(leases_app, name="leases")
 app.add_typer(resources_app, name="resources")
 app.add_typer(grants_app, name="grants")
+app.add_typer(webhooks_app, name="webhooks")
 app.command("consume")(metering.consume)
 app.command("check")(metering.check)
 app.command("usage")(metering.usage)

@@ -9,6 +9,15 @@ the two cannot drift apart; see README.md in this folder.
 from tokenquota.client._answers import ServiceUnreachable
 from tokenquota.client._async import AsyncClient
 from tokenquota.client._sync import Client
+from tokenquota.client._webhooks import verify_webhook
 from tokenquota.domain.decisions import QuotaExceeded
+from tokenquota.domain.webhooks import SignatureError
 
-__all__ = ["AsyncClient", "Client", "QuotaExceeded", "ServiceUnreachable"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "QuotaExceeded",
+    "ServiceUnreachable",
+    "SignatureError",
+    "verify_webhook",
+]

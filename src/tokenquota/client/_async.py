@@ -16,6 +16,7 @@ import httpx
 
 from tokenquota.client import _answers as a
 from tokenquota.client import _protocol as p
+from tokenquota.client import _webhooks as w
 from tokenquota.client._twins import AsyncHold, shielded
 from tokenquota.domain.decisions import Decision, Mode
 from tokenquota.domain.grants import Balance, Grant
@@ -35,6 +36,7 @@ from tokenquota.domain.views import (
     Reserved,
     Usage,
 )
+from tokenquota.domain.webhooks import Delivery, Endpoint
 
 T = TypeVar("T")
 
@@ -540,3 +542,45 @@ class AsyncClient:
     ) -> Page[AuditEntry]:
         """Changes to a subject, or to ``defaults/<kind>``, ``plans/<id>`` or ``keys/<id>``."""
         return await self._run(p.audit(subject=subject, offset=offset, limit=limit))
+
+    # webhooks (docs/webhooks.md) ----------------------------------------------
+    async def create_webhook(
+        self,
+        url: str,
+        *,
+        events: Sequence[str] | None = None,
+        description: str | None = None,
+        secret: str | None = None,
+    ) -> tuple[Endpoint, str]:
+        """A new endpoint and its signing secret (derived by the server unless given)."""
+        return await self._run(
+            w.create_webhook(url, events=events, description=description, secret=secret)
+        )
+
+    async def webhooks(self) -> list[Endpoint]:
+        return await self._run(w.webhooks())
+
+    async def get_webhook(self, endpoint_id: str) -> Endpoint:
+        return await self._run(w.get_webhook(endpoint_id))
+
+    async def webhook_secret(self, endpoint_id: str) -> str:
+        return await self._run(w.webhook_secret(endpoint_id))
+
+    async def set_webhook_enabled(self, endpoint_id: str, enabled: bool) -> Endpoint:
+        return await self._run(w.set_webhook_enabled(endpoint_id, enabled))
+
+    async def delete_webhook(self, endpoint_id: str) -> None:
+        await self._run(w.delete_webhook(endpoint_id))
+
+    async def deliveries(
+        self, endpoint_id: str, *, offset: int = 0, limit: int = 100
+    ) -> Page[Delivery]:
+        """An endpoint's deliveries, newest first."""
+        return await self._run(w.deliveries(endpoint_id, offset=offset, limit=limit))
+
+    async def get_delivery(self, delivery_id: int) -> Delivery:
+        return await self._run(w.get_delivery(delivery_id))
+
+    async def redeliver(self, delivery_id: int) -> Delivery:
+        """Send a delivery again (pending, due now, a fresh round of attempts)."""
+        return await self._run(w.redeliver(delivery_id))

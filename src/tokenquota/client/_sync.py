@@ -14,6 +14,7 @@ import httpx
 
 from tokenquota.client import _answers as a
 from tokenquota.client import _protocol as p
+from tokenquota.client import _webhooks as w
 from tokenquota.client._twins import Hold, unshielded
 from tokenquota.domain.decisions import Decision, Mode
 from tokenquota.domain.grants import Balance, Grant
@@ -33,6 +34,7 @@ from tokenquota.domain.views import (
     Reserved,
     Usage,
 )
+from tokenquota.domain.webhooks import Delivery, Endpoint
 
 T = TypeVar("T")
 
@@ -527,3 +529,43 @@ class Client:
     ) -> Page[AuditEntry]:
         """Changes to a subject, or to ``defaults/<kind>``, ``plans/<id>`` or ``keys/<id>``."""
         return self._run(p.audit(subject=subject, offset=offset, limit=limit))
+
+    # webhooks (docs/webhooks.md) ----------------------------------------------
+    def create_webhook(
+        self,
+        url: str,
+        *,
+        events: Sequence[str] | None = None,
+        description: str | None = None,
+        secret: str | None = None,
+    ) -> tuple[Endpoint, str]:
+        """A new endpoint and its signing secret (derived by the server unless given)."""
+        return self._run(
+            w.create_webhook(url, events=events, description=description, secret=secret)
+        )
+
+    def webhooks(self) -> list[Endpoint]:
+        return self._run(w.webhooks())
+
+    def get_webhook(self, endpoint_id: str) -> Endpoint:
+        return self._run(w.get_webhook(endpoint_id))
+
+    def webhook_secret(self, endpoint_id: str) -> str:
+        return self._run(w.webhook_secret(endpoint_id))
+
+    def set_webhook_enabled(self, endpoint_id: str, enabled: bool) -> Endpoint:
+        return self._run(w.set_webhook_enabled(endpoint_id, enabled))
+
+    def delete_webhook(self, endpoint_id: str) -> None:
+        self._run(w.delete_webhook(endpoint_id))
+
+    def deliveries(self, endpoint_id: str, *, offset: int = 0, limit: int = 100) -> Page[Delivery]:
+        """An endpoint's deliveries, newest first."""
+        return self._run(w.deliveries(endpoint_id, offset=offset, limit=limit))
+
+    def get_delivery(self, delivery_id: int) -> Delivery:
+        return self._run(w.get_delivery(delivery_id))
+
+    def redeliver(self, delivery_id: int) -> Delivery:
+        """Send a delivery again (pending, due now, a fresh round of attempts)."""
+        return self._run(w.redeliver(delivery_id))

@@ -16,9 +16,20 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Final
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from tokenquota.domain.alerts import AlertEvent, AlertKind
+from tokenquota.domain.errors import ValidationError
+from tokenquota.domain.metrics import Metric, from_units, wire_number
 
 SIGNATURE_HEADER: Final = "TokenQuota-Signature"
+EVENT_ID_HEADER: Final = "TokenQuota-Event-Id"
+DELIVERY_ID_HEADER: Final = "TokenQuota-Delivery-Id"
 SCHEME: Final = "v1"
 # Five minutes: longer than any sane clock skew and delivery delay, short enough that
 # a body captured in transit is useless soon after.
@@ -92,11 +103,208 @@ def verify(
     return timestamp
 
 
+# endpoints and deliveries ---------------------------------------------------------
+MAX_URL_LENGTH: Final = 2048  # the column's width
+MAX_DESCRIPTION_LENGTH: Final = 256
+# A secret the user brings must be worth signing with, and fit a sealed column.
+MIN_SECRET_LENGTH: Final = 16
+MAX_SECRET_LENGTH: Final = 256
+ENDPOINT_PREFIX: Final = "wh_"
+MAX_ERROR_LENGTH: Final = 512
+
+
+class DeliveryStatus(StrEnum):
+    PENDING = "pending"  # waiting for its next attempt (or its first)
+    DELIVERED = "delivered"  # a 2xx answered
+    FAILED = "failed"  # every attempt failed: the dead letter, until redelivered
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where alert events go. ``owner`` is the member subject that made it (None: staff's).
+
+    An endpoint with an owner gets only events of that subject and the subjects
+    below it (contract §10). ``sealed`` is the user's own secret, sealed under
+    the server's key; None when the secret is derived from the key and the id.
+    """
+
+    id: str
+    url: str
+    events: frozenset[AlertKind]
+    owner: str | None
+    description: str | None
+    created_at: datetime
+    disabled_at: datetime | None
+    sealed: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.disabled_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One alert event on its way to one endpoint: what the worker claims and retries."""
+
+    id: int
+    event_id: int
+    endpoint_id: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    last_attempt_at: datetime | None
+    delivered_at: datetime | None
+    created_at: datetime
+
+
+def parse_url(value: object, field: str = "url") -> str:
+    """An absolute http(s) URL with a host, at most MAX_URL_LENGTH characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError(field, "must be an http:// or https:// URL")
+    if len(value) > MAX_URL_LENGTH:
+        raise ValidationError(field, f"must be at most {MAX_URL_LENGTH} characters")
+    if not value.isprintable() or any(c.isspace() for c in value):
+        raise ValidationError(field, "must not contain spaces or control characters")
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises on a port that is not a number in range
+    except ValueError as exc:
+        raise ValidationError(field, f"is not a valid URL ({exc})") from exc
+    del port
+    if parts.scheme not in ("http", "https"):
+        raise ValidationError(field, "must start with http:// or https://")
+    if not parts.hostname:
+        raise ValidationError(field, "must name a host")
+    if parts.username is not None or parts.password is not None:
+        raise ValidationError(field, "must not carry credentials; the signature authenticates")
+    return value
+
+
+def parse_kinds(value: object, field: str = "events") -> frozenset[AlertKind]:
+    """A non-empty list of event types (``AlertKind`` values); None means all of them."""
+    if value is None:
+        return frozenset(AlertKind)
+    if not isinstance(value, Sequence) or isinstance(value, str | bytes) or not value:
+        raise ValidationError(
+            field, f"must be a non-empty list of: {', '.join(k.value for k in AlertKind)}"
+        )
+    kinds = set()
+    for i, item in enumerate(value):
+        try:
+            kinds.add(AlertKind(item))
+        except ValueError:
+            raise ValidationError(
+                f"{field}[{i}]", f"must be one of: {', '.join(k.value for k in AlertKind)}"
+            ) from None
+    return frozenset(kinds)
+
+
+def parse_description(value: object, field: str = "description") -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION_LENGTH:
+        raise ValidationError(field, f"must be text of at most {MAX_DESCRIPTION_LENGTH} characters")
+    return value
+
+
+def parse_secret(value: object, field: str = "secret") -> str | None:
+    """A user's own signing secret: printable ASCII, 16 to 256 characters; None: derive one."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not MIN_SECRET_LENGTH <= len(value) <= MAX_SECRET_LENGTH:
+        raise ValidationError(
+            field, f"must be {MIN_SECRET_LENGTH} to {MAX_SECRET_LENGTH} characters"
+        )
+    if not value.isascii() or not value.isprintable():
+        raise ValidationError(field, "must be printable ASCII")
+    return value
+
+
+def parse_endpoint_id(value: object, field: str = "id") -> str:
+    if (
+        not isinstance(value, str)
+        or not value.startswith(ENDPOINT_PREFIX)
+        or not 4 <= len(value) <= 32
+        or not value[len(ENDPOINT_PREFIX) :].isalnum()
+        or not value.isascii()
+    ):
+        raise ValidationError(field, "is not a webhook endpoint id (wh_...)")
+    return value
+
+
+def parse_delivery_id(value: object, field: str = "id") -> int:
+    text = str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+    if not isinstance(text, str) or not text.isascii() or not text.isdigit() or len(text) > 18:
+        raise ValidationError(field, "is not a delivery id (a positive whole number)")
+    number = int(text)
+    if number < 1:
+        raise ValidationError(field, "is not a delivery id (a positive whole number)")
+    return number
+
+
+def derive_secret(server_key: bytes, endpoint_id: str) -> str:
+    """The signing secret of an endpoint without a secret of its own.
+
+    HMAC of the endpoint id under the server's key: nothing secret is stored,
+    every replica with the key computes the same secret, and a new server key
+    changes every derived secret at once (a rotation).
+    """
+    mac = hmac.new(server_key, b"tokenquota-webhook-secret:" + endpoint_id.encode(), hashlib.sha256)
+    return "whsec_" + mac.hexdigest()
+
+
+def backoff(attempts: int, base: float, cap: float, draw: float) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt: full jitter.
+
+    ``draw`` is uniform in [0, 1) from the caller: the delay is uniform in
+    [0, min(cap, base * 2^(attempts-1))), so replicas retrying a receiver that
+    came back do not all knock at the same moment.
+    """
+    ceiling: float = min(cap, base * 2.0 ** max(0, attempts - 1))
+    return ceiling * draw
+
+
+def event_body(event: AlertEvent) -> dict[str, Any]:
+    """The JSON a delivery carries; numbers as the API shows them (credits as strings)."""
+    metric = Metric(event.metric)
+    return {
+        "id": event.id,
+        "type": event.kind.value,
+        "created_at": event.at.isoformat(),
+        "data": {
+            "subject": event.subject,
+            "metric": event.metric,
+            "window": event.window or None,
+            "period_start": None if event.period_start is None else event.period_start.isoformat(),
+            "threshold": event.threshold,
+            "used": wire_number(from_units(metric, event.used)),
+            "limit": wire_number(from_units(metric, event.limit)),
+            "reset_at": None if event.reset_at is None else event.reset_at.isoformat(),
+        },
+    }
+
+
 __all__ = [
     "DEFAULT_TOLERANCE",
+    "DELIVERY_ID_HEADER",
+    "EVENT_ID_HEADER",
     "SIGNATURE_HEADER",
+    "Delivery",
+    "DeliveryStatus",
+    "Endpoint",
     "SignatureError",
+    "backoff",
+    "derive_secret",
+    "event_body",
     "parse",
+    "parse_delivery_id",
+    "parse_description",
+    "parse_endpoint_id",
+    "parse_kinds",
+    "parse_secret",
+    "parse_url",
     "sign",
     "signature",
     "verify",

@@ -19,7 +19,7 @@ by whichever worker answers, never counted: every worker would read the same.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
@@ -82,6 +82,15 @@ class Metrics:
             ["lane"],
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "tokenquota_webhook_attempts_total",
+            "Webhook delivery attempts by outcome: delivered, retry (failed, tried again "
+            "later) or failed (the last attempt failed: dead-lettered).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        # Read at scrape time: how many deliveries wait and how many are dead letters.
+        self.webhook_counts: Callable[[], Mapping[str, int]] | None = None
         # As many as the metrics' own children: one per label set ever counted.
         self._decided: dict[tuple[str, str, bool], Counter] = {}
         self._timed: dict[tuple[str, str], Histogram] = {}
@@ -111,6 +120,10 @@ class Metrics:
             )
         counter.inc()
 
+    def delivered(self, outcome: str) -> None:
+        """Count one webhook delivery attempt (engine/delivery.py calls it)."""
+        self.webhook_deliveries.labels(outcome).inc()
+
     def lane(self, name: str) -> Callable[[float, BaseException | None], None]:
         """The observer of one lane's calls (``http.capacity.Threads.observe``)."""
         seconds = self.store_seconds.labels(name)
@@ -132,6 +145,8 @@ class Metrics:
             scrape.register(self.registry)
         if quota is not None:
             scrape.register(Live(quota))
+        if self.webhook_counts is not None:
+            scrape.register(Deliveries(self.webhook_counts))
         return generate_latest(scrape)
 
     def close(self) -> None:
@@ -173,3 +188,26 @@ class Live(Collector):
             )
             behind.add_metric([], lag.seconds)
             yield behind
+
+
+class Deliveries(Collector):
+    """Webhook deliveries per status, read from the store when scraped (every worker
+    would read the same rows, so they are not counted per worker)."""
+
+    def __init__(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        self.counts = counts
+
+    def collect(self) -> Iterable[Any]:
+        try:
+            counts = self.counts()
+        except Exception:  # the store away: the scrape still answers, without these
+            return
+        gauge = GaugeMetricFamily(
+            "tokenquota_webhook_deliveries",
+            "Webhook deliveries by status: pending (waiting for an attempt), failed (dead "
+            "letters, until redelivered) and delivered.",
+            labels=["status"],
+        )
+        for status, count in sorted(counts.items()):
+            gauge.add_metric([str(status)], float(count))
+        yield gauge

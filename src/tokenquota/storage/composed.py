@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
+from tokenquota.domain.alerts import AlertEvent
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import Lease, Reservation
@@ -34,6 +35,7 @@ from tokenquota.storage.base import (
     Scope,
     StaleConfig,
 )
+from tokenquota.storage.webhooks import WebhookTables
 
 T = TypeVar("T")
 
@@ -41,8 +43,12 @@ T = TypeVar("T")
 class ComposedStore:
     """Forwards the configuration calls to ``catalog`` and the metering ones to ``meter``.
 
-    Subclasses open and close what both halves share (a database, a Redis).
+    Subclasses open and close what both halves share (a database, a Redis), and set
+    ``alerts``: the alert outbox and webhook tables (storage/webhooks.py), which the
+    ``AlertLog`` calls below are forwarded to.
     """
+
+    alerts: WebhookTables
 
     def __init__(self, catalog: Catalog, meter: Meter) -> None:
         self.catalog = catalog
@@ -54,6 +60,16 @@ class ComposedStore:
 
     def close(self) -> None:
         raise NotImplementedError
+
+    # the alert outbox (AlertLog) -------------------------------------------------
+    def alert_events(self, *, after: int, limit: int) -> list[AlertEvent]:
+        return self.alerts.alert_events(after=after, limit=limit)
+
+    def unfanned_alert_events(self, limit: int) -> list[AlertEvent]:
+        return self.alerts.unfanned_alert_events(limit)
+
+    def mark_alerts_fanned(self, ids: Sequence[int]) -> None:
+        self.alerts.mark_alerts_fanned(ids)
 
     def ping(self) -> None:
         raise NotImplementedError

@@ -5,10 +5,11 @@
 written in the same transaction as the decision that crossed a threshold (or
 was denied, or was shadow-blocked), and ``dedupe`` is unique so a threshold is
 recorded once per window period however many replicas race the crossing.
-``webhook_endpoints`` are where events go; the signing secret is never stored,
-only derived from the server's key and the endpoint id. ``webhook_deliveries``
-is one row per (event, endpoint), the state the delivery worker claims, retries
-and dead-letters.
+``webhook_endpoints`` are where events go; the signing secret is never stored in
+clear: it is derived from the server's key and the endpoint id, or (a secret the
+user brought) kept in ``sealed_secret``, AES-GCM sealed under the server's key.
+``webhook_deliveries`` is one row per (event, endpoint), the state the delivery
+worker claims, retries and dead-letters.
 
 Revision ID: 0008
 Revises: 0007
@@ -60,6 +61,7 @@ def upgrade() -> None:
         sa.Column("description", sa.String(256), nullable=True),
         sa.Column("created_at", sa.BigInteger, nullable=False),
         sa.Column("disabled_at", sa.BigInteger, nullable=True),
+        sa.Column("sealed_secret", sa.String(512), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_webhook_endpoints"),
     )
     op.create_table(

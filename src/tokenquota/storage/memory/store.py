@@ -14,6 +14,7 @@ from tokenquota.storage.composed import ComposedStore
 from tokenquota.storage.memory.catalog import MemoryCatalog
 from tokenquota.storage.memory.meter import MemoryMeter
 from tokenquota.storage.memory.state import State
+from tokenquota.storage.memory.webhooks import MemoryWebhooks
 
 
 class MemoryStore(ComposedStore):
@@ -23,6 +24,7 @@ class MemoryStore(ComposedStore):
     def __init__(self, tz: ZoneInfo | None) -> None:
         state = State(tz or ZoneInfo("UTC"))
         super().__init__(MemoryCatalog(state), MemoryMeter(state))
+        self.alerts = MemoryWebhooks(state)
 
     def close(self) -> None:
         pass

@@ -33,6 +33,7 @@ from tokenquota.storage.redis.ops import Runner
 from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.ledger import SqlLedger
 from tokenquota.storage.sql.tx import Database
+from tokenquota.storage.sql.webhooks import SqlWebhooks
 
 __all__ = ["KeyspaceTaken", "RedisStore"]
 
@@ -70,6 +71,7 @@ class RedisStore(ComposedStore):
         ops = Runner(self.db, self.redis, self.cluster, self.layout)
         meter = RedisMeter(self.db, catalog, ledger, counters, self.keyspace, ops)
         super().__init__(catalog, meter)
+        self.alerts = SqlWebhooks(self.db)  # the mover writes the alert events there
         try:
             self.keyspace.stamp(prefix)
             self.db.pin_timezone(tz, move_timezone, meter.rebuild_in)

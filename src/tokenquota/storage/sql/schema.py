@@ -242,6 +242,7 @@ alert_events = sa.Table(
     metadata,
     sa.Column("id", ID, primary_key=True, autoincrement=True),
     sa.Column("dedupe", sa.String(400), nullable=False, unique=True),
+    # "threshold.crossed" is 17 characters: room for the AlertKind values and more.
     sa.Column("kind", sa.String(32), nullable=False),
     sa.Column("subject", sa.String(161), nullable=False),
     sa.Column("metric", sa.String(32), nullable=False),
@@ -256,7 +257,8 @@ alert_events = sa.Table(
 )
 
 # Where alert events are sent. The signing secret is derived from the server's
-# key and the id (domain/webhooks.py), never stored.
+# key and the id (domain/webhooks.py), or the user's own sealed under that key
+# (engine/webhooks.py): never stored in clear.
 webhook_endpoints = sa.Table(
     "webhook_endpoints",
     metadata,
@@ -267,6 +269,7 @@ webhook_endpoints = sa.Table(
     sa.Column("description", sa.String(256), nullable=True),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.Column("disabled_at", sa.BigInteger, nullable=True),
+    sa.Column("sealed_secret", sa.String(512), nullable=True),
 )
 
 # One row per (alert event, endpoint): what the delivery worker claims, retries

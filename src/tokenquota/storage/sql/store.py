@@ -9,6 +9,7 @@ from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.ledger import SqlCounters, SqlLedger
 from tokenquota.storage.sql.meter import SqlMeter
 from tokenquota.storage.sql.tx import Database
+from tokenquota.storage.sql.webhooks import SqlWebhooks
 
 
 class SqlStore(ComposedStore):
@@ -27,6 +28,7 @@ class SqlStore(ComposedStore):
         catalog = SqlCatalog(self.db, counters)
         meter = SqlMeter(self.db, catalog, ledger, counters)
         super().__init__(catalog, meter)
+        self.alerts = SqlWebhooks(self.db)
         try:
             self.db.pin_timezone(tz, move_timezone, meter.rebuild_in)
         except BaseException:
