@@ -15,7 +15,6 @@ from tests.webhooks.receiver import Receiver
 from tokenquota.client import verify_webhook
 
 
-@pytest.mark.xfail(strict=False, reason="needs AL1's recording")
 def test_consumes_crossing_thresholds_are_delivered_once_each(
     hooked: Api, receiver: Receiver
 ) -> None:
