@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 from tests.api.conftest import Api
 from tests.webhooks.receiver import Receiver
 from tokenquota.client import verify_webhook
