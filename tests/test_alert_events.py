@@ -20,7 +20,7 @@ from pydantic import SecretStr
 
 from tests.conftest import migrated_sqlite
 from tests.live import LiveServer
-from tokenquota import FrozenClock, Quota
+from tokenquota import FrozenClock, Quota, ValidationError
 from tokenquota import open as tokenquota_open
 from tokenquota.api.app import create_app
 from tokenquota.domain.clock import to_micros
@@ -496,3 +496,14 @@ def test_a_credits_threshold_crosses_at_the_exact_amount(quota: Quota) -> None:
     assert crossings(quota) == []
     quota.consume("user:ann", credits="0.1")
     assert [th for th, _ in crossings(quota)] == [100]
+
+
+def test_thresholds_from_the_config_files_defaults(make_quota: Any) -> None:
+    rule = {"kind": "user", "metric": "tokens", "window": "day", "limit": 100}
+    quota = make_quota(defaults=[{**rule, "thresholds": [50]}])
+    assert [d.rule.thresholds for d in quota.defaults()] == [(50,)]
+    quota.consume("user:bob", tokens=70)
+    assert crossings(quota) == [(50, 70)]
+    with pytest.raises(ValidationError) as bad:
+        make_quota(defaults=[{**rule, "thresholds": [50, 5000]}])
+    assert bad.value.details["field"] == "defaults[0].thresholds[1]"

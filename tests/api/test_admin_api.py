@@ -147,10 +147,23 @@ def test_limits_set_read_and_remove(api: Api, admin: httpx.Client) -> None:
     )
     assert body["subject"] == "user:alice"
     assert body["plan"] is None
+    none: list[int] = []  # no alert thresholds (docs/alerts.md)
     assert body["overrides"] == [
-        {"metric": "concurrent_requests", "window": None, "limit": 2, "shadow": False},
-        {"metric": "credits", "window": "month", "limit": "12.5", "shadow": True},
-        {"metric": "tokens", "window": "day", "limit": 10_000, "shadow": False},
+        {
+            "metric": "concurrent_requests",
+            "window": None,
+            "limit": 2,
+            "shadow": False,
+            "thresholds": none,
+        },
+        {
+            "metric": "credits",
+            "window": "month",
+            "limit": "12.5",
+            "shadow": True,
+            "thresholds": none,
+        },
+        {"metric": "tokens", "window": "day", "limit": 10_000, "shadow": False, "thresholds": none},
     ]
     assert {(e["metric"], e["window"], e["limit"], e["source"]) for e in body["effective"]} == {
         ("concurrent_requests", None, 2, "override"),
@@ -248,8 +261,14 @@ def test_plans_crud(api: Api, admin: httpx.Client) -> None:
     gold = ok(admin.post("/v1/plans", json={"name": "Gold", "rules": rules}), PlanOut, 201)
     assert gold["name"] == "Gold"
     assert gold["rules"] == [
-        {"metric": "credits", "window": "month", "limit": "2000.5", "shadow": False},
-        {"metric": "requests", "window": "minute", "limit": 100, "shadow": True},
+        {
+            "metric": "credits",
+            "window": "month",
+            "limit": "2000.5",
+            "shadow": False,
+            "thresholds": [],
+        },
+        {"metric": "requests", "window": "minute", "limit": 100, "shadow": True, "thresholds": []},
     ]
     free = ok(admin.post("/v1/plans", json={"name": "Free"}), PlanOut, 201)
     assert free["rules"] == []
@@ -277,7 +296,9 @@ def test_plans_crud(api: Api, admin: httpx.Client) -> None:
     )
     assert updated["id"] == gold["id"]
     assert updated["name"] == "Platinum"
-    assert updated["rules"] == [{"metric": "tokens", "window": "day", "limit": 9, "shadow": False}]
+    assert updated["rules"] == [
+        {"metric": "tokens", "window": "day", "limit": 9, "shadow": False, "thresholds": []}
+    ]
     assert ok(admin.put(f"/v1/plans/{gold['id']}", json={}), PlanOut) == updated
     error(admin.put(f"/v1/plans/{gold['id']}", json={"name": "Free"}), 409, "conflict", "name")
     error(admin.put("/v1/plans/nope", json={"name": "Y"}), 404, "not_found")
@@ -306,6 +327,7 @@ def test_defaults_runtime_wins_over_config(make_api: ServerFactory) -> None:
                     "window": "day",
                     "limit": 100,
                     "shadow": False,
+                    "thresholds": [],
                     "origin": "config",
                 }
             ]
@@ -443,7 +465,13 @@ def test_audit_names_the_key_that_made_each_change(api: Api, admin: httpx.Client
         "user:alice",
     )
     assert first["before"] is None
-    assert first["after"] == {"metric": "tokens", "window": "day", "limit": 10, "shadow": False}
+    assert first["after"] == {
+        "metric": "tokens",
+        "window": "day",
+        "limit": 10,
+        "shadow": False,
+        "thresholds": [],
+    }
     assert (second["before"]["limit"], second["after"]["limit"]) == (10, 20)
 
     plan_audit = ok(admin.get("/v1/audit", params={"subject": f"plans/{plan['id']}"}), AuditPage)

@@ -364,6 +364,13 @@ def judge(
         # The native shape names the field at fault (the surfaces have their own ways).
         assert body["error"]["details"].get("field"), f"no field named: {said}"
     changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    if response.status_code == 429 and "alert_events" in changed:
+        # A refusal is recorded in the alert outbox, once per period (docs/alerts.md):
+        # the one change a refused request makes, and only by adding denials.
+        kept, now = set(before.get("alert_events", ())), set(after["alert_events"])
+        assert kept <= now, f"alert events lost: {said}"
+        assert all("'limit.denied'" in row for row in now - kept), f"not a denial: {said}"
+        changed.remove("alert_events")
     assert not changed, f"changed {changed}: {said}"
 
 

@@ -403,7 +403,14 @@ def test_workers_get_the_resolved_settings_with_the_real_admin_key(
     assert (handed.db, handed.workers, handed.timezone) == (db, 2, "Europe/Oslo")
     assert handed.strict_subjects is True
     assert handed.default_rules() == [
-        {"kind": "user", "metric": "tokens", "window": "day", "limit": 7, "shadow": False}
+        {
+            "kind": "user",
+            "metric": "tokens",
+            "window": "day",
+            "limit": 7,
+            "shadow": False,
+            "thresholds": None,
+        }
     ]
     assert ADMIN_KEY not in result.stdout
     assert SETTINGS_ENV not in os.environ
