@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from tokenquota.domain.alerts import AlertEvent, AlertKind
 from tokenquota.domain.errors import ValidationError
 from tokenquota.domain.metrics import Metric, from_units, wire_number
+from tokenquota.domain.text import check_text
 
 SIGNATURE_HEADER: Final = "TokenQuota-Signature"
 EVENT_ID_HEADER: Final = "TokenQuota-Event-Id"
@@ -202,11 +203,10 @@ def parse_kinds(value: object, field: str = "events") -> frozenset[AlertKind]:
 
 
 def parse_description(value: object, field: str = "description") -> str | None:
+    """Free text (domain.text: no NUL, controls or lone surrogates), at most 256 characters."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION_LENGTH:
-        raise ValidationError(field, f"must be text of at most {MAX_DESCRIPTION_LENGTH} characters")
-    return value
+    return check_text(value, field, max_length=MAX_DESCRIPTION_LENGTH, allow_empty=True)
 
 
 def parse_secret(value: object, field: str = "secret") -> str | None:
