@@ -170,10 +170,11 @@ def parse_url(value: object, field: str = "url") -> str:
         raise ValidationError(field, "must not contain spaces or control characters")
     try:
         parts = urlsplit(value)
-        port = parts.port  # raises on a port that is not a number in range
+        # Read for its check alone: a port that is not a number in range raises here,
+        # not later in the delivery worker, where nobody would see why.
+        _ = parts.port
     except ValueError as exc:
         raise ValidationError(field, f"is not a valid URL ({exc})") from exc
-    del port
     if parts.scheme not in ("http", "https"):
         raise ValidationError(field, "must start with http:// or https://")
     if not parts.hostname:
