@@ -216,7 +216,13 @@ class Settings(BaseSettings):
         ),
     )
     webhook_poll_seconds: float = Field(
-        1.0, gt=0, le=3_600, description="How often the delivery worker looks for work"
+        1.0,
+        ge=0,
+        le=3_600,
+        description=(
+            "How often the delivery worker looks for work; 0: this process runs none "
+            "(another replica delivers)"
+        ),
     )
     webhook_timeout_seconds: float = Field(
         10.0, gt=0, le=300, description="How long one webhook POST may take"

@@ -54,9 +54,11 @@ from tests.api.hostile import (
     write_routes,
 )
 from tests.services import require_postgres
+from tests.webhooks.outbox import alert, record
 from tokenquota import FrozenClock, Quota
 from tokenquota.api.app import create_app
 from tokenquota.settings import Settings
+from tokenquota.storage.webhooks import webhook_tables
 
 pytestmark = pytest.mark.slow
 
@@ -128,6 +130,13 @@ EXAMPLES_BY_ROUTE: dict[str, dict[str, Any]] = {
         "saturation_threshold": 0.5,
     },
     "POST /v1/subjects/{ref}/grants": {"credits": 10, "expires_at": "2026-04-01T00:00:00Z"},
+    "POST /v1/webhooks": {
+        "url": "https://hooks.example.com/tokenquota",
+        "events": ["threshold.crossed", "limit.denied"],
+        "description": "ops",
+        "secret": "a-receivers-own-secret-0123",
+    },
+    "PATCH /v1/webhooks/{endpoint_id}": {"enabled": False},
     "POST /api/chat-quota/set_quota/": {
         "user_uuid": WALDUR_USER,
         "daily_limit": 100,
@@ -182,6 +191,8 @@ PATH_VALUES = {
     "plan_id": "{plan_id}",
     "key_id": "{key_id}",
     "quotaId": "deployment:{deployment}",
+    "endpoint_id": "{endpoint_id}",
+    "delivery_id": "{delivery_id}",
 }
 RESOURCE_ROUTES = ("/v1/resources/",)
 
@@ -212,7 +223,13 @@ class Served:
 
 
 def serve(db: str) -> Served:
-    built = Settings(admin_key=SecretStr(ADMIN_KEY), db=db)
+    # Webhooks on, their delivery worker off: nothing changes the store between snapshots.
+    built = Settings(
+        admin_key=SecretStr(ADMIN_KEY),
+        db=db,
+        webhook_key=SecretStr("hostile-input-webhook-key-0123456789"),
+        webhook_poll_seconds=0,
+    )
     live = LiveServer(create_app(built, clock=FrozenClock(START)))
     quota: Quota = live.app.state.quota
     with httpx.Client(base_url=live.url, headers={"Authorization": f"Bearer {ADMIN_KEY}"}) as c:
@@ -316,7 +333,15 @@ def seed(quota: Quota, client: httpx.Client) -> dict[str, str]:
     lease = quota.acquire("user:alice", ttl=3_600).lease
     assert reservation is not None
     assert lease is not None
+    endpoint = client.post("/v1/webhooks", json={"url": "https://hooks.example.com/seeded"})
+    assert endpoint.status_code == 201, endpoint.text
+    event = record(quota, alert("user:alice"))
+    tables = webhook_tables(quota.store)
+    tables.fan_out([(event, endpoint.json()["id"])], [event], quota.clock.now())
+    [delivery], _ = tables.deliveries(endpoint.json()["id"], offset=0, limit=1)
     return {
+        "endpoint_id": endpoint.json()["id"],
+        "delivery_id": str(delivery.id),
         "plan_id": plan.id,
         "key_id": key.id,
         "reservation_id": reservation.id,

@@ -44,7 +44,9 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import SecretStr
 
 from tests.api.conftest import ADMIN_KEY, Api, LiveServer
+from tests.webhooks.outbox import alert, record
 from tokenquota.api.app import create_app
+from tokenquota.engine.webhooks import ServerKey, Webhooks
 from tokenquota.settings import Settings
 
 ROLES = ("member", "service", "staff", "admin")
@@ -54,6 +56,7 @@ OUTSIDE = frozenset({"ancestor", "sibling", "foreign"})
 COMPANY_LEVEL = frozenset({"/assistant/ai-chat/usage"})
 RULE = {"metric": "tokens", "window": "day", "limit": 50}
 OMIT = object()  # a parameter the matrix leaves out
+WEBHOOK_KEY = "isolation-matrix-webhook-key-0123456789"
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Tree:
     spare_key: str = ""
     reservations: dict[str, str] = field(default_factory=dict)
     leases: dict[str, str] = field(default_factory=dict)
+    webhooks: dict[str, str] = field(default_factory=dict)  # relation -> its own endpoint
+    deliveries: dict[str, str] = field(default_factory=dict)  # relation -> a delivery to it
 
     KINDS: ClassVar[dict[str, str]] = {
         "own": "workspace",
@@ -126,6 +131,8 @@ FILL: dict[str, Filler | object] = {
     "lease_id": lambda c: c.target(c.tree.leases[c.relation]),
     "plan_id": lambda c: c.tree.plan,
     "key_id": lambda c: c.tree.spare_key,
+    "endpoint_id": lambda c: c.target(c.tree.webhooks[c.relation]),
+    "delivery_id": lambda c: c.target(c.tree.deliveries[c.relation]),
     "quotaTemplateId": lambda c: uuid.uuid4().hex[:24],
     "quotaId": lambda c: uuid.uuid4().hex[:24],
     # query
@@ -175,6 +182,11 @@ FILL: dict[str, Filler | object] = {
     "weekly_limit": OMIT,
     "monthly_limit": OMIT,
     "TokensUsed": lambda c: 1,
+    "url": lambda c: "http://127.0.0.1:9/hook",
+    "events": OMIT,
+    "description": OMIT,
+    "secret": OMIT,
+    "enabled": lambda c: True,
 }
 # A body field named like a query parameter may mean something else there.
 BODY_FILL: dict[str, Filler | object] = {"CompanyId": OMIT, "WindowDays": OMIT, "subject": None}
@@ -298,6 +310,17 @@ def build_tree(api: Api) -> Tree:
     q.consume(tree.ref("sibling"), {"tokens": 1}, mode="record")
     tree.plan = q.create_plan(f"p{uuid.uuid4().hex[:10]}", [RULE]).id
     tree.spare_key = q.create_key("service")[0].id
+    # Each relation's subject owns an endpoint, with one delivery of an event of its own,
+    # as if a member key bound to it had registered it (docs/webhooks.md).
+    webhooks = Webhooks(q, ServerKey(WEBHOOK_KEY))
+    now = q.clock.now()
+    for relation in RELATIONS:
+        endpoint, _ = webhooks.create("http://127.0.0.1:9/hook", owner=tree.ref(relation))
+        event = record(q, alert(tree.ref(relation)))
+        webhooks.tables.fan_out([(event, endpoint.id)], [event], now)
+        [delivery], _ = webhooks.tables.deliveries(endpoint.id, offset=0, limit=1)
+        tree.webhooks[relation] = endpoint.id
+        tree.deliveries[relation] = str(delivery.id)
     return tree
 
 
@@ -335,7 +358,13 @@ def world(
 ) -> Iterator[World]:
     with ExitStack() as stack:
         store = stack.enter_context(store_for(request.param, tmp_path_factory.mktemp("matrix")))
-        settings = Settings(admin_key=SecretStr(ADMIN_KEY), **store)
+        # Webhooks on, their delivery worker off: the matrix's endpoints receive nothing.
+        settings = Settings(
+            admin_key=SecretStr(ADMIN_KEY),
+            webhook_key=SecretStr(WEBHOOK_KEY),
+            webhook_poll_seconds=0,
+            **store,
+        )
         server = LiveServer(create_app(settings))
         stack.callback(server.stop)
         api = Api(server.url, server.app.state.quota, None)

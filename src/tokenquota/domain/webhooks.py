@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 from tokenquota.domain.alerts import AlertEvent, AlertKind
 from tokenquota.domain.errors import ValidationError
 from tokenquota.domain.metrics import Metric, from_units, wire_number
+from tokenquota.domain.text import check_text
 
 SIGNATURE_HEADER: Final = "TokenQuota-Signature"
 EVENT_ID_HEADER: Final = "TokenQuota-Event-Id"
@@ -169,10 +170,11 @@ def parse_url(value: object, field: str = "url") -> str:
         raise ValidationError(field, "must not contain spaces or control characters")
     try:
         parts = urlsplit(value)
-        port = parts.port  # raises on a port that is not a number in range
+        # Read for its check alone: a port that is not a number in range raises here,
+        # not later in the delivery worker, where nobody would see why.
+        _ = parts.port
     except ValueError as exc:
         raise ValidationError(field, f"is not a valid URL ({exc})") from exc
-    del port
     if parts.scheme not in ("http", "https"):
         raise ValidationError(field, "must start with http:// or https://")
     if not parts.hostname:
@@ -202,11 +204,10 @@ def parse_kinds(value: object, field: str = "events") -> frozenset[AlertKind]:
 
 
 def parse_description(value: object, field: str = "description") -> str | None:
+    """Free text (domain.text: no NUL, controls or lone surrogates), at most 256 characters."""
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION_LENGTH:
-        raise ValidationError(field, f"must be text of at most {MAX_DESCRIPTION_LENGTH} characters")
-    return value
+    return check_text(value, field, max_length=MAX_DESCRIPTION_LENGTH, allow_empty=True)
 
 
 def parse_secret(value: object, field: str = "secret") -> str | None:

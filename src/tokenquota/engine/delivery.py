@@ -230,9 +230,13 @@ def start_delivery(
     *,
     on_outcome: Outcome | None = None,
 ) -> Deliverer | None:
-    """The service's delivery worker, started; None without a server key or tables."""
+    """The service's delivery worker, started; None without a server key or tables, or
+    when ``options.poll`` is 0 (this process delivers nothing; another one does)."""
     if key is None:
         log.info("webhook delivery is off: no webhook_key is set")
+        return None
+    if not options.poll:
+        log.info("webhook delivery is off in this process: webhook_poll_seconds is 0")
         return None
     try:
         deliverer = Deliverer(quota, key, options, on_outcome=on_outcome)
