@@ -1,0 +1,303 @@
+"""The OpenAI-compatible surface under ``/openai/v1``: models, chat, completions, embeddings.
+
+Each call: authenticate, decide who pays (``payer``), route the model to an
+upstream, count the prompt, hold the budget (``billing``), forward, then settle
+on what the upstream reported. Refusals and errors are OpenAI's shape
+(``refusals``). docs/gateway.md is the user's side of this file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+import anyio
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from tokenquota.domain.decisions import Decision
+from tokenquota.domain.errors import Forbidden, ValidationError
+from tokenquota.domain.keys import ApiKey, Role
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.engine import Quota
+from tokenquota.gateway import tokens
+from tokenquota.gateway.billing import Billing, Held, Usage
+from tokenquota.gateway.prices import PriceTable
+from tokenquota.gateway.refusals import denial, openai_error, rate_limit_headers
+from tokenquota.gateway.relay import RelayResponse, StreamRelay, usage_of
+from tokenquota.gateway.upstreams import Upstreams, upstreams_of
+from tokenquota.http.auth import Caller, decision_scope
+
+PREFIX: Final = "/openai/v1"
+SUBJECT_HEADER: Final = "X-TokenQuota-Subject"
+MAX_CHOICES: Final = 128
+Kind = Literal["chat", "completions", "embeddings"]
+_PATHS: Final = {
+    "chat": "chat/completions",
+    "completions": "completions",
+    "embeddings": "embeddings",
+}
+
+router = APIRouter(prefix=PREFIX, tags=["gateway"])
+
+
+@dataclass
+class Gateway:
+    upstreams: Upstreams
+    billing: Billing
+    max_tokens: int
+
+
+def gateway(request: Request) -> Gateway:
+    """The app's gateway, made on first use (the engine opens in the app's lifespan)."""
+    state = request.app.state
+    found: Gateway | None = getattr(state, "gateway", None)
+    if found is None:
+        settings = state.settings
+        billing = Billing(
+            state.quota,
+            state.capacity.decisions,
+            PriceTable(settings.prices),
+            settings.gateway_hold_seconds,
+        )
+        found = Gateway(
+            Upstreams(upstreams_of(settings.upstreams)), billing, settings.gateway_max_tokens
+        )
+        state.gateway = found
+    return found
+
+
+async def close(state: Any) -> None:
+    """Close the upstreams' connection pool (the app's shutdown)."""
+    found: Gateway | None = getattr(state, "gateway", None)
+    if found is not None:
+        state.gateway = None
+        await found.upstreams.close()
+
+
+def payer(caller: ApiKey, request: Request, body: dict[str, Any]) -> SubjectRef:
+    """Who pays: a member key's own subject; for an admin or service key, the subject
+    named by ``X-TokenQuota-Subject``, else by the body's OpenAI ``user`` field."""
+    named = request.headers.get(SUBJECT_HEADER)
+    if caller.role is Role.MEMBER:
+        assert caller.subject is not None
+        if named is not None and named != str(caller.subject):
+            raise Forbidden("a member key pays as its own subject")
+        return caller.subject
+    if caller.role not in (Role.ADMIN, Role.SERVICE):
+        raise Forbidden(f"a {caller.role.value} key may not call models")
+    if named:
+        return SubjectRef.parse(named, SUBJECT_HEADER)
+    user = body.get("user")
+    if isinstance(user, str) and user:
+        return SubjectRef.parse(user, "user")
+    raise ValidationError(
+        SUBJECT_HEADER,
+        f"name who pays (kind:id) in the {SUBJECT_HEADER} header or the user field",
+    )
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(await request.body())
+    except ValueError:
+        raise ValidationError("body", "must be a JSON object") from None
+    if not isinstance(body, dict):
+        raise ValidationError("body", "must be a JSON object")
+    return body
+
+
+def _whole(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise ValidationError(name, f"must be a whole number from {low} to {high}")
+    return value
+
+
+def _prompt(kind: Kind, model: str, body: dict[str, Any]) -> int:
+    if kind == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise ValidationError("messages", "must be a non-empty list of messages")
+        return tokens.chat_prompt(model, messages)
+    name = "prompt" if kind == "completions" else "input"
+    value = body.get(name)
+    if not isinstance(value, str | list):
+        raise ValidationError(name, "must be a string or a list")
+    return tokens.text_inputs(model, value)
+
+
+def _answer_text(data: Any) -> str:
+    """The text of a JSON answer's choices (for an upstream that reports no usage)."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        return ""
+    parts = []
+    for choice in data["choices"]:
+        if not isinstance(choice, dict):
+            continue
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else choice.get("text")
+        if isinstance(text, str):
+            parts.append(text)
+    return "".join(parts)
+
+
+def _upstream_error(status: int, content: bytes) -> Response:
+    """The upstream's error as it wrote it when it is OpenAI's shape, else wrapped in it."""
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return Response(content, status_code=status, media_type="application/json")
+    text = content.decode("utf-8", "replace")[:500] or f"the upstream answered {status}"
+    return openai_error(status, text, "upstream_error", None)
+
+
+async def _settle(billing: Billing, held: Held, usage: Usage | None) -> None:
+    with anyio.CancelScope(shield=True):
+        await billing.settle(held, usage)
+
+
+async def _seen(request: Request, caller: ApiKey, decision: Decision) -> Decision:
+    """``decision`` as the caller may see it (contract §10)."""
+    if caller.role is not Role.MEMBER:
+        return decision
+    quota: Quota = request.app.state.quota
+    lane = request.app.state.capacity.decisions
+    scope = await lane.run(lambda: decision_scope(quota, caller, decision))
+    return decision.visible_to(scope) if scope is not None else decision
+
+
+async def call(request: Request, caller: ApiKey, kind: Kind) -> Response:
+    gw = gateway(request)
+    body = await _body(request)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise ValidationError("model", "must name a model")
+    subject = payer(caller, request, body)
+    route = await gw.upstreams.route(model)
+    if route is None:
+        return openai_error(
+            404,
+            f"The model `{model}` does not exist",
+            "invalid_request_error",
+            "model_not_found",
+            "model",
+        )
+    forward = {**body, "model": route.model}
+    prompt = _prompt(kind, route.model, body)
+    stream = kind != "embeddings" and body.get("stream") is True
+    completion = 0
+    if kind != "embeddings":
+        cap = _whole(body, "max_completion_tokens", 1, 10**9) or _whole(
+            body, "max_tokens", 1, 10**9
+        )
+        if cap is None:
+            cap = forward["max_tokens"] = gw.max_tokens
+        choices = _whole(body, "n", 1, MAX_CHOICES) or 1
+        if kind == "completions":
+            choices = max(choices, _whole(body, "best_of", 1, MAX_CHOICES) or 1)
+        completion = cap * choices
+    options = body.get("stream_options")
+    wants_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
+    if stream:
+        forward["stream_options"] = {
+            **(options if isinstance(options, dict) else {}),
+            "include_usage": True,
+        }
+    upstream = route.upstream
+    held = await gw.billing.hold(
+        subject,
+        upstream.resource,
+        Usage(prompt, completion),
+        model=route.model,
+        upstream=upstream.name,
+        price_names=(f"{upstream.name}/{route.model}", route.model),
+    )
+    now = request.app.state.quota.clock.now()
+    if isinstance(held, Decision):
+        return denial(await _seen(request, caller, held), now)
+    headers = rate_limit_headers(await _seen(request, caller, held.decision), now)
+    client = gw.upstreams.client
+    try:
+        sent = client.build_request(
+            "POST", f"{upstream.url}/{_PATHS[kind]}", json=forward, headers=upstream.headers()
+        )
+        answer = await client.send(sent, stream=stream)
+    except httpx.HTTPError as exc:
+        await _settle(gw.billing, held, None)
+        return openai_error(
+            502,
+            f"the upstream {upstream.name} did not answer ({type(exc).__name__})",
+            "upstream_error",
+            "upstream_unreachable",
+        )
+    except BaseException:
+        await _settle(gw.billing, held, None)
+        raise
+    if answer.status_code >= 400:
+        try:
+            content = await answer.aread()
+        finally:
+            await answer.aclose()
+            await _settle(gw.billing, held, None)
+        return _upstream_error(answer.status_code, content)
+    if stream:
+
+        async def settle(usage: Usage | None) -> None:
+            await gw.billing.settle(held, usage)
+
+        relay = StreamRelay(answer, route.model, prompt, wants_usage, settle)
+        return RelayResponse(relay, headers)
+    content = answer.content
+    try:
+        data = json.loads(content)
+    except ValueError:
+        data = None
+    usage = usage_of(data) or Usage(prompt, tokens.count(route.model, _answer_text(data)))
+    await _settle(gw.billing, held, usage)
+    return Response(
+        content, status_code=answer.status_code, media_type="application/json", headers=headers
+    )
+
+
+@router.post("/chat/completions", summary="OpenAI chat completions, within quota")
+async def chat_completions(request: Request, caller: Caller) -> Response:
+    return await call(request, caller, "chat")
+
+
+@router.post("/completions", summary="OpenAI (legacy) completions, within quota")
+async def completions(request: Request, caller: Caller) -> Response:
+    return await call(request, caller, "completions")
+
+
+@router.post("/embeddings", summary="OpenAI embeddings, within quota")
+async def embeddings(request: Request, caller: Caller) -> Response:
+    return await call(request, caller, "embeddings")
+
+
+@router.get("/models", summary="Every upstream's models, named NAME/MODEL")
+async def models(request: Request, caller: Caller) -> JSONResponse:
+    return JSONResponse({"object": "list", "data": await gateway(request).upstreams.models()})
+
+
+@router.get("/models/{model:path}", summary="One model")
+async def model(model: str, request: Request, caller: Caller) -> Response:
+    gw = gateway(request)
+    route = await gw.upstreams.route(model)
+    if route is None or route.model not in await gw.upstreams.listed(route.upstream):
+        return openai_error(
+            404,
+            f"The model `{model}` does not exist",
+            "invalid_request_error",
+            "model_not_found",
+            "model",
+        )
+    return JSONResponse(
+        {"id": model, "object": "model", "created": 0, "owned_by": route.upstream.name}
+    )
