@@ -153,7 +153,11 @@ class RelayResponse(Response):
     media_type = "text/event-stream"
 
     def __init__(self, relay: StreamRelay, headers: dict[str, str]) -> None:
-        super().__init__(None, 200, {**headers, "cache-control": "no-cache"})
+        # Not Response.__init__: it renders an empty body, whose Content-Length: 0
+        # would end the answer before the stream began.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({**headers, "cache-control": "no-cache"})
         self.relay = relay
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -19,8 +19,6 @@ import functools
 import math
 from typing import Any, Final
 
-import bpe_openai
-
 BYTES_PER_TOKEN: Final = 3
 TOKENS_PER_MESSAGE: Final = 3
 TOKENS_PER_NAME: Final = 1
@@ -32,11 +30,17 @@ _CL100K: Final = ("gpt-4", "gpt-3.5", "gpt-35", "text-embedding-")
 
 @functools.lru_cache(maxsize=256)
 def encoding_for(model: str) -> Any | None:
-    """The OpenAI encoding of ``model`` (bpe-openai's own table first), else None."""
+    """The OpenAI encoding of ``model`` (bpe-openai's own table first), else None.
+
+    bpe-openai is imported here, not with the module: it reads a vocabulary when
+    imported, which every app start would pay even without an upstream.
+    """
+    import bpe_openai
+
     try:
-        return bpe_openai.encoding_for_model(model)
-    except bpe_openai.UnsupportedModelError:
-        pass
+        return _named(bpe_openai.encoding_name_for_model(model))
+    except (bpe_openai.TokenizerError, KeyError, ValueError):
+        pass  # not in its table (or listed but not built): by the name's prefix
     if model.startswith(_O200K):
         return _named("o200k_base")
     if model.startswith(_CL100K):
@@ -46,6 +50,8 @@ def encoding_for(model: str) -> Any | None:
 
 @functools.lru_cache(maxsize=8)
 def _named(name: str) -> Any:
+    import bpe_openai
+
     return bpe_openai.get_encoding(name)
 
 
