@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from tests.gateway.conftest import UPSTREAM_KEY, Gateway
 from tests.gateway.ledger import amounts, events
@@ -20,7 +21,7 @@ from tokenquota.gateway import tokens
 from tokenquota.gateway.prices import TAG_UPSTREAM
 
 USER = "user:alice"
-MESSAGES = [
+MESSAGES: list[ChatCompletionMessageParam] = [
     {"role": "system", "content": "You are terse."},
     {"role": "user", "content": "Name four Greek letters, please."},
 ]
@@ -79,10 +80,13 @@ def test_the_upstream_sees_its_own_key_and_the_gateways_cap(gateway: Gateway) ->
 @pytest.mark.parametrize("include_usage", [True, False])
 def test_chat_stream_passes_through_and_commits(gateway: Gateway, include_usage: bool) -> None:
     sdk = gateway.sdk(member(gateway))
-    options = {"stream_options": {"include_usage": True}} if include_usage else {}
     chunks = list(
         sdk.chat.completions.create(
-            model="gpt-4o-mini", messages=MESSAGES, max_tokens=7, stream=True, **options
+            model="gpt-4o-mini",
+            messages=MESSAGES,
+            max_tokens=7,
+            stream=True,
+            stream_options={"include_usage": True} if include_usage else openai.omit,
         )
     )
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
