@@ -61,10 +61,13 @@ class Gateway:
         )
 
     def held(self, subject: str) -> dict[str, Any]:
-        """Every non-zero ``reserved`` figure of the subject's limits (none when idle)."""
+        """Every reservation (``reserved``) and lease (``concurrent_requests`` used) that
+        the subject's limits and its ancestors' show: empty when nothing is held."""
         usage = self.quota.usage(subject, include_ancestors=True)
         return {
-            f"{s.subject} {s.metric}/{s.window}": s.reserved for s in usage.limits if s.reserved
+            f"{s.subject} {s.metric}/{s.window}": s.reserved or s.used
+            for s in usage.limits
+            if s.reserved or (s.metric == "concurrent_requests" and s.used)
         }
 
 

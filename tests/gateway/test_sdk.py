@@ -28,7 +28,16 @@ MESSAGES: list[ChatCompletionMessageParam] = [
 
 
 def member(gateway: Gateway, subject: str = USER) -> str:
+    """A member key for ``subject``, which gets roomy limits so that what it holds shows."""
     gateway.quota.put_subject(subject)
+    gateway.quota.set_limits(
+        subject,
+        [
+            {"metric": "tokens", "window": "day", "limit": 1_000_000},
+            {"metric": "requests", "window": "day", "limit": 1_000},
+            {"metric": "concurrent_requests", "window": None, "limit": 100},
+        ],
+    )
     return gateway.key("member", subject)
 
 

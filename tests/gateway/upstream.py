@@ -44,6 +44,7 @@ from starlette.routing import Route
 WORDS = (" alpha", " beta", " gamma", " delta")
 MODELS = ("gpt-4o-mini", "gpt-4o", "text-embedding-3-small", "llama-3-8b")
 EMBEDDING_SIZE = 8
+PAUSE_SECONDS = 60.0
 _ENCODING = bpe_openai.get_encoding("o200k_base")
 
 
@@ -164,7 +165,7 @@ class TestUpstream:
         prompt = self.chat_prompt_tokens(body)
         n = self.completion_tokens(body)
         if body.get("stream"):
-            return self._stream(body, prompt, n, chat=True)
+            return self._stream(request, body, prompt, n, chat=True)
         return JSONResponse(
             {
                 "id": "chatcmpl-test",
@@ -189,7 +190,7 @@ class TestUpstream:
         prompt = sum(count(t) for t in self.texts(body.get("prompt")))
         n = self.completion_tokens(body)
         if body.get("stream"):
-            return self._stream(body, prompt, n, chat=False)
+            return self._stream(request, body, prompt, n, chat=False)
         return JSONResponse(
             {
                 "id": "cmpl-test",
@@ -227,7 +228,9 @@ class TestUpstream:
         )
 
     # streams ------------------------------------------------------------------------
-    def _stream(self, body: dict[str, Any], prompt: int, n: int, *, chat: bool) -> Response:
+    def _stream(
+        self, request: Request, body: dict[str, Any], prompt: int, n: int, *, chat: bool
+    ) -> Response:
         options = body.get("stream_options") or {}
         with_usage = bool(options.get("include_usage"))
         model = body["model"]
@@ -263,7 +266,7 @@ class TestUpstream:
                     if self.abort_after is not None and i == self.abort_after:
                         raise Aborted("dropped mid-stream (test knob)")
                     if self.pause_after is not None and i == self.pause_after:
-                        await asyncio.sleep(3600)  # until the client goes away
+                        await until_gone(request)
                     if self.chunk_delay:
                         await asyncio.sleep(self.chunk_delay)
                     yield sse(chunk(piece, None))
@@ -279,6 +282,14 @@ class TestUpstream:
                     self.streams_ended += 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+
+async def until_gone(request: Request) -> None:
+    """Wait (at most PAUSE_SECONDS) for the client to disconnect, as a stalled model would."""
+    for _ in range(int(PAUSE_SECONDS / 0.01)):
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(0.01)
 
 
 def usage(prompt: int, completion: int) -> dict[str, int]:
