@@ -47,15 +47,17 @@ def test_client_disconnect_commits_what_was_streamed(gateway: Gateway, streamed:
             break
     stream.close()
     charged = settled(gateway)
-    assert charged.get("output_tokens", 0) == streamed == tokens.count("gpt-4o-mini", "".join(pieces))
+    counted = tokens.count("gpt-4o-mini", "".join(pieces))
+    assert charged.get("output_tokens", 0) == streamed == counted
     assert charged["input_tokens"] == tokens.chat_prompt("gpt-4o-mini", list(MESSAGES))
 
 
 def test_upstream_failure_mid_stream_commits_what_was_streamed(gateway: Gateway) -> None:
     gateway.upstream.abort_after = 4
     sdk = gateway.sdk(member(gateway))
-    pieces = []
-    with pytest.raises(openai.APIError) as caught:
+    pieces: list[str] = []
+
+    def read() -> None:
         for chunk in sdk.chat.completions.create(
             model="gpt-4o-mini",
             messages=MESSAGES,
@@ -65,6 +67,9 @@ def test_upstream_failure_mid_stream_commits_what_was_streamed(gateway: Gateway)
         ):
             if chunk.choices and chunk.choices[0].delta.content:
                 pieces.append(chunk.choices[0].delta.content)
+
+    with pytest.raises(openai.APIError) as caught:
+        read()
     assert "upstream failed mid-stream" in caught.value.message
     assert len(pieces) == 4
     charged = settled(gateway)
