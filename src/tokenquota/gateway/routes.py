@@ -42,6 +42,95 @@ _PATHS: Final = {
 
 router = APIRouter(prefix=PREFIX, tags=["gateway"])
 
+_ERROR: Final = {
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["message", "type", "param", "code"],
+                        "properties": {
+                            "message": {"type": "string"},
+                            "type": {"type": "string"},
+                            "param": {"type": ["string", "null"]},
+                            "code": {"type": ["string", "null"]},
+                        },
+                    }
+                },
+            }
+        }
+    }
+}
+
+
+def _documented(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    """OpenAPI for a forwarding route: the fields the gateway reads (any other field
+    goes to the upstream as it is), and OpenAI-shaped errors. Upstream errors pass
+    through with the upstream's own status, hence the 4XX and 5XX ranges."""
+    return {
+        "parameters": [
+            {
+                "name": SUBJECT_HEADER,
+                "in": "header",
+                "required": False,
+                "description": "With an admin or service key: who pays (kind:id)",
+                "schema": {"type": "string"},
+            }
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["model", *required],
+                        "properties": {
+                            "model": {"type": "string"},
+                            "user": {"type": "string", "description": "Who pays, as kind:id"},
+                            **properties,
+                        },
+                        "additionalProperties": True,
+                    }
+                }
+            },
+        },
+        "responses": {
+            "200": {
+                "description": "The upstream's answer, as it sent it",
+                "content": {
+                    "application/json": {"schema": {"type": "object"}},
+                    "text/event-stream": {"schema": {"type": "string"}},
+                },
+            },
+            "4XX": {"description": "Refused, or the upstream's own error", **_ERROR},
+            "5XX": {"description": "The upstream failed or could not be reached", **_ERROR},
+        },
+    }
+
+
+_GENERATION: Final = {
+    "max_tokens": {"type": "integer", "minimum": 1},
+    "n": {"type": "integer", "minimum": 1, "maximum": MAX_CHOICES},
+    "stream": {"type": "boolean"},
+    "stream_options": {"type": "object"},
+}
+_CHAT: Final = _documented(
+    {
+        "messages": {"type": "array", "items": {"type": "object"}, "minItems": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1},
+        **_GENERATION,
+    },
+    ["messages"],
+)
+_COMPLETIONS: Final = _documented(
+    {"prompt": {"type": ["string", "array"]}, **_GENERATION}, ["prompt"]
+)
+_EMBEDDINGS: Final = _documented({"input": {"type": ["string", "array"]}}, ["input"])
+_READ_ERRORS: Final = {"4XX": {"description": "Refused, or no such model", **_ERROR}}
+
 
 @dataclass
 class Gateway:
@@ -266,27 +355,33 @@ async def call(request: Request, caller: ApiKey, kind: Kind) -> Response:
     )
 
 
-@router.post("/chat/completions", summary="OpenAI chat completions, within quota")
+@router.post(
+    "/chat/completions",
+    summary="OpenAI chat completions, within quota",
+    openapi_extra=_CHAT,
+)
 async def chat_completions(request: Request, caller: Caller) -> Response:
     return await call(request, caller, "chat")
 
 
-@router.post("/completions", summary="OpenAI (legacy) completions, within quota")
+@router.post(
+    "/completions", summary="OpenAI (legacy) completions, within quota", openapi_extra=_COMPLETIONS
+)
 async def completions(request: Request, caller: Caller) -> Response:
     return await call(request, caller, "completions")
 
 
-@router.post("/embeddings", summary="OpenAI embeddings, within quota")
+@router.post("/embeddings", summary="OpenAI embeddings, within quota", openapi_extra=_EMBEDDINGS)
 async def embeddings(request: Request, caller: Caller) -> Response:
     return await call(request, caller, "embeddings")
 
 
-@router.get("/models", summary="Every upstream's models, named NAME/MODEL")
+@router.get("/models", summary="Every upstream's models, named NAME/MODEL", responses=_READ_ERRORS)
 async def models(request: Request, caller: Caller) -> JSONResponse:
     return JSONResponse({"object": "list", "data": await gateway(request).upstreams.models()})
 
 
-@router.get("/models/{model:path}", summary="One model")
+@router.get("/models/{model:path}", summary="One model", responses=_READ_ERRORS)
 async def model(model: str, request: Request, caller: Caller) -> Response:
     gw = gateway(request)
     route = await gw.upstreams.route(model)
