@@ -89,8 +89,13 @@ class TestUpstream:
                 Route("/v1/chat/completions", self._chat, methods=["POST"]),
                 Route("/v1/completions", self._completions, methods=["POST"]),
                 Route("/v1/embeddings", self._embeddings, methods=["POST"]),
-            ]
+            ],
+            exception_handlers={Exception: self._bad_request},
         )
+
+    async def _bad_request(self, request: Request, exc: Exception) -> Response:
+        """A body this server cannot read is a 400, as a real server answers it."""
+        return self.error(400, f"invalid request: {exc}", "invalid_request_error", None)
 
     # helpers ------------------------------------------------------------------------
     @staticmethod

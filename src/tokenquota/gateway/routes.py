@@ -105,6 +105,8 @@ def _documented(properties: dict[str, Any], required: list[str]) -> dict[str, An
                     "text/event-stream": {"schema": {"type": "string"}},
                 },
             },
+            "401": {"description": "No API key, or not a valid one", **_ERROR},
+            "429": {"description": "Refused by a quota: Retry-After, x-ratelimit-*", **_ERROR},
             "4XX": {"description": "Refused, or the upstream's own error", **_ERROR},
             "5XX": {"description": "The upstream failed or could not be reached", **_ERROR},
         },
@@ -129,7 +131,10 @@ _COMPLETIONS: Final = _documented(
     {"prompt": {"type": ["string", "array"]}, **_GENERATION}, ["prompt"]
 )
 _EMBEDDINGS: Final = _documented({"input": {"type": ["string", "array"]}}, ["input"])
-_READ_ERRORS: Final = {"4XX": {"description": "Refused, or no such model", **_ERROR}}
+_READ_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
+    401: {"description": "No API key, or not a valid one", **_ERROR},
+    "4XX": {"description": "Refused, or no such model", **_ERROR},
+}
 
 
 @dataclass
@@ -191,6 +196,8 @@ def payer(caller: ApiKey, request: Request, body: dict[str, Any]) -> SubjectRef:
 async def _body(request: Request) -> dict[str, Any]:
     try:
         body = json.loads(await request.body())
+    except RecursionError:  # nesting deeper than the parser goes
+        raise ValidationError("body", "is nested too deeply") from None
     except ValueError:
         raise ValidationError("body", "must be a JSON object") from None
     if not isinstance(body, dict):
@@ -210,14 +217,40 @@ def _whole(body: dict[str, Any], name: str, low: int, high: int) -> int | None:
 def _prompt(kind: Kind, model: str, body: dict[str, Any]) -> int:
     if kind == "chat":
         messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise ValidationError("messages", "must be a non-empty list of messages")
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, dict) for m in messages)
+        ):
+            raise ValidationError("messages", "must be a non-empty list of message objects")
         return tokens.chat_prompt(model, messages)
     name = "prompt" if kind == "completions" else "input"
     value = body.get(name)
-    if not isinstance(value, str | list):
-        raise ValidationError(name, "must be a string or a list")
+    if not isinstance(value, str | list) or not all(map(_text_or_tokens, value)):
+        raise ValidationError(name, "must be a string, or a list of strings or of token ids")
     return tokens.text_inputs(model, value)
+
+
+def _text_or_tokens(item: object) -> bool:
+    if isinstance(item, str):
+        return True
+    if isinstance(item, list):
+        return all(_token_id(i) for i in item)
+    return _token_id(item)
+
+
+def _token_id(item: object) -> bool:
+    return isinstance(item, int) and not isinstance(item, bool) and item >= 0
+
+
+def _check_types(body: dict[str, Any]) -> None:
+    """The fields the gateway acts on, in OpenAI's types (the rest is the upstream's)."""
+    if "stream" in body and not isinstance(body["stream"], bool | None):
+        raise ValidationError("stream", "must be true or false")
+    if "stream_options" in body and not isinstance(body["stream_options"], dict | None):
+        raise ValidationError("stream_options", "must be an object")
+    if "user" in body and not isinstance(body["user"], str | None):
+        raise ValidationError("user", "must be a string")
 
 
 def _answer_text(data: Any) -> str:
@@ -268,6 +301,7 @@ async def call(request: Request, caller: ApiKey, kind: Kind) -> Response:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ValidationError("model", "must name a model")
+    _check_types(body)
     subject = payer(caller, request, body)
     route = await gw.upstreams.route(model)
     if route is None:
