@@ -66,7 +66,7 @@ version = "v7"
 def test_the_file_and_the_flag_make_one_upstream(
     tmp_path: Path,
     serve: StartServe,
-    serve_upstream: Callable[..., Served],  # noqa: F811
+    serve_upstream: Callable[..., Served],
 ) -> None:
     served = serve_upstream(api_key="sk-from-the-file")
     path = config(tmp_path, "http://127.0.0.1:9/v1")  # the flag replaces this URL
