@@ -224,6 +224,9 @@ def test_bad_keys_and_bodies_are_openai_errors(gateway: Gateway) -> None:
     with gateway.http(member(gateway)) as http:
         for body, field in [
             (b"not json", "body"),
+            (b'{"model": "local/' + b"m" * 200 + b'", "messages": []}', "model"),
+            (b'{"model": "gpt-4o", "messages": [1]}', "messages"),
+            (b'{"model": "gpt-4o", "messages": [{}], "stream": "yes"}', "stream"),
             (b"[]", "body"),
             (b'{"messages": []}', "model"),
             (b'{"model": "gpt-4o", "messages": "hi"}', "messages"),

@@ -33,6 +33,8 @@ from tokenquota.http.auth import Caller, decision_scope
 PREFIX: Final = "/openai/v1"
 SUBJECT_HEADER: Final = "X-TokenQuota-Subject"
 MAX_CHOICES: Final = 128
+MAX_OUTPUT: Final = 10**9
+MAX_MODEL_LENGTH: Final = 128  # what the ledger keeps of a model name (engine/inputs.py)
 Kind = Literal["chat", "completions", "embeddings"]
 _PATHS: Final = {
     "chat": "chat/completions",
@@ -301,6 +303,9 @@ async def call(request: Request, caller: ApiKey, kind: Kind) -> Response:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise ValidationError("model", "must name a model")
+    if len(model) > MAX_MODEL_LENGTH or not model.isprintable():
+        # Checked before anything is held: the ledger event names the model.
+        raise ValidationError("model", f"at most {MAX_MODEL_LENGTH} printable characters")
     _check_types(body)
     subject = payer(caller, request, body)
     route = await gw.upstreams.route(model)
@@ -317,9 +322,9 @@ async def call(request: Request, caller: ApiKey, kind: Kind) -> Response:
     stream = kind != "embeddings" and body.get("stream") is True
     completion = 0
     if kind != "embeddings":
-        cap = _whole(body, "max_completion_tokens", 1, 10**9) or _whole(
-            body, "max_tokens", 1, 10**9
-        )
+        newer = _whole(body, "max_completion_tokens", 1, MAX_OUTPUT)
+        older = _whole(body, "max_tokens", 1, MAX_OUTPUT)
+        cap = max(newer or 0, older or 0) or None  # the larger, should a server read it
         if cap is None:
             cap = forward["max_tokens"] = gw.max_tokens
         choices = _whole(body, "n", 1, MAX_CHOICES) or 1
