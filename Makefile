@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo serve test lint typecheck pytest bench bench-hot bench-size bench-group clean fuzz client image-test
+.PHONY: install demo serve test lint typecheck pytest bench bench-hot bench-size bench-group bench-gateway clean fuzz client image-test
 
 install: $(STAMP)
 
@@ -74,6 +74,10 @@ bench-size: install
 # Group commit on SQLite and PostgreSQL at 1, 8 and 64 callers, on against off (a table; a minute or two).
 bench-group: install
 	$(BIN)/python -m bench.bench_group_commit
+
+# What gateway mode adds to a model call, p50/p99, against the test upstream alone (a table).
+bench-gateway: install
+	$(BIN)/python -m bench.bench_gateway $(BENCH_ARGS)
 
 # Builds the Dockerfile with podman on a Debian base made here (no image registry
 # answers from these machines), runs it, asks /healthz and makes one consume

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from contextvars import ContextVar
-from datetime import timedelta
+from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -38,6 +39,36 @@ class DefaultLimit(BaseModel):
     limit: int | str | None
     shadow: bool = False
     thresholds: list[int] | None = None  # alert thresholds, whole percentages (docs/alerts.md)
+
+
+class UpstreamSetting(BaseModel):
+    """One OpenAI-compatible model server behind the gateway (docs/gateway.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    url: str = Field(min_length=1, max_length=2_048, pattern=r"^https?://")
+    api_key: SecretStr | None = None
+    models: list[str] = Field(default_factory=list, max_length=1_000)
+    resource: str | None = Field(
+        None,
+        description=(
+            "The subject charged as a resource (contract §6) when a resource quota exists "
+            "for it; default deployment:<name>"
+        ),
+    )
+
+
+class PriceSetting(BaseModel):
+    """What one model costs, in credits per million tokens, from ``since`` on."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=128)
+    input_per_million: Decimal = Field(ge=0, decimal_places=3, max_digits=21)
+    output_per_million: Decimal = Field(ge=0, decimal_places=3, max_digits=21)
+    version: str = Field("1", min_length=1, max_length=64)
+    since: datetime | None = None
 
 
 class Settings(BaseSettings):
@@ -238,6 +269,23 @@ class Settings(BaseSettings):
     )
     webhook_backoff_max_seconds: float = Field(
         3_600.0, ge=0, le=7 * 86_400, description="The longest wait between two attempts"
+    )
+    upstreams: list[UpstreamSetting] = Field(default_factory=list, max_length=100)
+    prices: list[PriceSetting] = Field(default_factory=list, max_length=10_000)
+    gateway_max_tokens: int = Field(
+        1_024,
+        ge=1,
+        le=10_000_000,
+        description=(
+            "Gateway: the completion tokens reserved (and asked of the upstream) when a "
+            "request names no max_tokens"
+        ),
+    )
+    gateway_hold_seconds: float = Field(
+        900,
+        ge=1,
+        le=86_400,
+        description="Gateway: how long a call's reservation and lease last if never ended",
     )
 
     @classmethod

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 QUOTA_ONLY: dict[str, str] = {
     "ancestors": "no route answers a subject's ancestors; get_subject has its parents",
     "authenticate": "checking a presented key is the server's job; a client holds one",
+    "commit_usage": "the gateway's commit (model and tags on the event) runs in the server",
     "drain": "the outage spool belongs to the process running the engine",
     "ledger_lag": "the Redis mover runs in the engine's process; /metrics exposes its lag",
     "rebuild": "rebuilding counters from the ledger is an operator command",

@@ -203,7 +203,9 @@ def _document() -> dict[str, Any]:
 
 
 DOCUMENT = _document()
-ROUTES = write_routes(DOCUMENT)
+# The gateway's routes forward to a model server, which these servers have none of:
+# tests/gateway/test_hostile.py sends them hostile input with a test upstream behind.
+ROUTES = [r for r in write_routes(DOCUMENT) if not r.path.startswith("/openai/")]
 
 
 @dataclass

@@ -75,6 +75,7 @@ def test_the_app_includes_every_surface() -> None:
     # create_app imports the surfaces at module level now; each still answers in its shape.
     run_fresh(
         """
+        from tokenquota import gateway
         from tokenquota.api.app import create_app
         from tokenquota.compat import SURFACES
         from tokenquota.settings import Settings
@@ -85,6 +86,6 @@ def test_the_app_includes_every_surface() -> None:
                 stem = prefix.rstrip("/")
                 assert any(p == stem or p.startswith(stem + "/") for p in paths), prefix
         claimed = [prefix for prefix, _ in app.state.error_surfaces]
-        assert claimed == [p for s in SURFACES for p in s.PREFIXES]
+        assert claimed == [p for s in SURFACES for p in s.PREFIXES] + [gateway.PREFIX]
         """
     )

@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from tokenquota import gateway
 from tokenquota.api.dashboard import pages as dashboard
 from tokenquota.api.routes import (
     admin,
@@ -126,6 +127,7 @@ def create_app(
             # The lanes first: a call still running ends before its store is closed.
             await anyio.to_thread.run_sync(capacity.close)
             metrics.close()
+            await gateway.close(app.state)
             if quota is None:
                 await anyio.to_thread.run_sync(opened.close)
 
@@ -149,6 +151,8 @@ def create_app(
     for surface in SURFACES:
         app.include_router(surface.router)
         errors.register_surface(app, surface.PREFIXES, surface.render_error)
+    app.include_router(gateway.router)  # /openai/v1: gateway mode (docs/gateway.md)
+    errors.register_surface(app, (gateway.PREFIX,), gateway.render_error)
     capacity = Capacity.of(
         settings.decision_threads, settings.read_threads, settings.heavy_reads_per_key
     )

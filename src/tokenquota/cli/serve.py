@@ -21,12 +21,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Final
 
+import pydantic
 import typer
 import uvicorn
 
 from tokenquota import ValidationError
 from tokenquota.cli.common import EXIT_BAD_INPUT, load_settings, reports_errors
-from tokenquota.settings import Settings, open_quota
+from tokenquota.settings import Settings, UpstreamSetting, open_quota
 
 # Named here rather than imported from the app: http.logs and http.metrics pull
 # in uvicorn's and prometheus-client's modules, and the latter must not be
@@ -160,6 +161,18 @@ def serve(
             ),
         ),
     ] = None,
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--upstream",
+            metavar="NAME=URL",
+            help=(
+                "Gateway mode: an OpenAI-compatible model server under /openai/v1, URL its "
+                "OpenAI base URL (http://vllm:8000/v1); repeatable. Keys and model lists: "
+                "[[upstreams]] in the config file (docs/gateway.md)."
+            ),
+        ),
+    ] = None,
     config: Annotated[
         Path | None,
         typer.Option(
@@ -188,6 +201,8 @@ def serve(
         log_format=log_format,
         keep_alive_seconds=keep_alive,
     )
+    if upstream:
+        settings = with_upstreams(settings, upstream)
     if settings.workers > 1 and settings.db.lower().startswith("memory:"):
         # Each worker would count on its own, and the limit would be enforced once per worker.
         raise ValidationError(
@@ -209,6 +224,25 @@ def serve(
         os.environ[SETTINGS_ENV] = settings_json(settings)
         with shared_metrics():
             uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **options)
+
+
+def with_upstreams(settings: Settings, flags: list[str]) -> Settings:
+    """The settings with each ``--upstream NAME=URL``: a new upstream, or a new URL for
+    one of that name in the config file (which keeps its key and model list)."""
+    rows = {row.name: row for row in settings.upstreams}
+    for flag in flags:
+        name, sep, url = flag.partition("=")
+        if not sep or not name or not url:
+            raise ValidationError("upstream", f"expected NAME=URL, got {flag!r}")
+        known = rows.get(name)
+        data = {**(known.model_dump() if known else {}), "name": name, "url": url}
+        try:
+            rows[name] = UpstreamSetting.model_validate(data)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"])
+            raise ValidationError(f"upstream.{field}", str(first["msg"])) from None
+    return settings.model_copy(update={"upstreams": list(rows.values())})
 
 
 def listening_socket(settings: Settings) -> socket.socket:
@@ -312,6 +346,8 @@ def settings_json(settings: Settings) -> str:
     """
     data = settings.model_dump(mode="json")
     data["admin_key"] = settings.admin_key.get_secret_value() if settings.admin_key else None
+    for row, dumped in zip(settings.upstreams, data["upstreams"], strict=True):
+        dumped["api_key"] = row.api_key.get_secret_value() if row.api_key else None
     return json.dumps(data)
 
 
@@ -332,6 +368,8 @@ def banner(settings: Settings) -> str:
         f"serving with {engines()}; access log {'on' if settings.access_log else 'off'}, "
         f"keep-alive {settings.keep_alive_seconds} s",
     ]
+    for row in settings.upstreams:
+        lines.append(f"gateway: {url}/openai/v1 -> upstream {row.name} at {redacted(row.url)}")
     if settings.on_store_error == "open":
         lines.append(f"store unreachable: admit and queue in {settings.spool} (fails open)")
     if settings.admin_key is None:

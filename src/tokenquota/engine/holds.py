@@ -115,7 +115,21 @@ class Holds(Configuration):
         Without amounts, the held estimate is recorded. A second commit returns
         the first one's answer; a commit after release or expiry is a 409.
         """
-        given = merge_amounts(amounts, metric_amounts)
+        return self.commit_usage(reservation_id, merge_amounts(amounts, metric_amounts))
+
+    def commit_usage(
+        self,
+        reservation_id: str,
+        amounts: Mapping[str, object] | None = None,
+        *,
+        model: str | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> Decision:
+        """``commit``, with the ``model`` and ``tags`` a consume would put on the ledger
+        event (the gateway records the model and the price it charged there)."""
+        model = inputs.bounded_text(model, "model", inputs.MAX_MODEL_LENGTH)
+        parsed_tags = inputs.tags(tags)
+        given = dict(amounts or {})
         if given:
             # Validated before the replay below, which never reads them: a bad
             # body is refused on a repeat too, as on the first commit.
@@ -130,7 +144,13 @@ class Holds(Configuration):
 
         def attempt() -> Decision:
             plan = self.planner.plan(
-                reservation.subject, actual, Mode.RECORD, None, resource=reservation.resource
+                reservation.subject,
+                actual,
+                Mode.RECORD,
+                None,
+                model=model,
+                tags=parsed_tags,
+                resource=reservation.resource,
             )
             return self.store.commit(reservation.id, plan)
 
