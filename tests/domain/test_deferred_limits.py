@@ -14,6 +14,7 @@ import pickle
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given, settings
@@ -36,6 +37,7 @@ from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import Window
 
+UTC_ZONE = ZoneInfo("UTC")
 NOW = datetime(2026, 3, 10, 12, tzinfo=UTC)
 ALICE = SubjectRef("user", "alice")
 ACME = SubjectRef("company", "acme")
@@ -50,8 +52,8 @@ def plan_of(value: int, amount: int = 10) -> tuple[DebitPlan, list[Reading]]:
         limit = EffectiveLimit(
             subject, LimitKey(Metric.TOKENS, parsed), value, Source.OVERRIDE, False
         )
-        lo, hi = parsed.read_range(NOW, UTC)
-        checks.append(Check(limit, amount, NOW, lo, hi, parsed.bucket_of(NOW, UTC)))
+        lo, hi = parsed.read_range(NOW, UTC_ZONE)
+        checks.append(Check(limit, amount, NOW, lo, hi, parsed.bucket_of(NOW, UTC_ZONE)))
     plan = DebitPlan(
         subject=ALICE,
         charged=(ALICE, ACME),
@@ -59,7 +61,7 @@ def plan_of(value: int, amount: int = 10) -> tuple[DebitPlan, list[Reading]]:
         mode=Mode.ENFORCE,
         timestamp=NOW,
         now=NOW,
-        tz=UTC,
+        tz=UTC_ZONE,
         checks=tuple(checks),
     )
     return plan, [Reading({c.lo: 5}) for c in checks]
@@ -108,6 +110,13 @@ def test_every_way_of_reading_a_decision_sees_its_limits() -> None:
     assert replace(decide(plan, reads, 7), replayed=True) == replace(expected, replayed=True)
     assert decide(plan, reads, 7).as_replay().limits == expected.limits
     assert pickle.loads(pickle.dumps(decide(plan, reads, 7))) == expected
+    numbered = decide(plan, reads, None).numbered(9)
+    assert numbered._pending is not None  # still not built
+    assert numbered == replace(expected, event_id=9)
+    refused, _ = plan_of(12)
+    assert decide(refused, reads).numbered(9) == replace(
+        reference.decide(refused, reads), event_id=9
+    )
     scope = Scope(frozenset({"user:alice"}))
     assert decide(plan, reads, 7).visible_to(scope) == expected.visible_to(scope)
     with pytest.raises(AttributeError, match="no attribute 'nothing'"):
@@ -123,7 +132,11 @@ def test_threads_reading_a_fresh_decision_at_once_see_the_same_limits() -> None:
         seen: list[object] = []
         barrier = threading.Barrier(threads)
 
-        def read(decision: Decision = decision, seen: list[object] = seen) -> None:
+        def read(
+            decision: Decision = decision,
+            seen: list[object] = seen,
+            barrier: threading.Barrier = barrier,
+        ) -> None:
             barrier.wait()
             seen.append(decision.limits)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -174,7 +173,7 @@ class SqlMeter:
                 else None
             ),
         )
-        return replace(decision, event_id=event_id) if usage else decision
+        return decision.numbered(event_id) if usage else decision
 
     def _found(
         self,
