@@ -23,11 +23,16 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import WARMUP
 
 BACKENDS = ("memory", "sqlite")
+
+
+def _nothing() -> None:
+    pass
 
 
 def _child(backend: str, what: str, calls: int) -> None:
@@ -37,8 +42,10 @@ def _child(backend: str, what: str, calls: int) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if what == "floor":
+            once: Callable[[], None]
+            close: Callable[[], None] = _nothing
             if backend == "memory":
-                once, close = limits_floor(), (lambda: None)
+                once = limits_floor()
             else:
                 once, close = sqlite_floor(Path(tmp) / "f.db")
             for _ in range(WARMUP):
