@@ -10,9 +10,11 @@ instructions one consume executes, Python and C alike (SQLite's own code too,
 never the disk's wait). It does the same for the row's floor (the ``limits``
 library; the raw sqlite3 transaction), so a ratio is at hand.
 
-Rates on a shared 2-CPU machine move with its load; these counts do not (two
-runs agree to well under 1 %), so a change of a few percent shows. Asserts
-nothing; slow (a minute or two per backend under valgrind).
+Rates on a shared 2-CPU machine move with its load; these counts do not
+(the children run with ``PYTHONHASHSEED=0``: with random string hashes, dict
+and set layouts moved a memory consume's count by 2.5 % between runs of one
+tree), so a change of a few percent shows. Asserts nothing; slow (minutes
+per backend under valgrind).
 """
 
 from __future__ import annotations
@@ -80,7 +82,9 @@ def _count(backend: str, what: str, calls: int) -> int:
             capture_output=True,
             text=True,
             check=True,
-            env=os.environ,
+            # One hash seed: string hashes move dict and set layouts, and so the
+            # count, by a few percent between runs of one tree otherwise.
+            env={**os.environ, "PYTHONHASHSEED": "0"},
         )
     found = re.search(r"Collected : (\d+)", done.stderr)
     if found is None:
