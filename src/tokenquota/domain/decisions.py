@@ -120,9 +120,9 @@ class Decision:
         def __getattr__(self, name: str) -> Any:
             """``limits``, built on first read: only reached while its slot is unset.
 
-            ``decide`` defers the statuses of an admitted decision (a quarter of
-            its cost on ``memory://``) until someone reads them; most in-process
-            callers only read ``allowed``. Every reader, ``==``, ``repr``,
+            ``decide`` defers the statuses of an admitted decision (about half
+            of its cost on ``memory://``) until someone reads them; most
+            in-process callers only read ``allowed``. Every reader, ``==``, ``repr``,
             ``replace`` and pickling included, goes through here, so none can
             tell. Two threads reading at once build equal tuples from the same
             immutable checks and readings; the slot is set before ``_pending``
@@ -209,42 +209,16 @@ class Decision:
     def numbered(self, event_id: int | None) -> Decision:
         """``replace(self, event_id=event_id)``, leaving limits not yet built unbuilt.
 
-        A SQL store learns its event's id after deciding: ``replace`` would read
-        (build) every status, and costs ten times this.
+        A SQL store learns its event's id after deciding; ``replace`` would read
+        (build) every status, and costs several times this.
         """
         pending = self._pending
         if pending is None:
-            return _new_decision(
-                self.allowed,
-                self.subject,
-                self.mode,
-                self.amounts,
-                self.timestamp,
-                self.limits,
-                self.blocked_by,
-                self.shadow_blocked,
-                self.retry_after,
-                event_id,
-                self.replayed,
-                self.failed_open,
-                self.reason,
-                self.blocked_outside,
-            )
+            return replace(self, event_id=event_id)
+        head = (self.allowed, self.subject, self.mode, self.amounts, self.timestamp)
+        tail = (self.replayed, self.failed_open, self.reason, self.blocked_outside)
         return _deferred_decision(
-            self.allowed,
-            self.subject,
-            self.mode,
-            self.amounts,
-            self.timestamp,
-            self.blocked_by,
-            self.shadow_blocked,
-            self.retry_after,
-            event_id,
-            self.replayed,
-            self.failed_open,
-            self.reason,
-            self.blocked_outside,
-            pending,
+            *head, self.blocked_by, self.shadow_blocked, self.retry_after, event_id, *tail, pending
         )
 
 
