@@ -257,6 +257,9 @@ def arguments() -> argparse.Namespace:
         metavar=",".join(BACKENDS),
         help="the backends to run (default: all)",
     )
+    parser.add_argument(
+        "--in-process", action="store_true", help="the in-process rows only (no HTTP rows)"
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
     args = parser.parse_args()
     args.only = set(args.only.split(","))
@@ -349,6 +352,8 @@ def main() -> None:
             http_rows.append(("redis", redis_store))
         if seed is not None:
             http_rows.append(("cluster", cluster_store))
+        if args.in_process:
+            http_rows = []
         if http_rows:
             try:
                 run.http_floor = stack.enter_context(bare(tmp))

@@ -8,12 +8,12 @@ calls ``decide`` there, so the comparison and the write see the same numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from fractions import Fraction
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.errors import TokenQuotaError
@@ -109,6 +109,36 @@ class Decision:
     reason: str | None = None
     # Refusals by limits outside the viewer's subtree (``visible_to``).
     blocked_outside: tuple[WithheldBlock, ...] = ()
+    # How to build ``limits`` when ``decide`` left it unset (``_deferred_decision``):
+    # None once built, and for every decision built with its limits.
+    _pending: Callable[[], tuple[LimitStatus, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    if not TYPE_CHECKING:  # to mypy, ``limits`` is the field it always was
+
+        def __getattr__(self, name: str) -> Any:
+            """``limits``, built on first read: only reached while its slot is unset.
+
+            ``decide`` defers the statuses of an admitted decision (about half
+            of its cost on ``memory://``) until someone reads them; most
+            in-process callers only read ``allowed``. Every reader, ``==``, ``repr``,
+            ``replace`` and pickling included, goes through here, so none can
+            tell. Two threads reading at once build equal tuples from the same
+            immutable checks and readings; the slot is set before ``_pending``
+            is cleared, so a reader that finds ``_pending`` gone finds ``limits``.
+            """
+            if name != "limits":
+                raise AttributeError(
+                    f"'Decision' object has no attribute {name!r}", name=name, obj=self
+                )
+            pending = self._pending
+            if pending is None:
+                return object.__getattribute__(self, "limits")
+            built = pending()
+            object.__setattr__(self, "limits", built)
+            object.__setattr__(self, "_pending", None)
+            return built
 
     def tightest(self, now: datetime) -> LimitStatus | None:
         """The limit closest to blocking: what RateLimit-* headers describe.
@@ -176,8 +206,25 @@ class Decision:
     def as_replay(self) -> Decision:
         return replace(self, replayed=True)
 
+    def numbered(self, event_id: int | None) -> Decision:
+        """``replace(self, event_id=event_id)``, leaving limits not yet built unbuilt.
+
+        A SQL store learns its event's id after deciding; ``replace`` would read
+        (build) every status, and costs several times this.
+        """
+        pending = self._pending
+        if pending is None:
+            return replace(self, event_id=event_id)
+        head = (self.allowed, self.subject, self.mode, self.amounts, self.timestamp)
+        tail = (self.replayed, self.failed_open, self.reason, self.blocked_outside)
+        return _deferred_decision(
+            *head, self.blocked_by, self.shadow_blocked, self.retry_after, event_id, *tail, pending
+        )
+
 
 _new_decision: Final = builder(Decision)
+# A Decision whose ``limits`` are built on first read, from its ``_pending``.
+_deferred_decision: Final = builder(Decision, defer=("limits", "_pending"))
 _RESOURCE_SOURCES = frozenset({"capacity", "saturation", "resource"})
 
 
@@ -320,8 +367,81 @@ def decide(
     hold = plan.hold
     tz = plan.tz
     refusing = blocked + shadow
+    extra: tuple[LimitStatus, ...] = ()
+    cap_refuses = capacity is not None and not capacity[1] and enforce
+    cap_exceeded = False
+    if capacity is not None:
+        cap_status, _, _ = capacity
+        if allowed and plan.capacity is not None:
+            cap_status = _with_added(cap_status, plan.capacity.amount, hold=hold)
+        if cap_refuses:
+            assert plan.capacity is not None
+            # More than the whole capacity: no minute ever admits it.
+            cap_exceeded = plan.capacity.amount > int(cap_status.limit)
+            cap_status = replace(
+                cap_status, reason=Reason.EXCEEDS_LIMIT if cap_exceeded else Reason.LIMIT_REACHED
+            )
+        extra = (cap_status,)
+    if wallets:
+        extra += tuple(status for status, _ in wallets)
+    built = _statuses(checks, readings, tz, allowed, hold, refusing) if refusing else ()
+    blocked_by = tuple([built[i] for i in blocked]) if blocked else ()
+    if cap_refuses:
+        blocked_by += (extra[0],)
+    if wallets and enforce:
+        blocked_by += tuple(status for status, fits in wallets if not fits)
+    retry_after = (
+        None
+        if allowed
+        else _refused_retry(plan, readings, blocked, capacity, cap_refuses, broke or cap_exceeded)
+    )
+    if not refusing:
+        # No check refused, so nothing here needs a check's status: they are
+        # built when (if) someone reads ``limits``, from this decision's own
+        # readings (a store's are fresh per step and never changed afterwards).
+        reads = readings[:n]  # a copy: the caller's list may change, its readings do not
+
+        def pending() -> tuple[LimitStatus, ...]:
+            return _statuses(checks, reads, tz, allowed, hold, ()) + extra
+
+        return _deferred_decision(
+            allowed=allowed,
+            subject=str(plan.subject),
+            mode=mode,
+            amounts=plan.amounts.to_numbers(),
+            timestamp=plan.timestamp,
+            blocked_by=blocked_by,
+            retry_after=retry_after,
+            event_id=event_id if allowed else None,
+            reason=None if allowed else _overall(blocked_by),
+            _pending=pending,
+        )
+    return _new_decision(
+        allowed=allowed,
+        subject=str(plan.subject),
+        mode=mode,
+        amounts=plan.amounts.to_numbers(),
+        timestamp=plan.timestamp,
+        limits=built + extra,
+        blocked_by=blocked_by,
+        shadow_blocked=tuple([built[i] for i in shadow]) if shadow else (),
+        retry_after=retry_after,
+        event_id=event_id if allowed else None,
+        reason=None if allowed else _overall(blocked_by),
+    )
+
+
+def _statuses(
+    checks: Sequence[Check],
+    readings: Readings,
+    tz: ZoneInfo,
+    allowed: bool,
+    hold: bool,
+    refusing: Sequence[int],
+) -> tuple[LimitStatus, ...]:
+    """Each check's status as it stands after the decision; ``refusing`` carry a reason."""
     built: list[LimitStatus] = []
-    for i in range(n):
+    for i in range(len(checks)):
         check = checks[i]
         # What this request adds: nothing when refused, and nothing to a window
         # it lands outside of (a back-dated event older than a rolling window).
@@ -340,48 +460,28 @@ def decide(
                 _reason(check) if refusing and i in refusing else None,
             )
         )
-    statuses = tuple(built)
-    retry_after = None
-    blocked_by = tuple([statuses[i] for i in blocked]) if blocked else ()
-    cap_refuses = capacity is not None and not capacity[1] and enforce
-    cap_exceeded = False
-    if capacity is not None:
-        cap_status, _, _ = capacity
-        if allowed and plan.capacity is not None:
-            cap_status = _with_added(cap_status, plan.capacity.amount, hold=hold)
-        if cap_refuses:
-            assert plan.capacity is not None
-            # More than the whole capacity: no minute ever admits it.
-            cap_exceeded = plan.capacity.amount > int(cap_status.limit)
-            cap_status = replace(
-                cap_status, reason=Reason.EXCEEDS_LIMIT if cap_exceeded else Reason.LIMIT_REACHED
-            )
-            blocked_by += (cap_status,)
-        statuses += (cap_status,)
-    if wallets:
-        statuses += tuple(status for status, _ in wallets)
-        if enforce:
-            blocked_by += tuple(status for status, fits in wallets if not fits)
-    if not allowed:
-        retry_after = _retry_after(plan, readings, blocked)
-        if cap_refuses and retry_after is not None:
-            assert capacity is not None
-            retry_after = max(retry_after, capacity[2]) if blocked else capacity[2]
-        if broke or cap_exceeded:
-            retry_after = None  # waiting adds no credits, and no minute fits the amount
-    return _new_decision(
-        allowed=allowed,
-        subject=str(plan.subject),
-        mode=mode,
-        amounts=plan.amounts.to_numbers(),
-        timestamp=plan.timestamp,
-        limits=statuses,
-        blocked_by=blocked_by,
-        shadow_blocked=tuple([statuses[i] for i in shadow]) if shadow else (),
-        retry_after=retry_after,
-        event_id=event_id if allowed else None,
-        reason=None if allowed else _overall(blocked_by),
-    )
+    return tuple(built)
+
+
+def _refused_retry(
+    plan: DebitPlan,
+    readings: Readings,
+    blocked: Sequence[int],
+    capacity: tuple[LimitStatus, bool, int] | None,
+    cap_refuses: bool,
+    hopeless: bool,
+) -> int | None:
+    """``retry_after`` of a refused decision: every blocking limit's wait, capacity's too.
+
+    ``hopeless``: a wallet cannot pay or the amount exceeds the whole capacity.
+    """
+    if hopeless:
+        return None  # waiting adds no credits, and no minute fits the amount
+    retry_after = _retry_after(plan, readings, blocked)
+    if cap_refuses and retry_after is not None:
+        assert capacity is not None
+        retry_after = max(retry_after, capacity[2]) if blocked else capacity[2]
+    return retry_after
 
 
 def _reason(check: Check) -> Reason:

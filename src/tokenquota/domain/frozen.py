@@ -11,13 +11,13 @@ event (docs/performance-log.md, part 5).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import field, fields, is_dataclass, make_dataclass
+from dataclasses import Field, field, fields, is_dataclass, make_dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def builder(cls: type[T]) -> Callable[..., T]:
+def builder(cls: type[T], *, defer: tuple[str, str] | None = None) -> Callable[..., T]:
     """A constructor for the frozen slots dataclass ``cls`` that stores its fields directly.
 
     It builds an instance of a twin that is not frozen (the same fields in the
@@ -27,6 +27,11 @@ def builder(cls: type[T]) -> Callable[..., T]:
     other. It takes the same arguments as ``cls``. ``__post_init__`` would not
     run, so a class that has one is refused, as is one that is not a frozen
     slots dataclass.
+
+    ``defer=(name, pending)`` builds instances whose field ``name`` is left
+    unset and whose field ``pending`` (an ``init=False`` field of ``cls``) is
+    an argument instead: for a class that builds ``name`` from ``pending`` on
+    first read (``Decision.limits``).
     """
     if not is_dataclass(cls) or cls.__setattr__ is object.__setattr__:
         raise TypeError(f"{cls.__name__} is not a frozen dataclass")
@@ -40,13 +45,20 @@ def builder(cls: type[T]) -> Callable[..., T]:
     # builder is the twin class itself, so keyword arguments reach the generated
     # __init__ directly instead of through a *args/**kwargs wrapper, which made
     # a keyword call cost nearly twice a positional one.
+    unset, pending = defer or ("", "")
+
+    def init(f: Field[Any]) -> bool:
+        return f.name == pending or (f.init and f.name != unset)
+
     twin: Any = make_dataclass(
-        f"{cls.__name__}Draft",
+        f"{cls.__name__}{'Deferred' if defer else 'Draft'}",
         [
             (
                 f.name,
                 f.type,
-                field(default=f.default, default_factory=f.default_factory, init=f.init),
+                field(default=f.default, default_factory=f.default_factory, init=init(f))
+                if f.name != unset
+                else field(init=False),
             )
             for f in fields(cls)
         ],

@@ -36,7 +36,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -359,7 +359,7 @@ class HotTx:
         stmts += [(sql.burn, (units, gid)) for gid, units in burns.items()]
         if remember is not None:
             who, key_name, fingerprint, decision = remember
-            answer = json.dumps(stored.encode_decision(replace(decision, event_id=event_id)))
+            answer = json.dumps(stored.encode_decision(decision.numbered(event_id)))
             stmts.append((sql.remember, (who, key_name, fingerprint, answer, to_micros(now))))
         self._send(stmts)
         return event_id

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -180,7 +179,7 @@ class SqlMeter:
         alerts = alert_events(plan, found.readings, decision)
         if alerts:  # in this transaction: recorded if, and only if, the decision is
             tx.alerts(self.alerted.fresh(alerts))
-        return replace(decision, event_id=event_id) if usage else decision
+        return decision.numbered(event_id) if usage else decision
 
     def _found(
         self,
