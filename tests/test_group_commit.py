@@ -209,11 +209,8 @@ def test_a_write_the_store_refuses_fails_its_whole_batch_and_commits_none_of_it(
                 leader = threading.Thread(target=call, args=("a", "user:a", 5))
                 leader.start()
                 wait_until(lambda: commits.batches == batches + 1, "the leader's batch")
-                rest = [
-                    threading.Thread(target=call, args=args)
-                    for args in [("refused", "user:refused", 7), ("b", "user:b", 10)]
-                    + [("c", "user:c", 20)]
-                ]
+                queued = [("refused", "user:refused", 7), ("b", "user:b", 10), ("c", "user:c", 20)]
+                rest = [threading.Thread(target=call, args=args) for args in queued]
                 for thread in rest:
                     thread.start()
                 wait_until(lambda: commits.waiting == len(rest), "the callers to queue")
