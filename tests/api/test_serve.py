@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 import tokenquota
 from tokenquota.cli import app
-from tokenquota.cli.serve import SETTINGS_ENV
+from tokenquota.cli.serve import SETTINGS_ENV, SINGLE_ACCEPT_ENV
 from tokenquota.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -355,6 +355,7 @@ def invoke(*args: str, env: dict[str, str | None] | None = None) -> Any:
     # Named, so the runner puts back whatever serve sets in this process's environment.
     base: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TOKENQUOTA_")}
     base[SETTINGS_ENV] = None
+    base[SINGLE_ACCEPT_ENV] = None
     return CliRunner().invoke(app, ["serve", *args], env={**base, **(env or {})})
 
 
