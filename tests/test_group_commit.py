@@ -155,6 +155,54 @@ def test_errors_in_a_batch_reach_only_their_own_callers(url: str) -> None:
         quota.close()
 
 
+def test_each_step_of_a_batch_is_decided_on_the_writes_of_the_steps_before_it(url: str) -> None:
+    """Debits and holds mixed in one batch: on PostgreSQL a step's writes are still
+    queued when the next step begins, and must reach the store before its reads."""
+    quota = tokenquota.open(url, clock=FrozenClock(START))
+    try:
+        for user in ("user:a", "user:b", "user:c", "user:d", "user:e"):
+            quota.set_parents(user, ["company:acme"])
+        quota.set_limit("company:acme", "tokens", "day", 1_000)
+        outcomes: dict[str, Any] = {}
+        calls: dict[str, Callable[[], Any]] = {
+            "lead": lambda: quota.consume("user:a", tokens=1),
+            "debit 600": lambda: quota.consume("user:a", tokens=600),
+            "hold 500, over": lambda: quota.reserve("user:b", tokens=500),
+            "hold 300": lambda: quota.reserve("user:c", tokens=300),
+            "debit 100, over": lambda: quota.consume("user:d", tokens=100),
+            "debit 99": lambda: quota.consume("user:e", tokens=99),
+            "debit 1, over": lambda: quota.consume("user:e", tokens=1),
+        }
+
+        def call(name: str) -> None:
+            try:
+                outcomes[name] = calls[name]()
+            except Exception as exc:
+                outcomes[name] = exc
+
+        commits = group(quota)
+        batches = commits.batches
+        with writers_held(url):
+            leader = threading.Thread(target=call, args=("lead",))
+            leader.start()
+            wait_until(lambda: commits.batches == batches + 1, "the leader's batch")
+            rest: list[threading.Thread] = []
+            for name in list(calls)[1:]:  # one by one: the batch keeps this order
+                rest.append(threading.Thread(target=call, args=(name,)))
+                rest[-1].start()
+                wait_until(lambda: commits.waiting == len(rest), f"{name} to queue")
+        for thread in [leader, *rest]:
+            thread.join(60)
+        assert commits.largest == len(rest)
+
+        allowed = {name: outcome.allowed for name, outcome in outcomes.items()}
+        assert allowed == {name: not name.endswith("over") for name in calls}
+        (company,) = quota.usage("company:acme").limits
+        assert (company.used, company.reserved, company.remaining) == (700, 300, 0)
+    finally:
+        quota.close()
+
+
 @contextmanager
 def events_refused_for(url: str, subject: str) -> Iterator[None]:
     """A real trigger that makes the store refuse ``subject``'s event row (PostgreSQL)."""
