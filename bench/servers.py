@@ -4,7 +4,9 @@ Both run as subprocesses on a free loopback port under uvicorn with the same
 number of workers, httptools and uvloop (uvicorn's choice when installed) and
 no access log (``serve``'s default; the bare endpoint is told
 ``--no-access-log`` so the floor does not pay for a log line the service
-does not write), so the only difference is the app.
+does not write) and libuv accepting one connection at a time (``serve``'s
+default with several workers; uvicorn's own lets the first worker to wake
+take all 64 connections), so the only difference is the app.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bench.common import COMPANY_WINDOWS, LIMIT, USER_WINDOWS
 
 SERVER_START_SECONDS = 60
 WORKERS = 2
+SINGLE_ACCEPT_ENV = "UV_TCP_SINGLE_ACCEPT"  # what ``serve`` sets for its workers
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -106,7 +109,10 @@ def bare(logs: Path, workers: int = WORKERS) -> Iterator[Endpoint]:
     command = [sys.executable, "-m", "uvicorn", "bench.bare_app:create", "--factory"]
     command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
     command += ["--app-dir", str(ROOT), "--no-access-log"]
-    with process(command, dict(os.environ), logs, port):
+    # As ``serve`` starts its workers (cli/serve.py, SINGLE_ACCEPT_ENV): uvicorn's own
+    # default lets one worker take a whole burst of connections, a floor below its best.
+    env = {**os.environ, SINGLE_ACCEPT_ENV: os.environ.get(SINGLE_ACCEPT_ENV, "1")}
+    with process(command, env, logs, port):
         yield Endpoint(f"http://127.0.0.1:{port}/v1/consume", {})
 
 

@@ -155,6 +155,130 @@ def test_errors_in_a_batch_reach_only_their_own_callers(url: str) -> None:
         quota.close()
 
 
+def test_each_step_of_a_batch_is_decided_on_the_writes_of_the_steps_before_it(url: str) -> None:
+    """Debits and holds mixed in one batch: on PostgreSQL a step's writes are still
+    queued when the next step begins, and must reach the store before its reads."""
+    quota = tokenquota.open(url, clock=FrozenClock(START))
+    try:
+        for user in ("user:a", "user:b", "user:c", "user:d", "user:e"):
+            quota.set_parents(user, ["company:acme"])
+        quota.set_limit("company:acme", "tokens", "day", 1_000)
+        outcomes: dict[str, Any] = {}
+        calls: dict[str, Callable[[], Any]] = {
+            "lead": lambda: quota.consume("user:a", tokens=1),
+            "debit 600": lambda: quota.consume("user:a", tokens=600),
+            "hold 500, over": lambda: quota.reserve("user:b", tokens=500),
+            "hold 300": lambda: quota.reserve("user:c", tokens=300),
+            "debit 100, over": lambda: quota.consume("user:d", tokens=100),
+            "debit 99": lambda: quota.consume("user:e", tokens=99),
+            "debit 1, over": lambda: quota.consume("user:e", tokens=1),
+        }
+
+        def call(name: str) -> None:
+            try:
+                outcomes[name] = calls[name]()
+            except Exception as exc:
+                outcomes[name] = exc
+
+        commits = group(quota)
+        batches = commits.batches
+        with writers_held(url):
+            leader = threading.Thread(target=call, args=("lead",))
+            leader.start()
+            wait_until(lambda: commits.batches == batches + 1, "the leader's batch")
+            rest: list[threading.Thread] = []
+            for name in list(calls)[1:]:  # one by one: the batch keeps this order
+                rest.append(threading.Thread(target=call, args=(name,)))
+                rest[-1].start()
+                wait_until(lambda: commits.waiting == len(rest), f"{name} to queue")
+        for thread in [leader, *rest]:
+            thread.join(60)
+        assert commits.largest == len(rest)
+
+        allowed = {name: outcome.allowed for name, outcome in outcomes.items()}
+        assert allowed == {name: not name.endswith("over") for name in calls}
+        (company,) = quota.usage("company:acme").limits
+        assert (company.used, company.reserved, company.remaining) == (700, 300, 0)
+    finally:
+        quota.close()
+
+
+@contextmanager
+def events_refused_for(url: str, subject: str) -> Iterator[None]:
+    """A real trigger that makes the store refuse ``subject``'s event row (PostgreSQL)."""
+    engine = sa.create_engine(url)
+    refuse = (
+        "CREATE FUNCTION tq_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"IF NEW.subject = '{subject}' THEN RAISE EXCEPTION 'refused'; END IF; "
+        "RETURN NEW; END $$"
+    )
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(refuse))
+            conn.execute(
+                sa.text(
+                    "CREATE TRIGGER tq_refuse BEFORE INSERT ON events "
+                    "FOR EACH ROW EXECUTE FUNCTION tq_refuse()"
+                )
+            )
+        yield
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TRIGGER IF EXISTS tq_refuse ON events"))
+            conn.execute(sa.text("DROP FUNCTION IF EXISTS tq_refuse()"))
+        engine.dispose()
+
+
+def test_a_write_the_store_refuses_fails_its_whole_batch_and_commits_none_of_it(
+    postgres_url: str,
+) -> None:
+    """On PostgreSQL a step's writes travel with the next step's reads (one round trip a
+    decision): a write refused there fails every caller of its batch, none acknowledged,
+    nothing of the batch kept; the batches before and after are untouched."""
+    url = postgres_url
+    quota = tokenquota.open(url, clock=FrozenClock(START))
+    try:
+        for user in ("user:a", "user:b", "user:c", "user:refused"):
+            quota.put_subject(user, parents=["company:acme"])
+        quota.set_limit("company:acme", "tokens", "day", 1_000)
+        events_before = quota.events(limit=1).total
+        outcomes: dict[str, Any] = {}
+
+        def call(name: str, user: str, tokens: int) -> None:
+            try:
+                outcomes[name] = quota.consume(user, tokens=tokens)
+            except Exception as exc:
+                outcomes[name] = exc
+
+        commits = group(quota)
+        batches = commits.batches
+        with events_refused_for(url, "user:refused"):
+            with writers_held(url):
+                leader = threading.Thread(target=call, args=("a", "user:a", 5))
+                leader.start()
+                wait_until(lambda: commits.batches == batches + 1, "the leader's batch")
+                queued = [("refused", "user:refused", 7), ("b", "user:b", 10), ("c", "user:c", 20)]
+                rest = [threading.Thread(target=call, args=args) for args in queued]
+                for thread in rest:
+                    thread.start()
+                wait_until(lambda: commits.waiting == len(rest), "the callers to queue")
+            for thread in [leader, *rest]:
+                thread.join(60)
+        assert commits.largest == len(rest)
+
+        assert outcomes["a"].allowed  # its own batch, before
+        for name in ("refused", "b", "c"):
+            assert isinstance(outcomes[name], Exception), (name, outcomes[name])
+        assert quota.events(limit=1).total == events_before + 1
+        (company,) = quota.usage("company:acme").limits
+        assert company.used == 5
+        assert quota.consume("user:b", tokens=10).allowed  # the store goes on
+        (company,) = quota.usage("company:acme").limits
+        assert company.used == 15
+    finally:
+        quota.close()
+
+
 def test_a_batch_that_cannot_commit_answers_every_caller_with_the_error() -> None:
     """The leader's transaction failing is every caller's error: none was acknowledged."""
     seen: list[int] = []

@@ -26,7 +26,7 @@ from typer.testing import CliRunner
 
 import tokenquota
 from tokenquota.cli import app
-from tokenquota.cli.serve import SETTINGS_ENV
+from tokenquota.cli.serve import SETTINGS_ENV, SINGLE_ACCEPT_ENV
 from tokenquota.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -266,6 +266,49 @@ def test_two_workers_share_one_store_and_its_limits(tmp_path: Path, serve: Start
     assert server.terminate() in (0, -signal.SIGTERM)
 
 
+def environment_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if item)
+
+
+def workers_of(server: Served) -> list[int]:
+    """The worker processes of a ``--workers N`` server, once each has started its app."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while server.output().count("Application startup complete") < 2:
+        assert time.monotonic() < deadline, server.output()
+        time.sleep(0.05)
+    pid = server.process.pid
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    cmdlines = {int(c): Path(f"/proc/{c}/cmdline").read_bytes() for c in children}
+    return [
+        c
+        for c, line in cmdlines.items()
+        if b"spawn_main" in line and b"resource_tracker" not in line
+    ]
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
+def test_workers_accept_one_connection_at_a_time(tmp_path: Path, serve: StartServe) -> None:
+    """libuv would accept a whole burst of connections in the first worker to wake, and
+    kept-alive connections stay where they were accepted: in the bench one worker of
+    two often served all 64 connections (docs/performance-log.md). The workers are
+    started with libuv's single-accept switch; a value of the user's own is kept."""
+    port = free_port()
+    db = f"sqlite:///{tmp_path / 'accept.db'}"
+    server = serve("--port", str(port), "--db", db, "--workers", "2", port=port)
+    assert [environment_of(pid).get("UV_TCP_SINGLE_ACCEPT") for pid in workers_of(server)] == [
+        "1",
+        "1",
+    ]
+    port = free_port()
+    env = clean_env(UV_TCP_SINGLE_ACCEPT="0")
+    own = serve("--port", str(port), "--db", db, "--workers", "2", port=port, env=env)
+    assert [environment_of(pid).get("UV_TCP_SINGLE_ACCEPT") for pid in workers_of(own)] == [
+        "0",
+        "0",
+    ]
+
+
 def test_a_bootstrap_admin_key_from_the_environment(tmp_path: Path, serve: StartServe) -> None:
     db = f"sqlite:///{tmp_path / 'bootstrap.db'}"
     port = free_port()
@@ -312,6 +355,7 @@ def invoke(*args: str, env: dict[str, str | None] | None = None) -> Any:
     # Named, so the runner puts back whatever serve sets in this process's environment.
     base: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TOKENQUOTA_")}
     base[SETTINGS_ENV] = None
+    base[SINGLE_ACCEPT_ENV] = None
     return CliRunner().invoke(app, ["serve", *args], env={**base, **(env or {})})
 
 

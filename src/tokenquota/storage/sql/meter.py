@@ -124,8 +124,13 @@ class SqlMeter:
     @staticmethod
     def _batch(tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
         tx.lock(frozenset().union(*(job.series for job in jobs)))
+        # A step's writes answer nothing it needs: they go with the next batch of
+        # statements (the next step's reads, or the COMMIT), one round trip a step
+        # instead of two (PostgreSQL). A write failing there surfaces in the next
+        # step, whose savepoint never began: its undo cannot find it and the error
+        # leaves the batch, failing every job of it (none was acknowledged).
+        tx.defer_writes = True
         if len(jobs) == 1:
-            tx.defer_writes = True  # its writes go with the commit: one round trip less
             jobs[0].result = jobs[0].step(tx)
         else:
             for job in jobs:
