@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy import Connection
 
-from tokenquota.domain.alerts import alert_events, has_thresholds, refusal_events
+from tokenquota.domain.alerts import AlertEvent, alert_events, has_thresholds, refusal_events
 from tokenquota.domain.decisions import (
     Check,
     DebitPlan,
@@ -66,7 +66,7 @@ from tokenquota.storage.redis.ops import Op, Runner, back_off, refuse_too_large
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.ledger import SqlLedger
-from tokenquota.storage.sql.outbox import Recorded, alert_row, insert_alerts
+from tokenquota.storage.sql.outbox import Recorded, alert_row
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database
 from tokenquota.wire import stored
@@ -251,17 +251,27 @@ class RedisMeter:
             if decision.allowed != admitted:  # the script and decide() share one rule
                 raise AssertionError(f"Redis said {statuses}, decide() said {decision.allowed}")
             # Threshold crossings went with the step; a refusal or a shadow block
-            # changed nothing in Redis, so its alert row goes straight to SQL.
+            # changed nothing, so its alert needs no step of its own.
             refusals = refusal_events(plan, readings, decision)
             if refusals:
-                refusals = self.alerted.fresh(refusals)
-            if decision.shadow_blocked or refusals:
+                self._alerts_after(ledger[0], self.alerted.fresh(refusals))
+            if decision.shadow_blocked:
                 with self.db.tx(hot=True) as conn:  # a statistic: decides nothing
-                    if decision.shadow_blocked:
-                        self.shadow.count(conn, decision)
-                    insert_alerts(conn, [alert_row(e) for e in refusals])
+                    self.shadow.count(conn, decision)
             return decision, last if admitted else None
         raise StoreUnavailable("the resource is too busy to measure its capacity; retry")
+
+    def _alerts_after(self, shard: int, events: Sequence[AlertEvent]) -> None:
+        """Alert events decided outside a step, onto the shard's alert stream, which the
+        mover takes to SQL with the rest: the hot path never waits for SQL."""
+        if not events:
+            return
+        stream = self.layout.alerts(shard)
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            body = json.dumps(alert_row(event), separators=(",", ":"))
+            pipe.xadd(stream, {"a": body, "u": "", "r": ""})
+        call(pipe.execute)
 
     def _replayed(self, plan: DebitPlan, reply: Reply) -> Decision:
         """A retry of an idempotent request gets the first answer."""
@@ -376,10 +386,8 @@ class RedisMeter:
             decision = decide(plan, readings, replies[-1].event_id, prepaid=prepaid)
             if alerting and not one_step:
                 # A cluster commits the record step first and reads the counters after:
-                # their crossings are known only now, and written to SQL from here.
-                with self.db.tx(hot=True) as conn:
-                    rows = [alert_row(e) for e in alert_events(plan, readings, decision)]
-                    insert_alerts(conn, rows)
+                # their crossings are known only now (docs/alerts.md says what that risks).
+                self._alerts_after(shard, alert_events(plan, readings, decision))
             wire = json.dumps(stored.encode_decision(decision))
             call(lambda w=wire: self.redis.hset(key, "d", w))
             return decision
