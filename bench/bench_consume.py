@@ -153,6 +153,8 @@ class Run:
                     "floor_errors": floor.errors,
                     "driver_cpu": round(figures.client_cpu, 3),
                     "floor_driver_cpu": round(floor.client_cpu, 3),
+                    # Timed answers per serve worker (the X-Request-ID's process part).
+                    "answers_by_worker": list(figures.by_server),
                 },
             )
         )

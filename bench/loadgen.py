@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from array import array
+from collections import Counter
 from collections.abc import Callable, Coroutine, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -53,6 +54,10 @@ class LoadResult:
     connections: int
     processes: int
     duration: float
+    # Timed answers per server process, largest first, told apart by the first 16
+    # characters of the X-Request-ID that ``serve`` sends (its process's own part;
+    # empty when the server sends none): with several workers, how the load was split.
+    by_server: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,12 +89,17 @@ def build_request(url: str, body: bytes, headers: Mapping[str, str]) -> tuple[st
     return parts.hostname, port, ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
-    """The status of one whole answer, and whether the connection stays open."""
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+    """The status of one whole answer, whether the connection stays open, and which
+    server process answered (see ``LoadResult.by_server``; empty when not told)."""
     head = await reader.readuntil(b"\r\n\r\n")
     status = int(head[9:12])
     lower = head.lower()
     keep = b"\r\nconnection: close" not in lower
+    server = b""
+    at = lower.find(b"\r\nx-request-id: ")
+    if at >= 0:
+        server = head[at + 16 : at + 32]
     at = lower.find(b"\r\ncontent-length:")
     if at >= 0:
         end = lower.index(b"\r\n", at + 2)
@@ -105,7 +115,7 @@ async def read_answer(reader: asyncio.StreamReader) -> tuple[int, bool]:
     else:
         keep = False  # the body runs to the end of the connection
         await reader.read()
-    return status, keep
+    return status, keep, server
 
 
 class Worker:
@@ -114,6 +124,7 @@ class Worker:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.latencies = array("d")
+        self.by_server: Counter[str] = Counter()
         self.errors = 0
         self.first_error: str | None = None
         self.start = 0.0
@@ -140,7 +151,7 @@ class Worker:
                 break
             try:
                 writer.write(request)
-                status, keep = await read_answer(reader)
+                status, keep, server = await read_answer(reader)
             except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
                 self.error(f"{type(exc).__name__}: {exc}")
                 writer.close()
@@ -151,6 +162,8 @@ class Worker:
                 self.error(f"status {status}")
             elif t0 >= self.start and t1 <= self.end:
                 record(t1 - t0)
+                if server:
+                    self.by_server[server.decode("latin-1")] += 1
             if not keep:
                 writer.close()
                 reader, writer = await self.connect()
@@ -210,6 +223,7 @@ def child() -> None:
         "errors": worker.errors,
         "first_error": worker.first_error,
         "cpu": cpu,
+        "by_server": dict(worker.by_server),
     }
     print(json.dumps(answer), flush=True)
 
@@ -256,7 +270,9 @@ def drive(
         for i in range(len(procs)):
             latencies.frombytes((tmp / f"latencies-{i}").read_bytes())
     errors, first_error, cpu = 0, None, 0.0
+    by_server: Counter[str] = Counter()
     for answer in answers:
+        by_server.update(answer["by_server"])
         errors += answer["errors"]
         first_error = first_error or answer["first_error"]
         cpu += answer["cpu"]
@@ -268,6 +284,7 @@ def drive(
         connections,
         processes,
         duration,
+        tuple(sorted(by_server.values(), reverse=True)),
     )
 
 
@@ -430,6 +447,7 @@ def report(result: LoadResult) -> None:
         f"{f.calls} requests, {result.errors} errors"
         + (f" (first: {result.first_error})" if result.first_error else "")
         + f", driver CPU {result.client_cpu:.2f} s/s over {result.processes} process(es)"
+        + (f", answers per server process {list(result.by_server)}" if result.by_server else "")
     )
 
 

@@ -30,6 +30,7 @@ from bench.common import COMPANY_WINDOWS, LIMIT, USER_WINDOWS
 SERVER_START_SECONDS = 60
 WORKERS = 2
 SINGLE_ACCEPT_ENV = "UV_TCP_SINGLE_ACCEPT"  # what ``serve`` sets for its workers
+STARTED = "Application startup complete"  # uvicorn's line, once per worker
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -63,15 +64,17 @@ def tokenquota_command() -> list[str]:
 
 @contextmanager
 def process(
-    command: list[str], env: dict[str, str], logs: Path, port: int
+    command: list[str], env: dict[str, str], logs: Path, port: int, workers: int = WORKERS
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A server process logging to a file, healthy on ``/healthz``; stopped at the end."""
+    """A server process logging to a file, healthy on ``/healthz`` with all its workers
+    started; stopped at the end."""
     log_path = logs / f"serve-{port}.log"
     with ExitStack() as stack:
         log = stack.enter_context(log_path.open("wb"))
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         stack.callback(stop, proc)
         wait_healthy(f"http://127.0.0.1:{port}", proc, log_path)
+        wait_workers(proc, log_path, workers)
         yield proc
 
 
@@ -86,7 +89,7 @@ def served(db: str, redis: str | None, logs: Path, workers: int = WORKERS) -> It
     command += ["--redis", redis] if redis else []
     env = {**os.environ, "TOKENQUOTA_ADMIN_KEY": admin_key}
     with (
-        process(command, env, logs, port),
+        process(command, env, logs, port, workers),
         httpx.Client(base_url=base, headers={"X-API-Key": admin_key}, timeout=30) as admin,
     ):
         setup = [
@@ -112,7 +115,7 @@ def bare(logs: Path, workers: int = WORKERS) -> Iterator[Endpoint]:
     # As ``serve`` starts its workers (cli/serve.py, SINGLE_ACCEPT_ENV): uvicorn's own
     # default lets one worker take a whole burst of connections, a floor below its best.
     env = {**os.environ, SINGLE_ACCEPT_ENV: os.environ.get(SINGLE_ACCEPT_ENV, "1")}
-    with process(command, env, logs, port):
+    with process(command, env, logs, port, workers):
         yield Endpoint(f"http://127.0.0.1:{port}/v1/consume", {})
 
 
@@ -134,6 +137,17 @@ def wait_healthy(base: str, proc: subprocess.Popen[bytes], log: Path) -> None:
                 pass
             time.sleep(0.1)
     raise ServerFailed(f"no answer on /healthz within {SERVER_START_SECONDS}s")
+
+
+def wait_workers(proc: subprocess.Popen[bytes], log: Path, workers: int) -> None:
+    """Until every worker has started its app: /healthz answers as soon as one has,
+    and the driver's 64 connections, made at once and kept, would all go to it."""
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while log.read_text(errors="replace").count(STARTED) < workers:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise ServerFailed(f"fewer than {workers} workers started: see {log}")
+        time.sleep(0.1)
+    time.sleep(0.2)  # from its app's startup to listening: one await in uvicorn
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
