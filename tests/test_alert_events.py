@@ -33,7 +33,7 @@ Row = tuple[str, str, str, str, int | None, int | None, int, int]
 
 
 def recorded(quota: Quota) -> list[Row]:
-    """(kind, subject, metric, window, period_start µs, threshold, used, limit) in id order."""
+    """(kind, subject, metric, window, period_start µs, threshold, used, limit) in time order."""
     store: Any = quota.store
     if isinstance(store, MemoryStore):
         return [
@@ -63,7 +63,10 @@ def recorded(quota: Quota) -> list[Row]:
                 a.threshold,
                 a.used,
                 a.limit_value,
-            ).order_by(a.id)
+            )
+            # A cluster's mover copies shard after shard, so ids need not follow time
+            # there (docs/alerts.md); within a frozen instant, usage only grows.
+            .order_by(a.at, a.used, a.id)
         ).all()
     return [tuple(r) for r in rows]
 
