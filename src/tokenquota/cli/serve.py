@@ -24,6 +24,7 @@ from typing import Annotated, Any, Final
 import pydantic
 import typer
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from tokenquota import ValidationError
 from tokenquota.cli.common import EXIT_BAD_INPUT, load_settings, reports_errors
@@ -219,18 +220,29 @@ def serve(
     # Bound here and handed to uvicorn, so the banner never announces a port we lack.
     with listening_socket(settings) as sock:
         typer.echo(banner(settings))
-        options = {**server_options(settings), "fd": sock.fileno()}
+        # The socket object itself goes to uvicorn, never its file number: uvicorn's
+        # ``fd=`` re-wraps a number as AF_UNIX, and the event loop then leaves Nagle on
+        # for every connection it accepts, so each keep-alive answer (headers, then
+        # body) waited out the client's delayed ACK: ~40 ms a request.
         if settings.workers == 1:
             # Imported here: building the app pulls in FastAPI, which other commands never need.
             from tokenquota.api.app import create_app
 
-            uvicorn.run(create_app(settings), **options)
+            server = uvicorn.Server(
+                uvicorn.Config(create_app(settings), **server_options(settings))
+            )
+            server.run(sockets=[sock])
+            if not server.started:
+                raise typer.Exit(1)
             return
         # Worker processes rebuild the app from these settings instead of re-reading flags.
         os.environ[SETTINGS_ENV] = settings_json(settings)
         os.environ.setdefault(SINGLE_ACCEPT_ENV, "1")
         with shared_metrics():
-            uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **options)
+            supervised = uvicorn.Config(
+                APP_FACTORY, factory=True, workers=settings.workers, **server_options(settings)
+            )
+            Multiprocess(supervised, sockets=[sock]).run()
 
 
 def with_upstreams(settings: Settings, flags: list[str]) -> Settings:
