@@ -1,7 +1,7 @@
-"""Alert events put in the outbox by hand, as the decision step will (AL1's recording).
+"""Alert events put in the outbox by hand, as the decision step writes them.
 
-Until the step records alert events itself, the delivery tests write the rows
-the step would write: through ``State.record_alert`` on memory, as an insert
+The delivery tests that need many events, or events of a given shape, write
+the rows the step would write: through ``State.record_alert`` on memory, as an insert
 into ``alert_events`` on SQL (and beside Redis, where the mover writes them).
 """
 

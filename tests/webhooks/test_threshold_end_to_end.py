@@ -1,7 +1,7 @@
 """The whole way: real consumes cross a rule's thresholds and the receiver gets each once.
 
-Needs the decision step to record alert events (AL1's branch); until that is
-merged nothing writes the outbox, so the test is expected to fail.
+The decision step records the crossings (docs/alerts.md); the delivery
+worker of the in-process server sends them (docs/webhooks.md).
 """
 
 from __future__ import annotations
