@@ -57,10 +57,12 @@ fuzz: install
 
 # One table: every backend in-process and over HTTP (2 workers, 64 connections) against
 # floors measured in the same run; JSON in bench/out/latest.json (bench/README.md).
-# BENCH_ARGS passes options on, e.g. BENCH_ARGS="--only sqlite,postgres".
+# BENCH_ARGS passes options on, e.g. BENCH_ARGS="--only sqlite,postgres". Then what
+# gateway mode adds to a model call (bench-gateway, about 30 s).
 BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m bench.bench_consume $(BENCH_ARGS)
+	$(BIN)/python -m bench.bench_gateway
 
 # Hot rows on PostgreSQL: the single write lock against per-series locks (a table; slow).
 bench-hot: install
