@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from tokenquota.domain.alerts import AlertEvent
 from tokenquota.domain.errors import Conflict, NotFound, ValidationError
+from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.webhooks import (
     ENDPOINT_PREFIX,
     Delivery,
@@ -183,16 +185,29 @@ class Webhooks:
     def deliveries(
         self, endpoint_id: object, *, offset: int = 0, limit: int = 100, owner: str | None = None
     ) -> tuple[list[Delivery], int]:
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-            raise ValidationError("offset", "must be a whole number, 0 or more")
-        if (
-            isinstance(limit, bool)
-            or not isinstance(limit, int)
-            or not 1 <= limit <= MAX_DELIVERY_PAGE
-        ):
-            raise ValidationError("limit", f"must be between 1 and {MAX_DELIVERY_PAGE}")
+        _check_page(offset, limit)
         endpoint = self.get(endpoint_id, owner=owner)
         return self.tables.deliveries(endpoint.id, offset=offset, limit=limit)
+
+    def subject_alerts(
+        self, subject: str, *, offset: int = 0, limit: int = 100, owner: str | None = None
+    ) -> tuple[list[tuple[AlertEvent, list[Delivery]]], int]:
+        """A subject's alert events, newest first, each with its deliveries.
+
+        Recorded whether or not any endpoint exists (and with no server key), so
+        this needs neither. ``owner``: a member sees only the deliveries to its
+        own endpoints; the caller has checked it may read ``subject`` at all.
+        """
+        _check_page(offset, limit)
+        events, total = self.tables.subject_alerts(subject, offset=offset, limit=limit)
+        deliveries = self.tables.event_deliveries([e.id for e in events])
+        if owner is not None:
+            own = {e.id for e in self.tables.endpoints(owner=owner)}
+            deliveries = [d for d in deliveries if d.endpoint_id in own]
+        by_event: dict[int, list[Delivery]] = {}
+        for delivery in deliveries:
+            by_event.setdefault(delivery.event_id, []).append(delivery)
+        return [(e, by_event.get(e.id, [])) for e in events], total
 
     def delivery(self, delivery_id: object, *, owner: str | None = None) -> Delivery:
         number = parse_delivery_id(delivery_id)
@@ -215,6 +230,24 @@ class Webhooks:
         return again
 
 
+def deliveries_seen_by(caller: ApiKey) -> str | None:
+    """Whose deliveries ``caller`` may see beside an alert (``Webhooks.subject_alerts``'s
+    ``owner``): None for admin and staff (all), a member's own endpoints', and none
+    for a service key, which owns no endpoint."""
+    if caller.role is Role.MEMBER:
+        return str(caller.subject)
+    if caller.role is Role.SERVICE:
+        return ""
+    return None
+
+
+def _check_page(offset: object, limit: object) -> None:
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValidationError("offset", "must be a whole number, 0 or more")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_DELIVERY_PAGE:
+        raise ValidationError("limit", f"must be between 1 and {MAX_DELIVERY_PAGE}")
+
+
 def open_webhooks(quota: Quota, key: ServerKey | None) -> Webhooks | None:
     """The webhooks of ``quota``'s store; None for a store of the caller's own making."""
     try:
@@ -228,6 +261,7 @@ __all__ = [
     "ServerKey",
     "WebhookKeyUnset",
     "Webhooks",
+    "deliveries_seen_by",
     "open_webhooks",
     "server_key",
 ]

@@ -81,6 +81,16 @@ class WebhookTables(AlertLog, Protocol):
 
     def alert_event(self, event_id: int) -> AlertEvent | None: ...
 
+    def subject_alerts(
+        self, subject: str, *, offset: int, limit: int
+    ) -> tuple[list[AlertEvent], int]:
+        """The alert events of one subject, newest first, and how many there are."""
+        ...
+
+    def event_deliveries(self, event_ids: Sequence[int]) -> list[Delivery]:
+        """Every delivery of these events (what the dashboard shows beside each)."""
+        ...
+
     def delivery_counts(self) -> dict[str, int]:
         """How many deliveries are in each status (the metrics' gauges)."""
         ...

@@ -12,6 +12,7 @@ read of its key, as the history and ranking it draws are over /v1.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final
@@ -32,8 +33,10 @@ from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import COUNTERS
 from tokenquota.domain.subjects import Subject, SubjectRef
 from tokenquota.domain.views import Granularity
+from tokenquota.domain.webhooks import event_body
 from tokenquota.domain.windows import Calendar, calendar_period
 from tokenquota.engine import Quota
+from tokenquota.engine.webhooks import Webhooks, deliveries_seen_by
 from tokenquota.http.auth import WRITERS, in_scope, require_read
 from tokenquota.http.capacity import one_heavy_read, runs_on
 
@@ -43,6 +46,7 @@ WINDOWS: Final = ("hour", "day", "week", "month", "year", "rolling:24h", "rollin
 HISTORY_SPAN: Final = {Granularity.HOUR: timedelta(hours=48), Granularity.DAY: timedelta(days=30)}
 TOP_ROWS: Final = 20
 AUDIT_ROWS: Final = 50
+ALERT_ROWS: Final = 20
 # Pages hold usage data: never cached, never framed, nothing loaded but our own CSS.
 HEADERS: Final = {
     "Content-Security-Policy": (
@@ -135,6 +139,7 @@ async def subject(request: Request) -> Response:
         return await _on_reads(_subject)(
             viewer,
             request.app.state.quota,
+            request.app.state.webhooks,
             request.path_params["ref"],
             q.get("metric", "tokens"),
             q.get("window", "month"),
@@ -171,16 +176,28 @@ def _overview(
 
 
 def _subject(
-    viewer: ApiKey, quota: Quota, ref: str, metric: str, window: str, granularity: str
+    viewer: ApiKey,
+    quota: Quota,
+    webhooks: Webhooks | None,
+    ref: str,
+    metric: str,
+    window: str,
+    granularity: str,
 ) -> Response:
     try:
-        return _subject_page(viewer, quota, ref, metric, window, granularity)
+        return _subject_page(viewer, quota, webhooks, ref, metric, window, granularity)
     except TokenQuotaError as error:
         return _failed(viewer, error)
 
 
 def _subject_page(
-    viewer: ApiKey, quota: Quota, ref: str, metric: str, window: str, granularity: str
+    viewer: ApiKey,
+    quota: Quota,
+    webhooks: Webhooks | None,
+    ref: str,
+    metric: str,
+    window: str,
+    granularity: str,
 ) -> Response:
     target = SubjectRef.parse(ref, "ref")
     require_read(quota, viewer, target)
@@ -202,6 +219,7 @@ def _subject_page(
     while (following := calendar_period(unit, slots[-1], quota.tz)[1]) < end:
         slots.append(following)
     audit = _latest_changes(quota, target) if viewer.role in WRITERS else None
+    alerts = _latest_alerts(webhooks, viewer, target) if webhooks is not None else None
     parents = [p for p in (known.parents if known else ()) if in_scope(quota, viewer, p)]
     return page(
         "subject.html",
@@ -216,6 +234,7 @@ def _subject_page(
         chart=charts.stacked(metric, points, slots),
         granularity=grain.value,
         audit=audit,
+        alerts=alerts,
         form={"metric": metric, "window": window, "granularity": grain.value},
         metrics=METRICS,
         windows=WINDOWS,
@@ -231,6 +250,24 @@ def _latest_changes(quota: Quota, ref: SubjectRef) -> list[AuditEntry]:
     total = quota.audit(subject=str(ref), limit=1).total
     offset = max(total - AUDIT_ROWS, 0)
     return quota.audit(subject=str(ref), offset=offset, limit=AUDIT_ROWS).items[::-1]
+
+
+def _latest_alerts(webhooks: Webhooks, viewer: ApiKey, ref: SubjectRef) -> list[dict[str, Any]]:
+    """The newest ``ALERT_ROWS`` alert events, as /v1/subjects/{ref}/alerts answers them,
+    each with how many of its deliveries stand in each status."""
+    found, _ = webhooks.subject_alerts(str(ref), limit=ALERT_ROWS, owner=deliveries_seen_by(viewer))
+    rows = []
+    for event, deliveries in found:
+        statuses = Counter(d.status.value for d in deliveries)
+        rows.append(
+            {
+                "at": event.at,
+                **event_body(event)["data"],
+                "type": event.kind.value,
+                "deliveries": ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())),
+            }
+        )
+    return rows
 
 
 def _known(quota: Quota, ref: SubjectRef) -> Subject | None:

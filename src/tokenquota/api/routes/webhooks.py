@@ -9,20 +9,21 @@ member's endpoint, or one of staff, is a 404 to a member, as if it did not exist
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import Field, StrictBool
 
-from tokenquota.api.admin_schemas import LimitQuery, OffsetQuery, error_responses
+from tokenquota.api.admin_schemas import LimitQuery, OffsetQuery, RefPath, error_responses
 from tokenquota.api.schemas import Model
 from tokenquota.domain.errors import Conflict
 from tokenquota.domain.keys import ApiKey, Role
+from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.views import Page
-from tokenquota.domain.webhooks import Delivery
-from tokenquota.engine.webhooks import Webhooks
-from tokenquota.http.auth import Caller, require_role
+from tokenquota.domain.webhooks import Delivery, event_body
+from tokenquota.engine.webhooks import Webhooks, deliveries_seen_by
+from tokenquota.http.auth import Caller, QuotaDep, require_read, require_role
 from tokenquota.wire.views import encode_page
 from tokenquota.wire.webhooks import encode_delivery, encode_endpoint
 
@@ -88,6 +89,27 @@ class DeliveryOut(Model):
 
 class DeliveriesOut(Model):
     items: list[DeliveryOut]
+    total: int
+    offset: int
+    limit: int
+
+
+class AlertOut(Model):
+    id: int
+    type: str = Field(description=EVENT_TYPES)
+    created_at: datetime = Field(description="When the decision that caused it was made")
+    data: dict[str, Any] = Field(
+        description="subject, metric, window, period_start, threshold, used, limit, reset_at: "
+        "the body a webhook delivery carries (docs/webhooks.md)"
+    )
+    deliveries: list[DeliveryOut] = Field(
+        description="Its deliveries: all of them for admin and staff, to its own endpoints "
+        "for a member"
+    )
+
+
+class AlertsOut(Model):
+    items: list[AlertOut]
     total: int
     offset: int
     limit: int
@@ -236,3 +258,40 @@ def redeliver(delivery_id: DeliveryPath, request: Request, caller: Caller) -> JS
     return JSONResponse(
         encode_delivery(webhooks.redeliver(delivery_id, owner=owner)), status_code=202
     )
+
+
+@router.get(
+    "/subjects/{ref}/alerts",
+    response_model=AlertsOut,
+    tags=["webhooks"],
+    summary="A subject's alert events, newest first, with their deliveries",
+    description=(
+        "Threshold crossings, first denials and first shadow blocks of each window period, "
+        "as recorded by the decisions that caused them (docs/alerts.md), whether or not any "
+        "endpoint receives them. A member key may read its own subject and below, and sees "
+        "only the deliveries to its own endpoints; a service key sees none."
+    ),
+    responses=error_responses({403: "forbidden"}),
+)
+def subject_alerts(
+    ref: RefPath,
+    request: Request,
+    caller: Caller,
+    quota: QuotaDep,
+    offset: OffsetQuery = 0,
+    limit: LimitQuery = 100,
+) -> JSONResponse:
+    subject = SubjectRef.parse(ref, "ref")
+    require_read(quota, caller, subject)
+    webhooks: Webhooks | None = request.app.state.webhooks
+    if webhooks is None:
+        raise Conflict("this store keeps no alerts")
+    found, total = webhooks.subject_alerts(
+        str(subject), offset=offset, limit=limit, owner=deliveries_seen_by(caller)
+    )
+    page: Page[Any] = Page(items=found, total=total, offset=offset, limit=limit)
+    items = [
+        {**event_body(event), "deliveries": [encode_delivery(d) for d in deliveries]}
+        for event, deliveries in found
+    ]
+    return JSONResponse(encode_page(items, page))

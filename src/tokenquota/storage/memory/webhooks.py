@@ -165,6 +165,20 @@ class MemoryWebhooks:
         with self._s.lock:
             return self._deliveries.get(delivery_id)
 
+    def subject_alerts(
+        self, subject: str, *, offset: int, limit: int
+    ) -> tuple[list[AlertEvent], int]:
+        with self._s.lock:
+            found = [e for e in self._s.alert_events if e.subject == subject]
+        found.reverse()
+        return found[offset : offset + limit], len(found)
+
+    def event_deliveries(self, event_ids: Sequence[int]) -> list[Delivery]:
+        wanted = set(event_ids)
+        with self._s.lock:
+            found = [d for d in self._deliveries.values() if d.event_id in wanted]
+        return sorted(found, key=lambda d: d.id)
+
     def deliveries(
         self, endpoint_id: str, *, offset: int, limit: int
     ) -> tuple[list[Delivery], int]:

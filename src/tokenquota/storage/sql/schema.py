@@ -254,6 +254,7 @@ alert_events = sa.Table(
     sa.Column("reset_at", sa.BigInteger, nullable=True),
     sa.Column("at", sa.BigInteger, nullable=False),
     sa.Column("fanned_out", sa.Boolean, nullable=False, server_default=sa.false(), index=True),
+    sa.Index("ix_alert_events_subject_id", "subject", "id"),
 )
 
 # Where alert events are sent. The signing secret is derived from the server's

@@ -114,6 +114,32 @@ class SqlWebhooks:
             row = conn.execute(sa.select(A).where(A.c.id == event_id)).first()
             return None if row is None else _alert(row)
 
+    def subject_alerts(
+        self, subject: str, *, offset: int, limit: int
+    ) -> tuple[list[AlertEvent], int]:
+        with self.db.tx() as conn:
+            rows = conn.execute(
+                sa.select(A)
+                .where(A.c.subject == subject)
+                .order_by(A.c.id.desc())
+                .offset(offset)
+                .limit(limit)
+            )
+            items = [_alert(r) for r in rows]
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(A).where(A.c.subject == subject)
+            ).scalar_one()
+            return items, int(total)
+
+    def event_deliveries(self, event_ids: Sequence[int]) -> list[Delivery]:
+        if not event_ids:
+            return []
+        with self.db.tx() as conn:
+            rows = conn.execute(
+                sa.select(D).where(D.c.event_id.in_(list(event_ids))).order_by(D.c.id)
+            )
+            return [_delivery(r) for r in rows]
+
     # endpoints ------------------------------------------------------------------------
     def add_endpoint(self, endpoint: Endpoint) -> None:
         with self._write() as conn:
