@@ -350,7 +350,7 @@ def test_a_toml_config_sets_the_port_and_a_default_limit(tmp_path: Path, serve: 
     assert consume(server.url, ADMIN_KEY, "user:erin", 20).status_code == 200
 
 
-# resolution and refusals, in process: uvicorn.run is replaced, nothing listens ------
+# resolution and refusals, in process: run_uvicorn is replaced, nothing listens -----
 def invoke(*args: str, env: dict[str, str | None] | None = None) -> Any:
     # Named, so the runner puts back whatever serve sets in this process's environment.
     base: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TOKENQUOTA_")}
@@ -363,15 +363,19 @@ def invoke(*args: str, env: dict[str, str | None] | None = None) -> Any:
 def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict[str, Any]]]:
     calls: list[tuple[Any, dict[str, Any]]] = []
 
-    def fake_run(target: Any, **kwargs: Any) -> None:
-        # What the workers would inherit: the CliRunner restores the environment afterwards.
+    def fake_run(target: Any, sock: socket.socket, **kwargs: Any) -> None:
+        # The bound socket itself, never its number (run_uvicorn: an AF_UNIX wrapping of
+        # it left Nagle on). What the workers would inherit: the CliRunner restores the
+        # environment afterwards.
+        assert sock.family in (socket.AF_INET, socket.AF_INET6)
+        assert "fd" not in kwargs
         calls.append((target, {**kwargs, "settings_json": os.environ.get(SETTINGS_ENV)}))
 
     def any_free_port(settings: Settings) -> socket.socket:
         # Not the port asked for (8000 may be some other server's): nothing listens here.
         return socket.create_server(("127.0.0.1", 0))
 
-    monkeypatch.setattr("tokenquota.cli.serve.uvicorn.run", fake_run)
+    monkeypatch.setattr("tokenquota.cli.serve.run_uvicorn", fake_run)
     monkeypatch.setattr("tokenquota.cli.serve.listening_socket", any_free_port)
     monkeypatch.delenv(SETTINGS_ENV, raising=False)
     return calls

@@ -220,29 +220,42 @@ def serve(
     # Bound here and handed to uvicorn, so the banner never announces a port we lack.
     with listening_socket(settings) as sock:
         typer.echo(banner(settings))
-        # The socket object itself goes to uvicorn, never its file number: uvicorn's
-        # ``fd=`` re-wraps a number as AF_UNIX, and the event loop then leaves Nagle on
-        # for every connection it accepts, so each keep-alive answer (headers, then
-        # body) waited out the client's delayed ACK: ~40 ms a request.
         if settings.workers == 1:
             # Imported here: building the app pulls in FastAPI, which other commands never need.
             from tokenquota.api.app import create_app
 
-            server = uvicorn.Server(
-                uvicorn.Config(create_app(settings), **server_options(settings))
-            )
-            server.run(sockets=[sock])
-            if not server.started:
-                raise typer.Exit(1)
+            run_uvicorn(create_app(settings), sock, **server_options(settings))
             return
         # Worker processes rebuild the app from these settings instead of re-reading flags.
         os.environ[SETTINGS_ENV] = settings_json(settings)
         os.environ.setdefault(SINGLE_ACCEPT_ENV, "1")
         with shared_metrics():
-            supervised = uvicorn.Config(
-                APP_FACTORY, factory=True, workers=settings.workers, **server_options(settings)
+            run_uvicorn(
+                APP_FACTORY,
+                sock,
+                factory=True,
+                workers=settings.workers,
+                **server_options(settings),
             )
-            Multiprocess(supervised, sockets=[sock]).run()
+
+
+def run_uvicorn(target: Any, sock: socket.socket, **options: Any) -> None:
+    """``uvicorn.run(target, **options)``, serving on ``sock`` itself.
+
+    The socket object goes to uvicorn, never its file number: uvicorn's ``fd=``
+    re-wraps a number as AF_UNIX, and the event loop then leaves Nagle's
+    algorithm on for every connection it accepts, so each keep-alive answer
+    (headers, then body: two writes) waited out the client's delayed ACK, about
+    40 ms a request (docs/performance-log.md).
+    """
+    config = uvicorn.Config(target, **options)
+    if config.workers > 1:
+        Multiprocess(config, sockets=[sock]).run()
+        return
+    server = uvicorn.Server(config)
+    server.run(sockets=[sock])
+    if not server.started:
+        raise typer.Exit(1)
 
 
 def with_upstreams(settings: Settings, flags: list[str]) -> Settings:
