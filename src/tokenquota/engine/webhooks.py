@@ -43,6 +43,7 @@ from tokenquota.domain.webhooks import (
     parse_secret,
     parse_url,
 )
+from tokenquota.engine import inputs
 from tokenquota.storage.webhooks import WebhookTables, webhook_tables
 
 if TYPE_CHECKING:
@@ -55,7 +56,6 @@ KEY_HELP: Final = (
     "string of at least 16 characters on every replica, e.g. `openssl rand -hex 32`, "
     "then restart"
 )
-MAX_DELIVERY_PAGE: Final = 1000
 
 
 class WebhookKeyUnset(Conflict):
@@ -185,7 +185,8 @@ class Webhooks:
     def deliveries(
         self, endpoint_id: object, *, offset: int = 0, limit: int = 100, owner: str | None = None
     ) -> tuple[list[Delivery], int]:
-        _check_page(offset, limit)
+        inputs.offset(offset)  # the paging every list of the engine checks
+        inputs.limit(limit)
         endpoint = self.get(endpoint_id, owner=owner)
         return self.tables.deliveries(endpoint.id, offset=offset, limit=limit)
 
@@ -198,7 +199,8 @@ class Webhooks:
         this needs neither. ``owner``: a member sees only the deliveries to its
         own endpoints; the caller has checked it may read ``subject`` at all.
         """
-        _check_page(offset, limit)
+        inputs.offset(offset)  # the paging every list of the engine checks
+        inputs.limit(limit)
         events, total = self.tables.subject_alerts(subject, offset=offset, limit=limit)
         deliveries = self.tables.event_deliveries([e.id for e in events])
         if owner is not None:
@@ -239,13 +241,6 @@ def deliveries_seen_by(caller: ApiKey) -> str | None:
     if caller.role is Role.SERVICE:
         return ""
     return None
-
-
-def _check_page(offset: object, limit: object) -> None:
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValidationError("offset", "must be a whole number, 0 or more")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_DELIVERY_PAGE:
-        raise ValidationError("limit", f"must be between 1 and {MAX_DELIVERY_PAGE}")
 
 
 def open_webhooks(quota: Quota, key: ServerKey | None) -> Webhooks | None:
