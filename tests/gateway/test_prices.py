@@ -16,7 +16,7 @@ from tests.gateway.conftest import GatewayFactory
 from tests.gateway.ledger import amounts, events
 from tests.gateway.test_sdk import MESSAGES, USER, member
 from tokenquota import FrozenClock
-from tokenquota.gateway.prices import TAG_INPUT, TAG_OUTPUT, TAG_VERSION
+from tokenquota.domain.prices import TAG_INPUT, TAG_OUTPUT, TAG_VERSION
 
 START = datetime(2026, 3, 1, tzinfo=UTC)
 CHANGE = datetime(2026, 3, 15, tzinfo=UTC)

@@ -17,8 +17,8 @@ from openai.types.chat import ChatCompletionMessageParam
 
 from tests.gateway.conftest import UPSTREAM_KEY, Gateway
 from tests.gateway.ledger import amounts, events
+from tokenquota.domain.prices import TAG_UPSTREAM
 from tokenquota.gateway import tokens
-from tokenquota.gateway.prices import TAG_UPSTREAM
 
 USER = "user:alice"
 MESSAGES: list[ChatCompletionMessageParam] = [

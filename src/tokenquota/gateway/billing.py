@@ -23,9 +23,9 @@ from typing import Final
 
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.errors import Conflict, NotFound
+from tokenquota.domain.prices import TAG_UPSTREAM, Price, PriceTable
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
-from tokenquota.gateway.prices import TAG_UPSTREAM, Price, PriceTable
 from tokenquota.http.capacity import Threads
 
 RESOURCE_CACHE_SECONDS: Final = 5.0

@@ -20,11 +20,11 @@ from fastapi.responses import JSONResponse, Response
 from tokenquota.domain.decisions import Decision
 from tokenquota.domain.errors import Forbidden, ValidationError
 from tokenquota.domain.keys import ApiKey, Role
+from tokenquota.domain.prices import PriceTable
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
 from tokenquota.gateway import tokens
 from tokenquota.gateway.billing import Billing, Held, Usage
-from tokenquota.gateway.prices import PriceTable
 from tokenquota.gateway.refusals import denial, openai_error, rate_limit_headers
 from tokenquota.gateway.relay import RelayResponse, StreamRelay, usage_of
 from tokenquota.gateway.upstreams import Upstreams, upstreams_of
