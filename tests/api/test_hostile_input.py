@@ -137,6 +137,7 @@ EXAMPLES_BY_ROUTE: dict[str, dict[str, Any]] = {
         "secret": "a-receivers-own-secret-0123",
     },
     "PATCH /v1/webhooks/{endpoint_id}": {"enabled": False},
+    "PUT /v1/webhooks/{endpoint_id}/secret": {"secret": "a-receivers-next-secret-0123"},
     "POST /api/chat-quota/set_quota/": {
         "user_uuid": WALDUR_USER,
         "daily_limit": 100,

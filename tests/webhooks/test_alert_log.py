@@ -32,7 +32,8 @@ def test_a_due_delivery_is_claimed_by_one_claimer_until_its_lease_ends(
     tables = webhook_tables(quota.store)
     now = clock.now()
     tables.add_endpoint(
-        Endpoint("wh_claims", "https://example.com/", frozenset(), None, None, now, None)
+        Endpoint("wh_claims", "https://example.com/", frozenset(), None, None, now, None),
+        actor="test",
     )
     events = [record(quota, alert(f"user:c{i}")) for i in range(20)]
     assert tables.fan_out([(e, "wh_claims") for e in events], events, now) == 20
@@ -74,5 +75,5 @@ def test_a_due_delivery_is_claimed_by_one_claimer_until_its_lease_ends(
     assert done.status is DeliveryStatus.DELIVERED
     assert done.delivered_at == now
     assert tables.delivery_counts() == {"pending": 19, "delivered": 1, "failed": 0}
-    assert tables.remove_endpoint("wh_claims")
+    assert tables.remove_endpoint("wh_claims", actor="test", now=now)
     assert tables.delivery(first.id) is None

@@ -17,6 +17,7 @@ from tokenquota.cli.common import (
     Config,
     Db,
     Timezone,
+    actor,
     console,
     load_settings,
     opened,
@@ -88,7 +89,7 @@ def webhooks_add(
     """Register an endpoint and print its signing secret."""
     with _webhooks(db, timezone, config) as webhooks:
         endpoint, shown = webhooks.create(
-            url, events=events, description=description, secret=secret
+            url, events=events, description=description, secret=secret, actor=actor()
         )
     if as_json:
         print_json(encode_endpoint(endpoint, shown))
@@ -143,6 +144,33 @@ def webhooks_show(
     print_json(encode_endpoint(endpoint, shown))
 
 
+@webhooks_app.command("secret")
+@reports_errors
+def webhooks_secret(
+    endpoint_id: EndpointArg,
+    secret: Annotated[
+        str | None,
+        typer.Option(
+            "--secret",
+            metavar="TEXT",
+            help="Your own signing secret (kept sealed); default: a fresh random one.",
+        ),
+    ] = None,
+    as_json: AsJson = False,
+    db: Db = None,
+    timezone: Timezone = None,
+    config: Config = None,
+) -> None:
+    """Give an endpoint a new signing secret (a rotation) and print it."""
+    with _webhooks(db, timezone, config) as webhooks:
+        endpoint, shown = webhooks.set_secret(endpoint_id, secret, actor=actor())
+    if as_json:
+        print_json(encode_endpoint(endpoint, shown))
+        return
+    typer.echo(f"id      {endpoint.id}")
+    typer.echo(f"secret  {shown}")
+
+
 @webhooks_app.command("remove")
 @reports_errors
 def webhooks_remove(
@@ -150,7 +178,7 @@ def webhooks_remove(
 ) -> None:
     """Remove an endpoint and its deliveries."""
     with _webhooks(db, timezone, config) as webhooks:
-        webhooks.remove(endpoint_id)
+        webhooks.remove(endpoint_id, actor=actor())
     typer.echo(f"removed webhook {endpoint_id}")
 
 
@@ -161,7 +189,7 @@ def webhooks_disable(
 ) -> None:
     """Stop deliveries to an endpoint; events meanwhile are not kept for it."""
     with _webhooks(db, timezone, config) as webhooks:
-        webhooks.set_enabled(endpoint_id, False)
+        webhooks.set_enabled(endpoint_id, False, actor=actor())
     typer.echo(f"disabled webhook {endpoint_id}")
 
 
@@ -172,7 +200,7 @@ def webhooks_enable(
 ) -> None:
     """Resume deliveries to an endpoint."""
     with _webhooks(db, timezone, config) as webhooks:
-        webhooks.set_enabled(endpoint_id, True)
+        webhooks.set_enabled(endpoint_id, True, actor=actor())
     typer.echo(f"enabled webhook {endpoint_id}")
 
 

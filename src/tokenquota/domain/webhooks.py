@@ -19,6 +19,7 @@ import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from enum import StrEnum
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -160,6 +161,40 @@ class Delivery:
     created_at: datetime
 
 
+# The audit log's actions for endpoint changes (docs/webhooks.md, "Audit").
+AUDIT_CREATE: Final = "webhook.create"
+AUDIT_UPDATE: Final = "webhook.update"
+AUDIT_DELETE: Final = "webhook.delete"
+AUDIT_SECRET: Final = "webhook.secret"
+
+
+def audit_target(endpoint: Endpoint) -> str:
+    """Whom an endpoint's changes are audited under: its owner's subject ref, so the
+    subject's audit trail shows them; ``webhooks/<id>`` for staff's endpoints, which
+    belong to no subject (a "/" no subject ref may hold, as ``plans/<id>``)."""
+    return endpoint.owner if endpoint.owner is not None else f"webhooks/{endpoint.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectAlert:
+    """One alert event as ``GET /v1/subjects/{ref}/alerts`` shows it: the webhook body's
+    fields, with amounts in the metric's own numbers (Decimal for credits), and the
+    deliveries the caller may see."""
+
+    id: int
+    type: AlertKind
+    created_at: datetime
+    subject: str
+    metric: str
+    window: str | None
+    period_start: datetime | None
+    threshold: int | None
+    used: int | Decimal
+    limit: int | Decimal
+    reset_at: datetime | None
+    deliveries: tuple[Delivery, ...] = ()
+
+
 def parse_url(value: object, field: str = "url") -> str:
     """An absolute http(s) URL with a host, at most MAX_URL_LENGTH characters."""
     if not isinstance(value, str) or not value.strip():
@@ -288,6 +323,10 @@ def event_body(event: AlertEvent) -> dict[str, Any]:
 
 
 __all__ = [
+    "AUDIT_CREATE",
+    "AUDIT_DELETE",
+    "AUDIT_SECRET",
+    "AUDIT_UPDATE",
     "DEFAULT_TOLERANCE",
     "DELIVERY_ID_HEADER",
     "EVENT_ID_HEADER",
@@ -296,6 +335,8 @@ __all__ = [
     "DeliveryStatus",
     "Endpoint",
     "SignatureError",
+    "SubjectAlert",
+    "audit_target",
     "backoff",
     "derive_secret",
     "event_body",

@@ -126,8 +126,12 @@ class Webhooks:
         description: object = None,
         secret: object = None,
         owner: str | None = None,
+        actor: str = "library",
     ) -> tuple[Endpoint, str]:
-        """A new endpoint, enabled, and its signing secret (shown this once and on request)."""
+        """A new endpoint, enabled, and its signing secret (shown this once and on request).
+
+        Audited as ``webhook.create`` under its owner's subject (``webhooks/<id>`` for
+        staff's), like every change below; an entry never holds a secret."""
         parsed_url = parse_url(url)
         kinds = parse_kinds(events)
         text = parse_description(description)
@@ -144,7 +148,7 @@ class Webhooks:
             disabled_at=None,
             sealed=None if own is None else key.seal(own, endpoint_id),
         )
-        self.tables.add_endpoint(endpoint)
+        self.tables.add_endpoint(endpoint, actor=actor)
         return endpoint, key.secret_of(endpoint)
 
     def endpoints(self, *, owner: str | None = None) -> list[Endpoint]:
@@ -165,21 +169,51 @@ class Webhooks:
         except SecretUnavailable as exc:
             raise Conflict(str(exc)) from None
 
+    def set_secret(
+        self,
+        endpoint_id: object,
+        secret: object = None,
+        *,
+        owner: str | None = None,
+        actor: str = "library",
+    ) -> tuple[Endpoint, str]:
+        """Give an endpoint a new signing secret and answer it: ``secret`` (the user's own,
+        as at creation), or without one a fresh random one (a rotation of this endpoint
+        alone; a new server key rotates every derived one). Kept sealed either way."""
+        own = parse_secret(secret)
+        key = self._key()
+        endpoint = self.get(endpoint_id, owner=owner)
+        value = own if own is not None else "whsec_" + secrets.token_hex(32)
+        changed = self.tables.set_sealed(
+            endpoint.id, key.seal(value, endpoint.id), actor=actor, now=self.quota.clock.now()
+        )
+        if changed is None:
+            raise NotFound(f"no webhook endpoint {endpoint_id}")
+        return changed, value
+
     def set_enabled(
-        self, endpoint_id: object, enabled: object, *, owner: str | None = None
+        self,
+        endpoint_id: object,
+        enabled: object,
+        *,
+        owner: str | None = None,
+        actor: str = "library",
     ) -> Endpoint:
         if not isinstance(enabled, bool):
             raise ValidationError("enabled", "must be true or false")
         endpoint = self.get(endpoint_id, owner=owner)
-        at: datetime | None = None if enabled else (endpoint.disabled_at or self.quota.clock.now())
-        changed = self.tables.set_disabled(endpoint.id, at)
+        now = self.quota.clock.now()
+        at: datetime | None = None if enabled else (endpoint.disabled_at or now)
+        changed = self.tables.set_disabled(endpoint.id, at, actor=actor, now=now)
         if changed is None:
             raise NotFound(f"no webhook endpoint {endpoint_id}")
         return changed
 
-    def remove(self, endpoint_id: object, *, owner: str | None = None) -> None:
+    def remove(
+        self, endpoint_id: object, *, owner: str | None = None, actor: str = "library"
+    ) -> None:
         endpoint = self.get(endpoint_id, owner=owner)
-        if not self.tables.remove_endpoint(endpoint.id):
+        if not self.tables.remove_endpoint(endpoint.id, actor=actor, now=self.quota.clock.now()):
             raise NotFound(f"no webhook endpoint {endpoint_id}")
 
     def deliveries(

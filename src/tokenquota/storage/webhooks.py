@@ -17,16 +17,21 @@ that dies mid-send leaves a row that is due again when the lease ends.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from tokenquota.domain.alerts import AlertEvent
-from tokenquota.domain.webhooks import Delivery, DeliveryStatus, Endpoint
+from tokenquota.domain.webhooks import Delivery, DeliveryStatus, Endpoint, audit_target
 from tokenquota.storage.base import AlertLog, Store
+from tokenquota.wire.webhooks import encode_endpoint
 
 
 class WebhookTables(AlertLog, Protocol):
-    def add_endpoint(self, endpoint: Endpoint) -> None: ...
+    """Each change to an endpoint writes its audit entry (``audit_entry``) in the same
+    transaction, or under the same lock, as the change itself: never one without the other."""
+
+    def add_endpoint(self, endpoint: Endpoint, *, actor: str) -> None: ...
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None: ...
 
@@ -34,11 +39,21 @@ class WebhookTables(AlertLog, Protocol):
         """Every endpoint in creation order; only those of ``owner`` when it is given."""
         ...
 
-    def set_disabled(self, endpoint_id: str, at: datetime | None) -> Endpoint | None:
-        """Disable (``at``) or enable (None) an endpoint; None when it does not exist."""
+    def set_disabled(
+        self, endpoint_id: str, at: datetime | None, *, actor: str, now: datetime
+    ) -> Endpoint | None:
+        """Disable (``at``) or enable (None) an endpoint; None when it does not exist.
+        Audited only when it changes (enabling an enabled endpoint writes nothing)."""
         ...
 
-    def remove_endpoint(self, endpoint_id: str) -> bool:
+    def set_sealed(
+        self, endpoint_id: str, sealed: str | None, *, actor: str, now: datetime
+    ) -> Endpoint | None:
+        """Replace the endpoint's sealed secret (None: derived again); None when it does not
+        exist. Audited, without the secret or its sealed form."""
+        ...
+
+    def remove_endpoint(self, endpoint_id: str, *, actor: str, now: datetime) -> bool:
         """Remove an endpoint and its deliveries; False when it did not exist."""
         ...
 
@@ -94,6 +109,38 @@ class WebhookTables(AlertLog, Protocol):
     def delivery_counts(self) -> dict[str, int]:
         """How many deliveries are in each status (the metrics' gauges)."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRow:
+    """One audit log entry of an endpoint change, as every backend writes it."""
+
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    before: Any
+    after: Any
+
+
+def audit_view(endpoint: Endpoint | None) -> dict[str, Any] | None:
+    """The endpoint as the audit log keeps it: what the API shows, never a secret (the
+    view says only whether the secret is derived or supplied, never its sealed text)."""
+    return None if endpoint is None else encode_endpoint(endpoint)
+
+
+def audit_entry(
+    action: str,
+    before: Endpoint | None,
+    after: Endpoint | None,
+    *,
+    actor: str,
+    at: datetime,
+) -> AuditRow:
+    """The audit entry of one change from ``before`` to ``after`` (None: absent)."""
+    subject = after if after is not None else before
+    assert subject is not None
+    return AuditRow(at, actor, action, audit_target(subject), audit_view(before), audit_view(after))
 
 
 def webhook_tables(store: Store) -> WebhookTables:

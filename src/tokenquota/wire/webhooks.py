@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from tokenquota.domain.alerts import AlertKind
-from tokenquota.domain.webhooks import Delivery, DeliveryStatus, Endpoint
-from tokenquota.wire.fields import iso, optional_time, time
+from tokenquota.domain.alerts import AlertEvent, AlertKind
+from tokenquota.domain.webhooks import Delivery, DeliveryStatus, Endpoint, SubjectAlert, event_body
+from tokenquota.wire.fields import iso, number, optional_time, time
 
 
 def encode_endpoint(endpoint: Endpoint, secret: str | None = None) -> dict[str, Any]:
@@ -74,4 +75,29 @@ def decode_delivery(data: Any) -> Delivery:
         last_attempt_at=optional_time(data.get("last_attempt_at")),
         delivered_at=optional_time(data.get("delivered_at")),
         created_at=created,
+    )
+
+
+def encode_alert(event: AlertEvent, deliveries: Sequence[Delivery]) -> dict[str, Any]:
+    """A subject's alert as ``GET /v1/subjects/{ref}/alerts`` answers it: the body a
+    delivery carries (``domain.webhooks.event_body``) and the deliveries shown beside it."""
+    return {**event_body(event), "deliveries": [encode_delivery(d) for d in deliveries]}
+
+
+def decode_alert(data: Any) -> SubjectAlert:
+    body = data["data"]
+    metric = str(body["metric"])
+    return SubjectAlert(
+        id=int(data["id"]),
+        type=AlertKind(data["type"]),
+        created_at=time(data["created_at"]),
+        subject=str(body["subject"]),
+        metric=metric,
+        window=body.get("window"),
+        period_start=optional_time(body.get("period_start")),
+        threshold=body.get("threshold"),
+        used=number(metric, body["used"]),
+        limit=number(metric, body["limit"]),
+        reset_at=optional_time(body.get("reset_at")),
+        deliveries=tuple(decode_delivery(d) for d in data.get("deliveries", ())),
     )

@@ -21,11 +21,11 @@ from tokenquota.domain.errors import Conflict
 from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.views import Page
-from tokenquota.domain.webhooks import Delivery, event_body
+from tokenquota.domain.webhooks import Delivery
 from tokenquota.engine.webhooks import Webhooks, deliveries_seen_by
-from tokenquota.http.auth import Caller, QuotaDep, require_read, require_role
+from tokenquota.http.auth import Caller, QuotaDep, actor_of, require_read, require_role
 from tokenquota.wire.views import encode_page
-from tokenquota.wire.webhooks import encode_delivery, encode_endpoint
+from tokenquota.wire.webhooks import encode_alert, encode_delivery, encode_endpoint
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 
@@ -49,6 +49,14 @@ class EndpointIn(Model):
 
 class EndpointPatch(Model):
     enabled: StrictBool = Field(description="false stops deliveries to it; true resumes them")
+
+
+class SecretIn(Model):
+    secret: str | None = Field(
+        None,
+        description="Your own signing secret (16 to 256 printable ASCII characters); left "
+        "out, the server makes a fresh random one. Kept sealed either way",
+    )
 
 
 class EndpointOut(Model):
@@ -144,6 +152,7 @@ def create_endpoint(body: EndpointIn, request: Request, caller: Caller) -> JSONR
         description=body.description,
         secret=body.secret,
         owner=owner,
+        actor=actor_of(caller),
     )
     return JSONResponse(encode_endpoint(endpoint, secret), status_code=201)
 
@@ -183,6 +192,31 @@ def get_secret(endpoint_id: EndpointPath, request: Request, caller: Caller) -> J
     return JSONResponse({"id": endpoint_id, "secret": secret})
 
 
+@router.put(
+    "/webhooks/{endpoint_id}/secret",
+    response_model=EndpointOut,
+    summary="Set or rotate a webhook endpoint's signing secret",
+    description=(
+        "Your own secret, or without one a fresh random one: the endpoint's deliveries are "
+        "signed with it from now on. The answer shows it (as does GET .../secret later). "
+        "Audited as webhook.secret, without the secret. 409 webhook_key_unset when the server "
+        "has no webhook_key."
+    ),
+    responses=error_responses({404: "not_found", 409: "webhook_key_unset"}),
+)
+def put_secret(
+    endpoint_id: EndpointPath, request: Request, caller: Caller, body: SecretIn | None = None
+) -> JSONResponse:
+    webhooks, owner = _webhooks(request, caller)
+    endpoint, secret = webhooks.set_secret(
+        endpoint_id,
+        None if body is None else body.secret,
+        owner=owner,
+        actor=actor_of(caller),
+    )
+    return JSONResponse(encode_endpoint(endpoint, secret))
+
+
 @router.patch(
     "/webhooks/{endpoint_id}",
     response_model=EndpointOut,
@@ -195,7 +229,9 @@ def patch_endpoint(
 ) -> JSONResponse:
     webhooks, owner = _webhooks(request, caller)
     return JSONResponse(
-        encode_endpoint(webhooks.set_enabled(endpoint_id, body.enabled, owner=owner))
+        encode_endpoint(
+            webhooks.set_enabled(endpoint_id, body.enabled, owner=owner, actor=actor_of(caller))
+        )
     )
 
 
@@ -208,7 +244,7 @@ def patch_endpoint(
 )
 def delete_endpoint(endpoint_id: EndpointPath, request: Request, caller: Caller) -> Response:
     webhooks, owner = _webhooks(request, caller)
-    webhooks.remove(endpoint_id, owner=owner)
+    webhooks.remove(endpoint_id, owner=owner, actor=actor_of(caller))
     return Response(status_code=204)
 
 
@@ -290,8 +326,4 @@ def subject_alerts(
         str(subject), offset=offset, limit=limit, owner=deliveries_seen_by(caller)
     )
     page: Page[Any] = Page(items=found, total=total, offset=offset, limit=limit)
-    items = [
-        {**event_body(event), "deliveries": [encode_delivery(d) for d in deliveries]}
-        for event, deliveries in found
-    ]
-    return JSONResponse(encode_page(items, page))
+    return JSONResponse(encode_page([encode_alert(e, d) for e, d in found], page))

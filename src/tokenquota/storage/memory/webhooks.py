@@ -15,8 +15,17 @@ from dataclasses import replace
 from datetime import datetime
 
 from tokenquota.domain.alerts import AlertEvent
-from tokenquota.domain.webhooks import Delivery, DeliveryStatus, Endpoint
+from tokenquota.domain.webhooks import (
+    AUDIT_CREATE,
+    AUDIT_DELETE,
+    AUDIT_SECRET,
+    AUDIT_UPDATE,
+    Delivery,
+    DeliveryStatus,
+    Endpoint,
+)
 from tokenquota.storage.memory.state import State
+from tokenquota.storage.webhooks import AuditRow, audit_entry
 
 
 class MemoryWebhooks:
@@ -59,9 +68,16 @@ class MemoryWebhooks:
             return events[event_id - 1] if 1 <= event_id <= len(events) else None
 
     # endpoints ------------------------------------------------------------------------
-    def add_endpoint(self, endpoint: Endpoint) -> None:
+    def _audit(self, row: AuditRow) -> None:
+        """Under the state's lock, with the change: the one log the catalog keeps."""
+        self._s.write_audit(row.at, row.actor, row.action, row.target, row.before, row.after)
+
+    def add_endpoint(self, endpoint: Endpoint, *, actor: str) -> None:
         with self._s.lock:
             self._endpoints[endpoint.id] = endpoint
+            self._audit(
+                audit_entry(AUDIT_CREATE, None, endpoint, actor=actor, at=endpoint.created_at)
+            )
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None:
         with self._s.lock:
@@ -72,22 +88,38 @@ class MemoryWebhooks:
             found = [e for e in self._endpoints.values() if owner is None or e.owner == owner]
         return sorted(found, key=lambda e: (e.created_at, e.id))
 
-    def set_disabled(self, endpoint_id: str, at: datetime | None) -> Endpoint | None:
+    def set_disabled(
+        self, endpoint_id: str, at: datetime | None, *, actor: str, now: datetime
+    ) -> Endpoint | None:
         with self._s.lock:
-            endpoint = self._endpoints.get(endpoint_id)
-            if endpoint is None:
-                return None
-            endpoint = self._endpoints[endpoint_id] = replace(endpoint, disabled_at=at)
-            return endpoint
+            before = self._endpoints.get(endpoint_id)
+            if before is None or before.enabled == (at is None):
+                return before  # absent, or no change (and no entry)
+            after = self._endpoints[endpoint_id] = replace(before, disabled_at=at)
+            self._audit(audit_entry(AUDIT_UPDATE, before, after, actor=actor, at=now))
+            return after
 
-    def remove_endpoint(self, endpoint_id: str) -> bool:
+    def set_sealed(
+        self, endpoint_id: str, sealed: str | None, *, actor: str, now: datetime
+    ) -> Endpoint | None:
         with self._s.lock:
-            if self._endpoints.pop(endpoint_id, None) is None:
+            before = self._endpoints.get(endpoint_id)
+            if before is None:
+                return None
+            after = self._endpoints[endpoint_id] = replace(before, sealed=sealed)
+            self._audit(audit_entry(AUDIT_SECRET, before, after, actor=actor, at=now))
+            return after
+
+    def remove_endpoint(self, endpoint_id: str, *, actor: str, now: datetime) -> bool:
+        with self._s.lock:
+            before = self._endpoints.pop(endpoint_id, None)
+            if before is None:
                 return False
             for delivery in [d for d in self._deliveries.values() if d.endpoint_id == endpoint_id]:
                 del self._deliveries[delivery.id]
                 self._pairs.discard((delivery.event_id, endpoint_id))
                 self._claimed.pop(delivery.id, None)
+            self._audit(audit_entry(AUDIT_DELETE, before, None, actor=actor, at=now))
             return True
 
     # deliveries -----------------------------------------------------------------------

@@ -19,9 +19,18 @@ from sqlalchemy import Connection
 
 from tokenquota.domain.alerts import AlertEvent, AlertKind
 from tokenquota.domain.clock import from_micros, to_micros
-from tokenquota.domain.webhooks import Delivery, DeliveryStatus, Endpoint
+from tokenquota.domain.webhooks import (
+    AUDIT_CREATE,
+    AUDIT_DELETE,
+    AUDIT_SECRET,
+    AUDIT_UPDATE,
+    Delivery,
+    DeliveryStatus,
+    Endpoint,
+)
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.tx import Database
+from tokenquota.storage.webhooks import AuditRow, audit_entry
 
 E = t.webhook_endpoints
 D = t.webhook_deliveries
@@ -78,6 +87,21 @@ def _alert(row: Any) -> AlertEvent:
         reset_at=_time(row.reset_at),
         at=from_micros(row.at),
         id=int(row.id),
+    )
+
+
+def _audit(conn: Connection, row: AuditRow) -> None:
+    """The entry in the catalog's audit table (parts.CatalogBase.write_audit's row), in
+    the caller's transaction: the change and its entry commit together or not at all."""
+    conn.execute(
+        t.audit.insert().values(
+            at=to_micros(row.at),
+            actor=row.actor,
+            action=row.action,
+            target=row.target,
+            before=row.before,
+            after=row.after,
+        )
     )
 
 
@@ -141,7 +165,7 @@ class SqlWebhooks:
             return [_delivery(r) for r in rows]
 
     # endpoints ------------------------------------------------------------------------
-    def add_endpoint(self, endpoint: Endpoint) -> None:
+    def add_endpoint(self, endpoint: Endpoint, *, actor: str) -> None:
         with self._write() as conn:
             conn.execute(
                 sa.insert(E).values(
@@ -155,6 +179,14 @@ class SqlWebhooks:
                     sealed_secret=endpoint.sealed,
                 )
             )
+            entry = audit_entry(AUDIT_CREATE, None, endpoint, actor=actor, at=endpoint.created_at)
+            _audit(conn, entry)
+
+    def _locked(self, conn: Connection, endpoint_id: str) -> Endpoint | None:
+        """The endpoint's row, locked until the write commits (PostgreSQL; SQLite's write
+        transaction holds the whole database): its audit's "before" is what is changed."""
+        row = conn.execute(sa.select(E).where(E.c.id == endpoint_id).with_for_update()).first()
+        return None if row is None else _endpoint(row)
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None:
         with self.db.tx() as conn:
@@ -168,17 +200,41 @@ class SqlWebhooks:
         with self.db.tx() as conn:
             return [_endpoint(r) for r in conn.execute(query)]
 
-    def set_disabled(self, endpoint_id: str, at: datetime | None) -> Endpoint | None:
+    def set_disabled(
+        self, endpoint_id: str, at: datetime | None, *, actor: str, now: datetime
+    ) -> Endpoint | None:
         with self._write() as conn:
+            before = self._locked(conn, endpoint_id)
+            if before is None:
+                return None
+            if before.enabled == (at is None):
+                return before  # no change, no entry
             conn.execute(sa.update(E).where(E.c.id == endpoint_id).values(disabled_at=_micros(at)))
-            row = conn.execute(sa.select(E).where(E.c.id == endpoint_id)).first()
-            return None if row is None else _endpoint(row)
+            after = self._locked(conn, endpoint_id)
+            _audit(conn, audit_entry(AUDIT_UPDATE, before, after, actor=actor, at=now))
+            return after
 
-    def remove_endpoint(self, endpoint_id: str) -> bool:
+    def set_sealed(
+        self, endpoint_id: str, sealed: str | None, *, actor: str, now: datetime
+    ) -> Endpoint | None:
         with self._write() as conn:
+            before = self._locked(conn, endpoint_id)
+            if before is None:
+                return None
+            conn.execute(sa.update(E).where(E.c.id == endpoint_id).values(sealed_secret=sealed))
+            after = self._locked(conn, endpoint_id)
+            _audit(conn, audit_entry(AUDIT_SECRET, before, after, actor=actor, at=now))
+            return after
+
+    def remove_endpoint(self, endpoint_id: str, *, actor: str, now: datetime) -> bool:
+        with self._write() as conn:
+            before = self._locked(conn, endpoint_id)
+            if before is None:
+                return False
             conn.execute(sa.delete(D).where(D.c.endpoint_id == endpoint_id))
-            removed: int = conn.execute(sa.delete(E).where(E.c.id == endpoint_id)).rowcount
-            return removed > 0
+            conn.execute(sa.delete(E).where(E.c.id == endpoint_id))
+            _audit(conn, audit_entry(AUDIT_DELETE, before, None, actor=actor, at=now))
+            return True
 
     # deliveries -----------------------------------------------------------------------
     def fan_out(
