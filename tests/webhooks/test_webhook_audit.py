@@ -86,7 +86,7 @@ def test_every_endpoint_change_is_audited_without_its_secret(hooked: Api) -> Non
         assert delete["after"] is None
         # No secret in any form: neither the three secrets nor the sealed text, nor a key.
         text = json.dumps(entries)
-        for secret in (OWN_SECRET, NEW_SECRET, fresh, sealed.sealed, "secret\":"):
+        for secret in (OWN_SECRET, NEW_SECRET, fresh, sealed.sealed, 'secret":'):
             assert secret not in text
         # The log's own filters: the whole log holds them too.
         everything = admin.get("/v1/audit", params={"limit": 1000}).json()["items"]

@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from tokenquota.cli import insights, ledger, metering, prune, serve
+from tokenquota.cli import alerts, insights, ledger, metering, prune, serve
 from tokenquota.cli.grants import grants_app
 from tokenquota.cli.holds import leases_app, reservations_app
 from tokenquota.cli.keys import keys_app
@@ -47,6 +47,7 @@ app.command("history")(metering.history)
 app.command("top")(insights.top)
 app.command("events")(ledger.events)
 app.command("audit")(ledger.audit)
+app.command("alerts")(alerts.alerts)
 app.command("rebuild")(ledger.rebuild)
 app.command("migrate")(ledger.migrate)
 app.command("prune")(prune.prune)

@@ -34,7 +34,7 @@ from tokenquota.domain.views import (
     Reserved,
     Usage,
 )
-from tokenquota.domain.webhooks import Delivery, Endpoint
+from tokenquota.domain.webhooks import Delivery, Endpoint, SubjectAlert
 
 T = TypeVar("T")
 
@@ -553,6 +553,12 @@ class Client:
     def webhook_secret(self, endpoint_id: str) -> str:
         return self._run(w.webhook_secret(endpoint_id))
 
+    def set_webhook_secret(
+        self, endpoint_id: str, secret: str | None = None
+    ) -> tuple[Endpoint, str]:
+        """A new signing secret for one endpoint: ``secret``, or a fresh random one."""
+        return self._run(w.set_webhook_secret(endpoint_id, secret))
+
     def set_webhook_enabled(self, endpoint_id: str, enabled: bool) -> Endpoint:
         return self._run(w.set_webhook_enabled(endpoint_id, enabled))
 
@@ -569,3 +575,9 @@ class Client:
     def redeliver(self, delivery_id: int) -> Delivery:
         """Send a delivery again (pending, due now, a fresh round of attempts)."""
         return self._run(w.redeliver(delivery_id))
+
+    def alerts(
+        self, subject: str | SubjectRef, *, offset: int = 0, limit: int = 100
+    ) -> Page[SubjectAlert]:
+        """A subject's alert events, newest first, each with the deliveries this key sees."""
+        return self._run(w.subject_alerts(subject, offset=offset, limit=limit))

@@ -9,11 +9,25 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from tokenquota.client._protocol import Call, _nothing, _params, _segment, _without_none
+from tokenquota.client._protocol import (
+    Call,
+    _nothing,
+    _params,
+    _ref,
+    _segment,
+    _without_none,
+)
+from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.views import Page
-from tokenquota.domain.webhooks import DEFAULT_TOLERANCE, Delivery, Endpoint, verify
+from tokenquota.domain.webhooks import (
+    DEFAULT_TOLERANCE,
+    Delivery,
+    Endpoint,
+    SubjectAlert,
+    verify,
+)
 from tokenquota.wire.views import decode_page
-from tokenquota.wire.webhooks import decode_delivery, decode_endpoint
+from tokenquota.wire.webhooks import decode_alert, decode_delivery, decode_endpoint
 
 
 def verify_webhook(
@@ -65,6 +79,15 @@ def webhook_secret(endpoint_id: str) -> Call[str]:
     return Call("GET", _path(endpoint_id) + "/secret", lambda d: str(d["secret"]))
 
 
+def set_webhook_secret(endpoint_id: str, secret: str | None) -> Call[tuple[Endpoint, str]]:
+    return Call(
+        "PUT",
+        _path(endpoint_id) + "/secret",
+        lambda d: (decode_endpoint(d), str(d["secret"])),
+        body=_without_none(secret=secret),
+    )
+
+
 def set_webhook_enabled(endpoint_id: str, enabled: bool) -> Call[Endpoint]:
     return Call("PATCH", _path(endpoint_id), decode_endpoint, body={"enabled": enabled})
 
@@ -88,3 +111,14 @@ def get_delivery(delivery_id: int | str) -> Call[Delivery]:
 
 def redeliver(delivery_id: int | str) -> Call[Delivery]:
     return Call("POST", _delivery_path(delivery_id) + "/redeliver", decode_delivery)
+
+
+def subject_alerts(
+    subject: str | SubjectRef, *, offset: int, limit: int
+) -> Call[Page[SubjectAlert]]:
+    return Call(
+        "GET",
+        f"/v1/subjects/{_ref(subject)}/alerts",
+        lambda d: decode_page(d, decode_alert),
+        params=_params(offset=offset, limit=limit),
+    )
