@@ -12,13 +12,16 @@ every worker's files (``MultiProcessCollector``), the ones of workers that
 have exited included, so a counter never goes back.
 
 Numbers that describe the shared state rather than the traffic (the spool's
-depth, the Redis ledger mover's lag) are read from the engine at scrape time
-by whichever worker answers, never counted: every worker would read the same.
+depth, the Redis ledger mover's lag, the holds in flight) are read from the
+engine at scrape time by whichever worker answers, never counted: every
+worker would read the same. The holds in flight are a count query on the
+store, so each worker keeps the number a few seconds (engine/inflight.py).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -27,6 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tokenquota.domain.errors import StoreUnavailable
+from tokenquota.engine.inflight import HoldsInFlight, holds_in_flight
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -91,6 +95,9 @@ class Metrics:
         )
         # Read at scrape time: how many deliveries wait and how many are dead letters.
         self.webhook_counts: Callable[[], Mapping[str, int]] | None = None
+        # The holds in flight of the quota last scraped, with their few seconds' cache.
+        self._holds: HoldsInFlight | None = None
+        self._holds_lock = threading.Lock()
         # As many as the metrics' own children: one per label set ever counted.
         self._decided: dict[tuple[str, str, bool], Counter] = {}
         self._timed: dict[tuple[str, str], Histogram] = {}
@@ -144,10 +151,17 @@ class Metrics:
         else:
             scrape.register(self.registry)
         if quota is not None:
-            scrape.register(Live(quota))
+            scrape.register(Live(quota, self.holds_of(quota)))
         if self.webhook_counts is not None:
             scrape.register(Deliveries(self.webhook_counts))
         return generate_latest(scrape)
+
+    def holds_of(self, quota: Any) -> HoldsInFlight | None:
+        """The cached hold count of ``quota`` (made on the first scrape, kept after)."""
+        with self._holds_lock:
+            if self._holds is None or self._holds.quota is not quota:
+                self._holds = holds_in_flight(quota)
+            return self._holds
 
     def close(self) -> None:
         """This worker is ending: its live values stop counting (counters stay)."""
@@ -158,10 +172,12 @@ class Metrics:
 class Live(Collector):
     """Gauges read from the engine when scraped (see the module's docstring)."""
 
-    def __init__(self, quota: Any) -> None:
+    def __init__(self, quota: Any, holds: HoldsInFlight | None = None) -> None:
         self.quota = quota
+        self.holds = holds
 
     def collect(self) -> Iterable[Any]:
+        yield from self._holds()
         spool = self.quota.spool
         if spool is not None:
             depth = GaugeMetricFamily(
@@ -188,6 +204,23 @@ class Live(Collector):
             )
             behind.add_metric([], lag.seconds)
             yield behind
+
+    def _holds(self) -> Iterable[Any]:
+        if self.holds is None:
+            return
+        try:
+            counts = self.holds.read()
+        except Exception:  # the store away: the scrape still answers, without this one
+            return
+        gauge = GaugeMetricFamily(
+            "tokenquota_holds_in_flight",
+            "Live holds in the store: reservations still held and leases not released, "
+            "before their expiry (read at most every few seconds).",
+            labels=["kind"],
+        )
+        gauge.add_metric(["reservation"], float(counts.reservations))
+        gauge.add_metric(["lease"], float(counts.leases))
+        yield gauge
 
 
 class Deliveries(Collector):

@@ -6,6 +6,15 @@ decided like a consume, so the meter admits it and this module only says
 what an admitted hold writes (``hold``, ``lease``); reading, releasing and
 extending a hold need no decision and are done here. Committing a
 reservation records usage, so it is the meter's (it uses ``unhold``).
+
+Each ledger shard also keeps an index of its live holds, for the metrics'
+holds in flight: a sorted set per kind (``{L<n>}:live-r``, ``{L<n>}:live-l``)
+of record ids scored by expiry, in the record's own hash slot, so the step
+that writes a record lists or drops its id in the same atomic step
+(``spec.live`` in step.lua). ``ZCOUNT`` from now counts the live ones without
+a scan; entries that lapsed are not counted, and pruning trims them
+(prune.py). Holds taken before the index existed are not in it: they are
+missed by the count until they lapse (a day at most).
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.holds import (
@@ -25,15 +35,47 @@ from tokenquota.domain.holds import (
 )
 from tokenquota.domain.metrics import Amounts
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.storage.inflight import CAP, InFlight
 from tokenquota.storage.redis.answers import committed_answer, lease_fields, reservation_fields
 from tokenquota.storage.redis.keyspace import call
-from tokenquota.storage.redis.layout import Step
+from tokenquota.storage.redis.layout import Layout, Step
 from tokenquota.storage.redis.ops import Op, Runner
 
 # What an admitted request adds to its operation: ``effects(op, ledger_step)``.
 Effects = Callable[[Op, Step], None]
 # Where an operation's ledger step goes: (shard, the key it is routed by).
 LedgerKey = tuple[int, str]
+
+
+def live_key(layout: Layout, shard: int, kind: str) -> str:
+    """The shard's index of live reservations (``kind`` ``r``) or leases (``l``)."""
+    return layout.ledger(shard, f"live-{kind}")
+
+
+def _list(layout: Layout, step: Step, kind: str, record_id: str, expires: str | None) -> None:
+    """In the record's step: list the hold in its shard's index until ``expires`` (None:
+    drop it). One entry per step: a step writes one record."""
+    shard = layout.shard_of(record_id)
+    entry = [step.key(live_key(layout, shard, kind)), record_id]
+    step.spec["live"] = entry if expires is None else [*entry, expires]
+
+
+class RedisInFlight:
+    """Holds in flight (storage/inflight.py): a ``ZCOUNT`` per shard and kind, one round trip."""
+
+    def __init__(self, client: Any, layout: Layout) -> None:
+        self.redis = client
+        self.layout = layout
+
+    def in_flight(self, now: datetime) -> InFlight:
+        since = f"({to_micros(now)}"  # expiring after now: live
+        pipe = self.redis.pipeline(transaction=False)  # one key per command: any slot
+        for kind in ("r", "l"):
+            for shard in range(self.layout.shards):
+                pipe.zcount(live_key(self.layout, shard, kind), since, "+inf")
+        counts = [int(n) for n in call(pipe.execute)]
+        shards = self.layout.shards
+        return InFlight(min(sum(counts[:shards]), CAP), min(sum(counts[shards:]), CAP))
 
 
 class RedisHolds:
@@ -63,16 +105,20 @@ class RedisHolds:
                     at = op.steps.at(hz)
                     at.add("hold", [at.key(hz), at.key(ha), reservation.id, expires, str(units)])
             step.spec["record"] = {"k": step.key(key), "fields": reservation_fields(reservation)}
+            _list(self.layout, step, "r", reservation.id, expires)
 
         return (shard, key), effects
 
     def unhold(self, op: Op, reservation: Reservation) -> None:
-        """Drop the reservation's holds (a release, or a commit that records it)."""
+        """Drop the reservation's holds (a release, or a commit that records it), and its
+        entry in the index of live holds, in the step of its record (the ledger step)."""
         for series in reservation.series:
             for metric in reservation.amounts:
                 hz, ha = self.layout.holds(series, metric.value)
                 at = op.steps.at(hz)
                 at.add("unhold", [at.key(hz), at.key(ha), reservation.id])
+        _, key = self.layout.record("r", reservation.id)
+        _list(self.layout, op.steps.at(key), "r", reservation.id, None)
 
     def get_reservation(self, reservation_id: str) -> Reservation | None:
         row = self.record("r", reservation_id)
@@ -115,6 +161,7 @@ class RedisHolds:
                 at = op.steps.at(z)
                 at.add("lease", [at.key(z), lease.id, expires])
             step.spec["record"] = {"k": step.key(key), "fields": lease_fields(lease)}
+            _list(self.layout, step, "l", lease.id, expires)
 
         return (shard, key), effects
 
@@ -175,5 +222,12 @@ class RedisHolds:
             else []
         )
         step.spec["record"] = {"k": step.key(key), "fields": fields}
+        _list(
+            self.layout,
+            step,
+            "l",
+            lease.id,
+            None if released or expires_at is None else str(to_micros(expires_at)),
+        )
         replies = self.ops.execute_ledger_first(op, now)
         return replies[-1].status == "ok"

@@ -14,7 +14,9 @@ blocked for longer than one batch:
   before the holds cutoff (a settled hold settled before its expiry);
 - hold and lease sets (``hz:``/``ha:``, ``lz:``): entries that expired before
   the cutoff, removed by a script per subject, so the pair of a hold's set and
-  its amounts hash change together (one hash tag: one slot on a cluster).
+  its amounts hash change together (one hash tag: one slot on a cluster);
+- each ledger shard's index of live holds (``live-r``, ``live-l``, holds.py):
+  entries that expired before the cutoff (settled holds leave it as they settle).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import sqlalchemy as sa
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.ledger import Event
 from tokenquota.domain.retention import Cutoffs
+from tokenquota.storage.redis.holds import live_key
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import Layout
 from tokenquota.storage.sql import schema as t
@@ -141,23 +144,34 @@ class RedisPruner:
                 keys = [name]
                 if what == "hz":  # its amounts hash: the same key with ha for hz
                     keys.append(name.replace("}:hz:", "}:ha:", 1))
-                while True:
-                    removed = int(call(lambda keys=keys: self._holds(keys=keys, args=[cut, batch])))
-                    if removed:
-                        # A batch done, but no record: entries belong to the records counted
-                        # below, as SQL's hold rows belong to their reservations.
-                        yield 0
-                    if removed < batch:
-                        break
+                yield from self._trim(keys, cut, batch)
+
+    def _trim(self, keys: list[str], cut: int, batch: int) -> Iterator[int]:
+        """Entries of one set (and its amounts hash) expired before ``cut``, a batch a call."""
+        while True:
+            removed = int(call(lambda: self._holds(keys=keys, args=[cut, batch])))
+            if removed:
+                # A batch done, but no record: entries belong to the records counted
+                # below, as SQL's hold rows belong to their reservations.
+                yield 0
+            if removed < batch:
+                break
+
+    def _live(self, kind: str, cut: int, batch: int) -> Iterator[int]:
+        """The shards' indexes of live holds: what lapsed before ``cut`` (never counted)."""
+        for shard in range(self.layout.shards):
+            yield from self._trim([live_key(self.layout, shard, kind)], cut, batch)
 
     def _reservations(self, cutoffs: Cutoffs, batch: int) -> Iterator[int]:
         cut = to_micros(cutoffs.holds)
         yield from self._sets("hz", cut, batch)
+        yield from self._live("r", cut, batch)
         yield from self._records("r", cut, batch)
 
     def _leases(self, cutoffs: Cutoffs, batch: int) -> Iterator[int]:
         cut = to_micros(cutoffs.holds)
         yield from self._sets("lz", cut, batch)
+        yield from self._live("l", cut, batch)
         yield from self._records("l", cut, batch)
 
     def _unlink(self, names: list[str]) -> int:

@@ -245,6 +245,12 @@ end
 for _, op in ipairs(spec.extend or {}) do
   redis.call('ZADD', KEYS[op[1]], 'XX', op[3], op[2])
 end
+-- The ledger shard's index of live holds (storage/redis/holds.py, for /metrics),
+-- in the step of the hold's record: { key, id, expiry } lists it, { key, id } drops it.
+if spec.live then
+  local l = spec.live
+  if l[3] then redis.call('ZADD', KEYS[l[1]], l[3], l[2]) else redis.call('ZREM', KEYS[l[1]], l[2]) end
+end
 -- Burn credits, earliest expiry first (the order the service sent).
 local burned = {}
 for i, w in ipairs(spec.wallets or {}) do
