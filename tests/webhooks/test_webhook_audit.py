@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 import tokenquota
-from tests.api.conftest import Api
+from tests.api.conftest import ADMIN_KEY, Api
 from tests.conftest import migrated_sqlite
 from tests.webhooks.test_webhooks_access import put_subject
 from tokenquota import FrozenClock
@@ -123,6 +123,14 @@ def test_a_members_endpoint_is_audited_under_its_subject(hooked: Api) -> None:
         # Nothing about it under its id, nor under the parent.
         assert audit(admin, f"webhooks/{endpoint}") == []
         assert not [e for e in audit(admin, "company:acme") if e["action"].startswith("webhook.")]
+    # The subject's dashboard page shows them in its audit trail to staff, not to the member.
+    for key, shown in ((ADMIN_KEY, True), (red, False)):
+        with httpx.Client(base_url=hooked.url, timeout=30) as browser:
+            assert browser.post("/dashboard/login", data={"key": key}).status_code in (200, 303)
+            page = browser.get("/dashboard/subjects/team:red")
+            assert page.status_code == 200
+            assert ("webhook.secret" in page.text) is shown
+            assert ("webhook.delete" in page.text) is shown
 
 
 def test_refused_changes_write_no_entry(hooked: Api) -> None:

@@ -188,7 +188,7 @@ def audit(
         typer.Option(
             "--subject",
             metavar="SUBJECT",
-            help="A subject, or defaults/<kind>, plans/<id> or keys/<id>.",
+            help="A subject, or defaults/<kind>, plans/<id>, keys/<id> or webhooks/<id>.",
         ),
     ] = None,
     offset: Annotated[int, typer.Option("--offset", metavar="N", help="Skip this many.")] = 0,

@@ -444,9 +444,10 @@ def revoke_key(key_id: KeyPath, caller: Caller, quota: QuotaDep) -> Response:
     response_model=AuditPage,
     summary="The audit log",
     description=(
-        "Who changed which limit, default, plan, plan assignment, subject deletion or key, "
-        "when, from what to what; oldest first. `subject` filters by target: a subject "
-        "(kind:id), `defaults/<kind>`, `plans/<id>` or `keys/<id>`. Admin and staff."
+        "Who changed which limit, default, plan, plan assignment, subject deletion, key or "
+        "webhook endpoint, when, from what to what; oldest first. `subject` filters by "
+        "target: a subject (kind:id), `defaults/<kind>`, `plans/<id>`, `keys/<id>` or "
+        "`webhooks/<id>`. Admin and staff."
     ),
     responses=error_responses(),
 )
