@@ -142,6 +142,11 @@ class SqlWebhooks:
         self, subject: str, *, offset: int, limit: int
     ) -> tuple[list[AlertEvent], int]:
         with self.db.tx() as conn:
+            # Counted first: rows only arrive (the Redis mover, decisions), so under READ
+            # COMMITTED a page read after its count never holds fewer rows than it says.
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(A).where(A.c.subject == subject)
+            ).scalar_one()
             rows = conn.execute(
                 sa.select(A)
                 .where(A.c.subject == subject)
@@ -149,11 +154,7 @@ class SqlWebhooks:
                 .offset(offset)
                 .limit(limit)
             )
-            items = [_alert(r) for r in rows]
-            total = conn.execute(
-                sa.select(sa.func.count()).select_from(A).where(A.c.subject == subject)
-            ).scalar_one()
-            return items, int(total)
+            return [_alert(r) for r in rows], int(total)
 
     def event_deliveries(self, event_ids: Sequence[int]) -> list[Delivery]:
         if not event_ids:
@@ -331,6 +332,10 @@ class SqlWebhooks:
         self, endpoint_id: str, *, offset: int, limit: int
     ) -> tuple[list[Delivery], int]:
         with self.db.tx() as conn:
+            # Counted first, as subject_alerts: the fan-out only adds rows.
+            total = conn.execute(
+                sa.select(sa.func.count()).select_from(D).where(D.c.endpoint_id == endpoint_id)
+            ).scalar_one()
             rows = conn.execute(
                 sa.select(D)
                 .where(D.c.endpoint_id == endpoint_id)
@@ -338,11 +343,7 @@ class SqlWebhooks:
                 .offset(offset)
                 .limit(limit)
             )
-            items = [_delivery(r) for r in rows]
-            total = conn.execute(
-                sa.select(sa.func.count()).select_from(D).where(D.c.endpoint_id == endpoint_id)
-            ).scalar_one()
-            return items, int(total)
+            return [_delivery(r) for r in rows], int(total)
 
     def redeliver(self, delivery_id: int, now: datetime) -> Delivery | None:
         with self._write() as conn:
