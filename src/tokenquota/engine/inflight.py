@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from tokenquota.storage.base import Store
 from tokenquota.storage.inflight import HoldCounter, InFlight
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tokenquota.engine.quota import Quota
 
 CACHE_SECONDS: Final = 5.0
+T = TypeVar("T")
 
 
 def counter_for(store: Store) -> HoldCounter:
@@ -44,9 +45,38 @@ def counter_for(store: Store) -> HoldCounter:
     raise TypeError(f"no hold counter for {type(store).__name__}")
 
 
-class HoldsInFlight:
-    """``read()``: the live reservations and leases of ``quota``'s store, at most
-    ``seconds`` old. A read that fails is not kept: the next scrape asks again."""
+class Cached(Generic[T]):
+    """``read()``: what ``source`` answers, asked at most once per ``seconds``; scrapes that
+    come while it is being asked wait for that answer. A failed ask is not kept: the next
+    scrape asks again."""
+
+    def __init__(
+        self,
+        source: Callable[[], T],
+        *,
+        seconds: float = CACHE_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self.seconds = seconds
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._value: T | None = None
+        self._read_at = 0.0
+        self.reads = 0  # how many times the source was asked (tests read it)
+
+    def read(self) -> T:
+        with self._lock:
+            now = self._monotonic()
+            if self._value is None or now - self._read_at >= self.seconds:
+                self._value = self.source()
+                self._read_at = now
+                self.reads += 1
+            return self._value
+
+
+class HoldsInFlight(Cached[InFlight]):
+    """The live reservations and leases of ``quota``'s store, at most ``seconds`` old."""
 
     def __init__(
         self,
@@ -55,23 +85,11 @@ class HoldsInFlight:
         seconds: float = CACHE_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        counter = counter_for(quota.store)
+        super().__init__(
+            lambda: counter.in_flight(quota.clock.now()), seconds=seconds, monotonic=monotonic
+        )
         self.quota = quota
-        self.counter = counter_for(quota.store)
-        self.seconds = seconds
-        self._monotonic = monotonic
-        self._lock = threading.Lock()
-        self._value: InFlight | None = None
-        self._read_at = 0.0
-        self.reads = 0  # how many times the store was asked (tests read it)
-
-    def read(self) -> InFlight:
-        with self._lock:
-            now = self._monotonic()
-            if self._value is None or now - self._read_at >= self.seconds:
-                self._value = self.counter.in_flight(self.quota.clock.now())
-                self._read_at = now
-                self.reads += 1
-            return self._value
 
 
 def holds_in_flight(quota: Quota) -> HoldsInFlight | None:
@@ -82,4 +100,4 @@ def holds_in_flight(quota: Quota) -> HoldsInFlight | None:
         return None
 
 
-__all__ = ["CACHE_SECONDS", "HoldsInFlight", "counter_for", "holds_in_flight"]
+__all__ = ["CACHE_SECONDS", "Cached", "HoldsInFlight", "counter_for", "holds_in_flight"]

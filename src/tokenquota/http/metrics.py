@@ -30,7 +30,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tokenquota.domain.errors import StoreUnavailable
-from tokenquota.engine.inflight import HoldsInFlight, holds_in_flight
+from tokenquota.engine.inflight import Cached, HoldsInFlight, holds_in_flight
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -93,8 +93,10 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        # Read at scrape time: how many deliveries wait and how many are dead letters.
+        # Read at scrape time: how many deliveries wait and how many are dead letters
+        # (kept a few seconds, as the holds in flight: a scrape storm is one query).
         self.webhook_counts: Callable[[], Mapping[str, int]] | None = None
+        self._webhook_counts: Cached[Mapping[str, int]] | None = None
         # The holds in flight of the quota last scraped, with their few seconds' cache.
         self._holds: HoldsInFlight | None = None
         self._holds_lock = threading.Lock()
@@ -153,7 +155,7 @@ class Metrics:
         if quota is not None:
             scrape.register(Live(quota, self.holds_of(quota)))
         if self.webhook_counts is not None:
-            scrape.register(Deliveries(self.webhook_counts))
+            scrape.register(Deliveries(self.deliveries_of(self.webhook_counts).read))
         return generate_latest(scrape)
 
     def holds_of(self, quota: Any) -> HoldsInFlight | None:
@@ -162,6 +164,13 @@ class Metrics:
             if self._holds is None or self._holds.quota is not quota:
                 self._holds = holds_in_flight(quota)
             return self._holds
+
+    def deliveries_of(self, counts: Callable[[], Mapping[str, int]]) -> Cached[Mapping[str, int]]:
+        """The cached delivery counts (made on the first scrape, kept after)."""
+        with self._holds_lock:
+            if self._webhook_counts is None or self._webhook_counts.source is not counts:
+                self._webhook_counts = Cached(counts)
+            return self._webhook_counts
 
     def close(self) -> None:
         """This worker is ending: its live values stop counting (counters stay)."""
