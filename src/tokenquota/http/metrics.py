@@ -99,7 +99,7 @@ class Metrics:
         self._webhook_counts: Cached[Mapping[str, int]] | None = None
         # The holds in flight of the quota last scraped, with their few seconds' cache.
         self._holds: HoldsInFlight | None = None
-        self._holds_lock = threading.Lock()
+        self._caches_lock = threading.Lock()
         # As many as the metrics' own children: one per label set ever counted.
         self._decided: dict[tuple[str, str, bool], Counter] = {}
         self._timed: dict[tuple[str, str], Histogram] = {}
@@ -160,14 +160,14 @@ class Metrics:
 
     def holds_of(self, quota: Any) -> HoldsInFlight | None:
         """The cached hold count of ``quota`` (made on the first scrape, kept after)."""
-        with self._holds_lock:
+        with self._caches_lock:
             if self._holds is None or self._holds.quota is not quota:
                 self._holds = holds_in_flight(quota)
             return self._holds
 
     def deliveries_of(self, counts: Callable[[], Mapping[str, int]]) -> Cached[Mapping[str, int]]:
         """The cached delivery counts (made on the first scrape, kept after)."""
-        with self._holds_lock:
+        with self._caches_lock:
             if self._webhook_counts is None or self._webhook_counts.source is not counts:
                 self._webhook_counts = Cached(counts)
             return self._webhook_counts
