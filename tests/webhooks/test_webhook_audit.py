@@ -10,19 +10,16 @@ no audit log at all (its subtree's entries included), as before.
 from __future__ import annotations
 
 import json
-import sqlite3
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 import tokenquota
 from tests.api.conftest import ADMIN_KEY, Api
-from tests.conftest import migrated_sqlite
 from tests.webhooks.test_webhooks_access import put_subject
-from tokenquota import FrozenClock
+from tokenquota import FrozenClock, Quota
 from tokenquota.engine.webhooks import Webhooks, server_key
 from tokenquota.storage.webhooks import webhook_tables
 
@@ -148,33 +145,38 @@ def test_refused_changes_write_no_entry(hooked: Api) -> None:
         assert admin.get("/v1/audit", params={"limit": 1000}).json()["total"] == before
 
 
-def test_the_entry_and_the_change_commit_together_on_sqlite(
-    tmp_path: Path, sqlite_template: Path
-) -> None:
+def _rename(quota: Quota, old: str, new: str) -> None:
+    """Rename a table of the store's own database (its own file, or its own schema)."""
+    db = quota.store.db  # type: ignore[attr-defined]
+    with db.engine.begin() as conn:
+        conn.execute(sa.text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_the_entry_and_the_change_commit_together(quota: Quota, clock: FrozenClock) -> None:
     """An entry that cannot be written takes its change with it (one transaction)."""
-    url = migrated_sqlite(sqlite_template, tmp_path / "audit.db")
-    clock = FrozenClock(datetime(2026, 12, 7, 9, 0, tzinfo=UTC))
-    with tokenquota.open(url, clock=clock) as quota:
-        webhooks = Webhooks(quota, server_key("audit-test-webhook-key-0123456789"))
-        kept, _ = webhooks.create("https://hooks.example.com/kept", actor="ops")
-        path = url.removeprefix("sqlite:///")
-        with sqlite3.connect(path) as raw:
-            raw.execute("ALTER TABLE audit RENAME TO audit_away")
+    webhooks = Webhooks(quota, server_key("audit-test-webhook-key-0123456789"))
+    kept, _ = webhooks.create("https://hooks.example.com/kept", actor="ops")
+    _rename(quota, "audit", "audit_away")
+    try:
         with pytest.raises(Exception, match="audit"):
             webhooks.create("https://hooks.example.com/lost", actor="ops")
         with pytest.raises(Exception, match="audit"):
             webhooks.set_enabled(kept.id, False, actor="ops")
         with pytest.raises(Exception, match="audit"):
+            webhooks.set_secret(kept.id, actor="ops")
+        with pytest.raises(Exception, match="audit"):
             webhooks.remove(kept.id, actor="ops")
         assert [e.url for e in webhooks.endpoints()] == ["https://hooks.example.com/kept"]
         assert webhooks.get(kept.id).enabled
-        with sqlite3.connect(path) as raw:
-            raw.execute("ALTER TABLE audit_away RENAME TO audit")
-        webhooks.remove(kept.id, actor="ops")
-        [entry] = [e for e in quota.audit(subject=f"webhooks/{kept.id}").items if e.after is None]
-        assert entry.action == "webhook.delete"
-        assert entry.actor == "ops"
-        assert entry.at == clock.now()
+        assert webhooks.get(kept.id).sealed is None  # the secret stayed derived
+    finally:
+        _rename(quota, "audit_away", "audit")
+    webhooks.remove(kept.id, actor="ops")
+    [entry] = [e for e in quota.audit(subject=f"webhooks/{kept.id}").items if e.after is None]
+    assert entry.action == "webhook.delete"
+    assert entry.actor == "ops"
+    assert entry.at == clock.now()
 
 
 def test_the_memory_store_audits_under_its_one_lock(clock: FrozenClock) -> None:
