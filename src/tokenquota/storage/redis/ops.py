@@ -102,7 +102,9 @@ class Runner:
     def undo(self, step: Step, reply: Reply, now: datetime) -> None:
         """Reverse one cluster step that succeeded before a later one refused."""
         undo = Step()
-        for kidx, bucket, delta in step.spec.get("incr", ()):
+        incr = step.spec.get("incr", [])
+        for i in range(0, len(incr), 3):  # flat: key, bucket, delta
+            kidx, bucket, delta = incr[i : i + 3]
             undo.add("incr", [undo.key(step.keys[kidx - 1]), bucket, str(-int(delta))])
         for hz, ha, hold_id, _, _ in step.spec.get("hold", ()):
             undo.add("unhold", [undo.key(step.keys[hz - 1]), undo.key(step.keys[ha - 1]), hold_id])
@@ -188,16 +190,18 @@ class Runner:
 
     def answers(self, op: Op, replies: list[Reply]) -> tuple[list[Reading], list[Prepaid]]:
         """Each check's reading and each wallet's balance, in the order they were added."""
-        by_step = dict(zip(map(id, op.steps.ordered()), replies, strict=True))
+        steps = op.steps.ordered()
+        # each step's readings, split once (a consume has four checks in one step)
+        read = {id(s): split(r.readings) for s, r in zip(steps, replies, strict=True)}
         readings = []
         for entry in op.checks:
             if entry is None:
                 readings.append(Reading())
                 continue
             step, pos, fields, lease = entry
-            text = split(by_step[id(step)].readings)[pos]
-            readings.append(parse_reading(text, fields, lease))
+            readings.append(parse_reading(read[id(step)][pos], fields, lease))
         prepaid = []
+        by_step = dict(zip(map(id, steps), replies, strict=True))
         for step, pos, subject, mine in op.wallets:
             remaining, held = parse_wallet(split(by_step[id(step)].wallets)[pos])
             grants = tuple(
@@ -209,14 +213,17 @@ class Runner:
 
     def add_increments(self, op: Op, plan: DebitPlan, tracked: set[LimitKey]) -> None:
         keys = tracked | {c.limit.key for c in plan.checks}
+        name = self.layout.counter
+        at = op.steps.at
         for (series, metric, window, bucket), delta in increments(
             plan.series, plan.amounts, plan.timestamp, self.db.tz, keys
         ).items():
-            counter = self.layout.counter(series, metric, window)
-            step = op.steps.at(counter)
-            step.add("incr", [step.key(counter), str(bucket), str(delta)])
+            counter = name(series, metric, window)
+            step = at(counter)
+            kidx, units = step.key(counter), str(delta)
+            step.add("incr", (kidx, str(bucket), units))
             if window == "total":  # the lifetime counter: checked against 2^63 - 1 first
-                step.add("cap", [step.key(counter), str(bucket), str(delta), f"{metric}|{series}"])
+                step.add("cap", (kidx, str(bucket), units, f"{metric}|{series}"))
 
     def add_event(self, step: Step, shard: int, body: dict[str, Any]) -> None:
         step.spec["seq"] = step.key(self.layout.seq(shard))
