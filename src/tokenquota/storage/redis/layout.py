@@ -146,7 +146,7 @@ class Step:
 
     keys: list[str] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=dict)
-    body: str = ""  # the ledger event's JSON, ARGV[2]: no second encoding inside the spec
+    body: str | bytes = ""  # the ledger event's JSON, ARGV[2]: not encoded again in the spec
     _index: dict[str, int] = field(default_factory=dict)
 
     def key(self, name: str) -> int:
