@@ -163,23 +163,24 @@ class Runner:
         readings the decision was made on: the script refuses with "conflict"
         if it finds anything else.
         """
+        at = op.steps.at
         for i, check in enumerate(checks):
-            key = check.limit.key
-            series = str(check.limit.subject)
-            if key.metric is Metric.CONCURRENT_REQUESTS:
+            limit = check.limit
+            series, metric, window, _ = limit.names()  # text, built once per limit
+            if limit.key.metric is Metric.CONCURRENT_REQUESTS:
                 z = self.layout.leases(series)
-                step = op.steps.at(z)
+                step = at(z)
                 # positional, as step.lua reads a check
-                lease = ["l", step.key(z), check.amount, check.limit.value]
+                lease = ["l", step.key(z), check.amount, limit.value]
                 lease.append(int(enforce and _enforced(check)))
                 op.checks.append((step, step.add("checks", lease), [], True))
                 continue
-            if key.window is None:
+            if window is None:
                 op.checks.append(None)  # a per-request cap reads nothing
                 continue
-            counter = self.layout.counter(series, key.metric.value, key.window.key)
-            hz, ha = self.layout.holds(series, key.metric.value)
-            step = op.steps.at(counter)
+            counter = self.layout.counter(series, metric, window)
+            hz, ha = self.layout.holds(series, metric)
+            step = at(counter)
             fields = _fields(check)
             kind, used, held = "w", 0, 0
             if guards is not None and i >= first_guard:
@@ -187,7 +188,7 @@ class Runner:
                 kind, used, held = "g", sum(seen.buckets.values()), seen.reserved
             # positional, as step.lua reads a check: the buckets come last
             spec: list[Any] = [kind, step.key(counter), step.key(hz), step.key(ha)]
-            spec += (check.amount if check.bucket is not None else 0, check.limit.value)
+            spec += (check.amount if check.bucket is not None else 0, limit.value)
             spec += (int(enforce and _enforced(check)), used, held, *map(str, fields))
             op.checks.append((step, step.add("checks", spec), fields, False))
 
