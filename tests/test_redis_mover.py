@@ -9,8 +9,8 @@ Both must leave the same events and links behind, for every kind of field.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -60,9 +60,9 @@ def test_one_statement_batch_stores_what_the_row_copy_stores(quota: Quota) -> No
         tokens=2**62,
         mode="record",
         timestamp=datetime.now(UTC) - timedelta(minutes=5),  # ts apart from recorded_at
-        idempotency_key="k-ü \"quoted\" 100%",
+        idempotency_key='k-ü "quoted" 100%',
         model="gpt-ø",
-        tags={"feature": "chat", "emoji": "🙂", "path": "a\\b \"c\""},
+        tags={"feature": "chat", "emoji": "🙂", "path": 'a\\b "c"'},
     ).allowed
     assert quota.consume("user:bob", requests=3, resource="resource:gpu").allowed
     entries = store.redis.xrange(store.layout.stream(0))

@@ -240,15 +240,15 @@ _DATA_ERRORS = (sa.exc.DataError, sa.exc.IntegrityError, UnicodeError)
 # already present as SqlLedger.copy does.
 _MOVE_BATCH_SQL = (
     "WITH x AS (SELECT id, e FROM json_to_recordset(%s::json) AS r(id bigint, e json)),"
-    " moved AS (INSERT INTO {events} (id, kind, subject, charged, ts, recorded_at, mode,"
-    " amounts, model, tags, idempotency_key, resource)"
+    f" moved AS (INSERT INTO {t.events.name} (id, kind, subject, charged, ts,"
+    " recorded_at, mode, amounts, model, tags, idempotency_key, resource)"
     " SELECT id, e->>'kind', e->>'subject', e->'charged', (e->>'ts')::bigint,"
     " (e->>'recorded_at')::bigint, e->>'mode', e->'amounts', e->>'model', e->'tags',"
     " e->>'idempotency_key', e->>'resource' FROM x ON CONFLICT (id) DO NOTHING)"
-    " INSERT INTO {links} (subject, ts, event_id)"
+    f" INSERT INTO {t.event_subjects.name} (subject, ts, event_id)"
     " SELECT s, (e->>'ts')::bigint, id FROM x, json_array_elements_text(e->'charged') AS s"
     " ON CONFLICT DO NOTHING"
-).format(events=t.events.name, links=t.event_subjects.name)
+)
 
 
 def _move_batch(conn: Connection, entries: Sequence[Any]) -> None:
@@ -263,7 +263,8 @@ def _move_batch(conn: Connection, entries: Sequence[Any]) -> None:
     then takes the row-by-row path that finds and quarantines the culprits.
     """
     batch = ",".join(
-        '{"id":%d,"e":%s}' % (int(data[b"id"]), data[b"e"].decode()) for _, data in entries
+        '{"id":' + str(int(data[b"id"])) + ',"e":' + data[b"e"].decode() + "}"
+        for _, data in entries
     )
     conn.exec_driver_sql(_MOVE_BATCH_SQL, (f"[{batch}]",))
 
