@@ -8,7 +8,14 @@ minute, hour and day in ``company:acme`` with a monthly one) under
 same setup and warm-up, and prints the difference divided by N: the
 instructions one consume executes, Python and C alike (SQLite's own code too,
 never the disk's wait). It does the same for the row's floor (the ``limits``
-library; the raw sqlite3 transaction), so a ratio is at hand.
+library; the raw sqlite3 transaction; one ``EVALSHA`` of ``bench/floor.lua``),
+so a ratio is at hand.
+
+``redis`` (PostgreSQL + Redis, on the bench's servers) counts this process
+only: the client's side of a consume, and the mover moving its event into
+PostgreSQL (the store is closed inside the count, which moves what is left),
+never the work inside ``redis-server`` or PostgreSQL. The script's own time is
+measured apart (``INFO commandstats``, docs/performance.md).
 
 Rates on a shared 2-CPU machine move with its load; these counts do not
 (the children run with ``PYTHONHASHSEED=0``: with random string hashes, dict
@@ -30,7 +37,7 @@ from pathlib import Path
 
 from bench.common import WARMUP
 
-BACKENDS = ("memory", "sqlite")
+BACKENDS = ("memory", "sqlite", "redis")
 
 
 def _nothing() -> None:
@@ -39,6 +46,9 @@ def _nothing() -> None:
 
 def _child(backend: str, what: str, calls: int) -> None:
     """Inside valgrind: set up, warm up, then ``calls`` calls of ``what``."""
+    if backend == "redis":
+        _redis_child(what, calls)
+        return
     from bench.common import consumer, opened
     from bench.floors import limits_floor, sqlite_floor
 
@@ -50,19 +60,38 @@ def _child(backend: str, what: str, calls: int) -> None:
                 once = limits_floor()
             else:
                 once, close = sqlite_floor(Path(tmp) / "f.db")
-            for _ in range(WARMUP):
-                once()
-            for _ in range(calls):
-                once()
+            _repeat(once, calls)
             close()
             return
         url = "memory://" if backend == "memory" else f"sqlite:///{tmp}/q.db"
         with opened(url) as quota:
-            call = consumer(quota)
-            for _ in range(WARMUP):
-                call()
-            for _ in range(calls):
-                call()
+            _repeat(consumer(quota), calls)
+
+
+def _redis_child(what: str, calls: int) -> None:
+    """PostgreSQL + Redis on a throwaway schema and key prefix (bench/stores.py)."""
+    from bench.common import consumer, opened
+    from bench.floors import redis_floor
+    from bench.stores import postgres_schemas, postgres_url, redis_prefixes, redis_url
+
+    notes: list[str] = []
+    with postgres_schemas(notes) as schemas, redis_prefixes(notes) as prefixes:
+        if schemas is None or prefixes is None:
+            raise RuntimeError("; ".join(notes))
+        if what == "floor":
+            once, close = redis_floor(prefixes())
+            _repeat(once, calls)
+            close()
+            return
+        with opened(postgres_url(schemas()), redis_url(prefixes())) as quota:
+            _repeat(consumer(quota), calls)
+
+
+def _repeat(once: Callable[[], None], calls: int) -> None:
+    for _ in range(WARMUP):
+        once()
+    for _ in range(calls):
+        once()
 
 
 def _count(backend: str, what: str, calls: int) -> int:

@@ -260,3 +260,18 @@ def test_a_replica_with_cached_limits_never_admits_what_a_new_limit_refuses(
     assert [(s.subject, s.limit) for s in refused.blocked_by] == [("company:acme", 10)]
     assert quota.consume("user:ann", tokens=5).allowed
     assert not quota.consume("user:ann", tokens=1).allowed
+
+
+def test_a_redis_without_the_step_script_is_given_it_again(quota: Quota) -> None:
+    """NOSCRIPT (a restarted or flushed Redis; here, a name it never had) loads the
+    script and runs the call once, as redis-py's ``Script`` would."""
+    quota.set_limit("user:ns", "tokens", "day", 10)
+    runner = store_of(quota).meter.ops
+    sha = runner._script.sha
+    runner._script.sha = "0" * 40
+    first = quota.consume("user:ns", tokens=3, idempotency_key="once")
+    assert first.allowed
+    assert runner._script.sha == sha
+    assert quota.consume("user:ns", tokens=3, idempotency_key="once").event_id == first.event_id
+    (status,) = quota.usage("user:ns").limits
+    assert status.used == 3  # charged once

@@ -38,10 +38,24 @@ def tag_of(series: str) -> str:
     return series.split("~", 1)[0]
 
 
+# Key names kept by a layout before its caches start again: the hot path names
+# the same few counters on every call, and a bound keeps a store that sees
+# millions of subjects from keeping every name it ever built.
+NAMES_KEPT = 100_000
+
+
 @dataclass(frozen=True, slots=True)
 class Layout:
     prefix: str
     shards: int = 1
+    # Counter and hold key names, built once: a consume names a dozen counters,
+    # and formatting them was a measurable part of the client's work per call.
+    _counters: dict[tuple[str, str, str], str] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _holds: dict[tuple[str, str], tuple[str, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def shard_of(self, routing: str) -> int:
         return zlib.crc32(routing.encode()) % self.shards
@@ -50,12 +64,24 @@ class Layout:
         return f"{self.prefix}:{{{tag}}}:{rest}"
 
     def counter(self, series: str, metric: str, window: str) -> str:
-        return self._key(tag_of(series), f"c:{series}:{metric}:{window}")
+        known = self._counters.get((series, metric, window))
+        if known is None:
+            if len(self._counters) >= NAMES_KEPT:
+                self._counters.clear()
+            known = self._key(tag_of(series), f"c:{series}:{metric}:{window}")
+            self._counters[series, metric, window] = known
+        return known
 
     def holds(self, series: str, metric: str) -> tuple[str, str]:
         """A sorted set of reservation ids by expiry, and a hash of their amounts."""
-        tag = tag_of(series)
-        return self._key(tag, f"hz:{series}:{metric}"), self._key(tag, f"ha:{series}:{metric}")
+        known = self._holds.get((series, metric))
+        if known is None:
+            if len(self._holds) >= NAMES_KEPT:
+                self._holds.clear()
+            tag = tag_of(series)
+            known = self._key(tag, f"hz:{series}:{metric}"), self._key(tag, f"ha:{series}:{metric}")
+            self._holds[series, metric] = known
+        return known
 
     def leases(self, series: str) -> str:
         return self._key(tag_of(series), f"lz:{series}")
@@ -104,13 +130,23 @@ class Layout:
         return f"{self.prefix}:{{*}}:{what}:*"
 
 
+# Ops whose entries the spec keeps as one flat list, as step.lua reads them:
+# cjson builds a Lua table per array, and these are the most numerous.
+FLAT = ("incr", "cap")
+
+
 @dataclass
 class Step:
-    """One script call: the keys it names and the spec it runs (see step.lua)."""
+    """One script call: the keys it names and the spec it runs (see step.lua).
+
+    ``incr`` (key, bucket, delta) and ``cap`` (key, field, amount, name) are
+    kept flat in the spec, entry after entry; every other op is a list of
+    entries.
+    """
 
     keys: list[str] = field(default_factory=list)
     spec: dict[str, Any] = field(default_factory=dict)
-    body: str = ""  # the ledger event's JSON, ARGV[2]: no second encoding inside the spec
+    body: str | bytes = ""  # the ledger event's JSON, ARGV[2]: not encoded again in the spec
     _index: dict[str, int] = field(default_factory=dict)
 
     def key(self, name: str) -> int:
@@ -122,18 +158,20 @@ class Step:
         return found
 
     def add(self, op: str, value: Any) -> int:
-        """Append to a list op; returns the position (0-based) within that list."""
+        """Append to a list op; returns the position (0-based) within that list.
+
+        For a flat op (``FLAT``) ``value`` is one entry's values, appended in place.
+        """
         ops: list[Any] = self.spec.setdefault(op, [])
+        if op in FLAT:
+            ops += value
+            return 0
         ops.append(value)
         return len(ops) - 1
 
     def argv(self, now: int, *, dry: bool = False) -> list[str | bytes]:
-        """ARGV for step.lua: the spec, with "incr" and "cap" flattened (fewer Lua
-        tables to decode), and the event body."""
+        """ARGV for step.lua: the spec and the event body."""
         spec = {**self.spec, "now": now, "dry": dry}
-        for flat in ("incr", "cap"):
-            if flat in spec:
-                spec[flat] = [v for op in spec[flat] for v in op]
         try:
             encoded: str | bytes = orjson.dumps(spec)
         except TypeError:  # an integer past 64 bits (a guard's sum of many buckets)
@@ -152,7 +190,10 @@ class Steps:
 
     def at(self, key: str) -> Step:
         slot = self._slot_of(key) if self._slot_of else 0
-        return self._steps.setdefault(slot, Step())
+        step = self._steps.get(slot)
+        if step is None:
+            step = self._steps[slot] = Step()
+        return step
 
     def ledger(self, key: str) -> Step:
         step = self.at(key)
@@ -162,6 +203,8 @@ class Steps:
     def ordered(self) -> list[Step]:
         """Ascending slot order (one global order, so steps never wait on each other
         in a cycle), the ledger step last: it is what makes the operation count."""
+        if len(self._steps) == 1:
+            return list(self._steps.values())
         slots = sorted(s for s in self._steps if s != self._ledger_slot)
         if self._ledger_slot is not None:
             slots.append(self._ledger_slot)

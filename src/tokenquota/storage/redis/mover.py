@@ -24,6 +24,7 @@ from tokenquota.domain.errors import display
 from tokenquota.storage.ledger_rows import event_links
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import Layout
+from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.ledger import SqlLedger
 from tokenquota.storage.sql.outbox import insert_alerts
 from tokenquota.storage.sql.tx import Database
@@ -130,6 +131,15 @@ class Mover:
         only the refused ones are set aside. A database that is down is not a
         data error: that still fails the whole pass, to be retried later.
         """
+        if conn.dialect.name == "postgresql":
+            try:
+                with conn.begin_nested():
+                    _move_batch(conn, entries)
+                return {}
+            except sa.exc.OperationalError:
+                raise  # the database is down, not refusing a row: retry the pass later
+            except (sa.exc.StatementError, KeyError, ValueError):
+                pass  # DataError, IntegrityError, bad UTF-8, no id: found row by row below
         refused: dict[Any, str] = {}
         parsed: list[tuple[Any, dict[str, Any], list[dict[str, Any]]]] = []
         for entry_id, data in entries:
@@ -221,6 +231,42 @@ class Mover:
 # takes, a missing column). A database that cannot be reached (OperationalError,
 # also a StatementError) is not among them: that pass fails and is retried.
 _DATA_ERRORS = (sa.exc.DataError, sa.exc.IntegrityError, UnicodeError)
+
+
+# One statement moves a batch on PostgreSQL: the stream entries go as one JSON
+# array of {"id": ..., "e": <the event body as stored>}, PostgreSQL takes the
+# columns out of each body, and inserts the events and their event_subjects
+# links (one per charged subject, as event_links builds them), skipping rows
+# already present as SqlLedger.copy does.
+_MOVE_BATCH_SQL = (
+    "WITH x AS (SELECT id, e FROM json_to_recordset(%s::json) AS r(id bigint, e json)),"
+    f" moved AS (INSERT INTO {t.events.name} (id, kind, subject, charged, ts,"
+    " recorded_at, mode, amounts, model, tags, idempotency_key, resource)"
+    " SELECT id, e->>'kind', e->>'subject', e->'charged', (e->>'ts')::bigint,"
+    " (e->>'recorded_at')::bigint, e->>'mode', e->'amounts', e->>'model', e->'tags',"
+    " e->>'idempotency_key', e->>'resource' FROM x ON CONFLICT (id) DO NOTHING)"
+    f" INSERT INTO {t.event_subjects.name} (subject, ts, event_id)"
+    " SELECT s, (e->>'ts')::bigint, id FROM x, json_array_elements_text(e->'charged') AS s"
+    " ON CONFLICT DO NOTHING"
+)
+
+
+def _move_batch(conn: Connection, entries: Sequence[Any]) -> None:
+    """Insert a batch of stream entries into the ledger on PostgreSQL, in one statement.
+
+    What ``SqlLedger.copy`` does for the rows ``_insert_events`` parses, without
+    parsing them here: the bodies are JSON already. Sent row by row, a batch
+    cost the mover about 45 us of this process's CPU per event (psycopg
+    preparing and sending three statements an event), under the GIL the
+    decisions share. Anything PostgreSQL refuses here (a body that is not
+    JSON or not an event, a NUL) fails the whole statement, and the caller
+    then takes the row-by-row path that finds and quarantines the culprits.
+    """
+    batch = ",".join(
+        '{"id":' + str(int(data[b"id"])) + ',"e":' + data[b"e"].decode() + "}"
+        for _, data in entries
+    )
+    conn.exec_driver_sql(_MOVE_BATCH_SQL, (f"[{batch}]",))
 
 
 def _alert_row(data: dict[bytes, bytes]) -> dict[str, Any]:

@@ -18,6 +18,9 @@ from datetime import datetime
 from importlib.resources import files
 from typing import Any
 
+import orjson
+from redis.exceptions import NoScriptError
+
 from tokenquota.domain.alerts import crossings, threshold_candidates
 from tokenquota.domain.bounds import too_large
 from tokenquota.domain.clock import to_micros
@@ -30,6 +33,7 @@ from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.redis.answers import CheckPlace, WalletPlace
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import (
+    NAMES_KEPT,
     Layout,
     Reply,
     Step,
@@ -65,6 +69,7 @@ class Runner:
         self.redis = client
         self.layout = layout
         self._script = client.register_script(STEP_LUA)
+        self._key_bytes: dict[str, bytes] = {}
         self._slot_of: Callable[[str], int] | None = None
         if cluster:
             from redis.crc import key_slot
@@ -73,8 +78,32 @@ class Runner:
 
     # running steps -------------------------------------------------------------
     def run(self, step: Step, now: datetime, *, dry: bool = False) -> Reply:
-        keys, argv = step.keys, step.argv(to_micros(now), dry=dry)
-        return Reply.parse(call(lambda: self._script(keys=keys, args=argv)))
+        keys, argv = self._encoded(step.keys), step.argv(to_micros(now), dry=dry)
+        return Reply.parse(call(lambda: self._evalsha(keys, argv)))
+
+    def _evalsha(self, keys: list[bytes], argv: list[str | bytes]) -> Any:
+        """What ``Script.__call__`` does for a client that is not a pipeline, less its
+        checks of the client's type (a measurable part of redis-py's work per call)."""
+        script = self._script
+        try:
+            return self.redis.evalsha(script.sha, len(keys), *keys, *argv)
+        except NoScriptError:  # a server restarted, flushed, or failed over
+            script.sha = self.redis.script_load(STEP_LUA)
+            return self.redis.evalsha(script.sha, len(keys), *keys, *argv)
+
+    def _encoded(self, keys: list[str]) -> list[bytes]:
+        """Key names as bytes, encoded once: redis-py checks the type of and encodes
+        every argument of every call otherwise."""
+        known = self._key_bytes
+        if len(known) >= NAMES_KEPT:
+            known.clear()
+        out = []
+        for key in keys:
+            raw = known.get(key)
+            if raw is None:
+                raw = known[key] = key.encode()
+            out.append(raw)
+        return out
 
     def execute(self, op: Op, now: datetime, *, dry: bool = False) -> list[Reply]:
         """Run every step; on a cluster, undo earlier steps when a later one refuses.
@@ -102,7 +131,9 @@ class Runner:
     def undo(self, step: Step, reply: Reply, now: datetime) -> None:
         """Reverse one cluster step that succeeded before a later one refused."""
         undo = Step()
-        for kidx, bucket, delta in step.spec.get("incr", ()):
+        incr = step.spec.get("incr", [])
+        for i in range(0, len(incr), 3):  # flat: key, bucket, delta
+            kidx, bucket, delta = incr[i : i + 3]
             undo.add("incr", [undo.key(step.keys[kidx - 1]), bucket, str(-int(delta))])
         for hz, ha, hold_id, _, _ in step.spec.get("hold", ()):
             undo.add("unhold", [undo.key(step.keys[hz - 1]), undo.key(step.keys[ha - 1]), hold_id])
@@ -132,23 +163,24 @@ class Runner:
         readings the decision was made on: the script refuses with "conflict"
         if it finds anything else.
         """
+        at = op.steps.at
         for i, check in enumerate(checks):
-            key = check.limit.key
-            series = str(check.limit.subject)
-            if key.metric is Metric.CONCURRENT_REQUESTS:
+            limit = check.limit
+            series, metric, window, _ = limit.names()  # text, built once per limit
+            if limit.key.metric is Metric.CONCURRENT_REQUESTS:
                 z = self.layout.leases(series)
-                step = op.steps.at(z)
+                step = at(z)
                 # positional, as step.lua reads a check
-                lease = ["l", step.key(z), check.amount, check.limit.value]
+                lease = ["l", step.key(z), check.amount, limit.value]
                 lease.append(int(enforce and _enforced(check)))
                 op.checks.append((step, step.add("checks", lease), [], True))
                 continue
-            if key.window is None:
+            if window is None:
                 op.checks.append(None)  # a per-request cap reads nothing
                 continue
-            counter = self.layout.counter(series, key.metric.value, key.window.key)
-            hz, ha = self.layout.holds(series, key.metric.value)
-            step = op.steps.at(counter)
+            counter = self.layout.counter(series, metric, window)
+            hz, ha = self.layout.holds(series, metric)
+            step = at(counter)
             fields = _fields(check)
             kind, used, held = "w", 0, 0
             if guards is not None and i >= first_guard:
@@ -156,7 +188,7 @@ class Runner:
                 kind, used, held = "g", sum(seen.buckets.values()), seen.reserved
             # positional, as step.lua reads a check: the buckets come last
             spec: list[Any] = [kind, step.key(counter), step.key(hz), step.key(ha)]
-            spec += (check.amount if check.bucket is not None else 0, check.limit.value)
+            spec += (check.amount if check.bucket is not None else 0, limit.value)
             spec += (int(enforce and _enforced(check)), used, held, *map(str, fields))
             op.checks.append((step, step.add("checks", spec), fields, False))
 
@@ -188,16 +220,18 @@ class Runner:
 
     def answers(self, op: Op, replies: list[Reply]) -> tuple[list[Reading], list[Prepaid]]:
         """Each check's reading and each wallet's balance, in the order they were added."""
-        by_step = dict(zip(map(id, op.steps.ordered()), replies, strict=True))
+        steps = op.steps.ordered()
+        # each step's readings, split once (a consume has four checks in one step)
+        read = {id(s): split(r.readings) for s, r in zip(steps, replies, strict=True)}
         readings = []
         for entry in op.checks:
             if entry is None:
                 readings.append(Reading())
                 continue
             step, pos, fields, lease = entry
-            text = split(by_step[id(step)].readings)[pos]
-            readings.append(parse_reading(text, fields, lease))
+            readings.append(parse_reading(read[id(step)][pos], fields, lease))
         prepaid = []
+        by_step = dict(zip(map(id, steps), replies, strict=True))
         for step, pos, subject, mine in op.wallets:
             remaining, held = parse_wallet(split(by_step[id(step)].wallets)[pos])
             grants = tuple(
@@ -209,14 +243,17 @@ class Runner:
 
     def add_increments(self, op: Op, plan: DebitPlan, tracked: set[LimitKey]) -> None:
         keys = tracked | {c.limit.key for c in plan.checks}
+        name = self.layout.counter
+        at = op.steps.at
         for (series, metric, window, bucket), delta in increments(
             plan.series, plan.amounts, plan.timestamp, self.db.tz, keys
         ).items():
-            counter = self.layout.counter(series, metric, window)
-            step = op.steps.at(counter)
-            step.add("incr", [step.key(counter), str(bucket), str(delta)])
+            counter = name(series, metric, window)
+            step = at(counter)
+            kidx, units = step.key(counter), str(delta)
+            step.add("incr", (kidx, str(bucket), units))
             if window == "total":  # the lifetime counter: checked against 2^63 - 1 first
-                step.add("cap", [step.key(counter), str(bucket), str(delta), f"{metric}|{series}"])
+                step.add("cap", (kidx, str(bucket), units, f"{metric}|{series}"))
 
     def add_event(self, step: Step, shard: int, body: dict[str, Any]) -> None:
         step.spec["seq"] = step.key(self.layout.seq(shard))
@@ -225,7 +262,10 @@ class Runner:
             "shard": shard,
             "shards": self.layout.shards,
         }
-        step.body = json.dumps(body, separators=(",", ":"))
+        try:
+            step.body = orjson.dumps(body)
+        except TypeError:  # an integer past 64 bits, text orjson refuses: the slower encoder
+            step.body = json.dumps(body, separators=(",", ":"))
 
     def add_alerts(self, op: Op, step: Step, shard: int, plan: DebitPlan) -> None:
         """The threshold alerts ``plan`` may record, added by the ledger ``step`` to the

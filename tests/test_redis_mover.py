@@ -1,0 +1,91 @@
+"""The mover's one-statement batch on PostgreSQL stores what the row-by-row copy stores.
+
+``mover._move_batch`` hands PostgreSQL the stream entries' bodies as they are
+and lets it take the columns out; ``SqlLedger.copy`` (the path every other
+ledger write takes, and the mover's fallback) gets the rows parsed in Python.
+Both must leave the same events and links behind, for every kind of field.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import tokenquota
+from tokenquota import Quota
+from tokenquota.storage.ledger_rows import event_links
+from tokenquota.storage.redis import RedisStore
+from tokenquota.storage.redis.mover import _move_batch
+from tokenquota.storage.sql import schema as t
+
+
+@pytest.fixture
+def quota(postgres_url: str, redis_url: str) -> Iterator[Quota]:
+    with tokenquota.open(postgres_url, redis=redis_url) as opened:
+        yield opened
+
+
+def paused(quota: Quota) -> RedisStore:
+    store = quota.store
+    assert isinstance(store, RedisStore)
+    store._stop.set()
+    store._mover.join(timeout=10)
+    store._stop.clear()  # close() still flushes and closes; no thread restarts
+    return store
+
+
+def stored(store: RedisStore) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    with store.db.tx() as conn:
+        events = [tuple(r) for r in conn.execute(sa.select(t.events).order_by(t.events.c.id))]
+        links = conn.execute(
+            sa.select(t.event_subjects).order_by(
+                t.event_subjects.c.event_id, t.event_subjects.c.subject
+            )
+        )
+        return events, [tuple(r) for r in links]
+
+
+def test_one_statement_batch_stores_what_the_row_copy_stores(quota: Quota) -> None:
+    store = paused(quota)
+    quota.set_parents("user:ann", ["team:x"])
+    quota.set_parents("team:x", ["company:acme"])
+    assert quota.consume("user:ann", tokens=7).allowed
+    assert quota.consume(
+        "user:ann",
+        tokens=2**62,
+        mode="record",
+        timestamp=datetime.now(UTC) - timedelta(minutes=5),  # ts apart from recorded_at
+        idempotency_key='k-ü "quoted" 100%',
+        model="gpt-ø",
+        tags={"feature": "chat", "emoji": "🙂", "path": 'a\\b "c"'},
+    ).allowed
+    assert quota.consume("user:bob", requests=3, resource="resource:gpu").allowed
+    entries = store.redis.xrange(store.layout.stream(0))
+    assert len(entries) == 3
+
+    with store.db.tx(hot=True) as conn:
+        _move_batch(conn, entries)
+    batch = stored(store)
+
+    with store.db.tx(hot=True) as conn:
+        conn.execute(t.event_subjects.delete())
+        conn.execute(t.events.delete())
+        rows, links = [], []
+        for _, data in entries:
+            body = json.loads(data[b"e"])
+            rows.append({"id": int(data[b"id"]), **body})
+            links += event_links(int(data[b"id"]), body)
+        store.mover.ledger.copy(conn, rows, links)
+    assert stored(store) == batch
+    assert len(batch[0]) == 3
+    assert len(batch[1]) == len(links) == 8  # ann's events charge 3 subjects each, bob's 2
+
+    with store.db.tx(hot=True) as conn:  # a second copy of a batch changes nothing
+        _move_batch(conn, entries)
+    assert stored(store) == batch
+    store.redis.delete(store.layout.stream(0))
