@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 from typing import Final
 
 import uvicorn.config
@@ -33,6 +34,11 @@ STARTUP_FAILURE: Final[int | None] = getattr(uvicorn.config, "STARTUP_FAILURE", 
 
 logger = logging.getLogger("uvicorn.error")  # where uvicorn's supervisor writes
 
+# Where SO_REUSEPORT spreads connections over a port's sockets (Linux 3.9 and later).
+# Elsewhere it is missing (Windows) or gives every connection to one socket (macOS,
+# the BSDs), and the workers share one socket, as uvicorn's own supervisor does.
+SPREADS: Final = sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
+
 
 def reuse_port(first: socket.socket, count: int, backlog: int) -> list[socket.socket]:
     """``first`` and ``count - 1`` more listening sockets on its address, one group.
@@ -42,7 +48,11 @@ def reuse_port(first: socket.socket, count: int, backlog: int) -> list[socket.so
     bind fail) and not yet listening: the option is set on it here, before it
     listens, so the port is never free in between and no other process can join
     the group. The kernel then hashes each new connection to one of the sockets.
+    Where it would not (``SPREADS``), ``first`` listening, ``count`` times.
     """
+    if not SPREADS:
+        first.listen(backlog)
+        return [first] * count
     first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     first.listen(backlog)
     sockets = [first]
@@ -71,7 +81,8 @@ def join_port(first: socket.socket, backlog: int) -> socket.socket:
 
 
 class Workers(Multiprocess):
-    """uvicorn's ``Multiprocess``, worker ``i`` always on ``sockets[i]``.
+    """uvicorn's ``Multiprocess``, worker ``i`` always on ``sockets[i]``
+    (the same socket ``N`` times where ``SPREADS`` is false).
 
     Every place uvicorn starts a worker (at start, a dead one's replacement, a
     restart on SIGHUP, one more on SIGTTIN) is overridden only to hand it its
@@ -102,10 +113,12 @@ class Workers(Multiprocess):
             process.join()
             if STARTUP_FAILURE is not None and process.exitcode == STARTUP_FAILURE:
                 # It failed before serving (the app's startup): every restart would too.
+                logger.error(f"Child process [{process.pid}] failed to start, stopping.")
                 self.should_exit.set()
                 return
             if self.should_exit.is_set():
                 return
+            logger.info(f"Child process [{process.pid}] died")
             self.processes[index] = self.spawn(index)
 
     def restart_all(self) -> None:
@@ -117,6 +130,7 @@ class Workers(Multiprocess):
             if not new.wait_until_ready(self.config.timeout_worker_healthcheck, self.should_exit):
                 new.kill()
                 new.join()
+                logger.error(f"New worker [{new.pid}] not ready in time; restart stopped.")
                 return
             old.terminate()
             old.join()
@@ -124,10 +138,11 @@ class Workers(Multiprocess):
 
     def handle_ttin(self) -> None:
         try:
-            self.sockets.append(join_port(self.sockets[0], self.backlog))
+            added = join_port(self.sockets[0], self.backlog) if SPREADS else self.sockets[0]
         except OSError as exc:
             logger.error(f"SIGTTIN: no socket for another worker: {exc}")
             return
+        self.sockets.append(added)
         self.processes_num += 1
         self.processes.append(self.spawn(len(self.sockets) - 1))
 
@@ -138,4 +153,6 @@ class Workers(Multiprocess):
         process = self.processes.pop()
         process.terminate()
         process.join()
-        self.sockets.pop().close()
+        stopped = self.sockets.pop()
+        if SPREADS:  # else it is the one socket every worker shares
+            stopped.close()
