@@ -123,7 +123,8 @@ class Threads:
         self.observe: Observer | None = None
         self._work: SimpleQueue[Work | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
-        # One entry per thread waiting for work (list append and pop are atomic).
+        # One entry per thread that will take a call no ``run`` has claimed yet
+        # (appended by the threads, popped by ``run``: both atomic).
         self._idle: list[None] = []
         self._running = 0  # changed under _lock by the threads; read anywhere
         self._lock = threading.Lock()
@@ -142,33 +143,37 @@ class Threads:
             outbox = self._outbox = Outbox(loop)
         future: asyncio.Future[R] = loop.create_future()
         self._work.put(Work(call, contextvars.copy_context(), future, outbox))
-        # Threads start one by one as calls need them, up to the bound: one more
-        # whenever more calls wait than threads do.
-        if len(self._threads) < self.total_tokens and self._work.qsize() > len(self._idle):
-            self._start()
+        # Each call claims a thread that will take it: a waiting one, else a new one,
+        # up to the bound. Below the bound every call has a thread of its own to
+        # come; at it, calls wait in the queue for the next thread to be free.
+        try:
+            self._idle.pop()
+        except IndexError:
+            if len(self._threads) < self.total_tokens:
+                self._start()
         return await future
 
     def _start(self) -> None:
         thread = threading.Thread(
             target=self._serve,
-            args=(self._work,),
+            args=(self._work, self._idle),
             name=f"tokenquota-{self.name}_{len(self._threads)}",
             daemon=True,  # close() is what waits for started calls, at the app's shutdown
         )
         self._threads.append(thread)
         thread.start()
 
-    def _serve(self, work: SimpleQueue[Work | None]) -> None:
-        """One thread of the lane: calls from ``work`` until told to stop (None)."""
-        idle = self._idle
+    def _serve(self, work: SimpleQueue[Work | None], idle: list[None]) -> None:
+        """One thread of the lane: calls from ``work`` until told to stop (None).
+
+        Its first call is the one that started it. Once done with a call it
+        offers itself in ``idle`` before answering, so the next ``run`` (which
+        may follow that answer at once) claims it instead of starting a thread.
+        """
         lock = self._lock
-        while True:
-            idle.append(None)
-            item = work.get()
-            idle.pop()
-            if item is None:
-                return
+        while (item := work.get()) is not None:
             if item.future.cancelled():  # cancelled before it started: dropped
+                idle.append(None)
                 continue
             with lock:
                 self._running += 1
@@ -185,6 +190,7 @@ class Threads:
                     self.observe(time.perf_counter() - started, None if ok else value)
             except BaseException as exc:  # answered as the call's own failure would be
                 ok, value = False, exc
+            idle.append(None)
             item.outbox.post(item.future, ok, value)
             del item, value  # not kept alive while the thread waits for the next call
 
@@ -192,6 +198,7 @@ class Threads:
         """After the last request: let running calls end, drop any never started."""
         threads, self._threads = self._threads, []
         work, self._work = self._work, SimpleQueue()  # a later run starts new threads
+        self._idle = []
         self._drop(work)
         for _ in threads:
             work.put(None)
