@@ -104,7 +104,7 @@ class Outbox:
                 future.set_exception(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen one's __init__ costs a call a field
 class Work:
     """One call waiting for a lane's thread."""
 
