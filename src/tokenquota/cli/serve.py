@@ -219,7 +219,7 @@ def serve(
             # Imported here: building the app pulls in FastAPI, which other commands never need.
             from tokenquota.api.app import create_app
 
-            run_uvicorn(create_app(settings), sockets, **server_options(settings))
+            run_uvicorn(create_app(settings, freeze_heap=True), sockets, **server_options(settings))
             return
         # Worker processes rebuild the app from these settings instead of re-reading flags.
         os.environ[SETTINGS_ENV] = settings_json(settings)
