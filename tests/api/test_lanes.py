@@ -127,16 +127,21 @@ def test_errors_reach_the_caller_and_the_observer() -> None:
     def fails() -> None:
         raise LookupError("nope")
 
+    def stops() -> None:
+        raise StopIteration
+
     async def main() -> None:
         with pytest.raises(LookupError, match="nope"):
             await lane.run(fails)
+        with pytest.raises(RuntimeError, match="StopIteration"):  # not a hang
+            await asyncio.wait_for(lane.run(stops), GUARD_SECONDS)
         assert await lane.run(lambda: 5) == 5
 
     try:
         run(main)
     finally:
         lane.close()
-    assert [type(x) for x in seen] == [LookupError, type(None)]
+    assert [type(x) for x in seen] == [LookupError, StopIteration, type(None)]
 
 
 def test_close_lets_running_calls_end_and_drops_those_never_started() -> None:

@@ -100,6 +100,8 @@ class Outbox:
                 future.set_result(value)
             elif value is None:  # dropped before it started (``Threads.close``)
                 future.cancel()
+            elif isinstance(value, StopIteration):  # which a future refuses to hold
+                future.set_exception(RuntimeError(f"a lane's call raised {value!r}"))
             else:
                 future.set_exception(value)
 
