@@ -28,7 +28,7 @@ import uvicorn.config
 from uvicorn import Config
 from uvicorn.supervisors.multiprocess import Multiprocess, Process
 
-# The exit code of a worker that failed before serving (uvicorn >= 0.36): restarting
+# The exit code of a worker that failed before serving (recent uvicorn): restarting
 # it would fail the same way, so the supervisor stops instead. None on older uvicorn.
 STARTUP_FAILURE: Final[int | None] = getattr(uvicorn.config, "STARTUP_FAILURE", None)
 
