@@ -2,11 +2,12 @@
 
 Both run as subprocesses on a free loopback port under uvicorn with the same
 number of workers, httptools and uvloop (uvicorn's choice when installed) and
-no access log (``serve``'s default; the bare endpoint is told
-``--no-access-log`` so the floor does not pay for a log line the service
-does not write) and libuv accepting one connection at a time (``serve``'s
-default with several workers; uvicorn's own lets the first worker to wake
-take all 64 connections), so the only difference is the app.
+no access log (``serve``'s default; the bare endpoint has none either, so
+the floor does not pay for a log line the service does not write) and each
+worker listening on a socket of its own (``serve``'s way with several
+workers, ``tokenquota.cli.workers``; uvicorn's own shares one socket, and the
+first worker to wake could take all 64 connections), so the only difference
+is the app.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ from bench.common import COMPANY_WINDOWS, LIMIT, USER_WINDOWS
 
 SERVER_START_SECONDS = 60
 WORKERS = 2
-SINGLE_ACCEPT_ENV = "UV_TCP_SINGLE_ACCEPT"  # what ``serve`` sets for its workers
 STARTED = "Application startup complete"  # uvicorn's line, once per worker
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,15 +107,11 @@ def served(db: str, redis: str | None, logs: Path, workers: int = WORKERS) -> It
 @contextmanager
 def bare(logs: Path, workers: int = WORKERS) -> Iterator[Endpoint]:
     """The bare FastAPI endpoint (bench/bare_app.py) under uvicorn, as ``serve`` runs it
-    (its defaults: no access log)."""
+    (its defaults: no access log, a socket per worker)."""
     port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "bench.bare_app:create", "--factory"]
-    command += ["--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
-    command += ["--app-dir", str(ROOT), "--no-access-log"]
-    # As ``serve`` starts its workers (cli/serve.py, SINGLE_ACCEPT_ENV): uvicorn's own
-    # default lets one worker take a whole burst of connections, a floor below its best.
-    env = {**os.environ, SINGLE_ACCEPT_ENV: os.environ.get(SINGLE_ACCEPT_ENV, "1")}
-    with process(command, env, logs, port, workers):
+    command = [sys.executable, "-m", "bench.bare_app", "--port", str(port)]
+    command += ["--workers", str(workers)]
+    with process(command, dict(os.environ), logs, port, workers):
         yield Endpoint(f"http://127.0.0.1:{port}/v1/consume", {})
 
 

@@ -8,6 +8,7 @@ file, not a pipe: a pipe nobody reads fills up and would stall the server.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import shlex
@@ -16,17 +17,20 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 import tokenquota
+from tokenquota.api.app import app_from_env, create_app
 from tokenquota.cli import app
-from tokenquota.cli.serve import SETTINGS_ENV, SINGLE_ACCEPT_ENV
+from tokenquota.cli.serve import SETTINGS_ENV, listening_sockets, settings_json
 from tokenquota.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -208,11 +212,29 @@ def test_serve_migrates_serves_keys_from_the_cli_and_stops_on_sigterm(
     assert "Application shutdown complete" in server.output()
 
 
-def test_a_taken_port_is_one_line_and_exit_2_before_any_banner(tmp_path: Path) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as taken:
+def reuse_port_listener() -> socket.socket:
+    """A listening socket as another ``serve --workers N`` holds its port (SO_REUSEPORT)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize(
+    "holder", [lambda: socket.create_server(("127.0.0.1", 0)), reuse_port_listener]
+)
+def test_a_taken_port_is_one_line_and_exit_2_before_any_banner(
+    tmp_path: Path, holder: Callable[[], socket.socket], workers: str
+) -> None:
+    """Also when the port's holder would let a SO_REUSEPORT socket join it: with several
+    workers, serve's sockets share their port that way, but never with another server."""
+    db = f"sqlite:///{tmp_path / 't.db'}"
+    with holder() as taken:
         port = taken.getsockname()[1]
         done = subprocess.run(
-            [*TOKENQUOTA, "serve", "--port", str(port), "--db", f"sqlite:///{tmp_path / 't.db'}"],
+            [*TOKENQUOTA, "serve", "--port", str(port), "--workers", workers, "--db", db],
             cwd=tmp_path,
             env=clean_env(),
             capture_output=True,
@@ -266,11 +288,6 @@ def test_two_workers_share_one_store_and_its_limits(tmp_path: Path, serve: Start
     assert server.terminate() in (0, -signal.SIGTERM)
 
 
-def environment_of(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes()
-    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if item)
-
-
 def workers_of(server: Served) -> list[int]:
     """The worker processes of a ``--workers N`` server, once each has started its app."""
     deadline = time.monotonic() + START_TIMEOUT_SECONDS
@@ -287,26 +304,62 @@ def workers_of(server: Served) -> list[int]:
     ]
 
 
-@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc (Linux)")
-def test_workers_accept_one_connection_at_a_time(tmp_path: Path, serve: StartServe) -> None:
-    """libuv would accept a whole burst of connections in the first worker to wake, and
-    kept-alive connections stay where they were accepted: in the bench one worker of
-    two often served all 64 connections (docs/performance-log.md). The workers are
-    started with libuv's single-accept switch; a value of the user's own is kept."""
+def listening_inodes(port: int) -> set[str]:
+    """The socket inodes listening on 127.0.0.1:``port`` (/proc/net/tcp, state 0A)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1] == f"0100007F:{port:04X}" and fields[3] == "0A":
+            found.add(fields[9])
+    return found
+
+
+def sockets_of(pid: int) -> set[str]:
+    """The socket inodes among a process's open files."""
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):  # closed meanwhile
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                found.add(target[len("socket:[") : -1])
+    return found
+
+
+def serving_process(url: str) -> str:
+    """Which worker answered a request on a new connection: the process half of the
+    request id it made (http/logs.py)."""
+    with httpx.Client(timeout=30) as client:  # one connection, closed after
+        answer = client.get(f"{url}/healthz")
+    assert answer.status_code == 200
+    return answer.headers["x-request-id"][:16]
+
+
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads /proc (Linux)")
+def test_each_worker_listens_on_a_socket_of_its_own_and_both_answer(
+    tmp_path: Path, serve: StartServe
+) -> None:
+    """With one shared socket, whichever worker woke first accepted a connection, and
+    kept-alive connections stay where they were accepted: in the bench one worker of two
+    often served all 64 (docs/performance-log.md). Each worker now has its own socket on
+    the port (SO_REUSEPORT) and the kernel spreads connections over them."""
     port = free_port()
-    db = f"sqlite:///{tmp_path / 'accept.db'}"
+    db = f"sqlite:///{tmp_path / 'reuse.db'}"
     server = serve("--port", str(port), "--db", db, "--workers", "2", port=port)
-    assert [environment_of(pid).get("UV_TCP_SINGLE_ACCEPT") for pid in workers_of(server)] == [
-        "1",
-        "1",
-    ]
-    port = free_port()
-    env = clean_env(UV_TCP_SINGLE_ACCEPT="0")
-    own = serve("--port", str(port), "--db", db, "--workers", "2", port=port, env=env)
-    assert [environment_of(pid).get("UV_TCP_SINGLE_ACCEPT") for pid in workers_of(own)] == [
-        "0",
-        "0",
-    ]
+    workers = workers_of(server)
+    assert len(workers) == 2
+    listening = listening_inodes(port)
+    assert len(listening) == 2
+    # Each worker holds one of them, not the same one; the supervisor holds both.
+    held = [sockets_of(pid) & listening for pid in workers]
+    assert len(held[0]) == len(held[1]) == 1
+    assert held[0] != held[1]
+    assert sockets_of(server.process.pid) & listening == listening
+    # 40 new connections, hashed by their source ports: one worker alone would take
+    # them all with a chance of 2 ** -39.
+    answered = Counter(serving_process(server.url) for _ in range(40))
+    assert len(answered) == 2, answered
+    assert server.terminate() in (0, -signal.SIGTERM)
+    assert server.output().count("Application shutdown complete") == 2
 
 
 def test_a_bootstrap_admin_key_from_the_environment(tmp_path: Path, serve: StartServe) -> None:
@@ -355,7 +408,6 @@ def invoke(*args: str, env: dict[str, str | None] | None = None) -> Any:
     # Named, so the runner puts back whatever serve sets in this process's environment.
     base: dict[str, str | None] = {k: None for k in os.environ if k.startswith("TOKENQUOTA_")}
     base[SETTINGS_ENV] = None
-    base[SINGLE_ACCEPT_ENV] = None
     return CliRunner().invoke(app, ["serve", *args], env={**base, **(env or {})})
 
 
@@ -363,20 +415,23 @@ def invoke(*args: str, env: dict[str, str | None] | None = None) -> Any:
 def uvicorn_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, dict[str, Any]]]:
     calls: list[tuple[Any, dict[str, Any]]] = []
 
-    def fake_run(target: Any, sock: socket.socket, **kwargs: Any) -> None:
-        # The bound socket itself, never its number (run_uvicorn: an AF_UNIX wrapping of
-        # it left Nagle on). What the workers would inherit: the CliRunner restores the
-        # environment afterwards.
-        assert sock.family in (socket.AF_INET, socket.AF_INET6)
+    def fake_run(target: Any, sockets: list[socket.socket], **kwargs: Any) -> None:
+        # The bound sockets themselves, never their numbers (run_uvicorn: an AF_UNIX
+        # wrapping left Nagle on), one per worker, all listening on one port. What the
+        # workers would inherit: the CliRunner restores the environment afterwards.
+        assert len(sockets) == kwargs.get("workers", 1)
+        assert all(sock.family in (socket.AF_INET, socket.AF_INET6) for sock in sockets)
+        assert all(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) for sock in sockets)
+        assert len({sock.getsockname() for sock in sockets}) == 1
         assert "fd" not in kwargs
         calls.append((target, {**kwargs, "settings_json": os.environ.get(SETTINGS_ENV)}))
 
-    def any_free_port(settings: Settings) -> socket.socket:
+    def any_free_port(settings: Settings) -> list[socket.socket]:
         # Not the port asked for (8000 may be some other server's): nothing listens here.
-        return socket.create_server(("127.0.0.1", 0))
+        return listening_sockets(settings.model_copy(update={"host": "127.0.0.1", "port": 0}))
 
     monkeypatch.setattr("tokenquota.cli.serve.run_uvicorn", fake_run)
-    monkeypatch.setattr("tokenquota.cli.serve.listening_socket", any_free_port)
+    monkeypatch.setattr("tokenquota.cli.serve.listening_sockets", any_free_port)
     monkeypatch.delenv(SETTINGS_ENV, raising=False)
     return calls
 
@@ -546,3 +601,20 @@ def test_keys_create_list_revoke_in_process_and_audited(tmp_path: Path) -> None:
         ("key.create", "ops:jo"),
         ("key.revoke", "ops:jo"),
     ]
+
+
+def test_a_worker_s_app_freezes_its_startup_heap_while_it_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Full collections under load walked the whole startup heap with the GIL held
+    (100 ms and more each); serve's apps freeze it while they serve (api/app.py,
+    frozen_heap) and give it back at shutdown."""
+    settings = Settings(db=f"sqlite:///{tmp_path / 'heap.db'}", spool=str(tmp_path / "s.db"))
+    monkeypatch.setenv(SETTINGS_ENV, settings_json(settings))
+    with TestClient(app_from_env()) as client:
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() > 10_000
+    assert gc.get_freeze_count() == 0
+    with TestClient(create_app(settings)) as client:  # embedded: the heap is the host's
+        assert client.get("/healthz").status_code == 200
+        assert gc.get_freeze_count() == 0

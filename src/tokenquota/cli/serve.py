@@ -24,10 +24,10 @@ from typing import Annotated, Any, Final
 import pydantic
 import typer
 import uvicorn
-from uvicorn.supervisors import Multiprocess
 
 from tokenquota import ValidationError
 from tokenquota.cli.common import EXIT_BAD_INPUT, load_settings, reports_errors
+from tokenquota.cli.workers import Workers, reuse_port
 from tokenquota.settings import Settings, UpstreamSetting, open_quota
 
 # Named here rather than imported from the app: http.logs and http.metrics pull
@@ -40,12 +40,6 @@ APP_FACTORY: Final = "tokenquota.api:app_from_env"
 SETTINGS_ENV: Final = "TOKENQUOTA_SETTINGS_JSON"
 ADMIN_KEY_ENV: Final = "TOKENQUOTA_ADMIN_KEY"
 LISTEN_BACKLOG: Final = 2048
-# libuv (under uvloop) accepts every pending connection of a readable socket in
-# one go. The workers share one listening socket, so the first to wake took a
-# whole burst of new connections (64 of 64 in the bench, kept alive for good)
-# and the other served none. With this, a worker accepts one at a time and lets
-# the others in between. Read by libuv in each worker; asyncio ignores it.
-SINGLE_ACCEPT_ENV: Final = "UV_TCP_SINGLE_ACCEPT"
 
 
 @reports_errors
@@ -218,42 +212,46 @@ def serve(
     # Migrate once and validate the zone, the defaults and the spool before any worker starts.
     open_quota(settings).close()
     # Bound here and handed to uvicorn, so the banner never announces a port we lack.
-    with listening_socket(settings) as sock:
+    sockets = listening_sockets(settings)
+    try:
         typer.echo(banner(settings))
         if settings.workers == 1:
             # Imported here: building the app pulls in FastAPI, which other commands never need.
             from tokenquota.api.app import create_app
 
-            run_uvicorn(create_app(settings), sock, **server_options(settings))
+            run_uvicorn(create_app(settings, freeze_heap=True), sockets, **server_options(settings))
             return
         # Worker processes rebuild the app from these settings instead of re-reading flags.
         os.environ[SETTINGS_ENV] = settings_json(settings)
-        os.environ.setdefault(SINGLE_ACCEPT_ENV, "1")
         with shared_metrics():
             run_uvicorn(
                 APP_FACTORY,
-                sock,
+                sockets,
                 factory=True,
                 workers=settings.workers,
                 **server_options(settings),
             )
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
-def run_uvicorn(target: Any, sock: socket.socket, **options: Any) -> None:
-    """``uvicorn.run(target, **options)``, serving on ``sock`` itself.
+def run_uvicorn(target: Any, sockets: list[socket.socket], **options: Any) -> None:
+    """``uvicorn.run(target, **options)``, serving on ``sockets`` themselves.
 
-    The socket object goes to uvicorn, never its file number: uvicorn's ``fd=``
-    re-wraps a number as AF_UNIX, and the event loop then leaves Nagle's
-    algorithm on for every connection it accepts, so each keep-alive answer
-    (headers, then body: two writes) waited out the client's delayed ACK, about
-    40 ms a request (docs/performance-log.md).
+    One worker serves its one socket; with several, worker ``i`` serves
+    ``sockets[i]`` (``cli/workers.py``). The socket objects go to uvicorn, never
+    their file numbers: uvicorn's ``fd=`` re-wraps a number as AF_UNIX, and the
+    event loop then leaves Nagle's algorithm on for every connection it accepts,
+    so each keep-alive answer (headers, then body: two writes) waited out the
+    client's delayed ACK, about 40 ms a request (docs/performance-log.md).
     """
     config = uvicorn.Config(target, **options)
     if config.workers > 1:
-        Multiprocess(config, sockets=[sock]).run()
+        Workers(config, sockets, LISTEN_BACKLOG).run()
         return
     server = uvicorn.Server(config)
-    server.run(sockets=[sock])
+    server.run(sockets=sockets)
     if not server.started:
         raise typer.Exit(1)
 
@@ -277,12 +275,15 @@ def with_upstreams(settings: Settings, flags: list[str]) -> Settings:
     return settings.model_copy(update={"upstreams": list(rows.values())})
 
 
-def listening_socket(settings: Settings) -> socket.socket:
-    """The service's socket, bound before anything says "listening".
+def listening_sockets(settings: Settings) -> list[socket.socket]:
+    """The service's sockets, one per worker, listening before anything says "listening".
 
     uvicorn would bind only after the banner and the app's startup, and a port
     already taken then surfaced as "listening on ..." followed by ``[Errno 98]``.
     A failure here is one line and exit code 2, as for any other bad setting.
+    With several workers, the first socket is bound as a lone one would be (so a
+    port that anything else listens on, another ``serve`` included, is refused)
+    and the others join it with ``SO_REUSEPORT`` (``workers.reuse_port``).
     """
     family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -292,6 +293,8 @@ def listening_socket(settings: Settings) -> socket.socket:
         sock.bind((settings.host, settings.port))
         # Listening, not only bound: two bound sockets with SO_REUSEADDR may share a port
         # until one listens. Connections queue until uvicorn accepts; 2048 is its backlog.
+        if settings.workers > 1:
+            return reuse_port(sock, settings.workers, LISTEN_BACKLOG)
         sock.listen(LISTEN_BACKLOG)
     except OSError as exc:
         sock.close()
@@ -301,7 +304,7 @@ def listening_socket(settings: Settings) -> socket.socket:
             message = f"cannot listen on {base_url(settings)}: {exc.strerror or exc}"
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(EXIT_BAD_INPUT) from None
-    return sock
+    return [sock]
 
 
 def command() -> str:

@@ -17,11 +17,20 @@ Heavy reads (history and the ledger) are also bounded per API key
 one key cannot take all read capacity either: the one over the bound is a 429
 ``too_many_requests`` at once, instead of a wait. docs/architecture.md says why.
 
-A lane is a thread pool of its own (``Threads``), entered with one
-``run_in_executor``: AnyIO's ``to_thread.run_sync`` also yields to the loop
-before and after the call (its checkpoints), and each yield resumes the
-request's whole stack of middleware frames; on the decision path that was a
-tenth of a request's time. As with AnyIO, a call sees the request's context
+A lane is a few threads of its own fed from one queue (``Threads``), entered
+with one call: AnyIO's ``to_thread.run_sync`` also yields to the loop before and
+after the call (its checkpoints), and each yield resumes the request's whole
+stack of middleware frames; on the decision path that was a tenth of a
+request's time. It is not a ``ThreadPoolExecutor`` either: under load the event
+loop shares the GIL with up to ``decision_threads`` threads, and the executor
+made each call cost the loop a semaphore (a lock held by every thread that
+finishes a call: the loop blocked on it in 17 % of a profile's GIL samples), a
+``concurrent.futures.Future`` with a lock of its own, and one wake of the loop
+per finished call. Here the loop only puts the call on a ``SimpleQueue``, and
+the threads hand finished calls back in batches: the first to finish while no
+hand-back is pending asks the loop for one (``call_soon_threadsafe``), and
+every call finished before the loop gets to it is answered in that same turn
+(docs/performance-log.md). As with AnyIO, a call sees the request's context
 variables, and one that has started runs to its end even if the request is
 cancelled meanwhile (one still waiting for a thread is dropped).
 """
@@ -29,16 +38,17 @@ cancelled meanwhile (one still waiting for a thread is dropped).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
+from queue import Empty, SimpleQueue
 from typing import Annotated, Any, Literal, ParamSpec, TypeVar
 
 from fastapi import Depends
@@ -55,16 +65,72 @@ Observer = Callable[[float, BaseException | None], None]
 RETRY_AFTER_SECONDS = 1
 
 
+class Outbox:
+    """Calls finished on a lane's threads, handed back to one event loop in batches."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.finished: deque[tuple[asyncio.Future[Any], bool, Any]] = deque()
+        self.pending = False  # a hand-back is scheduled and has not started yet
+
+    def post(self, future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+        """From a lane's thread: ``value`` for ``future`` (an exception when not ``ok``).
+
+        Appended first, the flag read after: the loop clears the flag before it
+        empties the deque, so an answer that finds the flag set is in the deque
+        before that emptying begins and is handed back by it. Two threads both
+        finding it clear ask twice; the second hand-back finds nothing to do.
+        """
+        self.finished.append((future, ok, value))
+        if not self.pending:
+            self.pending = True
+            # A closed loop has nobody waiting any more.
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.hand_back)
+
+    def hand_back(self) -> None:
+        """On the loop: answer every call finished so far."""
+        self.pending = False
+        finished = self.finished
+        while finished:
+            future, ok, value = finished.popleft()
+            if future.done():  # the request was cancelled meanwhile
+                continue
+            if ok:
+                future.set_result(value)
+            elif value is None:  # dropped before it started (``Threads.close``)
+                future.cancel()
+            elif isinstance(value, StopIteration):  # which a future refuses to hold
+                future.set_exception(RuntimeError(f"a lane's call raised {value!r}"))
+            else:
+                future.set_exception(value)
+
+
+@dataclass(slots=True)  # not frozen: a frozen one's __init__ costs a call a field
+class Work:
+    """One call waiting for a lane's thread."""
+
+    call: Callable[[], Any]
+    context: contextvars.Context
+    future: asyncio.Future[Any]
+    outbox: Outbox
+
+
 class Threads:
-    """A bounded pool of threads that only one kind of work uses (a lane)."""
+    """A bounded number of threads that only one kind of work uses (a lane)."""
 
     def __init__(self, name: str, threads: int) -> None:
         self.name = name
         self.total_tokens = threads
-        self._pool: ThreadPoolExecutor | None = None  # made on first use, after a close too
-        self._lock = threading.Lock()
-        self._running = 0
         self.observe: Observer | None = None
+        self._work: SimpleQueue[Work | None] = SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        # One entry per thread that will take a call no ``run`` has claimed yet
+        # (appended by the threads, popped by ``run``: both atomic).
+        self._idle: list[None] = []
+        self._running = 0  # changed under _lock by the threads; read anywhere
+        self._lock = threading.Lock()
+        self._outbox: Outbox | None = None
 
     @property
     def borrowed_tokens(self) -> int:
@@ -73,36 +139,84 @@ class Threads:
 
     async def run(self, call: Callable[[], R]) -> R:
         """``call()`` on a thread of this lane, waiting for one when all are busy."""
-        pool = self._pool or self._open()
-        context = contextvars.copy_context()
-        return await asyncio.get_running_loop().run_in_executor(pool, self._enter, context, call)
-
-    def _open(self) -> ThreadPoolExecutor:
-        # Threads start one by one as calls need them, up to the bound.
-        self._pool = ThreadPoolExecutor(self.total_tokens, f"tokenquota-{self.name}")
-        return self._pool
-
-    def _enter(self, context: contextvars.Context, call: Callable[[], R]) -> R:
-        with self._lock:
-            self._running += 1
-        started = time.perf_counter()
-        raised: BaseException | None = None
+        loop = asyncio.get_running_loop()
+        outbox = self._outbox
+        if outbox is None or outbox.loop is not loop:
+            outbox = self._outbox = Outbox(loop)
+        future: asyncio.Future[R] = loop.create_future()
+        self._work.put(Work(call, contextvars.copy_context(), future, outbox))
+        # Each call claims a thread that will take it: a waiting one, else a new one,
+        # up to the bound. Below the bound every call has a thread of its own to
+        # come; at it, calls wait in the queue for the next thread to be free.
         try:
-            return context.run(call)
-        except BaseException as exc:
-            raised = exc
-            raise
-        finally:
-            with self._lock:
+            self._idle.pop()
+        except IndexError:
+            if len(self._threads) < self.total_tokens:
+                self._start()
+        return await future
+
+    def _start(self) -> None:
+        thread = threading.Thread(
+            target=self._serve,
+            args=(self._work, self._idle),
+            name=f"tokenquota-{self.name}_{len(self._threads)}",
+            daemon=True,  # close() is what waits for started calls, at the app's shutdown
+        )
+        self._threads.append(thread)
+        thread.start()
+
+    def _serve(self, work: SimpleQueue[Work | None], idle: list[None]) -> None:
+        """One thread of the lane: calls from ``work`` until told to stop (None).
+
+        Its first call is the one that started it. Once done with a call it
+        offers itself in ``idle`` before answering, so the next ``run`` (which
+        may follow that answer at once) claims it instead of starting a thread.
+        """
+        lock = self._lock
+        while (item := work.get()) is not None:
+            if item.future.cancelled():  # cancelled before it started: dropped
+                idle.append(None)
+                continue
+            with lock:
+                self._running += 1
+            started = time.perf_counter()
+            ok, value = True, None
+            try:
+                value = item.context.run(item.call)
+            except BaseException as exc:
+                ok, value = False, exc
+            with lock:
                 self._running -= 1
-            if self.observe is not None:
-                self.observe(time.perf_counter() - started, raised)
+            try:
+                if self.observe is not None:
+                    self.observe(time.perf_counter() - started, None if ok else value)
+            except BaseException as exc:  # answered as the call's own failure would be
+                ok, value = False, exc
+            idle.append(None)
+            item.outbox.post(item.future, ok, value)
+            del item, value  # not kept alive while the thread waits for the next call
 
     def close(self) -> None:
         """After the last request: let running calls end, drop any never started."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        threads, self._threads = self._threads, []
+        work, self._work = self._work, SimpleQueue()  # a later run starts new threads
+        self._idle = []
+        self._drop(work)
+        for _ in threads:
+            work.put(None)
+        for thread in threads:
+            thread.join()
+        self._drop(work)  # put by a run racing this close
+
+    @staticmethod
+    def _drop(work: SimpleQueue[Work | None]) -> None:
+        while True:
+            try:
+                item = work.get_nowait()
+            except Empty:
+                return
+            if item is not None:
+                item.outbox.post(item.future, False, None)
 
 
 @dataclass
