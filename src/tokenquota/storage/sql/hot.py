@@ -48,6 +48,7 @@ from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
 from tokenquota.domain.errors import IdempotencyConflict, StoreUnreachable
 from tokenquota.domain.grants import Grant, allocate
+from tokenquota.domain.holds import HoldState, Lease, Reservation
 from tokenquota.domain.ledger import CounterKey, Event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import COUNTERS, Metric
@@ -363,6 +364,47 @@ class HotTx:
             stmts.append((sql.remember, (who, key_name, fingerprint, answer, to_micros(now))))
         self._send(stmts)
         return event_id
+
+    def hold_reservation(self, reservation: Reservation) -> None:
+        """The reservation's row and its holds, with the step's other writes."""
+        expires = to_micros(reservation.expires_at)
+        sql = self.sql
+        values = (
+            reservation.id,
+            str(reservation.subject),
+            json.dumps([str(s) for s in reservation.charged]),
+            json.dumps(reservation.amounts.to_units_json()),
+            to_micros(reservation.created_at),
+            expires,
+            HoldState.HELD.value,
+            str(reservation.resource) if reservation.resource else None,
+        )
+        rows = [
+            (s, m.value, units)
+            for s in reservation.series
+            for m, units in reservation.amounts.items()
+        ]
+        stmts: list[Stmt] = [(sql.reservation, values)]
+        if rows:
+            stmts.append(sql.holds_of(reservation.id, expires, rows))
+        self._send(stmts)
+
+    def hold_lease(self, lease: Lease) -> None:
+        """The lease's row and its holders, with the step's other writes."""
+        expires = to_micros(lease.expires_at)
+        sql = self.sql
+        values = (
+            lease.id,
+            str(lease.subject),
+            json.dumps([str(s) for s in lease.charged]),
+            to_micros(lease.created_at),
+            expires,
+            str(lease.resource) if lease.resource else None,
+        )
+        stmts: list[Stmt] = [(sql.lease, values)]
+        if lease.series:
+            stmts.append(sql.holders_of(lease.id, expires, list(lease.series)))
+        self._send(stmts)
 
     def alerts(self, events: Sequence[AlertEvent]) -> None:
         """The alert outbox rows of this decision, with its other writes (storage/sql/outbox.py)."""

@@ -51,12 +51,6 @@ from tokenquota.wire import stored
 
 R = TypeVar("R")
 
-# Statements built once: executed with parameters, SQLAlchemy compiles each once.
-_ADD_RESERVATION = t.reservations.insert()
-_ADD_HOLDS = t.holds.insert()
-_ADD_LEASE = t.leases.insert()
-_ADD_LEASE_HOLDERS = t.lease_holders.insert()
-
 
 class SqlMeter:
     # Steps of concurrent callers share a transaction (group.py). False gives each its
@@ -334,35 +328,7 @@ class SqlMeter:
         decision = self._settle(tx, plan, found, decision, create=create, usage=False)
         if not decision.allowed:
             return decision
-        expires = to_micros(reservation.expires_at)
-        tx.conn.execute(
-            _ADD_RESERVATION,
-            {
-                "id": reservation.id,
-                "subject": str(reservation.subject),
-                "charged": [str(s) for s in reservation.charged],
-                "amounts": reservation.amounts.to_units_json(),
-                "created_at": to_micros(reservation.created_at),
-                "expires_at": expires,
-                "state": HoldState.HELD.value,
-                "decision": None,
-                "resource": str(reservation.resource) if reservation.resource else None,
-            },
-        )
-        tx.conn.execute(
-            _ADD_HOLDS,
-            [
-                {
-                    "subject": s,
-                    "metric": m.value,
-                    "expires_at": expires,
-                    "reservation_id": reservation.id,
-                    "amount": units,
-                }
-                for s in reservation.series
-                for m, units in reservation.amounts.items()
-            ],
-        )
+        tx.hold_reservation(reservation)
         return decision
 
     def get_reservation(self, reservation_id: str) -> Reservation | None:
@@ -431,23 +397,7 @@ class SqlMeter:
         decision = self._settle(tx, plan, found, decision, create=create, usage=False)
         if not decision.allowed:
             return decision
-        expires = to_micros(lease.expires_at)
-        tx.conn.execute(
-            _ADD_LEASE,
-            {
-                "id": lease.id,
-                "subject": str(lease.subject),
-                "charged": [str(s) for s in lease.charged],
-                "created_at": to_micros(lease.created_at),
-                "expires_at": expires,
-                "released_at": None,
-                "resource": str(lease.resource) if lease.resource else None,
-            },
-        )
-        tx.conn.execute(
-            _ADD_LEASE_HOLDERS,
-            [{"subject": s, "expires_at": expires, "lease_id": lease.id} for s in lease.series],
-        )
+        tx.hold_lease(lease)
         return decision
 
     def get_lease(self, lease_id: str) -> Lease | None:

@@ -226,24 +226,43 @@ class Database:
         Any failure drops the kept connection, so the next transaction starts
         on a fresh one. An in-memory SQLite database has one connection for
         everyone (StaticPool), so there the pool's is used each time.
+
+        The transaction is the driver's, not SQLAlchemy's: BEGIN (SQLite's
+        ``BEGIN IMMEDIATE``; psycopg begins by itself at the first statement),
+        COMMIT and ROLLBACK go straight to the sqlite3 or psycopg connection.
+        SQLAlchemy's begin and commit bookkeeping (events, the transaction
+        object, the execution context of its commit) cost more than a warm
+        SQLite consume's statements (performance-log.md, branch ``sql``). So
+        whatever runs inside must run on the driver too (``hot.HotTx``): a
+        SQLAlchemy ``conn.execute`` here would begin a second transaction.
         """
         if isinstance(self.engine.pool, StaticPool):
             with self.tx(hot=True, global_key=False) as conn:
                 yield conn, False
             return
+        lost = self.engine.dialect.loaded_dbapi.OperationalError
         with self._kept_lock:
             try:
                 reused = self._kept is not None
                 if self._kept is None:
                     self._kept = self.engine.connect()
-                    self._kept.execution_options(tokenquota_write=True)
                 conn = self._kept
                 conn.info["tokenquota_series_locked"] = False
-                with conn.begin():
+                raw: Any = conn.connection.driver_connection
+                if self.dialect == "sqlite":
+                    raw.execute("BEGIN IMMEDIATE")
+                try:
                     yield conn, reused
-            except OperationalError as exc:
+                except BaseException:
+                    try:
+                        raw.rollback()
+                    except Exception:
+                        self._drop_kept()  # its state is unknown: never used again
+                    raise
+                raw.commit()
+            except (OperationalError, lost) as exc:
                 self._drop_kept()
-                raise StoreUnreachable(f"the database did not answer: {exc.orig}") from exc
+                raise StoreUnreachable(f"the database did not answer: {_orig(exc)}") from exc
             except StoreUnreachable:
                 self._drop_kept()
                 raise
@@ -299,6 +318,11 @@ class Database:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(table)
+
+
+def _orig(exc: BaseException) -> BaseException:
+    """The driver's error behind SQLAlchemy's wrapper, or the driver's own."""
+    return exc.orig if isinstance(exc, OperationalError) and exc.orig is not None else exc
 
 
 def series_keys(names: Iterable[str]) -> list[tuple[int, int]]:
