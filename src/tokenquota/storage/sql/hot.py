@@ -114,6 +114,7 @@ class HotTx:
         self.single_lock = single_lock
         self.pending: list[Stmt] = []
         self._tracked: AbstractSet[LimitKey] | None = None
+        self._tracking = False  # a read of the tracked pairs is on its way (``Reads``)
         self._savepoints = 0
         self._queued: int | None = None  # where the last savepoint waits in ``pending``
         # PostgreSQL: send a decision's writes with the next batch instead of at once.
@@ -229,68 +230,15 @@ class HotTx:
         63-bit bound is checked on (a step that adds usage); ``numbered`` takes
         the event's number beforehand (PostgreSQL; a step that may append one).
         """
-        subject = str(plan.subject)
-        now = to_micros(plan.now)
-        reads = plan.reads
-        metrics = [m.value for m in COUNTERS if plan.amounts[m]] if bounded else []
-        ranges = _Ranges(reads)
-        lifetime = [
-            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in plan.series for m in metrics
-        ]
-        ranges.keys += lifetime
-        charged = [str(s) for s in plan.charged]
-        keyed = keyed and plan.idempotency_key is not None
-        stmts: list[Stmt] = []
-        # First in the batch, after the locks: the plan's configuration version
-        # (storage/snapshot.py), read where no configuration write can move it.
-        versioned = plan.config_version is not None
-        if versioned:
-            stmts.append((self.sql.version, ()))
-        if keyed:
-            stmts.append((self.sql.idempotency, (subject, plan.idempotency_key)))
-        stmts.append((self.sql.subject, (subject,)))
-        stmts += ranges.statements(self.sql, now, extra=charged)
-        stmts.append(self.sql.grants(charged))
-        tracked = self._tracked is None
-        if tracked:
-            stmts.append((self.sql.tracked, ()))
-        numbered = numbered and self.sql.postgres
-        if numbered:
-            stmts.append((POSTGRES.next_event, ()))
-        cursors = self.run(stmts)
+        reads = self.reads(plan, keyed=keyed, bounded=bounded, numbered=numbered)
+        return reads.found(self.run(reads.stmts))
 
-        found = Found()
-        if versioned:
-            rows = cursors.pop(0).fetchall()
-            if (rows[0][0] if rows else FIRST_TOKEN) != plan.config_version:
-                # Close the other reads first: the traceback keeps this frame, and
-                # on SQLite an unfinished SELECT keeps its connection on an old
-                # snapshot, where its next BEGIN IMMEDIATE is refused at once.
-                for cursor in cursors:
-                    cursor.close()
-                raise StaleConfig
-        if keyed:
-            row = cursors.pop(0).fetchone()
-            if row is not None:
-                answer = row[1]
-                found.replay = (row[0], json.loads(answer) if isinstance(answer, str) else answer)
-        found.subject_known = cursors.pop(0).fetchone() is not None
-        readings, buckets, holds = ranges.found(cursors)
-        found.readings = readings
-        for key, got in zip(lifetime, buckets[len(buckets) - len(lifetime) :], strict=True):
-            found.lifetime[(key[0], Metric(key[1]))] = got.get(LIFETIME_BUCKET, 0)
-        found.grants = [_grant(row) for row in cursors[ranges.count].fetchall()]
-        if tracked:
-            self._tracked = _tracked(cursors[ranges.count + 1].fetchall())
-        if numbered:
-            found.event_id = int(cursors[-1].fetchone()[0])
-        for s in plan.charged:
-            mine = tuple(g for g in found.grants if g.subject == s)
-            if mine:
-                found.prepaid.append(
-                    Prepaid(s, mine, holds.get((str(s), Metric.CREDITS.value), (0, 0))[0])
-                )
-        return found
+    def reads(
+        self, plan: DebitPlan, *, keyed: bool = True, bounded: bool = True, numbered: bool = False
+    ) -> Reads:
+        """The statements of ``read``, not yet sent, and how to read their answers:
+        a run of decisions (``batch.py``) sends the reads of all of them at once."""
+        return Reads(self, plan, keyed=keyed, bounded=bounded, numbered=numbered)
 
     def readings(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
         """What ``checks`` read (usage, check): counters, holds and leases, one select each."""
@@ -312,6 +260,7 @@ class HotTx:
         deltas: dict[CounterKey, int],
         burns: dict[str, int],
         remember: tuple[str, str, str, Decision] | None,
+        out: list[Stmt] | None = None,
     ) -> int | None:
         """The writes of one decision in one batch; returns the event's number.
 
@@ -319,8 +268,10 @@ class HotTx:
         ``event`` is appended (numbered ``event_id`` on PostgreSQL) with its
         counter ``deltas`` and grant ``burns``; ``remember`` stores
         (subject, key, fingerprint, decision), the decision taking the event's number.
+        With ``out`` (PostgreSQL) the statements are added to it, not sent.
         """
         sql = self.sql
+        assert out is None or sql.postgres, "SQLite numbers its events as it writes them"
         stmts: list[Stmt] = []
         if subject is not None:
             stmts.append((sql.add_subject, (str(subject), subject.kind, to_micros(now))))
@@ -328,7 +279,7 @@ class HotTx:
             for s in shadow.shadow_blocked:
                 stmts.append((sql.shadow, (s.subject, s.metric, s.window or "")))
         if event is None:
-            self._send(stmts)
+            self._send(stmts, out)
             return None
         row = event_row(event)
         values = (
@@ -362,7 +313,7 @@ class HotTx:
             who, key_name, fingerprint, decision = remember
             answer = json.dumps(stored.encode_decision(decision.numbered(event_id)))
             stmts.append((sql.remember, (who, key_name, fingerprint, answer, to_micros(now))))
-        self._send(stmts)
+        self._send(stmts, out)
         return event_id
 
     def hold_reservation(self, reservation: Reservation) -> None:
@@ -406,17 +357,133 @@ class HotTx:
             stmts.append(sql.holders_of(lease.id, expires, list(lease.series)))
         self._send(stmts)
 
-    def alerts(self, events: Sequence[AlertEvent]) -> None:
+    def alerts(self, events: Sequence[AlertEvent], out: list[Stmt] | None = None) -> None:
         """The alert outbox rows of this decision, with its other writes (storage/sql/outbox.py)."""
-        self._send([(self.sql.alert, alert_values(e)) for e in events])
+        self._send([(self.sql.alert, alert_values(e)) for e in events], out)
 
-    def _send(self, stmts: list[Stmt]) -> None:
+    def _send(self, stmts: list[Stmt], out: list[Stmt] | None = None) -> None:
         # Writes answer nothing the decision needs: when ``defer_writes`` is set
         # they wait for the next batch (the commit's, for a lone decision).
-        if self.defer_writes and self.sql.postgres:
+        if out is not None:
+            out += stmts
+        elif self.defer_writes and self.sql.postgres:
             self.pending += stmts
         else:
             self.run(stmts)
+
+
+class Reads:
+    """The reads of one decision (``HotTx.read``): its statements, then what they found.
+
+    ``found`` takes ``seen``, what earlier decisions of the same run decided
+    and have not written yet (``batch.py``), and reads as if they had been:
+    their counter increments and grant burns added, the subjects they created
+    known, the idempotency answers they stored found.
+    """
+
+    def __init__(
+        self, tx: HotTx, plan: DebitPlan, *, keyed: bool, bounded: bool, numbered: bool
+    ) -> None:
+        self.tx = tx
+        self.plan = plan
+        sql = tx.sql
+        subject = str(plan.subject)
+        metrics = [m.value for m in COUNTERS if plan.amounts[m]] if bounded else []
+        self.ranges = ranges = _Ranges(plan.reads)
+        self.lifetime = [
+            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in plan.series for m in metrics
+        ]
+        ranges.keys += self.lifetime
+        charged = [str(s) for s in plan.charged]
+        self.keyed = keyed = keyed and plan.idempotency_key is not None
+        stmts: list[Stmt] = []
+        # First in the batch, after the locks: the plan's configuration version
+        # (storage/snapshot.py), read where no configuration write can move it.
+        self.versioned = plan.config_version is not None
+        if self.versioned:
+            stmts.append((sql.version, ()))
+        if keyed:
+            stmts.append((sql.idempotency, (subject, plan.idempotency_key)))
+        stmts.append((sql.subject, (subject,)))
+        stmts += ranges.statements(sql, to_micros(plan.now), extra=charged)
+        stmts.append(sql.grants(charged))
+        # Once per transaction; a run's reads ask once for all of its decisions.
+        self.tracked = tx._tracked is None and not tx._tracking
+        if self.tracked:
+            tx._tracking = True
+            stmts.append((sql.tracked, ()))
+        self.numbered = numbered and sql.postgres
+        if self.numbered:
+            stmts.append((POSTGRES.next_event, ()))
+        self.stmts = stmts
+
+    def found(self, cursors: list[Any], seen: Seen | None = None) -> Found:
+        """What the reads found, under the locks (``StaleConfig`` for a plan of
+        another configuration version); ``cursors`` are those of ``stmts``."""
+        plan = self.plan
+        ranges = self.ranges
+        cursors = list(cursors)
+        if self.tracked:  # first: a decision refused below still leaves the pairs to the next
+            self.tx._tracked = _tracked(cursors[-2 if self.numbered else -1].fetchall())
+        found = Found()
+        if self.versioned:
+            rows = cursors.pop(0).fetchall()
+            if (rows[0][0] if rows else FIRST_TOKEN) != plan.config_version:
+                # Close the other reads first: the traceback keeps this frame, and
+                # on SQLite an unfinished SELECT keeps its connection on an old
+                # snapshot, where its next BEGIN IMMEDIATE is refused at once.
+                for cursor in cursors:
+                    cursor.close()
+                raise StaleConfig
+        if self.keyed:
+            row = cursors.pop(0).fetchone()
+            if row is not None:
+                answer = row[1]
+                found.replay = (row[0], json.loads(answer) if isinstance(answer, str) else answer)
+            if seen is not None:
+                found.replay = seen.remembered.get(
+                    (str(plan.subject), str(plan.idempotency_key)), found.replay
+                )
+        found.subject_known = cursors.pop(0).fetchone() is not None
+        if seen is not None and str(plan.subject) in seen.subjects:
+            found.subject_known = True
+        readings, buckets, holds = ranges.found(cursors, seen)
+        found.readings = readings
+        lifetime = self.lifetime
+        for key, got in zip(lifetime, buckets[len(buckets) - len(lifetime) :], strict=True):
+            found.lifetime[(key[0], Metric(key[1]))] = got.get(LIFETIME_BUCKET, 0)
+        burned = seen.burns if seen is not None else {}
+        found.grants = [_grant(row, burned) for row in cursors[ranges.count].fetchall()]
+        if self.numbered:
+            found.event_id = int(cursors[-1].fetchone()[0])
+        for s in plan.charged:
+            mine = tuple(g for g in found.grants if g.subject == s)
+            if mine:
+                found.prepaid.append(
+                    Prepaid(s, mine, holds.get((str(s), Metric.CREDITS.value), (0, 0))[0])
+                )
+        return found
+
+
+@dataclass(slots=True)
+class Seen:
+    """What the decisions of a run wrote, before it reaches the store (``Reads.found``)."""
+
+    # (subject, metric, window) -> bucket -> units added
+    counters: dict[tuple[str, str, str], dict[int, int]] = field(default_factory=dict)
+    deltas: dict[CounterKey, int] = field(default_factory=dict)  # the same, as written
+    burns: dict[str, int] = field(default_factory=dict)  # grant id -> units burned
+    subjects: set[str] = field(default_factory=set)  # created
+    # (subject, key) -> (fingerprint, stored answer)
+    remembered: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def add(self, deltas: dict[CounterKey, int], burns: dict[str, int]) -> None:
+        for key, units in deltas.items():
+            self.deltas[key] = self.deltas.get(key, 0) + units
+            series = self.counters.setdefault(key[:3], {})
+            series[key[3]] = series.get(key[3], 0) + units
+        for gid, units in burns.items():
+            self.burns[gid] = self.burns.get(gid, 0) + units
 
 
 def burns_of(
@@ -470,14 +537,27 @@ class _Ranges:
         return stmts
 
     def found(
-        self, cursors: Sequence[Any]
+        self, cursors: Sequence[Any], seen: Seen | None = None
     ) -> tuple[list[Reading], list[dict[int, int]], dict[tuple[str, str], tuple[int, int]]]:
-        """The readings of the checks, the buckets of every range, and the live holds."""
+        """The readings of the checks, the buckets of every range, and the live holds
+        (with what ``seen`` added to the buckets)."""
         buckets: list[dict[int, int]] = [{} for _ in self.keys]
         for i, bucket, value in cursors[0].fetchall():
             if value:
                 # int(): a counter is an integer; never let a driver's type leak to the wire.
                 buckets[i][int(bucket)] = int(value)
+        if seen is not None and seen.counters:
+            for got, (s, m, w, lo, hi) in zip(buckets, self.keys, strict=True):
+                added = seen.counters.get((s, m, w))
+                if not added:
+                    continue
+                for bucket, units in added.items():
+                    if lo <= bucket <= hi:
+                        value = got.get(bucket, 0) + units
+                        if value:
+                            got[bucket] = value
+                        else:
+                            got.pop(bucket, None)
         holds = {(s, m): (int(total), int(last)) for s, m, total, last in cursors[1].fetchall()}
         leases = (
             {s: (int(n), int(first)) for s, n, first in cursors[2].fetchall()}
@@ -512,7 +592,7 @@ def _reading(
     return Reading(buckets, held, from_micros(last))
 
 
-def _grant(row: Sequence[Any]) -> Grant:
+def _grant(row: Sequence[Any], burned: dict[str, int]) -> Grant:
     gid, subject, amount, granted_at, expires_at, remaining = row
     return Grant(
         id=gid,
@@ -520,7 +600,7 @@ def _grant(row: Sequence[Any]) -> Grant:
         amount=int(amount),
         granted_at=from_micros(int(granted_at)),
         expires_at=from_micros(int(expires_at)) if expires_at is not None else None,
-        remaining=int(remaining),
+        remaining=int(remaining) - burned.get(gid, 0),
     )
 
 

@@ -40,6 +40,7 @@ from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Page, RebuildProgress
 from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.sql import schema as t
+from tokenquota.storage.sql.batch import Debit, run_debits
 from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.group import GroupCommit, Job
 from tokenquota.storage.sql.hot import Found, HotTx, burns_of
@@ -57,6 +58,10 @@ class SqlMeter:
     # own, as before group commit: bench/bench_group_commit.py measures both in one run
     # (through ``SqlStore._group_commit``). Nothing else should.
     grouped: bool = True
+    # Consecutive consumes of a batch decided from one read and one write (batch.py,
+    # PostgreSQL). False decides each under its own savepoint, as before:
+    # bench/bench_group_commit.py measures both. Nothing else should.
+    batched: bool = True
 
     def __init__(
         self, db: Database, catalog: SqlCatalog, ledger: SqlLedger, counters: SqlCounters
@@ -74,10 +79,13 @@ class SqlMeter:
         return self.db.tz
 
     # the hot transaction ------------------------------------------------------
-    def _step(self, step: Callable[[HotTx], R], series: frozenset[str]) -> R:
-        """A plan-taking step under the locks of ``series``: grouped, or on its own."""
+    def _step(
+        self, step: Callable[[HotTx], R], series: frozenset[str], debit: Debit | None = None
+    ) -> R:
+        """A plan-taking step under the locks of ``series``: grouped, or on its own.
+        A ``debit`` may be decided with the debits next to it in its batch (batch.py)."""
         if self.grouped:
-            return self.group.submit(step, series)
+            return self.group.submit(step, series, debit)
         with self.db.tx(hot=True, global_key=False) as conn:
             tx = HotTx(conn, single_lock=self.db.single_lock)
             tx.defer_writes = True
@@ -85,6 +93,13 @@ class SqlMeter:
             result = step(tx)
             tx.commit()
             return result
+
+    def _series(self, plan: DebitPlan, held: Sequence[str] = ()) -> frozenset[str]:
+        """The series a step locks (``HotTx.lock``); none on SQLite, whose BEGIN
+        IMMEDIATE already makes the step the only writer, so none are worked out."""
+        if self.db.dialect != "postgresql":
+            return frozenset()
+        return frozenset(plan_series(plan).union(held))
 
     def _run_batch(self, jobs: Sequence[Job[Any]]) -> None:
         """The steps of ``jobs`` in one transaction, one commit; each job gets its own answer.
@@ -115,8 +130,7 @@ class SqlMeter:
                 for job in jobs:
                     job.result, job.error = None, None
 
-    @staticmethod
-    def _batch(tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
+    def _batch(self, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
         tx.lock(frozenset().union(*(job.series for job in jobs)))
         # A step's writes answer nothing it needs: they go with the next batch of
         # statements (the next step's reads, or the COMMIT), one round trip a step
@@ -126,16 +140,27 @@ class SqlMeter:
         tx.defer_writes = True
         if len(jobs) == 1:
             jobs[0].result = jobs[0].step(tx)
-        else:
-            for job in jobs:
-                tx.savepoint()
-                try:
-                    job.result = job.step(tx)
-                except Exception as exc:
-                    tx.undo()
-                    job.error = exc
-                else:
-                    tx.release()
+            return
+        i = 0
+        while i < len(jobs):
+            # A run of two or more consumes: one read and one write for all (batch.py).
+            end = i
+            while tx.sql.postgres and end < len(jobs) and jobs[end].batchable is not None:
+                end += 1
+            if end - i >= 2:
+                run_debits(self, tx, jobs[i:end])
+                i = end
+                continue
+            job = jobs[i]
+            i += 1
+            tx.savepoint()
+            try:
+                job.result = job.step(tx)
+            except Exception as exc:
+                tx.undo()
+                job.error = exc
+            else:
+                tx.release()
 
     def _settle(
         self,
@@ -249,7 +274,9 @@ class SqlMeter:
 
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         return self._step(
-            lambda tx: self._debit(tx, plan, create_subject), frozenset(plan_series(plan))
+            lambda tx: self._debit(tx, plan, create_subject),
+            self._series(plan),
+            Debit(plan, create_subject) if self.batched else None,
         )
 
     def _debit(self, tx: HotTx, plan: DebitPlan, create: bool) -> Decision:
@@ -316,7 +343,7 @@ class SqlMeter:
     def reserve(
         self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
     ) -> Decision:
-        series = frozenset(plan_series(plan) | set(reservation.series))
+        series = self._series(plan, reservation.series)
         return self._step(lambda tx: self._reserve(tx, plan, reservation, create_subject), series)
 
     def _reserve(
@@ -387,7 +414,7 @@ class SqlMeter:
             return True
 
     def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
-        series = frozenset(plan_series(plan) | set(lease.series))
+        series = self._series(plan, lease.series)
         return self._step(lambda tx: self._acquire(tx, plan, lease, create_subject), series)
 
     def _acquire(self, tx: HotTx, plan: DebitPlan, lease: Lease, create: bool) -> Decision:
