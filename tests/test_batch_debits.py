@@ -28,7 +28,7 @@ from tests.conftest import START
 from tests.test_group_commit import REPO, group, wait_until, writers_held
 from tests.workers import drain, drain_in_process
 from tokenquota import FrozenClock, Quota
-from tokenquota.storage.sql import meter as meter_module
+from tokenquota.storage.sql import batch
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.hot import HotTx
 
@@ -89,7 +89,7 @@ def alerts_of(quota: Quota, p: str) -> list[tuple[Any, ...]]:
 
 def state_of(quota: Quota, p: str) -> tuple[Any, ...]:
     (company,) = quota.usage(f"company:{p}acme").limits
-    (grant,) = quota.grants(f"user:{p}a")  # type: ignore[attr-defined]
+    (grant,) = quota.grants(f"user:{p}a")
     events = list(quota.iter_events(subject=f"company:{p}acme"))
     return company.used, grant.remaining, len(events), quota.get_subject(f"user:{p}new") is not None
 
@@ -112,7 +112,7 @@ def test_a_batch_of_consumes_answers_as_the_same_consumes_one_by_one(postgres_ur
         batched: list[Callable[[], Any]] = calls(quota, "b")
         results: list[Any] = [None] * len(batched)
 
-        def call(i: int) -> None:
+        def run(i: int) -> None:
             try:
                 results[i] = batched[i]()
             except Exception as exc:
@@ -131,12 +131,12 @@ def test_a_batch_of_consumes_answers_as_the_same_consumes_one_by_one(postgres_ur
         HotTx.run = counted  # type: ignore[method-assign]
         try:
             with writers_held(postgres_url):
-                leader = threading.Thread(target=call, args=(0,))
+                leader = threading.Thread(target=run, args=(0,))
                 leader.start()
                 wait_until(lambda: commits.batches == before + 1, "the leader's batch")
                 rest: list[threading.Thread] = []
                 for i in range(1, len(batched)):  # one by one: the batch keeps this order
-                    rest.append(threading.Thread(target=call, args=(i,)))
+                    rest.append(threading.Thread(target=run, args=(i,)))
                     rest[-1].start()
                     wait_until(lambda: commits.waiting == len(rest), f"call {i} to queue")
             for thread in [leader, *rest]:
@@ -231,19 +231,19 @@ def test_threads_in_one_process_on_one_series_admit_exactly_the_limit(postgres_u
         quota.set_limit("user:hot", "tokens", "total", SERIES_LIMIT)
         meter: Any = quota.store.meter  # type: ignore[attr-defined]
         ran = [0]
-        plain = meter_module.run_debits
+        plain = batch.run_debits
 
         def counting(*args: Any) -> None:
             ran[0] += 1
             plain(*args)
 
-        meter_module.run_debits = counting  # type: ignore[assignment]
+        batch.run_debits = counting
         try:
             barrier = threading.Barrier(32)
             with ThreadPoolExecutor(32) as pool:
                 admitted = sum(pool.map(lambda _: drain(quota, "user:hot", barrier), range(32)))
         finally:
-            meter_module.run_debits = plain  # type: ignore[assignment]
+            batch.run_debits = plain
         assert admitted == SERIES_LIMIT
         assert ran[0] > 0, "no run of consumes was decided together"
         assert meter.group.largest > 1

@@ -42,7 +42,8 @@ from tokenquota.domain.ledger import increments, usage_event
 from tokenquota.domain.metrics import Metric
 from tokenquota.storage.snapshot import View
 from tokenquota.storage.sql.group import Job
-from tokenquota.storage.sql.hot import HotTx, Reads, Seen, burns_of
+from tokenquota.storage.sql.hot import HotTx, burns_of
+from tokenquota.storage.sql.reads import Reads, Seen
 from tokenquota.storage.sql.statements import Stmt
 from tokenquota.wire import stored
 

@@ -39,13 +39,15 @@ from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Page, RebuildProgress
 from tokenquota.storage.ledger_rows import grant_audit
+from tokenquota.storage.sql import batch
 from tokenquota.storage.sql import schema as t
-from tokenquota.storage.sql.batch import Debit, run_debits
+from tokenquota.storage.sql.batch import Debit
 from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.group import GroupCommit, Job
-from tokenquota.storage.sql.hot import Found, HotTx, burns_of
+from tokenquota.storage.sql.hot import HotTx, burns_of
 from tokenquota.storage.sql.ledger import SqlCounters, SqlLedger, grant_from_row
 from tokenquota.storage.sql.outbox import Recorded
+from tokenquota.storage.sql.reads import Found
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database, plan_series
 from tokenquota.wire import stored
@@ -148,7 +150,7 @@ class SqlMeter:
             while tx.sql.postgres and end < len(jobs) and jobs[end].batchable is not None:
                 end += 1
             if end - i >= 2:
-                run_debits(self, tx, jobs[i:end])
+                batch.run_debits(self, tx, jobs[i:end])
                 i = end
                 continue
             job = jobs[i]
