@@ -237,7 +237,7 @@ def test_threads_in_one_process_on_one_series_admit_exactly_the_limit(postgres_u
             ran[0] += 1
             plain(*args)
 
-        batch.run_debits = counting
+        batch.run_debits = counting  # type: ignore[assignment]
         try:
             barrier = threading.Barrier(32)
             with ThreadPoolExecutor(32) as pool:
