@@ -157,6 +157,16 @@ def test_a_batch_of_consumes_answers_as_the_same_consumes_one_by_one(postgres_ur
             100,
         ]
         assert state_of(quota, "b") == state_of(quota, "s")
+        # The answers the run stored: a retry is replayed from the store, as after one by one.
+        for p in ("s", "b"):
+            again = quota.consume(f"user:{p}a", tokens=30, idempotency_key="k1")
+            assert again.replayed, p
+        ids = {}
+        assert outcome(quota.consume("user:ba", tokens=0, idempotency_key="k3"), ids) == outcome(
+            quota.consume("user:sa", tokens=0, idempotency_key="k3"), ids
+        )
+        links = {e.id for s in ("user:ba", "user:bnew") for e in quota.iter_events(subject=s)}
+        assert links >= {r.event_id for r in results if getattr(r, "event_id", None)}
     finally:
         quota.close()
 

@@ -14,11 +14,13 @@ consecutive debits of a batch are decided together:
    counter increments, grant burns, created subjects and stored idempotency
    answers), so each gets the answer it would have got alone, after them:
    the same admissions, denials, replays, conflicts and alert events;
-3. the writes of the admitted ones are queued as one batch: every event, link,
-   subject, shadow hit, idempotency answer and alert as a debit writes them,
-   and the counters and grant burns of the whole run summed, one upsert of
-   counters and one update per grant, sent with the next step's reads or the
-   batch's COMMIT; no caller is answered before that COMMIT (``group.py``).
+3. the writes are queued as one batch, one statement per table: the events
+   of the admitted ones, their links and their idempotency answers each in
+   one multi-row insert (``unnest`` arrays), the counters and grant burns of
+   the whole run summed into one upsert and one update per grant; created
+   subjects, shadow hits and alert rows (rare) one statement each, as a lone
+   debit writes them. They go with the next step's reads or the batch's
+   COMMIT; no caller is answered before that COMMIT (``group.py``).
 
 A debit whose decision fails (a stale configuration version, a conflicting
 idempotency key, an unknown subject, an amount past the 63-bit bound) wrote
@@ -32,23 +34,34 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tokenquota.domain.alerts import alert_events
 from tokenquota.domain.bounds import check_lifetime
+from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import DebitPlan, Decision, decide
 from tokenquota.domain.ledger import increments, usage_event
 from tokenquota.domain.metrics import Metric
+from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.snapshot import View
 from tokenquota.storage.sql.group import Job
-from tokenquota.storage.sql.hot import HotTx, burns_of
+from tokenquota.storage.sql.hot import HotTx, burns_of, event_values
 from tokenquota.storage.sql.reads import Reads, Seen
-from tokenquota.storage.sql.statements import Stmt
+from tokenquota.storage.sql.statements import POSTGRES, Stmt
 from tokenquota.wire import stored
 
 if TYPE_CHECKING:
     from tokenquota.storage.sql.meter import SqlMeter
+
+
+@dataclass(slots=True)
+class Rows:
+    """The rows the admitted debits of a run add, written in one statement per table."""
+
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    links: list[tuple[str, int, int]] = field(default_factory=list)  # subject, ts, event id
+    remembers: list[tuple[Any, ...]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +91,25 @@ def run_debits(meter: SqlMeter, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
     cursors = tx.run([stmt for r in reads for stmt in r.stmts])
     seen = Seen()
     writes: list[Stmt] = []
+    rows = Rows()
     at = 0
     for job, view, r in zip(jobs, views, reads, strict=True):
         mine = cursors[at : at + len(r.stmts)]
         at += len(r.stmts)
         try:
-            job.result = _decide(meter, tx, view, since, job.batchable, r, mine, seen, writes)
+            job.result = _decide(meter, tx, view, since, job.batchable, r, mine, seen, writes, rows)
         except Exception as exc:
             job.error = exc
+    sql = POSTGRES
+    if rows.events:
+        writes.append(sql.events(rows.events))
+    if rows.links:
+        writes.append(sql.links_of(rows.links))
     if seen.deltas:
-        writes.append(tx.sql.bumps(seen.deltas))
-    writes += [(tx.sql.burn, (units, gid)) for gid, units in seen.burns.items()]
+        writes.append(sql.bumps(seen.deltas))
+    writes += [(sql.burn, (units, gid)) for gid, units in seen.burns.items()]
+    if rows.remembers:
+        writes.append(sql.remembers(rows.remembers))
     tx.pending += writes
 
 
@@ -102,9 +123,11 @@ def _decide(
     cursors: list[Any],
     seen: Seen,
     writes: list[Stmt],
+    rows: Rows,
 ) -> Decision:
     """One debit of the run, as ``SqlMeter._debit`` decides it; what it writes is added
-    to ``writes`` (counters and burns to ``seen``, summed) only once it is decided."""
+    to ``writes`` and ``rows`` (counters and burns to ``seen``, summed) only once it is
+    decided."""
     plan, create = debit.plan, debit.create
     found = reads.found(cursors, seen)
     if view is not None and plan.config_version is not None:
@@ -130,37 +153,49 @@ def _decide(
         if usage
         else {}
     )
-    keyed = usage and plan.idempotency_key is not None
     mine: list[Stmt] = []
-    event_id = tx.write(
+    tx.write(
         subject=plan.subject if new_subject else None,
         now=plan.now,
         shadow=decision if decision.shadow_blocked else None,
-        event=usage_event(plan, None) if usage else None,
-        event_id=found.event_id,
-        deltas={},  # summed over the run (``run_debits``)
+        event=None,  # with the run's other events, in one statement (``Rows``)
+        event_id=None,
+        deltas={},
         burns={},
-        remember=(
-            (str(plan.subject), plan.idempotency_key, plan.fingerprint, decision)
-            if keyed and plan.idempotency_key
-            else None
-        ),
+        remember=None,
         out=mine,
     )
     alerts = alert_events(plan, found.readings, decision)
     if alerts:  # in this transaction: recorded if, and only if, the decision is
         tx.alerts(meter.alerted.fresh(alerts), out=mine)
-    answer = decision.numbered(event_id) if usage else decision
+    if not usage:
+        writes += mine
+        if new_subject:
+            seen.subjects.add(str(plan.subject))
+        return decision
+    event_id = found.event_id
+    assert event_id is not None  # read numbered
+    answer = decision.numbered(event_id)
+    row = event_row(usage_event(plan, None))
+    remembered: tuple[Any, ...] | None = None
+    if plan.idempotency_key is not None:
+        text = json.dumps(stored.encode_decision(answer))
+        remembered = (
+            str(plan.subject),
+            plan.idempotency_key,
+            plan.fingerprint,
+            text,
+            to_micros(plan.now),
+        )
 
     # Decided: from here on the debits after it read as if it were written.
     writes += mine
+    rows.events.append((event_id, *event_values(row)))
+    rows.links += [(s, row["ts"], event_id) for s in row["charged"]]
     seen.add(deltas, burns)
     if new_subject:
         seen.subjects.add(str(plan.subject))
-    if keyed and plan.idempotency_key:
-        stored_answer = json.loads(json.dumps(stored.encode_decision(answer)))
-        seen.remembered[(str(plan.subject), plan.idempotency_key)] = (
-            plan.fingerprint,
-            stored_answer,
-        )
+    if remembered is not None:
+        rows.remembers.append(remembered)
+        seen.remembered[(remembered[0], remembered[1])] = (plan.fingerprint, json.loads(text))
     return answer

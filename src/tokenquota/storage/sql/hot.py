@@ -254,19 +254,7 @@ class HotTx:
             self._send(stmts, out)
             return None
         row = event_row(event)
-        values = (
-            row["kind"],
-            row["subject"],
-            json.dumps(row["charged"]),
-            row["ts"],
-            row["recorded_at"],
-            row["mode"],
-            json.dumps(row["amounts"]),
-            row["model"],
-            json.dumps(row["tags"]),
-            row["idempotency_key"],
-            row["resource"],
-        )
+        values = event_values(row)
         if not sql.postgres:
             # SQLite numbers the event as it inserts it; the rest follows at once
             # (no round trips in-process).
@@ -342,6 +330,23 @@ class HotTx:
             self.pending += stmts
         else:
             self.run(stmts)
+
+
+def event_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """An event row (``ledger_rows.event_row``) as ``Sql.event``'s parameters (its id aside)."""
+    return (
+        row["kind"],
+        row["subject"],
+        json.dumps(row["charged"]),
+        row["ts"],
+        row["recorded_at"],
+        row["mode"],
+        json.dumps(row["amounts"]),
+        row["model"],
+        json.dumps(row["tags"]),
+        row["idempotency_key"],
+        row["resource"],
+    )
 
 
 def burns_of(

@@ -149,6 +149,19 @@ class PostgresSql(Sql):
         " resource) VALUES (%s, %s, %s::json, %s, %s, NULL, %s)"
     )
 
+    def events(self, rows: Sequence[Sequence[Any]]) -> Stmt:
+        """Many events in one statement (a run of consumes: batch.py), each row as
+        ``event``'s parameters; one text whatever the number of rows."""
+        return _PG_EVENTS, _columns(rows)
+
+    def links_of(self, rows: Sequence[tuple[str, int, int]]) -> Stmt:
+        """(subject, ts, event id) rows of many events, in one statement."""
+        return _PG_LINKS_ROWS, _columns(rows)
+
+    def remembers(self, rows: Sequence[Sequence[Any]]) -> Stmt:
+        """Many idempotency answers in one statement, each row as ``remember``'s parameters."""
+        return _PG_REMEMBERS, _columns(rows)
+
     def holds_of(
         self, reservation_id: str, expires: int, rows: Sequence[tuple[str, str, int]]
     ) -> Stmt:
@@ -210,6 +223,20 @@ _PG_BUMPS = (
     ' ON CONFLICT (subject, metric, "window", bucket)'
     " DO UPDATE SET value = counters.value + excluded.value"
 )
+_PG_EVENTS = (
+    "INSERT INTO events (id, kind, subject, charged, ts, recorded_at, mode, amounts, model,"
+    " tags, idempotency_key, resource) SELECT * FROM unnest(%s::bigint[], %s::text[],"
+    " %s::text[], %s::json[], %s::bigint[], %s::bigint[], %s::text[], %s::json[], %s::text[],"
+    " %s::json[], %s::text[], %s::text[])"
+)
+_PG_LINKS_ROWS = (
+    "INSERT INTO event_subjects (subject, ts, event_id)"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])"
+)
+_PG_REMEMBERS = (
+    'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::json[], %s::bigint[])"
+)
 _PG_ADD_HOLDS = (
     "INSERT INTO holds (subject, metric, expires_at, reservation_id, amount)"
     " SELECT s, m, %s, %s, a FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS h(s, m, a)"
@@ -239,6 +266,11 @@ _PG_COUNTERS = (
 _PG_HOLDS = _HOLDS.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
 _PG_LEASES = _LEASES.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
 _PG_GRANTS = _GRANTS.replace("IN ({})", "= ANY(%s::text[])")
+
+
+def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rows as one list per column: the arrays a PostgreSQL ``unnest`` insert takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 @cache
