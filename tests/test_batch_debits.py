@@ -25,6 +25,7 @@ import sqlalchemy as sa
 
 import tokenquota
 from tests.conftest import START
+from tests.test_config_snapshot import FOREVER, snapshot_of
 from tests.test_group_commit import REPO, group, wait_until, writers_held
 from tests.workers import drain, drain_in_process
 from tokenquota import FrozenClock, Quota
@@ -172,36 +173,46 @@ def test_a_batch_of_consumes_answers_as_the_same_consumes_one_by_one(postgres_ur
 
 
 def test_a_stale_plan_in_a_batch_is_refused_alone_and_planned_again(postgres_url: str) -> None:
-    """A plan of an old configuration in a run: its caller plans again, the others stand."""
+    """Plans of an old configuration in a run: each is refused and planned again alone."""
     writer = tokenquota.open(postgres_url, clock=FrozenClock(START))
     quota = tokenquota.open(postgres_url, clock=FrozenClock(START))
     try:
-        writer.set_limit("user:x", "tokens", "day", 100)
         writer.set_limit("user:y", "tokens", "day", 100)
-        assert quota.consume("user:x", tokens=1).allowed  # warm: plans carry the version
-        assert quota.consume("user:y", tokens=1).allowed
+        assert quota.consume("user:y", tokens=1).allowed  # warm: plans carry the version
+        snapshot_of(quota).ttl = FOREVER  # only a refused step makes it ask again
+        writer.set_limit("user:y", "tokens", "day", 25)  # another replica lowers it
         commits = group(quota)
         before = commits.batches
         results: dict[str, Any] = {}
+        ran = [0]
+        plain = batch.run_debits
 
-        def call(name: str, subject: str, tokens: int) -> None:
-            results[name] = quota.consume(subject, tokens=tokens)
+        def counting(*args: Any) -> None:
+            ran[0] += 1
+            plain(*args)
 
-        with writers_held(postgres_url):
-            leader = threading.Thread(target=call, args=("lead", "user:y", 1))
-            leader.start()
-            wait_until(lambda: commits.batches == before + 1, "the leader's batch")
-            rest = [threading.Thread(target=call, args=(f"y{i}", "user:y", 10)) for i in range(4)]
-            for thread in rest:
-                thread.start()
-            wait_until(lambda: commits.waiting == len(rest), "the callers to queue")
-        # Meanwhile another replica lowers y's limit: every queued plan is stale now.
-        writer.set_limit("user:y", "tokens", "day", 25)
-        for thread in [leader, *rest]:
-            thread.join(60)
-        admitted = sum(10 for i in range(4) if results[f"y{i}"].allowed)
-        # Planned again under 25: 2 already used, so two of the four 10s fit.
-        assert admitted == 20
+        def call(name: str, tokens: int) -> None:
+            results[name] = quota.consume("user:y", tokens=tokens)
+
+        batch.run_debits = counting  # type: ignore[assignment]
+        try:
+            with writers_held(postgres_url):
+                leader = threading.Thread(target=call, args=("lead", 1))
+                leader.start()
+                wait_until(lambda: commits.batches == before + 1, "the leader's batch")
+                rest = [threading.Thread(target=call, args=(f"y{i}", 10)) for i in range(4)]
+                for thread in rest:
+                    thread.start()
+                # Planned on the old snapshot (limit 100), queued into one run.
+                wait_until(lambda: commits.waiting == len(rest), "the callers to queue")
+            for thread in [leader, *rest]:
+                thread.join(60)
+        finally:
+            batch.run_debits = plain
+        assert ran[0] >= 1, "the queued plans were not decided as a run"
+        assert results["lead"].allowed
+        # Planned again under 25 with 2 used: two of the four 10s fit, never four.
+        assert sum(10 for i in range(4) if results[f"y{i}"].allowed) == 20
         (status,) = quota.usage("user:y").limits
         assert (status.limit, status.used) == (25, 22)
     finally:
