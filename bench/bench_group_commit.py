@@ -21,6 +21,14 @@ PostgreSQL rows need a server at TOKENQUOTA_BENCH_POSTGRES (default the
 machine's, database ``test``); each store gets a fresh schema, dropped at
 the end. ``--only sqlite`` or ``--only postgres`` runs one backend;
 ``--seconds N`` sets a round's length (default 2).
+
+``--round-trips`` counts instead of timing (PostgreSQL only; repeatable under
+load): 1, 8 and 32 callers all consuming for **one** user, as the HTTP row's
+64 connections do, and the round trips to the server per decision (each
+``HotTx.run`` that sends anything is one pipeline, one round trip; the
+leader's COMMIT rides the last one), with consecutive consumes of a batch
+decided together (``storage/sql/batch.py``) and each under its own
+savepoint, as before it.
 """
 
 from __future__ import annotations
@@ -162,13 +170,86 @@ def table(results: dict[str, list[Cell]]) -> Table:
     return out
 
 
+RT_CALLERS = (1, 8, 32)
+
+
+def round_trips(
+    url: str, callers: int, batched: bool, per_caller: int = 100
+) -> tuple[float, float]:
+    """Round trips per decision and decisions per commit, ``callers`` threads on one user."""
+    from tokenquota.storage.sql.hot import HotTx
+
+    quota = opened(url, 1)
+    meter: Any = quota.store.meter  # type: ignore[attr-defined]
+    meter.batched = batched
+    sent = [0]
+    plain = HotTx.run
+
+    def counted(self: HotTx, stmts: Any) -> list[Any]:
+        if self.pending or stmts:
+            sent[0] += 1
+        return plain(self, stmts)
+
+    try:
+        for _ in range(5):  # warm: the kept connection, prepared statements
+            quota.consume("user:u0", tokens=1)
+        HotTx.run = counted  # type: ignore[method-assign]
+        batches = meter.group.batches
+        start = threading.Barrier(callers)
+
+        def work() -> None:
+            start.wait()
+            for _ in range(per_caller):
+                if not quota.consume("user:u0", tokens=1).allowed:
+                    raise RuntimeError("a consume was denied")
+
+        threads = [threading.Thread(target=work) for _ in range(callers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        decisions = callers * per_caller
+        return sent[0] / decisions, decisions / (meter.group.batches - batches)
+    finally:
+        HotTx.run = plain  # type: ignore[method-assign]
+        quota.close()
+
+
+def print_round_trips(notes: list[str]) -> None:
+    out = Table(title="PostgreSQL: round trips per decision, one user", box=box.SIMPLE_HEAD)
+    for column in ("callers", "per savepoint", "batch", "batched", "batch"):
+        out.add_column(column, justify="right")
+    with postgres_schemas(notes) as fresh:
+        if fresh is None:
+            return
+        for callers in RT_CALLERS:
+            before = round_trips(postgres_url(fresh()), callers, False)
+            after = round_trips(postgres_url(fresh()), callers, True)
+            out.add_row(
+                str(callers),
+                f"{before[0]:.2f}",
+                f"{before[1]:.1f}",
+                f"{after[0]:.2f}",
+                f"{after[1]:.1f}",
+            )
+    console = Console()
+    console.print(out)
+    console.print("batch: decisions per commit in that run.", highlight=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", choices=("sqlite", "postgres"))
     parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--round-trips", action="store_true", help="count, do not time")
     args = parser.parse_args()
     load = os.getloadavg()[0]
     notes: list[str] = []
+    if args.round_trips:
+        print_round_trips(notes)
+        for line in notes:
+            print(line)
+        return
     results: dict[str, list[Cell]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if args.only in (None, "sqlite"):

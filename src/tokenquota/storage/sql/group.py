@@ -37,14 +37,21 @@ BATCH_LIMIT = 64
 class Job(Generic[R]):
     """One queued step: what it needs, then its answer or its error."""
 
-    __slots__ = ("done", "error", "lead", "result", "series", "step")
+    __slots__ = ("batchable", "done", "error", "lead", "result", "series", "step")
 
-    def __init__(self, step: Callable[[Any], R], series: frozenset[str]) -> None:
+    def __init__(
+        self, step: Callable[[Any], R], series: frozenset[str], batchable: Any = None
+    ) -> None:
         self.step = step  # called by ``run`` with its transaction
         self.series = series  # what the step locks (PostgreSQL)
+        # What ``run`` may decide together with like jobs instead of calling ``step``
+        # (the SQL meter's consumes: storage/sql/batch.py); None: only ``step``.
+        self.batchable = batchable
         self.result: R | None = None
         self.error: BaseException | None = None
-        self.done = threading.Event()
+        # Made only for a caller that waits (``submit``): a lone caller leads at once
+        # and never needs one.
+        self.done: threading.Event | None = None
         self.lead = False  # set (with ``done``) when this job's caller is to lead next
 
     def answer(self) -> R:
@@ -74,14 +81,17 @@ class GroupCommit:
         with self._lock:
             return len(self._queue)
 
-    def submit(self, step: Callable[[Any], R], series: frozenset[str]) -> R:
+    def submit(self, step: Callable[[Any], R], series: frozenset[str], batchable: Any = None) -> R:
         """Run ``step`` in a shared transaction; its answer once that has committed."""
-        job: Job[R] = Job(step, series)
+        job: Job[R] = Job(step, series, batchable)
         with self._lock:
             self._queue.append(job)
             lead = not self._leading
             self._leading = True
-        if not lead:
+            if not lead:
+                # Under the lock that queued it: a leader that takes the job finds it.
+                job.done = threading.Event()
+        if job.done is not None:
             job.done.wait()
             if not job.lead:
                 return job.answer()
@@ -106,8 +116,10 @@ class GroupCommit:
                 if self._queue:
                     heir = self._queue[0]
                     heir.lead = True
+                    assert heir.done is not None  # queued while a leader led: it waits
                     heir.done.set()
                 else:
                     self._leading = False
             for job in batch:
-                job.done.set()
+                if job.done is not None:
+                    job.done.set()

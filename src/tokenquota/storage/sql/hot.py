@@ -27,7 +27,9 @@ One decision runs, in order:
 
 On PostgreSQL the statements of steps 1 and 2 go in one psycopg pipeline and
 those of step 4 in another, so a decision costs two network round trips
-before its commit, however many statements it has.
+before its commit, however many statements it has. The reads of step 2 are
+built and read back in ``reads.py``; a run of consumes in one group-commit
+batch sends the reads of all of them in one pipeline (``batch.py``).
 """
 
 from __future__ import annotations
@@ -36,61 +38,32 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
 from tokenquota.domain.alerts import AlertEvent
-from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET
-from tokenquota.domain.clock import from_micros, to_micros
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
-from tokenquota.domain.errors import IdempotencyConflict, StoreUnreachable
+from tokenquota.domain.clock import to_micros
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Reading
+from tokenquota.domain.errors import StoreUnreachable
 from tokenquota.domain.grants import Grant, allocate
+from tokenquota.domain.holds import HoldState, Lease, Reservation
 from tokenquota.domain.ledger import CounterKey, Event
 from tokenquota.domain.limits import LimitKey
-from tokenquota.domain.metrics import COUNTERS, Metric
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.ledger_rows import event_row
-from tokenquota.storage.snapshot import FIRST_TOKEN
 from tokenquota.storage.sql.outbox import alert_values
+from tokenquota.storage.sql.reads import Found, Ranges, Reads, tracked_pairs
 from tokenquota.storage.sql.statements import (
     GLOBAL_EXCLUSIVE,
     GLOBAL_SHARED,
     POSTGRES,
     SQLITE,
-    TOTAL,
-    Sql,
     Stmt,
 )
 from tokenquota.storage.sql.tx import series_keys
 from tokenquota.wire import stored
-
-
-@dataclass(slots=True)
-class Found:
-    """What the reads of one decision found, under its locks."""
-
-    replay: tuple[str, dict[str, Any]] | None = None  # the key's fingerprint and stored answer
-    subject_known: bool = True
-    readings: list[Reading] = field(default_factory=list)
-    prepaid: list[Prepaid] = field(default_factory=list)
-    grants: list[Grant] = field(default_factory=list)
-    lifetime: dict[tuple[str, Metric], int] = field(default_factory=dict)
-    event_id: int | None = None  # PostgreSQL: the number the event will carry
-
-    def replayed(self, fingerprint: str) -> Decision | None:
-        """The stored answer of the key, or None; a different request under it is refused."""
-        if self.replay is None:
-            return None
-        if self.replay[0] != fingerprint:
-            raise IdempotencyConflict(
-                "this idempotency key was used for a different request",
-                details={"field": "idempotency_key"},
-            )
-        return stored.decode_decision(self.replay[1]).as_replay()
 
 
 class HotTx:
@@ -113,6 +86,7 @@ class HotTx:
         self.single_lock = single_lock
         self.pending: list[Stmt] = []
         self._tracked: AbstractSet[LimitKey] | None = None
+        self._tracking = False  # a read of the tracked pairs is on its way (``Reads``)
         self._savepoints = 0
         self._queued: int | None = None  # where the last savepoint waits in ``pending``
         # PostgreSQL: send a decision's writes with the next batch instead of at once.
@@ -216,7 +190,7 @@ class HotTx:
         takes the exclusive lock, so it cannot land inside one)."""
         if self._tracked is None:
             (cursor,) = self.run([(self.sql.tracked, ())])
-            self._tracked = _tracked(cursor.fetchall())
+            self._tracked = tracked_pairs(cursor.fetchall())
         return self._tracked
 
     def read(
@@ -228,74 +202,21 @@ class HotTx:
         63-bit bound is checked on (a step that adds usage); ``numbered`` takes
         the event's number beforehand (PostgreSQL; a step that may append one).
         """
-        subject = str(plan.subject)
-        now = to_micros(plan.now)
-        reads = plan.reads
-        metrics = [m.value for m in COUNTERS if plan.amounts[m]] if bounded else []
-        ranges = _Ranges(reads)
-        lifetime = [
-            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in plan.series for m in metrics
-        ]
-        ranges.keys += lifetime
-        charged = [str(s) for s in plan.charged]
-        keyed = keyed and plan.idempotency_key is not None
-        stmts: list[Stmt] = []
-        # First in the batch, after the locks: the plan's configuration version
-        # (storage/snapshot.py), read where no configuration write can move it.
-        versioned = plan.config_version is not None
-        if versioned:
-            stmts.append((self.sql.version, ()))
-        if keyed:
-            stmts.append((self.sql.idempotency, (subject, plan.idempotency_key)))
-        stmts.append((self.sql.subject, (subject,)))
-        stmts += ranges.statements(self.sql, now, extra=charged)
-        stmts.append(self.sql.grants(charged))
-        tracked = self._tracked is None
-        if tracked:
-            stmts.append((self.sql.tracked, ()))
-        numbered = numbered and self.sql.postgres
-        if numbered:
-            stmts.append((POSTGRES.next_event, ()))
-        cursors = self.run(stmts)
+        reads = self.reads(plan, keyed=keyed, bounded=bounded, numbered=numbered)
+        return reads.found(self.run(reads.stmts))
 
-        found = Found()
-        if versioned:
-            rows = cursors.pop(0).fetchall()
-            if (rows[0][0] if rows else FIRST_TOKEN) != plan.config_version:
-                # Close the other reads first: the traceback keeps this frame, and
-                # on SQLite an unfinished SELECT keeps its connection on an old
-                # snapshot, where its next BEGIN IMMEDIATE is refused at once.
-                for cursor in cursors:
-                    cursor.close()
-                raise StaleConfig
-        if keyed:
-            row = cursors.pop(0).fetchone()
-            if row is not None:
-                answer = row[1]
-                found.replay = (row[0], json.loads(answer) if isinstance(answer, str) else answer)
-        found.subject_known = cursors.pop(0).fetchone() is not None
-        readings, buckets, holds = ranges.found(cursors)
-        found.readings = readings
-        for key, got in zip(lifetime, buckets[len(buckets) - len(lifetime) :], strict=True):
-            found.lifetime[(key[0], Metric(key[1]))] = got.get(LIFETIME_BUCKET, 0)
-        found.grants = [_grant(row) for row in cursors[ranges.count].fetchall()]
-        if tracked:
-            self._tracked = _tracked(cursors[ranges.count + 1].fetchall())
-        if numbered:
-            found.event_id = int(cursors[-1].fetchone()[0])
-        for s in plan.charged:
-            mine = tuple(g for g in found.grants if g.subject == s)
-            if mine:
-                found.prepaid.append(
-                    Prepaid(s, mine, holds.get((str(s), Metric.CREDITS.value), (0, 0))[0])
-                )
-        return found
+    def reads(
+        self, plan: DebitPlan, *, keyed: bool = True, bounded: bool = True, numbered: bool = False
+    ) -> Reads:
+        """The statements of ``read``, not yet sent, and how to read their answers:
+        a run of decisions (``batch.py``) sends the reads of all of them at once."""
+        return Reads(self, plan, keyed=keyed, bounded=bounded, numbered=numbered)
 
     def readings(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
         """What ``checks`` read (usage, check): counters, holds and leases, one select each."""
         if not checks:
             return []
-        ranges = _Ranges(checks)
+        ranges = Ranges(checks)
         cursors = self.run(ranges.statements(self.sql, to_micros(now)))
         return ranges.found(cursors)[0]
 
@@ -311,6 +232,7 @@ class HotTx:
         deltas: dict[CounterKey, int],
         burns: dict[str, int],
         remember: tuple[str, str, str, Decision] | None,
+        out: list[Stmt] | None = None,
     ) -> int | None:
         """The writes of one decision in one batch; returns the event's number.
 
@@ -318,8 +240,10 @@ class HotTx:
         ``event`` is appended (numbered ``event_id`` on PostgreSQL) with its
         counter ``deltas`` and grant ``burns``; ``remember`` stores
         (subject, key, fingerprint, decision), the decision taking the event's number.
+        With ``out`` (PostgreSQL) the statements are added to it, not sent.
         """
         sql = self.sql
+        assert out is None or sql.postgres, "SQLite numbers its events as it writes them"
         stmts: list[Stmt] = []
         if subject is not None:
             stmts.append((sql.add_subject, (str(subject), subject.kind, to_micros(now))))
@@ -327,22 +251,10 @@ class HotTx:
             for s in shadow.shadow_blocked:
                 stmts.append((sql.shadow, (s.subject, s.metric, s.window or "")))
         if event is None:
-            self._send(stmts)
+            self._send(stmts, out)
             return None
         row = event_row(event)
-        values = (
-            row["kind"],
-            row["subject"],
-            json.dumps(row["charged"]),
-            row["ts"],
-            row["recorded_at"],
-            row["mode"],
-            json.dumps(row["amounts"]),
-            row["model"],
-            json.dumps(row["tags"]),
-            row["idempotency_key"],
-            row["resource"],
-        )
+        values = event_values(row)
         if not sql.postgres:
             # SQLite numbers the event as it inserts it; the rest follows at once
             # (no round trips in-process).
@@ -361,20 +273,80 @@ class HotTx:
             who, key_name, fingerprint, decision = remember
             answer = json.dumps(stored.encode_decision(decision.numbered(event_id)))
             stmts.append((sql.remember, (who, key_name, fingerprint, answer, to_micros(now))))
-        self._send(stmts)
+        self._send(stmts, out)
         return event_id
 
-    def alerts(self, events: Sequence[AlertEvent]) -> None:
-        """The alert outbox rows of this decision, with its other writes (storage/sql/outbox.py)."""
-        self._send([(self.sql.alert, alert_values(e)) for e in events])
+    def hold_reservation(self, reservation: Reservation) -> None:
+        """The reservation's row and its holds, with the step's other writes."""
+        expires = to_micros(reservation.expires_at)
+        sql = self.sql
+        values = (
+            reservation.id,
+            str(reservation.subject),
+            json.dumps([str(s) for s in reservation.charged]),
+            json.dumps(reservation.amounts.to_units_json()),
+            to_micros(reservation.created_at),
+            expires,
+            HoldState.HELD.value,
+            str(reservation.resource) if reservation.resource else None,
+        )
+        rows = [
+            (s, m.value, units)
+            for s in reservation.series
+            for m, units in reservation.amounts.items()
+        ]
+        stmts: list[Stmt] = [(sql.reservation, values)]
+        if rows:
+            stmts.append(sql.holds_of(reservation.id, expires, rows))
+        self._send(stmts)
 
-    def _send(self, stmts: list[Stmt]) -> None:
+    def hold_lease(self, lease: Lease) -> None:
+        """The lease's row and its holders, with the step's other writes."""
+        expires = to_micros(lease.expires_at)
+        sql = self.sql
+        values = (
+            lease.id,
+            str(lease.subject),
+            json.dumps([str(s) for s in lease.charged]),
+            to_micros(lease.created_at),
+            expires,
+            str(lease.resource) if lease.resource else None,
+        )
+        stmts: list[Stmt] = [(sql.lease, values)]
+        if lease.series:
+            stmts.append(sql.holders_of(lease.id, expires, list(lease.series)))
+        self._send(stmts)
+
+    def alerts(self, events: Sequence[AlertEvent], out: list[Stmt] | None = None) -> None:
+        """The alert outbox rows of this decision, with its other writes (storage/sql/outbox.py)."""
+        self._send([(self.sql.alert, alert_values(e)) for e in events], out)
+
+    def _send(self, stmts: list[Stmt], out: list[Stmt] | None = None) -> None:
         # Writes answer nothing the decision needs: when ``defer_writes`` is set
         # they wait for the next batch (the commit's, for a lone decision).
-        if self.defer_writes and self.sql.postgres:
+        if out is not None:
+            out += stmts
+        elif self.defer_writes and self.sql.postgres:
             self.pending += stmts
         else:
             self.run(stmts)
+
+
+def event_values(row: dict[str, Any]) -> tuple[Any, ...]:
+    """An event row (``ledger_rows.event_row``) as ``Sql.event``'s parameters (its id aside)."""
+    return (
+        row["kind"],
+        row["subject"],
+        json.dumps(row["charged"]),
+        row["ts"],
+        row["recorded_at"],
+        row["mode"],
+        json.dumps(row["amounts"]),
+        row["model"],
+        json.dumps(row["tags"]),
+        row["idempotency_key"],
+        row["resource"],
+    )
 
 
 def burns_of(
@@ -389,99 +361,3 @@ def burns_of(
         if mine:
             out.update(allocate(mine, credits, at)[0])
     return out
-
-
-class _Ranges:
-    """The reads behind a list of checks: one select of counters, one of holds, one of leases."""
-
-    def __init__(self, checks: Sequence[Check]) -> None:
-        self.checks = checks
-        # (subject, metric, window, lo, hi) of each check that sums buckets; caps and
-        # leases sum none. ``at[i]`` is the position of check i's range, or -1.
-        self.keys: list[tuple[str, str, str, int, int]] = []
-        self.at: list[int] = []
-        for check in checks:
-            key = check.limit.key
-            if key.window is None:
-                self.at.append(-1)
-                continue
-            self.at.append(len(self.keys))
-            self.keys.append(
-                (str(check.limit.subject), key.metric.value, key.window.key, check.lo, check.hi)
-            )
-        self.leased = sorted(
-            {
-                str(c.limit.subject)
-                for c in checks
-                if c.limit.key.metric is Metric.CONCURRENT_REQUESTS
-            }
-        )
-        self.count = 0
-
-    def statements(self, sql: Sql, now: int, extra: Sequence[str] = ()) -> list[Stmt]:
-        """The selects; ``extra`` subjects' holds are read too (the prepaid wallets' credits)."""
-        held = sorted({str(c.limit.subject) for c in self.checks} | set(extra))
-        stmts = [sql.counters(self.keys), sql.holds(held, now)]
-        if self.leased:
-            stmts.append(sql.leases(self.leased, now))
-        self.count = len(stmts)
-        return stmts
-
-    def found(
-        self, cursors: Sequence[Any]
-    ) -> tuple[list[Reading], list[dict[int, int]], dict[tuple[str, str], tuple[int, int]]]:
-        """The readings of the checks, the buckets of every range, and the live holds."""
-        buckets: list[dict[int, int]] = [{} for _ in self.keys]
-        for i, bucket, value in cursors[0].fetchall():
-            if value:
-                # int(): a counter is an integer; never let a driver's type leak to the wire.
-                buckets[i][int(bucket)] = int(value)
-        holds = {(s, m): (int(total), int(last)) for s, m, total, last in cursors[1].fetchall()}
-        leases = (
-            {s: (int(n), int(first)) for s, n, first in cursors[2].fetchall()}
-            if self.leased
-            else {}
-        )
-        readings = [
-            _reading(c, buckets[i] if i >= 0 else {}, holds, leases)
-            for c, i in zip(self.checks, self.at, strict=True)
-        ]
-        return readings, buckets, holds
-
-
-def _reading(
-    check: Check,
-    buckets: dict[int, int],
-    holds: dict[tuple[str, str], tuple[int, int]],
-    leases: dict[str, tuple[int, int]],
-) -> Reading:
-    key = check.limit.key
-    subject = str(check.limit.subject)
-    if key.metric is Metric.CONCURRENT_REQUESTS:
-        count, first = leases.get(subject, (0, 0))
-        if not count:
-            return Reading()
-        return Reading({0: count}, held_until=from_micros(first))
-    if key.window is None:
-        return Reading()
-    held, last = holds.get((subject, key.metric.value), (0, 0))
-    if not held:
-        return Reading(buckets)
-    return Reading(buckets, held, from_micros(last))
-
-
-def _grant(row: Sequence[Any]) -> Grant:
-    gid, subject, amount, granted_at, expires_at, remaining = row
-    return Grant(
-        id=gid,
-        subject=SubjectRef.parse(subject),
-        amount=int(amount),
-        granted_at=from_micros(int(granted_at)),
-        expires_at=from_micros(int(expires_at)) if expires_at is not None else None,
-        remaining=int(remaining),
-    )
-
-
-def _tracked(rows: Iterable[Sequence[Any]]) -> set[LimitKey]:
-    # As SqlCatalog.tracked: the lifetime pairs are counted even if a row was removed.
-    return set(LIFETIME) | {LimitKey.from_storage(m, w) for m, w in rows}

@@ -39,23 +39,20 @@ from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import Page, RebuildProgress
 from tokenquota.storage.ledger_rows import grant_audit
+from tokenquota.storage.sql import batch
 from tokenquota.storage.sql import schema as t
+from tokenquota.storage.sql.batch import Debit
 from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.group import GroupCommit, Job
-from tokenquota.storage.sql.hot import Found, HotTx, burns_of
+from tokenquota.storage.sql.hot import HotTx, burns_of
 from tokenquota.storage.sql.ledger import SqlCounters, SqlLedger, grant_from_row
 from tokenquota.storage.sql.outbox import Recorded
+from tokenquota.storage.sql.reads import Found
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database, plan_series
 from tokenquota.wire import stored
 
 R = TypeVar("R")
-
-# Statements built once: executed with parameters, SQLAlchemy compiles each once.
-_ADD_RESERVATION = t.reservations.insert()
-_ADD_HOLDS = t.holds.insert()
-_ADD_LEASE = t.leases.insert()
-_ADD_LEASE_HOLDERS = t.lease_holders.insert()
 
 
 class SqlMeter:
@@ -63,6 +60,10 @@ class SqlMeter:
     # own, as before group commit: bench/bench_group_commit.py measures both in one run
     # (through ``SqlStore._group_commit``). Nothing else should.
     grouped: bool = True
+    # Consecutive consumes of a batch decided from one read and one write (batch.py,
+    # PostgreSQL). False decides each under its own savepoint, as before:
+    # bench/bench_group_commit.py measures both. Nothing else should.
+    batched: bool = True
 
     def __init__(
         self, db: Database, catalog: SqlCatalog, ledger: SqlLedger, counters: SqlCounters
@@ -80,10 +81,13 @@ class SqlMeter:
         return self.db.tz
 
     # the hot transaction ------------------------------------------------------
-    def _step(self, step: Callable[[HotTx], R], series: frozenset[str]) -> R:
-        """A plan-taking step under the locks of ``series``: grouped, or on its own."""
+    def _step(
+        self, step: Callable[[HotTx], R], series: frozenset[str], debit: Debit | None = None
+    ) -> R:
+        """A plan-taking step under the locks of ``series``: grouped, or on its own.
+        A ``debit`` may be decided with the debits next to it in its batch (batch.py)."""
         if self.grouped:
-            return self.group.submit(step, series)
+            return self.group.submit(step, series, debit)
         with self.db.tx(hot=True, global_key=False) as conn:
             tx = HotTx(conn, single_lock=self.db.single_lock)
             tx.defer_writes = True
@@ -91,6 +95,13 @@ class SqlMeter:
             result = step(tx)
             tx.commit()
             return result
+
+    def _series(self, plan: DebitPlan, held: Sequence[str] = ()) -> frozenset[str]:
+        """The series a step locks (``HotTx.lock``); none on SQLite, whose BEGIN
+        IMMEDIATE already makes the step the only writer, so none are worked out."""
+        if self.db.dialect != "postgresql":
+            return frozenset()
+        return frozenset(plan_series(plan).union(held))
 
     def _run_batch(self, jobs: Sequence[Job[Any]]) -> None:
         """The steps of ``jobs`` in one transaction, one commit; each job gets its own answer.
@@ -121,8 +132,7 @@ class SqlMeter:
                 for job in jobs:
                     job.result, job.error = None, None
 
-    @staticmethod
-    def _batch(tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
+    def _batch(self, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
         tx.lock(frozenset().union(*(job.series for job in jobs)))
         # A step's writes answer nothing it needs: they go with the next batch of
         # statements (the next step's reads, or the COMMIT), one round trip a step
@@ -132,16 +142,27 @@ class SqlMeter:
         tx.defer_writes = True
         if len(jobs) == 1:
             jobs[0].result = jobs[0].step(tx)
-        else:
-            for job in jobs:
-                tx.savepoint()
-                try:
-                    job.result = job.step(tx)
-                except Exception as exc:
-                    tx.undo()
-                    job.error = exc
-                else:
-                    tx.release()
+            return
+        i = 0
+        while i < len(jobs):
+            # A run of two or more consumes: one read and one write for all (batch.py).
+            end = i
+            while tx.sql.postgres and end < len(jobs) and jobs[end].batchable is not None:
+                end += 1
+            if end - i >= 2:
+                batch.run_debits(self, tx, jobs[i:end])
+                i = end
+                continue
+            job = jobs[i]
+            i += 1
+            tx.savepoint()
+            try:
+                job.result = job.step(tx)
+            except Exception as exc:
+                tx.undo()
+                job.error = exc
+            else:
+                tx.release()
 
     def _settle(
         self,
@@ -255,7 +276,9 @@ class SqlMeter:
 
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         return self._step(
-            lambda tx: self._debit(tx, plan, create_subject), frozenset(plan_series(plan))
+            lambda tx: self._debit(tx, plan, create_subject),
+            self._series(plan),
+            Debit(plan, create_subject) if self.batched else None,
         )
 
     def _debit(self, tx: HotTx, plan: DebitPlan, create: bool) -> Decision:
@@ -322,7 +345,7 @@ class SqlMeter:
     def reserve(
         self, plan: DebitPlan, reservation: Reservation, *, create_subject: bool
     ) -> Decision:
-        series = frozenset(plan_series(plan) | set(reservation.series))
+        series = self._series(plan, reservation.series)
         return self._step(lambda tx: self._reserve(tx, plan, reservation, create_subject), series)
 
     def _reserve(
@@ -334,35 +357,7 @@ class SqlMeter:
         decision = self._settle(tx, plan, found, decision, create=create, usage=False)
         if not decision.allowed:
             return decision
-        expires = to_micros(reservation.expires_at)
-        tx.conn.execute(
-            _ADD_RESERVATION,
-            {
-                "id": reservation.id,
-                "subject": str(reservation.subject),
-                "charged": [str(s) for s in reservation.charged],
-                "amounts": reservation.amounts.to_units_json(),
-                "created_at": to_micros(reservation.created_at),
-                "expires_at": expires,
-                "state": HoldState.HELD.value,
-                "decision": None,
-                "resource": str(reservation.resource) if reservation.resource else None,
-            },
-        )
-        tx.conn.execute(
-            _ADD_HOLDS,
-            [
-                {
-                    "subject": s,
-                    "metric": m.value,
-                    "expires_at": expires,
-                    "reservation_id": reservation.id,
-                    "amount": units,
-                }
-                for s in reservation.series
-                for m, units in reservation.amounts.items()
-            ],
-        )
+        tx.hold_reservation(reservation)
         return decision
 
     def get_reservation(self, reservation_id: str) -> Reservation | None:
@@ -421,7 +416,7 @@ class SqlMeter:
             return True
 
     def acquire(self, plan: DebitPlan, lease: Lease, *, create_subject: bool) -> Decision:
-        series = frozenset(plan_series(plan) | set(lease.series))
+        series = self._series(plan, lease.series)
         return self._step(lambda tx: self._acquire(tx, plan, lease, create_subject), series)
 
     def _acquire(self, tx: HotTx, plan: DebitPlan, lease: Lease, create: bool) -> Decision:
@@ -431,23 +426,7 @@ class SqlMeter:
         decision = self._settle(tx, plan, found, decision, create=create, usage=False)
         if not decision.allowed:
             return decision
-        expires = to_micros(lease.expires_at)
-        tx.conn.execute(
-            _ADD_LEASE,
-            {
-                "id": lease.id,
-                "subject": str(lease.subject),
-                "charged": [str(s) for s in lease.charged],
-                "created_at": to_micros(lease.created_at),
-                "expires_at": expires,
-                "released_at": None,
-                "resource": str(lease.resource) if lease.resource else None,
-            },
-        )
-        tx.conn.execute(
-            _ADD_LEASE_HOLDERS,
-            [{"subject": s, "expires_at": expires, "lease_id": lease.id} for s in lease.series],
-        )
+        tx.hold_lease(lease)
         return decision
 
     def get_lease(self, lease_id: str) -> Lease | None:

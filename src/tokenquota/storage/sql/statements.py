@@ -58,6 +58,32 @@ class Sql:
         " ON CONFLICT (dedupe) DO NOTHING"
     )
 
+    # A reservation's and a lease's rows (meter.py's reserve and acquire).
+    reservation = (
+        "INSERT INTO reservations (id, subject, charged, amounts, created_at, expires_at,"
+        " state, decision, resource) VALUES (?, ?, ?, ?, ?, ?, ?, NULL, ?)"
+    )
+    lease = (
+        "INSERT INTO leases (id, subject, charged, created_at, expires_at, released_at,"
+        " resource) VALUES (?, ?, ?, ?, ?, NULL, ?)"
+    )
+
+    def holds_of(
+        self, reservation_id: str, expires: int, rows: Sequence[tuple[str, str, int]]
+    ) -> Stmt:
+        """A reservation's holds, one row per (subject, metric, amount), in one statement."""
+        params: list[Any] = []
+        for subject, metric, amount in rows:
+            params += (subject, metric, expires, reservation_id, amount)
+        return _sqlite_rows(_ADD_HOLDS, 5, len(rows)), params
+
+    def holders_of(self, lease_id: str, expires: int, subjects: Sequence[str]) -> Stmt:
+        """A lease's holder rows, one per series, in one statement."""
+        params: list[Any] = []
+        for subject in subjects:
+            params += (subject, expires, lease_id)
+        return _sqlite_rows(_ADD_HOLDERS, 3, len(subjects)), params
+
     def counters(self, keys: Sequence[tuple[str, str, str, int, int]]) -> Stmt:
         """The buckets of every (subject, metric, window, lo, hi), tagged by position."""
         params: list[Any] = []
@@ -114,6 +140,42 @@ class PostgresSql(Sql):
         " FROM unnest(%s::integer[], %s::integer[]) AS k(hi, lo)"
     )
 
+    reservation = (
+        "INSERT INTO reservations (id, subject, charged, amounts, created_at, expires_at,"
+        " state, decision, resource) VALUES (%s, %s, %s::json, %s::json, %s, %s, %s, NULL, %s)"
+    )
+    lease = (
+        "INSERT INTO leases (id, subject, charged, created_at, expires_at, released_at,"
+        " resource) VALUES (%s, %s, %s::json, %s, %s, NULL, %s)"
+    )
+
+    def events(self, rows: Sequence[Sequence[Any]]) -> Stmt:
+        """Many events in one statement (a run of consumes: batch.py), each row as
+        ``event``'s parameters; one text whatever the number of rows."""
+        return _PG_EVENTS, _columns(rows)
+
+    def links_of(self, rows: Sequence[tuple[str, int, int]]) -> Stmt:
+        """(subject, ts, event id) rows of many events, in one statement."""
+        return _PG_LINKS_ROWS, _columns(rows)
+
+    def remembers(self, rows: Sequence[Sequence[Any]]) -> Stmt:
+        """Many idempotency answers in one statement, each row as ``remember``'s parameters."""
+        return _PG_REMEMBERS, _columns(rows)
+
+    def holds_of(
+        self, reservation_id: str, expires: int, rows: Sequence[tuple[str, str, int]]
+    ) -> Stmt:
+        return _PG_ADD_HOLDS, (
+            expires,
+            reservation_id,
+            [r[0] for r in rows],
+            [r[1] for r in rows],
+            [r[2] for r in rows],
+        )
+
+    def holders_of(self, lease_id: str, expires: int, subjects: Sequence[str]) -> Stmt:
+        return _PG_ADD_HOLDERS, (expires, lease_id, list(subjects))
+
     def counters(self, keys: Sequence[tuple[str, str, str, int, int]]) -> Stmt:
         columns: list[list[Any]] = [[], [], [], [], [], []]
         for i, key in enumerate(keys):
@@ -147,6 +209,8 @@ _BUMPS = (
     ' ON CONFLICT (subject, metric, "window", bucket)'
     " DO UPDATE SET value = counters.value + excluded.value"
 )
+_ADD_HOLDS = "INSERT INTO holds (subject, metric, expires_at, reservation_id, amount) VALUES {}"
+_ADD_HOLDERS = "INSERT INTO lease_holders (subject, expires_at, lease_id) VALUES {}"
 # On PostgreSQL one text whatever the number of rows (arrays through unnest), so
 # psycopg prepares it once.
 _PG_LINKS = (
@@ -158,6 +222,28 @@ _PG_BUMPS = (
     " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
     ' ON CONFLICT (subject, metric, "window", bucket)'
     " DO UPDATE SET value = counters.value + excluded.value"
+)
+_PG_EVENTS = (
+    "INSERT INTO events (id, kind, subject, charged, ts, recorded_at, mode, amounts, model,"
+    " tags, idempotency_key, resource) SELECT * FROM unnest(%s::bigint[], %s::text[],"
+    " %s::text[], %s::json[], %s::bigint[], %s::bigint[], %s::text[], %s::json[], %s::text[],"
+    " %s::json[], %s::text[], %s::text[])"
+)
+_PG_LINKS_ROWS = (
+    "INSERT INTO event_subjects (subject, ts, event_id)"
+    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])"
+)
+_PG_REMEMBERS = (
+    'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::json[], %s::bigint[])"
+)
+_PG_ADD_HOLDS = (
+    "INSERT INTO holds (subject, metric, expires_at, reservation_id, amount)"
+    " SELECT s, m, %s, %s, a FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS h(s, m, a)"
+)
+_PG_ADD_HOLDERS = (
+    "INSERT INTO lease_holders (subject, expires_at, lease_id)"
+    " SELECT s, %s, %s FROM unnest(%s::text[]) AS s"
 )
 _HOLDS = (
     "SELECT subject, metric, sum(amount), max(expires_at) FROM holds"
@@ -180,6 +266,11 @@ _PG_COUNTERS = (
 _PG_HOLDS = _HOLDS.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
 _PG_LEASES = _LEASES.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
 _PG_GRANTS = _GRANTS.replace("IN ({})", "= ANY(%s::text[])")
+
+
+def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
+    """Rows as one list per column: the arrays a PostgreSQL ``unnest`` insert takes."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 @cache

@@ -226,11 +226,23 @@ class Database:
         Any failure drops the kept connection, so the next transaction starts
         on a fresh one. An in-memory SQLite database has one connection for
         everyone (StaticPool), so there the pool's is used each time.
+
+        The transaction is the driver's, not SQLAlchemy's: BEGIN (SQLite's
+        ``BEGIN IMMEDIATE``, from the engine's ``begin`` event; psycopg begins by
+        itself at the first statement), COMMIT and ROLLBACK go straight to the
+        sqlite3 or psycopg connection.
+        SQLAlchemy's begin and commit bookkeeping (its transaction object and
+        the execution context of its commit) counted 16.6k instructions a
+        transaction, about 1.5 % of a warm SQLite consume (performance-log.md,
+        branch ``sql``). So whatever runs inside must run on the driver too
+        (``hot.HotTx``): a SQLAlchemy ``conn.execute`` here would begin a
+        second transaction.
         """
         if isinstance(self.engine.pool, StaticPool):
             with self.tx(hot=True, global_key=False) as conn:
                 yield conn, False
             return
+        lost = self.engine.dialect.loaded_dbapi.OperationalError
         with self._kept_lock:
             try:
                 reused = self._kept is not None
@@ -239,11 +251,27 @@ class Database:
                     self._kept.execution_options(tokenquota_write=True)
                 conn = self._kept
                 conn.info["tokenquota_series_locked"] = False
-                with conn.begin():
+                raw: Any = conn.connection.driver_connection
+                # The engine's ``begin`` event, as SQLAlchemy's own begin would fire it:
+                # on SQLite our hook sends BEGIN IMMEDIATE (``create_engine``), and what
+                # else listens (a test counting transactions) still sees this one.
+                conn.dispatch.begin(conn)
+                try:
                     yield conn, reused
-            except OperationalError as exc:
+                except BaseException:
+                    try:
+                        raw.rollback()
+                    except Exception:
+                        self._drop_kept()  # its state is unknown: never used again
+                    raise
+                try:
+                    raw.commit()
+                except BaseException:
+                    self._drop_kept()  # a commit that failed may or may not have committed
+                    raise
+            except (OperationalError, lost) as exc:
                 self._drop_kept()
-                raise StoreUnreachable(f"the database did not answer: {exc.orig}") from exc
+                raise StoreUnreachable(f"the database did not answer: {_orig(exc)}") from exc
             except StoreUnreachable:
                 self._drop_kept()
                 raise
@@ -299,6 +327,11 @@ class Database:
         from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
         return sqlite_insert(table)
+
+
+def _orig(exc: BaseException) -> BaseException:
+    """The driver's error behind SQLAlchemy's wrapper, or the driver's own."""
+    return exc.orig if isinstance(exc, OperationalError) and exc.orig is not None else exc
 
 
 def series_keys(names: Iterable[str]) -> list[tuple[int, int]]:

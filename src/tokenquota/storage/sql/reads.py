@@ -1,0 +1,277 @@
+"""What one decision reads in the hot transaction, and what it found (``hot.HotTx``).
+
+Split from ``hot.py`` so that a run of consumes (``batch.py``) can send the
+reads of all of them at once and read each one's answers later, with what
+the decisions before it in the run decided (``Seen``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET
+from tokenquota.domain.clock import from_micros, to_micros
+from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
+from tokenquota.domain.errors import IdempotencyConflict
+from tokenquota.domain.grants import Grant
+from tokenquota.domain.ledger import CounterKey
+from tokenquota.domain.limits import LimitKey
+from tokenquota.domain.metrics import COUNTERS, Metric
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.storage.base import StaleConfig
+from tokenquota.storage.snapshot import FIRST_TOKEN
+from tokenquota.storage.sql.statements import POSTGRES, TOTAL, Sql, Stmt
+from tokenquota.wire import stored
+
+if TYPE_CHECKING:
+    from tokenquota.storage.sql.hot import HotTx
+
+
+@dataclass(slots=True)
+class Found:
+    """What the reads of one decision found, under its locks."""
+
+    replay: tuple[str, dict[str, Any]] | None = None  # the key's fingerprint and stored answer
+    subject_known: bool = True
+    readings: list[Reading] = field(default_factory=list)
+    prepaid: list[Prepaid] = field(default_factory=list)
+    grants: list[Grant] = field(default_factory=list)
+    lifetime: dict[tuple[str, Metric], int] = field(default_factory=dict)
+    event_id: int | None = None  # PostgreSQL: the number the event will carry
+
+    def replayed(self, fingerprint: str) -> Decision | None:
+        """The stored answer of the key, or None; a different request under it is refused."""
+        if self.replay is None:
+            return None
+        if self.replay[0] != fingerprint:
+            raise IdempotencyConflict(
+                "this idempotency key was used for a different request",
+                details={"field": "idempotency_key"},
+            )
+        return stored.decode_decision(self.replay[1]).as_replay()
+
+
+class Reads:
+    """The reads of one decision (``HotTx.read``): its statements, then what they found.
+
+    ``found`` takes ``seen``, what earlier decisions of the same run decided
+    and have not written yet (``batch.py``), and reads as if they had been:
+    their counter increments and grant burns added, the subjects they created
+    known, the idempotency answers they stored found.
+    """
+
+    def __init__(
+        self, tx: HotTx, plan: DebitPlan, *, keyed: bool, bounded: bool, numbered: bool
+    ) -> None:
+        self.tx = tx
+        self.plan = plan
+        sql = tx.sql
+        subject = str(plan.subject)
+        metrics = [m.value for m in COUNTERS if plan.amounts[m]] if bounded else []
+        self.ranges = ranges = Ranges(plan.reads)
+        self.lifetime = [
+            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in plan.series for m in metrics
+        ]
+        ranges.keys += self.lifetime
+        charged = [str(s) for s in plan.charged]
+        self.keyed = keyed = keyed and plan.idempotency_key is not None
+        stmts: list[Stmt] = []
+        # First in the batch, after the locks: the plan's configuration version
+        # (storage/snapshot.py), read where no configuration write can move it.
+        self.versioned = plan.config_version is not None
+        if self.versioned:
+            stmts.append((sql.version, ()))
+        if keyed:
+            stmts.append((sql.idempotency, (subject, plan.idempotency_key)))
+        stmts.append((sql.subject, (subject,)))
+        stmts += ranges.statements(sql, to_micros(plan.now), extra=charged)
+        stmts.append(sql.grants(charged))
+        # Once per transaction; a run's reads ask once for all of its decisions.
+        self.tracked = tx._tracked is None and not tx._tracking
+        if self.tracked:
+            tx._tracking = True
+            stmts.append((sql.tracked, ()))
+        self.numbered = numbered and sql.postgres
+        if self.numbered:
+            stmts.append((POSTGRES.next_event, ()))
+        self.stmts = stmts
+
+    def found(self, cursors: list[Any], seen: Seen | None = None) -> Found:
+        """What the reads found, under the locks (``StaleConfig`` for a plan of
+        another configuration version); ``cursors`` are those of ``stmts``."""
+        plan = self.plan
+        ranges = self.ranges
+        cursors = list(cursors)
+        if self.tracked:  # first: a decision refused below still leaves the pairs to the next
+            self.tx._tracked = tracked_pairs(cursors[-2 if self.numbered else -1].fetchall())
+        found = Found()
+        if self.versioned:
+            rows = cursors.pop(0).fetchall()
+            if (rows[0][0] if rows else FIRST_TOKEN) != plan.config_version:
+                # Close the other reads first: the traceback keeps this frame, and
+                # on SQLite an unfinished SELECT keeps its connection on an old
+                # snapshot, where its next BEGIN IMMEDIATE is refused at once.
+                for cursor in cursors:
+                    cursor.close()
+                raise StaleConfig
+        if self.keyed:
+            row = cursors.pop(0).fetchone()
+            if row is not None:
+                answer = row[1]
+                found.replay = (row[0], json.loads(answer) if isinstance(answer, str) else answer)
+            if seen is not None:
+                found.replay = seen.remembered.get(
+                    (str(plan.subject), str(plan.idempotency_key)), found.replay
+                )
+        found.subject_known = cursors.pop(0).fetchone() is not None
+        if seen is not None and str(plan.subject) in seen.subjects:
+            found.subject_known = True
+        readings, buckets, holds = ranges.found(cursors, seen)
+        found.readings = readings
+        lifetime = self.lifetime
+        for key, got in zip(lifetime, buckets[len(buckets) - len(lifetime) :], strict=True):
+            found.lifetime[(key[0], Metric(key[1]))] = got.get(LIFETIME_BUCKET, 0)
+        burned = seen.burns if seen is not None else {}
+        found.grants = [grant_of(row, burned) for row in cursors[ranges.count].fetchall()]
+        if self.numbered:
+            found.event_id = int(cursors[-1].fetchone()[0])
+        for s in plan.charged:
+            mine = tuple(g for g in found.grants if g.subject == s)
+            if mine:
+                found.prepaid.append(
+                    Prepaid(s, mine, holds.get((str(s), Metric.CREDITS.value), (0, 0))[0])
+                )
+        return found
+
+
+@dataclass(slots=True)
+class Seen:
+    """What the decisions of a run wrote, before it reaches the store (``Reads.found``)."""
+
+    # (subject, metric, window) -> bucket -> units added
+    counters: dict[tuple[str, str, str], dict[int, int]] = field(default_factory=dict)
+    deltas: dict[CounterKey, int] = field(default_factory=dict)  # the same, as written
+    burns: dict[str, int] = field(default_factory=dict)  # grant id -> units burned
+    subjects: set[str] = field(default_factory=set)  # created
+    # (subject, key) -> (fingerprint, stored answer)
+    remembered: dict[tuple[str, str], tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def add(self, deltas: dict[CounterKey, int], burns: dict[str, int]) -> None:
+        for key, units in deltas.items():
+            self.deltas[key] = self.deltas.get(key, 0) + units
+            series = self.counters.setdefault(key[:3], {})
+            series[key[3]] = series.get(key[3], 0) + units
+        for gid, units in burns.items():
+            self.burns[gid] = self.burns.get(gid, 0) + units
+
+
+class Ranges:
+    """The reads behind a list of checks: one select of counters, one of holds, one of leases."""
+
+    def __init__(self, checks: Sequence[Check]) -> None:
+        self.checks = checks
+        # (subject, metric, window, lo, hi) of each check that sums buckets; caps and
+        # leases sum none. ``at[i]`` is the position of check i's range, or -1.
+        self.keys: list[tuple[str, str, str, int, int]] = []
+        self.at: list[int] = []
+        for check in checks:
+            key = check.limit.key
+            if key.window is None:
+                self.at.append(-1)
+                continue
+            self.at.append(len(self.keys))
+            self.keys.append(
+                (str(check.limit.subject), key.metric.value, key.window.key, check.lo, check.hi)
+            )
+        self.leased = sorted(
+            {
+                str(c.limit.subject)
+                for c in checks
+                if c.limit.key.metric is Metric.CONCURRENT_REQUESTS
+            }
+        )
+        self.count = 0
+
+    def statements(self, sql: Sql, now: int, extra: Sequence[str] = ()) -> list[Stmt]:
+        """The selects; ``extra`` subjects' holds are read too (the prepaid wallets' credits)."""
+        held = sorted({str(c.limit.subject) for c in self.checks} | set(extra))
+        stmts = [sql.counters(self.keys), sql.holds(held, now)]
+        if self.leased:
+            stmts.append(sql.leases(self.leased, now))
+        self.count = len(stmts)
+        return stmts
+
+    def found(
+        self, cursors: Sequence[Any], seen: Seen | None = None
+    ) -> tuple[list[Reading], list[dict[int, int]], dict[tuple[str, str], tuple[int, int]]]:
+        """The readings of the checks, the buckets of every range, and the live holds
+        (with what ``seen`` added to the buckets)."""
+        buckets: list[dict[int, int]] = [{} for _ in self.keys]
+        for i, bucket, value in cursors[0].fetchall():
+            if value:
+                # int(): a counter is an integer; never let a driver's type leak to the wire.
+                buckets[i][int(bucket)] = int(value)
+        if seen is not None and seen.counters:
+            for got, (s, m, w, lo, hi) in zip(buckets, self.keys, strict=True):
+                added = seen.counters.get((s, m, w))
+                if not added:
+                    continue
+                for bucket, units in added.items():
+                    if lo <= bucket <= hi:
+                        value = got.get(bucket, 0) + units
+                        if value:
+                            got[bucket] = value
+                        else:
+                            got.pop(bucket, None)
+        holds = {(s, m): (int(total), int(last)) for s, m, total, last in cursors[1].fetchall()}
+        leases = (
+            {s: (int(n), int(first)) for s, n, first in cursors[2].fetchall()}
+            if self.leased
+            else {}
+        )
+        readings = [
+            _reading(c, buckets[i] if i >= 0 else {}, holds, leases)
+            for c, i in zip(self.checks, self.at, strict=True)
+        ]
+        return readings, buckets, holds
+
+
+def _reading(
+    check: Check,
+    buckets: dict[int, int],
+    holds: dict[tuple[str, str], tuple[int, int]],
+    leases: dict[str, tuple[int, int]],
+) -> Reading:
+    key = check.limit.key
+    subject = str(check.limit.subject)
+    if key.metric is Metric.CONCURRENT_REQUESTS:
+        count, first = leases.get(subject, (0, 0))
+        if not count:
+            return Reading()
+        return Reading({0: count}, held_until=from_micros(first))
+    if key.window is None:
+        return Reading()
+    held, last = holds.get((subject, key.metric.value), (0, 0))
+    if not held:
+        return Reading(buckets)
+    return Reading(buckets, held, from_micros(last))
+
+
+def grant_of(row: Sequence[Any], burned: dict[str, int]) -> Grant:
+    gid, subject, amount, granted_at, expires_at, remaining = row
+    return Grant(
+        id=gid,
+        subject=SubjectRef.parse(subject),
+        amount=int(amount),
+        granted_at=from_micros(int(granted_at)),
+        expires_at=from_micros(int(expires_at)) if expires_at is not None else None,
+        remaining=int(remaining) - burned.get(gid, 0),
+    )
+
+
+def tracked_pairs(rows: Iterable[Sequence[Any]]) -> set[LimitKey]:
+    # As SqlCatalog.tracked: the lifetime pairs are counted even if a row was removed.
+    return set(LIFETIME) | {LimitKey.from_storage(m, w) for m, w in rows}
