@@ -47,6 +47,8 @@ CLIENT_ONLY: dict[str, str] = {
     "deliveries": WEBHOOKS,
     "get_delivery": WEBHOOKS,
     "redeliver": WEBHOOKS,
+    "set_webhook_secret": WEBHOOKS,
+    "alerts": "a subject's alert events are read from the service's webhook tables",
 }
 
 # Methods of AsyncClient alone.
