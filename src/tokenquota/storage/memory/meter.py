@@ -12,10 +12,18 @@ from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from tokenquota.domain.alerts import alert_events
+from tokenquota.domain.alerts import alert_events, has_thresholds
 from tokenquota.domain.bounds import LIFETIME_BUCKET, check_granted, check_lifetime
 from tokenquota.domain.clock import to_micros
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
+from tokenquota.domain.decisions import (
+    Check,
+    DebitPlan,
+    Decision,
+    Prepaid,
+    Reading,
+    admitted,
+    decide,
+)
 from tokenquota.domain.errors import IdempotencyConflict, NotFound
 from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import Grant, allocate
@@ -33,17 +41,22 @@ from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import MAX_UNITS, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
-from tokenquota.storage.base import PROGRESS_EVERY, Page, RebuildProgress
+from tokenquota.storage.base import PROGRESS_EVERY, Page, RebuildProgress, StaleConfig
 from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.memory.state import Counting, State
 
 _new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init__: one per limit
+_MAX_SERIES: Final = 4_096  # charged tuples remembered; more (many users) start afresh
+_CREDITS: Final = Metric.CREDITS
+_CONCURRENT: Final = Metric.CONCURRENT_REQUESTS
 
 
 class MemoryMeter:
     def __init__(self, state: State) -> None:
         self._s = state
         self._lock = state.lock
+        # id(charged) -> (charged, its series): see ``_counting``.
+        self._series: dict[int, tuple[tuple[SubjectRef, ...], tuple[str, ...]]] = {}
 
     @property
     def tz(self) -> ZoneInfo:
@@ -145,18 +158,26 @@ class MemoryMeter:
         now = plan.now
         readings = self._reads(plan.reads, now)
         decision = decide(plan, readings, event_id, self._prepaid(plan.charged, now))
-        for alert in alert_events(plan, readings, decision):  # in this step, under the lock
-            self._s.record_alert(alert)
+        self._record_alerts(plan, readings, decision)
         for status in decision.shadow_blocked:
             self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
         return decision
 
+    def _record_alerts(
+        self, plan: DebitPlan, readings: Sequence[Reading], decision: Decision
+    ) -> None:
+        for alert in alert_events(plan, readings, decision):  # in this step, under the lock
+            self._s.record_alert(alert)
+
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         with self._lock:
-            self._s.verify_version(plan)
+            state = self._s
+            version = plan.config_version
+            if version is not None and version != state.config_version:
+                raise StaleConfig  # ``State.verify_version``, in line
             key = (str(plan.subject), plan.idempotency_key) if plan.idempotency_key else None
-            if key and key in self._s.idempotency:
-                fingerprint, first = self._s.idempotency[key]
+            if key and key in state.idempotency:
+                fingerprint, first = state.idempotency[key]
                 if fingerprint != plan.fingerprint:
                     raise IdempotencyConflict(
                         "this idempotency key was used for a different request",
@@ -166,18 +187,43 @@ class MemoryMeter:
             self._require_subject(plan, create_subject)
             decision = self._apply(plan)
             if decision.allowed and key:
-                self._s.idempotency[key] = (plan.fingerprint, decision)
+                state.idempotency[key] = (plan.fingerprint, decision)
             return decision
 
-    def _check_bounds(self, plan: DebitPlan, lifetime: Counting | None = None) -> None:
+    def _counting(self, plan: DebitPlan) -> Counting:
+        """``State.shape`` of the plan's series and metrics.
+
+        A plan without a resource is charged ``plan.charged``, a tuple the
+        planner shares between the plans of one configuration: its series are
+        remembered by that tuple's identity (``_series``, which holds the tuple,
+        so its id names no other while remembered) instead of naming each
+        subject again per plan.
+        """
+        charged = plan.charged
+        if plan.resource is not None:
+            return self._s.shape(plan.series, plan.amounts)
+        found = self._series.get(id(charged))
+        if found is None or found[0] is not charged:
+            if len(self._series) >= _MAX_SERIES:
+                self._series.clear()
+            found = self._series[id(charged)] = (charged, plan.series)
+        return self._s.shape(found[1], plan.amounts)
+
+    def _check_bounds(
+        self,
+        plan: DebitPlan,
+        counting: Counting | None = None,
+        units: dict[Metric, int] | None = None,
+    ) -> None:
         # Only the metrics the request carries can cross the bound: their
         # lifetime counters (the ``total`` bucket of LIFETIME), not all of them.
         # Nearly always far below it: the exact check only when one might cross.
-        if lifetime is None:
-            lifetime = self._s.shape(plan.series, plan.amounts)[1]
-        amounts = plan.amounts
-        for _, metric, dicts in lifetime:
-            headroom = MAX_UNITS - amounts[metric]
+        if counting is None:
+            counting = self._counting(plan)
+        if units is None:
+            units = dict(plan.amounts.items())
+        for metric, dicts in counting.lifetime:
+            headroom = MAX_UNITS - units[metric]
             for buckets in dicts:
                 if buckets.get(LIFETIME_BUCKET, 0) > headroom:
                     self._check_bounds_exactly(plan)
@@ -196,18 +242,51 @@ class MemoryMeter:
 
     def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
         state = self._s
-        counting, lifetime = state.shape(plan.series, plan.amounts)  # the event's too
+        counting = self._counting(plan)  # the event's too
+        units = dict(plan.amounts.items())  # one C lookup per metric, not Amounts.__getitem__
         # Before deciding, which counts shadow hits: a refused amount changes nothing.
-        self._check_bounds(plan, lifetime)
+        self._check_bounds(plan, counting, units)
         # Decided with the id its event will get, so the answer is built once.
-        decision = self._decide(plan, state.last_event_id + 1)
-        if not decision.allowed:
-            return decision
-        event = usage_event(plan, reservation_id, state.last_event_id + 1)
+        event_id = state.last_event_id + 1
+        decision = None
+        if not state.held and not state.grant_ids and plan.capacity is None:
+            used = self._used(plan.checks)
+            if used is not None:
+                decision = admitted(plan, used, event_id)
+                if decision is not None and has_thresholds(plan.checks):
+                    self._record_alerts(plan, self._reads(plan.reads, plan.now), decision)
+        if decision is None:
+            decision = self._decide(plan, event_id)
+            if not decision.allowed:
+                return decision
+        event = usage_event(plan, reservation_id, event_id)
         state.append_event(event)
-        state.count_into(event, counting)
-        self._burn(event)
+        counting.add(event.timestamp, state.tz, units)
+        if units.get(_CREDITS):
+            self._burn(event)
         return decision
+
+    def _used(self, checks: Sequence[Check]) -> list[int] | None:
+        """What ``admitted`` takes: each check's one bucket, 0 for a cap; None when a
+        check is read otherwise (a rolling window, concurrency). Under the lock,
+        with no reservation held (``_reads`` would add nothing to these)."""
+        counters = self._s.counters
+        out = []
+        for check in checks:
+            limit = check.limit
+            window = limit.key.window
+            if window is None:
+                if limit.key.metric is _CONCURRENT:
+                    return None
+                out.append(0)
+                continue
+            lo = check.lo
+            if lo != check.hi or window.rolling_seconds:
+                return None
+            subject, metric_name, _, _ = limit.names()
+            series = counters.get((subject, metric_name, window.key))
+            out.append(series.get(lo, 0) if series else 0)
+        return out
 
     def _burn(self, event: Event) -> None:
         credits = event.amounts[Metric.CREDITS]
