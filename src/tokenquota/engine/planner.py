@@ -45,7 +45,7 @@ from tokenquota.domain.metrics import CONSUMABLE, MAX_UNITS, Amounts, Metric
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef, consumer_ref, parse_kind
 from tokenquota.domain.thresholds import parse_thresholds
-from tokenquota.domain.windows import Window
+from tokenquota.domain.windows import ALWAYS, Window
 from tokenquota.engine import inputs
 from tokenquota.storage.base import ConfigView, RuleSet, StaleConfig
 
@@ -135,11 +135,11 @@ class Planner:
             # The warm path: who is charged and which limits apply, remembered per
             # view; only the windows' placement of this instant is computed. Keyed
             # by the ref's two texts: a tuple of strings hashes in C, a ref in Python.
-            charged, limits = view.memo(
+            charged, layout = view.memo(
                 (_SKELETON, ref.kind, ref.id, intent == "acquire"),
                 lambda: self._skeleton(ref, view, intent),
             )
-            checks = self._checks(limits, amounts, at, now)
+            checks = layout.checks(amounts, at, now, self.tz)
         else:
             chain = self.effective_chain(ref, view=view)
             chain, consumer_limits, quota = self._resource_chain(view, ref, target, chain)
@@ -184,7 +184,7 @@ class Planner:
 
     def _skeleton(
         self, ref: SubjectRef, view: ConfigView, intent: Intent
-    ) -> tuple[tuple[SubjectRef, ...], tuple[EffectiveLimit, ...]]:
+    ) -> tuple[tuple[SubjectRef, ...], Layout]:
         """The charged subjects and the limits a request without a resource is checked
         against, in ``check``'s order: what every plan of one version shares.
 
@@ -196,33 +196,15 @@ class Planner:
         acquire = intent == "acquire"
         return (
             tuple(subject for subject, _ in chain if not is_share(subject)),
-            tuple(
-                limit
-                for _, limits in chain
-                for limit in limits
-                if (limit.key.metric is _CONCURRENT) == acquire
+            Layout(
+                tuple(
+                    limit
+                    for _, limits in chain
+                    for limit in limits
+                    if (limit.key.metric is _CONCURRENT) == acquire
+                )
             ),
         )
-
-    def _checks(
-        self, limits: tuple[EffectiveLimit, ...], amounts: Amounts, at: datetime, now: datetime
-    ) -> tuple[Check, ...]:
-        """``check`` for each of ``limits``, already filtered by intent (``_skeleton``)."""
-        tz = self.tz
-        units = dict(amounts.items())  # one C lookup per limit, not Amounts.__getitem__
-        out = []
-        for limit in limits:
-            key = limit.key
-            window = key.window
-            if window is None:
-                if key.metric is _CONCURRENT:
-                    out.append(_new_check(limit, 1, now, 0, 0, None))
-                else:
-                    out.append(_new_check(limit, units.get(_INPUT, 0), at, 0, 0, None))
-                continue
-            read_at, lo, hi, bucket = window.placement(at, now, tz)
-            out.append(_new_check(limit, units.get(key.metric, 0), read_at, lo, hi, bucket))
-        return tuple(out)
 
     def effective_chain(
         self, ref: SubjectRef, *, with_ancestors: bool = True, view: ConfigView | None = None
@@ -406,6 +388,78 @@ def _amount_names(names: tuple[object, ...]) -> tuple[Metric, ...] | None:
         _AMOUNT_NAMES.clear()  # many shapes: start afresh rather than grow
     _AMOUNT_NAMES[names] = found
     return found
+
+
+_CAP, _LEASE, _PLACED, _ROLLING = range(4)  # how a Layout places a limit's check
+
+
+class Layout:
+    """The limits of one skeleton, and where a request at an instant is measured.
+
+    ``checks`` is ``Planner.check`` for each limit (their intent is the
+    skeleton's). A calendar or ``total`` window measures a request in the
+    bucket holding it, the same bucket for every instant of a span (a
+    period; forever for ``total``), so the buckets of all of them are
+    computed for the span common to them (``Window.bucket_span``) and kept
+    while requests fall in it: a plan then builds its checks without asking
+    a window anything. A rolling window is placed per request (its reading
+    depends on now as well). Shared by the planning threads: what a request
+    reads is one tuple, replaced whole.
+    """
+
+    __slots__ = ("_placed", "limits")
+
+    def __init__(self, limits: tuple[EffectiveLimit, ...]) -> None:
+        self.limits = limits
+        # (zone, start, end, per limit: (limit, how, metric, window, bucket)).
+        self._placed: tuple[ZoneInfo | None, datetime, datetime, list[_Placed]] = (
+            None,
+            ALWAYS[0],
+            ALWAYS[0],
+            [],
+        )
+
+    def checks(
+        self, amounts: Amounts, at: datetime, now: datetime, tz: ZoneInfo
+    ) -> tuple[Check, ...]:
+        zone, start, end, placed = self._placed
+        if zone is not tz or not start <= at < end:
+            placed = self._place(at, tz)
+        units = dict(amounts.items())  # one C lookup per limit, not Amounts.__getitem__
+        out = []
+        for limit, how, metric, window, bucket in placed:
+            if how == _PLACED:
+                out.append(_new_check(limit, units.get(metric, 0), at, bucket, bucket, bucket))
+            elif how == _ROLLING:
+                assert window is not None
+                read_at, lo, hi, landed = window.placement(at, now, tz)
+                out.append(_new_check(limit, units.get(metric, 0), read_at, lo, hi, landed))
+            elif how == _LEASE:
+                out.append(_new_check(limit, 1, now, 0, 0, None))
+            else:
+                out.append(_new_check(limit, units.get(_INPUT, 0), at, 0, 0, None))
+        return tuple(out)
+
+    def _place(self, at: datetime, tz: ZoneInfo) -> list[_Placed]:
+        start, end = ALWAYS
+        placed: list[_Placed] = []
+        for limit in self.limits:
+            key = limit.key
+            window = key.window
+            if window is None:
+                how = _LEASE if key.metric is _CONCURRENT else _CAP
+                placed.append((limit, how, key.metric, None, 0))
+            elif window.rolling_seconds:
+                placed.append((limit, _ROLLING, key.metric, window, 0))
+            else:
+                first, after = window.bucket_span(at, tz)
+                start, end = max(start, first), min(end, after)
+                placed.append((limit, _PLACED, key.metric, window, window.bucket_of(at, tz)))
+        self._placed = (tz, start, end, placed)
+        return placed
+
+
+_Placed = tuple[EffectiveLimit, int, Metric, Window | None, int]
 
 
 def is_share(subject: SubjectRef) -> bool:

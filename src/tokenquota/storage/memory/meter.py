@@ -46,7 +46,7 @@ from tokenquota.storage.ledger_rows import grant_audit
 from tokenquota.storage.memory.state import Counting, State
 
 _new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init__: one per limit
-_MAX_SERIES: Final = 4_096  # charged tuples remembered; more (many users) start afresh
+_MAX_SHAPES: Final = 4_096  # plan shapes remembered; more (many users) start afresh
 _CREDITS: Final = Metric.CREDITS
 _CONCURRENT: Final = Metric.CONCURRENT_REQUESTS
 
@@ -55,8 +55,10 @@ class MemoryMeter:
     def __init__(self, state: State) -> None:
         self._s = state
         self._lock = state.lock
-        # id(charged) -> (charged, its series): see ``_counting``.
-        self._series: dict[int, tuple[tuple[SubjectRef, ...], tuple[str, ...]]] = {}
+        # (id(charged), metrics) -> (charged, the state's counting epoch, the shape).
+        self._shapes: dict[
+            tuple[int, tuple[Metric, ...]], tuple[tuple[SubjectRef, ...], int, Counting]
+        ] = {}
 
     @property
     def tz(self) -> ZoneInfo:
@@ -190,24 +192,30 @@ class MemoryMeter:
                 state.idempotency[key] = (plan.fingerprint, decision)
             return decision
 
-    def _counting(self, plan: DebitPlan) -> Counting:
-        """``State.shape`` of the plan's series and metrics.
+    def _counting(self, plan: DebitPlan, metrics: tuple[Metric, ...]) -> Counting:
+        """``State.shape`` of the plan's series and ``metrics`` (the plan's).
 
         A plan without a resource is charged ``plan.charged``, a tuple the
-        planner shares between the plans of one configuration: its series are
-        remembered by that tuple's identity (``_series``, which holds the tuple,
+        planner shares between the plans of one configuration: its shape is
+        remembered by that tuple's identity (``_shapes``, which holds the tuple,
         so its id names no other while remembered) instead of naming each
-        subject again per plan.
+        subject again per plan, for as long as the state keeps its shapes.
         """
         charged = plan.charged
         if plan.resource is not None:
             return self._s.shape(plan.series, plan.amounts)
-        found = self._series.get(id(charged))
-        if found is None or found[0] is not charged:
-            if len(self._series) >= _MAX_SERIES:
-                self._series.clear()
-            found = self._series[id(charged)] = (charged, plan.series)
-        return self._s.shape(found[1], plan.amounts)
+        state = self._s
+        found = self._shapes.get((id(charged), metrics))
+        if found is None or found[0] is not charged or found[1] != state.counting_epoch:
+            counting = state.shape(plan.series, plan.amounts)  # may move the epoch
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.clear()
+            found = self._shapes[(id(charged), metrics)] = (
+                charged,
+                state.counting_epoch,
+                counting,
+            )
+        return found[2]
 
     def _check_bounds(
         self,
@@ -218,10 +226,10 @@ class MemoryMeter:
         # Only the metrics the request carries can cross the bound: their
         # lifetime counters (the ``total`` bucket of LIFETIME), not all of them.
         # Nearly always far below it: the exact check only when one might cross.
-        if counting is None:
-            counting = self._counting(plan)
         if units is None:
             units = dict(plan.amounts.items())
+        if counting is None:
+            counting = self._counting(plan, tuple(units))
         for metric, dicts in counting.lifetime:
             headroom = MAX_UNITS - units[metric]
             for buckets in dicts:
@@ -242,10 +250,16 @@ class MemoryMeter:
 
     def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
         state = self._s
-        counting = self._counting(plan)  # the event's too
         units = dict(plan.amounts.items())  # one C lookup per metric, not Amounts.__getitem__
+        counting = self._counting(plan, tuple(units))  # the event's too
         # Before deciding, which counts shadow hits: a refused amount changes nothing.
-        self._check_bounds(plan, counting, units)
+        # ``_check_bounds``, in line: nearly always far below the bound.
+        for metric, dicts in counting.lifetime:
+            headroom = MAX_UNITS - units[metric]
+            for buckets in dicts:
+                if buckets.get(LIFETIME_BUCKET, 0) > headroom:
+                    self._check_bounds_exactly(plan)
+                    break
         # Decided with the id its event will get, so the answer is built once.
         event_id = state.last_event_id + 1
         decision = None

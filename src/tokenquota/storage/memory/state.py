@@ -56,8 +56,8 @@ class Counting:
         self.windows = windows
         # The lifetime (``total``) dicts, which the 63-bit bound reads.
         self.lifetime = [(metric, dicts) for window, metric, dicts in windows if window.is_total]
-        # Each (dict, metric, bucket) an event in [start, end) in zone tz adds to.
-        self.buckets: list[tuple[dict[int, int], Metric, int]] = []
+        # Per metric, each (dict, bucket) an event in [start, end) in zone tz adds to.
+        self.buckets: list[tuple[Metric, list[tuple[dict[int, int], int]]]] = []
         self.start = self.end = ALWAYS[0]  # an empty span: the first event places them
         self.tz: ZoneInfo | None = None
 
@@ -65,19 +65,21 @@ class Counting:
         """Add ``units`` (metric -> units) of an event at ``at`` to every bucket it counts in."""
         if not (self.start <= at < self.end) or tz is not self.tz:
             self._place(at, tz)
-        for buckets, metric, bucket in self.buckets:
-            buckets[bucket] = buckets.get(bucket, 0) + units[metric]
+        for metric, targets in self.buckets:
+            amount = units[metric]
+            for buckets, bucket in targets:
+                buckets[bucket] = buckets.get(bucket, 0) + amount
 
     def _place(self, at: datetime, tz: ZoneInfo) -> None:
         """The buckets of ``at``, and the span around it in which they all stay the same."""
         start, end = ALWAYS
-        placed = []
+        placed: dict[Metric, list[tuple[dict[int, int], int]]] = {}
         for window, metric, dicts in self.windows:
             bucket = window.bucket_of(at, tz)
             first, after = window.bucket_span(at, tz)
             start, end = max(start, first), min(end, after)
-            placed += [(buckets, metric, bucket) for buckets in dicts]
-        self.buckets = placed
+            placed.setdefault(metric, []).extend((buckets, bucket) for buckets in dicts)
+        self.buckets = list(placed.items())
         self.start, self.end, self.tz = start, end, tz
 
 
@@ -133,6 +135,9 @@ class State:
         default_factory=dict, repr=False
     )
     _counting_tracked: int = 0
+    # Moved whenever the remembered shapes are dropped: a caller that keeps a
+    # shape of its own (the meter, by plan) keeps it only while this stands.
+    counting_epoch: int = 0
 
     def bump_config(self) -> None:
         """A configuration write: every snapshot of the old version is stale from now."""
@@ -219,7 +224,7 @@ class State:
         as no usage everywhere. Call it under the lock.
         """
         if self._counting_tracked != len(self.tracked):  # tracked only ever grows
-            self._counting.clear()
+            self.forget_counting()
             self._counting_tracked = len(self.tracked)
         key = (series, tuple(amounts.keys()))
         found = self._counting.get(key)
@@ -235,13 +240,15 @@ class State:
             dicts = tuple(counters.setdefault((s, name, window.key), {}) for s in series)
             made.append((window, metric, dicts))
         if len(self._counting) >= _MAX_COUNTING:
-            self._counting.clear()
+            self.forget_counting()
         found = self._counting[key] = Counting(made)
         return found
 
     def forget_counting(self) -> None:
-        """Drop the remembered bucket dicts: call it whenever ``counters`` is emptied."""
+        """Drop the remembered bucket dicts: call it whenever ``counters`` is emptied
+        or a series' dict is taken out of it, and when ``tracked`` grows."""
         self._counting.clear()
+        self.counting_epoch += 1
 
     def counter(self, key: CounterKey) -> int:
         subject, metric, window, bucket = key
