@@ -37,13 +37,13 @@ from tokenquota.domain.holds import (
     check_releasable,
 )
 from tokenquota.domain.ledger import Event, grant_event, usage_event
-from tokenquota.domain.limits import LimitKey
+from tokenquota.domain.limits import EffectiveLimit, LimitKey
 from tokenquota.domain.metrics import MAX_UNITS, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
 from tokenquota.storage.base import PROGRESS_EVERY, Page, RebuildProgress, StaleConfig
 from tokenquota.storage.ledger_rows import grant_audit
-from tokenquota.storage.memory.state import Counting, State
+from tokenquota.storage.memory.state import Counters, Counting, State
 
 _new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init__: one per limit
 _MAX_SHAPES: Final = 4_096  # plan shapes remembered; more (many users) start afresh
@@ -55,10 +55,7 @@ class MemoryMeter:
     def __init__(self, state: State) -> None:
         self._s = state
         self._lock = state.lock
-        # (id(charged), metrics) -> (charged, the state's counting epoch, the shape).
-        self._shapes: dict[
-            tuple[int, tuple[Metric, ...]], tuple[tuple[SubjectRef, ...], int, Counting]
-        ] = {}
+        self._shapes: dict[tuple[int, tuple[Metric, ...]], _Shape] = {}  # by (id(charged), metrics)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -193,29 +190,32 @@ class MemoryMeter:
             return decision
 
     def _counting(self, plan: DebitPlan, metrics: tuple[Metric, ...]) -> Counting:
-        """``State.shape`` of the plan's series and ``metrics`` (the plan's).
-
-        A plan without a resource is charged ``plan.charged``, a tuple the
-        planner shares between the plans of one configuration: its shape is
-        remembered by that tuple's identity (``_shapes``, which holds the tuple,
-        so its id names no other while remembered) instead of naming each
-        subject again per plan, for as long as the state keeps its shapes.
-        """
-        charged = plan.charged
+        """``State.shape`` of the plan's series and ``metrics`` (the plan's)."""
         if plan.resource is not None:
             return self._s.shape(plan.series, plan.amounts)
+        return self._shape(plan, metrics).counting
+
+    def _shape(self, plan: DebitPlan, metrics: tuple[Metric, ...]) -> _Shape:
+        """What the meter keeps for plans of one charged tuple and ``metrics``; for a
+        plan without a resource.
+
+        Such a plan is charged ``plan.charged``, a tuple the planner shares
+        between the plans of one configuration: its shape is remembered by that
+        tuple's identity (``_shapes``, which holds the tuple, so its id names no
+        other while remembered) instead of naming each subject again per plan,
+        for as long as the state keeps its shapes (``State.counting_epoch``).
+        """
+        charged = plan.charged
         state = self._s
         found = self._shapes.get((id(charged), metrics))
-        if found is None or found[0] is not charged or found[1] != state.counting_epoch:
+        if found is None or found.charged is not charged or found.epoch != state.counting_epoch:
             counting = state.shape(plan.series, plan.amounts)  # may move the epoch
             if len(self._shapes) >= _MAX_SHAPES:
                 self._shapes.clear()
-            found = self._shapes[(id(charged), metrics)] = (
-                charged,
-                state.counting_epoch,
-                counting,
+            found = self._shapes[(id(charged), metrics)] = _Shape(
+                charged, state.counting_epoch, counting
             )
-        return found[2]
+        return found
 
     def _check_bounds(
         self,
@@ -251,7 +251,8 @@ class MemoryMeter:
     def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
         state = self._s
         units = dict(plan.amounts.items())  # one C lookup per metric, not Amounts.__getitem__
-        counting = self._counting(plan, tuple(units))  # the event's too
+        shape = None if plan.resource is not None else self._shape(plan, tuple(units))
+        counting = shape.counting if shape is not None else self._counting(plan, tuple(units))
         # Before deciding, which counts shadow hits: a refused amount changes nothing.
         # ``_check_bounds``, in line: nearly always far below the bound.
         for metric, dicts in counting.lifetime:
@@ -263,8 +264,8 @@ class MemoryMeter:
         # Decided with the id its event will get, so the answer is built once.
         event_id = state.last_event_id + 1
         decision = None
-        if not state.held and not state.grant_ids and plan.capacity is None:
-            used = self._used(plan.checks)
+        if shape is not None and not state.held and not state.grant_ids and plan.capacity is None:
+            used = shape.used(plan.checks, state.counters)
             if used is not None:
                 decision = admitted(plan, used, event_id)
                 if decision is not None and has_thresholds(plan.checks):
@@ -279,28 +280,6 @@ class MemoryMeter:
         if units.get(_CREDITS):
             self._burn(event)
         return decision
-
-    def _used(self, checks: Sequence[Check]) -> list[int] | None:
-        """What ``admitted`` takes: each check's one bucket, 0 for a cap; None when a
-        check is read otherwise (a rolling window, concurrency). Under the lock,
-        with no reservation held (``_reads`` would add nothing to these)."""
-        counters = self._s.counters
-        out = []
-        for check in checks:
-            limit = check.limit
-            window = limit.key.window
-            if window is None:
-                if limit.key.metric is _CONCURRENT:
-                    return None
-                out.append(0)
-                continue
-            lo = check.lo
-            if lo != check.hi or window.rolling_seconds:
-                return None
-            subject, metric_name, _, _ = limit.names()
-            series = counters.get((subject, metric_name, window.key))
-            out.append(series.get(lo, 0) if series else 0)
-        return out
 
     def _burn(self, event: Event) -> None:
         credits = event.amounts[Metric.CREDITS]
@@ -455,3 +434,62 @@ class MemoryMeter:
             if on_progress is not None:
                 on_progress(total, total)
             return total
+
+
+class _Shape:
+    """What the meter keeps for the plans of one charged tuple and metrics (``_shape``):
+    where their events count, and the bucket dict each of their checks reads."""
+
+    __slots__ = ("charged", "counting", "epoch", "limits", "reads")
+
+    def __init__(self, charged: tuple[SubjectRef, ...], epoch: int, counting: Counting) -> None:
+        self.charged = charged
+        self.epoch = epoch
+        self.counting = counting
+        # The limits of the last plan read, and per limit the series' bucket dict
+        # (None for a cap); set once a plan's checks are all read in one bucket.
+        self.limits: tuple[EffectiveLimit, ...] = ()
+        self.reads: tuple[dict[int, int] | None, ...] = ()
+
+    def used(self, checks: Sequence[Check], counters: Counters) -> list[int] | None:
+        """What ``admitted`` takes: each check's one bucket, 0 for a cap; None when a
+        check is read otherwise (a rolling window or a range, concurrency). Under
+        the lock, with no reservation held (``_reads`` would add nothing to these).
+
+        The plans of one configuration check the same limits (the very objects),
+        so the dicts read are kept with them: a check of a limit seen last time
+        reads its dict's bucket, nothing else. Dicts are those of ``counters``,
+        made empty if new (as ``State.shape`` does), and kept only while this
+        shape is (a pruned or rebuilt series moves the epoch).
+        """
+        limits = self.limits
+        if len(limits) == len(checks):
+            out = []
+            for check, limit, buckets in zip(checks, limits, self.reads, strict=True):
+                if check.limit is not limit:
+                    break
+                if buckets is None:
+                    out.append(0)
+                    continue
+                lo = check.lo
+                if lo != check.hi:
+                    return None
+                out.append(buckets.get(lo, 0))
+            else:
+                return out
+        reads: list[dict[int, int] | None] = []
+        for check in checks:
+            limit = check.limit
+            window = limit.key.window
+            if window is None:
+                if limit.key.metric is _CONCURRENT:
+                    return None
+                reads.append(None)
+            elif check.lo != check.hi or window.rolling_seconds:
+                return None
+            else:
+                subject, metric_name, _, _ = limit.names()
+                reads.append(counters.setdefault((subject, metric_name, window.key), {}))
+        self.limits = tuple(check.limit for check in checks)
+        self.reads = tuple(reads)
+        return self.used(checks, counters)

@@ -33,6 +33,8 @@ from tokenquota.domain.windows import ALWAYS, Window
 from tokenquota.storage.base import Scope, StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
 
+# (subject, metric, window key) -> bucket -> units.
+Counters = dict[tuple[str, str, str], dict[int, int]]
 _MAX_COUNTING: Final = 4_096  # shapes remembered; more (many users) start it afresh
 
 
@@ -101,7 +103,7 @@ class State:
     tracked: set[LimitKey] = field(default_factory=lambda: set(LIFETIME))
     # (subject, metric, window key) -> bucket -> units: a decision reads a few
     # buckets of a few series, so it finds them without walking every counter.
-    counters: dict[tuple[str, str, str], dict[int, int]] = field(default_factory=dict)
+    counters: Counters = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     idempotency: dict[tuple[str, str], tuple[str, Decision]] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
