@@ -183,7 +183,8 @@ class MemoryMeter:
                         details={"field": "idempotency_key"},
                     )
                 return first.as_replay()
-            self._require_subject(plan, create_subject)
+            if plan.subject not in state.subjects:
+                self._require_subject(plan, create_subject)
             decision = self._apply(plan)
             if decision.allowed and key:
                 state.idempotency[key] = (plan.fingerprint, decision)
@@ -268,7 +269,7 @@ class MemoryMeter:
             used = shape.used(plan.checks, state.counters)
             if used is not None:
                 decision = admitted(plan, used, event_id)
-                if decision is not None and has_thresholds(plan.checks):
+                if decision is not None and shape.thresholds:  # (of these very limits)
                     self._record_alerts(plan, self._reads(plan.reads, plan.now), decision)
         if decision is None:
             decision = self._decide(plan, event_id)
@@ -440,7 +441,7 @@ class _Shape:
     """What the meter keeps for the plans of one charged tuple and metrics (``_shape``):
     where their events count, and the bucket dict each of their checks reads."""
 
-    __slots__ = ("charged", "counting", "epoch", "limits", "reads")
+    __slots__ = ("charged", "counting", "epoch", "limits", "reads", "thresholds")
 
     def __init__(self, charged: tuple[SubjectRef, ...], epoch: int, counting: Counting) -> None:
         self.charged = charged
@@ -450,6 +451,7 @@ class _Shape:
         # (None for a cap); set once a plan's checks are all read in one bucket.
         self.limits: tuple[EffectiveLimit, ...] = ()
         self.reads: tuple[dict[int, int] | None, ...] = ()
+        self.thresholds = False  # whether any of ``limits`` has alert thresholds
 
     def used(self, checks: Sequence[Check], counters: Counters) -> list[int] | None:
         """What ``admitted`` takes: each check's one bucket, 0 for a cap; None when a
@@ -492,4 +494,5 @@ class _Shape:
                 reads.append(counters.setdefault((subject, metric_name, window.key), {}))
         self.limits = tuple(check.limit for check in checks)
         self.reads = tuple(reads)
+        self.thresholds = has_thresholds(checks)
         return self.used(checks, counters)
