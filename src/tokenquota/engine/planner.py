@@ -411,31 +411,21 @@ class Layout:
 
     def __init__(self, limits: tuple[EffectiveLimit, ...]) -> None:
         self.limits = limits
-        # (zone, start, end, per limit: (limit, how, metric, window, bucket), and
-        # whether every limit is _PLACED).
-        self._placed: tuple[ZoneInfo | None, datetime, datetime, list[_Placed], bool] = (
+        # (zone, start, end, per limit: (limit, how, metric, window, bucket)).
+        self._placed: tuple[ZoneInfo | None, datetime, datetime, list[_Placed]] = (
             None,
             ALWAYS[0],
             ALWAYS[0],
             [],
-            False,
         )
 
     def checks(
         self, amounts: Amounts, at: datetime, now: datetime, tz: ZoneInfo
     ) -> tuple[Check, ...]:
-        zone, start, end, placed, simple = self._placed
+        zone, start, end, placed = self._placed
         if zone is not tz or not start <= at < end:
-            placed, simple = self._place(at, tz)
+            placed = self._place(at, tz)
         units = dict(amounts.items())  # one C lookup per limit, not Amounts.__getitem__
-        if simple:  # every limit calendar or total: nearly every skeleton
-            get = units.get
-            return tuple(
-                [
-                    _new_check(limit, get(metric, 0), at, b, b, b)
-                    for limit, _, metric, _, b in placed
-                ]
-            )
         out = []
         for limit, how, metric, window, bucket in placed:
             if how == _PLACED:
@@ -450,7 +440,7 @@ class Layout:
                 out.append(_new_check(limit, units.get(_INPUT, 0), at, 0, 0, None))
         return tuple(out)
 
-    def _place(self, at: datetime, tz: ZoneInfo) -> tuple[list[_Placed], bool]:
+    def _place(self, at: datetime, tz: ZoneInfo) -> list[_Placed]:
         start, end = ALWAYS
         placed: list[_Placed] = []
         for limit in self.limits:
@@ -465,9 +455,8 @@ class Layout:
                 first, after = window.bucket_span(at, tz)
                 start, end = max(start, first), min(end, after)
                 placed.append((limit, _PLACED, key.metric, window, window.bucket_of(at, tz)))
-        simple = all(how == _PLACED for _, how, _, _, _ in placed)
-        self._placed = (tz, start, end, placed, simple)
-        return placed, simple
+        self._placed = (tz, start, end, placed)
+        return placed
 
 
 _Placed = tuple[EffectiveLimit, int, Metric, Window | None, int]
