@@ -38,15 +38,14 @@ CALLS = 4_000
 PARTS = (
     ("plan (engine/planner.py)", "engine/planner.py", "plan"),
     ("  charged and limits (view.memo: the skeleton)", "storage/snapshot.py", "memo"),
-    ("  a Check per limit (Planner._checks)", "engine/planner.py", "_checks"),
-    ("  amounts (Amounts.parse)", "domain/metrics.py", "parse"),
+    ("  a Check per limit (Layout.checks)", "engine/planner.py", "checks"),
+    ("  amounts (parse_amounts)", "engine/planner.py", "parse_amounts"),
     ("  idempotency fingerprint", "engine/planner.py", "request_fingerprint"),
     ("store step (MemoryMeter.debit)", "storage/memory/meter.py", "debit"),
-    ("  decide", "domain/decisions.py", "decide"),
-    ("    a status per limit", "domain/decisions.py", "_status"),
-    ("  a reading per limit", "storage/memory/meter.py", "_reads"),
-    ("  counting the event", "storage/memory/state.py", "count_into"),
-    ("  lifetime bound", "storage/memory/meter.py", "_check_bounds"),
+    ("  deciding, nothing refused (admitted)", "domain/decisions.py", "admitted"),
+    ("  deciding, the full rule (decide)", "domain/decisions.py", "decide"),
+    ("  reading a bucket per limit (_Shape.used)", "storage/memory/meter.py", "used"),
+    ("  counting the event (Counting.add)", "storage/memory/state.py", "add"),
     ("  the event", "domain/ledger.py", "usage_event"),
 )
 

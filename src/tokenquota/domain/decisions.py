@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
+from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import balance
 from tokenquota.domain.limits import UNLIMITED
 from tokenquota.domain.metrics import Amounts, Metric, from_units
@@ -35,6 +36,7 @@ from tokenquota.domain.plans import Readings as Readings
 from tokenquota.domain.resources import DenyReason, capacity_admits
 from tokenquota.domain.windows import admits
 
+_new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init__
 # Compared by identity on the hot path: cheaper than the enum properties.
 _CREDITS: Final = Metric.CREDITS
 _CONCURRENT: Final = Metric.CONCURRENT_REQUESTS
@@ -224,6 +226,66 @@ def decide(
         retry_after=retry_after,
         event_id=event_id if allowed else None,
         reason=None if allowed else _overall(blocked_by),
+    )
+
+
+def admitted(plan: DebitPlan, used: Sequence[int], event_id: int | None = None) -> Decision | None:
+    """``decide``'s answer when no check refuses, else None (then ask ``decide``).
+
+    For a store that reads a plan's usage as one number per check: ``used[i]``
+    is what the one bucket ``checks[i].lo`` holds, for a check whose window is
+    calendar or ``total`` (``lo == hi``), and 0 for a per-request cap. So the
+    readings ``decide`` would be given are ``Reading({lo: used[i]})`` (or
+    ``Reading()`` when 0), and the caller guarantees what makes ``decide`` use
+    nothing else: no reservation holds anything (``reserved`` 0), no prepaid
+    wallet, no capacity, and no rolling window or concurrency limit among the
+    checks. Nearly every admitted consume is such a plan; this answers it
+    without building a ``Reading`` per check (the deferred statuses build
+    them when, if ever, they are read). ``tests/domain/test_admitted.py``
+    compares it with ``decide``.
+    """
+    checks = plan.checks
+    for i in range(len(checks)):
+        check = checks[i]
+        limit = check.limit
+        value = limit.value
+        if value == UNLIMITED:
+            continue
+        if limit.key.metric is _SEQUENCE:
+            if check.amount > value:
+                return None
+            continue
+        if check.bucket is None:
+            continue  # a cap (the metric is no concurrency: see above) never blocks here
+        units = used[i]
+        if not (units < value and units + check.amount <= value):  # ``admits``
+            return None
+    tz = plan.tz
+    hold = plan.hold
+    counted = tuple(used)  # the caller's list may change; these numbers do not
+
+    def pending() -> tuple[LimitStatus, ...]:
+        reads = [
+            _new_reading({check.lo: units} if units else {})
+            for check, units in zip(checks, counted, strict=True)
+        ]
+        return _statuses(checks, reads, tz, True, hold, ())
+
+    return deferred_decision(
+        True,  # allowed
+        str(plan.subject),
+        plan.mode,
+        plan.amounts.to_numbers(),
+        plan.timestamp,
+        (),  # blocked_by
+        (),  # shadow_blocked
+        None,  # retry_after
+        event_id,
+        False,  # replayed
+        False,  # failed_open
+        None,  # reason
+        (),  # blocked_outside
+        pending,
     )
 
 

@@ -79,20 +79,24 @@ def usage_event(plan: DebitPlan, reservation_id: str | None = None, event_id: in
     Event, the SQL and Redis stores its row, ``storage.ledger_rows``), so a
     replay from any of them counts the same amounts in the same series.
     """
-    kind, tags = usage_kind(plan.tags, reservation_id)
+    if reservation_id is None:  # ``usage_kind``, in line: nearly every event is a consume
+        kind, tags = "consume", dict(plan.tags) if plan.tags else {}
+    else:
+        kind, tags = usage_kind(plan.tags, reservation_id)
+    # Positional, in Event's field order (a call by keyword matches each name).
     return _new_event(
-        id=event_id,
-        subject=plan.subject,
-        charged=plan.charged,
-        timestamp=plan.timestamp,
-        recorded_at=plan.now,
-        mode=plan.mode,
-        amounts=plan.amounts,
-        model=plan.model,
-        tags=tags,
-        idempotency_key=plan.idempotency_key,
-        kind=kind,
-        resource=plan.resource,
+        event_id,  # id
+        plan.subject,
+        plan.charged,
+        plan.timestamp,
+        plan.now,  # recorded_at
+        plan.mode,
+        plan.amounts,
+        plan.model,
+        tags,
+        plan.idempotency_key,
+        kind,
+        plan.resource,
     )
 
 

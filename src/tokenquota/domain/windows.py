@@ -28,6 +28,8 @@ from tokenquota.domain.clock import EPOCH
 from tokenquota.domain.errors import ValidationError
 
 ROLLING_BUCKETS: Final = 60
+# Every instant: the span of ``total``'s one bucket (``Window.bucket_span``).
+ALWAYS: Final = (datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC))
 MAX_ROLLING_SECONDS: Final = 3660 * 86_400
 _ROLLING_RE: Final = re.compile(r"rolling:([1-9][0-9]{0,9})([mhd])")
 _UNIT_SECONDS: Final = {"m": 60, "h": 3_600, "d": 86_400}
@@ -129,6 +131,25 @@ class Window:
             step = self.rolling_seconds // ROLLING_BUCKETS
             return (_epoch_seconds(at) // step) * step
         return 0
+
+    def bucket_span(self, at: datetime, tz: ZoneInfo) -> tuple[datetime, datetime]:
+        """The half-open span of instants counted in the same bucket as ``at``.
+
+        A calendar period, a rolling window's bucket, ``ALWAYS`` for ``total``:
+        a store that counts many events may keep their buckets while they fall
+        in it (storage/memory/state.py, ``Counting``).
+        """
+        if self.calendar is not None:
+            _, start, end, _ = self._period_at(at, tz)
+            return start, end
+        if self.rolling_seconds:
+            step = self.rolling_seconds // ROLLING_BUCKETS
+            first = (_epoch_seconds(at) // step) * step
+            try:
+                return _from_epoch(first), _from_epoch(first + step)
+            except OverflowError:  # the last bucket before datetime.max
+                return _from_epoch(first), ALWAYS[1]
+        return ALWAYS
 
     def read_range(self, at: datetime, tz: ZoneInfo) -> tuple[int, int]:
         """The inclusive range of buckets whose sum is the usage as of ``at``."""

@@ -41,15 +41,16 @@ from tokenquota.domain.limits import (
     parse_limit_value,
     resolve,
 )
-from tokenquota.domain.metrics import Amounts, Metric
+from tokenquota.domain.metrics import CONSUMABLE, MAX_UNITS, Amounts, Metric
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef, consumer_ref, parse_kind
 from tokenquota.domain.thresholds import parse_thresholds
-from tokenquota.domain.windows import Window
+from tokenquota.domain.windows import ALWAYS, Window
 from tokenquota.engine import inputs
 from tokenquota.storage.base import ConfigView, RuleSet, StaleConfig
 
 STALE_ROUNDS: Final = 5  # see planned
+STALE_MESSAGE: Final = "the limits kept changing while this request was planned; retry"
 _CHAIN: Final = "effective chain"  # the keys of what a view remembers for the planner
 _LIMITS: Final = "effective limits"
 _QUOTA: Final = "parsed quota"
@@ -124,19 +125,21 @@ class Planner:
         elif isinstance(raw_amounts, Amounts):
             amounts = raw_amounts
         else:
-            amounts = Amounts.parse(raw_amounts)
+            amounts = parse_amounts(raw_amounts)
         now = self.clock.now()
-        at = self.timestamp(timestamp, now)
+        at = now if timestamp is None else self.timestamp(timestamp, now)
         view = self.source.config()
-        target = inputs.resource(resource)
+        target = None if resource is None else inputs.resource(resource)
         capacity = None
         if target is None:
             # The warm path: who is charged and which limits apply, remembered per
-            # view; only the windows' placement of this instant is computed.
-            charged, limits = view.memo(
-                (_SKELETON, ref, intent == "acquire"), lambda: self._skeleton(ref, view, intent)
+            # view; only the windows' placement of this instant is computed. Keyed
+            # by the ref's two texts: a tuple of strings hashes in C, a ref in Python.
+            charged, layout = view.memo(
+                (_SKELETON, ref.kind, ref.id, intent == "acquire"),
+                lambda: self._skeleton(ref, view, intent),
             )
-            checks = self._checks(limits, amounts, at, now)
+            checks = layout.checks(amounts, at, now, self.tz)
         else:
             chain = self.effective_chain(ref, view=view)
             chain, consumer_limits, quota = self._resource_chain(view, ref, target, chain)
@@ -158,28 +161,30 @@ class Planner:
             fingerprint = request_fingerprint(
                 request(amounts, asked_mode, asked_at, model, tags or {}, target)
             )
+        # Positional, in DebitPlan's field order: a call by keyword matches each of
+        # the sixteen names (tests/domain/test_plan_fields.py pins the order).
         return _new_plan(
-            subject=ref,
-            charged=charged,
-            amounts=amounts,
-            mode=mode,
-            timestamp=at,
-            now=now,
-            tz=self.tz,
-            checks=checks,
-            idempotency_key=idempotency_key,
-            fingerprint=fingerprint,
-            model=model,
-            tags=dict(tags or {}),
-            hold=intent == "reserve",
-            resource=target,
-            capacity=capacity,
-            config_version=view.version,
+            ref,  # subject
+            charged,
+            amounts,
+            mode,
+            at,  # timestamp
+            now,
+            self.tz,
+            checks,
+            idempotency_key,
+            fingerprint,
+            model,
+            dict(tags) if tags else {},
+            intent == "reserve",  # hold
+            target,  # resource
+            capacity,
+            view.version,  # config_version
         )
 
     def _skeleton(
         self, ref: SubjectRef, view: ConfigView, intent: Intent
-    ) -> tuple[tuple[SubjectRef, ...], tuple[EffectiveLimit, ...]]:
+    ) -> tuple[tuple[SubjectRef, ...], Layout]:
         """The charged subjects and the limits a request without a resource is checked
         against, in ``check``'s order: what every plan of one version shares.
 
@@ -191,33 +196,15 @@ class Planner:
         acquire = intent == "acquire"
         return (
             tuple(subject for subject, _ in chain if not is_share(subject)),
-            tuple(
-                limit
-                for _, limits in chain
-                for limit in limits
-                if (limit.key.metric is _CONCURRENT) == acquire
+            Layout(
+                tuple(
+                    limit
+                    for _, limits in chain
+                    for limit in limits
+                    if (limit.key.metric is _CONCURRENT) == acquire
+                )
             ),
         )
-
-    def _checks(
-        self, limits: tuple[EffectiveLimit, ...], amounts: Amounts, at: datetime, now: datetime
-    ) -> tuple[Check, ...]:
-        """``check`` for each of ``limits``, already filtered by intent (``_skeleton``)."""
-        tz = self.tz
-        units = dict(amounts.items())  # one C lookup per limit, not Amounts.__getitem__
-        out = []
-        for limit in limits:
-            key = limit.key
-            window = key.window
-            if window is None:
-                if key.metric is _CONCURRENT:
-                    out.append(_new_check(limit, 1, now, 0, 0, None))
-                else:
-                    out.append(_new_check(limit, units.get(_INPUT, 0), at, 0, 0, None))
-                continue
-            read_at, lo, hi, bucket = window.placement(at, now, tz)
-            out.append(_new_check(limit, units.get(key.metric, 0), read_at, lo, hi, bucket))
-        return tuple(out)
 
     def effective_chain(
         self, ref: SubjectRef, *, with_ancestors: bool = True, view: ConfigView | None = None
@@ -344,6 +331,137 @@ class Planner:
         return Check(limit, 0, now, lo, hi, hi)
 
 
+# What a caller's amount names mean, by the tuple of names (in their order):
+# the metrics, when each is a counter a consume may carry other than credits
+# and ``tokens`` needs no filling in from input and output tokens; else None.
+# A service's calls name one of a few shapes ({"tokens": n}), whatever n is.
+_AMOUNT_NAMES: dict[tuple[object, ...], tuple[Metric, ...] | None] = {}
+_MAX_AMOUNT_NAMES: Final = 1_024
+_PLAIN: Final = frozenset(m for m in CONSUMABLE if m is not Metric.CREDITS)
+_METRIC_NAMED: Final = {m.value: m for m in Metric}
+_REQUESTS: Final = Metric.REQUESTS
+
+
+def parse_amounts(raw: Mapping[str, object]) -> Amounts:
+    """``Amounts.parse(raw)``: the same value, or the same ValidationError.
+
+    For names of a known shape (``_AMOUNT_NAMES``) whose values are all plain
+    ints within 0 to 2^63 - 1, the units are the values themselves
+    (``metrics.to_units``), in the caller's order, then ``requests`` = 1 when
+    not given: what ``Amounts.parse`` builds, without its per-name lookups.
+    Anything else (a bool, a float, a Decimal, a string, a negative or too
+    large number, credits, a name of no metric) goes to ``Amounts.parse``,
+    which names the field in its error.
+    """
+    names = tuple(raw)
+    metrics = _AMOUNT_NAMES.get(names, _UNKNOWN)
+    if metrics is _UNKNOWN:
+        metrics = _amount_names(names)
+    if metrics is None:
+        return Amounts.parse(raw)
+    units: dict[Metric, int] = {}
+    for metric, value in zip(metrics, raw.values(), strict=True):
+        if type(value) is not int or value < 0 or value > MAX_UNITS:
+            return Amounts.parse(raw)
+        units[metric] = value
+    if _REQUESTS not in units:
+        units[_REQUESTS] = 1
+    return Amounts(units)
+
+
+_UNKNOWN: Final[Any] = object()
+
+
+def _amount_names(names: tuple[object, ...]) -> tuple[Metric, ...] | None:
+    """The metrics ``names`` stand for if ``parse_amounts`` may take them as they are."""
+    metrics = tuple(_METRIC_NAMED.get(name) for name in names if type(name) is str)
+    simple = (
+        len(metrics) == len(names)
+        and all(m in _PLAIN for m in metrics)
+        and (
+            Metric.TOKENS in metrics
+            or (Metric.INPUT_TOKENS not in metrics and Metric.OUTPUT_TOKENS not in metrics)
+        )
+    )
+    found = tuple(m for m in metrics if m is not None) if simple else None
+    if len(_AMOUNT_NAMES) >= _MAX_AMOUNT_NAMES:
+        _AMOUNT_NAMES.clear()  # many shapes: start afresh rather than grow
+    _AMOUNT_NAMES[names] = found
+    return found
+
+
+_CAP, _LEASE, _PLACED, _ROLLING = range(4)  # how a Layout places a limit's check
+
+
+class Layout:
+    """The limits of one skeleton, and where a request at an instant is measured.
+
+    ``checks`` is ``Planner.check`` for each limit (their intent is the
+    skeleton's). A calendar or ``total`` window measures a request in the
+    bucket holding it, the same bucket for every instant of a span (a
+    period; forever for ``total``), so the buckets of all of them are
+    computed for the span common to them (``Window.bucket_span``) and kept
+    while requests fall in it: a plan then builds its checks without asking
+    a window anything. A rolling window is placed per request (its reading
+    depends on now as well). Shared by the planning threads: what a request
+    reads is one tuple, replaced whole.
+    """
+
+    __slots__ = ("_placed", "limits")
+
+    def __init__(self, limits: tuple[EffectiveLimit, ...]) -> None:
+        self.limits = limits
+        # (zone, start, end, per limit: (limit, how, metric, window, bucket)).
+        self._placed: tuple[ZoneInfo | None, datetime, datetime, list[_Placed]] = (
+            None,
+            ALWAYS[0],
+            ALWAYS[0],
+            [],
+        )
+
+    def checks(
+        self, amounts: Amounts, at: datetime, now: datetime, tz: ZoneInfo
+    ) -> tuple[Check, ...]:
+        zone, start, end, placed = self._placed
+        if zone is not tz or not start <= at < end:
+            placed = self._place(at, tz)
+        units = dict(amounts.items())  # one C lookup per limit, not Amounts.__getitem__
+        out = []
+        for limit, how, metric, window, bucket in placed:
+            if how == _PLACED:
+                out.append(_new_check(limit, units.get(metric, 0), at, bucket, bucket, bucket))
+            elif how == _ROLLING:
+                assert window is not None
+                read_at, lo, hi, landed = window.placement(at, now, tz)
+                out.append(_new_check(limit, units.get(metric, 0), read_at, lo, hi, landed))
+            elif how == _LEASE:
+                out.append(_new_check(limit, 1, now, 0, 0, None))
+            else:
+                out.append(_new_check(limit, units.get(_INPUT, 0), at, 0, 0, None))
+        return tuple(out)
+
+    def _place(self, at: datetime, tz: ZoneInfo) -> list[_Placed]:
+        start, end = ALWAYS
+        placed: list[_Placed] = []
+        for limit in self.limits:
+            key = limit.key
+            window = key.window
+            if window is None:
+                how = _LEASE if key.metric is _CONCURRENT else _CAP
+                placed.append((limit, how, key.metric, None, 0))
+            elif window.rolling_seconds:
+                placed.append((limit, _ROLLING, key.metric, window, 0))
+            else:
+                first, after = window.bucket_span(at, tz)
+                start, end = max(start, first), min(end, after)
+                placed.append((limit, _PLACED, key.metric, window, window.bucket_of(at, tz)))
+        self._placed = (tz, start, end, placed)
+        return placed
+
+
+_Placed = tuple[EffectiveLimit, int, Metric, Window | None, int]
+
+
 def is_share(subject: SubjectRef) -> bool:
     """A consumer's share of a resource (see ``consumer_ref``), not a subject."""
     return "~" in subject.id
@@ -384,7 +502,7 @@ def planned(attempt: Callable[[], T]) -> T:
             return attempt()
         except StaleConfig:
             continue
-    raise StoreUnavailable("the limits kept changing while this request was planned; retry")
+    raise StoreUnavailable(STALE_MESSAGE)
 
 
 def parse_config_defaults(items: Iterable[Mapping[str, object]]) -> dict[str, list[Rule]]:

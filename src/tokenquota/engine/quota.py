@@ -29,10 +29,10 @@ from tokenquota.domain.decisions import (
     prepaid_status,
     status,
 )
-from tokenquota.domain.errors import ValidationError
+from tokenquota.domain.errors import StoreUnavailable, StoreUnreachable, ValidationError
 from tokenquota.domain.insights import DEFAULT_TOP, TopConsumers
 from tokenquota.domain.ledger import Event
-from tokenquota.domain.metrics import Amounts, Metric, from_units, merge_amounts
+from tokenquota.domain.metrics import Metric, from_units, merge_amounts
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.views import (
     Granularity,
@@ -47,10 +47,16 @@ from tokenquota.engine.holds import Holds
 from tokenquota.engine.insights import Insights
 from tokenquota.engine.keycache import KEY_CACHE_SECONDS, KeyCache
 from tokenquota.engine.outage import Outage
-from tokenquota.engine.planner import Planner, parse_config_defaults, planned
+from tokenquota.engine.planner import (
+    STALE_MESSAGE,
+    STALE_ROUNDS,
+    Planner,
+    parse_amounts,
+    parse_config_defaults,
+)
 from tokenquota.engine.spool import Spool
 from tokenquota.storage import Store, open_store
-from tokenquota.storage.base import RebuildProgress
+from tokenquota.storage.base import RebuildProgress, StaleConfig
 
 if TYPE_CHECKING:  # redis is optional: its mover is reached through the store
     from tokenquota.storage.redis.mover import LedgerLag
@@ -172,30 +178,49 @@ class Quota(Holds):
         say. A retry with the same ``idempotency_key`` returns the first answer
         and charges nothing; a denied call is not remembered, so it may be retried.
         """
+        # The checks of ``inputs``, each called only for a value given: the defaults
+        # (no key, model or tags) are the common call, and need no call to check.
         ref = SubjectRef.parse(subject)
-        parsed_mode = inputs.mode(mode)
-        raw = merge_amounts(amounts, metric_amounts)
-        key = inputs.bounded_text(idempotency_key, "idempotency_key", inputs.MAX_KEY_LENGTH)
-        model = inputs.bounded_text(model, "model", inputs.MAX_MODEL_LENGTH)
-        parsed_tags = inputs.tags(tags)
-
-        def attempt() -> Decision:
-            plan = self.planner.plan(
+        parsed_mode = mode if mode is Mode.ENFORCE else inputs.mode(mode)
+        # Keyword amounts alone arrive in a dict of this call's own: no copy needed.
+        raw = metric_amounts if amounts is None else merge_amounts(amounts, metric_amounts)
+        key = (
+            None
+            if idempotency_key is None
+            else inputs.bounded_text(idempotency_key, "idempotency_key", inputs.MAX_KEY_LENGTH)
+        )
+        if model is not None:
+            model = inputs.bounded_text(model, "model", inputs.MAX_MODEL_LENGTH)
+        parsed_tags = {} if tags is None else inputs.tags(tags)
+        parsed = parse_amounts(raw)  # where the planner would: after every check above
+        try:
+            # ``planned`` and ``_or_outage`` written out, without their closures:
+            # plan again while the step finds the configuration moved, and when
+            # the store is unreachable, queue through the outage if it admits.
+            for _ in range(STALE_ROUNDS):
+                try:
+                    plan = self.planner.plan(
+                        ref,
+                        parsed,
+                        parsed_mode,
+                        timestamp,
+                        idempotency_key=key,
+                        model=model,
+                        tags=parsed_tags,
+                        resource=resource,
+                    )
+                    decision = self.store.debit(plan, create_subject=not self.strict_subjects)
+                    break
+                except StaleConfig:
+                    continue
+            else:
+                raise StoreUnavailable(STALE_MESSAGE)
+        except StoreUnreachable:
+            if not self.outage.admits:
+                raise
+            decision = self.outage.queue(
                 ref,
-                raw,
-                parsed_mode,
-                timestamp,
-                idempotency_key=key,
-                model=model,
-                tags=parsed_tags,
-                resource=resource,
-            )
-            return self.store.debit(plan, create_subject=not self.strict_subjects)
-
-        def queue(outage: Outage) -> Decision:
-            return outage.queue(
-                ref,
-                Amounts.parse(raw),
+                parsed,
                 parsed_mode,
                 key=key,
                 timestamp=timestamp,
@@ -203,8 +228,6 @@ class Quota(Holds):
                 tags=parsed_tags,
                 resource=resource,
             )
-
-        decision = self._or_outage(lambda: planned(attempt), queue)
         for hit in decision.shadow_blocked:
             shadow_log.warning(
                 "shadow limit would have blocked %s: %s %s used %s of %s",

@@ -221,6 +221,7 @@ class MemoryCatalog:
         if not new:
             return False
         self._s.tracked |= new
+        self._s.forget_counting()  # the next event also counts in the new windows
         for key in new:
             start = backfill_start(key, now, self._s.tz)
             if start is None:

@@ -12,10 +12,18 @@ from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from tokenquota.domain.alerts import alert_events
+from tokenquota.domain.alerts import alert_events, has_thresholds
 from tokenquota.domain.bounds import LIFETIME_BUCKET, check_granted, check_lifetime
 from tokenquota.domain.clock import to_micros
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
+from tokenquota.domain.decisions import (
+    Check,
+    DebitPlan,
+    Decision,
+    Prepaid,
+    Reading,
+    admitted,
+    decide,
+)
 from tokenquota.domain.errors import IdempotencyConflict, NotFound
 from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import Grant, allocate
@@ -29,21 +37,25 @@ from tokenquota.domain.holds import (
     check_releasable,
 )
 from tokenquota.domain.ledger import Event, grant_event, usage_event
-from tokenquota.domain.limits import LimitKey
+from tokenquota.domain.limits import EffectiveLimit, LimitKey
 from tokenquota.domain.metrics import MAX_UNITS, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
-from tokenquota.storage.base import PROGRESS_EVERY, Page, RebuildProgress
+from tokenquota.storage.base import PROGRESS_EVERY, Page, RebuildProgress, StaleConfig
 from tokenquota.storage.ledger_rows import grant_audit
-from tokenquota.storage.memory.state import Counting, State
+from tokenquota.storage.memory.state import Counters, Counting, State
 
 _new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init__: one per limit
+_MAX_SHAPES: Final = 4_096  # plan shapes remembered; more (many users) start afresh
+_CREDITS: Final = Metric.CREDITS
+_CONCURRENT: Final = Metric.CONCURRENT_REQUESTS
 
 
 class MemoryMeter:
     def __init__(self, state: State) -> None:
         self._s = state
         self._lock = state.lock
+        self._shapes: dict[tuple[int, tuple[Metric, ...]], _Shape] = {}  # by (id(charged), metrics)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -145,39 +157,82 @@ class MemoryMeter:
         now = plan.now
         readings = self._reads(plan.reads, now)
         decision = decide(plan, readings, event_id, self._prepaid(plan.charged, now))
-        for alert in alert_events(plan, readings, decision):  # in this step, under the lock
-            self._s.record_alert(alert)
+        self._record_alerts(plan, readings, decision)
         for status in decision.shadow_blocked:
             self._s.shadow[(status.subject, LimitKey.parse(status.metric, status.window))] += 1
         return decision
 
+    def _record_alerts(
+        self, plan: DebitPlan, readings: Sequence[Reading], decision: Decision
+    ) -> None:
+        for alert in alert_events(plan, readings, decision):  # in this step, under the lock
+            self._s.record_alert(alert)
+
     def debit(self, plan: DebitPlan, *, create_subject: bool) -> Decision:
         with self._lock:
-            self._s.verify_version(plan)
+            state = self._s
+            version = plan.config_version
+            if version is not None and version != state.config_version:
+                raise StaleConfig  # ``State.verify_version``, in line
             key = (str(plan.subject), plan.idempotency_key) if plan.idempotency_key else None
-            if key and key in self._s.idempotency:
-                fingerprint, first = self._s.idempotency[key]
+            if key and key in state.idempotency:
+                fingerprint, first = state.idempotency[key]
                 if fingerprint != plan.fingerprint:
                     raise IdempotencyConflict(
                         "this idempotency key was used for a different request",
                         details={"field": "idempotency_key"},
                     )
                 return first.as_replay()
-            self._require_subject(plan, create_subject)
+            if plan.subject not in state.subjects:
+                self._require_subject(plan, create_subject)
             decision = self._apply(plan)
             if decision.allowed and key:
-                self._s.idempotency[key] = (plan.fingerprint, decision)
+                state.idempotency[key] = (plan.fingerprint, decision)
             return decision
 
-    def _check_bounds(self, plan: DebitPlan, lifetime: Counting | None = None) -> None:
+    def _counting(self, plan: DebitPlan, metrics: tuple[Metric, ...]) -> Counting:
+        """``State.shape`` of the plan's series and ``metrics`` (the plan's)."""
+        if plan.resource is not None:
+            return self._s.shape(plan.series, plan.amounts)
+        return self._shape(plan, metrics).counting
+
+    def _shape(self, plan: DebitPlan, metrics: tuple[Metric, ...]) -> _Shape:
+        """What the meter keeps for plans of one charged tuple and ``metrics``; for a
+        plan without a resource.
+
+        Such a plan is charged ``plan.charged``, a tuple the planner shares
+        between the plans of one configuration: its shape is remembered by that
+        tuple's identity (``_shapes``, which holds the tuple, so its id names no
+        other while remembered) instead of naming each subject again per plan,
+        for as long as the state keeps its shapes (``State.counting_epoch``).
+        """
+        charged = plan.charged
+        state = self._s
+        found = self._shapes.get((id(charged), metrics))
+        if found is None or found.charged is not charged or found.epoch != state.counting_epoch:
+            counting = state.shape(plan.series, plan.amounts)  # may move the epoch
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.clear()
+            found = self._shapes[(id(charged), metrics)] = _Shape(
+                charged, state.counting_epoch, counting
+            )
+        return found
+
+    def _check_bounds(
+        self,
+        plan: DebitPlan,
+        counting: Counting | None = None,
+        units: dict[Metric, int] | None = None,
+    ) -> None:
         # Only the metrics the request carries can cross the bound: their
         # lifetime counters (the ``total`` bucket of LIFETIME), not all of them.
         # Nearly always far below it: the exact check only when one might cross.
-        if lifetime is None:
-            lifetime = self._s.shape(plan.series, plan.amounts)[1]
-        amounts = plan.amounts
-        for _, metric, dicts in lifetime:
-            headroom = MAX_UNITS - amounts[metric]
+        if units is None:
+            units = dict(plan.amounts.items())
+        if counting is None:
+            counting = self._counting(plan, tuple(units))
+        for metric, dicts in counting.lifetime:
+            headroom = MAX_UNITS - units[metric]
             for buckets in dicts:
                 if buckets.get(LIFETIME_BUCKET, 0) > headroom:
                     self._check_bounds_exactly(plan)
@@ -196,17 +251,35 @@ class MemoryMeter:
 
     def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
         state = self._s
-        counting, lifetime = state.shape(plan.series, plan.amounts)  # the event's too
+        units = dict(plan.amounts.items())  # one C lookup per metric, not Amounts.__getitem__
+        shape = None if plan.resource is not None else self._shape(plan, tuple(units))
+        counting = shape.counting if shape is not None else self._counting(plan, tuple(units))
         # Before deciding, which counts shadow hits: a refused amount changes nothing.
-        self._check_bounds(plan, lifetime)
+        # ``_check_bounds``, in line: nearly always far below the bound.
+        for metric, dicts in counting.lifetime:
+            headroom = MAX_UNITS - units[metric]
+            for buckets in dicts:
+                if buckets.get(LIFETIME_BUCKET, 0) > headroom:
+                    self._check_bounds_exactly(plan)
+                    break
         # Decided with the id its event will get, so the answer is built once.
-        decision = self._decide(plan, state.last_event_id + 1)
-        if not decision.allowed:
-            return decision
-        event = usage_event(plan, reservation_id, state.last_event_id + 1)
+        event_id = state.last_event_id + 1
+        decision = None
+        if shape is not None and not state.held and not state.grant_ids and plan.capacity is None:
+            used = shape.used(plan.checks, state.counters)
+            if used is not None:
+                decision = admitted(plan, used, event_id)
+                if decision is not None and shape.thresholds:  # (of these very limits)
+                    self._record_alerts(plan, self._reads(plan.reads, plan.now), decision)
+        if decision is None:
+            decision = self._decide(plan, event_id)
+            if not decision.allowed:
+                return decision
+        event = usage_event(plan, reservation_id, event_id)
         state.append_event(event)
-        state.count_into(event, counting)
-        self._burn(event)
+        counting.add(event.timestamp, state.tz, units)
+        if units.get(_CREDITS):
+            self._burn(event)
         return decision
 
     def _burn(self, event: Event) -> None:
@@ -362,3 +435,64 @@ class MemoryMeter:
             if on_progress is not None:
                 on_progress(total, total)
             return total
+
+
+class _Shape:
+    """What the meter keeps for the plans of one charged tuple and metrics (``_shape``):
+    where their events count, and the bucket dict each of their checks reads."""
+
+    __slots__ = ("charged", "counting", "epoch", "limits", "reads", "thresholds")
+
+    def __init__(self, charged: tuple[SubjectRef, ...], epoch: int, counting: Counting) -> None:
+        self.charged = charged
+        self.epoch = epoch
+        self.counting = counting
+        # The limits of the last plan read, and per limit the series' bucket dict
+        # (None for a cap); set once a plan's checks are all read in one bucket.
+        self.limits: tuple[EffectiveLimit, ...] = ()
+        self.reads: tuple[dict[int, int] | None, ...] = ()
+        self.thresholds = False  # whether any of ``limits`` has alert thresholds
+
+    def used(self, checks: Sequence[Check], counters: Counters) -> list[int] | None:
+        """What ``admitted`` takes: each check's one bucket, 0 for a cap; None when a
+        check is read otherwise (a rolling window or a range, concurrency). Under
+        the lock, with no reservation held (``_reads`` would add nothing to these).
+
+        The plans of one configuration check the same limits (the very objects),
+        so the dicts read are kept with them: a check of a limit seen last time
+        reads its dict's bucket, nothing else. Dicts are those of ``counters``,
+        made empty if new (as ``State.shape`` does), and kept only while this
+        shape is (a pruned or rebuilt series moves the epoch).
+        """
+        limits = self.limits
+        if len(limits) == len(checks):
+            out = []
+            for check, limit, buckets in zip(checks, limits, self.reads, strict=True):
+                if check.limit is not limit:
+                    break
+                if buckets is None:
+                    out.append(0)
+                    continue
+                lo = check.lo
+                if lo != check.hi:
+                    return None
+                out.append(buckets.get(lo, 0))
+            else:
+                return out
+        reads: list[dict[int, int] | None] = []
+        for check in checks:
+            limit = check.limit
+            window = limit.key.window
+            if window is None:
+                if limit.key.metric is _CONCURRENT:
+                    return None
+                reads.append(None)
+            elif check.lo != check.hi or window.rolling_seconds:
+                return None
+            else:
+                subject, metric_name, _, _ = limit.names()
+                reads.append(counters.setdefault((subject, metric_name, window.key), {}))
+        self.limits = tuple(check.limit for check in checks)
+        self.reads = tuple(reads)
+        self.thresholds = has_thresholds(checks)
+        return self.used(checks, counters)

@@ -29,15 +29,60 @@ from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, counted
 from tokenquota.domain.limits import LimitKey, Rule
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.domain.windows import Window
+from tokenquota.domain.windows import ALWAYS, Window
 from tokenquota.storage.base import Scope, StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
 
+# (subject, metric, window key) -> bucket -> units.
+Counters = dict[tuple[str, str, str], dict[int, int]]
 _MAX_COUNTING: Final = 4_096  # shapes remembered; more (many users) start it afresh
 
-# Per tracked window of one metric: the window, the metric, and the bucket
-# dict of that (metric, window) in each series, in series order.
-Counting = list[tuple[Window, Metric, tuple[dict[int, int], ...]]]
+
+class Counting:
+    """Where an event of one (series, metrics) shape is counted: the bucket dicts of
+    every tracked window of its metrics in each series, and the bucket each adds to.
+
+    Every window's bucket of an instant is fixed over a span of time (a calendar
+    period, a rolling window's bucket, forever for ``total``); the buckets are
+    computed for the span common to all of them (``start`` to ``end``, half
+    open) and reused while events fall in it, so counting an event is a dict
+    update per (window, series) and one comparison of instants: the buckets a
+    consume adds to change at the next minute boundary, not per consume.
+    """
+
+    __slots__ = ("buckets", "end", "lifetime", "start", "tz", "windows")
+
+    def __init__(self, windows: list[tuple[Window, Metric, tuple[dict[int, int], ...]]]) -> None:
+        # Per tracked window of one metric: the window, the metric, and the bucket
+        # dict of that (metric, window) in each series, in series order.
+        self.windows = windows
+        # The lifetime (``total``) dicts, which the 63-bit bound reads.
+        self.lifetime = [(metric, dicts) for window, metric, dicts in windows if window.is_total]
+        # Per metric, each (dict, bucket) an event in [start, end) in zone tz adds to.
+        self.buckets: list[tuple[Metric, list[tuple[dict[int, int], int]]]] = []
+        self.start = self.end = ALWAYS[0]  # an empty span: the first event places them
+        self.tz: ZoneInfo | None = None
+
+    def add(self, at: datetime, tz: ZoneInfo, units: dict[Metric, int]) -> None:
+        """Add ``units`` (metric -> units) of an event at ``at`` to every bucket it counts in."""
+        if not (self.start <= at < self.end) or tz is not self.tz:
+            self._place(at, tz)
+        for metric, targets in self.buckets:
+            amount = units[metric]
+            for buckets, bucket in targets:
+                buckets[bucket] = buckets.get(bucket, 0) + amount
+
+    def _place(self, at: datetime, tz: ZoneInfo) -> None:
+        """The buckets of ``at``, and the span around it in which they all stay the same."""
+        start, end = ALWAYS
+        placed: dict[Metric, list[tuple[dict[int, int], int]]] = {}
+        for window, metric, dicts in self.windows:
+            bucket = window.bucket_of(at, tz)
+            first, after = window.bucket_span(at, tz)
+            start, end = max(start, first), min(end, after)
+            placed.setdefault(metric, []).extend((buckets, bucket) for buckets in dicts)
+        self.buckets = list(placed.items())
+        self.start, self.end, self.tz = start, end, tz
 
 
 @dataclass
@@ -58,7 +103,7 @@ class State:
     tracked: set[LimitKey] = field(default_factory=lambda: set(LIFETIME))
     # (subject, metric, window key) -> bucket -> units: a decision reads a few
     # buckets of a few series, so it finds them without walking every counter.
-    counters: dict[tuple[str, str, str], dict[int, int]] = field(default_factory=dict)
+    counters: Counters = field(default_factory=dict)
     events: list[Event] = field(default_factory=list)
     idempotency: dict[tuple[str, str], tuple[str, Decision]] = field(default_factory=dict)
     audit: list[AuditEntry] = field(default_factory=list)
@@ -88,10 +133,13 @@ class State:
     config_versions: Iterator[int] = field(default_factory=lambda: itertools.count(1))
     # The bucket dicts an event of one (series, metrics) shape adds to: ``shape``.
     # Dropped whenever ``tracked`` grows or ``counters`` is emptied.
-    _counting: dict[tuple[tuple[str, ...], tuple[Metric, ...]], tuple[Counting, Counting]] = field(
+    _counting: dict[tuple[tuple[str, ...], tuple[Metric, ...]], Counting] = field(
         default_factory=dict, repr=False
     )
     _counting_tracked: int = 0
+    # Moved whenever the remembered shapes are dropped: a caller that keeps a
+    # shape of its own (the meter, by plan) keeps it only while this stands.
+    counting_epoch: int = 0
 
     def bump_config(self) -> None:
         """A configuration write: every snapshot of the old version is stale from now."""
@@ -148,7 +196,7 @@ class State:
         if not event.is_usage:
             return  # a grant adds credits to spend; it is not usage
         if keys is self.tracked:
-            self.count_into(event, self.shape(event.series, event.amounts)[0])
+            self.count_into(event, self.shape(event.series, event.amounts))
             return
         counters = self.counters
         series = event.series
@@ -164,19 +212,13 @@ class State:
 
     def count_into(self, event: Event, counting: Counting) -> None:
         """``count`` over every tracked key, into the bucket dicts ``shape`` gave for the
-        event's series and metrics: no key tuple built, looked up or skipped per series,
-        and ``ledger.counted``'s entries all the same."""
-        at, tz = event.timestamp, self.tz
-        units = dict(event.amounts.items())  # one C lookup per window, not Amounts.__getitem__
-        for window, metric, dicts in counting:
-            bucket = window.bucket_of(at, tz)
-            amount = units[metric]
-            for buckets in dicts:
-                buckets[bucket] = buckets.get(bucket, 0) + amount
+        event's series and metrics: no key tuple built, looked up or skipped per series."""
+        counting.add(event.timestamp, self.tz, dict(event.amounts.items()))
 
-    def shape(self, series: tuple[str, ...], amounts: Amounts) -> tuple[Counting, Counting]:
+    def shape(self, series: tuple[str, ...], amounts: Amounts) -> Counting:
         """The bucket dicts an event of these series and metrics adds to, per tracked
-        window, and among them the lifetime (``total``) ones the 63-bit bound reads.
+        window (``Counting``), among them the lifetime (``total``) ones the 63-bit
+        bound reads.
 
         Remembered per (series, metrics): every consume of one subject counts
         into the same dicts, which live as long as ``counters`` keeps them. A
@@ -184,14 +226,14 @@ class State:
         as no usage everywhere. Call it under the lock.
         """
         if self._counting_tracked != len(self.tracked):  # tracked only ever grows
-            self._counting.clear()
+            self.forget_counting()
             self._counting_tracked = len(self.tracked)
-        key = (series, tuple(amounts))
+        key = (series, tuple(amounts.keys()))
         found = self._counting.get(key)
         if found is not None:
             return found
         counters = self.counters
-        made: Counting = []
+        made: list[tuple[Window, Metric, tuple[dict[int, int], ...]]] = []
         for tracked in self.tracked:
             window, metric = tracked.window, tracked.metric
             if window is None or metric not in amounts:
@@ -200,13 +242,15 @@ class State:
             dicts = tuple(counters.setdefault((s, name, window.key), {}) for s in series)
             made.append((window, metric, dicts))
         if len(self._counting) >= _MAX_COUNTING:
-            self._counting.clear()
-        found = self._counting[key] = (made, [e for e in made if e[0].is_total])
+            self.forget_counting()
+        found = self._counting[key] = Counting(made)
         return found
 
     def forget_counting(self) -> None:
-        """Drop the remembered bucket dicts: call it whenever ``counters`` is emptied."""
+        """Drop the remembered bucket dicts: call it whenever ``counters`` is emptied
+        or a series' dict is taken out of it, and when ``tracked`` grows."""
         self._counting.clear()
+        self.counting_epoch += 1
 
     def counter(self, key: CounterKey) -> int:
         subject, metric, window, bucket = key
