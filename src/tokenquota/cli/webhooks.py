@@ -28,6 +28,7 @@ from tokenquota.cli.common import (
 )
 from tokenquota.cli.tables import Listing
 from tokenquota.domain.errors import Conflict
+from tokenquota.domain.webhooks import Endpoint
 from tokenquota.engine.webhooks import Webhooks, open_webhooks, server_key
 from tokenquota.wire.webhooks import encode_delivery, encode_endpoint
 
@@ -91,13 +92,7 @@ def webhooks_add(
         endpoint, shown = webhooks.create(
             url, events=events, description=description, secret=secret, actor=actor()
         )
-    if as_json:
-        print_json(encode_endpoint(endpoint, shown))
-        return
-    typer.echo(f"id      {endpoint.id}")
-    typer.echo(f"url     {endpoint.url}")
-    typer.echo(f"events  {', '.join(sorted(k.value for k in endpoint.events))}")
-    typer.echo(f"secret  {shown}")
+    _print_with_secret(endpoint, shown, as_json)
 
 
 @webhooks_app.command("list")
@@ -164,11 +159,7 @@ def webhooks_secret(
     """Give an endpoint a new signing secret (a rotation) and print it."""
     with _webhooks(db, timezone, config) as webhooks:
         endpoint, shown = webhooks.set_secret(endpoint_id, secret, actor=actor())
-    if as_json:
-        print_json(encode_endpoint(endpoint, shown))
-        return
-    typer.echo(f"id      {endpoint.id}")
-    typer.echo(f"secret  {shown}")
+    _print_with_secret(endpoint, shown, as_json)
 
 
 @webhooks_app.command("remove")
@@ -263,3 +254,15 @@ def webhooks_redeliver(
     with _webhooks(db, timezone, config) as webhooks:
         delivery = webhooks.redeliver(delivery_id)
     typer.echo(f"delivery {delivery.id} is pending again")
+
+
+def _print_with_secret(endpoint: Endpoint, shown: str, as_json: bool) -> None:
+    """An endpoint with the secret it signs with: the one time a command prints it
+    unasked (a new endpoint, a new secret)."""
+    if as_json:
+        print_json(encode_endpoint(endpoint, shown))
+        return
+    typer.echo(f"id      {endpoint.id}")
+    typer.echo(f"url     {endpoint.url}")
+    typer.echo(f"events  {', '.join(sorted(k.value for k in endpoint.events))}")
+    typer.echo(f"secret  {shown}")

@@ -41,12 +41,11 @@ from tokenquota.domain.alerts import alert_events
 from tokenquota.domain.bounds import check_lifetime
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import DebitPlan, Decision, decide
-from tokenquota.domain.ledger import increments, usage_event
-from tokenquota.domain.metrics import Metric
+from tokenquota.domain.ledger import usage_event
 from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.snapshot import View
 from tokenquota.storage.sql.group import Job
-from tokenquota.storage.sql.hot import HotTx, burns_of, event_values
+from tokenquota.storage.sql.hot import HotTx, event_values
 from tokenquota.storage.sql.reads import Reads, Seen
 from tokenquota.storage.sql.statements import POSTGRES, Stmt
 from tokenquota.wire import stored
@@ -143,16 +142,7 @@ def _decide(
 
     usage = decision.allowed
     new_subject = create and not found.subject_known
-    deltas = (
-        increments(plan.series, plan.amounts, plan.timestamp, meter.db.tz, tx.tracked())
-        if usage
-        else {}
-    )
-    burns = (
-        burns_of(found.grants, plan.charged, plan.amounts[Metric.CREDITS], plan.now)
-        if usage
-        else {}
-    )
+    deltas, burns = tx.spent(plan, found.grants, meter.db.tz) if usage else ({}, {})
     mine: list[Stmt] = []
     tx.write(
         subject=plan.subject if new_subject else None,

@@ -38,7 +38,7 @@ import json
 from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 from sqlalchemy import Connection
@@ -49,8 +49,9 @@ from tokenquota.domain.decisions import Check, DebitPlan, Decision, Reading
 from tokenquota.domain.errors import StoreUnreachable
 from tokenquota.domain.grants import Grant, allocate
 from tokenquota.domain.holds import HoldState, Lease, Reservation
-from tokenquota.domain.ledger import CounterKey, Event
+from tokenquota.domain.ledger import CounterKey, Event, increments
 from tokenquota.domain.limits import LimitKey
+from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.sql.outbox import alert_values
@@ -192,6 +193,17 @@ class HotTx:
             (cursor,) = self.run([(self.sql.tracked, ())])
             self._tracked = tracked_pairs(cursor.fetchall())
         return self._tracked
+
+    def spent(
+        self, plan: DebitPlan, grants: Sequence[Grant], tz: tzinfo
+    ) -> tuple[dict[CounterKey, int], dict[str, int]]:
+        """What an admitted usage writes besides its event: the counters it adds to and
+        the credits it burns from grants. One place, for a lone decision and a batched run
+        alike, so the two cannot count differently."""
+        return (
+            increments(plan.series, plan.amounts, plan.timestamp, tz, self.tracked()),
+            burns_of(grants, plan.charged, plan.amounts[Metric.CREDITS], plan.now),
+        )
 
     def read(
         self, plan: DebitPlan, *, keyed: bool = True, bounded: bool = True, numbered: bool = False

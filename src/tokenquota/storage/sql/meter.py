@@ -33,7 +33,7 @@ from tokenquota.domain.holds import (
     check_lease_releasable,
     check_releasable,
 )
-from tokenquota.domain.ledger import Event, grant_event, increments, usage_event
+from tokenquota.domain.ledger import Event, grant_event, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
@@ -44,7 +44,7 @@ from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.batch import Debit
 from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.group import GroupCommit, Job
-from tokenquota.storage.sql.hot import HotTx, burns_of
+from tokenquota.storage.sql.hot import HotTx
 from tokenquota.storage.sql.ledger import SqlCounters, SqlLedger, grant_from_row
 from tokenquota.storage.sql.outbox import Recorded
 from tokenquota.storage.sql.reads import Found
@@ -180,22 +180,15 @@ class SqlMeter:
         hits, whatever the decision; when it is admitted ``usage``, the event, its
         counters, the burn and the idempotency key's answer."""
         usage = usage and decision.allowed
+        deltas, burns = tx.spent(plan, found.grants, self.db.tz) if usage else ({}, {})
         event_id = tx.write(
             subject=plan.subject if create and not found.subject_known else None,
             now=plan.now,
             shadow=decision if decision.shadow_blocked else None,
             event=usage_event(plan, reservation_id) if usage else None,
             event_id=found.event_id,
-            deltas=(
-                increments(plan.series, plan.amounts, plan.timestamp, self.db.tz, tx.tracked())
-                if usage
-                else {}
-            ),
-            burns=(
-                burns_of(found.grants, plan.charged, plan.amounts[Metric.CREDITS], plan.now)
-                if usage
-                else {}
-            ),
+            deltas=deltas,
+            burns=burns,
             remember=(
                 (str(plan.subject), plan.idempotency_key, plan.fingerprint, decision)
                 if usage and remember and plan.idempotency_key
