@@ -35,7 +35,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from datetime import tzinfo
+from typing import Any
 
 from tokenquota.domain.alerts import alert_events
 from tokenquota.domain.bounds import check_lifetime
@@ -43,15 +44,13 @@ from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import DebitPlan, Decision, decide
 from tokenquota.domain.ledger import usage_event
 from tokenquota.storage.ledger_rows import event_row
-from tokenquota.storage.snapshot import View
+from tokenquota.storage.snapshot import Snapshot, View
 from tokenquota.storage.sql.group import Job
 from tokenquota.storage.sql.hot import HotTx, event_values
-from tokenquota.storage.sql.reads import Reads, Seen
+from tokenquota.storage.sql.outbox import Recorded
+from tokenquota.storage.sql.reads import Reads, Seen, require_known
 from tokenquota.storage.sql.statements import POSTGRES, Stmt
 from tokenquota.wire import stored
-
-if TYPE_CHECKING:
-    from tokenquota.storage.sql.meter import SqlMeter
 
 
 @dataclass(slots=True)
@@ -71,10 +70,20 @@ class Debit:
     create: bool
 
 
-def run_debits(meter: SqlMeter, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a run needs of its meter: the snapshot its plans came from, the store's
+    time zone and the alerts this process recorded already."""
+
+    snapshot: Snapshot
+    tz: tzinfo
+    alerted: Recorded
+
+
+def run_debits(meter: Context, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
     """Decide the debits of ``jobs`` (each ``batchable`` a ``Debit``) as described above."""
     assert tx.sql.postgres, "SQLite numbers events as it writes them: a debit at a time"
-    snapshot = meter.catalog.snapshot
+    snapshot = meter.snapshot
     since = snapshot.monotonic()
     reads: list[Reads] = []
     views: list[View | None] = []
@@ -113,7 +122,7 @@ def run_debits(meter: SqlMeter, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
 
 
 def _decide(
-    meter: SqlMeter,
+    meter: Context,
     tx: HotTx,
     view: View | None,
     since: float,
@@ -132,17 +141,17 @@ def _decide(
     if view is not None and plan.config_version is not None:
         version = plan.config_version
         view.cached(("tracked",), lambda: (version, frozenset(tx.tracked())))
-    meter.catalog.snapshot.confirm(plan.config_version, since)
+    meter.snapshot.confirm(plan.config_version, since)
     replay = found.replayed(plan.fingerprint)
     if replay is not None:
         return replay
-    meter._known(found, plan, create)
+    require_known(found, plan, create)
     check_lifetime(plan.series, plan.amounts, found.lifetime)
     decision = decide(plan, found.readings, prepaid=found.prepaid)
 
     usage = decision.allowed
     new_subject = create and not found.subject_known
-    deltas, burns = tx.spent(plan, found.grants, meter.db.tz) if usage else ({}, {})
+    deltas, burns = tx.spent(plan, found.grants, meter.tz) if usage else ({}, {})
     mine: list[Stmt] = []
     tx.write(
         subject=plan.subject if new_subject else None,

@@ -55,7 +55,7 @@ from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.sql.outbox import alert_values
-from tokenquota.storage.sql.reads import Found, Ranges, Reads, tracked_pairs
+from tokenquota.storage.sql.reads import Found, Ranges, Reads, Tracked, tracked_pairs
 from tokenquota.storage.sql.statements import (
     GLOBAL_EXCLUSIVE,
     GLOBAL_SHARED,
@@ -86,8 +86,7 @@ class HotTx:
         self.sql = POSTGRES if conn.dialect.name == "postgresql" else SQLITE
         self.single_lock = single_lock
         self.pending: list[Stmt] = []
-        self._tracked: AbstractSet[LimitKey] | None = None
-        self._tracking = False  # a read of the tracked pairs is on its way (``Reads``)
+        self._tracked = Tracked()
         self._savepoints = 0
         self._queued: int | None = None  # where the last savepoint waits in ``pending``
         # PostgreSQL: send a decision's writes with the next batch instead of at once.
@@ -183,16 +182,16 @@ class HotTx:
         Safe because ``read`` verifies the plan's version in the same batch:
         the pairs are the verified version's or the step is refused.
         """
-        if self._tracked is None and pairs is not None:
-            self._tracked = pairs
+        if self._tracked.pairs is None and pairs is not None:
+            self._tracked.pairs = pairs
 
     def tracked(self) -> AbstractSet[LimitKey]:
         """The (metric, window) pairs counted; read once per transaction (a change to them
         takes the exclusive lock, so it cannot land inside one)."""
-        if self._tracked is None:
+        if self._tracked.pairs is None:
             (cursor,) = self.run([(self.sql.tracked, ())])
-            self._tracked = tracked_pairs(cursor.fetchall())
-        return self._tracked
+            self._tracked.pairs = tracked_pairs(cursor.fetchall())
+        return self._tracked.pairs
 
     def spent(
         self, plan: DebitPlan, grants: Sequence[Grant], tz: tzinfo
@@ -222,7 +221,7 @@ class HotTx:
     ) -> Reads:
         """The statements of ``read``, not yet sent, and how to read their answers:
         a run of decisions (``batch.py``) sends the reads of all of them at once."""
-        return Reads(self, plan, keyed=keyed, bounded=bounded, numbered=numbered)
+        return Reads(self.sql, self._tracked, plan, keyed=keyed, bounded=bounded, numbered=numbered)
 
     def readings(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
         """What ``checks`` read (usage, check): counters, holds and leases, one select each."""

@@ -22,7 +22,7 @@ from tokenquota.domain.alerts import alert_events
 from tokenquota.domain.bounds import check_granted, check_lifetime
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
-from tokenquota.domain.errors import NotFound, StoreUnreachable
+from tokenquota.domain.errors import StoreUnreachable
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import (
     HoldState,
@@ -47,7 +47,7 @@ from tokenquota.storage.sql.group import GroupCommit, Job
 from tokenquota.storage.sql.hot import HotTx
 from tokenquota.storage.sql.ledger import SqlCounters, SqlLedger, grant_from_row
 from tokenquota.storage.sql.outbox import Recorded
-from tokenquota.storage.sql.reads import Found
+from tokenquota.storage.sql.reads import Found, require_known
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database, plan_series
 from tokenquota.wire import stored
@@ -150,7 +150,11 @@ class SqlMeter:
             while tx.sql.postgres and end < len(jobs) and jobs[end].batchable is not None:
                 end += 1
             if end - i >= 2:
-                batch.run_debits(self, tx, jobs[i:end])
+                batch.run_debits(
+                    batch.Context(self.catalog.snapshot, self.db.tz, self.alerted),
+                    tx,
+                    jobs[i:end],
+                )
                 i = end
                 continue
             job = jobs[i]
@@ -230,11 +234,6 @@ class SqlMeter:
         snapshot.confirm(plan.config_version, since)
         return found
 
-    @staticmethod
-    def _known(found: Found, plan: DebitPlan, create: bool) -> None:
-        if not create and not found.subject_known:
-            raise NotFound(f"unknown subject {plan.subject}", details={"field": "subject"})
-
     # counting ---------------------------------------------------------------
     def read(self, checks: Sequence[Check], now: datetime) -> list[Reading]:
         with self.db.tx() as conn:
@@ -279,7 +278,7 @@ class SqlMeter:
         replay = found.replayed(plan.fingerprint)
         if replay is not None:
             return replay
-        self._known(found, plan, create)
+        require_known(found, plan, create)
         return self._apply(tx, plan, found, create=create, remember=True)
 
     def _apply(
@@ -345,7 +344,7 @@ class SqlMeter:
         self, tx: HotTx, plan: DebitPlan, reservation: Reservation, create: bool
     ) -> Decision:
         found = self._found(tx, plan, keyed=False, bounded=False)
-        self._known(found, plan, create)
+        require_known(found, plan, create)
         decision = decide(plan, found.readings, prepaid=found.prepaid)
         decision = self._settle(tx, plan, found, decision, create=create, usage=False)
         if not decision.allowed:
@@ -414,7 +413,7 @@ class SqlMeter:
 
     def _acquire(self, tx: HotTx, plan: DebitPlan, lease: Lease, create: bool) -> Decision:
         found = self._found(tx, plan, keyed=False, bounded=False)
-        self._known(found, plan, create)
+        require_known(found, plan, create)
         decision = decide(plan, found.readings, prepaid=found.prepaid)
         decision = self._settle(tx, plan, found, decision, create=create, usage=False)
         if not decision.allowed:

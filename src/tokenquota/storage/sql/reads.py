@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
-from tokenquota.domain.errors import IdempotencyConflict
+from tokenquota.domain.errors import IdempotencyConflict, NotFound
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.ledger import CounterKey
 from tokenquota.domain.limits import LimitKey
@@ -25,9 +26,6 @@ from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
 from tokenquota.storage.sql.statements import POSTGRES, TOTAL, Sql, Stmt
 from tokenquota.wire import stored
-
-if TYPE_CHECKING:
-    from tokenquota.storage.sql.hot import HotTx
 
 
 @dataclass(slots=True)
@@ -54,6 +52,15 @@ class Found:
         return stored.decode_decision(self.replay[1]).as_replay()
 
 
+@dataclass(slots=True)
+class Tracked:
+    """A transaction's tracked (metric, window) pairs: read at most once in it
+    (``HotTx.tracked``), and asked for by the first decision's reads that need them."""
+
+    pairs: AbstractSet[LimitKey] | None = None
+    asking: bool = False  # a read of the pairs is on its way (``Reads``)
+
+
 class Reads:
     """The reads of one decision (``HotTx.read``): its statements, then what they found.
 
@@ -64,11 +71,17 @@ class Reads:
     """
 
     def __init__(
-        self, tx: HotTx, plan: DebitPlan, *, keyed: bool, bounded: bool, numbered: bool
+        self,
+        sql: Sql,
+        tracked: Tracked,
+        plan: DebitPlan,
+        *,
+        keyed: bool,
+        bounded: bool,
+        numbered: bool,
     ) -> None:
-        self.tx = tx
+        self.pairs = tracked
         self.plan = plan
-        sql = tx.sql
         subject = str(plan.subject)
         metrics = [m.value for m in COUNTERS if plan.amounts[m]] if bounded else []
         self.ranges = ranges = Ranges(plan.reads)
@@ -90,9 +103,9 @@ class Reads:
         stmts += ranges.statements(sql, to_micros(plan.now), extra=charged)
         stmts.append(sql.grants(charged))
         # Once per transaction; a run's reads ask once for all of its decisions.
-        self.tracked = tx._tracked is None and not tx._tracking
+        self.tracked = tracked.pairs is None and not tracked.asking
         if self.tracked:
-            tx._tracking = True
+            tracked.asking = True
             stmts.append((sql.tracked, ()))
         self.numbered = numbered and sql.postgres
         if self.numbered:
@@ -106,7 +119,7 @@ class Reads:
         ranges = self.ranges
         cursors = list(cursors)
         if self.tracked:  # first: a decision refused below still leaves the pairs to the next
-            self.tx._tracked = tracked_pairs(cursors[-2 if self.numbered else -1].fetchall())
+            self.pairs.pairs = tracked_pairs(cursors[-2 if self.numbered else -1].fetchall())
         found = Found()
         if self.versioned:
             rows = cursors.pop(0).fetchall()
@@ -275,3 +288,9 @@ def grant_of(row: Sequence[Any], burned: dict[str, int]) -> Grant:
 def tracked_pairs(rows: Iterable[Sequence[Any]]) -> set[LimitKey]:
     # As SqlCatalog.tracked: the lifetime pairs are counted even if a row was removed.
     return set(LIFETIME) | {LimitKey.from_storage(m, w) for m, w in rows}
+
+
+def require_known(found: Found, plan: DebitPlan, create: bool) -> None:
+    """A decision for a subject the store does not know is refused, unless it may create it."""
+    if not create and not found.subject_known:
+        raise NotFound(f"unknown subject {plan.subject}", details={"field": "subject"})
