@@ -80,10 +80,10 @@ class Context:
     alerted: Recorded
 
 
-def run_debits(meter: Context, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
+def run_debits(run: Context, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
     """Decide the debits of ``jobs`` (each ``batchable`` a ``Debit``) as described above."""
     assert tx.sql.postgres, "SQLite numbers events as it writes them: a debit at a time"
-    snapshot = meter.snapshot
+    snapshot = run.snapshot
     since = snapshot.monotonic()
     reads: list[Reads] = []
     views: list[View | None] = []
@@ -105,7 +105,7 @@ def run_debits(meter: Context, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
         mine = cursors[at : at + len(r.stmts)]
         at += len(r.stmts)
         try:
-            job.result = _decide(meter, tx, view, since, job.batchable, r, mine, seen, writes, rows)
+            job.result = _decide(run, tx, view, since, job.batchable, r, mine, seen, writes, rows)
         except Exception as exc:
             job.error = exc
     sql = POSTGRES
@@ -122,7 +122,7 @@ def run_debits(meter: Context, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
 
 
 def _decide(
-    meter: Context,
+    run: Context,
     tx: HotTx,
     view: View | None,
     since: float,
@@ -141,7 +141,7 @@ def _decide(
     if view is not None and plan.config_version is not None:
         version = plan.config_version
         view.cached(("tracked",), lambda: (version, frozenset(tx.tracked())))
-    meter.snapshot.confirm(plan.config_version, since)
+    run.snapshot.confirm(plan.config_version, since)
     replay = found.replayed(plan.fingerprint)
     if replay is not None:
         return replay
@@ -151,7 +151,7 @@ def _decide(
 
     usage = decision.allowed
     new_subject = create and not found.subject_known
-    deltas, burns = tx.spent(plan, found.grants, meter.tz) if usage else ({}, {})
+    deltas, burns = tx.spent(plan, found.grants, run.tz) if usage else ({}, {})
     mine: list[Stmt] = []
     tx.write(
         subject=plan.subject if new_subject else None,
@@ -166,7 +166,7 @@ def _decide(
     )
     alerts = alert_events(plan, found.readings, decision)
     if alerts:  # in this transaction: recorded if, and only if, the decision is
-        tx.alerts(meter.alerted.fresh(alerts), out=mine)
+        tx.alerts(run.alerted.fresh(alerts), out=mine)
     if not usage:
         writes += mine
         if new_subject:
