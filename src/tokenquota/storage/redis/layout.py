@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ import orjson
 
 from tokenquota.domain.clock import from_micros
 from tokenquota.domain.decisions import Reading
+from tokenquota.domain.frozen import builder
 
 # A cluster spreads the ledger over this many shards; a single Redis keeps one,
 # so its event ids follow the order events happened in exactly.
@@ -54,6 +55,9 @@ class Layout:
         default_factory=dict, init=False, repr=False, compare=False
     )
     _holds: dict[tuple[str, str], tuple[str, str]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _shard_keys: dict[tuple[int, str], str] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -92,11 +96,19 @@ class Layout:
     def ledger(self, shard: int, rest: str) -> str:
         return self._key(f"L{shard}", rest)
 
+    def _shard_key(self, shard: int, rest: str) -> str:
+        """One of a shard's own keys (its sequence, stream...), named once: every
+        operation names two or three of them."""
+        known = self._shard_keys.get((shard, rest))
+        if known is None:
+            known = self._shard_keys[shard, rest] = self.ledger(shard, rest)
+        return known
+
     def seq(self, shard: int) -> str:
-        return self.ledger(shard, "seq")
+        return self._shard_key(shard, "seq")
 
     def stream(self, shard: int) -> str:
-        return self.ledger(shard, "events")
+        return self._shard_key(shard, "events")
 
     def idem(self, subject: str, key: str) -> tuple[int, str]:
         shard = self.shard_of(f"{subject}\n{key}")
@@ -108,7 +120,7 @@ class Layout:
 
     def alerts(self, shard: int) -> str:
         """A stream of shard ``shard``'s alert events (threshold crossings), for the mover."""
-        return self.ledger(shard, "alerts")
+        return self._shard_key(shard, "alerts")
 
     def quarantine(self, shard: int) -> str:
         """A stream of shard ``shard``'s events the SQL ledger refused, kept for an operator."""
@@ -116,7 +128,7 @@ class Layout:
 
     def config(self, shard: int) -> str:
         """A token that changes with every configuration write (limits, subjects...)."""
-        return self.ledger(shard, "cfg")
+        return self._shard_key(shard, "cfg")
 
     def epoch(self) -> str:
         return self.ledger(0, "epoch")
@@ -129,6 +141,9 @@ class Layout:
         """A SCAN pattern for one kind of subject key (c, hz, ha, lz, g) or ledger key."""
         return f"{self.prefix}:{{*}}:{what}:*"
 
+
+# Reading(...) without its frozen __init__ (domain/frozen.py): four a consume.
+_reading = builder(Reading)
 
 # Ops whose entries the spec keeps as one flat list, as step.lua reads them:
 # cjson builds a Lua table per array, and these are the most numerous.
@@ -169,6 +184,23 @@ class Step:
         ops.append(value)
         return len(ops) - 1
 
+    def count(self, placed: Iterable[Sequence[Any]], units: Mapping[Any, int]) -> None:
+        """Add increments: per entry (key name, bucket, metric, times, lifetime label or
+        None), ``units[metric] * times`` to the bucket, and the 63-bit check of a
+        lifetime counter (``cap``). The loop of ``key`` and ``add``, inline: a consume
+        adds a dozen."""
+        index, keys, spec = self._index, self.keys, self.spec
+        incr: list[Any] = spec.setdefault("incr", [])
+        for name, bucket, metric, times, cap in placed:
+            kidx = index.get(name)
+            if kidx is None:
+                keys.append(name)
+                kidx = index[name] = len(keys)
+            delta = str(units[metric] * times)
+            incr += (kidx, bucket, delta)
+            if cap is not None:
+                spec.setdefault("cap", []).extend((kidx, bucket, delta, cap))
+
     def argv(self, now: int, *, dry: bool = False) -> list[str | bytes]:
         """ARGV for step.lua: the spec and the event body."""
         spec = {**self.spec, "now": now, "dry": dry}
@@ -187,6 +219,11 @@ class Steps:
         self._slot_of = slot_of
         self._steps: dict[int, Step] = {}
         self._ledger_slot: int | None = None
+
+    @property
+    def single(self) -> bool:
+        """One Redis, not a cluster: every key of an operation is in its one step."""
+        return self._slot_of is None
 
     def at(self, key: str) -> Step:
         slot = self._slot_of(key) if self._slot_of else 0
@@ -239,13 +276,17 @@ def parse_reading(text: str, fields: Sequence[int], lease: bool) -> Reading:
     if lease:
         count = int(values)
         if not count:
-            return Reading()
-        return Reading({0: count}, held_until=from_micros(int(last)))
-    buckets = {f: int(v) for f, v in zip(fields, values.split(",") if values else (), strict=True)}
-    buckets = {f: v for f, v in buckets.items() if v}
-    if not int(held):
-        return Reading(buckets)
-    return Reading(buckets, int(held), from_micros(int(last)))
+            return _reading({})
+        return _reading({0: count}, 0, from_micros(int(last)))
+    buckets = {}
+    if values:
+        for f, v in zip(fields, values.split(","), strict=True):
+            units = int(v)
+            if units:
+                buckets[f] = units
+    if held == "0" or not int(held):  # "0": how step.lua writes none, the common case
+        return _reading(buckets)
+    return _reading(buckets, int(held), from_micros(int(last)))
 
 
 def parse_wallet(text: str) -> tuple[list[int], int]:

@@ -119,7 +119,7 @@ class RedisMeter:
     # what SQL says about a request ---------------------------------------------
     def _context(
         self, plan: DebitPlan, create_subject: bool
-    ) -> tuple[set[LimitKey], dict[SubjectRef, list[Grant]]]:
+    ) -> tuple[frozenset[LimitKey], dict[SubjectRef, list[Grant]]]:
         """The tracked counters and the charged subjects' grants; creates the subject.
 
         All of it comes from the snapshot at the plan's version: the ledger
@@ -150,7 +150,8 @@ class RedisMeter:
             lambda c: in_burn_order(self.ledger.grants_of(c, charged)),
             None,
         )
-        return set(tracked), {s: list(g) for s, g in grants.items()}
+        # The snapshot's own set: the counting shapes of ops.py are keyed by it.
+        return tracked, {s: list(g) for s, g in grants.items()}
 
     def _guards(self, plan: DebitPlan) -> list[Reading] | None:
         """The capacity reads as they are now: the decision is made on these."""

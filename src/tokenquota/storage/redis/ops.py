@@ -13,6 +13,7 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
@@ -26,10 +27,10 @@ from tokenquota.domain.bounds import too_large
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Prepaid, Reading
 from tokenquota.domain.grants import Grant
-from tokenquota.domain.ledger import increments
-from tokenquota.domain.limits import LimitKey
+from tokenquota.domain.limits import EffectiveLimit, LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.windows import ALWAYS, Window
 from tokenquota.storage.redis.answers import CheckPlace, WalletPlace
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import (
@@ -70,6 +71,10 @@ class Runner:
         self.layout = layout
         self._script = client.register_script(STEP_LUA)
         self._key_bytes: dict[str, bytes] = {}
+        self._counting: dict[tuple[Any, ...], Counting] = {}
+        # Per limit (by identity: a limit's hash is computed in Python), what reading it
+        # takes (``_read_of``); the entry keeps the limit, so its id stays its own.
+        self._reads: dict[int, Read] = {}
         self._slot_of: Callable[[str], int] | None = None
         if cluster:
             from redis.crc import key_slot
@@ -164,33 +169,68 @@ class Runner:
         if it finds anything else.
         """
         at = op.steps.at
+        known = self._reads
         for i, check in enumerate(checks):
             limit = check.limit
-            series, metric, window, _ = limit.names()  # text, built once per limit
-            if limit.key.metric is Metric.CONCURRENT_REQUESTS:
-                z = self.layout.leases(series)
-                step = at(z)
-                # positional, as step.lua reads a check
-                lease = ["l", step.key(z), check.amount, limit.value]
-                lease.append(int(enforce and _enforced(check)))
-                op.checks.append((step, step.add("checks", lease), [], True))
-                continue
-            if window is None:
+            found = known.get(id(limit))
+            if found is None or found[0] is not limit:  # an id a limit no longer here had
+                found = self._read_of(limit)
+            _, names, may_refuse, rolling = found
+            if not names:
                 op.checks.append(None)  # a per-request cap reads nothing
                 continue
-            counter = self.layout.counter(series, metric, window)
-            hz, ha = self.layout.holds(series, metric)
+            if len(names) == 1:  # the live leases of a series
+                z = names[0]
+                step = at(z)
+                # positional, as step.lua reads a check
+                lease = ["l", step.key(z), check.amount, limit.value, int(enforce and may_refuse)]
+                op.checks.append((step, step.add("checks", lease), [], True))
+                continue
+            counter, hz, ha = names
             step = at(counter)
-            fields = _fields(check)
+            # the buckets a check sums: each step of a rolling window, else its one bucket
+            lo = check.lo
+            fields = list(range(lo, check.hi + 1, rolling)) if rolling else [lo]
             kind, used, held = "w", 0, 0
             if guards is not None and i >= first_guard:
                 seen = guards[i - first_guard]
                 kind, used, held = "g", sum(seen.buckets.values()), seen.reserved
+            landed = check.bucket is not None
             # positional, as step.lua reads a check: the buckets come last
-            spec: list[Any] = [kind, step.key(counter), step.key(hz), step.key(ha)]
-            spec += (check.amount if check.bucket is not None else 0, limit.value)
-            spec += (int(enforce and _enforced(check)), used, held, *map(str, fields))
+            spec: list[Any] = [
+                kind,
+                step.key(counter),
+                step.key(hz),
+                step.key(ha),
+                check.amount if landed else 0,
+                limit.value,
+                int(enforce and may_refuse and landed),  # the rule of decisions.blocks
+                used,
+                held,
+                *map(str, fields),
+            ]
             op.checks.append((step, step.add("checks", spec), fields, False))
+
+    def _read_of(self, limit: EffectiveLimit) -> Read:
+        """What reading a limit takes: the key names (none for a per-request cap, the
+        leases of a concurrency limit, else the counter and the holds), whether it may
+        refuse (not shadow, not unlimited) and a rolling window's bucket seconds."""
+        series, metric, window, _ = limit.names()  # text, built once per limit
+        key = limit.key
+        names: tuple[str, ...] = ()
+        if key.metric is Metric.CONCURRENT_REQUESTS:
+            names = (self.layout.leases(series),)
+        elif window is not None:
+            names = (
+                self.layout.counter(series, metric, window),
+                *self.layout.holds(series, metric),
+            )
+        rolling = key.window.bucket_seconds if key.window and key.window.rolling_seconds else 0
+        found = (limit, names, not (limit.shadow or limit.unlimited), rolling)
+        if len(self._reads) >= NAMES_KEPT:
+            self._reads.clear()
+        self._reads[id(limit)] = found
+        return found
 
     def add_wallets(
         self,
@@ -241,19 +281,54 @@ class Runner:
             prepaid.append(Prepaid(subject, grants, held))
         return readings, prepaid
 
-    def add_increments(self, op: Op, plan: DebitPlan, tracked: set[LimitKey]) -> None:
-        keys = tracked | {c.limit.key for c in plan.checks}
-        name = self.layout.counter
-        at = op.steps.at
-        for (series, metric, window, bucket), delta in increments(
-            plan.series, plan.amounts, plan.timestamp, self.db.tz, keys
-        ).items():
-            counter = name(series, metric, window)
-            step = at(counter)
-            kidx, units = step.key(counter), str(delta)
-            step.add("incr", (kidx, str(bucket), units))
-            if window == "total":  # the lifetime counter: checked against 2^63 - 1 first
-                step.add("cap", (kidx, str(bucket), units, f"{metric}|{series}"))
+    def add_increments(self, op: Op, plan: DebitPlan, tracked: AbstractSet[LimitKey]) -> None:
+        """The counters a usage adds to (``domain.ledger.increments``), through the
+        plan's ``Counting`` shape: its counters named once, their buckets placed once
+        per span of time."""
+        units = dict(plan.amounts.items())  # one C lookup per counter below
+        metrics = tuple(m for m, v in units.items() if v)
+        series = plan.series
+        limits = tuple(c.limit for c in plan.checks)
+        # The limits by identity (a limit's hash is computed in Python); the entry
+        # keeps them, so an id in the key cannot be another limit's while it is here.
+        shape_key = (tracked, series, metrics, *map(id, limits))
+        shape = self._counting.get(shape_key)
+        if shape is None or shape.limits != limits:
+            if len(self._counting) >= SHAPES_KEPT:
+                self._counting.clear()
+            keys = tracked | {limit.key for limit in limits}
+            shape = self._counting[shape_key] = Counting(
+                limits, self._counters(keys, series, metrics)
+            )
+        placed = shape.placed(plan.timestamp, self.db.tz)
+        if not placed:
+            return
+        steps = op.steps
+        if steps.single:
+            steps.at(placed[0][0]).count(placed, units)
+            return
+        for entry in placed:  # a cluster: each counter in the step of its slot
+            steps.at(entry[0]).count((entry,), units)
+
+    def _counters(
+        self, keys: AbstractSet[LimitKey], series: Sequence[str], metrics: Sequence[Metric]
+    ) -> list[Counter]:
+        """Every counter a usage of ``metrics`` adds to, in the order ``increments``
+        lists them: per tracked (metric, window), each series (once, counted as often
+        as the series is charged)."""
+        out: dict[str, Counter] = {}
+        for key in keys:
+            window = key.window
+            if window is None or key.metric not in metrics:
+                continue
+            metric = key.metric._value_
+            for subject in series:
+                name = self.layout.counter(subject, metric, window.key)
+                found = out.get(name)
+                cap = f"{metric}|{subject}" if window.key == "total" else None
+                times = found[3] + 1 if found is not None else 1
+                out[name] = (window, name, key.metric, times, cap)
+        return list(out.values())
 
     def add_event(self, step: Step, shard: int, body: dict[str, Any]) -> None:
         step.spec["seq"] = step.key(self.layout.seq(shard))
@@ -359,21 +434,47 @@ def back_off(attempt: int) -> None:
     time.sleep(random.uniform(0, min(BACK_OFF_CAP, 0.001 * 2**attempt)))
 
 
-def _enforced(check: Check) -> bool:
-    """Whether the script must refuse on this check (the rule of decisions.blocks)."""
-    limit = check.limit
-    if limit.shadow or limit.unlimited:
-        return False
-    if limit.key.metric is Metric.CONCURRENT_REQUESTS:
-        return True
-    return check.bucket is not None
+# (limit, key names, may refuse, a rolling window's bucket seconds or 0)
+Read = tuple[EffectiveLimit, tuple[str, ...], bool, int]
+# (window, counter key, metric, times the usage counts in it, lifetime label or None)
+Counter = tuple[Window, str, Metric, int, str | None]
+# Counting shapes kept by a runner before they are built again: one per (configuration,
+# charged series, metrics), so a handful in a steady service.
+SHAPES_KEPT = 10_000
 
 
-def _fields(check: Check) -> list[int]:
-    """The buckets a check sums: one for a calendar window, each step of a rolling one."""
-    window = check.limit.key.window
-    if window is None:
-        return []
-    if window.rolling_seconds:
-        return list(range(check.lo, check.hi + 1, window.bucket_seconds))
-    return [check.lo]
+class Counting:
+    """Where one shape of usage (the tracked windows, the series charged, the metrics
+    spent) is counted in Redis: its counters, named once, and each one's bucket.
+
+    Every window's bucket is fixed over a span of time (a calendar period, a
+    rolling window's bucket, forever for ``total``): the buckets are placed for
+    the span all of them share and reused while usage falls in it, as the memory
+    store's ``Counting`` does; a consume's buckets change at the next minute.
+    """
+
+    __slots__ = ("_placed", "counters", "limits")
+
+    def __init__(self, limits: tuple[EffectiveLimit, ...], counters: list[Counter]) -> None:
+        self.limits = limits  # the plan's limits (their keys are counted too)
+        self.counters = counters
+        # (zone, start, end, per counter: name, bucket as text, metric, times, cap label),
+        # one tuple so a thread placing it never shows another a half-placed shape.
+        empty = ALWAYS[0]  # an empty span: the first usage places them
+        self._placed: tuple[Any, datetime, datetime, list[Placed]] = (None, empty, empty, [])
+
+    def placed(self, at: datetime, tz: Any) -> list[Placed]:
+        zone, start, end, placed = self._placed
+        if zone is tz and start <= at < end:
+            return placed
+        start, end = ALWAYS
+        placed = []
+        for window, name, metric, times, cap in self.counters:
+            first, after = window.bucket_span(at, tz)
+            start, end = max(start, first), min(end, after)
+            placed.append((name, str(window.bucket_of(at, tz)), metric, times, cap))
+        self._placed = (tz, start, end, placed)
+        return placed
+
+
+Placed = tuple[str, str, Metric, int, str | None]
