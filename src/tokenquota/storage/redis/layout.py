@@ -261,10 +261,11 @@ class Reply:
 
     @classmethod
     def parse(cls, raw: Sequence[Any]) -> Reply:
-        def text(v: Any) -> str:
-            return v.decode() if isinstance(v, bytes) else str(v)
+        status, eid, *rest = [v.decode() if isinstance(v, bytes) else str(v) for v in raw[:8]]
+        return _reply(status, int(eid or 0), *rest)
 
-        return cls(text(raw[0]), int(text(raw[1]) or 0), *(text(v) for v in raw[2:8]))
+
+_reply = builder(Reply)  # one a step: Reply(...) without its frozen __init__
 
 
 def split(text: str) -> list[str]:

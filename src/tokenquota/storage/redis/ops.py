@@ -48,6 +48,9 @@ from tokenquota.storage.sql.tx import Database
 
 STEP_LUA = files("tokenquota.storage.redis").joinpath("step.lua").read_text()
 BACK_OFF_CAP = 0.1  # seconds: the longest pause between two rounds
+# Encoded key lists kept before they are built again: one per shape of step, but a
+# step with an idempotency record names a key of its own, so the bound is small.
+LISTS_KEPT = 1_000
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Runner:
         self.layout = layout
         self._script = client.register_script(STEP_LUA)
         self._key_bytes: dict[str, bytes] = {}
+        self._key_lists: dict[tuple[str, ...], list[bytes]] = {}
         self._counting: dict[tuple[Any, ...], Counting] = {}
         # Per limit (by identity: a limit's hash is computed in Python), what reading it
         # takes (``_read_of``); the entry keeps the limit, so its id stays its own.
@@ -98,7 +102,13 @@ class Runner:
 
     def _encoded(self, keys: list[str]) -> list[bytes]:
         """Key names as bytes, encoded once: redis-py checks the type of and encodes
-        every argument of every call otherwise."""
+        every argument of every call otherwise. The list of one shape of step (a
+        consume's 19 names) is kept whole; a step naming a key of its own (an
+        idempotency record) encodes its names one by one."""
+        names = tuple(keys)
+        found = self._key_lists.get(names)
+        if found is not None:
+            return found
         known = self._key_bytes
         if len(known) >= NAMES_KEPT:
             known.clear()
@@ -108,6 +118,9 @@ class Runner:
             if raw is None:
                 raw = known[key] = key.encode()
             out.append(raw)
+        if len(self._key_lists) >= LISTS_KEPT:
+            self._key_lists.clear()
+        self._key_lists[names] = out
         return out
 
     def execute(self, op: Op, now: datetime, *, dry: bool = False) -> list[Reply]:

@@ -107,16 +107,23 @@ end
 -- sends scores and field values as strings for the same reason.
 
 -- phase 0: what must hold before anything is read ---------------------------
-local seq
+local seq, cfg
 if spec.seq then
-  seq = redis.call('GET', KEYS[spec.seq])
+  if spec.cfg then -- one call for both: a shard's keys share its hash tag
+    local got = redis.call('MGET', KEYS[spec.seq], KEYS[spec.cfg.k])
+    seq, cfg = got[1], got[2]
+  else
+    seq = redis.call('GET', KEYS[spec.seq])
+  end
   if not seq then
     -- The sequence is set when the store opens or is rebuilt; without it this
     -- Redis has lost its data and would count from zero.
     return { 'lost', 0, '', '', '' }
   end
+elseif spec.cfg then
+  cfg = redis.call('GET', KEYS[spec.cfg.k])
 end
-if spec.cfg and (redis.call('GET', KEYS[spec.cfg.k]) or '0') ~= spec.cfg.v then
+if spec.cfg and (cfg or '0') ~= spec.cfg.v then
   -- The limits this request was planned with changed since: plan again.
   return { 'stale', 0, '', '', '' }
 end
@@ -180,16 +187,23 @@ for i, c in ipairs(spec.checks or {}) do
     if c[5] == 1 and not admits(count, c[3], c[4]) then denied = true end
     text = int(count) .. ';0;' .. int(first)
   else
-    local values = {}
+    local values
     local used = 0
     local nf = #c - 9
-    if nf > 0 then
+    if nf == 1 then -- a calendar window: one bucket
+      local got = redis.call('HGET', KEYS[c[2]], c[10])
+      if got then used = tonumber(got) else got = '0' end
+      values = { got }
+    elseif nf > 0 then
+      values = {}
       local got = redis.call('HMGET', KEYS[c[2]], unpack(c, 10))
       for j = 1, nf do
         local v = num(got[j])
         used = used + v
         values[j] = got[j] or '0' -- the stored text: exact, where int(v) is not past 2^53
       end
+    else
+      values = {}
     end
     local held, last = holds(c[3], c[4])
     if c[1] == 'g' then
