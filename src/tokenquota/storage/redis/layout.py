@@ -172,6 +172,18 @@ class Step:
             found = self._index[name] = len(self.keys)
         return found
 
+    def keys_of(self, names: Sequence[str]) -> list[int]:
+        """``key`` of each name, in one call: a check names three keys."""
+        index, keys = self._index, self.keys
+        out = []
+        for name in names:
+            found = index.get(name)
+            if found is None:
+                keys.append(name)
+                found = index[name] = len(keys)
+            out.append(found)
+        return out
+
     def add(self, op: str, value: Any) -> int:
         """Append to a list op; returns the position (0-based) within that list.
 

@@ -199,8 +199,8 @@ class Runner:
                 lease = ["l", step.key(z), check.amount, limit.value, int(enforce and may_refuse)]
                 op.checks.append((step, step.add("checks", lease), [], True))
                 continue
-            counter, hz, ha = names
-            step = at(counter)
+            step = at(names[0])
+            counter, hz, ha = step.keys_of(names)
             # the buckets a check sums: each step of a rolling window, else its one bucket
             lo = check.lo
             fields = list(range(lo, check.hi + 1, rolling)) if rolling else [lo]
@@ -212,9 +212,9 @@ class Runner:
             # positional, as step.lua reads a check: the buckets come last
             spec: list[Any] = [
                 kind,
-                step.key(counter),
-                step.key(hz),
-                step.key(ha),
+                counter,
+                hz,
+                ha,
                 check.amount if landed else 0,
                 limit.value,
                 int(enforce and may_refuse and landed),  # the rule of decisions.blocks
@@ -299,9 +299,9 @@ class Runner:
         plan's ``Counting`` shape: its counters named once, their buckets placed once
         per span of time."""
         units = dict(plan.amounts.items())  # one C lookup per counter below
-        metrics = tuple(m for m, v in units.items() if v)
+        metrics = tuple([m for m, v in units.items() if v])  # a list first: no generator
         series = plan.series
-        limits = tuple(c.limit for c in plan.checks)
+        limits = tuple([c.limit for c in plan.checks])
         # The limits by identity (a limit's hash is computed in Python); the entry
         # keeps them, so an id in the key cannot be another limit's while it is here.
         shape_key = (tracked, series, metrics, *map(id, limits))
