@@ -357,6 +357,40 @@ def test_a_sqlite_leader_waits_for_another_process_turn_at_the_lock_beside_the_f
     quota.close()
 
 
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads /proc/locks (Linux)")
+def test_a_leader_takes_its_batch_once_it_has_the_turn(tmp_path: Path) -> None:
+    """Steps queued while a leader waits for another process's turn join its batch:
+    the commit it waited for is shared by all of them (one batch, not two)."""
+    path = tmp_path / "quota.db"
+    quota = tokenquota.open(f"sqlite:///{path}", clock=FrozenClock(START))
+    quota.set_limit("user:a", "tokens", "day", 100)
+    assert quota.consume("user:a", tokens=1).allowed
+    commits = group(quota)
+    batches = commits.batches
+    answers: list[bool] = []
+
+    def consume() -> None:
+        answers.append(quota.consume("user:a", tokens=1).allowed)
+
+    other = os.open(f"{path}-writer", os.O_RDWR | os.O_CREAT)
+    threads = [threading.Thread(target=consume) for _ in range(6)]
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)  # another process's leader has the turn
+        threads[0].start()
+        wait_until(lambda: flock_waiters(os.getpid()) == 1, "the leader to wait for its turn")
+        for thread in threads[1:]:
+            thread.start()
+        wait_until(lambda: commits.waiting >= 5, "the others to queue")
+    finally:
+        os.close(other)
+    for thread in threads:
+        thread.join(30)
+    assert answers == [True] * 6
+    assert commits.batches == batches + 1
+    assert commits.largest == 6
+    quota.close()
+
+
 def test_writer_turns_that_cannot_open_their_file_take_no_turn(tmp_path: Path) -> None:
     """A database whose directory refuses the lock file still commits (no turn is taken)."""
     turns = WriterTurns(str(tmp_path / "missing" / "quota.db-writer"))

@@ -25,7 +25,9 @@ leader, and the file has one write lock: the one that found it taken slept
 in SQLite's busy handler (1, 2, 5, 10 ms and longer) and the lock often sat
 free meanwhile, or went back to the same process. So the leaders take turns
 at a file lock first (``WriterTurns``): the waiting one sleeps in the kernel
-and wakes when the other commits (docs/performance-log.md, session 9).
+and wakes when the other commits. It takes its batch only once it has the
+turn, so every step queued while it waited shares the commit it waited for
+(docs/performance-log.md, session 9).
 
 ``run`` owns the transaction and what each step's error means (see
 ``SqlMeter._run_batch``: a savepoint per step, so one step's error undoes
@@ -35,6 +37,7 @@ only itself and reaches only its own caller). Nothing here knows SQL.
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import threading
 from collections import deque
@@ -127,22 +130,31 @@ class GroupCommit:
         return job.answer()
 
     def _lead(self) -> None:
+        # The turn first (another process's leader may hold it): every step queued
+        # while this one waits joins the batch, so the commit it waited for is
+        # shared by as many as it can be.
+        turn, error = self.turns, None
+        if turn is not None:
+            try:
+                turn.__enter__()
+            except BaseException as exc:  # answered as a failed batch, below
+                turn, error = None, exc
         with self._lock:
             batch = [self._queue.popleft() for _ in range(min(self._limit, len(self._queue)))]
             self.batches += 1
             self.largest = max(self.largest, len(batch))
         try:
-            if self.turns is None:
-                self._run(batch)
-            else:
-                with self.turns:
-                    self._run(batch)
+            if error is not None:
+                raise error
+            self._run(batch)
         except BaseException as exc:
             for job in batch:
                 if job.error is None:
                     job.error = exc
                     job.result = None
         finally:
+            if turn is not None:
+                turn.__exit__(None, None, None)  # committed: the next process may go
             with self._lock:
                 if self._queue:
                     heir = self._queue[0]
@@ -205,4 +217,5 @@ class WriterTurns:
     ) -> None:
         fd, self._fd = self._fd, -1
         if fd >= 0:
-            os.close(fd)  # which releases the lock
+            with contextlib.suppress(OSError):  # never keeps the lead from passing on
+                os.close(fd)  # which releases the lock
