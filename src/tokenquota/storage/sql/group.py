@@ -195,11 +195,13 @@ class WriterTurns:
         """Turns for the SQLite file at ``database``; None for an in-memory one."""
         if fcntl is None or not database or database == ":memory:" or database.startswith("file:"):
             return None
-        return cls(f"{database}-writer")
+        # Absolute now, as SQLite resolved it when the store opened it.
+        return cls(f"{os.path.abspath(database)}-writer")
 
     def __enter__(self) -> None:
         try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            # Read-only is enough for flock: another user who may read it takes turns too.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError:
             return
         try:
