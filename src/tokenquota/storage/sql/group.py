@@ -47,7 +47,7 @@ from typing import Any, Generic, TypeVar
 
 try:
     import fcntl
-except ImportError:  # not on Windows: leaders there meet at SQLite's busy handler alone
+except ImportError:  # Windows has none: leaders there meet at SQLite's busy handler alone
     fcntl = None  # type: ignore[assignment]
 
 R = TypeVar("R")
@@ -87,16 +87,13 @@ class GroupCommit:
     """The queue of one store's steps, and its leader."""
 
     def __init__(
-        self,
-        run: Callable[[Sequence[Job[Any]]], None],
-        *,
-        limit: int = BATCH_LIMIT,
-        turns: WriterTurns | None = None,
+        self, run: Callable[[Sequence[Job[Any]]], None], *, limit: int = BATCH_LIMIT
     ) -> None:
         self._run = run
         self._limit = limit
-        # Taken around each batch when set: leaders of other processes wait there.
-        self.turns = turns
+        # Taken for each batch when set (the SQL meter, on a SQLite file): leaders of
+        # other processes on the same file wait there.
+        self.turns: WriterTurns | None = None
         self._lock = threading.Lock()
         self._queue: deque[Job[Any]] = deque()
         self._leading = False
