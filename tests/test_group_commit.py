@@ -8,6 +8,7 @@ own caller, never the others of its batch.
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing
 import os
 import signal
@@ -31,7 +32,7 @@ from tests.conftest import START
 from tests.workers import drain
 from tokenquota import FrozenClock, Quota
 from tokenquota.domain.errors import IdempotencyConflict, NotFound, ValidationError
-from tokenquota.storage.sql.group import GroupCommit, Job
+from tokenquota.storage.sql.group import GroupCommit, Job, WriterTurns
 
 MAX = 2**63 - 1
 SQL_BACKENDS = ["sqlite", "postgres"]
@@ -318,6 +319,86 @@ def test_a_batch_that_cannot_commit_answers_every_caller_with_the_error() -> Non
     assert results.count("first") == 1
     assert sum(isinstance(r, ConnectionError) for r in results) == 6
     assert commits.waiting == 0
+
+
+# SQLite: leaders of several processes take turns -------------------------------------------
+def flock_waiters(pid: int) -> int:
+    """flock requests of ``pid`` blocked in the kernel (``/proc/locks``' "->" lines)."""
+    lines = Path("/proc/locks").read_text().splitlines()
+    return sum(1 for line in lines if "-> FLOCK" in line and f" {pid} " in line)
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads /proc/locks (Linux)")
+def test_a_sqlite_leader_waits_for_another_process_turn_at_the_lock_beside_the_file(
+    tmp_path: Path,
+) -> None:
+    """The file lock a leader holds for its batch (``WriterTurns``) holds back the leader
+    of any other store on the file, which wakes when it is released, and not before:
+    the turn is waited for in the kernel, not in SQLite's busy handler."""
+    path = tmp_path / "quota.db"
+    quota = tokenquota.open(f"sqlite:///{path}", clock=FrozenClock(START))
+    quota.set_limit("user:a", "tokens", "day", 100)
+    assert quota.consume("user:a", tokens=1).allowed
+    other = os.open(f"{path}-writer", os.O_RDWR | os.O_CREAT)
+    answers: list[bool] = []
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)  # another process's leader has the turn
+        thread = threading.Thread(
+            target=lambda: answers.append(quota.consume("user:a", tokens=1).allowed)
+        )
+        thread.start()
+        wait_until(lambda: bool(answers) or flock_waiters(os.getpid()) == 1, "the leader to wait")
+        assert answers == []  # nothing decided while the turn is another's
+    finally:
+        os.close(other)  # which releases the lock
+    thread.join(30)
+    assert answers == [True]
+    assert quota.usage("user:a").limits[0].used == 2
+    quota.close()
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="reads /proc/locks (Linux)")
+def test_a_leader_takes_its_batch_once_it_has_the_turn(tmp_path: Path) -> None:
+    """Steps queued while a leader waits for another process's turn join its batch:
+    the commit it waited for is shared by all of them (one batch, not two)."""
+    path = tmp_path / "quota.db"
+    quota = tokenquota.open(f"sqlite:///{path}", clock=FrozenClock(START))
+    quota.set_limit("user:a", "tokens", "day", 100)
+    assert quota.consume("user:a", tokens=1).allowed
+    commits = group(quota)
+    batches = commits.batches
+    answers: list[bool] = []
+
+    def consume() -> None:
+        answers.append(quota.consume("user:a", tokens=1).allowed)
+
+    other = os.open(f"{path}-writer", os.O_RDWR | os.O_CREAT)
+    threads = [threading.Thread(target=consume) for _ in range(6)]
+    try:
+        fcntl.flock(other, fcntl.LOCK_EX)  # another process's leader has the turn
+        threads[0].start()
+        wait_until(lambda: flock_waiters(os.getpid()) == 1, "the leader to wait for its turn")
+        for thread in threads[1:]:
+            thread.start()
+        wait_until(lambda: commits.waiting >= 5, "the others to queue")
+    finally:
+        os.close(other)
+    for thread in threads:
+        thread.join(30)
+    assert answers == [True] * 6
+    assert commits.batches == batches + 1
+    assert commits.largest == 6
+    quota.close()
+
+
+def test_writer_turns_that_cannot_open_their_file_take_no_turn(tmp_path: Path) -> None:
+    """A database whose directory refuses the lock file still commits (no turn is taken)."""
+    turns = WriterTurns(str(tmp_path / "missing" / "quota.db-writer"))
+    with turns:
+        pass
+    assert WriterTurns.beside(":memory:") is None
+    assert WriterTurns.beside(None) is None
+    assert WriterTurns.beside(str(tmp_path / "q.db")) is not None
 
 
 # races: threads and processes, exact admission ------------------------------------------

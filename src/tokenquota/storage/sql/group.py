@@ -16,6 +16,19 @@ At one caller this is one transaction per decision, as before, plus a lock
 and a list; under load the batch grows by itself with the queue, with no
 timer: a step waits at most for the batch before it.
 
+A waiting caller blocks on a lock of its own that the leader releases (a
+``threading.Event`` cost the leader a ``Condition`` round per caller, inside
+the batch's serial section, and every caller a ``Condition`` of its own).
+
+Several processes on one SQLite file (``serve --workers 2``) each have a
+leader, and the file has one write lock: the one that found it taken slept
+in SQLite's busy handler (1, 2, 5, 10 ms and longer) and the lock often sat
+free meanwhile, or went back to the same process. So the leaders take turns
+at a file lock first (``WriterTurns``): the waiting one sleeps in the kernel
+and wakes when the other commits. It takes its batch only once it has the
+turn, so every step queued while it waited shares the commit it waited for
+(docs/performance-log.md, session 9).
+
 ``run`` owns the transaction and what each step's error means (see
 ``SqlMeter._run_batch``: a savepoint per step, so one step's error undoes
 only itself and reaches only its own caller). Nothing here knows SQL.
@@ -23,10 +36,19 @@ only itself and reaches only its own caller). Nothing here knows SQL.
 
 from __future__ import annotations
 
+import _thread
+import contextlib
+import os
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from types import TracebackType
 from typing import Any, Generic, TypeVar
+
+try:
+    import fcntl
+except ImportError:  # Windows has none: leaders there meet at SQLite's busy handler alone
+    fcntl = None  # type: ignore[assignment]
 
 R = TypeVar("R")
 
@@ -37,7 +59,7 @@ BATCH_LIMIT = 64
 class Job(Generic[R]):
     """One queued step: what it needs, then its answer or its error."""
 
-    __slots__ = ("batchable", "done", "error", "lead", "result", "series", "step")
+    __slots__ = ("batchable", "error", "lead", "result", "series", "step", "wake")
 
     def __init__(
         self, step: Callable[[Any], R], series: frozenset[str], batchable: Any = None
@@ -49,10 +71,11 @@ class Job(Generic[R]):
         self.batchable = batchable
         self.result: R | None = None
         self.error: BaseException | None = None
-        # Made only for a caller that waits (``submit``): a lone caller leads at once
-        # and never needs one.
-        self.done: threading.Event | None = None
-        self.lead = False  # set (with ``done``) when this job's caller is to lead next
+        # Held, made only for a caller that waits (``submit``), which blocks acquiring
+        # it again; released by the leader once the job is answered or is to lead
+        # next. A lone caller leads at once and never needs one.
+        self.wake: _thread.LockType | None = None
+        self.lead = False  # set (before ``wake`` is released) when it is to lead next
 
     def answer(self) -> R:
         if self.error is not None:
@@ -68,6 +91,9 @@ class GroupCommit:
     ) -> None:
         self._run = run
         self._limit = limit
+        # Taken for each batch when set (the SQL meter, on a SQLite file): leaders of
+        # other processes on the same file wait there.
+        self.turns: WriterTurns | None = None
         self._lock = threading.Lock()
         self._queue: deque[Job[Any]] = deque()
         self._leading = False
@@ -90,21 +116,33 @@ class GroupCommit:
             self._leading = True
             if not lead:
                 # Under the lock that queued it: a leader that takes the job finds it.
-                job.done = threading.Event()
-        if job.done is not None:
-            job.done.wait()
+                wake = job.wake = _thread.allocate_lock()
+                wake.acquire()
+        if job.wake is not None:
+            job.wake.acquire()  # until the leader releases it
             if not job.lead:
                 return job.answer()
-            job.done.clear()  # led next: its own step is still queued, first in line
+            job.wake = None  # led next: its own step is still queued, first in line
         self._lead()
         return job.answer()
 
     def _lead(self) -> None:
+        # The turn first (another process's leader may hold it): every step queued
+        # while this one waits joins the batch, so the commit it waited for is
+        # shared by as many as it can be.
+        turn, error = self.turns, None
+        if turn is not None:
+            try:
+                turn.__enter__()
+            except BaseException as exc:  # answered as a failed batch, below
+                turn, error = None, exc
         with self._lock:
             batch = [self._queue.popleft() for _ in range(min(self._limit, len(self._queue)))]
             self.batches += 1
             self.largest = max(self.largest, len(batch))
         try:
+            if error is not None:
+                raise error
             self._run(batch)
         except BaseException as exc:
             for job in batch:
@@ -112,14 +150,71 @@ class GroupCommit:
                     job.error = exc
                     job.result = None
         finally:
+            if turn is not None:
+                turn.__exit__(None, None, None)  # committed: the next process may go
             with self._lock:
                 if self._queue:
                     heir = self._queue[0]
                     heir.lead = True
-                    assert heir.done is not None  # queued while a leader led: it waits
-                    heir.done.set()
+                    assert heir.wake is not None  # queued while a leader led: it waits
+                    heir.wake.release()
                 else:
                     self._leading = False
             for job in batch:
-                if job.done is not None:
-                    job.done.set()
+                if job.wake is not None:
+                    job.wake.release()
+
+
+class WriterTurns:
+    """An exclusive lock on a file beside a SQLite database, for group commit's leaders.
+
+    ``flock`` on ``<database>-writer`` (never the database or its ``-shm``: closing
+    any descriptor of a file drops the process's POSIX locks on it, which are
+    SQLite's). A leader waiting here sleeps in the kernel and wakes as soon as
+    the holder's batch has committed, where SQLite's busy handler would poll in
+    sleeps of 1 to 100 ms. Writers that do not take it (the CLI, pruning, an
+    older version) still meet the leaders at SQLite's own lock, as before.
+    The file is opened for each batch and closed after it (three system calls
+    against a batch's fsync), so a store keeps no descriptor open, a forked
+    child never shares its parent's lock, and the kernel releases it if the
+    process dies. A file that cannot be opened (a read-only directory) means
+    no turn is taken.
+    """
+
+    __slots__ = ("_fd", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd = -1  # while a batch holds the turn; entered by one leader at a time
+
+    @classmethod
+    def beside(cls, database: str | None) -> WriterTurns | None:
+        """Turns for the SQLite file at ``database``; None for an in-memory one."""
+        if fcntl is None or not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        # Absolute now, as SQLite resolved it when the store opened it.
+        return cls(f"{os.path.abspath(database)}-writer")
+
+    def __enter__(self) -> None:
+        try:
+            # Read-only is enough for flock: another user who may read it takes turns too.
+            fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):  # never keeps the lead from passing on
+                os.close(fd)  # which releases the lock

@@ -43,7 +43,7 @@ from tokenquota.storage.sql import batch
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.batch import Debit
 from tokenquota.storage.sql.catalog import SqlCatalog
-from tokenquota.storage.sql.group import GroupCommit, Job
+from tokenquota.storage.sql.group import GroupCommit, Job, WriterTurns
 from tokenquota.storage.sql.hot import HotTx
 from tokenquota.storage.sql.ledger import SqlCounters, SqlLedger, grant_from_row
 from tokenquota.storage.sql.outbox import Recorded
@@ -74,6 +74,8 @@ class SqlMeter:
         self.counters = counters
         self.shadow = ShadowHits(db)
         self.group = GroupCommit(self._run_batch)
+        if db.dialect == "sqlite":  # leaders of several processes take turns (group.py)
+            self.group.turns = WriterTurns.beside(db.engine.url.database)
         self.alerted = Recorded()
 
     @property
