@@ -228,8 +228,7 @@ class HotTx:
         if not checks:
             return []
         ranges = Ranges(checks)
-        cursors = self.run(ranges.statements(self.sql, to_micros(now)))
-        return ranges.found(cursors)[0]
+        return ranges.found(self.run(ranges.statements(self.sql, to_micros(now))))
 
     # writes ----------------------------------------------------------------------------
     def write(
