@@ -276,30 +276,30 @@ class Ranges:
     def __init__(self, checks: Sequence[Check]) -> None:
         self.checks = checks
         # (subject, metric, window, lo, hi) of each check that sums buckets; caps and
-        # leases sum none. ``at[i]`` is the position of check i's range, or -1.
+        # leases sum none. ``at[i]`` is the position of check i's range, or -1. The
+        # names are the limit's own (``EffectiveLimit.names``), made once per
+        # configuration, not once per decision.
         self.keys: list[tuple[str, str, str, int, int]] = []
         self.at: list[int] = []
+        subjects: set[str] = set()
+        leased: set[str] = set()
         for check in checks:
-            key = check.limit.key
-            if key.window is None:
+            subject, metric, window, _ = check.limit.names()
+            subjects.add(subject)
+            if window is None:
                 self.at.append(-1)
+                if metric == _LEASED:
+                    leased.add(subject)
                 continue
             self.at.append(len(self.keys))
-            self.keys.append(
-                (str(check.limit.subject), key.metric.value, key.window.key, check.lo, check.hi)
-            )
-        self.leased = sorted(
-            {
-                str(c.limit.subject)
-                for c in checks
-                if c.limit.key.metric is Metric.CONCURRENT_REQUESTS
-            }
-        )
+            self.keys.append((subject, metric, window, check.lo, check.hi))
+        self.subjects = subjects
+        self.leased = sorted(leased)
 
     def held(self, extra: Sequence[str] = ()) -> list[str]:
         """The subjects whose live holds are read: the checks' and ``extra`` (the prepaid
         wallets' credits), sorted."""
-        return sorted({str(c.limit.subject) for c in self.checks}.union(extra))
+        return sorted(self.subjects.union(extra))
 
     def statements(self, sql: Sql, now: int) -> list[Stmt]:
         """The selects, one statement each (``HotTx.readings``)."""
@@ -354,19 +354,21 @@ def _reading(
     holds: dict[tuple[str, str], tuple[int, int]],
     leases: dict[str, tuple[int, int]],
 ) -> Reading:
-    key = check.limit.key
-    subject = str(check.limit.subject)
-    if key.metric is Metric.CONCURRENT_REQUESTS:
+    subject, metric, window, _ = check.limit.names()
+    if window is None:
+        if metric != _LEASED:
+            return Reading()
         count, first = leases.get(subject, (0, 0))
         if not count:
             return Reading()
         return Reading({0: count}, held_until=from_micros(first))
-    if key.window is None:
-        return Reading()
-    held, last = holds.get((subject, key.metric.value), (0, 0))
+    held, last = holds.get((subject, metric), (0, 0))
     if not held:
         return Reading(buckets)
     return Reading(buckets, held, from_micros(last))
+
+
+_LEASED = Metric.CONCURRENT_REQUESTS.value
 
 
 def grant_of(row: Sequence[Any], burned: dict[str, int]) -> Grant:
