@@ -202,14 +202,15 @@ class HotTx:
         return self._tracked.pairs
 
     def spent(
-        self, plan: DebitPlan, grants: Sequence[Grant], tz: tzinfo
+        self, plan: DebitPlan, found: Found, tz: tzinfo
     ) -> tuple[dict[CounterKey, int], dict[str, int]]:
         """What an admitted usage writes besides its event: the counters it adds to and
-        the credits it burns from grants. One place, for a lone decision and a batched run
-        alike, so the two cannot count differently."""
+        the credits it burns from the grants ``found``. One place, for a lone decision
+        and a batched run alike, so the two cannot count differently."""
+        series = found.series or plan.series
         return (
-            increments(plan.series, plan.amounts, plan.timestamp, tz, self.tracked()),
-            burns_of(grants, plan.charged, plan.amounts[Metric.CREDITS], plan.now),
+            increments(series, plan.amounts, plan.timestamp, tz, self.tracked()),
+            burns_of(found.grants, plan.charged, plan.amounts[Metric.CREDITS], plan.now),
         )
 
     def read(

@@ -184,7 +184,7 @@ class SqlMeter:
         hits, whatever the decision; when it is admitted ``usage``, the event, its
         counters, the burn and the idempotency key's answer."""
         usage = usage and decision.allowed
-        deltas, burns = tx.spent(plan, found.grants, self.db.tz) if usage else ({}, {})
+        deltas, burns = tx.spent(plan, found, self.db.tz) if usage else ({}, {})
         event_id = tx.write(
             subject=plan.subject if create and not found.subject_known else None,
             now=plan.now,
@@ -296,7 +296,7 @@ class SqlMeter:
         The series are locked, so the bound's read is race-free; it comes before
         anything is written (shadow hits included), so a refusal changes nothing.
         ``reservation_id`` makes the event a commit of that reservation."""
-        check_lifetime(plan.series, plan.amounts, found.lifetime)
+        check_lifetime(found.series or plan.series, plan.amounts, found.lifetime)
         decision = decide(plan, found.readings, prepaid=found.prepaid)
         return self._settle(
             tx,

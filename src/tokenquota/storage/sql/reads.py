@@ -54,6 +54,7 @@ class Found:
     grants: list[Grant] = field(default_factory=list)
     lifetime: dict[tuple[str, Metric], int] = field(default_factory=dict)
     event_id: int | None = None  # PostgreSQL: the number the event will carry
+    series: tuple[str, ...] = ()  # the plan's, as ``DebitPlan.series`` (read once)
 
     def replayed(self, fingerprint: str) -> Decision | None:
         """The stored answer of the key, or None; a different request under it is refused."""
@@ -99,14 +100,17 @@ class Reads:
     ) -> None:
         self.pairs = tracked
         self.plan = plan
-        subject = str(plan.subject)
-        metrics = [m.value for m in COUNTERS if plan.amounts[m]] if bounded else []
+        self.subject = subject = str(plan.subject)
+        # The amounts hold no zero (``Amounts``); the lifetime counters of every
+        # counted metric the plan adds to, on every series it adds to.
+        metrics = [m._value_ for m, _ in plan.amounts.items() if m in _COUNTED] if bounded else []
         self.ranges = ranges = Ranges(plan.reads)
+        self.series = series = plan.series
         self.lifetime = [
-            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in plan.series for m in metrics
+            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in series for m in metrics
         ]
         ranges.keys += self.lifetime
-        charged = [str(s) for s in plan.charged]
+        charged = series[: len(plan.charged)]  # the charged subjects come first, as text
         self.keyed = keyed = keyed and plan.idempotency_key is not None
         # The plan's configuration version (storage/snapshot.py), read where no
         # configuration write can move it.
@@ -188,27 +192,34 @@ class Reads:
                 )
             if seen is not None:
                 found.replay = seen.remembered.get(
-                    (str(plan.subject), str(plan.idempotency_key)), found.replay
+                    (self.subject, str(plan.idempotency_key)), found.replay
                 )
         found.subject_known = bool(parts[READ_SUBJECT])
-        if seen is not None and str(plan.subject) in seen.subjects:
+        if seen is not None and self.subject in seen.subjects:
             found.subject_known = True
         readings, buckets, holds = self.ranges.parse(parts, seen)
         found.readings = readings
         lifetime = self.lifetime
         for key, got in zip(lifetime, buckets[len(buckets) - len(lifetime) :], strict=True):
-            found.lifetime[(key[0], Metric(key[1]))] = got.get(LIFETIME_BUCKET, 0)
-        burned = seen.burns if seen is not None else {}
-        found.grants = [grant_of(row, burned) for row in parts[READ_GRANTS]]
+            found.lifetime[(key[0], _METRIC[key[1]])] = got.get(LIFETIME_BUCKET, 0)
+        found.series = self.series
+        if parts[READ_GRANTS]:
+            burned = seen.burns if seen is not None else {}
+            found.grants = [grant_of(row, burned) for row in parts[READ_GRANTS]]
+            for s in plan.charged:
+                mine = tuple(g for g in found.grants if g.subject == s)
+                if mine:
+                    found.prepaid.append(
+                        Prepaid(s, mine, holds.get((str(s), Metric.CREDITS.value), (0, 0))[0])
+                    )
         if self.numbered:
             found.event_id = int(parts[-1][0][0])
-        for s in plan.charged:
-            mine = tuple(g for g in found.grants if g.subject == s)
-            if mine:
-                found.prepaid.append(
-                    Prepaid(s, mine, holds.get((str(s), Metric.CREDITS.value), (0, 0))[0])
-                )
         return found
+
+
+# The metrics counted over windows, lifetime counters among them (``COUNTERS``).
+_COUNTED = frozenset(COUNTERS)
+_METRIC = {m._value_: m for m in Metric}  # ``Metric(name)`` without the enum's call
 
 
 def _folded(
