@@ -75,10 +75,11 @@ class HotTx:
     pipeline: one round trip.
     """
 
-    def __init__(self, conn: Connection, *, single_lock: bool = False) -> None:
+    def __init__(self, conn: Connection, *, single_lock: bool = False, raw: Any = None) -> None:
         self.conn = conn
-        raw = conn.connection.driver_connection
-        assert raw is not None
+        if raw is None:  # ``raw``: the driver's connection under ``conn``, when known
+            raw = conn.connection.driver_connection
+            assert raw is not None
         self.raw: Any = raw
         # The driver's own OperationalError (sqlite3's, psycopg's): what SQLAlchemy
         # would have wrapped had it run the statement; see ``_driver``.

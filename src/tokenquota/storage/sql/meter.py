@@ -120,7 +120,7 @@ class SqlMeter:
             committing = reused = False
             try:
                 with self.db.leader_tx() as (conn, reused):
-                    tx = HotTx(conn, single_lock=self.db.single_lock)
+                    tx = HotTx(conn, single_lock=self.db.single_lock, raw=self.db.driver(conn))
                     self._batch(tx, jobs)
                     committing = True  # from here, a failure may have committed
                     tx.commit()

@@ -145,14 +145,16 @@ class Reads:
         self.stmts = stmts
 
     def _parts(self, cursors: Sequence[Any]) -> list[list[Any]]:
-        """The rows of each part (``statements.READ_*``), without their tags."""
+        """The rows of each part (``statements.READ_*``), without their tags; but the
+        folded counters' rows, the most numerous, keep theirs (``Ranges.parse``'s ``at``)."""
         parts: list[list[Any]] = [[] for _ in READ_ENDS]
         if self.folded:
-            ends = READ_ENDS
             for cursor in cursors:
                 for row in cursor.fetchall():
-                    tag = row[0]
-                    parts[tag].append(row[1 : ends[tag]])
+                    parts[row[0]].append(row)
+            for tag, end in enumerate(READ_ENDS):
+                if tag != READ_COUNTERS and parts[tag]:
+                    parts[tag] = [row[1:end] for row in parts[tag]]
             return parts
         it = iter(cursors)
         if self.versioned:
@@ -197,7 +199,7 @@ class Reads:
         found.subject_known = bool(parts[READ_SUBJECT])
         if seen is not None and self.subject in seen.subjects:
             found.subject_known = True
-        readings, buckets, holds = self.ranges.parse(parts, seen)
+        readings, buckets, holds = self.ranges.parse(parts, seen, at=int(self.folded))
         found.readings = readings
         lifetime = self.lifetime
         for key, got in zip(lifetime, buckets[len(buckets) - len(lifetime) :], strict=True):
@@ -327,15 +329,17 @@ class Ranges:
         return self.parse(parts)[0]
 
     def parse(
-        self, parts: Sequence[Sequence[Any]], seen: Seen | None = None
+        self, parts: Sequence[Sequence[Any]], seen: Seen | None = None, *, at: int = 0
     ) -> tuple[list[Reading], list[dict[int, int]], dict[tuple[str, str], tuple[int, int]]]:
         """The readings of the checks, the buckets of every range, and the live holds
-        (with what ``seen`` added to the buckets), from the rows of each part."""
+        (with what ``seen`` added to the buckets), from the rows of each part; the
+        counters' rows begin at column ``at``."""
         buckets: list[dict[int, int]] = [{} for _ in self.keys]
-        for i, bucket, value in parts[READ_COUNTERS]:
+        for row in parts[READ_COUNTERS]:
+            value = row[at + 2]
             if value:
                 # int(): a counter is an integer; never let a driver's type leak to the wire.
-                buckets[i][int(bucket)] = int(value)
+                buckets[row[at]][int(row[at + 1])] = int(value)
         if seen is not None and seen.counters:
             for got, (s, m, w, lo, hi) in zip(buckets, self.keys, strict=True):
                 added = seen.counters.get((s, m, w))
@@ -352,31 +356,23 @@ class Ranges:
         leases = (
             {s: (int(n), int(first)) for s, n, first in parts[READ_LEASES]} if self.leased else {}
         )
-        readings = [
-            _reading(c, buckets[i] if i >= 0 else {}, holds, leases)
-            for c, i in zip(self.checks, self.at, strict=True)
-        ]
+        readings: list[Reading] = []
+        for check, i in zip(self.checks, self.at, strict=True):
+            subject, metric, window, _ = check.limit.names()
+            if window is None:  # a cap reads nothing; a concurrency limit its leases
+                count, first = leases.get(subject, _NONE) if metric == _LEASED else _NONE
+                readings.append(
+                    Reading({0: count}, held_until=from_micros(first)) if count else Reading()
+                )
+                continue
+            held, last = holds.get((subject, metric), _NONE) if holds else _NONE
+            readings.append(
+                Reading(buckets[i], held, from_micros(last)) if held else Reading(buckets[i])
+            )
         return readings, buckets, holds
 
 
-def _reading(
-    check: Check,
-    buckets: dict[int, int],
-    holds: dict[tuple[str, str], tuple[int, int]],
-    leases: dict[str, tuple[int, int]],
-) -> Reading:
-    subject, metric, window, _ = check.limit.names()
-    if window is None:
-        if metric != _LEASED:
-            return Reading()
-        count, first = leases.get(subject, (0, 0))
-        if not count:
-            return Reading()
-        return Reading({0: count}, held_until=from_micros(first))
-    held, last = holds.get((subject, metric), (0, 0))
-    if not held:
-        return Reading(buckets)
-    return Reading(buckets, held, from_micros(last))
+_NONE = (0, 0)  # no live hold or lease: nothing held, no time
 
 
 _LEASED = Metric.CONCURRENT_REQUESTS.value

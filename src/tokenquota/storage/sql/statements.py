@@ -104,8 +104,8 @@ class Sql:
     def bumps(self, deltas: dict[CounterKey, int]) -> Stmt:
         """Every counter the event adds to, in one multi-row upsert."""
         params: list[Any] = []
-        for key, units in deltas.items():
-            params += (*key, units)
+        for (subject, metric, window, bucket), units in deltas.items():
+            params += (subject, metric, window, bucket, units)
         return _sqlite_rows(_BUMPS, 5, len(deltas)), params
 
     def leases(self, subjects: Sequence[str], now: int) -> Stmt:

@@ -277,6 +277,12 @@ class Database:
                 self._drop_kept()
                 raise
 
+    def driver(self, conn: Connection) -> Any:
+        """The driver's connection under ``conn`` (the kept one's without a lookup)."""
+        if conn is self._kept:
+            return self._kept_raw
+        return conn.connection.driver_connection
+
     def _begin(self, conn: Connection, raw: Any) -> None:
         """The engine's ``begin`` event, as SQLAlchemy's own begin would fire it: on
         SQLite our hook sends BEGIN IMMEDIATE (``create_engine``), and what else
