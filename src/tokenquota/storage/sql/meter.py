@@ -133,7 +133,8 @@ class SqlMeter:
                     job.result, job.error = None, None
 
     def _batch(self, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
-        tx.lock(frozenset().union(*(job.series for job in jobs)))
+        if tx.sql.postgres:  # SQLite's BEGIN IMMEDIATE locked everything
+            tx.lock(frozenset().union(*(job.series for job in jobs)))
         # A step's writes answer nothing it needs: they go with the next batch of
         # statements (the next step's reads, or the COMMIT), one round trip a step
         # instead of two (PostgreSQL). A write failing there surfaces in the next

@@ -100,12 +100,15 @@ class Reads:
     ) -> None:
         self.pairs = tracked
         self.plan = plan
-        self.subject = subject = str(plan.subject)
         # The amounts hold no zero (``Amounts``); the lifetime counters of every
         # counted metric the plan adds to, on every series it adds to.
         metrics = [m._value_ for m, _ in plan.amounts.items() if m in _COUNTED] if bounded else []
         self.ranges = ranges = Ranges(plan.reads)
         self.series = series = plan.series
+        # The subject is charged first (``DebitPlan.charged``): its text is the series'.
+        self.subject = subject = (
+            series[0] if plan.charged and plan.charged[0] is plan.subject else str(plan.subject)
+        )
         self.lifetime = [
             (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in series for m in metrics
         ]
@@ -147,14 +150,16 @@ class Reads:
     def _parts(self, cursors: Sequence[Any]) -> list[list[Any]]:
         """The rows of each part (``statements.READ_*``), without their tags; but the
         folded counters' rows, the most numerous, keep theirs (``Ranges.parse``'s ``at``)."""
-        parts: list[list[Any]] = [[] for _ in READ_ENDS]
+        parts: list[list[Any]] = [[], [], [], [], [], [], [], []]  # one per READ_ENDS
         if self.folded:
+            counters = parts[READ_COUNTERS]
             for cursor in cursors:
                 for row in cursor.fetchall():
-                    parts[row[0]].append(row)
-            for tag, end in enumerate(READ_ENDS):
-                if tag != READ_COUNTERS and parts[tag]:
-                    parts[tag] = [row[1:end] for row in parts[tag]]
+                    tag = row[0]
+                    if tag == READ_COUNTERS:
+                        counters.append(row)
+                    else:
+                        parts[tag].append(row[1 : READ_ENDS[tag]])
             return parts
         it = iter(cursors)
         if self.versioned:
@@ -242,14 +247,14 @@ def _folded(
     params += owners
     texts = sqlite_reads(
         (
-            int(reads.versioned),
-            int(reads.keyed),
+            reads.versioned,  # a bool counts one part or none
+            reads.keyed,
             1,
             len(ranges.keys),
             len(held),
             len(ranges.leased),
             len(owners),
-            int(reads.tracked),
+            reads.tracked,
         )
     )
     if len(texts) == 1:
@@ -352,9 +357,16 @@ class Ranges:
                             got[bucket] = value
                         else:
                             got.pop(bucket, None)
-        holds = {(s, m): (int(total), int(last)) for s, m, total, last in parts[READ_HOLDS]}
+        # (A comprehension is a call: none for the parts that are usually empty.)
+        holds = (
+            {(s, m): (int(total), int(last)) for s, m, total, last in parts[READ_HOLDS]}
+            if parts[READ_HOLDS]
+            else {}
+        )
         leases = (
-            {s: (int(n), int(first)) for s, n, first in parts[READ_LEASES]} if self.leased else {}
+            {s: (int(n), int(first)) for s, n, first in parts[READ_LEASES]}
+            if parts[READ_LEASES]
+            else {}
         )
         readings: list[Reading] = []
         for check, i in zip(self.checks, self.at, strict=True):
