@@ -19,7 +19,8 @@ One decision runs, in order:
    of the 63-bit bound (one select), the live holds of every series read
    (one select, the prepaid wallets' held credits with them), live leases
    (only when a check counts them), the charged subjects' grants, and, once
-   per transaction, the tracked (metric, window) pairs;
+   per transaction, the tracked (metric, window) pairs; on SQLite all of
+   them in one compound select (``statements.sqlite_reads``);
 3. the pure ``decide``, in the meter;
 4. the writes, when admitted: the event, its subject links, one multi-row
    counter upsert, the burn (only when credits are charged) and the
