@@ -226,10 +226,12 @@ class SqlMeter:
         snapshot = self.catalog.snapshot
         since = snapshot.monotonic()
         view = snapshot.at(plan.config_version)
+        known = None
         if view is not None:
-            tx.use_tracked(view.known(("tracked",)))
+            known = view.known(("tracked",))
+            tx.use_tracked(known)
         found = tx.read(plan, keyed=keyed, bounded=bounded, numbered=numbered)
-        if view is not None and plan.config_version is not None:
+        if known is None and view is not None and plan.config_version is not None:
             version = plan.config_version
             view.cached(("tracked",), lambda: (version, frozenset(tx.tracked())))
         snapshot.confirm(plan.config_version, since)
