@@ -146,12 +146,12 @@ def _decide(
     if replay is not None:
         return replay
     require_known(found, plan, create)
-    check_lifetime(plan.series, plan.amounts, found.lifetime)
+    check_lifetime(found.series or plan.series, plan.amounts, found.lifetime)
     decision = decide(plan, found.readings, prepaid=found.prepaid)
 
     usage = decision.allowed
     new_subject = create and not found.subject_known
-    deltas, burns = tx.spent(plan, found.grants, run.tz) if usage else ({}, {})
+    deltas, burns = tx.spent(plan, found, run.tz) if usage else ({}, {})
     mine: list[Stmt] = []
     tx.write(
         subject=plan.subject if new_subject else None,

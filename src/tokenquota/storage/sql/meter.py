@@ -122,7 +122,7 @@ class SqlMeter:
             committing = reused = False
             try:
                 with self.db.leader_tx() as (conn, reused):
-                    tx = HotTx(conn, single_lock=self.db.single_lock)
+                    tx = HotTx(conn, single_lock=self.db.single_lock, raw=self.db.driver(conn))
                     self._batch(tx, jobs)
                     committing = True  # from here, a failure may have committed
                     tx.commit()
@@ -135,7 +135,8 @@ class SqlMeter:
                     job.result, job.error = None, None
 
     def _batch(self, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
-        tx.lock(frozenset().union(*(job.series for job in jobs)))
+        if tx.sql.postgres:  # SQLite's BEGIN IMMEDIATE locked everything
+            tx.lock(frozenset().union(*(job.series for job in jobs)))
         # A step's writes answer nothing it needs: they go with the next batch of
         # statements (the next step's reads, or the COMMIT), one round trip a step
         # instead of two (PostgreSQL). A write failing there surfaces in the next
@@ -186,7 +187,7 @@ class SqlMeter:
         hits, whatever the decision; when it is admitted ``usage``, the event, its
         counters, the burn and the idempotency key's answer."""
         usage = usage and decision.allowed
-        deltas, burns = tx.spent(plan, found.grants, self.db.tz) if usage else ({}, {})
+        deltas, burns = tx.spent(plan, found, self.db.tz) if usage else ({}, {})
         event_id = tx.write(
             subject=plan.subject if create and not found.subject_known else None,
             now=plan.now,
@@ -227,10 +228,12 @@ class SqlMeter:
         snapshot = self.catalog.snapshot
         since = snapshot.monotonic()
         view = snapshot.at(plan.config_version)
+        known = None
         if view is not None:
-            tx.use_tracked(view.known(("tracked",)))
+            known = view.known(("tracked",))
+            tx.use_tracked(known)
         found = tx.read(plan, keyed=keyed, bounded=bounded, numbered=numbered)
-        if view is not None and plan.config_version is not None:
+        if known is None and view is not None and plan.config_version is not None:
             version = plan.config_version
             view.cached(("tracked",), lambda: (version, frozenset(tx.tracked())))
         snapshot.confirm(plan.config_version, since)
@@ -298,7 +301,7 @@ class SqlMeter:
         The series are locked, so the bound's read is race-free; it comes before
         anything is written (shadow hits included), so a refusal changes nothing.
         ``reservation_id`` makes the event a commit of that reservation."""
-        check_lifetime(plan.series, plan.amounts, found.lifetime)
+        check_lifetime(found.series or plan.series, plan.amounts, found.lifetime)
         decision = decide(plan, found.readings, prepaid=found.prepaid)
         return self._settle(
             tx,

@@ -24,7 +24,22 @@ from tokenquota.domain.metrics import COUNTERS, Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
-from tokenquota.storage.sql.statements import POSTGRES, TOTAL, Sql, Stmt
+from tokenquota.storage.sql.statements import (
+    POSTGRES,
+    READ_COUNTERS,
+    READ_ENDS,
+    READ_GRANTS,
+    READ_HOLDS,
+    READ_KEY,
+    READ_LEASES,
+    READ_SUBJECT,
+    READ_TRACKED,
+    READ_VERSION,
+    TOTAL,
+    Sql,
+    Stmt,
+    sqlite_reads,
+)
 from tokenquota.wire import stored
 
 
@@ -39,6 +54,7 @@ class Found:
     grants: list[Grant] = field(default_factory=list)
     lifetime: dict[tuple[str, Metric], int] = field(default_factory=dict)
     event_id: int | None = None  # PostgreSQL: the number the event will carry
+    series: tuple[str, ...] = ()  # the plan's, as ``DebitPlan.series`` (read once)
 
     def replayed(self, fingerprint: str) -> Decision | None:
         """The stored answer of the key, or None; a different request under it is refused."""
@@ -64,10 +80,12 @@ class Tracked:
 class Reads:
     """The reads of one decision (``HotTx.read``): its statements, then what they found.
 
-    ``found`` takes ``seen``, what earlier decisions of the same run decided
-    and have not written yet (``batch.py``), and reads as if they had been:
-    their counter increments and grant burns added, the subjects they created
-    known, the idempotency answers they stored found.
+    On SQLite they are one compound select (``statements.sqlite_reads``), its
+    rows tagged by the part they answer; on PostgreSQL one statement a part,
+    in one pipeline. ``found`` takes ``seen``, what earlier decisions of the
+    same run decided and have not written yet (``batch.py``), and reads as if
+    they had been: their counter increments and grant burns added, the
+    subjects they created known, the idempotency answers they stored found.
     """
 
     def __init__(
@@ -82,82 +100,171 @@ class Reads:
     ) -> None:
         self.pairs = tracked
         self.plan = plan
-        subject = str(plan.subject)
-        metrics = [m.value for m in COUNTERS if plan.amounts[m]] if bounded else []
+        # The amounts hold no zero (``Amounts``); the lifetime counters of every
+        # counted metric the plan adds to, on every series it adds to.
+        metrics = [m._value_ for m, _ in plan.amounts.items() if m in _COUNTED] if bounded else []
         self.ranges = ranges = Ranges(plan.reads)
+        self.series = series = plan.series
+        # The subject is charged first (``DebitPlan.charged``): its text is the series'.
+        self.subject = subject = (
+            series[0] if plan.charged and plan.charged[0] is plan.subject else str(plan.subject)
+        )
         self.lifetime = [
-            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in plan.series for m in metrics
+            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in series for m in metrics
         ]
         ranges.keys += self.lifetime
-        charged = [str(s) for s in plan.charged]
+        charged = series[: len(plan.charged)]  # the charged subjects come first, as text
         self.keyed = keyed = keyed and plan.idempotency_key is not None
-        stmts: list[Stmt] = []
-        # First in the batch, after the locks: the plan's configuration version
-        # (storage/snapshot.py), read where no configuration write can move it.
+        # The plan's configuration version (storage/snapshot.py), read where no
+        # configuration write can move it.
         self.versioned = plan.config_version is not None
+        # Once per transaction; a run's reads ask once for all of its decisions.
+        self.tracked = tracked.pairs is None and not tracked.asking
+        if self.tracked:
+            tracked.asking = True
+        self.numbered = numbered and sql.postgres
+        now = to_micros(plan.now)
+        held = ranges.held(charged)
+        self.folded = not sql.postgres
+        if self.folded:
+            self.stmts = _folded(self, subject, held, sorted(set(charged)), now)
+            return
+        stmts: list[Stmt] = []
+        # First in the batch, after the locks.
         if self.versioned:
             stmts.append((sql.version, ()))
         if keyed:
             stmts.append((sql.idempotency, (subject, plan.idempotency_key)))
         stmts.append((sql.subject, (subject,)))
-        stmts += ranges.statements(sql, to_micros(plan.now), extra=charged)
+        stmts.append(sql.counters(ranges.keys))
+        stmts.append(sql.holds(held, now))
+        if ranges.leased:
+            stmts.append(sql.leases(ranges.leased, now))
         stmts.append(sql.grants(charged))
-        # Once per transaction; a run's reads ask once for all of its decisions.
-        self.tracked = tracked.pairs is None and not tracked.asking
         if self.tracked:
-            tracked.asking = True
             stmts.append((sql.tracked, ()))
-        self.numbered = numbered and sql.postgres
         if self.numbered:
             stmts.append((POSTGRES.next_event, ()))
         self.stmts = stmts
+
+    def _parts(self, cursors: Sequence[Any]) -> list[list[Any]]:
+        """The rows of each part (``statements.READ_*``), without their tags; but the
+        folded counters' rows, the most numerous, keep theirs (``Ranges.parse``'s ``at``)."""
+        parts: list[list[Any]] = [[], [], [], [], [], [], [], []]  # one per READ_ENDS
+        if self.folded:
+            counters = parts[READ_COUNTERS]
+            for cursor in cursors:
+                for row in cursor.fetchall():
+                    tag = row[0]
+                    if tag == READ_COUNTERS:
+                        counters.append(row)
+                    else:
+                        parts[tag].append(row[1 : READ_ENDS[tag]])
+            return parts
+        it = iter(cursors)
+        if self.versioned:
+            parts[READ_VERSION] = next(it).fetchall()
+        if self.keyed:
+            parts[READ_KEY] = next(it).fetchall()
+        for tag in (READ_SUBJECT, READ_COUNTERS, READ_HOLDS):
+            parts[tag] = next(it).fetchall()
+        if self.ranges.leased:
+            parts[READ_LEASES] = next(it).fetchall()
+        parts[READ_GRANTS] = next(it).fetchall()
+        if self.tracked:
+            parts[READ_TRACKED] = next(it).fetchall()
+        if self.numbered:
+            parts.append(next(it).fetchall())
+        return parts
 
     def found(self, cursors: list[Any], seen: Seen | None = None) -> Found:
         """What the reads found, under the locks (``StaleConfig`` for a plan of
         another configuration version); ``cursors`` are those of ``stmts``."""
         plan = self.plan
-        ranges = self.ranges
-        cursors = list(cursors)
+        parts = self._parts(cursors)
         if self.tracked:  # first: a decision refused below still leaves the pairs to the next
-            self.pairs.pairs = tracked_pairs(cursors[-2 if self.numbered else -1].fetchall())
+            self.pairs.pairs = tracked_pairs(parts[READ_TRACKED])
         found = Found()
         if self.versioned:
-            rows = cursors.pop(0).fetchall()
+            rows = parts[READ_VERSION]
             if (rows[0][0] if rows else FIRST_TOKEN) != plan.config_version:
-                # Close the other reads first: the traceback keeps this frame, and
-                # on SQLite an unfinished SELECT keeps its connection on an old
-                # snapshot, where its next BEGIN IMMEDIATE is refused at once.
-                for cursor in cursors:
-                    cursor.close()
                 raise StaleConfig
         if self.keyed:
-            row = cursors.pop(0).fetchone()
-            if row is not None:
-                answer = row[1]
-                found.replay = (row[0], json.loads(answer) if isinstance(answer, str) else answer)
+            rows = parts[READ_KEY]
+            if rows:
+                fingerprint, answer = rows[0]
+                found.replay = (
+                    fingerprint,
+                    json.loads(answer) if isinstance(answer, str) else answer,
+                )
             if seen is not None:
                 found.replay = seen.remembered.get(
-                    (str(plan.subject), str(plan.idempotency_key)), found.replay
+                    (self.subject, str(plan.idempotency_key)), found.replay
                 )
-        found.subject_known = cursors.pop(0).fetchone() is not None
-        if seen is not None and str(plan.subject) in seen.subjects:
+        found.subject_known = bool(parts[READ_SUBJECT])
+        if seen is not None and self.subject in seen.subjects:
             found.subject_known = True
-        readings, buckets, holds = ranges.found(cursors, seen)
+        readings, buckets, holds = self.ranges.parse(parts, seen, at=int(self.folded))
         found.readings = readings
         lifetime = self.lifetime
         for key, got in zip(lifetime, buckets[len(buckets) - len(lifetime) :], strict=True):
-            found.lifetime[(key[0], Metric(key[1]))] = got.get(LIFETIME_BUCKET, 0)
-        burned = seen.burns if seen is not None else {}
-        found.grants = [grant_of(row, burned) for row in cursors[ranges.count].fetchall()]
+            found.lifetime[(key[0], _METRIC[key[1]])] = got.get(LIFETIME_BUCKET, 0)
+        found.series = self.series
+        if parts[READ_GRANTS]:
+            burned = seen.burns if seen is not None else {}
+            found.grants = [grant_of(row, burned) for row in parts[READ_GRANTS]]
+            for s in plan.charged:
+                mine = tuple(g for g in found.grants if g.subject == s)
+                if mine:
+                    found.prepaid.append(
+                        Prepaid(s, mine, holds.get((str(s), Metric.CREDITS.value), (0, 0))[0])
+                    )
         if self.numbered:
-            found.event_id = int(cursors[-1].fetchone()[0])
-        for s in plan.charged:
-            mine = tuple(g for g in found.grants if g.subject == s)
-            if mine:
-                found.prepaid.append(
-                    Prepaid(s, mine, holds.get((str(s), Metric.CREDITS.value), (0, 0))[0])
-                )
+            found.event_id = int(parts[-1][0][0])
         return found
+
+
+# The metrics counted over windows, lifetime counters among them (``COUNTERS``).
+_COUNTED = frozenset(COUNTERS)
+_METRIC = {m._value_: m for m in Metric}  # ``Metric(name)`` without the enum's call
+
+
+def _folded(
+    reads: Reads, subject: str, held: Sequence[str], owners: Sequence[str], now: int
+) -> list[Stmt]:
+    """SQLite: the statement (or statements, past ``sqlite_reads``'s chunk) of ``reads``."""
+    plan, ranges = reads.plan, reads.ranges
+    params: list[Any] = []
+    if reads.keyed:
+        params += (subject, plan.idempotency_key)
+    params.append(subject)
+    for key in ranges.keys:
+        params += key
+    for s in held:
+        params += (s, now)
+    for s in ranges.leased:
+        params += (s, now)
+    params += owners
+    texts = sqlite_reads(
+        (
+            reads.versioned,  # a bool counts one part or none
+            reads.keyed,
+            1,
+            len(ranges.keys),
+            len(held),
+            len(ranges.leased),
+            len(owners),
+            reads.tracked,
+        )
+    )
+    if len(texts) == 1:
+        return [(texts[0][0], params)]
+    stmts: list[Stmt] = []
+    at = 0
+    for text, count in texts:
+        stmts.append((text, params[at : at + count]))
+        at += count
+    return stmts
 
 
 @dataclass(slots=True)
@@ -187,46 +294,57 @@ class Ranges:
     def __init__(self, checks: Sequence[Check]) -> None:
         self.checks = checks
         # (subject, metric, window, lo, hi) of each check that sums buckets; caps and
-        # leases sum none. ``at[i]`` is the position of check i's range, or -1.
+        # leases sum none. ``at[i]`` is the position of check i's range, or -1. The
+        # names are the limit's own (``EffectiveLimit.names``), made once per
+        # configuration, not once per decision.
         self.keys: list[tuple[str, str, str, int, int]] = []
         self.at: list[int] = []
+        subjects: set[str] = set()
+        leased: set[str] = set()
         for check in checks:
-            key = check.limit.key
-            if key.window is None:
+            subject, metric, window, _ = check.limit.names()
+            subjects.add(subject)
+            if window is None:
                 self.at.append(-1)
+                if metric == _LEASED:
+                    leased.add(subject)
                 continue
             self.at.append(len(self.keys))
-            self.keys.append(
-                (str(check.limit.subject), key.metric.value, key.window.key, check.lo, check.hi)
-            )
-        self.leased = sorted(
-            {
-                str(c.limit.subject)
-                for c in checks
-                if c.limit.key.metric is Metric.CONCURRENT_REQUESTS
-            }
-        )
-        self.count = 0
+            self.keys.append((subject, metric, window, check.lo, check.hi))
+        self.subjects = subjects
+        self.leased = sorted(leased)
 
-    def statements(self, sql: Sql, now: int, extra: Sequence[str] = ()) -> list[Stmt]:
-        """The selects; ``extra`` subjects' holds are read too (the prepaid wallets' credits)."""
-        held = sorted({str(c.limit.subject) for c in self.checks} | set(extra))
-        stmts = [sql.counters(self.keys), sql.holds(held, now)]
+    def held(self, extra: Sequence[str] = ()) -> list[str]:
+        """The subjects whose live holds are read: the checks' and ``extra`` (the prepaid
+        wallets' credits), sorted."""
+        return sorted(self.subjects.union(extra))
+
+    def statements(self, sql: Sql, now: int) -> list[Stmt]:
+        """The selects, one statement each (``HotTx.readings``)."""
+        stmts = [sql.counters(self.keys), sql.holds(self.held(), now)]
         if self.leased:
             stmts.append(sql.leases(self.leased, now))
-        self.count = len(stmts)
         return stmts
 
-    def found(
-        self, cursors: Sequence[Any], seen: Seen | None = None
+    def found(self, cursors: Sequence[Any]) -> list[Reading]:
+        """The readings of ``statements``' answers."""
+        parts: list[list[Any]] = [[] for _ in READ_ENDS]
+        for tag, cursor in zip((READ_COUNTERS, READ_HOLDS, READ_LEASES), cursors, strict=False):
+            parts[tag] = cursor.fetchall()
+        return self.parse(parts)[0]
+
+    def parse(
+        self, parts: Sequence[Sequence[Any]], seen: Seen | None = None, *, at: int = 0
     ) -> tuple[list[Reading], list[dict[int, int]], dict[tuple[str, str], tuple[int, int]]]:
         """The readings of the checks, the buckets of every range, and the live holds
-        (with what ``seen`` added to the buckets)."""
+        (with what ``seen`` added to the buckets), from the rows of each part; the
+        counters' rows begin at column ``at``."""
         buckets: list[dict[int, int]] = [{} for _ in self.keys]
-        for i, bucket, value in cursors[0].fetchall():
+        for row in parts[READ_COUNTERS]:
+            value = row[at + 2]
             if value:
                 # int(): a counter is an integer; never let a driver's type leak to the wire.
-                buckets[i][int(bucket)] = int(value)
+                buckets[row[at]][int(row[at + 1])] = int(value)
         if seen is not None and seen.counters:
             for got, (s, m, w, lo, hi) in zip(buckets, self.keys, strict=True):
                 added = seen.counters.get((s, m, w))
@@ -239,38 +357,37 @@ class Ranges:
                             got[bucket] = value
                         else:
                             got.pop(bucket, None)
-        holds = {(s, m): (int(total), int(last)) for s, m, total, last in cursors[1].fetchall()}
-        leases = (
-            {s: (int(n), int(first)) for s, n, first in cursors[2].fetchall()}
-            if self.leased
+        # (A comprehension is a call: none for the parts that are usually empty.)
+        holds = (
+            {(s, m): (int(total), int(last)) for s, m, total, last in parts[READ_HOLDS]}
+            if parts[READ_HOLDS]
             else {}
         )
-        readings = [
-            _reading(c, buckets[i] if i >= 0 else {}, holds, leases)
-            for c, i in zip(self.checks, self.at, strict=True)
-        ]
+        leases = (
+            {s: (int(n), int(first)) for s, n, first in parts[READ_LEASES]}
+            if parts[READ_LEASES]
+            else {}
+        )
+        readings: list[Reading] = []
+        for check, i in zip(self.checks, self.at, strict=True):
+            subject, metric, window, _ = check.limit.names()
+            if window is None:  # a cap reads nothing; a concurrency limit its leases
+                count, first = leases.get(subject, _NONE) if metric == _LEASED else _NONE
+                readings.append(
+                    Reading({0: count}, held_until=from_micros(first)) if count else Reading()
+                )
+                continue
+            held, last = holds.get((subject, metric), _NONE) if holds else _NONE
+            readings.append(
+                Reading(buckets[i], held, from_micros(last)) if held else Reading(buckets[i])
+            )
         return readings, buckets, holds
 
 
-def _reading(
-    check: Check,
-    buckets: dict[int, int],
-    holds: dict[tuple[str, str], tuple[int, int]],
-    leases: dict[str, tuple[int, int]],
-) -> Reading:
-    key = check.limit.key
-    subject = str(check.limit.subject)
-    if key.metric is Metric.CONCURRENT_REQUESTS:
-        count, first = leases.get(subject, (0, 0))
-        if not count:
-            return Reading()
-        return Reading({0: count}, held_until=from_micros(first))
-    if key.window is None:
-        return Reading()
-    held, last = holds.get((subject, key.metric.value), (0, 0))
-    if not held:
-        return Reading(buckets)
-    return Reading(buckets, held, from_micros(last))
+_NONE = (0, 0)  # no live hold or lease: nothing held, no time
+
+
+_LEASED = Metric.CONCURRENT_REQUESTS.value
 
 
 def grant_of(row: Sequence[Any], burned: dict[str, int]) -> Grant:

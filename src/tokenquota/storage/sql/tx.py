@@ -82,6 +82,8 @@ class Database:
         # The connection group commit's leader keeps between its transactions (see
         # ``leader_tx``), and the lock that makes it one leader's at a time.
         self._kept: Connection | None = None
+        self._kept_raw: Any = None  # its driver connection
+        self._kept_info: dict[Any, Any] = {}  # and its ``info``
         self._kept_lock = threading.Lock()
         if migrate:
             try:
@@ -249,13 +251,12 @@ class Database:
                 if self._kept is None:
                     self._kept = self.engine.connect()
                     self._kept.execution_options(tokenquota_write=True)
+                    self._kept_raw = self._kept.connection.driver_connection
+                    self._kept_info = self._kept.info
                 conn = self._kept
-                conn.info["tokenquota_series_locked"] = False
-                raw: Any = conn.connection.driver_connection
-                # The engine's ``begin`` event, as SQLAlchemy's own begin would fire it:
-                # on SQLite our hook sends BEGIN IMMEDIATE (``create_engine``), and what
-                # else listens (a test counting transactions) still sees this one.
-                conn.dispatch.begin(conn)
+                self._kept_info["tokenquota_series_locked"] = False
+                raw: Any = self._kept_raw
+                self._begin(conn, raw)
                 try:
                     yield conn, reused
                 except BaseException:
@@ -275,6 +276,28 @@ class Database:
             except StoreUnreachable:
                 self._drop_kept()
                 raise
+
+    def driver(self, conn: Connection) -> Any:
+        """The driver's connection under ``conn`` (the kept one's without a lookup)."""
+        if conn is self._kept:
+            return self._kept_raw
+        return conn.connection.driver_connection
+
+    def _begin(self, conn: Connection, raw: Any) -> None:
+        """The engine's ``begin`` event, as SQLAlchemy's own begin would fire it: on
+        SQLite our hook sends BEGIN IMMEDIATE (``create_engine``), and what else
+        listens (a test counting transactions) still sees this one.
+
+        When our hook is the only listener (always, outside tests), what it does is
+        done here without the event's dispatch, which with the hook's own lookups
+        cost about a quarter of an empty hot transaction. Listeners are only ever
+        added to the engine, where ``len`` counts them (SQLite's hook among them).
+        """
+        listeners = len(self.engine.dispatch.begin)
+        if listeners == 1 and self.dialect == "sqlite":
+            _begin_immediate(raw)
+        elif listeners:
+            conn.dispatch.begin(conn)
 
     def _drop_kept(self) -> None:
         if self._kept is not None:
@@ -399,9 +422,20 @@ def create_engine(url: str) -> sa.Engine:
         write = conn.get_execution_options().get("tokenquota_write", False)
         raw = conn.connection.driver_connection
         assert raw is not None
+        if write:
+            _begin_immediate(raw)
+            return
         try:
-            raw.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            raw.execute("BEGIN")
         except sqlite3.OperationalError as exc:
             raise OperationalError("BEGIN", None, exc) from exc
 
     return engine
+
+
+def _begin_immediate(raw: Any) -> None:
+    """SQLite: begin a write transaction (the write lock at once), its error as SQLAlchemy's."""
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        raise OperationalError("BEGIN", None, exc) from exc
