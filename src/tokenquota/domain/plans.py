@@ -12,11 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo
 
+from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.limits import EffectiveLimit
-from tokenquota.domain.metrics import Amounts
+from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef, consumer_series
 
@@ -42,6 +44,40 @@ class Check:
     @property
     def is_cap(self) -> bool:
         return self.limit.key.window is None
+
+
+_new_check: Final = builder(Check)  # Check(...) without its frozen __init__
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where every request of one span of time is measured, limit by limit.
+
+    For limits whose windows are all calendar or ``total`` ones, or caps, a
+    request's checks differ only in its amounts and instant while it falls in
+    one span (``engine.planner.Layout``): each limit is read in one bucket,
+    the one the request lands in. The planner shares this value between the
+    plans of a span, and a plan made with it builds its ``Check``s only when
+    something reads them (``DebitPlan.checks``); a store that reads the
+    placement instead (the memory meter's warm path) never builds them.
+    """
+
+    limits: tuple[EffectiveLimit, ...]  # the skeleton's, the same tuple for every span
+    # Per limit: the metric whose amount it adds (input tokens for a cap), and the
+    # one bucket it is read in and lands in (None for a cap, which reads nothing).
+    metrics: tuple[Metric, ...]
+    buckets: tuple[int | None, ...]
+
+    def checks(self, amounts: Amounts, at: datetime) -> tuple[Check, ...]:
+        """``Planner.check`` of each limit for a request of ``amounts`` at ``at``."""
+        units = amounts.units()
+        out = []
+        for limit, metric, bucket in zip(self.limits, self.metrics, self.buckets, strict=True):
+            if bucket is None:
+                out.append(_new_check(limit, units.get(metric, 0), at, 0, 0, None))
+            else:
+                out.append(_new_check(limit, units.get(metric, 0), at, bucket, bucket, bucket))
+        return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +121,28 @@ class DebitPlan:
     # The configuration version the plan was made from: the step that decides on
     # it refuses it when the store's token moved since (None: checked by nobody).
     config_version: str | None = None
+    # Set when ``checks`` are this placement's at ``timestamp`` with ``amounts``: then
+    # a plan may be built with ``checks`` unset (``placed_plan``), made on first read.
+    placement: Placement | None = field(default=None, compare=False, repr=False)
+
+    if not TYPE_CHECKING:  # to mypy, ``checks`` is the field it always was
+
+        def __getattr__(self, name: str) -> Any:
+            """``checks``, built from ``placement`` on first read: only reached while
+            its slot is unset (a plan from ``placed_plan``).
+
+            Every reader (a SQL or Redis step, ``==``, ``repr``, ``replace``)
+            goes through here, so none can tell. Two threads reading at once
+            build equal tuples from the same frozen fields.
+            """
+            placement = self.placement if name == "checks" else None
+            if placement is None:
+                raise AttributeError(
+                    f"'DebitPlan' object has no attribute {name!r}", name=name, obj=self
+                )
+            built = placement.checks(self.amounts, self.timestamp)
+            object.__setattr__(self, "checks", built)
+            return built
 
     @property
     def series(self) -> tuple[str, ...]:
@@ -98,6 +156,11 @@ class DebitPlan:
     def reads(self) -> tuple[Check, ...]:
         """Everything the store must read atomically: the checks, then the capacity series."""
         return self.checks + (self.capacity.reads if self.capacity else ())
+
+
+# A DebitPlan whose ``checks`` are built on first read, from its ``placement``: the
+# fields in order without ``checks``, ``placement`` last.
+placed_plan: Final = builder(DebitPlan, defer=("checks", "placement"))
 
 
 @dataclass(frozen=True, slots=True)
