@@ -35,7 +35,10 @@ def builder(cls: type[T], *, defer: tuple[str, str] | None = None) -> Callable[.
     """
     if not is_dataclass(cls) or cls.__setattr__ is object.__setattr__:
         raise TypeError(f"{cls.__name__} is not a frozen dataclass")
-    if "__slots__" not in vars(cls) or hasattr(cls, "__post_init__"):
+    # Its slots are its fields (a subclass of such a class may add none: ``PlacedPlan``).
+    slots = tuple(f.name for f in fields(cls))
+    declared = tuple(name for k in reversed(cls.__mro__) for name in vars(k).get("__slots__", ()))
+    if declared != slots or hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} must have slots and no __post_init__")
     unset, pending = defer or ("", "")
     # The twin's __init__ is written here rather than by ``make_dataclass``: one frame
@@ -71,7 +74,6 @@ def builder(cls: type[T], *, defer: tuple[str, str] | None = None) -> Callable[.
     body.append("self.__class__ = _cls")
     source = f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body)
     exec(source, names)  # our own text, from the class's field names
-    slots = vars(cls)["__slots__"]
     twin: Any = type(
         f"{cls.__name__}{'Deferred' if defer else 'Draft'}",
         (),

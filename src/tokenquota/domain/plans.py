@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, SupportsIndex
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.frozen import builder
@@ -122,27 +122,8 @@ class DebitPlan:
     # it refuses it when the store's token moved since (None: checked by nobody).
     config_version: str | None = None
     # Set when ``checks`` are this placement's at ``timestamp`` with ``amounts``: then
-    # a plan may be built with ``checks`` unset (``placed_plan``), made on first read.
+    # the plan may be a ``PlacedPlan``, whose ``checks`` are made on first read.
     placement: Placement | None = field(default=None, compare=False, repr=False)
-
-    if not TYPE_CHECKING:  # to mypy, ``checks`` is the field it always was
-
-        def __getattr__(self, name: str) -> Any:
-            """``checks``, built from ``placement`` on first read: only reached while
-            its slot is unset (a plan from ``placed_plan``).
-
-            Every reader (a SQL or Redis step, ``==``, ``repr``, ``replace``)
-            goes through here, so none can tell. Two threads reading at once
-            build equal tuples from the same frozen fields.
-            """
-            placement = self.placement if name == "checks" else None
-            if placement is None:
-                raise AttributeError(
-                    f"'DebitPlan' object has no attribute {name!r}", name=name, obj=self
-                )
-            built = placement.checks(self.amounts, self.timestamp)
-            object.__setattr__(self, "checks", built)
-            return built
 
     @property
     def series(self) -> tuple[str, ...]:
@@ -158,9 +139,60 @@ class DebitPlan:
         return self.checks + (self.capacity.reads if self.capacity else ())
 
 
-# A DebitPlan whose ``checks`` are built on first read, from its ``placement``: the
-# fields in order without ``checks``, ``placement`` last.
-placed_plan: Final = builder(DebitPlan, defer=("checks", "placement"))
+_CHECKS: Final[Any] = DebitPlan.__dict__["checks"]  # the slot itself (a member descriptor)
+
+
+class PlacedPlan(DebitPlan):
+    """A ``DebitPlan`` whose ``checks`` are built from its ``placement`` when first read.
+
+    Built by ``placed_plan`` (the planner's warm path) with that slot unset: a
+    store that decides from the placement (the memory meter) never builds
+    them. The first read of ``checks`` builds them, stores them in their slot
+    and relabels the instance ``DebitPlan``: from then on it is an ordinary
+    plan, and every reader (a SQL or Redis step, ``==``, ``repr``,
+    ``replace``, pickling) sees one. Only ``checks`` is a property here, so
+    reading any other field costs what it costs on a ``DebitPlan`` (a class
+    with ``__getattr__`` would make every field's read several times dearer).
+    Two threads reading at once build equal tuples from the same frozen fields.
+    """
+
+    __slots__ = ()
+
+    if not TYPE_CHECKING:  # to mypy, ``checks`` is the field it always was
+
+        @property
+        def checks(self) -> tuple[Check, ...]:
+            try:
+                built = _CHECKS.__get__(self, DebitPlan)
+            except AttributeError:
+                built = self.placement.checks(self.amounts, self.timestamp)
+                _CHECKS.__set__(self, built)
+            object.__setattr__(self, "__class__", DebitPlan)
+            return built
+
+        @checks.setter
+        def checks(self, value: tuple[Check, ...]) -> None:
+            _CHECKS.__set__(self, value)  # how pickling and copying restore the field
+
+        def __eq__(self, other: object) -> bool:
+            self.checks  # noqa: B018 - relabels self a DebitPlan
+            if isinstance(other, PlacedPlan):
+                other.checks  # noqa: B018
+            return self == other
+
+        __hash__ = DebitPlan.__hash__
+
+        def __repr__(self) -> str:
+            self.checks  # noqa: B018 - relabels self a DebitPlan
+            return repr(self)
+
+        def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+            self.checks  # noqa: B018 - pickled and copied as the DebitPlan it then is
+            return self.__reduce_ex__(protocol)
+
+
+# A PlacedPlan, built positionally: DebitPlan's fields in order without ``checks``.
+placed_plan: Final = builder(PlacedPlan, defer=("checks", "placement"))
 
 
 @dataclass(frozen=True, slots=True)
