@@ -159,6 +159,8 @@ class PlacedPlan(DebitPlan):
     __slots__ = ()
 
     if not TYPE_CHECKING:  # to mypy, ``checks`` is the field it always was
+        # orjson takes a dataclass by its class's own ``__dataclass_fields__``.
+        __dataclass_fields__ = DebitPlan.__dataclass_fields__
 
         @property
         def checks(self) -> tuple[Check, ...]:
