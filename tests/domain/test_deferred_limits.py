@@ -16,6 +16,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -110,6 +111,7 @@ def test_every_way_of_reading_a_decision_sees_its_limits() -> None:
     assert replace(decide(plan, reads, 7), replayed=True) == replace(expected, replayed=True)
     assert decide(plan, reads, 7).as_replay().limits == expected.limits
     assert pickle.loads(pickle.dumps(decide(plan, reads, 7))) == expected
+    assert orjson.dumps(decide(plan, reads, 7)) == orjson.dumps(expected)
     numbered = decide(plan, reads, None).numbered(9)
     assert numbered._pending is not None  # still not built
     assert numbered == replace(expected, event_id=9)

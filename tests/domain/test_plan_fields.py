@@ -37,6 +37,7 @@ def test_the_positional_builds_match_the_fields() -> None:
         "resource",
         "capacity",
         "config_version",
+        "placement",  # ``placed_plan`` takes it last, in place of ``checks``
     ]
     assert names(Event) == [
         "id",

@@ -241,35 +241,52 @@ def admitted(plan: DebitPlan, used: Sequence[int], event_id: int | None = None) 
     wallet, no capacity, and no rolling window or concurrency limit among the
     checks. Nearly every admitted consume is such a plan; this answers it
     without building a ``Reading`` per check (the deferred statuses build
-    them when, if ever, they are read). ``tests/domain/test_admitted.py``
-    compares it with ``decide``.
+    them when, if ever, they are read). A plan with a ``placement`` is
+    measured from it, without building its checks (the statuses do, when
+    read). ``tests/domain/test_admitted.py`` compares it with ``decide``.
     """
-    checks = plan.checks
-    for i in range(len(checks)):
-        check = checks[i]
-        limit = check.limit
-        value = limit.value
-        if value == UNLIMITED:
-            continue
-        if limit.key.metric is _SEQUENCE:
-            if check.amount > value:
+    placement = plan.placement
+    if placement is not None:
+        units = plan.amounts.units()
+        limits, metrics, buckets = placement.limits, placement.metrics, placement.buckets
+        for limit, metric, bucket, count in zip(limits, metrics, buckets, used, strict=True):
+            value = limit.value
+            if value == UNLIMITED:
+                continue
+            if limit.key.metric is _SEQUENCE:
+                if units.get(metric, 0) > value:
+                    return None
+                continue
+            if bucket is None:
+                continue  # a cap never blocks here, as below
+            if not (count < value and count + units.get(metric, 0) <= value):  # ``admits``
                 return None
-            continue
-        if check.bucket is None:
-            continue  # a cap (the metric is no concurrency: see above) never blocks here
-        units = used[i]
-        if not (units < value and units + check.amount <= value):  # ``admits``
-            return None
-    tz = plan.tz
-    hold = plan.hold
+    else:
+        checks = plan.checks
+        for i in range(len(checks)):
+            check = checks[i]
+            limit = check.limit
+            value = limit.value
+            if value == UNLIMITED:
+                continue
+            if limit.key.metric is _SEQUENCE:
+                if check.amount > value:
+                    return None
+                continue
+            if check.bucket is None:
+                continue  # a cap (the metric is no concurrency: see above) never blocks here
+            units_used = used[i]
+            if not (units_used < value and units_used + check.amount <= value):  # ``admits``
+                return None
     counted = tuple(used)  # the caller's list may change; these numbers do not
 
     def pending() -> tuple[LimitStatus, ...]:
+        checks = plan.checks  # a placed plan's are built here, if not yet
         reads = [
             _new_reading({check.lo: units} if units else {})
             for check, units in zip(checks, counted, strict=True)
         ]
-        return _statuses(checks, reads, tz, True, hold, ())
+        return _statuses(checks, reads, plan.tz, True, plan.hold, ())
 
     return deferred_decision(
         True,  # allowed

@@ -11,7 +11,7 @@ event (docs/performance-log.md, part 5).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import Field, field, fields, is_dataclass, make_dataclass
+from dataclasses import MISSING, fields, is_dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -20,54 +20,67 @@ T = TypeVar("T")
 def builder(cls: type[T], *, defer: tuple[str, str] | None = None) -> Callable[..., T]:
     """A constructor for the frozen slots dataclass ``cls`` that stores its fields directly.
 
-    It builds an instance of a twin that is not frozen (the same fields in the
-    same order, with the same defaults, hence the same slots) and relabels it
-    ``cls``, which Python allows between classes of one layout. What comes out
-    is an ordinary ``cls``: frozen, equal, hashed, printed and pickled as any
-    other. It takes the same arguments as ``cls``. ``__post_init__`` would not
-    run, so a class that has one is refused, as is one that is not a frozen
-    slots dataclass.
+    It builds an instance of a twin that is not frozen (the same slots in the
+    same order) and relabels it ``cls``, which Python allows between classes
+    of one layout. What comes out is an ordinary ``cls``: frozen, equal,
+    hashed, printed and pickled as any other. It takes the same arguments as
+    ``cls``, with the same defaults and default factories. ``__post_init__``
+    would not run, so a class that has one is refused, as is one that is not
+    a frozen slots dataclass, or has keyword-only fields.
 
     ``defer=(name, pending)`` builds instances whose field ``name`` is left
-    unset and whose field ``pending`` (an ``init=False`` field of ``cls``) is
-    an argument instead: for a class that builds ``name`` from ``pending`` on
-    first read (``Decision.limits``).
+    unset and whose field ``pending`` is an argument even if ``cls`` does not
+    take it (an ``init=False`` field): for a class that builds ``name`` from
+    ``pending`` on first read (``Decision.limits``, ``DebitPlan.checks``).
     """
     if not is_dataclass(cls) or cls.__setattr__ is object.__setattr__:
         raise TypeError(f"{cls.__name__} is not a frozen dataclass")
-    if "__slots__" not in vars(cls) or hasattr(cls, "__post_init__"):
+    # Its slots are its fields (a subclass of such a class may add none: ``PlacedPlan``).
+    slots = tuple(f.name for f in fields(cls))
+    declared = tuple(name for k in reversed(cls.__mro__) for name in vars(k).get("__slots__", ()))
+    if declared != slots or hasattr(cls, "__post_init__"):
         raise TypeError(f"{cls.__name__} must have slots and no __post_init__")
-
-    def relabel(self: Any) -> None:
-        self.__class__ = cls
-
-    # The twin's own __init__ relabels what it built (as __post_init__): the
-    # builder is the twin class itself, so keyword arguments reach the generated
-    # __init__ directly instead of through a *args/**kwargs wrapper, which made
-    # a keyword call cost nearly twice a positional one.
     unset, pending = defer or ("", "")
-
-    def init(f: Field[Any]) -> bool:
-        return f.name == pending or (f.init and f.name != unset)
-
-    twin: Any = make_dataclass(
+    # The twin's __init__ is written here rather than by ``make_dataclass``: one frame
+    # that stores every slot and relabels the instance, where a dataclass's would
+    # call a ``__post_init__`` to relabel it (a second frame per object built).
+    names: dict[str, Any] = {"_cls": cls, "_missing": MISSING}
+    params: list[str] = []
+    body: list[str] = []
+    for f in fields(cls):
+        name = f.name
+        if f.kw_only:
+            raise TypeError(f"{cls.__name__}.{name} is keyword-only")
+        if name == unset:
+            continue
+        if f.default is not MISSING:
+            names[f"_default_{name}"] = f.default
+        if f.default_factory is not MISSING:
+            names[f"_factory_{name}"] = f.default_factory
+        if f.init or name == pending:
+            if f.default is not MISSING:
+                params.append(f"{name}=_default_{name}")
+                body.append(f"self.{name} = {name}")
+            elif f.default_factory is not MISSING:
+                params.append(f"{name}=_missing")
+                body.append(f"self.{name} = _factory_{name}() if {name} is _missing else {name}")
+            else:
+                params.append(name)
+                body.append(f"self.{name} = {name}")
+        elif f.default is not MISSING:
+            body.append(f"self.{name} = _default_{name}")
+        elif f.default_factory is not MISSING:
+            body.append(f"self.{name} = _factory_{name}()")
+    body.append("self.__class__ = _cls")
+    source = f"def __init__(self, {', '.join(params)}):\n    " + "\n    ".join(body)
+    exec(source, names)  # our own text, from the class's field names
+    twin: Any = type(
         f"{cls.__name__}{'Deferred' if defer else 'Draft'}",
-        [
-            (
-                f.name,
-                f.type,
-                field(default=f.default, default_factory=f.default_factory, init=init(f))
-                if f.name != unset
-                else field(init=False),
-            )
-            for f in fields(cls)
-        ],
-        slots=True,
-        eq=False,
-        match_args=False,
-        namespace={"__post_init__": relabel},
+        (),
+        {
+            "__slots__": slots,
+            "__init__": names["__init__"],
+            "__doc__": f"{cls.__name__}(...), built without its frozen __init__ (frozen.builder).",
+        },
     )
-    if twin.__slots__ != vars(cls)["__slots__"]:
-        raise TypeError(f"{cls.__name__}: the twin's slots differ")
-    twin.__doc__ = f"{cls.__name__}(...), built without its frozen __init__ (frozen.builder)."
     return twin  # type: ignore[no-any-return]

@@ -185,6 +185,19 @@ class Amounts(Mapping[Metric, int]):
         units.setdefault(Metric.REQUESTS, default_requests)
         return cls(units)
 
+    @classmethod
+    def of_units(cls, units: dict[Metric, int]) -> Amounts:
+        """``Amounts(units)`` for a dict of the caller's own with no zero units: kept as it
+        is, without the copy that drops zeros (``planner.parse_amounts``)."""
+        made = cls.__new__(cls)
+        made._units = units
+        return made
+
+    def units(self) -> Mapping[Metric, int]:
+        """Metric -> units, absent when 0: the one dict, to read (``get``) without
+        ``__getitem__``'s Python call per metric. Never change it."""
+        return self._units
+
     # The views of the one dict, instead of Mapping's generic ones, which call
     # __getitem__ per key in Python. Same keys, values and order.
     def keys(self) -> KeysView[Metric]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, SupportsIndex
 
 from tokenquota.domain.errors import TokenQuotaError
 from tokenquota.domain.frozen import builder
@@ -103,31 +103,6 @@ class Decision:
         default=None, init=False, repr=False, compare=False
     )
 
-    if not TYPE_CHECKING:  # to mypy, ``limits`` is the field it always was
-
-        def __getattr__(self, name: str) -> Any:
-            """``limits``, built on first read: only reached while its slot is unset.
-
-            ``decide`` defers the statuses of an admitted decision (about half
-            of its cost on ``memory://``) until someone reads them; most
-            in-process callers only read ``allowed``. Every reader, ``==``, ``repr``,
-            ``replace`` and pickling included, goes through here, so none can
-            tell. Two threads reading at once build equal tuples from the same
-            immutable checks and readings; the slot is set before ``_pending``
-            is cleared, so a reader that finds ``_pending`` gone finds ``limits``.
-            """
-            if name != "limits":
-                raise AttributeError(
-                    f"'Decision' object has no attribute {name!r}", name=name, obj=self
-                )
-            pending = self._pending
-            if pending is None:
-                return object.__getattribute__(self, "limits")
-            built = pending()
-            object.__setattr__(self, "limits", built)
-            object.__setattr__(self, "_pending", None)
-            return built
-
     def tightest(self, now: datetime) -> LimitStatus | None:
         """The limit closest to blocking: what RateLimit-* headers describe.
 
@@ -210,9 +185,71 @@ class Decision:
         )
 
 
+_LIMITS: Final[Any] = Decision.__dict__["limits"]  # the slot itself (a member descriptor)
+_PENDING: Final[Any] = Decision.__dict__["_pending"]
+
+
+class DeferredDecision(Decision):
+    """A ``Decision`` whose ``limits`` are built on first read, from its ``_pending``.
+
+    ``decide`` defers the statuses of an admitted decision (about half of its
+    cost on ``memory://``) until someone reads them; most in-process callers
+    only read ``allowed``. The first read of ``limits`` builds them, stores
+    them in their slot and relabels the instance ``Decision``: from then on
+    it is an ordinary decision, and every reader (``==``, ``repr``,
+    ``replace``, pickling, orjson) sees one. Only ``limits`` is a property
+    here, so reading any other field costs what it costs on a ``Decision`` (a
+    class with ``__getattr__`` makes every field's read several times
+    dearer). Two threads reading at once build equal tuples from the same
+    immutable checks and readings; the slot is set before ``_pending`` is
+    cleared, so a reader that finds ``_pending`` gone finds ``limits``.
+    """
+
+    __slots__ = ()
+
+    if not TYPE_CHECKING:  # to mypy, ``limits`` is the field it always was
+        # orjson takes a dataclass by its class's own ``__dataclass_fields__``.
+        __dataclass_fields__ = Decision.__dataclass_fields__
+
+        @property
+        def limits(self) -> tuple[LimitStatus, ...]:
+            try:
+                built = _LIMITS.__get__(self, Decision)
+            except AttributeError:
+                pending = _PENDING.__get__(self, Decision)
+                if pending is None:  # another thread built them meanwhile
+                    built = _LIMITS.__get__(self, Decision)
+                else:
+                    built = pending()
+                    _LIMITS.__set__(self, built)
+                    _PENDING.__set__(self, None)
+            object.__setattr__(self, "__class__", Decision)
+            return built
+
+        @limits.setter
+        def limits(self, value: tuple[LimitStatus, ...]) -> None:
+            _LIMITS.__set__(self, value)  # how pickling and copying restore the field
+
+        def __eq__(self, other: object) -> bool:
+            self.limits  # noqa: B018 - relabels self a Decision
+            if isinstance(other, DeferredDecision):
+                other.limits  # noqa: B018
+            return self == other
+
+        __hash__ = Decision.__hash__
+
+        def __repr__(self) -> str:
+            self.limits  # noqa: B018 - relabels self a Decision
+            return repr(self)
+
+        def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+            self.limits  # noqa: B018 - pickled and copied as the Decision it then is
+            return self.__reduce_ex__(protocol)
+
+
 new_decision: Final = builder(Decision)
-# A Decision whose ``limits`` are built on first read, from its ``_pending``.
-deferred_decision: Final = builder(Decision, defer=("limits", "_pending"))
+# A DeferredDecision, built with ``_pending`` as its last argument and ``limits`` unset.
+deferred_decision: Final = builder(DeferredDecision, defer=("limits", "_pending"))
 RESOURCE_SOURCES = frozenset({"capacity", "saturation", "resource"})
 
 

@@ -12,11 +12,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any, Final, SupportsIndex
 from zoneinfo import ZoneInfo
 
+from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.limits import EffectiveLimit
-from tokenquota.domain.metrics import Amounts
+from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef, consumer_series
 
@@ -42,6 +44,40 @@ class Check:
     @property
     def is_cap(self) -> bool:
         return self.limit.key.window is None
+
+
+_new_check: Final = builder(Check)  # Check(...) without its frozen __init__
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where every request of one span of time is measured, limit by limit.
+
+    For limits whose windows are all calendar or ``total`` ones, or caps, a
+    request's checks differ only in its amounts and instant while it falls in
+    one span (``engine.planner.Layout``): each limit is read in one bucket,
+    the one the request lands in. The planner shares this value between the
+    plans of a span, and a plan made with it builds its ``Check``s only when
+    something reads them (``DebitPlan.checks``); a store that reads the
+    placement instead (the memory meter's warm path) never builds them.
+    """
+
+    limits: tuple[EffectiveLimit, ...]  # the skeleton's, the same tuple for every span
+    # Per limit: the metric whose amount it adds (input tokens for a cap), and the
+    # one bucket it is read in and lands in (None for a cap, which reads nothing).
+    metrics: tuple[Metric, ...]
+    buckets: tuple[int | None, ...]
+
+    def checks(self, amounts: Amounts, at: datetime) -> tuple[Check, ...]:
+        """``Planner.check`` of each limit for a request of ``amounts`` at ``at``."""
+        units = amounts.units()
+        out = []
+        for limit, metric, bucket in zip(self.limits, self.metrics, self.buckets, strict=True):
+            if bucket is None:
+                out.append(_new_check(limit, units.get(metric, 0), at, 0, 0, None))
+            else:
+                out.append(_new_check(limit, units.get(metric, 0), at, bucket, bucket, bucket))
+        return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +121,9 @@ class DebitPlan:
     # The configuration version the plan was made from: the step that decides on
     # it refuses it when the store's token moved since (None: checked by nobody).
     config_version: str | None = None
+    # Set when ``checks`` are this placement's at ``timestamp`` with ``amounts``: then
+    # the plan may be a ``PlacedPlan``, whose ``checks`` are made on first read.
+    placement: Placement | None = field(default=None, compare=False, repr=False)
 
     @property
     def series(self) -> tuple[str, ...]:
@@ -98,6 +137,64 @@ class DebitPlan:
     def reads(self) -> tuple[Check, ...]:
         """Everything the store must read atomically: the checks, then the capacity series."""
         return self.checks + (self.capacity.reads if self.capacity else ())
+
+
+_CHECKS: Final[Any] = DebitPlan.__dict__["checks"]  # the slot itself (a member descriptor)
+
+
+class PlacedPlan(DebitPlan):
+    """A ``DebitPlan`` whose ``checks`` are built from its ``placement`` when first read.
+
+    Built by ``placed_plan`` (the planner's warm path) with that slot unset: a
+    store that decides from the placement (the memory meter) never builds
+    them. The first read of ``checks`` builds them, stores them in their slot
+    and relabels the instance ``DebitPlan``: from then on it is an ordinary
+    plan, and every reader (a SQL or Redis step, ``==``, ``repr``,
+    ``replace``, pickling) sees one. Only ``checks`` is a property here, so
+    reading any other field costs what it costs on a ``DebitPlan`` (a class
+    with ``__getattr__`` would make every field's read several times dearer).
+    Two threads reading at once build equal tuples from the same frozen fields.
+    """
+
+    __slots__ = ()
+
+    if not TYPE_CHECKING:  # to mypy, ``checks`` is the field it always was
+        # orjson takes a dataclass by its class's own ``__dataclass_fields__``.
+        __dataclass_fields__ = DebitPlan.__dataclass_fields__
+
+        @property
+        def checks(self) -> tuple[Check, ...]:
+            try:
+                built = _CHECKS.__get__(self, DebitPlan)
+            except AttributeError:
+                built = self.placement.checks(self.amounts, self.timestamp)
+                _CHECKS.__set__(self, built)
+            object.__setattr__(self, "__class__", DebitPlan)
+            return built
+
+        @checks.setter
+        def checks(self, value: tuple[Check, ...]) -> None:
+            _CHECKS.__set__(self, value)  # how pickling and copying restore the field
+
+        def __eq__(self, other: object) -> bool:
+            self.checks  # noqa: B018 - relabels self a DebitPlan
+            if isinstance(other, PlacedPlan):
+                other.checks  # noqa: B018
+            return self == other
+
+        __hash__ = DebitPlan.__hash__
+
+        def __repr__(self) -> str:
+            self.checks  # noqa: B018 - relabels self a DebitPlan
+            return repr(self)
+
+        def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+            self.checks  # noqa: B018 - pickled and copied as the DebitPlan it then is
+            return self.__reduce_ex__(protocol)
+
+
+# A PlacedPlan, built positionally: DebitPlan's fields in order without ``checks``.
+placed_plan: Final = builder(PlacedPlan, defer=("checks", "placement"))
 
 
 @dataclass(frozen=True, slots=True)

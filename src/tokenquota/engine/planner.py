@@ -42,6 +42,7 @@ from tokenquota.domain.limits import (
     resolve,
 )
 from tokenquota.domain.metrics import CONSUMABLE, MAX_UNITS, Amounts, Metric
+from tokenquota.domain.plans import Placement, placed_plan
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef, consumer_ref, parse_kind
 from tokenquota.domain.thresholds import parse_thresholds
@@ -131,6 +132,14 @@ class Planner:
         view = self.source.config()
         target = None if resource is None else inputs.resource(resource)
         capacity = None
+        # Only an idempotency key is ever compared with the fingerprint: without
+        # one, the JSON and SHA-256 (a twentieth of a memory consume) buy nothing.
+        fingerprint = ""
+        if idempotency_key is not None:
+            asked_mode, asked_at = asked or (mode, timestamp)
+            fingerprint = request_fingerprint(
+                request(amounts, asked_mode, asked_at, model, tags or {}, target)
+            )
         if target is None:
             # The warm path: who is charged and which limits apply, remembered per
             # view; only the windows' placement of this instant is computed. Keyed
@@ -139,6 +148,28 @@ class Planner:
                 (_SKELETON, ref.kind, ref.id, intent == "acquire"),
                 lambda: self._skeleton(ref, view, intent),
             )
+            placement = layout.placement(at, self.tz)
+            if placement is not None:
+                # Nearly every plan: its checks are the span's placement's, built
+                # only if something reads them (the memory meter's warm step does not).
+                return placed_plan(
+                    ref,  # subject
+                    charged,
+                    amounts,
+                    mode,
+                    at,  # timestamp
+                    now,
+                    self.tz,
+                    idempotency_key,
+                    fingerprint,
+                    model,
+                    dict(tags) if tags else {},
+                    intent == "reserve",  # hold
+                    None,  # resource
+                    None,  # capacity
+                    view.version,  # config_version
+                    placement,
+                )
             checks = layout.checks(amounts, at, now, self.tz)
         else:
             chain = self.effective_chain(ref, view=view)
@@ -153,14 +184,6 @@ class Planner:
             )
             if quota is not None and quota.capacity and intent != "acquire":
                 capacity = self._capacity_plan(view, quota, target, ref, amounts, at, now)
-        # Only an idempotency key is ever compared with the fingerprint: without
-        # one, the JSON and SHA-256 (a twentieth of a memory consume) buy nothing.
-        fingerprint = ""
-        if idempotency_key is not None:
-            asked_mode, asked_at = asked or (mode, timestamp)
-            fingerprint = request_fingerprint(
-                request(amounts, asked_mode, asked_at, model, tags or {}, target)
-            )
         # Positional, in DebitPlan's field order: a call by keyword matches each of
         # the sixteen names (tests/domain/test_plan_fields.py pins the order).
         return _new_plan(
@@ -360,13 +383,16 @@ def parse_amounts(raw: Mapping[str, object]) -> Amounts:
     if metrics is None:
         return Amounts.parse(raw)
     units: dict[Metric, int] = {}
+    zero = False
     for metric, value in zip(metrics, raw.values(), strict=True):
         if type(value) is not int or value < 0 or value > MAX_UNITS:
             return Amounts.parse(raw)
         units[metric] = value
+        if not value:
+            zero = True
     if _REQUESTS not in units:
         units[_REQUESTS] = 1
-    return Amounts(units)
+    return Amounts(units) if zero else Amounts.of_units(units)  # a zero is left out
 
 
 _UNKNOWN: Final[Any] = object()
@@ -411,20 +437,25 @@ class Layout:
 
     def __init__(self, limits: tuple[EffectiveLimit, ...]) -> None:
         self.limits = limits
-        # (zone, start, end, per limit: (limit, how, metric, window, bucket)).
-        self._placed: tuple[ZoneInfo | None, datetime, datetime, list[_Placed]] = (
-            None,
-            ALWAYS[0],
-            ALWAYS[0],
-            [],
-        )
+        # (zone, start, end, per limit: (limit, how, metric, window, bucket), and the
+        # span's Placement when every limit is placed per span, else None).
+        self._placed: tuple[ZoneInfo | None, datetime, datetime, list[_Placed], Placement | None]
+        self._placed = (None, ALWAYS[0], ALWAYS[0], [], None)
+
+    def placement(self, at: datetime, tz: ZoneInfo) -> Placement | None:
+        """The checks of a request at ``at`` as one ``Placement`` shared by its span; None
+        when a limit is placed per request (a rolling window, a lease): then ``checks``."""
+        zone, start, end, _, placement = self._placed
+        if zone is not tz or not start <= at < end:
+            placement = self._place(at, tz)[1]
+        return placement
 
     def checks(
         self, amounts: Amounts, at: datetime, now: datetime, tz: ZoneInfo
     ) -> tuple[Check, ...]:
-        zone, start, end, placed = self._placed
+        zone, start, end, placed, _ = self._placed
         if zone is not tz or not start <= at < end:
-            placed = self._place(at, tz)
+            placed = self._place(at, tz)[0]
         units = dict(amounts.items())  # one C lookup per limit, not Amounts.__getitem__
         out = []
         for limit, how, metric, window, bucket in placed:
@@ -440,23 +471,33 @@ class Layout:
                 out.append(_new_check(limit, units.get(_INPUT, 0), at, 0, 0, None))
         return tuple(out)
 
-    def _place(self, at: datetime, tz: ZoneInfo) -> list[_Placed]:
+    def _place(self, at: datetime, tz: ZoneInfo) -> tuple[list[_Placed], Placement | None]:
         start, end = ALWAYS
         placed: list[_Placed] = []
+        each_span = True  # every limit placed per span, none per request
         for limit in self.limits:
             key = limit.key
             window = key.window
             if window is None:
                 how = _LEASE if key.metric is _CONCURRENT else _CAP
                 placed.append((limit, how, key.metric, None, 0))
+                each_span = each_span and how == _CAP
             elif window.rolling_seconds:
                 placed.append((limit, _ROLLING, key.metric, window, 0))
+                each_span = False
             else:
                 first, after = window.bucket_span(at, tz)
                 start, end = max(start, first), min(end, after)
                 placed.append((limit, _PLACED, key.metric, window, window.bucket_of(at, tz)))
-        self._placed = (tz, start, end, placed)
-        return placed
+        placement = None
+        if each_span:
+            placement = Placement(
+                self.limits,
+                tuple(_INPUT if how == _CAP else metric for _, how, metric, _, _ in placed),
+                tuple(None if how == _CAP else bucket for _, how, _, _, bucket in placed),
+            )
+        self._placed = (tz, start, end, placed, placement)
+        return placed, placement
 
 
 _Placed = tuple[EffectiveLimit, int, Metric, Window | None, int]

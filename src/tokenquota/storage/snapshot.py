@@ -81,13 +81,21 @@ class ConfigReads(Protocol):
 
 
 class _Generation:
-    """The entries of one token. Replaced whole when the token moves, never edited back."""
+    """The entries of one token. Replaced whole when the token moves, never edited back.
 
-    __slots__ = ("entries", "version")
+    ``view`` is the one ``View`` of it that ``Snapshot.view`` hands every plan:
+    a view only ever changes by turning ``MIXED`` when a read found the store
+    at another token, which means this generation is stale, so that every
+    plan stamped with its token is refused by its step, as a ``MIXED`` one is;
+    shared, a plan takes no view of its own.
+    """
 
-    def __init__(self, version: str) -> None:
+    __slots__ = ("entries", "version", "view")
+
+    def __init__(self, snapshot: Snapshot, version: str) -> None:
         self.version = version
         self.entries: dict[Hashable, Any] = {}
+        self.view = View(snapshot, self)
 
 
 class Snapshot:
@@ -106,7 +114,7 @@ class Snapshot:
         self.max_entries = max_entries
         self.monotonic = monotonic
         self._lock = threading.Lock()
-        self._generation = _Generation("")  # no token is "": the first view asks
+        self._generation = _Generation(self, "")  # no token is "": the first view asks
         self._checked = -math.inf  # when the store last said the token was current
         self._asked = -math.inf  # when the token of the generation held was asked for
         self._invalidated = -math.inf
@@ -116,8 +124,10 @@ class Snapshot:
         return len(self._generation.entries)
 
     def view(self) -> View:
-        """The current generation, asking the store first if it was not asked lately."""
-        return View(self, self._current())
+        """The current generation's view, asking the store first if it was not asked lately."""
+        if self.monotonic() - self._checked <= self.ttl:  # ``_current``'s first test
+            return self._generation.view
+        return self._current().view
 
     def at(self, version: str | None) -> View | None:
         """A view of exactly ``version`` while it is the generation held, else None."""
@@ -137,7 +147,7 @@ class Snapshot:
             if asked >= self._asked:  # an answer to an earlier question never wins
                 self._asked = asked
                 if version != self._generation.version:
-                    self._generation = _Generation(version)
+                    self._generation = _Generation(self, version)
                 if asked > self._invalidated:
                     self._checked = max(self._checked, asked)
             return self._generation
@@ -176,10 +186,11 @@ def _never(_: object) -> bool:
 
 
 class View:
-    """One plan's reads of configuration, all from one generation (``ConfigView`` in base.py).
+    """Plans' reads of configuration, all from one generation (``ConfigView`` in base.py).
 
-    ``version`` is the token the plan carries to its atomic step: the
-    generation's, or ``MIXED`` once a read found the store at another token.
+    ``version`` is the token a plan carries to its atomic step: the
+    generation's, or ``MIXED`` once a read found the store at another token
+    (then the generation is stale: see ``_Generation``).
     """
 
     __slots__ = ("_generation", "_mixed", "_snapshot")

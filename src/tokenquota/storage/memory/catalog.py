@@ -10,7 +10,7 @@ through this catalog's ``Snapshot`` (storage/snapshot.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -36,6 +36,8 @@ class MemoryCatalog:
         self._s = state
         self._lock = state.lock
         self.snapshot = Snapshot(self)
+        # What a plan reads: the snapshot's view, asked for directly (no frame of ours).
+        self.config: Callable[[], View] = self.snapshot.view
 
     @property
     def state(self) -> State:
@@ -51,9 +53,6 @@ class MemoryCatalog:
             self.snapshot.invalidate()
 
     # the configuration snapshot -----------------------------------------------
-    def config(self) -> View:
-        return self.snapshot.view()
-
     def config_stale(self) -> None:
         self.snapshot.invalidate()
 

@@ -6,13 +6,13 @@ and takes that state's lock around every operation (see state.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Final
 from zoneinfo import ZoneInfo
 
-from tokenquota.domain.alerts import alert_events, has_thresholds
+from tokenquota.domain.alerts import alert_events
 from tokenquota.domain.bounds import LIFETIME_BUCKET, check_granted, check_lifetime
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import (
@@ -39,6 +39,7 @@ from tokenquota.domain.holds import (
 from tokenquota.domain.ledger import Event, grant_event, usage_event
 from tokenquota.domain.limits import EffectiveLimit, LimitKey
 from tokenquota.domain.metrics import MAX_UNITS, Metric
+from tokenquota.domain.plans import Placement
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
 from tokenquota.storage.base import PROGRESS_EVERY, Page, RebuildProgress, StaleConfig
@@ -222,7 +223,7 @@ class MemoryMeter:
         self,
         plan: DebitPlan,
         counting: Counting | None = None,
-        units: dict[Metric, int] | None = None,
+        units: Mapping[Metric, int] | None = None,
     ) -> None:
         # Only the metrics the request carries can cross the bound: their
         # lifetime counters (the ``total`` bucket of LIFETIME), not all of them.
@@ -251,7 +252,7 @@ class MemoryMeter:
 
     def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
         state = self._s
-        units = dict(plan.amounts.items())  # one C lookup per metric, not Amounts.__getitem__
+        units = plan.amounts.units()  # read with one C lookup per metric
         shape = None if plan.resource is not None else self._shape(plan, tuple(units))
         counting = shape.counting if shape is not None else self._counting(plan, tuple(units))
         # Before deciding, which counts shadow hits: a refused amount changes nothing.
@@ -266,7 +267,12 @@ class MemoryMeter:
         event_id = state.last_event_id + 1
         decision = None
         if shape is not None and not state.held and not state.grant_ids and plan.capacity is None:
-            used = shape.used(plan.checks, state.counters)
+            placement = plan.placement
+            used = (
+                shape.used(plan.checks, state.counters)
+                if placement is None
+                else shape.placed(placement, state.counters)
+            )
             if used is not None:
                 decision = admitted(plan, used, event_id)
                 if decision is not None and shape.thresholds:  # (of these very limits)
@@ -276,7 +282,8 @@ class MemoryMeter:
             if not decision.allowed:
                 return decision
         event = usage_event(plan, reservation_id, event_id)
-        state.append_event(event)
+        state.last_event_id = event_id  # ``State.append_event``, in line
+        state.events.append(event)
         counting.add(event.timestamp, state.tz, units)
         if units.get(_CREDITS):
             self._burn(event)
@@ -447,11 +454,49 @@ class _Shape:
         self.charged = charged
         self.epoch = epoch
         self.counting = counting
-        # The limits of the last plan read, and per limit the series' bucket dict
-        # (None for a cap); set once a plan's checks are all read in one bucket.
+        # The limits of the last plan read (the very tuple of a placement's, or one
+        # built from a plan's checks), and per limit the series' bucket dict (None
+        # for a cap); set once a plan's checks are all read in one bucket.
         self.limits: tuple[EffectiveLimit, ...] = ()
         self.reads: tuple[dict[int, int] | None, ...] = ()
         self.thresholds = False  # whether any of ``limits`` has alert thresholds
+
+    def placed(self, placement: Placement, counters: Counters) -> list[int]:
+        """``used`` of a plan measured by ``placement`` (whose every limit reads one
+        bucket or none), without its checks: each limit's bucket, 0 for a cap.
+
+        Placements of one skeleton share their limits tuple, so its dicts are
+        kept by that tuple's identity (``limits`` holds it: no other tuple takes
+        its id while kept) across spans, for as long as this shape is kept.
+        """
+        limits = placement.limits
+        if limits is not self.limits:
+            self._keep(limits, placement.buckets, counters)
+        out = []
+        for buckets, bucket in zip(self.reads, placement.buckets, strict=True):
+            out.append(0 if buckets is None or bucket is None else buckets.get(bucket, 0))
+        return out
+
+    def _keep(
+        self,
+        limits: tuple[EffectiveLimit, ...],
+        buckets: Sequence[int | None],
+        counters: Counters,
+    ) -> None:
+        """Keep the dict each of ``limits`` reads (None where ``buckets`` has none: a cap)."""
+        reads: list[dict[int, int] | None] = []
+        thresholds = False
+        for limit, bucket in zip(limits, buckets, strict=True):
+            thresholds = thresholds or bool(limit.thresholds)
+            window = limit.key.window
+            if bucket is None or window is None:
+                reads.append(None)
+            else:
+                subject, metric_name, _, _ = limit.names()
+                reads.append(counters.setdefault((subject, metric_name, window.key), {}))
+        self.limits = limits
+        self.reads = tuple(reads)
+        self.thresholds = thresholds
 
     def used(self, checks: Sequence[Check], counters: Counters) -> list[int] | None:
         """What ``admitted`` takes: each check's one bucket, 0 for a cap; None when a
@@ -479,20 +524,17 @@ class _Shape:
                 out.append(buckets.get(lo, 0))
             else:
                 return out
-        reads: list[dict[int, int] | None] = []
         for check in checks:
             limit = check.limit
             window = limit.key.window
             if window is None:
                 if limit.key.metric is _CONCURRENT:
                     return None
-                reads.append(None)
             elif check.lo != check.hi or window.rolling_seconds:
                 return None
-            else:
-                subject, metric_name, _, _ = limit.names()
-                reads.append(counters.setdefault((subject, metric_name, window.key), {}))
-        self.limits = tuple(check.limit for check in checks)
-        self.reads = tuple(reads)
-        self.thresholds = has_thresholds(checks)
+        self._keep(
+            tuple(check.limit for check in checks),
+            [None if check.limit.key.window is None else check.lo for check in checks],
+            counters,
+        )
         return self.used(checks, counters)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Final
@@ -63,7 +63,7 @@ class Counting:
         self.start = self.end = ALWAYS[0]  # an empty span: the first event places them
         self.tz: ZoneInfo | None = None
 
-    def add(self, at: datetime, tz: ZoneInfo, units: dict[Metric, int]) -> None:
+    def add(self, at: datetime, tz: ZoneInfo, units: Mapping[Metric, int]) -> None:
         """Add ``units`` (metric -> units) of an event at ``at`` to every bucket it counts in."""
         if not (self.start <= at < self.end) or tz is not self.tz:
             self._place(at, tz)
