@@ -84,3 +84,74 @@ def builder(cls: type[T], *, defer: tuple[str, str] | None = None) -> Callable[.
         },
     )
     return twin  # type: ignore[no-any-return]
+
+
+def built_on_read(
+    base: type[T],
+    name: str,
+    build: Callable[[Any], Any],
+    *,
+    clear: str | None = None,
+    doc: str,
+) -> type[T]:
+    """A subclass of the frozen slots dataclass ``base`` whose field ``name`` is built
+    by ``build(instance)`` when first read (``Decision.limits``, ``DebitPlan.checks``).
+
+    Most callers on the hot path never read that field, so building it up front is
+    waste. The first read stores it in its slot (then sets the field ``clear``, if
+    given, to None: the slot is set first, so a reader that finds ``clear`` gone
+    finds the field) and relabels the instance ``base``: from then on it is an
+    ordinary ``base``, and every reader (``==``, ``repr``, ``replace``, pickling,
+    orjson) sees one. Only ``name`` is a property, so reading any other field costs
+    what it costs on ``base``: a class with ``__getattr__`` makes every field's read
+    several times dearer. Two threads reading at once both build, from the same
+    frozen fields, equal values. Build instances with ``builder(cls, defer=...)``.
+    """
+    slot: Any = base.__dict__[name]  # the slot itself (a member descriptor)
+    cleared: Any = base.__dict__[clear] if clear else None
+
+    def read(self: Any) -> Any:
+        try:
+            value = slot.__get__(self, base)
+        except AttributeError:
+            value = build(self)
+            slot.__set__(self, value)
+            if cleared is not None:
+                cleared.__set__(self, None)
+        object.__setattr__(self, "__class__", base)
+        return value
+
+    def write(self: Any, value: Any) -> None:
+        slot.__set__(self, value)  # how pickling and copying restore the field
+
+    def eq(self: Any, other: object) -> bool:
+        read(self)
+        if isinstance(other, cls):  # else its reflected __eq__ would come first
+            read(other)
+        return bool(self == other)
+
+    def rep(self: Any) -> str:
+        read(self)
+        return repr(self)
+
+    def reduce(self: Any, protocol: Any) -> Any:
+        read(self)  # pickled and copied as the ``base`` it then is
+        return self.__reduce_ex__(protocol)
+
+    cls: type[T] = type(
+        f"{base.__name__}Built{name.title()}OnRead",
+        (base,),
+        {
+            "__slots__": (),
+            "__doc__": doc,
+            "__module__": base.__module__,
+            # orjson takes a dataclass by its class's own ``__dataclass_fields__``.
+            "__dataclass_fields__": base.__dataclass_fields__,  # type: ignore[attr-defined]
+            name: property(read, write),
+            "__eq__": eq,
+            "__hash__": base.__hash__,
+            "__repr__": rep,
+            "__reduce_ex__": reduce,
+        },
+    )
+    return cls

@@ -12,10 +12,10 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, Final, SupportsIndex
+from typing import Any, Final
 
 from tokenquota.domain.errors import TokenQuotaError
-from tokenquota.domain.frozen import builder
+from tokenquota.domain.frozen import builder, built_on_read
 from tokenquota.domain.metrics import Number
 from tokenquota.domain.plans import Mode
 
@@ -189,62 +189,25 @@ _LIMITS: Final[Any] = Decision.__dict__["limits"]  # the slot itself (a member d
 _PENDING: Final[Any] = Decision.__dict__["_pending"]
 
 
-class DeferredDecision(Decision):
-    """A ``Decision`` whose ``limits`` are built on first read, from its ``_pending``.
+def _pending_limits(decision: Decision) -> tuple[LimitStatus, ...]:
+    pending = _PENDING.__get__(decision, Decision)
+    if pending is None:  # another thread built them meanwhile
+        return _LIMITS.__get__(decision, Decision)  # type: ignore[no-any-return]
+    return pending()  # type: ignore[no-any-return]
+
+
+DeferredDecision: Final = built_on_read(
+    Decision,
+    "limits",
+    _pending_limits,
+    clear="_pending",
+    doc="""A ``Decision`` whose ``limits`` are built on first read, from its ``_pending``.
 
     ``decide`` defers the statuses of an admitted decision (about half of its
     cost on ``memory://``) until someone reads them; most in-process callers
-    only read ``allowed``. The first read of ``limits`` builds them, stores
-    them in their slot and relabels the instance ``Decision``: from then on
-    it is an ordinary decision, and every reader (``==``, ``repr``,
-    ``replace``, pickling, orjson) sees one. Only ``limits`` is a property
-    here, so reading any other field costs what it costs on a ``Decision`` (a
-    class with ``__getattr__`` makes every field's read several times
-    dearer). Two threads reading at once build equal tuples from the same
-    immutable checks and readings; the slot is set before ``_pending`` is
-    cleared, so a reader that finds ``_pending`` gone finds ``limits``.
-    """
-
-    __slots__ = ()
-
-    if not TYPE_CHECKING:  # to mypy, ``limits`` is the field it always was
-        # orjson takes a dataclass by its class's own ``__dataclass_fields__``.
-        __dataclass_fields__ = Decision.__dataclass_fields__
-
-        @property
-        def limits(self) -> tuple[LimitStatus, ...]:
-            try:
-                built = _LIMITS.__get__(self, Decision)
-            except AttributeError:
-                pending = _PENDING.__get__(self, Decision)
-                if pending is None:  # another thread built them meanwhile
-                    built = _LIMITS.__get__(self, Decision)
-                else:
-                    built = pending()
-                    _LIMITS.__set__(self, built)
-                    _PENDING.__set__(self, None)
-            object.__setattr__(self, "__class__", Decision)
-            return built
-
-        @limits.setter
-        def limits(self, value: tuple[LimitStatus, ...]) -> None:
-            _LIMITS.__set__(self, value)  # how pickling and copying restore the field
-
-        def __eq__(self, other: object) -> bool:
-            self.limits  # noqa: B018 - relabels self a Decision
-            if isinstance(other, DeferredDecision):
-                other.limits  # noqa: B018
-            return self == other
-
-        __hash__ = Decision.__hash__
-
-        def __repr__(self) -> str:
-            self.limits  # noqa: B018 - relabels self a Decision
-            return repr(self)
-
-        def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
-            self.limits  # noqa: B018 - pickled and copied as the Decision it then is
-            return self.__reduce_ex__(protocol)
+    only read ``allowed`` (``frozen.built_on_read``).
+    """,
+)
 
 
 new_decision: Final = builder(Decision)

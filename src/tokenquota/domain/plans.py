@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Final, SupportsIndex
+from typing import Final
 from zoneinfo import ZoneInfo
 
-from tokenquota.domain.frozen import builder
+from tokenquota.domain.frozen import builder, built_on_read
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.limits import EffectiveLimit
 from tokenquota.domain.metrics import Amounts, Metric
@@ -139,59 +139,24 @@ class DebitPlan:
         return self.checks + (self.capacity.reads if self.capacity else ())
 
 
-_CHECKS: Final[Any] = DebitPlan.__dict__["checks"]  # the slot itself (a member descriptor)
+def _placed_checks(plan: DebitPlan) -> tuple[Check, ...]:
+    assert plan.placement is not None  # a PlacedPlan is built with one
+    return plan.placement.checks(plan.amounts, plan.timestamp)
 
 
-class PlacedPlan(DebitPlan):
-    """A ``DebitPlan`` whose ``checks`` are built from its ``placement`` when first read.
+# A ``DebitPlan`` whose ``checks`` are built from its ``placement`` when first read.
+PlacedPlan: Final = built_on_read(
+    DebitPlan,
+    "checks",
+    _placed_checks,
+    doc="""A ``DebitPlan`` whose ``checks`` are built from its ``placement`` when first read.
 
     Built by ``placed_plan`` (the planner's warm path) with that slot unset: a
     store that decides from the placement (the memory meter) never builds
-    them. The first read of ``checks`` builds them, stores them in their slot
-    and relabels the instance ``DebitPlan``: from then on it is an ordinary
-    plan, and every reader (a SQL or Redis step, ``==``, ``repr``,
-    ``replace``, pickling) sees one. Only ``checks`` is a property here, so
-    reading any other field costs what it costs on a ``DebitPlan`` (a class
-    with ``__getattr__`` would make every field's read several times dearer).
-    Two threads reading at once build equal tuples from the same frozen fields.
-    """
-
-    __slots__ = ()
-
-    if not TYPE_CHECKING:  # to mypy, ``checks`` is the field it always was
-        # orjson takes a dataclass by its class's own ``__dataclass_fields__``.
-        __dataclass_fields__ = DebitPlan.__dataclass_fields__
-
-        @property
-        def checks(self) -> tuple[Check, ...]:
-            try:
-                built = _CHECKS.__get__(self, DebitPlan)
-            except AttributeError:
-                built = self.placement.checks(self.amounts, self.timestamp)
-                _CHECKS.__set__(self, built)
-            object.__setattr__(self, "__class__", DebitPlan)
-            return built
-
-        @checks.setter
-        def checks(self, value: tuple[Check, ...]) -> None:
-            _CHECKS.__set__(self, value)  # how pickling and copying restore the field
-
-        def __eq__(self, other: object) -> bool:
-            self.checks  # noqa: B018 - relabels self a DebitPlan
-            if isinstance(other, PlacedPlan):
-                other.checks  # noqa: B018
-            return self == other
-
-        __hash__ = DebitPlan.__hash__
-
-        def __repr__(self) -> str:
-            self.checks  # noqa: B018 - relabels self a DebitPlan
-            return repr(self)
-
-        def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
-            self.checks  # noqa: B018 - pickled and copied as the DebitPlan it then is
-            return self.__reduce_ex__(protocol)
-
+    them; a SQL or Redis step reads them and so gets an ordinary plan
+    (``frozen.built_on_read``).
+    """,
+)
 
 # A PlacedPlan, built positionally: DebitPlan's fields in order without ``checks``.
 placed_plan: Final = builder(PlacedPlan, defer=("checks", "placement"))
