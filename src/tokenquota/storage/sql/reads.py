@@ -21,6 +21,7 @@ from tokenquota.domain.grants import Grant
 from tokenquota.domain.ledger import CounterKey
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import COUNTERS, Metric
+from tokenquota.domain.plans import Placement
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
@@ -100,20 +101,19 @@ class Reads:
     ) -> None:
         self.pairs = tracked
         self.plan = plan
+        self.ranges: Ranges
+        self.lifetime: list[tuple[str, str, str, int, int]]
+        self.stmts: list[Stmt]
         # The amounts hold no zero (``Amounts``); the lifetime counters of every
         # counted metric the plan adds to, on every series it adds to.
-        metrics = [m._value_ for m, _ in plan.amounts.items() if m in _COUNTED] if bounded else []
-        self.ranges = ranges = Ranges(plan.reads)
+        metrics = (
+            tuple([m._value_ for m, _ in plan.amounts.items() if m in _COUNTED]) if bounded else ()
+        )
         self.series = series = plan.series
         # The subject is charged first (``DebitPlan.charged``): its text is the series'.
         self.subject = subject = (
             series[0] if plan.charged and plan.charged[0] is plan.subject else str(plan.subject)
         )
-        self.lifetime = [
-            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in series for m in metrics
-        ]
-        ranges.keys += self.lifetime
-        charged = series[: len(plan.charged)]  # the charged subjects come first, as text
         self.keyed = keyed = keyed and plan.idempotency_key is not None
         # The plan's configuration version (storage/snapshot.py), read where no
         # configuration write can move it.
@@ -122,12 +122,40 @@ class Reads:
         self.tracked = tracked.pairs is None and not tracked.asking
         if self.tracked:
             tracked.asking = True
+        self.folded = not sql.postgres
+        placement = plan.placement
+        if self.folded and placement is not None and plan.capacity is None:
+            # A warm SQLite decision: its statement and all but two of its parameters
+            # are those of the last decision of the same span and request (``_Shape``).
+            key: tuple[Any, ...] = (id(placement), series, len(plan.charged), subject, metrics)
+            key += (keyed, self.versioned, self.tracked)
+            shape = _SHAPES.get(key)
+            if shape is None or shape.placement is not placement:
+                shape = _Shape(self, plan, placement, metrics)
+                if len(_SHAPES) >= _SHAPES_KEPT:
+                    _SHAPES.clear()
+                _SHAPES[key] = shape
+            self.ranges, self.lifetime = shape.ranges, shape.lifetime
+            self.numbered = False
+            self.stmts = shape.stmts(plan)
+            return
+        self._build(sql, plan, metrics, numbered)
+
+    def _build(self, sql: Sql, plan: DebitPlan, metrics: Sequence[str], numbered: bool) -> None:
+        """The statements of any plan, built from its checks."""
+        self.ranges = ranges = Ranges(plan.reads)
+        series, subject, keyed = self.series, self.subject, self.keyed
+        self.lifetime = [
+            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in series for m in metrics
+        ]
+        ranges.keys += self.lifetime
+        charged = series[: len(plan.charged)]  # the charged subjects come first, as text
         self.numbered = numbered and sql.postgres
         now = to_micros(plan.now)
         held = ranges.held(charged)
-        self.folded = not sql.postgres
         if self.folded:
-            self.stmts = _folded(self, subject, held, sorted(set(charged)), now)
+            owners = sorted(set(charged))
+            self.stmts = _folded(self, subject, plan.idempotency_key, held, owners, now)
             return
         stmts: list[Stmt] = []
         # First in the batch, after the locks.
@@ -230,16 +258,22 @@ _METRIC = {m._value_: m for m in Metric}  # ``Metric(name)`` without the enum's 
 
 
 def _folded(
-    reads: Reads, subject: str, held: Sequence[str], owners: Sequence[str], now: int
+    reads: Reads,
+    subject: str,
+    key: object,
+    held: Sequence[str],
+    owners: Sequence[str],
+    now: object,
 ) -> list[Stmt]:
-    """SQLite: the statement (or statements, past ``sqlite_reads``'s chunk) of ``reads``."""
-    plan, ranges = reads.plan, reads.ranges
+    """SQLite: the statement (or statements, past ``sqlite_reads``'s chunk) of ``reads``,
+    ``key`` its idempotency key and ``now`` the time its holds and leases are live at."""
+    ranges = reads.ranges
     params: list[Any] = []
     if reads.keyed:
-        params += (subject, plan.idempotency_key)
+        params += (subject, key)
     params.append(subject)
-    for key in ranges.keys:
-        params += key
+    for counter in ranges.keys:
+        params += counter
     for s in held:
         params += (s, now)
     for s in ranges.leased:
@@ -267,6 +301,71 @@ def _folded(
     return stmts
 
 
+class _Shape:
+    """The folded read of every warm SQLite decision of one shape (``Reads``).
+
+    Plans made from one ``Placement`` (a span of time, ``domain/plans.py``)
+    check the same limits in the same buckets, so with the same series,
+    subject, lifetime metrics and parts they read the same rows: only the
+    idempotency key and the time differ. The statements' texts and a template
+    of their parameters are kept here, with the places of those two; the
+    ``Ranges`` parse every such decision's rows (they keep no request's own
+    value). Kept in ``_SHAPES`` under the placement's ``id()``, and used only
+    when the entry's own placement *is* the plan's: it keeps that placement
+    alive, so the id cannot name another meanwhile.
+    """
+
+    __slots__ = ("chunks", "lifetime", "placement", "ranges")
+
+    def __init__(
+        self, reads: Reads, plan: DebitPlan, placement: Placement, metrics: Sequence[str]
+    ) -> None:
+        self.placement = placement
+        reads.ranges = self.ranges = ranges = Ranges(plan.reads)
+        series = reads.series
+        self.lifetime = lifetime = [
+            (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in series for m in metrics
+        ]
+        ranges.keys += lifetime
+        charged = series[: len(plan.charged)]
+        stmts = _folded(
+            reads, reads.subject, _KEY, ranges.held(charged), sorted(set(charged)), _NOW
+        )
+        # Per statement: its text, its parameters, and where the key and the time go.
+        self.chunks = [
+            (
+                text,
+                list(params),
+                [i for i, p in enumerate(params) if p is _KEY],
+                [i for i, p in enumerate(params) if p is _NOW],
+            )
+            for text, params in stmts
+        ]
+
+    def stmts(self, plan: DebitPlan) -> list[Stmt]:
+        """The statements of ``plan``, one of this shape."""
+        now = to_micros(plan.now)
+        key = plan.idempotency_key
+        out: list[Stmt] = []
+        for text, template, keys, times in self.chunks:
+            params = template.copy()
+            for i in keys:
+                params[i] = key
+            for i in times:
+                params[i] = now
+            out.append((text, params))
+        return out
+
+
+_KEY = object()  # where a template takes the decision's idempotency key (``_Shape``)
+_NOW = object()  # where it takes the decision's time
+# (id(placement), series, charged count, subject, lifetime metrics, keyed, versioned,
+# tracked) -> _Shape;
+# emptied when full (a configuration change or a new span makes new placements).
+_SHAPES: dict[tuple[Any, ...], _Shape] = {}
+_SHAPES_KEPT = 512
+
+
 @dataclass(slots=True)
 class Seen:
     """What the decisions of a run wrote, before it reaches the store (``Reads.found``)."""
@@ -292,24 +391,25 @@ class Ranges:
     """The reads behind a list of checks: one select of counters, one of holds, one of leases."""
 
     def __init__(self, checks: Sequence[Check]) -> None:
-        self.checks = checks
         # (subject, metric, window, lo, hi) of each check that sums buckets; caps and
-        # leases sum none. ``at[i]`` is the position of check i's range, or -1. The
-        # names are the limit's own (``EffectiveLimit.names``), made once per
-        # configuration, not once per decision.
+        # leases sum none. The names are the limit's own (``EffectiveLimit.names``),
+        # made once per configuration, not once per decision.
         self.keys: list[tuple[str, str, str, int, int]] = []
-        self.at: list[int] = []
+        # Each check's (subject, metric, window, position of its range or -1): all
+        # ``parse`` reads of it, so that ``Reads`` may parse the rows of another plan of
+        # the same shape with it (``_Shape``).
+        self.names: list[tuple[str, str, str | None, int]] = []
         subjects: set[str] = set()
         leased: set[str] = set()
         for check in checks:
             subject, metric, window, _ = check.limit.names()
             subjects.add(subject)
             if window is None:
-                self.at.append(-1)
+                self.names.append((subject, metric, window, -1))
                 if metric == _LEASED:
                     leased.add(subject)
                 continue
-            self.at.append(len(self.keys))
+            self.names.append((subject, metric, window, len(self.keys)))
             self.keys.append((subject, metric, window, check.lo, check.hi))
         self.subjects = subjects
         self.leased = sorted(leased)
@@ -369,8 +469,7 @@ class Ranges:
             else {}
         )
         readings: list[Reading] = []
-        for check, i in zip(self.checks, self.at, strict=True):
-            subject, metric, window, _ = check.limit.names()
+        for subject, metric, window, i in self.names:
             if window is None:  # a cap reads nothing; a concurrency limit its leases
                 count, first = leases.get(subject, _NONE) if metric == _LEASED else _NONE
                 readings.append(
