@@ -12,7 +12,6 @@ entries are bounded.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ from tokenquota.storage.sql import hot, reads
 
 
 @pytest.fixture
-def compared(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+def compared(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every read of a placed plan is compared with the one built without the cache;
     yields the number of such reads."""
     monkeypatch.setattr(reads, "_SHAPES", {})
@@ -49,7 +48,7 @@ def compared(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
         return got
 
     monkeypatch.setattr(hot.HotTx, "reads", checked)
-    yield count
+    return count
 
 
 def _run(url: str, clock: FrozenClock) -> list[Any]:
