@@ -256,13 +256,7 @@ class MemoryMeter:
         shape = None if plan.resource is not None else self._shape(plan, tuple(units))
         counting = shape.counting if shape is not None else self._counting(plan, tuple(units))
         # Before deciding, which counts shadow hits: a refused amount changes nothing.
-        # ``_check_bounds``, in line: nearly always far below the bound.
-        for metric, dicts in counting.lifetime:
-            headroom = MAX_UNITS - units[metric]
-            for buckets in dicts:
-                if buckets.get(LIFETIME_BUCKET, 0) > headroom:
-                    self._check_bounds_exactly(plan)
-                    break
+        self._check_bounds(plan, counting, units)
         # Decided with the id its event will get, so the answer is built once.
         event_id = state.last_event_id + 1
         decision = None
