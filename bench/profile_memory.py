@@ -39,7 +39,7 @@ PARTS = (
     ("plan (engine/planner.py)", "engine/planner.py", "plan"),
     ("  charged and limits (view.memo: the skeleton)", "storage/snapshot.py", "memo"),
     ("  a Check per limit (Layout.checks)", "engine/planner.py", "checks"),
-    ("  amounts (parse_amounts)", "engine/planner.py", "parse_amounts"),
+    ("  amounts (Amounts.parse)", "domain/metrics.py", "parse"),
     ("  idempotency fingerprint", "engine/planner.py", "request_fingerprint"),
     ("store step (MemoryMeter.debit)", "storage/memory/meter.py", "debit"),
     ("  deciding, nothing refused (admitted)", "domain/decisions.py", "admitted"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal, InvalidOperation
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from tokenquota.domain.errors import ValidationError
 
@@ -159,7 +159,21 @@ class Amounts(Mapping[Metric, int]):
 
         ``tokens`` defaults to input + output tokens when only those are given, and
         ``requests`` to ``default_requests``: each call is a request unless it says not.
+        A service names one of a few shapes (``{"tokens": n}``) on every call, so
+        amounts of a known shape of plain ints are taken as they are (``_plain``,
+        a consume's hot path); everything else goes through ``parse_each``.
         """
+        if default_requests == 1:
+            plain = _plain(values)
+            if plain is not None:
+                return plain
+        return cls.parse_each(values, field=field, default_requests=default_requests)
+
+    @classmethod
+    def parse_each(
+        cls, values: Mapping[str, object], *, field: str = "amounts", default_requests: int = 1
+    ) -> Amounts:
+        """``parse``, name by name: what the quick path must answer alike."""
         units: dict[Metric, int] = {}
         for name, raw in values.items():
             # The field's name is only built when it is needed: for the error.
@@ -188,7 +202,7 @@ class Amounts(Mapping[Metric, int]):
     @classmethod
     def of_units(cls, units: dict[Metric, int]) -> Amounts:
         """``Amounts(units)`` for a dict of the caller's own with no zero units: kept as it
-        is, without the copy that drops zeros (``planner.parse_amounts``)."""
+        is, without the copy that drops zeros (``_plain``)."""
         made = cls.__new__(cls)
         made._units = units
         return made
@@ -245,3 +259,64 @@ class Amounts(Mapping[Metric, int]):
     @classmethod
     def from_units_json(cls, data: Mapping[str, int]) -> Amounts:
         return cls({Metric(k): int(v) for k, v in data.items()})
+
+
+# What a caller's amount names mean, by the tuple of names (in their order):
+# the metrics, when each is a counter a consume may carry other than credits
+# and ``tokens`` needs no filling in from input and output tokens; else None.
+# A service's calls name one of a few shapes ({"tokens": n}), whatever n is.
+_AMOUNT_NAMES: dict[tuple[object, ...], tuple[Metric, ...] | None] = {}
+_MAX_AMOUNT_NAMES: Final = 1_024
+_PLAIN: Final = frozenset(m for m in _CONSUMABLE if m is not Metric.CREDITS)
+_REQUESTS: Final = Metric.REQUESTS
+
+
+def _plain(raw: Mapping[str, object]) -> Amounts | None:
+    """``Amounts.parse(raw)`` when it is quick to tell, else None (then ``parse_each``).
+
+    For names of a known shape (``_AMOUNT_NAMES``) whose values are all plain
+    ints within 0 to 2^63 - 1, the units are the values themselves
+    (``metrics.to_units``), in the caller's order, then ``requests`` = 1 when
+    not given: what ``Amounts.parse`` builds, without its per-name lookups.
+    Anything else (a bool, a float, a Decimal, a string, a negative or too
+    large number, credits, a name of no metric) is None: ``parse_each`` takes
+    it and names the field in its error.
+    """
+    names = tuple(raw)
+    metrics = _AMOUNT_NAMES.get(names, _UNKNOWN)
+    if metrics is _UNKNOWN:
+        metrics = _amount_names(names)
+    if metrics is None:
+        return None
+    units: dict[Metric, int] = {}
+    zero = False
+    for metric, value in zip(metrics, raw.values(), strict=True):
+        if type(value) is not int or value < 0 or value > MAX_UNITS:
+            return None
+        units[metric] = value
+        if not value:
+            zero = True
+    if _REQUESTS not in units:
+        units[_REQUESTS] = 1
+    return Amounts(units) if zero else Amounts.of_units(units)  # a zero is left out
+
+
+_UNKNOWN: Final[Any] = object()
+
+
+def _amount_names(names: tuple[object, ...]) -> tuple[Metric, ...] | None:
+    """The metrics ``names`` stand for if ``_plain`` may take them as they are."""
+    metrics = tuple(_BY_VALUE.get(name) for name in names if type(name) is str)
+    simple = (
+        len(metrics) == len(names)
+        and all(m in _PLAIN for m in metrics)
+        and (
+            Metric.TOKENS in metrics
+            or (Metric.INPUT_TOKENS not in metrics and Metric.OUTPUT_TOKENS not in metrics)
+        )
+    )
+    found = tuple(m for m in metrics if m is not None) if simple else None
+    if len(_AMOUNT_NAMES) >= _MAX_AMOUNT_NAMES:
+        _AMOUNT_NAMES.clear()  # many shapes: start afresh rather than grow
+    _AMOUNT_NAMES[names] = found
+    return found

@@ -41,7 +41,7 @@ from tokenquota.domain.limits import (
     parse_limit_value,
     resolve,
 )
-from tokenquota.domain.metrics import CONSUMABLE, MAX_UNITS, Amounts, Metric
+from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.plans import Placement, placed_plan
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef, consumer_ref, parse_kind
@@ -126,7 +126,7 @@ class Planner:
         elif isinstance(raw_amounts, Amounts):
             amounts = raw_amounts
         else:
-            amounts = parse_amounts(raw_amounts)
+            amounts = Amounts.parse(raw_amounts)
         now = self.clock.now()
         at = now if timestamp is None else self.timestamp(timestamp, now)
         view = self.source.config()
@@ -352,68 +352,6 @@ class Planner:
             return Check(limit, 0, now, 0, 0, None)
         lo, hi = window.read_range(now, self.tz)
         return Check(limit, 0, now, lo, hi, hi)
-
-
-# What a caller's amount names mean, by the tuple of names (in their order):
-# the metrics, when each is a counter a consume may carry other than credits
-# and ``tokens`` needs no filling in from input and output tokens; else None.
-# A service's calls name one of a few shapes ({"tokens": n}), whatever n is.
-_AMOUNT_NAMES: dict[tuple[object, ...], tuple[Metric, ...] | None] = {}
-_MAX_AMOUNT_NAMES: Final = 1_024
-_PLAIN: Final = frozenset(m for m in CONSUMABLE if m is not Metric.CREDITS)
-_METRIC_NAMED: Final = {m.value: m for m in Metric}
-_REQUESTS: Final = Metric.REQUESTS
-
-
-def parse_amounts(raw: Mapping[str, object]) -> Amounts:
-    """``Amounts.parse(raw)``: the same value, or the same ValidationError.
-
-    For names of a known shape (``_AMOUNT_NAMES``) whose values are all plain
-    ints within 0 to 2^63 - 1, the units are the values themselves
-    (``metrics.to_units``), in the caller's order, then ``requests`` = 1 when
-    not given: what ``Amounts.parse`` builds, without its per-name lookups.
-    Anything else (a bool, a float, a Decimal, a string, a negative or too
-    large number, credits, a name of no metric) goes to ``Amounts.parse``,
-    which names the field in its error.
-    """
-    names = tuple(raw)
-    metrics = _AMOUNT_NAMES.get(names, _UNKNOWN)
-    if metrics is _UNKNOWN:
-        metrics = _amount_names(names)
-    if metrics is None:
-        return Amounts.parse(raw)
-    units: dict[Metric, int] = {}
-    zero = False
-    for metric, value in zip(metrics, raw.values(), strict=True):
-        if type(value) is not int or value < 0 or value > MAX_UNITS:
-            return Amounts.parse(raw)
-        units[metric] = value
-        if not value:
-            zero = True
-    if _REQUESTS not in units:
-        units[_REQUESTS] = 1
-    return Amounts(units) if zero else Amounts.of_units(units)  # a zero is left out
-
-
-_UNKNOWN: Final[Any] = object()
-
-
-def _amount_names(names: tuple[object, ...]) -> tuple[Metric, ...] | None:
-    """The metrics ``names`` stand for if ``parse_amounts`` may take them as they are."""
-    metrics = tuple(_METRIC_NAMED.get(name) for name in names if type(name) is str)
-    simple = (
-        len(metrics) == len(names)
-        and all(m in _PLAIN for m in metrics)
-        and (
-            Metric.TOKENS in metrics
-            or (Metric.INPUT_TOKENS not in metrics and Metric.OUTPUT_TOKENS not in metrics)
-        )
-    )
-    found = tuple(m for m in metrics if m is not None) if simple else None
-    if len(_AMOUNT_NAMES) >= _MAX_AMOUNT_NAMES:
-        _AMOUNT_NAMES.clear()  # many shapes: start afresh rather than grow
-    _AMOUNT_NAMES[names] = found
-    return found
 
 
 _CAP, _LEASE, _PLACED, _ROLLING = range(4)  # how a Layout places a limit's check

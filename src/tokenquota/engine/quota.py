@@ -32,7 +32,7 @@ from tokenquota.domain.decisions import (
 from tokenquota.domain.errors import StoreUnavailable, StoreUnreachable, ValidationError
 from tokenquota.domain.insights import DEFAULT_TOP, TopConsumers
 from tokenquota.domain.ledger import Event
-from tokenquota.domain.metrics import Metric, from_units, merge_amounts
+from tokenquota.domain.metrics import Amounts, Metric, from_units, merge_amounts
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.views import (
     Granularity,
@@ -51,7 +51,6 @@ from tokenquota.engine.planner import (
     STALE_MESSAGE,
     STALE_ROUNDS,
     Planner,
-    parse_amounts,
     parse_config_defaults,
 )
 from tokenquota.engine.spool import Spool
@@ -192,7 +191,7 @@ class Quota(Holds):
         if model is not None:
             model = inputs.bounded_text(model, "model", inputs.MAX_MODEL_LENGTH)
         parsed_tags = {} if tags is None else inputs.tags(tags)
-        parsed = parse_amounts(raw)  # where the planner would: after every check above
+        parsed = Amounts.parse(raw)  # where the planner would: after every check above
         try:
             # ``planned`` and ``_or_outage`` written out, without their closures:
             # plan again while the step finds the configuration moved, and when
