@@ -14,13 +14,14 @@ One decision runs, in order:
 
 1. (PostgreSQL) the global key shared and the series locks, in one sorted
    statement per transaction (``Database.lock_series`` says why);
-2. the reads, one statement each: the idempotency key (when given), whether
-   the subject exists, the buckets of every check plus the lifetime counters
-   of the 63-bit bound (one select), the live holds of every series read
-   (one select, the prepaid wallets' held credits with them), live leases
-   (only when a check counts them), the charged subjects' grants, and, once
-   per transaction, the tracked (metric, window) pairs; on SQLite all of
-   them in one compound select (``statements.sqlite_reads``);
+2. the reads, one compound select of tagged rows (``statements.sqlite_reads``,
+   ``statements.postgres_reads``): the configuration version, the idempotency
+   key (when given), whether the subject exists, the buckets of every check
+   plus the lifetime counters of the 63-bit bound, the live holds of every
+   series read (the prepaid wallets' held credits with them), live leases
+   (only when a check counts them), the charged subjects' grants, once per
+   transaction the tracked (metric, window) pairs, and (PostgreSQL) the
+   number of the event to come;
 3. the pure ``decide``, in the meter;
 4. the writes, when admitted: the event, its subject links, one multi-row
    counter upsert, the burn (only when credits are charged) and the
@@ -59,7 +60,6 @@ from tokenquota.storage.sql.outbox import alert_values
 from tokenquota.storage.sql.reads import Found, Ranges, Reads, Tracked, tracked_pairs
 from tokenquota.storage.sql.statements import (
     GLOBAL_EXCLUSIVE,
-    GLOBAL_SHARED,
     POSTGRES,
     SQLITE,
     Stmt,
@@ -159,12 +159,7 @@ class HotTx:
         if self.single_lock:
             self.pending.append((GLOBAL_EXCLUSIVE, ()))
             return
-        self.pending.append((GLOBAL_SHARED, ()))
-        keys = series_keys(names)
-        if keys:
-            self.pending.append(
-                (POSTGRES.series_locks, ([k[0] for k in keys], [k[1] for k in keys]))
-            )
+        self.pending += POSTGRES.locks(series_keys(names))
 
     # one decision inside a shared transaction ---------------------------------------
     def savepoint(self) -> None:

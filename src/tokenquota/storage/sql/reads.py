@@ -13,6 +13,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
@@ -26,19 +28,22 @@ from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
 from tokenquota.storage.sql.statements import (
-    POSTGRES,
+    PG_READ_COLUMNS,
     READ_COUNTERS,
     READ_ENDS,
     READ_GRANTS,
     READ_HOLDS,
     READ_KEY,
     READ_LEASES,
+    READ_NEXT,
     READ_SUBJECT,
     READ_TRACKED,
     READ_VERSION,
+    SQLITE_READ_COLUMNS,
     TOTAL,
     Sql,
     Stmt,
+    postgres_reads,
     sqlite_reads,
 )
 from tokenquota.wire import stored
@@ -81,9 +86,9 @@ class Tracked:
 class Reads:
     """The reads of one decision (``HotTx.read``): its statements, then what they found.
 
-    On SQLite they are one compound select (``statements.sqlite_reads``), its
-    rows tagged by the part they answer; on PostgreSQL one statement a part,
-    in one pipeline. ``found`` takes ``seen``, what earlier decisions of the
+    They are one compound select (``statements.sqlite_reads``,
+    ``statements.postgres_reads``), its rows tagged by the part they answer.
+    ``found`` takes ``seen``, what earlier decisions of the
     same run decided and have not written yet (``batch.py``), and reads as if
     they had been: their counter increments and grant burns added, the
     subjects they created known, the idempotency answers they stored found.
@@ -122,13 +127,14 @@ class Reads:
         self.tracked = tracked.pairs is None and not tracked.asking
         if self.tracked:
             tracked.asking = True
-        self.folded = not sql.postgres
+        self.postgres = sql.postgres
+        self.numbered = numbered and sql.postgres
         placement = plan.placement
-        if self.folded and placement is not None and plan.capacity is None:
-            # A warm SQLite decision: its statement and all but two of its parameters
-            # are those of the last decision of the same span and request (``_Shape``).
+        if placement is not None and plan.capacity is None:
+            # A warm decision: its statement and all but two of its parameters are
+            # those of the last decision of the same span and request (``_Shape``).
             key: tuple[Any, ...] = (id(placement), series, len(plan.charged), subject, metrics)
-            key += (keyed, self.versioned, self.tracked)
+            key += (keyed, self.versioned, self.tracked, self.numbered, self.postgres)
             shape = _SHAPES.get(key)
             if shape is None or shape.placement is not placement:
                 shape = _Shape(self, plan, placement, metrics)
@@ -136,73 +142,38 @@ class Reads:
                     _SHAPES.clear()
                 _SHAPES[key] = shape
             self.ranges, self.lifetime = shape.ranges, shape.lifetime
-            self.numbered = False
             self.stmts = shape.stmts(plan)
             return
-        self._build(sql, plan, metrics, numbered)
+        self._build(plan, metrics)
 
-    def _build(self, sql: Sql, plan: DebitPlan, metrics: Sequence[str], numbered: bool) -> None:
+    def _build(self, plan: DebitPlan, metrics: Sequence[str]) -> None:
         """The statements of any plan, built from its checks."""
         self.ranges = ranges = Ranges(plan.reads)
-        series, subject, keyed = self.series, self.subject, self.keyed
+        series = self.series
         self.lifetime = [
             (s, m, TOTAL, LIFETIME_BUCKET, LIFETIME_BUCKET) for s in series for m in metrics
         ]
         ranges.keys += self.lifetime
         charged = series[: len(plan.charged)]  # the charged subjects come first, as text
-        self.numbered = numbered and sql.postgres
-        now = to_micros(plan.now)
         held = ranges.held(charged)
-        if self.folded:
-            owners = sorted(set(charged))
-            self.stmts = _folded(self, subject, plan.idempotency_key, held, owners, now)
-            return
-        stmts: list[Stmt] = []
-        # First in the batch, after the locks.
-        if self.versioned:
-            stmts.append((sql.version, ()))
-        if keyed:
-            stmts.append((sql.idempotency, (subject, plan.idempotency_key)))
-        stmts.append((sql.subject, (subject,)))
-        stmts.append(sql.counters(ranges.keys))
-        stmts.append(sql.holds(held, now))
-        if ranges.leased:
-            stmts.append(sql.leases(ranges.leased, now))
-        stmts.append(sql.grants(charged))
-        if self.tracked:
-            stmts.append((sql.tracked, ()))
-        if self.numbered:
-            stmts.append((POSTGRES.next_event, ()))
-        self.stmts = stmts
+        owners = sorted(set(charged))
+        now = to_micros(plan.now)
+        self.stmts = _folded(self, self.subject, plan.idempotency_key, held, owners, now)
 
     def _parts(self, cursors: Sequence[Any]) -> list[list[Any]]:
         """The rows of each part (``statements.READ_*``), without their tags; but the
-        folded counters' rows, the most numerous, keep theirs (``Ranges.parse``'s ``at``)."""
-        parts: list[list[Any]] = [[], [], [], [], [], [], [], []]  # one per READ_ENDS
-        if self.folded:
-            counters = parts[READ_COUNTERS]
-            for cursor in cursors:
-                for row in cursor.fetchall():
-                    tag = row[0]
-                    if tag == READ_COUNTERS:
-                        counters.append(row)
-                    else:
-                        parts[tag].append(row[1 : READ_ENDS[tag]])
-            return parts
-        it = iter(cursors)
-        if self.versioned:
-            parts[READ_VERSION] = next(it).fetchall()
-        if self.keyed:
-            parts[READ_KEY] = next(it).fetchall()
-        for tag in (READ_SUBJECT, READ_COUNTERS, READ_HOLDS):
-            parts[tag] = next(it).fetchall()
-        if self.ranges.leased:
-            parts[READ_LEASES] = next(it).fetchall()
-        parts[READ_GRANTS] = next(it).fetchall()
-        if self.tracked:
-            parts[READ_TRACKED] = next(it).fetchall()
-        if self.numbered:
-            parts.append(next(it).fetchall())
+        counters' rows, the most numerous, keep theirs (``Ranges.parse``'s ``at``)."""
+        parts: list[list[Any]] = [[], [], [], [], [], [], [], [], []]  # one per tag
+        counters = parts[READ_COUNTERS]
+        columns = PG_READ_COLUMNS if self.postgres else SQLITE_READ_COLUMNS
+        for cursor in cursors:
+            for row in cursor.fetchall():
+                tag = row[0]
+                if tag == READ_COUNTERS:
+                    counters.append(row)
+                else:
+                    lo, hi = columns[tag]
+                    parts[tag].append(row[lo:hi])
         return parts
 
     def found(self, cursors: list[Any], seen: Seen | None = None) -> Found:
@@ -232,7 +203,8 @@ class Reads:
         found.subject_known = bool(parts[READ_SUBJECT])
         if seen is not None and self.subject in seen.subjects:
             found.subject_known = True
-        readings, buckets, holds = self.ranges.parse(parts, seen, at=int(self.folded))
+        at = (PG_READ_COLUMNS if self.postgres else SQLITE_READ_COLUMNS)[READ_COUNTERS][0]
+        readings, buckets, holds = self.ranges.parse(parts, seen, at=at)
         found.readings = readings
         lifetime = self.lifetime
         for key, got in zip(lifetime, buckets[len(buckets) - len(lifetime) :], strict=True):
@@ -248,7 +220,7 @@ class Reads:
                         Prepaid(s, mine, holds.get((str(s), Metric.CREDITS.value), (0, 0))[0])
                     )
         if self.numbered:
-            found.event_id = int(parts[-1][0][0])
+            found.event_id = int(parts[READ_NEXT][0][0])
         return found
 
 
@@ -265,10 +237,21 @@ def _folded(
     owners: Sequence[str],
     now: object,
 ) -> list[Stmt]:
-    """SQLite: the statement (or statements, past ``sqlite_reads``'s chunk) of ``reads``,
+    """The statement (on SQLite, statements past ``sqlite_reads``'s chunk) of ``reads``,
     ``key`` its idempotency key and ``now`` the time its holds and leases are live at."""
     ranges = reads.ranges
     params: list[Any] = []
+    if reads.postgres:
+        if reads.keyed:
+            params += (subject, key)
+        params += (subject, _json(ranges.keys), _json(held), now)
+        if ranges.leased:
+            params += (_json(ranges.leased), now)
+        params.append(_json(owners))
+        text = postgres_reads(
+            reads.versioned, reads.keyed, bool(ranges.leased), reads.tracked, reads.numbered
+        )
+        return [(text, params)]
     if reads.keyed:
         params += (subject, key)
     params.append(subject)
@@ -301,8 +284,13 @@ def _folded(
     return stmts
 
 
+def _json(values: Sequence[Any]) -> str:
+    """A list as the JSON text a PostgreSQL read unpacks (``statements.postgres_reads``)."""
+    return orjson.dumps(values).decode()
+
+
 class _Shape:
-    """The folded read of every warm SQLite decision of one shape (``Reads``).
+    """The folded read of every warm decision of one shape (``Reads``).
 
     Plans made from one ``Placement`` (a span of time, ``domain/plans.py``)
     check the same limits in the same buckets, so with the same series,

@@ -149,6 +149,21 @@ class PostgresSql(Sql):
         " resource) VALUES (%s, %s, %s::json, %s, %s, NULL, %s)"
     )
 
+    def locks(self, keys: Sequence[tuple[int, int]]) -> list[Stmt]:
+        """The global key shared, then the series locks in the order of ``keys``.
+
+        One statement for up to ``_LOCKS_IN_ONE`` keys: the locks are the
+        expressions of one select list, which PostgreSQL evaluates left to right,
+        the global key first (``tx.Database.tx`` says why the order matters).
+        Each key is two int4 parameters, so no array is dumped in Python.
+        """
+        if len(keys) > _LOCKS_IN_ONE:  # a select list has a bounded length
+            return [
+                (GLOBAL_SHARED, ()),
+                (self.series_locks, ([k[0] for k in keys], [k[1] for k in keys])),
+            ]
+        return [(_pg_locks(len(keys)), [part for key in keys for part in key])]
+
     def events(self, rows: Sequence[Sequence[Any]]) -> Stmt:
         """Many events in one statement (a run of consumes: batch.py), each row as
         ``event``'s parameters; one text whatever the number of rows."""
@@ -268,6 +283,17 @@ _PG_LEASES = _LEASES.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
 _PG_GRANTS = _GRANTS.replace("IN ({})", "= ANY(%s::text[])")
 
 
+# More keys than this go in two statements (``PostgresSql.locks``): far below the
+# 1,664 entries a select list may hold.
+_LOCKS_IN_ONE = 256
+
+
+@cache
+def _pg_locks(count: int) -> str:
+    locks = "".join([", pg_advisory_xact_lock(%s, %s)"] * count)
+    return f"{GLOBAL_SHARED}{locks}"
+
+
 def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
     """Rows as one list per column: the arrays a PostgreSQL ``unnest`` insert takes."""
     return [list(column) for column in zip(*rows, strict=True)]
@@ -308,6 +334,7 @@ READ_VERSION, READ_KEY, READ_SUBJECT, READ_COUNTERS = 0, 1, 2, 3
 READ_HOLDS, READ_LEASES, READ_GRANTS, READ_TRACKED = 4, 5, 6, 7
 # Where each part's columns end in its rows (the tag is column 0).
 READ_ENDS = (2, 3, 2, 4, 5, 4, 7, 3)
+SQLITE_READ_COLUMNS = tuple((1, end) for end in READ_ENDS)  # as PG_READ_COLUMNS, below
 _READ_PARTS = (
     (READ_VERSION, f"SELECT 0, value, {{}} FROM meta WHERE \"key\" = '{VERSION_KEY}'", 0),
     (
@@ -365,6 +392,59 @@ def sqlite_reads(counts: tuple[int, ...]) -> tuple[tuple[str, int], ...]:
     return tuple(
         (" UNION ALL ".join(text for text, _ in chunk), sum(n for _, n in chunk))
         for chunk in chunks
+    )
+
+
+# PostgreSQL: the same parts in one UNION ALL select, run after the statement that
+# took the locks (under READ COMMITTED each statement reads a snapshot taken at its
+# start). A UNION's columns have one type each, so every row is (tag, text, text,
+# bigint, bigint, bigint, bigint) and each part's columns sit where their types
+# are: ``PG_READ_COLUMNS[tag]`` is where they start and end. The lists a part
+# looks up (counter ranges, subjects) are one JSON text parameter each, unpacked
+# by the server: psycopg dumps a Python list through Python code, element by
+# element, and a JSON text is one ``orjson.dumps``, kept per request shape
+# (``reads._Shape``). The text depends only on which parts there are, so psycopg
+# prepares each of the few variants once.
+READ_NEXT = 8  # the number the decision's event will carry (``nextval``)
+PG_READ_COLUMNS = ((1, 2), (1, 3), (1, 2), (3, 6), (1, 5), (2, 5), (1, 7), (1, 3), (3, 4))
+_PG_IN = "IN (SELECT json_array_elements_text(%s::json))"
+# NULLs are typed: PostgreSQL types a UNION pair by pair, and two untyped NULLs
+# would make a text column that a later bigint cannot join.
+_T, _N = "NULL::text", "NULL::bigint"
+_PG_READ_PARTS = (
+    f"SELECT 0, value, {_T}, {_N}, {_N}, {_N}, {_N} FROM meta WHERE \"key\" = '{VERSION_KEY}'",
+    f"SELECT 1, fingerprint, decision::text, {_N}, {_N}, {_N}, {_N} FROM idempotency"
+    ' WHERE subject = %s AND "key" = %s',
+    f"SELECT 2, {_T}, {_T}, {_N}, {_N}, {_N}, {_N} FROM subjects WHERE ref = %s",
+    # Each range is [subject, metric, window, lo, hi]; its position tags its rows.
+    f"SELECT 3, {_T}, {_T}, k.i - 1, c.bucket, c.value, {_N}"
+    " FROM json_array_elements(%s::json) WITH ORDINALITY AS k(r, i)"
+    " JOIN counters AS c ON c.subject = k.r->>0 AND c.metric = k.r->>1"
+    ' AND c."window" = k.r->>2 AND c.bucket BETWEEN (k.r->>3)::bigint AND (k.r->>4)::bigint',
+    # Live holds past 2^63 - 1 units (possible on a metric with no limit) read as
+    # that much: more than any limit or balance, which is all a decision asks.
+    f"SELECT 4, subject, metric, least(sum(amount), {2**63 - 1})::bigint, max(expires_at),"
+    f" {_N}, {_N} FROM holds"
+    f" WHERE subject {_PG_IN} AND expires_at > %s GROUP BY subject, metric",
+    f"SELECT 5, {_T}, subject, count(*), min(expires_at), {_N}, {_N} FROM lease_holders"
+    f" WHERE subject {_PG_IN} AND expires_at > %s GROUP BY subject",
+    "SELECT 6, id, subject, amount, granted_at, expires_at, remaining FROM grants"
+    f" WHERE subject {_PG_IN}",
+    f'SELECT 7, metric, "window", {_N}, {_N}, {_N}, {_N} FROM tracked',
+    f"SELECT 8, {_T}, {_T}, nextval(pg_get_serial_sequence('events', 'id')), {_N}, {_N}, {_N}",
+)
+
+
+@cache
+def postgres_reads(
+    versioned: bool, keyed: bool, leased: bool, tracked: bool, numbered: bool
+) -> str:
+    """The one read statement of a PostgreSQL decision with these parts, in tag order;
+    its parameters: the subject and key (``keyed``), the subject, the ranges, the held
+    subjects and the time, the leased subjects and the time (``leased``), the owners."""
+    wanted = (versioned, keyed, True, True, True, leased, True, tracked, numbered)
+    return " UNION ALL ".join(
+        part for part, want in zip(_PG_READ_PARTS, wanted, strict=True) if want
     )
 
 
