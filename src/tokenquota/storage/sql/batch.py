@@ -14,10 +14,10 @@ consecutive debits of a batch are decided together:
    counter increments, grant burns, created subjects and stored idempotency
    answers), so each gets the answer it would have got alone, after them:
    the same admissions, denials, replays, conflicts and alert events;
-3. the writes are queued as one batch, one statement per table: the events
-   of the admitted ones, their links and their idempotency answers each in
-   one multi-row insert (``unnest`` arrays), the counters and grant burns of
-   the whole run summed into one upsert and one update per grant; created
+3. the writes are queued as one statement, the one a lone debit writes
+   (``PostgresSql.record``): the events of the admitted ones with their
+   links and idempotency answers, the counters and grant burns of the whole
+   run summed (one upsert row per counter, one update per grant); created
    subjects, shadow hits and alert rows (rare) one statement each, as a lone
    debit writes them. They go with the next step's reads or the batch's
    COMMIT; no caller is answered before that COMMIT (``group.py``).
@@ -55,10 +55,9 @@ from tokenquota.wire import stored
 
 @dataclass(slots=True)
 class Rows:
-    """The rows the admitted debits of a run add, written in one statement per table."""
+    """The rows the admitted debits of a run add, written in one statement."""
 
     events: list[tuple[Any, ...]] = field(default_factory=list)
-    links: list[tuple[str, int, int]] = field(default_factory=list)  # subject, ts, event id
     remembers: list[tuple[Any, ...]] = field(default_factory=list)
 
 
@@ -108,16 +107,8 @@ def run_debits(run: Context, tx: HotTx, jobs: Sequence[Job[Any]]) -> None:
             job.result = _decide(run, tx, view, since, job.batchable, r, mine, seen, writes, rows)
         except Exception as exc:
             job.error = exc
-    sql = POSTGRES
-    if rows.events:
-        writes.append(sql.events(rows.events))
-    if rows.links:
-        writes.append(sql.links_of(rows.links))
-    if seen.deltas:
-        writes.append(sql.bumps(seen.deltas))
-    writes += [(sql.burn, (units, gid)) for gid, units in seen.burns.items()]
-    if rows.remembers:
-        writes.append(sql.remembers(rows.remembers))
+    if rows.events:  # counters, burns and answers come only with an event
+        writes.append(POSTGRES.record(rows.events, seen.deltas, seen.burns, rows.remembers))
     tx.pending += writes
 
 
@@ -190,7 +181,6 @@ def _decide(
     # Decided: from here on the debits after it read as if it were written.
     writes += mine
     rows.events.append((event_id, *event_values(row)))
-    rows.links += [(s, row["ts"], event_id) for s in row["charged"]]
     seen.add(deltas, burns)
     if new_subject:
         seen.subjects.add(str(plan.subject))

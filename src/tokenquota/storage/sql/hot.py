@@ -271,26 +271,38 @@ class HotTx:
             return None
         row = event_row(event)
         values = event_values(row)
-        if not sql.postgres:
-            # SQLite numbers the event as it inserts it; the rest follows at once
-            # (no round trips in-process).
-            (inserted,) = self.run([*stmts, (sql.event, values)])[-1:]
-            event_id = int(inserted.lastrowid)
-            stmts = []
-        else:
+        if sql.postgres:
+            # Numbered by the reads: everything in one statement (``PostgresSql.record``).
             assert event_id is not None
-            stmts.append((sql.event, (event_id, *values)))
+            remembers = []
+            if remember is not None:
+                remembers.append(self._answer(remember, event_id, now))
+            stmts.append(POSTGRES.record([(event_id, *values)], deltas, burns, remembers))
+            self._send(stmts, out)
+            return event_id
+        # SQLite numbers the event as it inserts it; the rest follows at once (no
+        # round trips in-process).
+        (inserted,) = self.run([*stmts, (sql.event, values)])[-1:]
+        event_id = int(inserted.lastrowid)
+        stmts = []
         if row["charged"]:
             stmts.append(sql.links(row["ts"], event_id, row["charged"]))
         if deltas:
             stmts.append(sql.bumps(deltas))
         stmts += [(sql.burn, (units, gid)) for gid, units in burns.items()]
         if remember is not None:
-            who, key_name, fingerprint, decision = remember
-            answer = json.dumps(stored.encode_decision(decision.numbered(event_id)))
-            stmts.append((sql.remember, (who, key_name, fingerprint, answer, to_micros(now))))
+            stmts.append((sql.remember, self._answer(remember, event_id, now)))
         self._send(stmts, out)
         return event_id
+
+    @staticmethod
+    def _answer(
+        remember: tuple[str, str, str, Decision], event_id: int, now: datetime
+    ) -> tuple[Any, ...]:
+        """The idempotency row of ``write``'s ``remember``: its decision numbered."""
+        who, key_name, fingerprint, decision = remember
+        answer = json.dumps(stored.encode_decision(decision.numbered(event_id)))
+        return (who, key_name, fingerprint, answer, to_micros(now))
 
     def hold_reservation(self, reservation: Reservation) -> None:
         """The reservation's row and its holds, with the step's other writes."""

@@ -13,8 +13,6 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
@@ -43,6 +41,7 @@ from tokenquota.storage.sql.statements import (
     TOTAL,
     Sql,
     Stmt,
+    json_text,
     postgres_reads,
     sqlite_reads,
 )
@@ -244,10 +243,10 @@ def _folded(
     if reads.postgres:
         if reads.keyed:
             params += (subject, key)
-        params += (subject, _json(ranges.keys), _json(held), now)
+        params += (subject, json_text(ranges.keys), json_text(held), now)
         if ranges.leased:
-            params += (_json(ranges.leased), now)
-        params.append(_json(owners))
+            params += (json_text(ranges.leased), now)
+        params.append(json_text(owners))
         text = postgres_reads(
             reads.versioned, reads.keyed, bool(ranges.leased), reads.tracked, reads.numbered
         )
@@ -282,11 +281,6 @@ def _folded(
         stmts.append((text, params[at : at + count]))
         at += count
     return stmts
-
-
-def _json(values: Sequence[Any]) -> str:
-    """A list as the JSON text a PostgreSQL read unpacks (``statements.postgres_reads``)."""
-    return orjson.dumps(values).decode()
 
 
 class _Shape:

@@ -10,9 +10,12 @@ lists). SQLite's IN lists and multi-row VALUES are made once per row count
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
+
+import orjson
 
 from tokenquota.domain.ledger import CounterKey
 from tokenquota.storage.sql.version import VERSION_KEY
@@ -164,18 +167,27 @@ class PostgresSql(Sql):
             ]
         return [(_pg_locks(len(keys)), [part for key in keys for part in key])]
 
-    def events(self, rows: Sequence[Sequence[Any]]) -> Stmt:
-        """Many events in one statement (a run of consumes: batch.py), each row as
-        ``event``'s parameters; one text whatever the number of rows."""
-        return _PG_EVENTS, _columns(rows)
+    def record(
+        self,
+        events: Sequence[Sequence[Any]],
+        deltas: dict[CounterKey, int],
+        burns: dict[str, int],
+        remembers: Sequence[Sequence[Any]],
+    ) -> Stmt:
+        """What admitted usage writes, in one statement: ``events`` (each row as
+        ``event``'s parameters) with their subject links, the counter ``deltas``, the
+        grant ``burns`` and the idempotency answers (each row as ``remember``'s).
 
-    def links_of(self, rows: Sequence[tuple[str, int, int]]) -> Stmt:
-        """(subject, ts, event id) rows of many events, in one statement."""
-        return _PG_LINKS_ROWS, _columns(rows)
-
-    def remembers(self, rows: Sequence[Sequence[Any]]) -> Stmt:
-        """Many idempotency answers in one statement, each row as ``remember``'s parameters."""
-        return _PG_REMEMBERS, _columns(rows)
+        For one decision or a run of them (batch.py) alike; each list is one JSON
+        text, so the text varies only with whether there are burns and answers.
+        """
+        params = [json_text(events)]  # in the order of the text (``_pg_record``)
+        if burns:
+            params.append(json_text(list(burns.items())))
+        if remembers:
+            params.append(json_text(remembers))
+        params.append(json_text([[*key, units] for key, units in deltas.items()]))
+        return _pg_record(bool(burns), bool(remembers)), params
 
     def holds_of(
         self, reservation_id: str, expires: int, rows: Sequence[tuple[str, str, int]]
@@ -238,20 +250,50 @@ _PG_BUMPS = (
     ' ON CONFLICT (subject, metric, "window", bucket)'
     " DO UPDATE SET value = counters.value + excluded.value"
 )
-_PG_EVENTS = (
-    "INSERT INTO events (id, kind, subject, charged, ts, recorded_at, mode, amounts, model,"
-    " tags, idempotency_key, resource) SELECT * FROM unnest(%s::bigint[], %s::text[],"
-    " %s::text[], %s::json[], %s::bigint[], %s::bigint[], %s::text[], %s::json[], %s::text[],"
-    " %s::json[], %s::text[], %s::text[])"
+# PostgreSQL: the writes of admitted usage as one statement of data-modifying
+# CTEs (``PostgresSql.record``), every list one JSON array of rows. An event's JSON
+# columns travel as JSON strings and are cast back, so the stored text is the one
+# written (``hot.event_values``). Each event's subject links come from its own
+# ``charged`` column. No two rows of one list touch the same row (one counter
+# upsert per key, one burn per grant), as one statement requires.
+_PG_EVENTS_CTE = (
+    "e AS (INSERT INTO events (id, kind, subject, charged, ts, recorded_at, mode, amounts,"
+    " model, tags, idempotency_key, resource) SELECT (r->>0)::bigint, r->>1, r->>2,"
+    " (r->>3)::json, (r->>4)::bigint, (r->>5)::bigint, r->>6, (r->>7)::json, r->>8,"
+    " (r->>9)::json, r->>10, r->>11 FROM json_array_elements(%s::json) AS r"
+    " RETURNING id, ts, charged),"
+    " l AS (INSERT INTO event_subjects (subject, ts, event_id)"
+    " SELECT s, e.ts, e.id FROM e, json_array_elements_text(e.charged) AS s)"
 )
-_PG_LINKS_ROWS = (
-    "INSERT INTO event_subjects (subject, ts, event_id)"
-    " SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[])"
+_PG_BURNS_CTE = (
+    "g AS (UPDATE grants SET remaining = grants.remaining - (b->>1)::bigint"
+    " FROM json_array_elements(%s::json) AS b WHERE grants.id = b->>0)"
 )
-_PG_REMEMBERS = (
-    'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::json[], %s::bigint[])"
+_PG_REMEMBERS_CTE = (
+    'i AS (INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
+    " SELECT r->>0, r->>1, r->>2, (r->>3)::json, (r->>4)::bigint"
+    " FROM json_array_elements(%s::json) AS r)"
 )
+_PG_COUNTERS_UPSERT = (
+    'INSERT INTO counters (subject, metric, "window", bucket, value)'
+    " SELECT r->>0, r->>1, r->>2, (r->>3)::bigint, (r->>4)::bigint"
+    " FROM json_array_elements(%s::json) AS r"
+    ' ON CONFLICT (subject, metric, "window", bucket)'
+    " DO UPDATE SET value = counters.value + excluded.value"
+)
+
+
+@cache
+def _pg_record(burns: bool, remembers: bool) -> str:
+    # Its parameters in text order: events, (burns), (answers), counters.
+    ctes = [_PG_EVENTS_CTE]
+    if burns:
+        ctes.append(_PG_BURNS_CTE)
+    if remembers:
+        ctes.append(_PG_REMEMBERS_CTE)
+    return f"WITH {', '.join(ctes)} {_PG_COUNTERS_UPSERT}"
+
+
 _PG_ADD_HOLDS = (
     "INSERT INTO holds (subject, metric, expires_at, reservation_id, amount)"
     " SELECT s, m, %s, %s, a FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS h(s, m, a)"
@@ -294,9 +336,14 @@ def _pg_locks(count: int) -> str:
     return f"{GLOBAL_SHARED}{locks}"
 
 
-def _columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]]:
-    """Rows as one list per column: the arrays a PostgreSQL ``unnest`` insert takes."""
-    return [list(column) for column in zip(*rows, strict=True)]
+def json_text(values: Sequence[Any]) -> str:
+    """A list as the JSON text a PostgreSQL statement unpacks: psycopg dumps a Python
+    list element by element in Python, and this is one ``orjson.dumps``. An int
+    orjson refuses (past 64 bits) goes through ``json.dumps``."""
+    try:
+        return orjson.dumps(values).decode()
+    except TypeError:
+        return json.dumps(values)
 
 
 @cache
