@@ -1,4 +1,4 @@
-"""SQLite's kept folded reads (storage/sql/reads.py ``_Shape``).
+"""The kept folded reads of SQLite and PostgreSQL (storage/sql/reads.py ``_Shape``).
 
 A warm decision's read statement and parameters come from the last decision
 of the same placement and request shape, with its own idempotency key and
@@ -36,7 +36,7 @@ def compared(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     def checked(self: hot.HotTx, plan: DebitPlan, **flags: Any) -> reads.Reads:
         tracked = reads.Tracked(self._tracked.pairs, self._tracked.asking)
         got = original(self, plan, **flags)
-        if plan.placement is not None and not self.sql.postgres:
+        if plan.placement is not None:
             built = reads.Reads(
                 self.sql, tracked, dataclasses.replace(plan, placement=None), **flags
             )
@@ -85,6 +85,16 @@ def test_a_kept_read_is_the_read_of_the_plans_own_checks(
     answers = _run(migrated_sqlite(sqlite_template, tmp_path / "q.db"), FrozenClock(START))
     assert compared[0] >= 20  # the placed plans' reads were all compared
     assert any(not a.allowed for a in answers[:-1] if hasattr(a, "allowed"))  # bob's minute
+    assert reads._SHAPES
+
+
+def test_a_kept_postgres_read_is_the_read_of_the_plans_own_checks(
+    postgres_url: str, compared: list[int]
+) -> None:
+    """PostgreSQL's one read statement (its lists as JSON texts) is kept the same way."""
+    answers = _run(postgres_url, FrozenClock(START))
+    assert compared[0] >= 20
+    assert any(not a.allowed for a in answers[:-1] if hasattr(a, "allowed"))
     assert reads._SHAPES
 
 
