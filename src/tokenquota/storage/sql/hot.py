@@ -25,7 +25,9 @@ One decision runs, in order:
 3. the pure ``decide``, in the meter;
 4. the writes, when admitted: the event, its subject links, one multi-row
    counter upsert, the burn (only when credits are charged) and the
-   idempotency answer; a new subject and shadow hits whether admitted or not.
+   idempotency answer (on PostgreSQL all in one statement,
+   ``PostgresSql.record``); a new subject and shadow hits whether admitted
+   or not.
 
 On PostgreSQL the statements of steps 1 and 2 go in one psycopg pipeline and
 those of step 4 in another, so a decision costs two network round trips

@@ -3,9 +3,16 @@
 Written once as text, never built per call: sqlite3 keeps each text's
 prepared statement in its per-connection cache, and psycopg prepares a text
 server-side after ``prepare_threshold`` runs, which is why the PostgreSQL
-texts never vary with the number of rows (arrays and ``unnest`` instead of IN
-lists). SQLite's IN lists and multi-row VALUES are made once per row count
+texts of the hot step never vary with the number of rows: their lists travel
+as one JSON text each (``json_text``), which the server unpacks; psycopg
+would dump a Python list (an array) or each scalar of a VALUES list in
+Python, element by element, and that was most of a consume's client time.
+SQLite's IN lists and multi-row VALUES are made once per row count
 (``functools.cache``).
+
+On PostgreSQL a consume is four statements: the locks (``PostgresSql.locks``),
+the reads (``postgres_reads``), the writes of admitted usage
+(``PostgresSql.record``) and COMMIT, in two pipelines (``hot.HotTx``).
 """
 
 from __future__ import annotations
@@ -123,21 +130,9 @@ class PostgresSql(Sql):
     idempotency = Sql.idempotency.replace("?", "%s")
     subject = Sql.subject.replace("?", "%s")
     add_subject = Sql.add_subject.replace("?", "%s")
-    event = (
-        "INSERT INTO events (id, kind, subject, charged, ts, recorded_at, mode, amounts, model,"
-        " tags, idempotency_key, resource)"
-        " VALUES (%s, %s, %s, %s::json, %s, %s, %s, %s::json, %s, %s::json, %s, %s)"
-    )
-    remember = (
-        'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
-        " VALUES (%s, %s, %s, %s::json, %s)"
-    )
     burn = Sql.burn.replace("?", "%s")
     shadow = Sql.shadow.replace("?", "%s")
     alert = Sql.alert.replace("?", "%s")
-    # Events are numbered before they are written: the idempotency answer stored
-    # with an event names its id, and both go in one pipeline.
-    next_event = "SELECT nextval(pg_get_serial_sequence('events', 'id'))"
     series_locks = (
         "SELECT pg_advisory_xact_lock(k.hi, k.lo)"
         " FROM unnest(%s::integer[], %s::integer[]) AS k(hi, lo)"
@@ -174,8 +169,8 @@ class PostgresSql(Sql):
         burns: dict[str, int],
         remembers: Sequence[Sequence[Any]],
     ) -> Stmt:
-        """What admitted usage writes, in one statement: ``events`` (each row as
-        ``event``'s parameters) with their subject links, the counter ``deltas``, the
+        """What admitted usage writes, in one statement: ``events`` (each row the
+        event's number, then ``hot.event_values``) with their subject links, the counter ``deltas``, the
         grant ``burns`` and the idempotency answers (each row as ``remember``'s).
 
         For one decision or a run of them (batch.py) alike; each list is one JSON
@@ -213,16 +208,6 @@ class PostgresSql(Sql):
     def holds(self, subjects: Sequence[str], now: int) -> Stmt:
         return _PG_HOLDS, [list(subjects), now]
 
-    def links(self, ts: int, event_id: int, subjects: Sequence[str]) -> Stmt:
-        return _PG_LINKS, (ts, event_id, list(subjects))
-
-    def bumps(self, deltas: dict[CounterKey, int]) -> Stmt:
-        columns: list[list[Any]] = [[], [], [], [], []]
-        for key, units in deltas.items():
-            for column, value in zip(columns, (*key, units), strict=True):
-                column.append(value)
-        return _PG_BUMPS, columns
-
     def leases(self, subjects: Sequence[str], now: int) -> Stmt:
         return _PG_LEASES, [list(subjects), now]
 
@@ -240,16 +225,6 @@ _ADD_HOLDS = "INSERT INTO holds (subject, metric, expires_at, reservation_id, am
 _ADD_HOLDERS = "INSERT INTO lease_holders (subject, expires_at, lease_id) VALUES {}"
 # On PostgreSQL one text whatever the number of rows (arrays through unnest), so
 # psycopg prepares it once.
-_PG_LINKS = (
-    "INSERT INTO event_subjects (subject, ts, event_id)"
-    " SELECT s, %s, %s FROM unnest(%s::text[]) AS s"
-)
-_PG_BUMPS = (
-    'INSERT INTO counters (subject, metric, "window", bucket, value)'
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[], %s::bigint[])"
-    ' ON CONFLICT (subject, metric, "window", bucket)'
-    " DO UPDATE SET value = counters.value + excluded.value"
-)
 # PostgreSQL: the writes of admitted usage as one statement of data-modifying
 # CTEs (``PostgresSql.record``), every list one JSON array of rows. An event's JSON
 # columns travel as JSON strings and are cast back, so the stored text is the one
