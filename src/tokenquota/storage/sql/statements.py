@@ -170,8 +170,9 @@ class PostgresSql(Sql):
         remembers: Sequence[Sequence[Any]],
     ) -> Stmt:
         """What admitted usage writes, in one statement: ``events`` (each row the
-        event's number, then ``hot.event_values``) with their subject links, the counter ``deltas``, the
-        grant ``burns`` and the idempotency answers (each row as ``remember``'s).
+        event's number, then ``hot.event_values``) with their subject links, the
+        counter ``deltas``, the grant ``burns`` and the idempotency answers (each
+        row as ``remember``'s parameters).
 
         For one decision or a run of them (batch.py) alike; each list is one JSON
         text, so the text varies only with whether there are burns and answers.
