@@ -50,6 +50,9 @@ _new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init
 _MAX_SHAPES: Final = 4_096  # plan shapes remembered; more (many users) start afresh
 _CREDITS: Final = Metric.CREDITS
 _CONCURRENT: Final = Metric.CONCURRENT_REQUESTS
+_GET: Final = dict.get  # ``_Shape.placed`` maps it over the dicts a placement reads
+# What a cap reads: nothing, ever. Only ever read (``placed``), never written.
+_NOTHING: Final[dict[int, int]] = {}
 
 
 class MemoryMeter:
@@ -442,7 +445,18 @@ class _Shape:
     """What the meter keeps for the plans of one charged tuple and metrics (``_shape``):
     where their events count, and the bucket dict each of their checks reads."""
 
-    __slots__ = ("charged", "counting", "epoch", "limits", "reads", "thresholds")
+    __slots__ = (
+        "at",
+        "charged",
+        "counting",
+        "dicts",
+        "epoch",
+        "limits",
+        "placement",
+        "reads",
+        "thresholds",
+        "zeros",
+    )
 
     def __init__(self, charged: tuple[SubjectRef, ...], epoch: int, counting: Counting) -> None:
         self.charged = charged
@@ -454,6 +468,12 @@ class _Shape:
         self.limits: tuple[EffectiveLimit, ...] = ()
         self.reads: tuple[dict[int, int] | None, ...] = ()
         self.thresholds = False  # whether any of ``limits`` has alert thresholds
+        # The placement last read (held, so no other takes its id), and per limit of
+        # it the dict and bucket it reads (an empty dict and 0 for a cap), and zeros.
+        self.placement: Placement | None = None
+        self.dicts: tuple[dict[int, int], ...] = ()
+        self.at: tuple[int, ...] = ()
+        self.zeros: tuple[int, ...] = ()
 
     def placed(self, placement: Placement, counters: Counters) -> list[int]:
         """``used`` of a plan measured by ``placement`` (whose every limit reads one
@@ -461,15 +481,30 @@ class _Shape:
 
         Placements of one skeleton share their limits tuple, so its dicts are
         kept by that tuple's identity (``limits`` holds it: no other tuple takes
-        its id while kept) across spans, for as long as this shape is kept.
+        its id while kept) across spans, for as long as this shape is kept; the
+        plans of one span share their placement, so what each limit reads is
+        kept by its identity too, and read with one ``dict.get`` each in C.
         """
+        if placement is not self.placement:
+            self._settle(placement, counters)
+        return list(map(_GET, self.dicts, self.at, self.zeros))
+
+    def _settle(self, placement: Placement, counters: Counters) -> None:
+        """Keep what each limit of ``placement`` reads: its dict and bucket."""
         limits = placement.limits
         if limits is not self.limits:
             self._keep(limits, placement.buckets, counters)
-        out = []
+        dicts: list[dict[int, int]] = []
+        at: list[int] = []
         for buckets, bucket in zip(self.reads, placement.buckets, strict=True):
-            out.append(0 if buckets is None or bucket is None else buckets.get(bucket, 0))
-        return out
+            if buckets is None or bucket is None:
+                dicts.append(_NOTHING)
+                at.append(0)
+            else:
+                dicts.append(buckets)
+                at.append(bucket)
+        self.placement = placement
+        self.dicts, self.at, self.zeros = tuple(dicts), tuple(at), (0,) * len(at)
 
     def _keep(
         self,
