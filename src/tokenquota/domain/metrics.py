@@ -276,8 +276,12 @@ class Amounts(Mapping[Metric, int]):
         own, and every admitted consume builds this dict.
         """
         numbers: dict[str, Number] = {}
+        if _CREDITS in self._units:
+            for metric, units in self._units.items():
+                numbers[metric._value_] = from_units(metric, units)
+            return numbers
         for metric, units in self._units.items():
-            numbers[metric._value_] = units if metric is not _CREDITS else from_units(metric, units)
+            numbers[metric._value_] = units
         return numbers
 
     def to_units_json(self) -> dict[str, int]:

@@ -187,9 +187,7 @@ class MemoryMeter:
                         details={"field": "idempotency_key"},
                     )
                 return first.as_replay()
-            if plan.subject not in state.subjects:
-                self._require_subject(plan, create_subject)
-            decision = self._apply(plan)
+            decision = self._apply(plan, None, create_subject)
             if decision.allowed and key:
                 state.idempotency[key] = (plan.fingerprint, decision)
             return decision
@@ -253,11 +251,49 @@ class MemoryMeter:
                     lifetime[(name, metric)] = buckets.get(LIFETIME_BUCKET, 0)
         check_lifetime(series, plan.amounts, lifetime)
 
-    def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
+    def _apply(
+        self,
+        plan: DebitPlan,
+        reservation_id: str | None = None,
+        create_subject: bool | None = None,
+    ) -> Decision:
+        """Decide ``plan`` and, if admitted, append its event and count it.
+
+        ``create_subject`` is a debit's (None: a commit, whose subject exists):
+        an unknown subject is made, or refused, before anything is counted.
+        """
         state = self._s
         units = plan.amounts.units()  # read with one C lookup per metric
-        shape = None if plan.resource is not None else self._shape(plan, tuple(units))
-        counting = shape.counting if shape is not None else self._counting(plan, tuple(units))
+        metrics = tuple(units)
+        shape: _Shape | None = None
+        if plan.resource is None:
+            # ``_shape``'s lookup in line: nearly every step finds its shape kept.
+            charged = plan.charged
+            shape = self._shapes.get((id(charged), metrics))
+            if shape is not None and (
+                shape.charged is not charged or shape.epoch != state.counting_epoch
+            ):
+                shape = None
+        # The subject's row, looked up (a ref hashes in Python) unless this shape saw
+        # it at this very configuration version: only a configuration write (which
+        # moves the version) deletes a subject, and nothing else does.
+        if create_subject is not None and (
+            shape is None
+            or plan.subject is not shape.subject
+            or state.config_version is not shape.version
+        ):
+            if plan.subject not in state.subjects:
+                self._require_subject(plan, create_subject)
+            if shape is not None:
+                shape.subject, shape.version = plan.subject, state.config_version
+        if plan.resource is None:
+            if shape is None:
+                shape = self._shape(plan, metrics)
+                if create_subject is not None:
+                    shape.subject, shape.version = plan.subject, state.config_version
+            counting = shape.counting
+        else:
+            counting = state.shape(plan.series, plan.amounts)
         # Before deciding, which counts shadow hits: a refused amount changes nothing.
         self._check_bounds(plan, counting, units)
         # Decided with the id its event will get, so the answer is built once.
@@ -454,7 +490,9 @@ class _Shape:
         "limits",
         "placement",
         "reads",
+        "subject",
         "thresholds",
+        "version",
         "zeros",
     )
 
@@ -468,6 +506,10 @@ class _Shape:
         self.limits: tuple[EffectiveLimit, ...] = ()
         self.reads: tuple[dict[int, int] | None, ...] = ()
         self.thresholds = False  # whether any of ``limits`` has alert thresholds
+        # A plan's subject found in the state's subjects, and the configuration
+        # version it was found at (``MemoryMeter._apply``).
+        self.subject: SubjectRef | None = None
+        self.version: str | None = None
         # The placement last read (held, so no other takes its id), and per limit of
         # it the dict and bucket it reads (an empty dict and 0 for a cap), and zeros.
         self.placement: Placement | None = None
