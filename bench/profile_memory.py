@@ -45,6 +45,8 @@ PARTS = (
     ("  deciding, nothing refused (admitted)", "domain/decisions.py", "admitted"),
     ("  deciding, the full rule (decide)", "domain/decisions.py", "decide"),
     ("  reading a bucket per limit (_Shape.used)", "storage/memory/meter.py", "used"),
+    ("  reading a placement's buckets (_Shape.placed)", "storage/memory/meter.py", "placed"),
+    ("  the 63-bit bound (_check_bounds)", "storage/memory/meter.py", "_check_bounds"),
     ("  counting the event (Counting.add)", "storage/memory/state.py", "add"),
     ("  the event", "domain/ledger.py", "usage_event"),
 )

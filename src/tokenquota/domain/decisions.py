@@ -247,19 +247,17 @@ def admitted(plan: DebitPlan, used: Sequence[int], event_id: int | None = None) 
     """
     placement = plan.placement
     if placement is not None:
+        if len(used) != len(placement.limits):
+            raise ValueError(f"{len(used)} counts for {len(placement.limits)} limits")
         units = plan.amounts.units()
-        limits, metrics, buckets = placement.limits, placement.metrics, placement.buckets
-        for limit, metric, bucket, count in zip(limits, metrics, buckets, used, strict=True):
-            value = limit.value
-            if value == UNLIMITED:
-                continue
-            if limit.key.metric is _SEQUENCE:
-                if units.get(metric, 0) > value:
-                    return None
-                continue
-            if bucket is None:
-                continue  # a cap never blocks here, as below
+        # Only the limits that can refuse here (``Placement.bounded``, ``capped``): an
+        # unlimited one never does, nor a cap other than input_sequence_length.
+        for i, metric, value in placement.bounded:
+            count = used[i]
             if not (count < value and count + units.get(metric, 0) <= value):  # ``admits``
+                return None
+        for metric, value in placement.capped:
+            if units.get(metric, 0) > value:
                 return None
     else:
         checks = plan.checks

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 from tokenquota.domain.frozen import builder, built_on_read
 from tokenquota.domain.grants import Grant
-from tokenquota.domain.limits import EffectiveLimit
+from tokenquota.domain.limits import UNLIMITED, EffectiveLimit
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.resources import ResourceQuota
 from tokenquota.domain.subjects import SubjectRef, consumer_series
@@ -67,6 +67,28 @@ class Placement:
     # one bucket it is read in and lands in (None for a cap, which reads nothing).
     metrics: tuple[Metric, ...]
     buckets: tuple[int | None, ...]
+    # What ``decisions.admitted`` compares, sorted out once per span rather than
+    # per request: (position, metric, limit) of each finite limit read in a
+    # bucket, and (metric, limit) of each finite input_sequence_length cap. An
+    # unlimited limit, or any other cap, never refuses there.
+    bounded: tuple[tuple[int, Metric, int], ...] = field(init=False, repr=False, compare=False)
+    capped: tuple[tuple[Metric, int], ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        bounded: list[tuple[int, Metric, int]] = []
+        capped: list[tuple[Metric, int]] = []
+        for i, (limit, metric, bucket) in enumerate(
+            zip(self.limits, self.metrics, self.buckets, strict=True)
+        ):
+            value = limit.value
+            if value == UNLIMITED:
+                continue
+            if limit.key.metric is Metric.INPUT_SEQUENCE_LENGTH:
+                capped.append((metric, value))
+            elif bucket is not None:
+                bounded.append((i, metric, value))
+        object.__setattr__(self, "bounded", tuple(bounded))
+        object.__setattr__(self, "capped", tuple(capped))
 
     def checks(self, amounts: Amounts, at: datetime) -> tuple[Check, ...]:
         """``Planner.check`` of each limit for a request of ``amounts`` at ``at``."""

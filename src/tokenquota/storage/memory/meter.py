@@ -50,6 +50,9 @@ _new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init
 _MAX_SHAPES: Final = 4_096  # plan shapes remembered; more (many users) start afresh
 _CREDITS: Final = Metric.CREDITS
 _CONCURRENT: Final = Metric.CONCURRENT_REQUESTS
+_GET: Final = dict.get  # ``_Shape.placed`` maps it over the dicts a placement reads
+# What a cap reads: nothing, ever. Only ever read (``placed``), never written.
+_NOTHING: Final[dict[int, int]] = {}
 
 
 class MemoryMeter:
@@ -184,9 +187,7 @@ class MemoryMeter:
                         details={"field": "idempotency_key"},
                     )
                 return first.as_replay()
-            if plan.subject not in state.subjects:
-                self._require_subject(plan, create_subject)
-            decision = self._apply(plan)
+            decision = self._apply(plan, None, create_subject)
             if decision.allowed and key:
                 state.idempotency[key] = (plan.fingerprint, decision)
             return decision
@@ -250,11 +251,49 @@ class MemoryMeter:
                     lifetime[(name, metric)] = buckets.get(LIFETIME_BUCKET, 0)
         check_lifetime(series, plan.amounts, lifetime)
 
-    def _apply(self, plan: DebitPlan, reservation_id: str | None = None) -> Decision:
+    def _apply(
+        self,
+        plan: DebitPlan,
+        reservation_id: str | None = None,
+        create_subject: bool | None = None,
+    ) -> Decision:
+        """Decide ``plan`` and, if admitted, append its event and count it.
+
+        ``create_subject`` is a debit's (None: a commit, whose subject exists):
+        an unknown subject is made, or refused, before anything is counted.
+        """
         state = self._s
         units = plan.amounts.units()  # read with one C lookup per metric
-        shape = None if plan.resource is not None else self._shape(plan, tuple(units))
-        counting = shape.counting if shape is not None else self._counting(plan, tuple(units))
+        metrics = tuple(units)
+        shape: _Shape | None = None
+        if plan.resource is None:
+            # ``_shape``'s lookup in line: nearly every step finds its shape kept.
+            charged = plan.charged
+            shape = self._shapes.get((id(charged), metrics))
+            if shape is not None and (
+                shape.charged is not charged or shape.epoch != state.counting_epoch
+            ):
+                shape = None
+        # The subject's row, looked up (a ref hashes in Python) unless this shape saw
+        # it at this very configuration version: only a configuration write (which
+        # moves the version) deletes a subject, and nothing else does.
+        if create_subject is not None and (
+            shape is None
+            or plan.subject is not shape.subject
+            or state.config_version is not shape.version
+        ):
+            if plan.subject not in state.subjects:
+                self._require_subject(plan, create_subject)
+            if shape is not None:
+                shape.subject, shape.version = plan.subject, state.config_version
+        if plan.resource is None:
+            if shape is None:
+                shape = self._shape(plan, metrics)
+                if create_subject is not None:
+                    shape.subject, shape.version = plan.subject, state.config_version
+            counting = shape.counting
+        else:
+            counting = state.shape(plan.series, plan.amounts)
         # Before deciding, which counts shadow hits: a refused amount changes nothing.
         self._check_bounds(plan, counting, units)
         # Decided with the id its event will get, so the answer is built once.
@@ -442,7 +481,20 @@ class _Shape:
     """What the meter keeps for the plans of one charged tuple and metrics (``_shape``):
     where their events count, and the bucket dict each of their checks reads."""
 
-    __slots__ = ("charged", "counting", "epoch", "limits", "reads", "thresholds")
+    __slots__ = (
+        "at",
+        "charged",
+        "counting",
+        "dicts",
+        "epoch",
+        "limits",
+        "placement",
+        "reads",
+        "subject",
+        "thresholds",
+        "version",
+        "zeros",
+    )
 
     def __init__(self, charged: tuple[SubjectRef, ...], epoch: int, counting: Counting) -> None:
         self.charged = charged
@@ -454,6 +506,16 @@ class _Shape:
         self.limits: tuple[EffectiveLimit, ...] = ()
         self.reads: tuple[dict[int, int] | None, ...] = ()
         self.thresholds = False  # whether any of ``limits`` has alert thresholds
+        # A plan's subject found in the state's subjects, and the configuration
+        # version it was found at (``MemoryMeter._apply``).
+        self.subject: SubjectRef | None = None
+        self.version: str | None = None
+        # The placement last read (held, so no other takes its id), and per limit of
+        # it the dict and bucket it reads (an empty dict and 0 for a cap), and zeros.
+        self.placement: Placement | None = None
+        self.dicts: tuple[dict[int, int], ...] = ()
+        self.at: tuple[int, ...] = ()
+        self.zeros: tuple[int, ...] = ()
 
     def placed(self, placement: Placement, counters: Counters) -> list[int]:
         """``used`` of a plan measured by ``placement`` (whose every limit reads one
@@ -461,15 +523,30 @@ class _Shape:
 
         Placements of one skeleton share their limits tuple, so its dicts are
         kept by that tuple's identity (``limits`` holds it: no other tuple takes
-        its id while kept) across spans, for as long as this shape is kept.
+        its id while kept) across spans, for as long as this shape is kept; the
+        plans of one span share their placement, so what each limit reads is
+        kept by its identity too, and read with one ``dict.get`` each in C.
         """
+        if placement is not self.placement:
+            self._settle(placement, counters)
+        return list(map(_GET, self.dicts, self.at, self.zeros))
+
+    def _settle(self, placement: Placement, counters: Counters) -> None:
+        """Keep what each limit of ``placement`` reads: its dict and bucket."""
         limits = placement.limits
         if limits is not self.limits:
             self._keep(limits, placement.buckets, counters)
-        out = []
+        dicts: list[dict[int, int]] = []
+        at: list[int] = []
         for buckets, bucket in zip(self.reads, placement.buckets, strict=True):
-            out.append(0 if buckets is None or bucket is None else buckets.get(bucket, 0))
-        return out
+            if buckets is None or bucket is None:
+                dicts.append(_NOTHING)
+                at.append(0)
+            else:
+                dicts.append(buckets)
+                at.append(bucket)
+        self.placement = placement
+        self.dicts, self.at, self.zeros = tuple(dicts), tuple(at), (0,) * len(at)
 
     def _keep(
         self,
