@@ -43,6 +43,7 @@ from tokenquota.storage.redis.layout import (
     parse_wallet,
     split,
 )
+from tokenquota.storage.redis.line import Line, head
 from tokenquota.storage.sql.outbox import alert_row
 from tokenquota.storage.sql.tx import Database
 
@@ -74,7 +75,9 @@ class Runner:
         self.layout = layout
         self._script = client.register_script(STEP_LUA)
         self._key_bytes: dict[str, bytes] = {}
-        self._key_lists: dict[tuple[str, ...], list[bytes]] = {}
+        self._key_lists: dict[tuple[str, ...], tuple[list[bytes], bytes]] = {}
+        # A single Redis: the step's calls go on the line's own connections (line.py).
+        self._line = None if cluster else Line(client, STEP_LUA)
         self._counting: dict[tuple[Any, ...], Counting] = {}
         # Per limit (by identity: a limit's hash is computed in Python), what reading it
         # takes (``_read_of``); the entry keeps the limit, so its id stays its own.
@@ -87,7 +90,12 @@ class Runner:
 
     # running steps -------------------------------------------------------------
     def run(self, step: Step, now: datetime, *, dry: bool = False) -> Reply:
-        keys, argv = self._encoded(step.keys), step.argv(to_micros(now), dry=dry)
+        keys, framed = self._encoded(step.keys)
+        argv = step.argv(to_micros(now), dry=dry)
+        line = self._line
+        if line is not None:
+            script = self._script
+            return Reply.parse(call(lambda: line.evalsha(script, keys, framed, argv)))
         return Reply.parse(call(lambda: self._evalsha(keys, argv)))
 
     def _evalsha(self, keys: list[bytes], argv: list[str | bytes]) -> Any:
@@ -100,11 +108,11 @@ class Runner:
             script.sha = self.redis.script_load(STEP_LUA)
             return self.redis.evalsha(script.sha, len(keys), *keys, *argv)
 
-    def _encoded(self, keys: list[str]) -> list[bytes]:
+    def _encoded(self, keys: list[str]) -> tuple[list[bytes], bytes]:
         """Key names as bytes, encoded once: redis-py checks the type of and encodes
         every argument of every call otherwise. The list of one shape of step (a
-        consume's 19 names) is kept whole; a step naming a key of its own (an
-        idempotency record) encodes its names one by one."""
+        consume's 19 names) is kept whole, with its part of the line's frame; a step
+        naming a key of its own (an idempotency record) encodes its names one by one."""
         names = tuple(keys)
         found = self._key_lists.get(names)
         if found is not None:
@@ -120,8 +128,13 @@ class Runner:
             out.append(raw)
         if len(self._key_lists) >= LISTS_KEPT:
             self._key_lists.clear()
-        self._key_lists[names] = out
-        return out
+        found = self._key_lists[names] = (out, head(out) if self._line is not None else b"")
+        return found
+
+    def close(self) -> None:
+        """Close the line's own connections (the client's pool is closed by its owner)."""
+        if self._line is not None:
+            self._line.close()
 
     def execute(self, op: Op, now: datetime, *, dry: bool = False) -> list[Reply]:
         """Run every step; on a cluster, undo earlier steps when a later one refuses.

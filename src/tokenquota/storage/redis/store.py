@@ -110,6 +110,7 @@ class RedisStore(ComposedStore):
             self.mover.flush()
         except StoreUnavailable as exc:  # the next opener moves what is left
             log.warning("could not move the last events to the ledger: %s", exc)
+        self.meter.ops.close()
         self.redis.close()
         self.db.close()
 
