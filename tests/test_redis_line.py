@@ -1,0 +1,89 @@
+"""The step's own connections on a single Redis (storage/redis/line.py).
+
+The conformance suite runs every operation through the line; these tests
+cover what it does beside redis-py's pool: a connection the server closed
+while idle is replaced before use, and a call whose connection broke after
+the command was sent is never sent again (the script may have run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+import tokenquota
+from tokenquota import Quota, StoreUnavailable
+from tokenquota.storage.redis import RedisStore
+from tokenquota.storage.redis.line import Line
+
+
+@pytest.fixture
+def quota(postgres_url: str, redis_url: str) -> Iterator[Quota]:
+    with tokenquota.open(postgres_url, redis=redis_url) as opened:
+        opened.set_limit("user:ann", "tokens", "day", 1_000)
+        yield opened
+
+
+def line_of(quota: Quota) -> Line:
+    assert isinstance(quota.store, RedisStore)
+    line = quota.store.meter.ops._line
+    assert line is not None  # a single Redis
+    return line
+
+
+def used(quota: Quota) -> int:
+    (status,) = quota.usage("user:ann").limits
+    return int(status.used or 0)
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(
+    quota: Quota, redis_url: str
+) -> None:
+    assert quota.consume("user:ann", tokens=3).allowed
+    line = line_of(quota)
+    (conn,) = line._idle
+    host, port = conn._sock.getsockname()[:2]
+    admin = redis.Redis.from_url(redis_url.split("?")[0])
+    try:
+        assert admin.client_kill(f"{host}:{port}")
+    finally:
+        admin.close()
+    assert quota.consume("user:ann", tokens=4).allowed
+    assert line._idle
+    assert line._idle[0] is not conn
+    assert used(quota) == 7
+
+
+def test_a_call_cut_after_it_was_sent_is_not_sent_again(quota: Quota) -> None:
+    """The script ran once in Redis; the caller hears the store unreachable, and the
+    usage is counted once, not again by a retry of the same command."""
+    line = line_of(quota)
+    plain = line._connection_class
+    cuts: list[int] = []
+
+    class CutAfterSending(plain):  # type: ignore[misc, valid-type]
+        sent = False
+
+        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+            super().send_packed_command(command, check_health)
+            self.sent = any(b"EVALSHA" in part for part in command)
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            reply = super().read_response(*args, **kwargs)
+            if self.sent and not cuts:  # once: the script ran, then the line is cut
+                cuts.append(1)
+                self.disconnect()
+                raise redis.ConnectionError("cut after sending")
+            return reply
+
+    line.close()
+    line._connection_class = CutAfterSending
+    with pytest.raises(StoreUnavailable):
+        quota.consume("user:ann", tokens=5)
+    assert not line._idle  # the broken connection is not kept
+    assert used(quota) == 5  # it ran once
+    assert quota.consume("user:ann", tokens=1).allowed
+    assert used(quota) == 6
