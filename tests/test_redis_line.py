@@ -17,7 +17,7 @@ import redis
 import tokenquota
 from tokenquota import Quota, StoreUnavailable
 from tokenquota.storage.redis import RedisStore
-from tokenquota.storage.redis.line import Line
+from tokenquota.storage.redis.line import Line, Wire
 
 
 @pytest.fixture
@@ -44,8 +44,8 @@ def test_a_connection_the_server_closed_while_idle_is_replaced(
 ) -> None:
     assert quota.consume("user:ann", tokens=3).allowed
     line = line_of(quota)
-    (conn,) = line._idle
-    host, port = conn._sock.getsockname()[:2]
+    (wire,) = line._idle
+    host, port = wire.sock.getsockname()[:2]
     admin = redis.Redis.from_url(redis_url.split("?")[0])
     try:
         assert admin.client_kill(f"{host}:{port}")
@@ -53,37 +53,30 @@ def test_a_connection_the_server_closed_while_idle_is_replaced(
         admin.close()
     assert quota.consume("user:ann", tokens=4).allowed
     assert line._idle
-    assert line._idle[0] is not conn
+    assert line._idle[0] is not wire
     assert used(quota) == 7
 
 
-def test_a_call_cut_after_it_was_sent_is_not_sent_again(quota: Quota) -> None:
+def test_a_call_cut_after_it_was_sent_is_not_sent_again(
+    quota: Quota, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The script ran once in Redis; the caller hears the store unreachable, and the
     usage is counted once, not again by a retry of the same command."""
-    line = line_of(quota)
-    plain = line._connection_class
+    line_of(quota)
     cuts: list[int] = []
+    plain = Wire.call
 
-    class CutAfterSending(plain):  # type: ignore[misc, valid-type]
-        sent = False
+    def cut_after_sending(wire: Wire, frame: bytes) -> Any:
+        reply = plain(wire, frame)
+        if not cuts:  # once: the script ran, then the line is cut before its reply
+            cuts.append(1)
+            raise redis.ConnectionError("cut after sending")
+        return reply
 
-        def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-            super().send_packed_command(command, check_health)
-            self.sent = any(b"EVALSHA" in part for part in command)
-
-        def read_response(self, *args: Any, **kwargs: Any) -> Any:
-            reply = super().read_response(*args, **kwargs)
-            if self.sent and not cuts:  # once: the script ran, then the line is cut
-                cuts.append(1)
-                self.disconnect()
-                raise redis.ConnectionError("cut after sending")
-            return reply
-
-    line.close()
-    line._connection_class = CutAfterSending
+    monkeypatch.setattr(Wire, "call", cut_after_sending)
     with pytest.raises(StoreUnavailable):
         quota.consume("user:ann", tokens=5)
-    assert not line._idle  # the broken connection is not kept
+    assert not line_of(quota)._idle  # the broken connection is not kept
     assert used(quota) == 5  # it ran once
     assert quota.consume("user:ann", tokens=1).allowed
     assert used(quota) == 6
