@@ -421,11 +421,11 @@ class Runner:
 
     def add_event(self, step: Step, shard: int, body: dict[str, Any]) -> None:
         step.spec["seq"] = step.key(self.layout.seq(shard))
-        step.spec["event"] = {
-            "stream": step.key(self.layout.stream(shard)),
-            "shard": shard,
-            "shards": self.layout.shards,
-        }
+        # plain values, not an object: step.lua's decode builds a table per object
+        spec = step.spec
+        spec["evs"] = step.key(self.layout.stream(shard))
+        spec["evn"] = shard
+        spec["evm"] = self.layout.shards
         try:
             step.body = orjson.dumps(body)
         except TypeError:  # an integer past 64 bits, text orjson refuses: the slower encoder
@@ -475,7 +475,8 @@ class Runner:
         step = op.steps.ledger(key)
         step.spec["seq"] = step.key(self.layout.seq(shard))
         if version is not None:
-            step.spec["cfg"] = {"k": step.key(self.layout.config(shard)), "v": version}
+            step.spec["cfgk"] = step.key(self.layout.config(shard))
+            step.spec["cfgv"] = version
         return step
 
     def places(self, op: Op) -> tuple[list[CheckPlace], list[WalletPlace]]:
