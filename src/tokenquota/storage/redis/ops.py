@@ -167,6 +167,10 @@ class Runner:
         for i in range(0, len(incr), 3):  # flat: key, bucket, delta
             kidx, bucket, delta = incr[i : i + 3]
             undo.add("incr", [undo.key(step.keys[kidx - 1]), bucket, str(-int(delta))])
+        cap = step.spec.get("cap", [])
+        for i in range(0, len(cap), 4):  # flat: key, field, delta, name; added like incr
+            kidx, bucket, delta, _ = cap[i : i + 4]
+            undo.add("incr", [undo.key(step.keys[kidx - 1]), bucket, str(-int(delta))])
         for hz, ha, hold_id, _, _ in step.spec.get("hold", ()):
             undo.add("unhold", [undo.key(step.keys[hz - 1]), undo.key(step.keys[ha - 1]), hold_id])
         for z, lease_id, _ in step.spec.get("lease", ()):

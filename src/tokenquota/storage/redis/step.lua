@@ -143,15 +143,27 @@ if spec.state then
   end
 end
 -- The 63-bit bound (domain/bounds.py): key, field, amount, name per lifetime
--- counter this step adds to; a refusal names the first that overflows and
--- comes before the first write, so it changes nothing.
+-- counter this step adds to (they are not in "incr": phase 2 adds them); a
+-- refusal names the first that overflows and changes nothing, and comes before
+-- a refusal by the checks, as on every backend.
 local cap = spec.cap or {}
-for i = 1, #cap, 4 do
-  local current = redis.call('HGET', KEYS[cap[i]], cap[i + 1]) or '0'
-  -- Below 10^18 each (18 digits at most), the sum is below 2^63 - 1: no need to add.
-  if (#current > 18 or #cap[i + 2] > 18) and not fits(current, cap[i + 2]) then
-    return { 'too_large', 0, '', '', cap[i + 3] }
+local function over_bound()
+  for i = 1, #cap, 4 do
+    local current = redis.call('HGET', KEYS[cap[i]], cap[i + 1]) or '0'
+    -- Below 10^18 each (18 digits at most), the sum is below 2^63 - 1: no need to add.
+    if (#current > 18 or #cap[i + 2] > 18) and not fits(current, cap[i + 2]) then
+      return cap[i + 3]
+    end
   end
+end
+-- An admitted step that writes nothing before phase 2 learns the bound from its
+-- HINCRBYs there (Redis refuses one that would overflow, and the step takes
+-- back the ones before it), which saves a read per lifetime counter; a dry
+-- step, one that drops holds or leases first, and a refusal read it here.
+local deferred = not (dry or spec.unhold or spec.unlease)
+if not deferred then
+  local name = over_bound()
+  if name then return { 'too_large', 0, '', '', name } end
 end
 if not dry and spec.unhold then
   for _, op in ipairs(spec.unhold) do
@@ -244,11 +256,29 @@ end
 
 local rd = table.concat(readings, '|')
 local wl = table.concat(wallets, '|')
+if (conflict or denied) and deferred then
+  local name = over_bound()
+  if name then return { 'too_large', 0, '', '', name } end
+end
 if conflict then return { 'conflict', 0, rd, wl, '' } end
 if denied then return { 'denied', 0, rd, wl, '' } end
 if dry then return { 'ok', 0, rd, wl, '' } end
 
 -- phase 2: admitted, so write everything -------------------------------------
+-- The lifetime counters first: when one would pass 2^63 - 1 (read above unless
+-- deferred), the ones added before it are taken back and nothing else is written.
+for i = 1, #cap, 4 do
+  local added = redis.pcall('HINCRBY', KEYS[cap[i]], cap[i + 1], cap[i + 2])
+  if type(added) == 'table' and added.err then
+    for j = 1, i - 4, 4 do
+      redis.call('HINCRBY', KEYS[cap[j]], cap[j + 1], '-' .. cap[j + 2])
+    end
+    if string.find(added.err, 'overflow', 1, true) then
+      return { 'too_large', 0, '', '', cap[i + 3] }
+    end
+    return redis.error_reply(added.err)
+  end
+end
 local incr = spec.incr or {}
 for i = 1, #incr, 3 do
   redis.call('HINCRBY', KEYS[incr[i]], incr[i + 1], incr[i + 2])
