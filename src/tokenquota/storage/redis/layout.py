@@ -293,7 +293,11 @@ def parse_reading(text: str, fields: Sequence[int], lease: bool) -> Reading:
             return _reading({})
         return _reading({0: count}, 0, from_micros(int(last)))
     buckets = {}
-    if values:
+    if len(fields) == 1:  # a calendar window: its one bucket, the common case
+        units = int(values)
+        if units:
+            buckets[fields[0]] = units
+    elif values:
         for f, v in zip(fields, values.split(","), strict=True):
             units = int(v)
             if units:

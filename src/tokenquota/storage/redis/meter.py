@@ -191,12 +191,18 @@ class RedisMeter:
         tracked, grants = self._context(plan, create_subject)
         enforce = plan.mode is Mode.ENFORCE
         # A per-request cap (input_sequence_length) refuses whatever the counters say.
-        capped = enforce and any(
-            c.is_cap
-            and c.limit.key.metric is not Metric.CONCURRENT_REQUESTS
-            and not c.limit.shadow
-            and blocks(c, Reading())
-            for c in plan.checks
+        # A placed plan's caps are its placement's limits without a bucket: most have none.
+        placement = plan.placement
+        capped = (
+            enforce
+            and (placement is None or None in placement.buckets)
+            and any(
+                c.is_cap
+                and c.limit.key.metric is not Metric.CONCURRENT_REQUESTS
+                and not c.limit.shadow
+                and blocks(c, Reading())
+                for c in plan.checks
+            )
         )
         alerting = has_thresholds(plan.checks)  # a plain loop: nothing when none has any
         for attempt in range(MAX_ROUNDS):

@@ -360,7 +360,9 @@ class Runner:
                 continue
             step, pos, fields, lease = entry
             readings.append(parse_reading(read[id(step)][pos], fields, lease))
-        prepaid = []
+        prepaid: list[Prepaid] = []
+        if not op.wallets:
+            return readings, prepaid
         by_step = dict(zip(map(id, steps), replies, strict=True))
         for step, pos, subject, mine in op.wallets:
             remaining, held = parse_wallet(split(by_step[id(step)].wallets)[pos])
