@@ -111,6 +111,7 @@ class Line:
         self._connection_kwargs = pool.connection_kwargs
         self._idle: list[Wire] = []
         self._pid = os.getpid()
+        self._closed = False
 
     def evalsha(self, script: Any, keys: list[bytes], head: bytes, argv: list[str | bytes]) -> Any:
         """Run ``script`` (redis-py's ``Script``: its ``sha`` is read at each call) with
@@ -125,13 +126,18 @@ class Line:
                 script.sha = self._client.script_load(self._source)
                 reply = wire.call(self._frame(script.sha, len(keys), head, tail))
         except ResponseError:
-            self._idle.append(wire)  # an error reply, read whole: the connection is clean
+            self._put_back(wire)  # an error reply, read whole: the connection is clean
             raise
         except BaseException:
             wire.close()  # cut, timed out or interrupted mid-reply: never reused
             raise
-        self._idle.append(wire)
+        self._put_back(wire)
         return reply
+
+    def _put_back(self, wire: Wire) -> None:
+        self._idle.append(wire)
+        if self._closed:  # closed while this call ran: close() may have missed it
+            self.close()
 
     @staticmethod
     def _frame(sha: str, nkeys: int, head: bytes, tail: bytes) -> bytes:
@@ -160,6 +166,8 @@ class Line:
         return Wire(self._connection_class(**self._connection_kwargs))
 
     def close(self) -> None:
+        """Close every idle connection; one in use is closed when its call ends."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for wire in idle:
             wire.close()

@@ -103,7 +103,10 @@ class RedisStore(ComposedStore):
     # lifecycle ----------------------------------------------------------------
     def close(self) -> None:
         if self.mover.stop.is_set():
-            return  # closed already: a quota may be closed twice
+            # Closed already (a quota may be closed twice), or a test stopped the mover:
+            # the step's own connections are closed either way, never left to the collector.
+            self.meter.ops.close()
+            return
         self.mover.stop.set()
         self.mover.thread.join(timeout=10)
         try:
