@@ -80,3 +80,24 @@ def test_a_call_cut_after_it_was_sent_is_not_sent_again(
     assert used(quota) == 5  # it ran once
     assert quota.consume("user:ann", tokens=1).allowed
     assert used(quota) == 6
+
+
+def test_closing_a_store_whose_mover_was_stopped_closes_the_line(
+    postgres_url: str, redis_url: str
+) -> None:
+    """A test (or an operator's tooling) may stop the mover before closing: the store's
+    close then skips the rest, but never leaves the line's sockets to the collector."""
+    opened = tokenquota.open(postgres_url, redis=redis_url)
+    assert opened.consume("user:ann", tokens=1).allowed
+    line = line_of(opened)
+    (wire,) = line._idle
+    assert isinstance(opened.store, RedisStore)
+    store = opened.store
+    store.mover.stop.set()
+    opened.close()
+    try:
+        assert not line._idle
+        assert wire.sock.fileno() == -1  # closed
+    finally:  # what that close skips
+        store.redis.close()
+        store.db.close()
