@@ -80,9 +80,9 @@ class RedisGrants:
         step = self.ops.ledger_step(op, shard, self.layout.stream(shard))
         gkey = self.layout.grants(str(grant.subject))
         at = op.steps.at(gkey)
+        # GRANTED is added by its "cap" entry, which checks it against 2^63 - 1
         at.add("cap", [at.key(gkey), GRANTED, str(grant.amount), "credits"])
         at.add("incr", [at.key(gkey), grant.id, str(grant.amount)])
-        at.add("incr", [at.key(gkey), GRANTED, str(grant.amount)])
         body = event_row(grant_event(grant))
         self.ops.add_event(step, shard, body)
         replies = self.ops.execute(op, grant.granted_at)

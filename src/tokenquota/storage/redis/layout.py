@@ -154,9 +154,9 @@ FLAT = ("incr", "cap")
 class Step:
     """One script call: the keys it names and the spec it runs (see step.lua).
 
-    ``incr`` (key, bucket, delta) and ``cap`` (key, field, amount, name) are
-    kept flat in the spec, entry after entry; every other op is a list of
-    entries.
+    ``incr`` (key, bucket, delta) and ``cap`` (key, field, amount, name: a
+    lifetime counter, added and checked against 2^63 - 1) are kept flat in the
+    spec, entry after entry; every other op is a list of entries.
     """
 
     keys: list[str] = field(default_factory=list)
@@ -198,9 +198,9 @@ class Step:
 
     def count(self, placed: Iterable[Sequence[Any]], units: Mapping[Any, int]) -> None:
         """Add increments: per entry (key name, bucket, metric, times, lifetime label or
-        None), ``units[metric] * times`` to the bucket, and the 63-bit check of a
-        lifetime counter (``cap``). The loop of ``key`` and ``add``, inline: a consume
-        adds a dozen."""
+        None), ``units[metric] * times`` to the bucket, as ``incr``, or for a lifetime
+        counter as ``cap``, which step.lua adds with its 63-bit check. The loop of
+        ``key`` and ``add``, inline: a consume adds a dozen."""
         index, keys, spec = self._index, self.keys, self.spec
         incr: list[Any] = spec.setdefault("incr", [])
         for name, bucket, metric, times, cap in placed:
@@ -209,8 +209,9 @@ class Step:
                 keys.append(name)
                 kidx = index[name] = len(keys)
             delta = str(units[metric] * times)
-            incr += (kidx, bucket, delta)
-            if cap is not None:
+            if cap is None:
+                incr += (kidx, bucket, delta)
+            else:  # a lifetime counter: step.lua adds it with the bound's check
                 spec.setdefault("cap", []).extend((kidx, bucket, delta, cap))
 
     def argv(self, now: int, *, dry: bool = False) -> list[str | bytes]:
@@ -292,7 +293,11 @@ def parse_reading(text: str, fields: Sequence[int], lease: bool) -> Reading:
             return _reading({})
         return _reading({0: count}, 0, from_micros(int(last)))
     buckets = {}
-    if values:
+    if len(fields) == 1:  # a calendar window: its one bucket, the common case
+        units = int(values)
+        if units:
+            buckets[fields[0]] = units
+    elif values:
         for f, v in zip(fields, values.split(","), strict=True):
             units = int(v)
             if units:

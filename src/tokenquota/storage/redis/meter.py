@@ -191,35 +191,27 @@ class RedisMeter:
         tracked, grants = self._context(plan, create_subject)
         enforce = plan.mode is Mode.ENFORCE
         # A per-request cap (input_sequence_length) refuses whatever the counters say.
-        capped = enforce and any(
-            c.is_cap
-            and c.limit.key.metric is not Metric.CONCURRENT_REQUESTS
-            and not c.limit.shadow
-            and blocks(c, Reading())
-            for c in plan.checks
+        # A placed plan's caps are its placement's limits without a bucket: most have none.
+        placement = plan.placement
+        capped = (
+            enforce
+            and (placement is None or None in placement.buckets)
+            and any(
+                c.is_cap
+                and c.limit.key.metric is not Metric.CONCURRENT_REQUESTS
+                and not c.limit.shadow
+                and blocks(c, Reading())
+                for c in plan.checks
+            )
         )
-        credits = plan.amounts[Metric.CREDITS]
         alerting = has_thresholds(plan.checks)  # a plain loop: nothing when none has any
         for attempt in range(MAX_ROUNDS):
             if attempt:
                 back_off(attempt)
             guards = self._guards(plan)
             refuse = capped or (guards is not None and capacity_refuses(plan, guards))
-            op = self.ops.op()
-            shard, lkey = ledger
-            step = self.ops.ledger_step(op, shard, lkey, version=plan.config_version)
-            self.ops.add_checks(
-                op, plan.reads, enforce=enforce, guards=guards, first_guard=len(plan.checks)
-            )
-            self.ops.add_wallets(
-                op,
-                {s: g for s, g in grants.items() if s in plan.charged},
-                amount=credits,
-                enforce=enforce,
-                burn=0 if plan.hold else credits,
-            )
-            if not plan.hold:
-                self.ops.add_increments(op, plan, tracked)
+            wallets = {s: g for s, g in grants.items() if s in plan.charged}
+            op, step = self.ops.begin(plan, tracked, ledger, wallets, guards=guards)
             effects(op, step)
             if alerting:
                 self.ops.add_alerts(op, step, ledger[0], plan)

@@ -12,9 +12,11 @@
 -- is the ledger event's body, kept out of the spec: it is stored as it came.
 --
 -- The spec is shaped for a cheap decode (cjson costs about 0.1 us per value
--- and builds a Lua table per object and array; the decode was the largest
--- single part of a consume's time in Redis): a check is one positional array,
--- and "incr" and "cap" are flat lists of 3 and 4 values an operation.
+-- and about 0.6 us per object or array it builds a Lua table for; the decode
+-- was the largest single part of a consume's time in Redis): a check is one
+-- positional array, "incr" and "cap" are flat lists of 3 and 4 values an
+-- operation, and the configuration token and the event's place are plain
+-- values of the spec (cfgk, cfgv; evs, evn, evm: stream, shard, shards).
 --
 -- Reply: { status, event id, readings, wallets, burned }, where status is
 -- ok | denied | replay | state | conflict | lost | stale; a replay returns the
@@ -109,8 +111,8 @@ end
 -- phase 0: what must hold before anything is read ---------------------------
 local seq, cfg
 if spec.seq then
-  if spec.cfg then -- one call for both: a shard's keys share its hash tag
-    local got = redis.call('MGET', KEYS[spec.seq], KEYS[spec.cfg.k])
+  if spec.cfgk then -- one call for both: a shard's keys share its hash tag
+    local got = redis.call('MGET', KEYS[spec.seq], KEYS[spec.cfgk])
     seq, cfg = got[1], got[2]
   else
     seq = redis.call('GET', KEYS[spec.seq])
@@ -120,10 +122,10 @@ if spec.seq then
     -- Redis has lost its data and would count from zero.
     return { 'lost', 0, '', '', '' }
   end
-elseif spec.cfg then
-  cfg = redis.call('GET', KEYS[spec.cfg.k])
+elseif spec.cfgk then
+  cfg = redis.call('GET', KEYS[spec.cfgk])
 end
-if spec.cfg and (cfg or '0') ~= spec.cfg.v then
+if spec.cfgk and (cfg or '0') ~= spec.cfgv then
   -- The limits this request was planned with changed since: plan again.
   return { 'stale', 0, '', '', '' }
 end
@@ -141,15 +143,27 @@ if spec.state then
   end
 end
 -- The 63-bit bound (domain/bounds.py): key, field, amount, name per lifetime
--- counter this step adds to; a refusal names the first that overflows and
--- comes before the first write, so it changes nothing.
+-- counter this step adds to (they are not in "incr": phase 2 adds them); a
+-- refusal names the first that overflows and changes nothing, and comes before
+-- a refusal by the checks, as on every backend.
 local cap = spec.cap or {}
-for i = 1, #cap, 4 do
-  local current = redis.call('HGET', KEYS[cap[i]], cap[i + 1]) or '0'
-  -- Below 10^18 each (18 digits at most), the sum is below 2^63 - 1: no need to add.
-  if (#current > 18 or #cap[i + 2] > 18) and not fits(current, cap[i + 2]) then
-    return { 'too_large', 0, '', '', cap[i + 3] }
+local function over_bound()
+  for i = 1, #cap, 4 do
+    local current = redis.call('HGET', KEYS[cap[i]], cap[i + 1]) or '0'
+    -- Below 10^18 each (18 digits at most), the sum is below 2^63 - 1: no need to add.
+    if (#current > 18 or #cap[i + 2] > 18) and not fits(current, cap[i + 2]) then
+      return cap[i + 3]
+    end
   end
+end
+-- An admitted step that writes nothing before phase 2 learns the bound from its
+-- HINCRBYs there (Redis refuses one that would overflow, and the step takes
+-- back the ones before it), which saves a read per lifetime counter; a dry
+-- step, one that drops holds or leases first, and a refusal read it here.
+local deferred = not (dry or spec.unhold or spec.unlease)
+if not deferred then
+  local name = over_bound()
+  if name then return { 'too_large', 0, '', '', name } end
 end
 if not dry and spec.unhold then
   for _, op in ipairs(spec.unhold) do
@@ -169,6 +183,7 @@ local conflict = false
 local readings = {}
 -- Per window check: the usage read and each bucket's value (threshold alerts).
 local sums, vals = {}, {}
+local alerting = spec.alerts ~= nil
 -- A check is { 'l', key, amount, limit, enforced } for the leases of a
 -- series, else { 'w' or 'g', counter key, holds zset, holds hash, amount,
 -- limit, enforced, guard's used, guard's held, bucket... } ('g': a guard, which
@@ -187,13 +202,14 @@ for i, c in ipairs(spec.checks or {}) do
     if c[5] == 1 and not admits(count, c[3], c[4]) then denied = true end
     text = int(count) .. ';0;' .. int(first)
   else
-    local values
+    local values, joined
     local used = 0
     local nf = #c - 9
-    if nf == 1 then -- a calendar window: one bucket
+    if nf == 1 then -- a calendar window: one bucket; its value is the text (no table)
       local got = redis.call('HGET', KEYS[c[2]], c[10])
       if got then used = tonumber(got) else got = '0' end
-      values = { got }
+      joined = got
+      if alerting then values = { got } end
     elseif nf > 0 then
       values = {}
       local got = redis.call('HMGET', KEYS[c[2]], unpack(c, 10))
@@ -211,7 +227,7 @@ for i, c in ipairs(spec.checks or {}) do
     elseif c[7] == 1 and not admits(used + held, c[5], c[6]) then
       denied = true
     end
-    text = table.concat(values, ',') .. ';' .. int(held) .. ';' .. int(last)
+    text = (joined or table.concat(values, ',')) .. ';' .. int(held) .. ';' .. int(last)
     sums[i], vals[i] = used, values
   end
   readings[i] = text
@@ -240,11 +256,29 @@ end
 
 local rd = table.concat(readings, '|')
 local wl = table.concat(wallets, '|')
+if (conflict or denied) and deferred then
+  local name = over_bound()
+  if name then return { 'too_large', 0, '', '', name } end
+end
 if conflict then return { 'conflict', 0, rd, wl, '' } end
 if denied then return { 'denied', 0, rd, wl, '' } end
 if dry then return { 'ok', 0, rd, wl, '' } end
 
 -- phase 2: admitted, so write everything -------------------------------------
+-- The lifetime counters first: when one would pass 2^63 - 1 (read above unless
+-- deferred), the ones added before it are taken back and nothing else is written.
+for i = 1, #cap, 4 do
+  local added = redis.pcall('HINCRBY', KEYS[cap[i]], cap[i + 1], cap[i + 2])
+  if type(added) == 'table' and added.err then
+    for j = 1, i - 4, 4 do
+      redis.call('HINCRBY', KEYS[cap[j]], cap[j + 1], '-' .. cap[j + 2])
+    end
+    if string.find(added.err, 'overflow', 1, true) then
+      return { 'too_large', 0, '', '', cap[i + 3] }
+    end
+    return redis.error_reply(added.err)
+  end
+end
 local incr = spec.incr or {}
 for i = 1, #incr, 3 do
   redis.call('HINCRBY', KEYS[incr[i]], incr[i + 1], incr[i + 2])
@@ -283,15 +317,14 @@ for i, w in ipairs(spec.wallets or {}) do
 end
 
 local eid = '0' -- as text: every use below sends or returns it
-if spec.event then
-  local ev = spec.event
+if spec.evs then
   -- Ids grow with time (in 4 microsecond ticks, so that id * shards stays
   -- an exact double) and within a shard with every event, so the ledger
   -- in SQL reads in time order across shards too.
   local base = math.max(math.floor(now / 4), tonumber(seq) + 1)
   redis.call('SET', KEYS[spec.seq], int(base))
-  eid = int(base * ev.shards + ev.shard)
-  redis.call('XADD', KEYS[ev.stream], '*', 'id', eid, 'e', ARGV[2])
+  eid = int(base * spec.evm + spec.evn)
+  redis.call('XADD', KEYS[spec.evs], '*', 'id', eid, 'e', ARGV[2])
 end
 -- Threshold alerts (domain/alerts.py), only as the step commits: an entry is
 -- { check, mark, row, bucket, rolling seconds } for a check of this step, added
@@ -334,7 +367,7 @@ end
 if spec.record then
   local r = spec.record
   redis.call('HSET', KEYS[r.k], unpack(r.fields))
-  if spec.event then redis.call('HSET', KEYS[r.k], 'eid', eid) end
+  if spec.evs then redis.call('HSET', KEYS[r.k], 'eid', eid) end
   -- A commit that is one step keeps its answer's inputs too (see idem above).
   if r.p then redis.call('HSET', KEYS[r.k], 'p', r.p, 'rd', rd, 'wl', wl) end
 end

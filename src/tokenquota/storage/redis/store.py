@@ -103,13 +103,17 @@ class RedisStore(ComposedStore):
     # lifecycle ----------------------------------------------------------------
     def close(self) -> None:
         if self.mover.stop.is_set():
-            return  # closed already: a quota may be closed twice
+            # Closed already (a quota may be closed twice), or a test stopped the mover:
+            # the step's own connections are closed either way, never left to the collector.
+            self.meter.ops.close()
+            return
         self.mover.stop.set()
         self.mover.thread.join(timeout=10)
         try:
             self.mover.flush()
         except StoreUnavailable as exc:  # the next opener moves what is left
             log.warning("could not move the last events to the ledger: %s", exc)
+        self.meter.ops.close()
         self.redis.close()
         self.db.close()
 
