@@ -351,6 +351,7 @@ def server_options(settings: Settings) -> dict[str, Any]:
     "auto" is uvloop and httptools whenever they are installed, which
     ``uvicorn[standard]`` (a dependency) does wherever they exist (not on Windows
     or PyPy: there asyncio and h11 serve). The banner says which were found.
+    With httptools, its protocol sends each answer in one write (``http_protocol``).
     """
     from tokenquota.http.logs import logging_config  # see MULTIPROC_ENV
 
@@ -358,12 +359,22 @@ def server_options(settings: Settings) -> dict[str, Any]:
         "host": settings.host,
         "port": settings.port,
         "loop": "auto",
-        "http": "auto",
+        "http": http_protocol(),
         # tokenquota.access writes the request lines, uvicorn's own are off (http/logs.py).
         "access_log": False,
         "log_config": logging_config(settings.log_format, settings.access_log),
         "timeout_keep_alive": settings.keep_alive_seconds,
     }
+
+
+def http_protocol() -> Any:
+    """uvicorn's httptools protocol sending an answer in one write
+    (``http.protocol``), where httptools is installed; else uvicorn's "auto" (h11)."""
+    if importlib.util.find_spec("httptools") is None:
+        return "auto"
+    from tokenquota.http.protocol import CoalescingHttpToolsProtocol  # imports httptools
+
+    return CoalescingHttpToolsProtocol
 
 
 def engines() -> str:
