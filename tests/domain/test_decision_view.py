@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tokenquota.domain.decisions import Decision, LimitStatus, Mode, Reason, Scope, WithheldBlock
 from tokenquota.wire.decisions import decode_decision, encode_decision
@@ -74,3 +78,40 @@ def test_the_tightest_limit_is_never_one_whose_period_has_ended() -> None:
     month = status("user:alice", "requests", 1_000, 900, window="month")
     assert decision((yesterday, month)).tightest(NOW) == month
     assert decision((yesterday,)).tightest(NOW) is None
+
+
+_NUMBERS = st.one_of(
+    st.integers(min_value=0, max_value=3),  # small: ties, zero limits, nothing left
+    st.sampled_from([Decimal("0.5"), Decimal("1.5"), Decimal(2)]),
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.decimals(min_value=0, max_value=10**12, places=6, allow_nan=False, allow_infinity=False),
+)
+
+
+@given(
+    st.lists(st.tuples(_NUMBERS, _NUMBERS, st.booleans(), st.booleans()), min_size=1, max_size=6)
+)
+def test_the_tightest_limit_is_the_first_of_the_smallest_exact_fractions(
+    rows: list[tuple[int | Decimal, int | Decimal, bool, bool]],
+) -> None:
+    # The reference: min() over exact Fractions, a period's end before none, as the
+    # answer was chosen before it compared cross-multiplied numerators (session 10).
+    statuses = tuple(
+        status(
+            "user:alice",
+            f"m{i}",
+            limit,
+            remaining,
+            reset_at=NOW + timedelta(hours=1) if timed else None,
+            within_limit=not denied,
+        )
+        for i, (limit, remaining, timed, denied) in enumerate(rows)
+    )
+
+    def left(s: LimitStatus) -> Fraction:
+        assert s.remaining is not None
+        return Fraction(s.remaining) / Fraction(s.limit) if s.limit > 0 else Fraction(0)
+
+    assert decision(statuses).tightest(NOW) is min(
+        statuses, key=lambda s: (left(s), s.reset_at is None)
+    )
