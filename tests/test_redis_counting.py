@@ -1,6 +1,6 @@
 """A Redis step adds a usage to the counters ``domain.ledger.increments`` names.
 
-``ops.Counting`` names a shape's counters once and places their buckets once
+``shapes.Counting`` names a shape's counters once and places their buckets once
 per span of time, reused while usage falls in it. These tests put the step a
 plan builds beside the domain's own rule, for a sequence of instants that
 crosses every edge of those spans (a minute, an hour, a day, a month, a DST

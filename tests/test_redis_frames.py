@@ -21,7 +21,7 @@ from tokenquota import FrozenClock, Quota
 from tokenquota.domain.decisions import DebitPlan, Mode
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.redis import RedisStore
-from tokenquota.storage.redis import ops as redis_ops
+from tokenquota.storage.redis import shapes as redis_shapes
 
 START = datetime(2026, 3, 31, 21, 58, 59, 500_000, tzinfo=UTC)
 
@@ -58,13 +58,13 @@ def test_a_copied_step_is_the_step_the_plan_builds(
     clock = quota.clock
     assert isinstance(clock, FrozenClock)
     copies: list[int] = []
-    copy = redis_ops.Frame.copy
+    copy = redis_shapes.Frame.copy
 
-    def counted(frame: redis_ops.Frame) -> Any:
+    def counted(frame: redis_shapes.Frame) -> Any:
         copies.append(1)
         return copy(frame)
 
-    monkeypatch.setattr(redis_ops.Frame, "copy", counted)
+    monkeypatch.setattr(redis_shapes.Frame, "copy", counted)
     ann = SubjectRef.parse("user:ann")
     for step in [timedelta(0), timedelta(milliseconds=300), timedelta(seconds=1)] * 2 + [
         timedelta(days=40)

@@ -39,7 +39,8 @@ from tokenquota.storage.inflight import CAP, InFlight
 from tokenquota.storage.redis.answers import committed_answer, lease_fields, reservation_fields
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import Layout, Step
-from tokenquota.storage.redis.ops import Op, Runner
+from tokenquota.storage.redis.ops import Runner
+from tokenquota.storage.redis.shapes import Op
 
 # What an admitted request adds to its operation: ``effects(op, ledger_step)``.
 Effects = Callable[[Op, Step], None]

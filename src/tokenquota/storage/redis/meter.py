@@ -62,7 +62,8 @@ from tokenquota.storage.redis.grants import RedisGrants, in_burn_order
 from tokenquota.storage.redis.holds import RedisHolds
 from tokenquota.storage.redis.keyspace import Keyspace, call
 from tokenquota.storage.redis.layout import Reply, Step
-from tokenquota.storage.redis.ops import Op, Runner, back_off, refuse_too_large
+from tokenquota.storage.redis.ops import Runner, back_off, refuse_too_large
+from tokenquota.storage.redis.shapes import Op
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.catalog import SqlCatalog
 from tokenquota.storage.sql.ledger import SqlLedger

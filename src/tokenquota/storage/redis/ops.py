@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass, field
 from datetime import datetime
 from importlib.resources import files
 from typing import Any
@@ -30,7 +29,6 @@ from tokenquota.domain.grants import Grant
 from tokenquota.domain.limits import EffectiveLimit, LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.domain.windows import ALWAYS, Window
 from tokenquota.storage.redis.answers import CheckPlace, WalletPlace
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import (
@@ -44,6 +42,15 @@ from tokenquota.storage.redis.layout import (
     split,
 )
 from tokenquota.storage.redis.line import Line, head
+from tokenquota.storage.redis.shapes import (
+    SHAPES_KEPT,
+    Counter,
+    Counting,
+    Frame,
+    Op,
+    Placed,
+    Read,
+)
 from tokenquota.storage.sql.outbox import alert_row
 from tokenquota.storage.sql.tx import Database
 
@@ -52,18 +59,6 @@ BACK_OFF_CAP = 0.1  # seconds: the longest pause between two rounds
 # Encoded key lists kept before they are built again: one per shape of step, but a
 # step with an idempotency record names a key of its own, so the bound is small.
 LISTS_KEPT = 1_000
-
-
-@dataclass
-class Op:
-    """One operation's steps, and where each check's and wallet's answer comes back."""
-
-    steps: Steps
-    checks: list[tuple[Step, int, list[int], bool] | None] = field(default_factory=list)
-    wallets: list[tuple[Step, int, SubjectRef, list[Grant]]] = field(default_factory=list)
-    # Called with the steps run and their replies just before the ledger step runs,
-    # when that is not the first: the threshold alerts of checks read before it.
-    before_ledger: Callable[[list[Step], list[Reply]], None] | None = None
 
 
 class Runner:
@@ -528,97 +523,3 @@ def back_off(attempt: int) -> None:
     32-40 to 9-16, and the 50-round limit was once hit without it.
     """
     time.sleep(random.uniform(0, min(BACK_OFF_CAP, 0.001 * 2**attempt)))
-
-
-# (limit, key names, may refuse, a rolling window's bucket seconds or 0)
-Read = tuple[EffectiveLimit, tuple[str, ...], bool, int]
-# (window, counter key, metric, times the usage counts in it, lifetime label or None)
-Counter = tuple[Window, str, Metric, int, str | None]
-# Counting shapes kept by a runner before they are built again: one per (configuration,
-# charged series, metrics), so a handful in a steady service.
-SHAPES_KEPT = 10_000
-
-
-class Counting:
-    """Where one shape of usage (the tracked windows, the series charged, the metrics
-    spent) is counted in Redis: its counters, named once, and each one's bucket.
-
-    Every window's bucket is fixed over a span of time (a calendar period, a
-    rolling window's bucket, forever for ``total``): the buckets are placed for
-    the span all of them share and reused while usage falls in it, as the memory
-    store's ``Counting`` does; a consume's buckets change at the next minute.
-    """
-
-    __slots__ = ("_placed", "counters", "limits")
-
-    def __init__(self, limits: tuple[EffectiveLimit, ...], counters: list[Counter]) -> None:
-        self.limits = limits  # the plan's limits (their keys are counted too)
-        self.counters = counters
-        # (zone, start, end, per counter: name, bucket as text, metric, times, cap label),
-        # one tuple so a thread placing it never shows another a half-placed shape.
-        empty = ALWAYS[0]  # an empty span: the first usage places them
-        self._placed: tuple[Any, datetime, datetime, list[Placed]] = (None, empty, empty, [])
-
-    def placed(self, at: datetime, tz: Any) -> list[Placed]:
-        zone, start, end, placed = self._placed
-        if zone is tz and start <= at < end:
-            return placed
-        start, end = ALWAYS
-        placed = []
-        for window, name, metric, times, cap in self.counters:
-            first, after = window.bucket_span(at, tz)
-            start, end = max(start, first), min(end, after)
-            placed.append((name, str(window.bucket_of(at, tz)), metric, times, cap))
-        self._placed = (tz, start, end, placed)
-        return placed
-
-
-Placed = tuple[str, str, Metric, int, str | None]
-
-
-class Frame:
-    """A single Redis's debit step before its effects, built once for a shape of
-    request (``Runner.begin``) and copied for each request of that shape.
-
-    It holds while the plan's placement and the store's tracked set are the
-    ones it was built from, and the counters' buckets are still those of its
-    span (``Counting.placed`` returns the same list within one span).
-    """
-
-    __slots__ = ("checks", "index", "keys", "placed", "placement", "shape", "spec", "tracked")
-
-    def __init__(
-        self,
-        placement: Any,
-        tracked: AbstractSet[LimitKey],
-        counted: tuple[Counting, list[Placed]],
-        op: Op,
-        step: Step,
-    ) -> None:
-        (only,) = op.steps.ordered()
-        assert only is step
-        assert not op.wallets
-        assert op.before_ledger is None
-        self.placement, self.tracked = placement, tracked
-        # the counters' buckets the step adds to, as placed for this step's request
-        self.shape, self.placed = counted
-        self.keys, self.index, self.spec = list(step.keys), dict(step._index), dict(step.spec)
-        self.checks = [None if e is None else e[1:] for e in op.checks]
-
-    def holds(self, placement: Any, tracked: AbstractSet[LimitKey], at: datetime, tz: Any) -> bool:
-        return (
-            placement is self.placement
-            and tracked is self.tracked
-            and self.shape.placed(at, tz) is self.placed
-        )
-
-    def copy(self) -> tuple[Op, Step]:
-        # one level deep: what a request adds (its event, an idempotency record, a
-        # lease) goes into lists and keys of its own copy, never the frame's
-        spec = {k: v.copy() if type(v) is list else v for k, v in self.spec.items()}
-        step = Step(self.keys.copy(), spec, "", self.index.copy())
-        steps = Steps(None)
-        steps._steps[0] = step
-        steps._ledger_slot = 0
-        checks = [None if e is None else (step, *e) for e in self.checks]
-        return Op(steps, checks), step
