@@ -44,8 +44,8 @@ def test_live_counters_match_a_rebuild_across_rebuilds_and_new_windows() -> None
 
 
 def test_a_decision_reads_the_dicts_a_rebuild_or_a_new_window_left() -> None:
-    """The meter keeps the bucket dicts a plan's checks read (``_Shape``); after a
-    rebuild (new dicts) or a new tracked window (a backfill), a decision reads
+    """The meter keeps the bucket dicts a plan's checks read (memory/shapes.py,
+    ``Shape``); after a rebuild (new dicts) or a new tracked window (a backfill), a decision reads
     the live ones: what it reports used is what usage reads afterwards."""
     clock = FrozenClock(datetime(2026, 3, 28, 22, 50, tzinfo=UTC))
     quota = tokenquota.open("memory://", clock=clock)

@@ -37,29 +37,25 @@ from tokenquota.domain.holds import (
     check_releasable,
 )
 from tokenquota.domain.ledger import Event, grant_event, usage_event
-from tokenquota.domain.limits import EffectiveLimit, LimitKey
+from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import MAX_UNITS, Metric
-from tokenquota.domain.plans import Placement
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.windows import ROLLING_BUCKETS, TOTAL
 from tokenquota.storage.base import PROGRESS_EVERY, Page, RebuildProgress, StaleConfig
 from tokenquota.storage.ledger_rows import grant_audit
-from tokenquota.storage.memory.state import Counters, Counting, State
+from tokenquota.storage.memory.shapes import Shape
+from tokenquota.storage.memory.state import Counting, State
 
 _new_reading: Final = builder(Reading)  # Reading(...) without its frozen __init__: one per limit
 _MAX_SHAPES: Final = 4_096  # plan shapes remembered; more (many users) start afresh
 _CREDITS: Final = Metric.CREDITS
-_CONCURRENT: Final = Metric.CONCURRENT_REQUESTS
-_GET: Final = dict.get  # ``_Shape.placed`` maps it over the dicts a placement reads
-# What a cap reads: nothing, ever. Only ever read (``placed``), never written.
-_NOTHING: Final[dict[int, int]] = {}
 
 
 class MemoryMeter:
     def __init__(self, state: State) -> None:
         self._s = state
         self._lock = state.lock
-        self._shapes: dict[tuple[int, tuple[Metric, ...]], _Shape] = {}  # by (id(charged), metrics)
+        self._shapes: dict[tuple[int, tuple[Metric, ...]], Shape] = {}  # by (id(charged), metrics)
 
     @property
     def tz(self) -> ZoneInfo:
@@ -198,7 +194,7 @@ class MemoryMeter:
             return self._s.shape(plan.series, plan.amounts)
         return self._shape(plan, metrics).counting
 
-    def _shape(self, plan: DebitPlan, metrics: tuple[Metric, ...]) -> _Shape:
+    def _shape(self, plan: DebitPlan, metrics: tuple[Metric, ...]) -> Shape:
         """What the meter keeps for plans of one charged tuple and ``metrics``; for a
         plan without a resource.
 
@@ -215,7 +211,7 @@ class MemoryMeter:
             counting = state.shape(plan.series, plan.amounts)  # may move the epoch
             if len(self._shapes) >= _MAX_SHAPES:
                 self._shapes.clear()
-            found = self._shapes[(id(charged), metrics)] = _Shape(
+            found = self._shapes[(id(charged), metrics)] = Shape(
                 charged, state.counting_epoch, counting
             )
         return found
@@ -265,7 +261,7 @@ class MemoryMeter:
         state = self._s
         units = plan.amounts.units()  # read with one C lookup per metric
         metrics = tuple(units)
-        shape: _Shape | None = None
+        shape: Shape | None = None
         if plan.resource is None:
             # ``_shape``'s lookup in line: nearly every step finds its shape kept.
             charged = plan.charged
@@ -475,137 +471,3 @@ class MemoryMeter:
             if on_progress is not None:
                 on_progress(total, total)
             return total
-
-
-class _Shape:
-    """What the meter keeps for the plans of one charged tuple and metrics (``_shape``):
-    where their events count, and the bucket dict each of their checks reads."""
-
-    __slots__ = (
-        "at",
-        "charged",
-        "counting",
-        "dicts",
-        "epoch",
-        "limits",
-        "placement",
-        "reads",
-        "subject",
-        "thresholds",
-        "version",
-        "zeros",
-    )
-
-    def __init__(self, charged: tuple[SubjectRef, ...], epoch: int, counting: Counting) -> None:
-        self.charged = charged
-        self.epoch = epoch
-        self.counting = counting
-        # The limits of the last plan read (the very tuple of a placement's, or one
-        # built from a plan's checks), and per limit the series' bucket dict (None
-        # for a cap); set once a plan's checks are all read in one bucket.
-        self.limits: tuple[EffectiveLimit, ...] = ()
-        self.reads: tuple[dict[int, int] | None, ...] = ()
-        self.thresholds = False  # whether any of ``limits`` has alert thresholds
-        # A plan's subject found in the state's subjects, and the configuration
-        # version it was found at (``MemoryMeter._apply``).
-        self.subject: SubjectRef | None = None
-        self.version: str | None = None
-        # The placement last read (held, so no other takes its id), and per limit of
-        # it the dict and bucket it reads (an empty dict and 0 for a cap), and zeros.
-        self.placement: Placement | None = None
-        self.dicts: tuple[dict[int, int], ...] = ()
-        self.at: tuple[int, ...] = ()
-        self.zeros: tuple[int, ...] = ()
-
-    def placed(self, placement: Placement, counters: Counters) -> list[int]:
-        """``used`` of a plan measured by ``placement`` (whose every limit reads one
-        bucket or none), without its checks: each limit's bucket, 0 for a cap.
-
-        Placements of one skeleton share their limits tuple, so its dicts are
-        kept by that tuple's identity (``limits`` holds it: no other tuple takes
-        its id while kept) across spans, for as long as this shape is kept; the
-        plans of one span share their placement, so what each limit reads is
-        kept by its identity too, and read with one ``dict.get`` each in C.
-        """
-        if placement is not self.placement:
-            self._settle(placement, counters)
-        return list(map(_GET, self.dicts, self.at, self.zeros))
-
-    def _settle(self, placement: Placement, counters: Counters) -> None:
-        """Keep what each limit of ``placement`` reads: its dict and bucket."""
-        limits = placement.limits
-        if limits is not self.limits:
-            self._keep(limits, placement.buckets, counters)
-        dicts: list[dict[int, int]] = []
-        at: list[int] = []
-        for buckets, bucket in zip(self.reads, placement.buckets, strict=True):
-            if buckets is None or bucket is None:
-                dicts.append(_NOTHING)
-                at.append(0)
-            else:
-                dicts.append(buckets)
-                at.append(bucket)
-        self.placement = placement
-        self.dicts, self.at, self.zeros = tuple(dicts), tuple(at), (0,) * len(at)
-
-    def _keep(
-        self,
-        limits: tuple[EffectiveLimit, ...],
-        buckets: Sequence[int | None],
-        counters: Counters,
-    ) -> None:
-        """Keep the dict each of ``limits`` reads (None where ``buckets`` has none: a cap)."""
-        reads: list[dict[int, int] | None] = []
-        thresholds = False
-        for limit, bucket in zip(limits, buckets, strict=True):
-            thresholds = thresholds or bool(limit.thresholds)
-            window = limit.key.window
-            if bucket is None or window is None:
-                reads.append(None)
-            else:
-                subject, metric_name, _, _ = limit.names()
-                reads.append(counters.setdefault((subject, metric_name, window.key), {}))
-        self.limits = limits
-        self.reads = tuple(reads)
-        self.thresholds = thresholds
-
-    def used(self, checks: Sequence[Check], counters: Counters) -> list[int] | None:
-        """What ``admitted`` takes: each check's one bucket, 0 for a cap; None when a
-        check is read otherwise (a rolling window or a range, concurrency). Under
-        the lock, with no reservation held (``_reads`` would add nothing to these).
-
-        The plans of one configuration check the same limits (the very objects),
-        so the dicts read are kept with them: a check of a limit seen last time
-        reads its dict's bucket, nothing else. Dicts are those of ``counters``,
-        made empty if new (as ``State.shape`` does), and kept only while this
-        shape is (a pruned or rebuilt series moves the epoch).
-        """
-        limits = self.limits
-        if len(limits) == len(checks):
-            out = []
-            for check, limit, buckets in zip(checks, limits, self.reads, strict=True):
-                if check.limit is not limit:
-                    break
-                if buckets is None:
-                    out.append(0)
-                    continue
-                lo = check.lo
-                if lo != check.hi:
-                    return None
-                out.append(buckets.get(lo, 0))
-            else:
-                return out
-        for check in checks:
-            limit = check.limit
-            window = limit.key.window
-            if window is None:
-                if limit.key.metric is _CONCURRENT:
-                    return None
-            elif check.lo != check.hi or window.rolling_seconds:
-                return None
-        self._keep(
-            tuple(check.limit for check in checks),
-            [None if check.limit.key.window is None else check.lo for check in checks],
-            counters,
-        )
-        return self.used(checks, counters)
