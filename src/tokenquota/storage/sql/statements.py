@@ -39,8 +39,6 @@ class Sql:
     """The statements of the hot transaction, as one dialect writes them."""
 
     postgres = False
-    idempotency = 'SELECT fingerprint, decision FROM idempotency WHERE subject = ? AND "key" = ?'
-    subject = "SELECT 1 FROM subjects WHERE ref = ?"
     tracked = 'SELECT metric, "window" FROM tracked'
     # The configuration version token (storage/sql/version.py); no row: FIRST_TOKEN.
     version = f"SELECT value FROM meta WHERE \"key\" = '{VERSION_KEY}'"
@@ -121,14 +119,9 @@ class Sql:
     def leases(self, subjects: Sequence[str], now: int) -> Stmt:
         return _sqlite_in(_LEASES, len(subjects)), [*subjects, now]
 
-    def grants(self, subjects: Sequence[str]) -> Stmt:
-        return _sqlite_in(_GRANTS, len(subjects)), list(subjects)
-
 
 class PostgresSql(Sql):
     postgres = True
-    idempotency = Sql.idempotency.replace("?", "%s")
-    subject = Sql.subject.replace("?", "%s")
     add_subject = Sql.add_subject.replace("?", "%s")
     burn = Sql.burn.replace("?", "%s")
     shadow = Sql.shadow.replace("?", "%s")
@@ -212,9 +205,6 @@ class PostgresSql(Sql):
     def leases(self, subjects: Sequence[str], now: int) -> Stmt:
         return _PG_LEASES, [list(subjects), now]
 
-    def grants(self, subjects: Sequence[str]) -> Stmt:
-        return _PG_GRANTS, [list(subjects)]
-
 
 _LINKS = "INSERT INTO event_subjects (subject, ts, event_id) VALUES {}"
 _BUMPS = (
@@ -286,10 +276,6 @@ _LEASES = (
     "SELECT subject, count(*), min(expires_at) FROM lease_holders"
     " WHERE subject IN ({}) AND expires_at > ? GROUP BY subject"
 )
-_GRANTS = (
-    "SELECT id, subject, amount, granted_at, expires_at, remaining FROM grants"
-    " WHERE subject IN ({})"
-)
 _PG_COUNTERS = (
     "SELECT k.i, c.bucket, c.value FROM unnest(%s::integer[], %s::text[], %s::text[],"
     " %s::text[], %s::bigint[], %s::bigint[]) AS k(i, s, m, w, lo, hi)"
@@ -298,7 +284,6 @@ _PG_COUNTERS = (
 )
 _PG_HOLDS = _HOLDS.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
 _PG_LEASES = _LEASES.replace("IN ({})", "= ANY(%s::text[])").replace("?", "%s")
-_PG_GRANTS = _GRANTS.replace("IN ({})", "= ANY(%s::text[])")
 
 
 # More keys than this go in two statements (``PostgresSql.locks``): far below the
