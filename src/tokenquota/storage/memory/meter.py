@@ -204,16 +204,22 @@ class MemoryMeter:
         other while remembered) instead of naming each subject again per plan,
         for as long as the state keeps its shapes (``State.counting_epoch``).
         """
-        charged = plan.charged
-        state = self._s
-        found = self._shapes.get((id(charged), metrics))
-        if found is None or found.charged is not charged or found.epoch != state.counting_epoch:
+        found = self._kept(plan.charged, metrics)
+        if found is None:
+            state = self._s
             counting = state.shape(plan.series, plan.amounts)  # may move the epoch
             if len(self._shapes) >= _MAX_SHAPES:
                 self._shapes.clear()
-            found = self._shapes[(id(charged), metrics)] = Shape(
-                charged, state.counting_epoch, counting
+            found = self._shapes[(id(plan.charged), metrics)] = Shape(
+                plan.charged, state.counting_epoch, counting
             )
+        return found
+
+    def _kept(self, charged: tuple[SubjectRef, ...], metrics: tuple[Metric, ...]) -> Shape | None:
+        """The shape ``_shape`` keeps for ``charged`` and ``metrics``, if it still holds."""
+        found = self._shapes.get((id(charged), metrics))
+        if found is None or found.charged is not charged or found.epoch != self._s.counting_epoch:
+            return None
         return found
 
     def _check_bounds(
@@ -261,15 +267,8 @@ class MemoryMeter:
         state = self._s
         units = plan.amounts.units()  # read with one C lookup per metric
         metrics = tuple(units)
-        shape: Shape | None = None
-        if plan.resource is None:
-            # ``_shape``'s lookup in line: nearly every step finds its shape kept.
-            charged = plan.charged
-            shape = self._shapes.get((id(charged), metrics))
-            if shape is not None and (
-                shape.charged is not charged or shape.epoch != state.counting_epoch
-            ):
-                shape = None
+        # A shape is built only once the subject is known (below): never for a refused one.
+        shape = self._kept(plan.charged, metrics) if plan.resource is None else None
         # The subject's row, looked up (a ref hashes in Python) unless this shape saw
         # it at this very configuration version: only a configuration write (which
         # moves the version) deletes a subject, and nothing else does.
