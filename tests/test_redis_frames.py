@@ -5,7 +5,8 @@ step, the checks, the increments) as a ``Frame`` and copies it for every
 request of the same shape. These tests put each copy beside a step built
 afresh for the same plan, across the edges that must rebuild it: the next
 minute of a window only another subject's limit tracks (the plan's own
-placement does not move then), new amounts, and a changed configuration.
+placement does not move then), new metrics spent, and a changed configuration;
+and new amounts, which a copy fills in (they are not part of the shape).
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def test_a_copied_step_is_the_step_the_plan_builds(
     copies: list[int] = []
     copy = redis_shapes.Frame.copy
 
-    def counted(frame: redis_shapes.Frame) -> Any:
+    def counted(frame: redis_shapes.Frame, *args: Any) -> Any:
         copies.append(1)
-        return copy(frame)
+        return copy(frame, *args)
 
     monkeypatch.setattr(redis_shapes.Frame, "copy", counted)
     ann = SubjectRef.parse("user:ann")
@@ -85,3 +86,46 @@ def test_a_copied_step_is_the_step_the_plan_builds(
     (day, month) = quota.usage("user:ann", include_ancestors=True).limits
     assert day.used == 19  # 40 days on: the last round's day and month
     assert month.used == 19
+
+
+def test_requests_of_different_amounts_share_one_frame_and_count_exactly(
+    quota: Quota, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real traffic varies its token counts: a frame kept per amounts would be built
+    again for nearly every request. Every amount a step carries (each counter's and
+    lifetime counter's delta, each check's amount) is the request's own."""
+    store = quota.store
+    assert isinstance(store, RedisStore)
+    quota.set_limit("user:ann", "tokens", "total", 10**12)  # a lifetime counter with a check
+    quota.set_limit("user:ann", "requests", "day", 10**12)
+    builds: list[int] = []
+    init = redis_shapes.Frame.__init__
+
+    def counted(frame: redis_shapes.Frame, *args: Any) -> None:
+        builds.append(1)
+        init(frame, *args)
+
+    monkeypatch.setattr(redis_shapes.Frame, "__init__", counted)
+    ann = SubjectRef.parse("user:ann")
+    amounts = [7, 1_000, 3, 123_456, 7, 42]
+    for tokens in amounts:
+        assert quota.consume(ann, {"tokens": tokens}).allowed
+    assert len(builds) == 1
+    assert len(store.meter.ops._frames) == 1
+    usage = quota.usage(ann, include_ancestors=True)
+    used = {(u.subject, u.metric, u.window): u.used for u in usage.limits}
+    assert used == {
+        ("user:ann", "tokens", "day"): sum(amounts),
+        ("user:ann", "tokens", "total"): sum(amounts),
+        ("user:ann", "requests", "day"): len(amounts),
+        ("company:acme", "tokens", "month"): sum(amounts),
+    }
+    # a request that would pass a limit is refused by the script: each check's
+    # amount is the request's, not that of the request the frame was built for
+    quota.set_limit("user:ann", "tokens", "day", sum(amounts) + 10)
+    assert quota.consume(ann, {"tokens": 10}).allowed
+    refused = quota.consume(ann, {"tokens": 1})
+    assert not refused.allowed
+    assert len(builds) == 2  # one more for the new configuration, then a copy
+    day = {(u.metric, u.window): u.used for u in quota.usage(ann).limits}
+    assert day["tokens", "day"] == sum(amounts) + 10

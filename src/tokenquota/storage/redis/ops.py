@@ -193,9 +193,9 @@ class Runner:
 
         On a single Redis a placed plan (``DebitPlan.placement``: every request of a
         span of time reads the same buckets) with no guards, wallets or hold gets a
-        copy of a ``Frame``: the same step, built once per placement, amounts,
-        configuration version and span of the counters' buckets. Building it was
-        about a third of a warm consume's Python.
+        copy of a ``Frame``: the same step, built once per placement, metrics spent,
+        configuration version and span of the counters' buckets, with the request's
+        amounts filled in. Building it was about a third of a warm consume's Python.
         """
         shard, key = ledger
         enforce = plan.mode is Mode.ENFORCE
@@ -208,19 +208,22 @@ class Runner:
             and not plan.hold
         )
         if warm:
-            # every input of the step's spec but the time, which the frame's span checks
+            # every input of the step's spec but the time, which the frame's span
+            # checks, and the amounts, which a copy fills in: only which metrics are
+            # spent (the counters added to) is the shape's
+            units = plan.amounts.units()
             fkey = (
                 id(placement),
                 id(tracked),
                 plan.series,
-                tuple(plan.amounts.units().items()),
+                tuple(units),
                 enforce,
                 plan.config_version,
                 shard,
             )
             frame = self._frames.get(fkey)
             if frame is not None and frame.holds(placement, tracked, plan.timestamp, self.db.tz):
-                return frame.copy()
+                return frame.copy(units, plan.checks)
         op = self.op()
         step = self.ledger_step(op, shard, key, version=plan.config_version)
         self.add_checks(
@@ -235,7 +238,7 @@ class Runner:
         if warm:
             if len(self._frames) >= SHAPES_KEPT:
                 self._frames.clear()
-            self._frames[fkey] = Frame(placement, tracked, (shape, placed), op, step)
+            self._frames[fkey] = Frame(placement, tracked, (shape, placed), op, step, plan.checks)
         return op, step
 
     def add_checks(

@@ -12,7 +12,7 @@ kept between requests (docs/performance-log.md, session 10).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -91,9 +91,25 @@ class Frame:
     It holds while the plan's placement and the store's tracked set are the
     ones it was built from, and the counters' buckets are still those of its
     span (``Counting.placed`` returns the same list within one span).
+
+    The amounts are not part of the shape (only which metrics are spent): each
+    copy fills in its request's amounts, as ``Step.count`` and
+    ``Runner.add_checks`` write them, so requests of varying token counts (the
+    usual traffic) share one frame.
     """
 
-    __slots__ = ("checks", "index", "keys", "placed", "placement", "shape", "spec", "tracked")
+    __slots__ = (
+        "amounts",
+        "checks",
+        "deltas",
+        "index",
+        "keys",
+        "placed",
+        "placement",
+        "shape",
+        "spec",
+        "tracked",
+    )
 
     def __init__(
         self,
@@ -102,6 +118,7 @@ class Frame:
         counted: tuple[Counting, list[Placed]],
         op: Op,
         step: Step,
+        checks: Sequence[Any],
     ) -> None:
         (only,) = op.steps.ordered()
         assert only is step
@@ -112,6 +129,32 @@ class Frame:
         self.shape, self.placed = counted
         self.keys, self.index, self.spec = list(step.keys), dict(step._index), dict(step.spec)
         self.checks = [None if e is None else e[1:] for e in op.checks]
+        # Where each amount goes. Per (metric, times): the positions of its delta in
+        # "incr" and in "cap", in the order Step.count appended them (one
+        # str() per group a copy).
+        groups: dict[tuple[Metric, int], tuple[list[int], list[int]]] = {}
+        at = {"incr": 2, "cap": 2}
+        for _, _, metric, times, cap in self.placed:
+            kind = "incr" if cap is None else "cap"
+            incr, caps = groups.setdefault((metric, times), ([], []))
+            (incr if cap is None else caps).append(at[kind])
+            at[kind] += 3 if cap is None else 4
+        assert at["incr"] - 2 == len(self.spec.get("incr", ()))
+        assert at["cap"] - 2 == len(self.spec.get("cap", ()))
+        self.deltas = [(m, t, tuple(i), tuple(c)) for (m, t), (i, c) in groups.items()]
+        # Per check that adds its amount (a lease check, or a windowed one the
+        # request lands in: the placement's, so every copy's): its position in
+        # "checks", the plan's check (in ``checks``, the plan's) it is, and where
+        # the amount sits in its list (add_checks' positional layout).
+        self.amounts: list[tuple[int, int, int]] = []
+        for i, entry in enumerate(op.checks):
+            if entry is None:
+                continue
+            _, pos, _, lease = entry
+            if lease:
+                self.amounts.append((pos, i, 2))
+            elif checks[i].bucket is not None:
+                self.amounts.append((pos, i, 4))
 
     def holds(self, placement: Any, tracked: AbstractSet[LimitKey], at: datetime, tz: Any) -> bool:
         return (
@@ -120,13 +163,28 @@ class Frame:
             and self.shape.placed(at, tz) is self.placed
         )
 
-    def copy(self) -> tuple[Op, Step]:
+    def copy(self, units: Mapping[Metric, int], checks: Sequence[Any]) -> tuple[Op, Step]:
+        """The step for a request spending ``units`` (``Amounts.units()``), whose plan's
+        checks are ``checks``."""
         # one level deep: what a request adds (its event, an idempotency record, a
         # lease) goes into lists and keys of its own copy, never the frame's
         spec = {k: v.copy() if type(v) is list else v for k, v in self.spec.items()}
+        if self.deltas:
+            incr, cap = spec.get("incr"), spec.get("cap")
+            for metric, times, in_incr, in_cap in self.deltas:
+                text = str(units[metric] * times)
+                for i in in_incr:
+                    incr[i] = text  # type: ignore[index]
+                for i in in_cap:
+                    cap[i] = text  # type: ignore[index]
+        if self.amounts:
+            listed = spec["checks"]
+            for pos, i, at in self.amounts:
+                entry = listed[pos] = listed[pos].copy()
+                entry[at] = checks[i].amount
         step = Step(self.keys.copy(), spec, "", self.index.copy())
         steps = Steps(None)
         steps._steps[0] = step
         steps._ledger_slot = 0
-        checks = [None if e is None else (step, *e) for e in self.checks]
-        return Op(steps, checks), step
+        checks_at = [None if e is None else (step, *e) for e in self.checks]
+        return Op(steps, checks_at), step
