@@ -76,6 +76,9 @@ T = TypeVar("T")
 # A capacity test (contract §6) is checked by comparing what it read with
 # what the script finds; a busy resource may need a few rounds.
 MAX_ROUNDS = 50
+# _context's answers kept before they are looked up again: one per charged chain
+# a replica serves, at the current configuration version.
+CONTEXTS_KEPT = 10_000
 
 
 class RedisMeter:
@@ -109,6 +112,11 @@ class RedisMeter:
         self.holds = RedisHolds(ops)
         self.credits = RedisGrants(db, catalog, ledger, ops)
         self.alerted = Recorded()
+        # _context's answers by (configuration version, id of the charged tuple)
+        self._contexts: dict[
+            tuple[str | None, int],
+            tuple[tuple[SubjectRef, ...], SubjectRef, frozenset[LimitKey], dict[SubjectRef, Any]],
+        ] = {}
 
     @property
     def tz(self) -> ZoneInfo:
@@ -126,10 +134,20 @@ class RedisMeter:
         All of it comes from the snapshot at the plan's version: the ledger
         step checks that version, so none of it can be stale where it counts.
         """
-        view = self.snapshot.at(plan.config_version)
-        if view is None and plan.config_version is not None:
+        version = plan.config_version
+        view = self.snapshot.at(version)
+        if view is None and version is not None:
             raise StaleConfig  # the snapshot moved on since the plan: so did Redis's token
         ref, charged = plan.subject, plan.charged
+        # What the view gave for these subjects at this version, kept by the identity
+        # of the charged tuple (the planner's, shared by the plans of a subject): the
+        # same three lookups otherwise cost a str() of every subject each request.
+        # A version is never current again once it moved, so an entry of an old one
+        # is never used; a known subject is never unknown at its version.
+        mkey = (version, id(charged))
+        found = self._contexts.get(mkey) if view is not None else None
+        if found is not None and found[0] is charged and found[1] == ref:
+            return found[2], {s: list(g) for s, g in found[3].items()}
 
         def cached(
             key: tuple[str, ...], read: Callable[[Connection], T], keep: Callable[[T], bool] | None
@@ -151,6 +169,10 @@ class RedisMeter:
             lambda c: in_burn_order(self.ledger.grants_of(c, charged)),
             None,
         )
+        if view is not None and view.version == version:  # every read was at the version
+            if len(self._contexts) >= CONTEXTS_KEPT:
+                self._contexts.clear()
+            self._contexts[mkey] = (charged, ref, tracked, grants)
         # The snapshot's own set: the counting shapes of ops.py are keyed by it.
         return tracked, {s: list(g) for s, g in grants.items()}
 
