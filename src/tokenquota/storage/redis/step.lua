@@ -188,7 +188,25 @@ local alerting = spec.alerts ~= nil
 -- series, else { 'w' or 'g', counter key, holds zset, holds hash, amount,
 -- limit, enforced, guard's used, guard's held, bucket... } ('g': a guard, which
 -- must find what the decision read).
-for i, c in ipairs(spec.checks or {}) do
+local checks = spec.checks or {}
+-- Holds are rare: when none of the checks' hold sets exists (one EXISTS for all
+-- of them), every check reads none, which is what reading each empty set finds,
+-- without a ZRANGE per series (about 1.5 us each of a consume's script).
+do
+  local zsets, seen = {}, {}
+  for _, c in ipairs(checks) do
+    local hz = c[3]
+    if c[1] ~= 'l' and hz and not seen[hz] then
+      seen[hz] = true
+      zsets[#zsets + 1] = KEYS[hz]
+    end
+  end
+  if #zsets > 0 and redis.call('EXISTS', unpack(zsets)) == 0 then
+    local none = { 0, 0 }
+    for hz in pairs(seen) do held_of[hz] = none end
+  end
+end
+for i, c in ipairs(checks) do
   local text
   if c[1] == 'l' then
     local z = KEYS[c[2]]
