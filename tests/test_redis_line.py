@@ -2,12 +2,18 @@
 
 The conformance suite runs every operation through the line; these tests
 cover what it does beside redis-py's pool: a connection the server closed
-while idle is replaced before use, and a call whose connection broke after
-the command was sent is never sent again (the script may have run).
+while idle is replaced before use, a call whose connection broke after the
+command was sent is never sent again (the script may have run), and a Redis
+that does not answer within the client's timeout is a timeout (the kernel
+keeps it: see ``line.kernel_timeouts``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -66,7 +72,7 @@ def test_a_call_cut_after_it_was_sent_is_not_sent_again(
     cuts: list[int] = []
     plain = Wire.call
 
-    def cut_after_sending(wire: Wire, frame: bytes) -> Any:
+    def cut_after_sending(wire: Wire, frame: list[bytes]) -> Any:
         reply = plain(wire, frame)
         if not cuts:  # once: the script ran, then the line is cut before its reply
             cuts.append(1)
@@ -101,3 +107,60 @@ def test_closing_a_store_whose_mover_was_stopped_closes_the_line(
     finally:  # what that close skips
         store.redis.close()
         store.db.close()
+
+
+def test_a_redis_that_does_not_answer_is_a_timeout_within_the_clients_bound() -> None:
+    """A server that takes the command and never replies: the call fails as redis-py's
+    TimeoutError after about the client's socket timeout, and the connection is not
+    kept. Without a bound the kernel holds, it would wait until the server hangs up."""
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(10)
+    port = server.getsockname()[1]
+    seen: list[bytes] = []
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        accepted.append(conn)
+        with conn:
+            while chunk := conn.recv(65_536):
+                seen.append(chunk)
+                if b"EVALSHA" not in chunk:  # the connection's hello: +OK to each command
+                    commands = sum(line.startswith(b"*") for line in chunk.split(b"\r\n"))
+                    conn.sendall(b"+OK\r\n" * commands)
+            # EVALSHA: never answered, until the client hangs up
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=0.3, protocol=2)
+    line = Line(client, "return 1")
+    outcome: list[BaseException] = []
+
+    class Script:
+        sha = "0" * 40
+
+    def call() -> None:
+        try:
+            line.evalsha(Script(), [b"k"], b"$1\r\n1\r\n$1\r\nk\r\n", [b"{}", b""])
+        except BaseException as exc:
+            outcome.append(exc)
+
+    threading.Thread(target=serve, daemon=True).start()
+    caller = threading.Thread(target=call, daemon=True)
+    start = time.monotonic()
+    caller.start()
+    try:
+        caller.join(5)
+        took = time.monotonic() - start
+        assert not caller.is_alive(), "still waiting for a reply after 5 s"
+        (error,) = outcome
+        assert isinstance(error, redis.TimeoutError)
+        assert 0.25 < took < 5
+        assert not line._idle  # never reused
+        assert any(b"EVALSHA" in chunk for chunk in seen)
+    finally:
+        for conn in accepted:  # a caller still waiting hears the end of the stream
+            with contextlib.suppress(OSError):  # closed already when the caller hung up
+                conn.shutdown(socket.SHUT_RDWR)
+        caller.join(5)
+        line.close()
+        client.close()
+        server.close()

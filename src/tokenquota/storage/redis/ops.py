@@ -238,7 +238,9 @@ class Runner:
         if warm:
             if len(self._frames) >= SHAPES_KEPT:
                 self._frames.clear()
-            self._frames[fkey] = Frame(placement, tracked, (shape, placed), op, step, plan.checks)
+            self._frames[fkey] = Frame(
+                placement, tracked, (shape, placed), op, step, plan.amounts.units(), plan.checks
+            )
         return op, step
 
     def add_checks(

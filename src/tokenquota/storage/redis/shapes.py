@@ -95,13 +95,15 @@ class Frame:
     The amounts are not part of the shape (only which metrics are spent): each
     copy fills in its request's amounts, as ``Step.count`` and
     ``Runner.add_checks`` write them, so requests of varying token counts (the
-    usual traffic) share one frame.
+    usual traffic) share one frame. The lists filled for the last amounts are
+    kept, so a run of equal amounts copies them as they are.
     """
 
     __slots__ = (
         "amounts",
         "checks",
         "deltas",
+        "filled",
         "index",
         "keys",
         "placed",
@@ -118,6 +120,7 @@ class Frame:
         counted: tuple[Counting, list[Placed]],
         op: Op,
         step: Step,
+        units: Mapping[Metric, int],
         checks: Sequence[Any],
     ) -> None:
         (only,) = op.steps.ordered()
@@ -155,6 +158,28 @@ class Frame:
                 self.amounts.append((pos, i, 2))
             elif checks[i].bucket is not None:
                 self.amounts.append((pos, i, 4))
+        # (the amounts, in the order of the units' metrics, and the spec's lists for
+        # them), replaced whole: a thread copying never sees another's half-filled
+        lists = {k: v for k, v in self.spec.items() if type(v) is list}
+        self.filled: tuple[tuple[int, ...], dict[str, list[Any]]] = (tuple(units.values()), lists)
+
+    def _fill(self, units: Mapping[Metric, int], checks: Sequence[Any]) -> dict[str, list[Any]]:
+        """The spec's lists with the amounts of ``units`` and the plan's ``checks``."""
+        lists = {k: v.copy() for k, v in self.spec.items() if type(v) is list}
+        if self.deltas:
+            incr, cap = lists.get("incr"), lists.get("cap")
+            for metric, times, in_incr, in_cap in self.deltas:
+                text = str(units[metric] * times)
+                for i in in_incr:
+                    incr[i] = text  # type: ignore[index]
+                for i in in_cap:
+                    cap[i] = text  # type: ignore[index]
+        if self.amounts:
+            listed = lists["checks"]
+            for pos, i, at in self.amounts:
+                entry = listed[pos] = listed[pos].copy()
+                entry[at] = checks[i].amount
+        return lists
 
     def holds(self, placement: Any, tracked: AbstractSet[LimitKey], at: datetime, tz: Any) -> bool:
         return (
@@ -166,22 +191,15 @@ class Frame:
     def copy(self, units: Mapping[Metric, int], checks: Sequence[Any]) -> tuple[Op, Step]:
         """The step for a request spending ``units`` (``Amounts.units()``), whose plan's
         checks are ``checks``."""
+        amounts = tuple(units.values())
+        filled = self.filled
+        if filled[0] != amounts:
+            filled = self.filled = (amounts, self._fill(units, checks))
         # one level deep: what a request adds (its event, an idempotency record, a
         # lease) goes into lists and keys of its own copy, never the frame's
-        spec = {k: v.copy() if type(v) is list else v for k, v in self.spec.items()}
-        if self.deltas:
-            incr, cap = spec.get("incr"), spec.get("cap")
-            for metric, times, in_incr, in_cap in self.deltas:
-                text = str(units[metric] * times)
-                for i in in_incr:
-                    incr[i] = text  # type: ignore[index]
-                for i in in_cap:
-                    cap[i] = text  # type: ignore[index]
-        if self.amounts:
-            listed = spec["checks"]
-            for pos, i, at in self.amounts:
-                entry = listed[pos] = listed[pos].copy()
-                entry[at] = checks[i].amount
+        spec = self.spec.copy()
+        for name, listed in filled[1].items():
+            spec[name] = listed.copy()
         step = Step(self.keys.copy(), spec, "", self.index.copy())
         steps = Steps(None)
         steps._steps[0] = step
