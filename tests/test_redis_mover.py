@@ -4,6 +4,10 @@
 and lets it take the columns out; ``SqlLedger.copy`` (the path every other
 ledger write takes, and the mover's fallback) gets the rows parsed in Python.
 Both must leave the same events and links behind, for every kind of field.
+
+A moved batch leaves its stream by a trim below the id after its last entry
+(``Mover._drop``): an event added while the batch was being moved stays for
+the next pass.
 """
 
 from __future__ import annotations
@@ -89,3 +93,30 @@ def test_one_statement_batch_stores_what_the_row_copy_stores(quota: Quota) -> No
         _move_batch(conn, entries)
     assert stored(store) == batch
     store.redis.delete(store.layout.stream(0))
+
+
+def test_an_event_added_while_a_batch_moves_stays_for_the_next_pass(
+    quota: Quota, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = paused(quota)
+    mover = store.mover
+    for tokens in (1, 2, 3):
+        assert quota.consume("user:ann", tokens=tokens).allowed
+    stream = store.layout.stream(0)
+    insert = mover._insert_events
+    late: list[int] = []
+
+    def and_one_more(conn: Any, entries: Any) -> Any:
+        if not late:  # once: a consume lands between the read and the trim
+            late.append(1)
+            assert quota.consume("user:ann", tokens=40).allowed
+        return insert(conn, entries)
+
+    monkeypatch.setattr(mover, "_insert_events", and_one_more)
+    assert mover.flush() == 3
+    (left,) = store.redis.xrange(stream)  # the late event, and only it
+    assert json.loads(left[1][b"e"])["amounts"]["tokens"] == 40
+    assert mover.flush() == 1
+    assert store.redis.xlen(stream) == 0
+    events, _ = stored(store)
+    assert len(events) == 4

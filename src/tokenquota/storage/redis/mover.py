@@ -117,9 +117,23 @@ class Mover:
                     insert_alerts(fresh, rows)
             else:
                 insert_alerts(conn, rows)
-            call(lambda e=entries: self.redis.xdel(stream, *[i for i, _ in e]))
+            self._drop(stream, entries)
             if len(entries) < MOVE_BATCH:
                 return
+
+    def _drop(self, stream: str, entries: Sequence[Any]) -> None:
+        """Take a moved batch out of its stream: every entry up to the batch's last.
+
+        A batch is the stream's oldest entries (XRANGE from the start), and an
+        entry added later always has a greater id, so trimming below the id after
+        the last one takes exactly the batch, or less where another mover took
+        some first. Cheaper in Redis, whose one thread every step waits on, than
+        an XDEL naming 500 ids: whole nodes go at once (about 1 us of Redis's
+        time per consume moved, session 11).
+        """
+        ms, _, seq = _text(entries[-1][0]).partition("-")
+        after = f"{ms}-{int(seq) + 1}"
+        call(lambda: self.redis.xtrim(stream, minid=after, approximate=False))
 
     def _insert_events(self, conn: Connection, entries: Sequence[Any]) -> dict[Any, str]:
         """Insert a batch; returns the entries the ledger refused, by stream id, with why.
@@ -191,7 +205,7 @@ class Mover:
                     self.layout.quarantine(shard),
                     display(reason),
                 )
-        call(lambda: self.redis.xdel(stream, *[i for i, _ in entries]))
+        self._drop(stream, entries)
 
     def lag(self) -> LedgerLag:
         """Read-only: what waits in the streams now, for monitoring (/metrics).
