@@ -146,8 +146,9 @@ class RedisMeter:
         # is never used; a known subject is never unknown at its version.
         mkey = (version, id(charged))
         found = self._contexts.get(mkey) if view is not None else None
-        if found is not None and found[0] is charged and found[1] == ref:
-            return found[2], {s: list(g) for s, g in found[3].items()}
+        if found is not None and found[0] is charged and (found[1] is ref or found[1] == ref):
+            kept = found[3]  # (a SubjectRef's == is a dataclass's, in Python: "is" first)
+            return found[2], {s: list(g) for s, g in kept.items()} if kept else {}
 
         def cached(
             key: tuple[str, ...], read: Callable[[Connection], T], keep: Callable[[T], bool] | None
