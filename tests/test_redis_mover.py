@@ -120,3 +120,40 @@ def test_an_event_added_while_a_batch_moves_stays_for_the_next_pass(
     assert store.redis.xlen(stream) == 0
     events, _ = stored(store)
     assert len(events) == 4
+
+
+@pytest.mark.parametrize("body", [b"[]", b"{}", b'"event"', b"null", b'{"kind":"consume"}'])
+def test_a_body_that_is_no_event_row_is_quarantined_and_the_rest_moves(
+    quota: Quota, body: bytes
+) -> None:
+    """The batch splices the entry's id into each body; a body that is not a whole
+    event object makes PostgreSQL refuse the statement, and the row-by-row path
+    sets that entry aside without holding back the events around it."""
+    store = paused(quota)
+    assert quota.consume("user:ann", tokens=1, idempotency_key="before").allowed
+    stream = store.layout.stream(0)
+    store.redis.xadd(stream, {b"e": body, b"id": b"999999"})
+    assert quota.consume("user:ann", tokens=1, idempotency_key="after").allowed
+    assert store.flush() == 2
+    assert sorted(e.idempotency_key or "" for e in quota.events().items) == ["after", "before"]
+    kept = store.quarantined()
+    assert [entry["e"] for entry in kept] == [body.decode()]
+    assert store.redis.xlen(stream) == 0
+
+
+def test_the_stream_id_wins_over_an_id_inside_the_body(quota: Quota) -> None:
+    """The entry's id is put in last, so a body carrying an ``id`` of its own (no
+    service writes one) cannot move an event under another id than its links'."""
+    store = paused(quota)
+    assert quota.consume("user:ann", tokens=5).allowed
+    stream = store.layout.stream(0)
+    [(entry_id, data)] = store.redis.xrange(stream)
+    body = json.loads(data[b"e"])
+    store.redis.xdel(stream, entry_id)
+    own = int(data[b"id"])
+    planted = {b"e": json.dumps({"id": own + 1000, **body}).encode(), b"id": str(own).encode()}
+    with store.db.tx(hot=True) as conn:
+        _move_batch(conn, [(b"0-1", planted)])
+    events, links = stored(store)
+    assert [e[0] for e in events] == [own]
+    assert {link[2] for link in links} == {own}

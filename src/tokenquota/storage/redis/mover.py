@@ -248,19 +248,23 @@ _DATA_ERRORS = (sa.exc.DataError, sa.exc.IntegrityError, UnicodeError)
 
 
 # One statement moves a batch on PostgreSQL: the stream entries go as one JSON
-# array of {"id": ..., "e": <the event body as stored>}, PostgreSQL takes the
-# columns out of each body, and inserts the events and their event_subjects
-# links (one per charged subject, as event_links builds them), skipping rows
-# already present as SqlLedger.copy does.
+# array of event rows (each entry's body as stored, with the entry's id added as
+# its last key), PostgreSQL reads each row's columns in one pass
+# (json_to_recordset), and inserts the events and their event_subjects links
+# (one per charged subject, as event_links builds them), skipping rows already
+# present as SqlLedger.copy does. Taking each column out of a nested body with
+# ``->>`` instead re-read the body's text once per column (the json type is
+# kept as text): 42-45 us of PostgreSQL's CPU per moved event, against 22-25 so.
 _MOVE_BATCH_SQL = (
-    "WITH x AS (SELECT id, e FROM json_to_recordset(%s::json) AS r(id bigint, e json)),"
+    "WITH x AS (SELECT * FROM json_to_recordset(%s::json) AS r(id bigint, kind text,"
+    " subject text, charged json, ts bigint, recorded_at bigint, mode text, amounts json,"
+    " model text, tags json, idempotency_key text, resource text)),"
     f" moved AS (INSERT INTO {t.events.name} (id, kind, subject, charged, ts,"
     " recorded_at, mode, amounts, model, tags, idempotency_key, resource)"
-    " SELECT id, e->>'kind', e->>'subject', e->'charged', (e->>'ts')::bigint,"
-    " (e->>'recorded_at')::bigint, e->>'mode', e->'amounts', e->>'model', e->'tags',"
-    " e->>'idempotency_key', e->>'resource' FROM x ON CONFLICT (id) DO NOTHING)"
+    " SELECT id, kind, subject, charged, ts, recorded_at, mode, amounts, model, tags,"
+    " idempotency_key, resource FROM x ON CONFLICT (id) DO NOTHING)"
     f" INSERT INTO {t.event_subjects.name} (subject, ts, event_id)"
-    " SELECT s, (e->>'ts')::bigint, id FROM x, json_array_elements_text(e->'charged') AS s"
+    " SELECT s, ts, id FROM x, json_array_elements_text(charged) AS s"
     " ON CONFLICT DO NOTHING"
 )
 
@@ -269,16 +273,18 @@ def _move_batch(conn: Connection, entries: Sequence[Any]) -> None:
     """Insert a batch of stream entries into the ledger on PostgreSQL, in one statement.
 
     What ``SqlLedger.copy`` does for the rows ``_insert_events`` parses, without
-    parsing them here: the bodies are JSON already. Sent row by row, a batch
+    parsing them here: the bodies are JSON objects already, so each becomes a
+    row by putting the entry's id in before its closing brace (last, so the
+    stream's id is the one read, as the links' is). Sent row by row, a batch
     cost the mover about 45 us of this process's CPU per event (psycopg
     preparing and sending three statements an event), under the GIL the
-    decisions share. Anything PostgreSQL refuses here (a body that is not
-    JSON or not an event, a NUL) fails the whole statement, and the caller
-    then takes the row-by-row path that finds and quarantines the culprits.
+    decisions share. Anything PostgreSQL refuses here (a body that is not a
+    JSON object or not an event, a NUL) fails the whole statement, and the
+    caller then takes the row-by-row path that finds and quarantines the
+    culprits.
     """
     batch = ",".join(
-        '{"id":' + str(int(data[b"id"])) + ',"e":' + data[b"e"].decode() + "}"
-        for _, data in entries
+        data[b"e"].decode()[:-1] + ',"id":' + str(int(data[b"id"])) + "}" for _, data in entries
     )
     conn.exec_driver_sql(_MOVE_BATCH_SQL, (f"[{batch}]",))
 
