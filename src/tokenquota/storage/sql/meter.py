@@ -82,6 +82,11 @@ class SqlMeter:
     def tz(self) -> ZoneInfo:
         return self.db.tz
 
+    def close(self) -> None:
+        """Let go of the leaders' turn file (``WriterTurns``); the store closes the database."""
+        if self.group.turns is not None:
+            self.group.turns.close()
+
     # the hot transaction ------------------------------------------------------
     def _step(
         self, step: Callable[[HotTx], R], series: frozenset[str], debit: Debit | None = None
