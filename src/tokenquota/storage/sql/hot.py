@@ -67,6 +67,7 @@ from tokenquota.storage.sql.statements import (
     Stmt,
 )
 from tokenquota.storage.sql.tx import series_keys
+from tokenquota.storage.sql.warm import warm
 from tokenquota.wire import stored
 
 
@@ -221,8 +222,21 @@ class HotTx:
         63-bit bound is checked on (a step that adds usage); ``numbered`` takes
         the event's number beforehand (PostgreSQL; a step that may append one).
         """
+        if numbered and not self.sql.postgres and self._tracked.pairs is not None:
+            # SQLite, a step that may append an event: the one-row read (``warm.py``) of a
+            # warm decision, numbered; None when the decision needs the general read.
+            found = self._warm(plan, keyed, bounded)
+            if found is not None:
+                return found
         reads = self.reads(plan, keyed=keyed, bounded=bounded, numbered=numbered)
         return reads.found(self.run(reads.stmts))
+
+    def _warm(self, plan: DebitPlan, keyed: bool, bounded: bool) -> Found | None:
+        shape = warm(plan, keyed=keyed, bounded=bounded)
+        if shape is None:
+            return None
+        (cursor,) = self.run([shape.stmt(plan)])
+        return shape.found(cursor.fetchone(), plan)
 
     def reads(
         self, plan: DebitPlan, *, keyed: bool = True, bounded: bool = True, numbered: bool = False
@@ -282,11 +296,14 @@ class HotTx:
             stmts.append(POSTGRES.record([(event_id, *values)], deltas, burns, remembers))
             self._send(stmts, out)
             return event_id
-        # SQLite numbers the event as it inserts it; the rest follows at once (no
-        # round trips in-process).
-        (inserted,) = self.run([*stmts, (sql.event, values)])[-1:]
-        event_id = int(inserted.lastrowid)
-        stmts = []
+        if event_id is None:
+            # SQLite numbers the event as it inserts it; the rest follows at once (no
+            # round trips in-process).
+            (inserted,) = self.run([*stmts, (sql.event, values)])[-1:]
+            event_id = int(inserted.lastrowid)
+            stmts = []
+        else:  # numbered by the one-row read (warm.py): the rowid SQLite would give it
+            stmts.append((sql.numbered_event, (event_id, *values)))
         if row["charged"]:
             stmts.append(sql.links(row["ts"], event_id, row["charged"]))
         if deltas:
@@ -303,7 +320,9 @@ class HotTx:
     ) -> tuple[Any, ...]:
         """The idempotency row of ``write``'s ``remember``: its decision numbered."""
         who, key_name, fingerprint, decision = remember
-        answer = json.dumps(stored.encode_decision(decision.numbered(event_id)))
+        if decision.event_id != event_id:
+            decision = decision.numbered(event_id)
+        answer = json.dumps(stored.encode_decision(decision))
         return (who, key_name, fingerprint, answer, to_micros(now))
 
     def hold_reservation(self, reservation: Reservation) -> None:

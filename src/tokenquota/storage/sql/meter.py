@@ -21,7 +21,15 @@ from sqlalchemy import Connection
 from tokenquota.domain.alerts import alert_events
 from tokenquota.domain.bounds import check_granted, check_lifetime
 from tokenquota.domain.clock import from_micros, to_micros
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
+from tokenquota.domain.decisions import (
+    Check,
+    DebitPlan,
+    Decision,
+    Prepaid,
+    Reading,
+    admitted,
+    decide,
+)
 from tokenquota.domain.errors import StoreUnreachable
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import (
@@ -50,6 +58,7 @@ from tokenquota.storage.sql.outbox import Recorded
 from tokenquota.storage.sql.reads import Found, require_known
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database, plan_series
+from tokenquota.storage.sql.warm import readings as warm_readings
 from tokenquota.wire import stored
 
 R = TypeVar("R")
@@ -207,10 +216,15 @@ class SqlMeter:
                 else None
             ),
         )
-        alerts = alert_events(plan, found.readings, decision)
-        if alerts:  # in this transaction: recorded if, and only if, the decision is
-            tx.alerts(self.alerted.fresh(alerts))
-        return decision.numbered(event_id) if usage else decision
+        # A one-row read's plan has no thresholds (warm.py): an admitted decision with
+        # no shadow block records nothing, and its checks need not be built to see that.
+        if found.used is None or not decision.allowed or decision.shadow_blocked:
+            alerts = alert_events(plan, found.readings, decision)
+            if alerts:  # in this transaction: recorded if, and only if, the decision is
+                tx.alerts(self.alerted.fresh(alerts))
+        if not usage or decision.event_id == event_id:  # (numbered when decided)
+            return decision
+        return decision.numbered(event_id)
 
     def _found(
         self,
@@ -307,7 +321,15 @@ class SqlMeter:
         anything is written (shadow hits included), so a refusal changes nothing.
         ``reservation_id`` makes the event a commit of that reservation."""
         check_lifetime(found.series or plan.series, plan.amounts, found.lifetime)
-        decision = decide(plan, found.readings, prepaid=found.prepaid)
+        decision = None
+        used = found.used
+        if used is not None:  # the one-row read (warm.py): no hold, grant, capacity or threshold
+            decision = admitted(plan, used, found.event_id)
+            if decision is None:  # a limit may refuse: ``decide`` says how, from the same numbers
+                assert plan.placement is not None
+                found.readings = warm_readings(plan.placement, used)
+        if decision is None:
+            decision = decide(plan, found.readings, prepaid=found.prepaid)
         return self._settle(
             tx,
             plan,

@@ -60,6 +60,9 @@ class Found:
     lifetime: dict[tuple[str, Metric], int] = field(default_factory=dict)
     event_id: int | None = None  # PostgreSQL: the number the event will carry
     series: tuple[str, ...] = ()  # the plan's, as ``DebitPlan.series`` (read once)
+    # The one-row read's (SQLite, ``warm.py``): each check's one bucket, 0 for a cap, as
+    # ``decisions.admitted`` takes them; ``readings`` stay empty until asked for.
+    used: list[int] | None = None
 
     def replayed(self, fingerprint: str) -> Decision | None:
         """The stored answer of the key, or None; a different request under it is refused."""

@@ -50,6 +50,8 @@ class Sql:
         "INSERT INTO events (kind, subject, charged, ts, recorded_at, mode, amounts, model,"
         " tags, idempotency_key, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
+    # SQLite, an event numbered beforehand (``warm.py``): its id, then ``event``'s parameters.
+    numbered_event = event.replace("(kind,", "(id, kind,").replace("VALUES (?,", "VALUES (?, ?,")
     remember = (
         'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
         " VALUES (?, ?, ?, ?, ?)"
