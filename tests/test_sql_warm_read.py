@@ -25,7 +25,10 @@ import sqlalchemy as sa
 import tokenquota
 from tests.conftest import START, migrated_sqlite
 from tokenquota import FrozenClock, Quota
-from tokenquota.domain.decisions import DebitPlan, Decision
+from tokenquota.domain.decisions import DebitPlan, Decision, Mode
+from tokenquota.domain.ledger import usage_event
+from tokenquota.domain.subjects import SubjectRef
+from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.sql import hot, reads, warm
 from tokenquota.wire import stored
 
@@ -260,3 +263,33 @@ def test_the_kept_rows_are_bounded(
     finally:
         quota.close()
     assert checked[0] >= 8
+
+
+@pytest.mark.parametrize(
+    ("amounts", "extra"),
+    [
+        ({"tokens": 10}, {}),
+        ({"tokens": 7, "input_tokens": 3, "credits": "0.25"}, {"model": "gpt-x"}),
+        ({"requests": 1}, {"tags": {"team": "red", "quote": 'a "b" \\ é'}}),
+        ({"tokens": 2**62}, {"idempotency_key": "k-1", "mode": Mode.RECORD}),
+    ],
+)
+def test_a_consumes_event_values_are_those_of_its_event_row(
+    amounts: dict[str, object], extra: dict[str, Any]
+) -> None:
+    """``hot.consume_values`` (the one-row read's consume) writes what the event row
+    would, to the byte."""
+    clock = FrozenClock(START)
+    with tokenquota.open("memory://", clock=clock) as quota:
+        quota.set_parents("user:alice", ["team:red", "company:acme"])
+        quota.set_limit("user:alice", "tokens", "minute", 100)
+        plan = quota.planner.plan(
+            SubjectRef.parse("user:alice"),
+            amounts,
+            extra.pop("mode", Mode.ENFORCE),
+            None,
+            **extra,
+        )
+    assert plan.placement is not None
+    charged = tuple(str(s) for s in plan.charged)
+    assert hot.consume_values(plan, charged) == hot.event_values(event_row(usage_event(plan)))

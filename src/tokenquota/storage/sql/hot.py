@@ -259,18 +259,21 @@ class HotTx:
         subject: SubjectRef | None,
         now: datetime,
         shadow: Decision | None,
-        event: Event | None,
+        event: Event | DebitPlan | None,
         event_id: int | None,
         deltas: dict[CounterKey, int],
         burns: dict[str, int],
         remember: tuple[str, str, str, Decision] | None,
         out: list[Stmt] | None = None,
+        charged: Sequence[str] = (),
     ) -> int | None:
         """The writes of one decision in one batch; returns the event's number.
 
         ``subject`` is created when given; ``shadow`` counts its shadow hits;
-        ``event`` is appended (numbered ``event_id`` on PostgreSQL) with its
-        counter ``deltas`` and grant ``burns``; ``remember`` stores
+        ``event`` is appended (numbered ``event_id`` on PostgreSQL, or by the
+        one-row read on SQLite) with its counter ``deltas`` and grant ``burns``
+        (a plan: the consume event it appends, ``consume_values``, its charged
+        subjects as text in ``charged``); ``remember`` stores
         (subject, key, fingerprint, decision), the decision taking the event's number.
         With ``out`` (PostgreSQL) the statements are added to it, not sent.
         """
@@ -285,8 +288,13 @@ class HotTx:
         if event is None:
             self._send(stmts, out)
             return None
-        row = event_row(event)
-        values = event_values(row)
+        if isinstance(event, DebitPlan):
+            values = consume_values(event, charged)
+            ts = values[3]
+        else:
+            row = event_row(event)
+            values = event_values(row)
+            charged, ts = row["charged"], row["ts"]
         if sql.postgres:
             # Numbered by the reads: everything in one statement (``PostgresSql.record``).
             assert event_id is not None
@@ -304,8 +312,8 @@ class HotTx:
             stmts = []
         else:  # numbered by the one-row read (warm.py): the rowid SQLite would give it
             stmts.append((sql.numbered_event, (event_id, *values)))
-        if row["charged"]:
-            stmts.append(sql.links(row["ts"], event_id, row["charged"]))
+        if charged:
+            stmts.append(sql.links(ts, event_id, charged))
         if deltas:
             stmts.append(sql.bumps(deltas))
         stmts += [(sql.burn, (units, gid)) for gid, units in burns.items()]
@@ -396,6 +404,27 @@ def event_values(row: dict[str, Any]) -> tuple[Any, ...]:
         json.dumps(tags) if tags else "{}",
         row["idempotency_key"],
         row["resource"],
+    )
+
+
+def consume_values(plan: DebitPlan, charged: Sequence[str]) -> tuple[Any, ...]:
+    """``event_values(event_row(usage_event(plan)))`` of a consume (no reservation, no
+    resource) whose charged subjects are ``charged`` as text, without the ``Event``
+    and the row between: the same values, to the byte (tests/test_sql_warm_read.py)."""
+    assert plan.resource is None
+    tags = plan.tags
+    return (
+        "consume",
+        charged[0],  # the subject, charged first
+        _charged_json(list(charged)),
+        to_micros(plan.timestamp),
+        to_micros(plan.now),
+        plan.mode.value,
+        _units_json(plan.amounts.to_units_json()),
+        plan.model,
+        json.dumps(dict(tags)) if tags else "{}",
+        plan.idempotency_key,
+        None,
     )
 
 

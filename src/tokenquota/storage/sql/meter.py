@@ -206,7 +206,15 @@ class SqlMeter:
             subject=plan.subject if create and not found.subject_known else None,
             now=plan.now,
             shadow=decision if decision.shadow_blocked else None,
-            event=usage_event(plan, reservation_id) if usage else None,
+            # A one-row read's consume: its event's values straight from the plan.
+            event=(
+                None
+                if not usage
+                else plan
+                if found.used is not None and reservation_id is None
+                else usage_event(plan, reservation_id)
+            ),
+            charged=found.series,
             event_id=found.event_id,
             deltas=deltas,
             burns=burns,

@@ -59,6 +59,7 @@ class Warm:
     """
 
     __slots__ = (
+        "charged",
         "cool",
         "key_at",
         "keyed",
@@ -84,6 +85,7 @@ class Warm:
         versioned: bool,
     ) -> None:
         self.placement = placement
+        self.charged = plan.charged
         self.series = series
         self.keyed = keyed
         self.versioned = versioned
@@ -196,20 +198,25 @@ def warm(plan: DebitPlan, *, keyed: bool, bounded: bool) -> Warm | None:
     the shape is cooling off after a row that needed the general read.
     ``keyed`` and ``bounded`` are ``HotTx.read``'s."""
     placement = plan.placement
-    if placement is None or plan.capacity is not None:
+    if placement is None or plan.resource is not None or plan.capacity is not None:
         return None
-    series = plan.series
-    # As ``reads.Reads``: the subject's text is the series' first (it is charged
-    # first); the lifetime counters are those of every counted metric it adds to.
-    subject = series[0] if plan.charged and plan.charged[0] is plan.subject else str(plan.subject)
-    metrics = (
-        tuple([m._value_ for m, _ in plan.amounts.items() if m in _COUNTED]) if bounded else ()
-    )
+    # Plans of one subject share their ``charged`` tuple (the planner keeps it per
+    # configuration), so the shape is found by identities: no series made per call.
+    # The entry holds the placement and the tuple, so neither id names another.
+    charged = plan.charged
     keyed = keyed and plan.idempotency_key is not None
     versioned = plan.config_version is not None
-    key = (id(placement), series, len(plan.charged), subject, metrics, keyed, versioned)
+    metric_key = tuple(plan.amounts.units()) if bounded else ()
+    key = (id(placement), id(charged), metric_key, keyed, versioned)
     shape = _WARM.get(key)
-    if shape is None or shape.placement is not placement:
+    if shape is None or shape.placement is not placement or shape.charged is not charged:
+        series = plan.series
+        subject = str(plan.subject)
+        if not series or series[0] != subject:  # the subject is charged first
+            return None
+        metrics = (
+            tuple([m._value_ for m, _ in plan.amounts.items() if m in _COUNTED]) if bounded else ()
+        )
         shape = Warm(plan, placement, series, subject, metrics, keyed, versioned)
         if len(_WARM) >= _WARM_KEPT:
             _WARM.clear()
@@ -223,7 +230,7 @@ def warm(plan: DebitPlan, *, keyed: bool, bounded: bool) -> Warm | None:
 
 
 _COUNTED = frozenset(COUNTERS)  # the metrics counted over windows, lifetime included
-# (id(placement), series, charged count, subject, lifetime metrics, keyed, versioned)
-# -> Warm; emptied when full (a configuration change or a new span makes new placements).
+# (id(placement), id(charged), the amounts' metrics, keyed, versioned) -> Warm; emptied
+# when full (a configuration change or a new span makes new placements).
 _WARM: dict[tuple[Any, ...], Warm] = {}
 _WARM_KEPT = 512
