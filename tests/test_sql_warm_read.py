@@ -26,7 +26,7 @@ import tokenquota
 from tests.conftest import START, migrated_sqlite
 from tokenquota import FrozenClock, Quota
 from tokenquota.domain.decisions import DebitPlan, Decision, Mode
-from tokenquota.domain.ledger import usage_event
+from tokenquota.domain.ledger import increments, usage_event
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.sql import hot, reads, warm
@@ -36,10 +36,11 @@ from tokenquota.wire import stored
 @pytest.fixture
 def checked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Every one-row read is compared with the general read of the same plan, in the
-    same transaction; yields [one-row reads answered, ones that needed the general]."""
+    same transaction, and every consume's counters with ``ledger.increments``; yields
+    [one-row reads answered, ones that needed the general read, counters compared]."""
     monkeypatch.setattr(warm, "_WARM", {})
     original = hot.HotTx._warm
-    count = [0, 0]
+    count = [0, 0, 0]
 
     def compare(self: hot.HotTx, plan: DebitPlan, keyed: bool, bounded: bool) -> Any:
         got = original(self, plan, keyed, bounded)
@@ -70,6 +71,16 @@ def checked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return got
 
     monkeypatch.setattr(hot.HotTx, "_warm", compare)
+    deltas = warm.Warm.deltas
+
+    def counted(self: warm.Warm, plan: DebitPlan, tz: Any, tracked: Any) -> Any:
+        got = deltas(self, plan, tz, tracked)
+        assert got == increments(self.series, plan.amounts, plan.timestamp, tz, tracked)
+        assert list(got) == list(increments(self.series, plan.amounts, plan.timestamp, tz, tracked))
+        count[2] += 1
+        return got
+
+    monkeypatch.setattr(warm.Warm, "deltas", counted)
     return count
 
 
@@ -93,6 +104,9 @@ def _scenario(quota: Quota, clock: FrozenClock) -> list[Any]:
     quota.set_limit("user:bob", "tokens", "hour", 30, shadow=True)
     quota.set_limit("user:ann", "tokens", "day", 100, thresholds=[50, 80])
     quota.grant("user:carol", 50)
+    # One placement for the month, while the minute and hour counters (tracked for
+    # the others' limits) move on: its counters change within its placement.
+    quota.set_limit("user:dave", "tokens", "month", 10**6)
     for i in range(8):
         call(quota.consume, "user:alice", tokens=10, idempotency_key=f"k{i}")
         call(quota.consume, "user:alice", tokens=10, idempotency_key=f"k{i}")  # a replay
@@ -104,6 +118,7 @@ def _scenario(quota: Quota, clock: FrozenClock) -> list[Any]:
         call(quota.consume, "user:ann", tokens=15)  # thresholds: the general read
         call(quota.consume, "user:carol", tokens=5, credits=1)  # a grant: the general read
         call(quota.consume, f"user:new{i}", tokens=1)  # a subject made by its consume
+        call(quota.consume, "user:dave", tokens=3, requests=1)
         clock.advance(seconds=25)  # inside a minute, then across one
     reservation = quota.reserve("user:alice", tokens=40)
     out.append(reservation.decision)
@@ -169,6 +184,7 @@ def test_the_one_row_read_is_the_general_reads_answer(
     _run(migrated_sqlite(sqlite_template, tmp_path / "q.db"))
     assert checked[0] >= 40  # alice's, bob's, the new subjects' consumes
     assert checked[1] >= 8  # ann's thresholds, carol's grant, alice's hold
+    assert checked[2] >= 30  # the admitted ones' counters, across minutes and months
 
 
 def test_answers_and_rows_are_those_of_the_general_read(

@@ -207,6 +207,8 @@ class HotTx:
         """What an admitted usage writes besides its event: the counters it adds to and
         the credits it burns from the grants ``found``. One place, for a lone decision
         and a batched run alike, so the two cannot count differently."""
+        if found.counting is not None:  # the one-row read's: no grant to burn
+            return found.counting.deltas(plan, tz, self.tracked()), {}
         series = found.series or plan.series
         return (
             increments(series, plan.amounts, plan.timestamp, tz, self.tracked()),

@@ -63,6 +63,7 @@ class Found:
     # The one-row read's (SQLite, ``warm.py``): each check's one bucket, 0 for a cap, as
     # ``decisions.admitted`` takes them; ``readings`` stay empty until asked for.
     used: list[int] | None = None
+    counting: Any = None  # and its shape (``warm.Warm``), which works out its counters
 
     def replayed(self, fingerprint: str) -> Decision | None:
         """The stored answer of the key, or None; a different request under it is refused."""

@@ -29,13 +29,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from tokenquota.domain.bounds import LIFETIME_BUCKET
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import DebitPlan, Reading
+from tokenquota.domain.ledger import CounterKey
+from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import COUNTERS, Metric
 from tokenquota.domain.plans import Placement
+from tokenquota.domain.windows import ALWAYS
 from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
 from tokenquota.storage.sql.reads import Found
@@ -61,6 +67,7 @@ class Warm:
     __slots__ = (
         "charged",
         "cool",
+        "counting",
         "key_at",
         "keyed",
         "lifetime",
@@ -90,6 +97,10 @@ class Warm:
         self.keyed = keyed
         self.versioned = versioned
         self.cool = 0
+        # Where an admitted consume of this shape adds: (tracked pairs, zone, start,
+        # end, per metric the counters), for instants in [start, end) (``deltas``).
+        self.counting: tuple[Any, Any, datetime, datetime, list[tuple[Metric, list[CounterKey]]]]
+        self.counting = (None, None, ALWAYS[0], ALWAYS[0], [])
         # Thresholds alert on the readings (``alert_events``): the general read's.
         self.thresholds = any(limit.thresholds for limit in placement.limits)
         values: list[Any] = [None, None]  # ?1 the idempotency key, ?2 the time
@@ -158,6 +169,49 @@ class Warm:
         params[1] = to_micros(plan.now)
         return self.text, params
 
+    def deltas(
+        self, plan: DebitPlan, tz: Any, tracked: AbstractSet[LimitKey]
+    ) -> dict[CounterKey, int]:
+        """``ledger.increments`` of ``plan`` (one of this shape) in ``tz`` over ``tracked``.
+
+        Every tracked window's bucket is fixed over a span of time (a calendar
+        period, a rolling window's bucket, forever for ``total``), so the
+        counters an event adds to are worked out for the span common to them all
+        and kept while events fall in it, as the memory store's ``Counting``
+        does: the buckets change at the next boundary, not per consume.
+        """
+        at = plan.timestamp
+        pairs, zone, start, end, counters = self.counting
+        if pairs is not tracked or zone is not tz or not start <= at < end:
+            counters = self._place(plan, at, tz, tracked)
+        units = plan.amounts.units()
+        out: dict[CounterKey, int] = {}
+        for metric, keys in counters:
+            amount = units[metric]
+            for key in keys:
+                out[key] = out.get(key, 0) + amount
+        return out
+
+    def _place(
+        self, plan: DebitPlan, at: datetime, tz: ZoneInfo, tracked: AbstractSet[LimitKey]
+    ) -> list[tuple[Metric, list[CounterKey]]]:
+        """The counters of an event at ``at`` (``ledger.counted``'s, in its order), and
+        the span around ``at`` in which they stay the same."""
+        start, end = ALWAYS
+        units = plan.amounts.units()
+        counters: list[tuple[Metric, list[CounterKey]]] = []
+        for key in tracked:
+            window = key.window
+            if window is None or not units.get(key.metric):
+                continue
+            bucket = window.bucket_of(at, tz)
+            first, after = window.bucket_span(at, tz)
+            start, end = max(start, first), min(end, after)
+            name = key.metric._value_
+            counters.append((key.metric, [(s, name, window.key, bucket) for s in self.series]))
+        self.counting = (tracked, tz, start, end, counters)
+        return counters
+
     def found(self, row: Sequence[Any], plan: DebitPlan) -> Found | None:
         """What the row says, or None when the general read is needed (a live hold or
         a grant): then this shape skips the one-row read for a while."""
@@ -180,6 +234,7 @@ class Warm:
         found.used = [int(row[i] or 0) if i >= 0 else 0 for i in self.reads]
         found.lifetime = {(s, m): int(row[i] or 0) for i, s, m in self.lifetime}
         found.series = self.series
+        found.counting = self
         return found
 
 
