@@ -71,16 +71,21 @@ def checked(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         return got
 
     monkeypatch.setattr(hot.HotTx, "_warm", compare)
-    deltas = warm.Warm.deltas
+    bumps = warm.Warm.bumps
 
     def counted(self: warm.Warm, plan: DebitPlan, tz: Any, tracked: Any) -> Any:
-        got = deltas(self, plan, tz, tracked)
-        assert got == increments(self.series, plan.amounts, plan.timestamp, tz, tracked)
-        assert list(got) == list(increments(self.series, plan.amounts, plan.timestamp, tz, tracked))
+        text, params = got = bumps(self, plan, tz, tracked)
+        rows = {}  # the upsert's rows, its numbered parameters put in
+        for row in re.findall(r"\(((?:\?\d+, ){4}\?\d+)\)", text):
+            s, m, w, b, v = (params[int(p[1:]) - 1] for p in row.split(", "))
+            rows[(s, m, w, b)] = v
+        expected = increments(self.series, plan.amounts, plan.timestamp, tz, tracked)
+        assert list(rows.items()) == list(expected.items())
+        assert self.deltas(plan, tz, tracked) == expected
         count[2] += 1
         return got
 
-    monkeypatch.setattr(warm.Warm, "deltas", counted)
+    monkeypatch.setattr(warm.Warm, "bumps", counted)
     return count
 
 

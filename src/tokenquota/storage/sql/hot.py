@@ -268,6 +268,7 @@ class HotTx:
         remember: tuple[str, str, str, Decision] | None,
         out: list[Stmt] | None = None,
         charged: Sequence[str] = (),
+        bumps: Stmt | None = None,
     ) -> int | None:
         """The writes of one decision in one batch; returns the event's number.
 
@@ -275,7 +276,8 @@ class HotTx:
         ``event`` is appended (numbered ``event_id`` on PostgreSQL, or by the
         one-row read on SQLite) with its counter ``deltas`` and grant ``burns``
         (a plan: the consume event it appends, ``consume_values``, its charged
-        subjects as text in ``charged``); ``remember`` stores
+        subjects as text in ``charged``; SQLite: ``bumps``, the counters' upsert
+        made already, instead of ``deltas``); ``remember`` stores
         (subject, key, fingerprint, decision), the decision taking the event's number.
         With ``out`` (PostgreSQL) the statements are added to it, not sent.
         """
@@ -316,7 +318,9 @@ class HotTx:
             stmts.append((sql.numbered_event, (event_id, *values)))
         if charged:
             stmts.append(sql.links(ts, event_id, charged))
-        if deltas:
+        if bumps is not None:
+            stmts.append(bumps)
+        elif deltas:
             stmts.append(sql.bumps(deltas))
         stmts += [(sql.burn, (units, gid)) for gid, units in burns.items()]
         if remember is not None:

@@ -41,7 +41,7 @@ from tokenquota.domain.holds import (
     check_lease_releasable,
     check_releasable,
 )
-from tokenquota.domain.ledger import Event, grant_event, usage_event
+from tokenquota.domain.ledger import CounterKey, Event, grant_event, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
@@ -201,7 +201,13 @@ class SqlMeter:
         hits, whatever the decision; when it is admitted ``usage``, the event, its
         counters, the burn and the idempotency key's answer."""
         usage = usage and decision.allowed
-        deltas, burns = tx.spent(plan, found, self.db.tz) if usage else ({}, {})
+        deltas: dict[CounterKey, int] = {}
+        burns: dict[str, int] = {}
+        bumps = None
+        if usage and found.counting is not None:  # a one-row read's: no grant, counters kept
+            bumps = found.counting.bumps(plan, self.db.tz, tx.tracked())
+        elif usage:
+            deltas, burns = tx.spent(plan, found, self.db.tz)
         event_id = tx.write(
             subject=plan.subject if create and not found.subject_known else None,
             now=plan.now,
@@ -218,6 +224,7 @@ class SqlMeter:
             event_id=found.event_id,
             deltas=deltas,
             burns=burns,
+            bumps=bumps,
             remember=(
                 (str(plan.subject), plan.idempotency_key, plan.fingerprint, decision)
                 if usage and remember and plan.idempotency_key

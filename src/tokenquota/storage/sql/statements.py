@@ -314,6 +314,12 @@ def _sqlite_in(template: str, count: int) -> str:
     return template.format(", ".join("?" * count))
 
 
+def numbered_bumps(rows: Sequence[Sequence[str]]) -> str:
+    """SQLite: ``Sql.bumps``' text with the given parameters (``?N``) in each row's five
+    places, for a caller that binds each distinct value once (``warm.Warm.bumps``)."""
+    return _BUMPS.format(", ".join(["(" + ", ".join(row) + ")" for row in rows]))
+
+
 @cache
 def _sqlite_rows(template: str, width: int, count: int) -> str:
     row = "(" + ", ".join("?" * width) + ")"

@@ -45,7 +45,7 @@ from tokenquota.domain.windows import ALWAYS
 from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
 from tokenquota.storage.sql.reads import Found
-from tokenquota.storage.sql.statements import TOTAL, Stmt
+from tokenquota.storage.sql.statements import SQLITE, TOTAL, Stmt, numbered_bumps
 from tokenquota.storage.sql.version import VERSION_KEY
 
 # After a row that needed the general read, this many decisions of the shape go
@@ -78,6 +78,7 @@ class Warm:
         "template",
         "text",
         "thresholds",
+        "upsert",
         "versioned",
     )
 
@@ -101,6 +102,9 @@ class Warm:
         # end, per metric the counters), for instants in [start, end) (``deltas``).
         self.counting: tuple[Any, Any, datetime, datetime, list[tuple[Metric, list[CounterKey]]]]
         self.counting = (None, None, ALWAYS[0], ALWAYS[0], [])
+        # The counters' upsert for that span (``bumps``): its text, its parameters, and
+        # where each metric's amount goes; None when two of its counters are one.
+        self.upsert: tuple[str, list[Any], list[tuple[int, Metric]]] | None = None
         # Thresholds alert on the readings (``alert_events``): the general read's.
         self.thresholds = any(limit.thresholds for limit in placement.limits)
         values: list[Any] = [None, None]  # ?1 the idempotency key, ?2 the time
@@ -192,6 +196,22 @@ class Warm:
                 out[key] = out.get(key, 0) + amount
         return out
 
+    def bumps(self, plan: DebitPlan, tz: Any, tracked: AbstractSet[LimitKey]) -> Stmt:
+        """The upsert of ``deltas``' counters (``Sql.bumps``), its text kept for the span
+        with each distinct value bound once: only the amounts are put in per call."""
+        at = plan.timestamp
+        pairs, zone, start, end, _ = self.counting
+        if pairs is not tracked or zone is not tz or not start <= at < end:
+            self._place(plan, at, tz, tracked)
+        if self.upsert is None:
+            return SQLITE.bumps(self.deltas(plan, tz, tracked))
+        text, template, amounts = self.upsert
+        params = template.copy()
+        units = plan.amounts.units()
+        for i, metric in amounts:
+            params[i] = units[metric]
+        return text, params
+
     def _place(
         self, plan: DebitPlan, at: datetime, tz: ZoneInfo, tracked: AbstractSet[LimitKey]
     ) -> list[tuple[Metric, list[CounterKey]]]:
@@ -210,6 +230,27 @@ class Warm:
             name = key.metric._value_
             counters.append((key.metric, [(s, name, window.key, bucket) for s in self.series]))
         self.counting = (tracked, tz, start, end, counters)
+        self.upsert = None
+        every = [counter for _, of_metric in counters for counter in of_metric]
+        if every and len(set(every)) == len(every):
+            values: list[Any] = []
+            at_value: dict[tuple[type, Any], int] = {}
+            amounts: list[tuple[int, Metric]] = []
+            rows: list[list[str]] = []
+            for metric, of_metric in counters:
+                amounts.append((len(values), metric))
+                amount = f"?{len(values) + 1}"
+                values.append(0)
+                for counter in of_metric:
+                    row = []
+                    for value in counter:
+                        index = at_value.get((type(value), value))
+                        if index is None:
+                            index = at_value[(type(value), value)] = len(values)
+                            values.append(value)
+                        row.append(f"?{index + 1}")
+                    rows.append([*row, amount])
+            self.upsert = (numbered_bumps(rows), values, amounts)
         return counters
 
     def found(self, row: Sequence[Any], plan: DebitPlan) -> Found | None:
