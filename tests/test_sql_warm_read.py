@@ -314,3 +314,21 @@ def test_a_consumes_event_values_are_those_of_its_event_row(
     assert plan.placement is not None
     charged = tuple(str(s) for s in plan.charged)
     assert hot.consume_values(plan, charged) == hot.event_values(event_row(usage_event(plan)))
+
+
+def test_a_row_too_wide_for_one_select_takes_the_general_read(
+    sqlite_template: Path, tmp_path: Path, checked: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(warm, "_MOST_COLUMNS", 3)
+    quota = tokenquota.open(
+        migrated_sqlite(sqlite_template, tmp_path / "q.db"), clock=FrozenClock(START)
+    )
+    try:
+        quota.set_limit("user:alice", "tokens", "minute", 100)
+        for _ in range(5):
+            assert quota.consume("user:alice", tokens=1).allowed
+        assert checked[0] == 0
+        assert checked[1] >= 3
+        assert quota.usage("user:alice").limits[0].used == 5
+    finally:
+        quota.close()

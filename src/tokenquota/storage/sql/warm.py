@@ -51,6 +51,9 @@ from tokenquota.storage.sql.version import VERSION_KEY
 # After a row that needed the general read, this many decisions of the shape go
 # straight to it before the one-row read is tried again.
 _COOL = 64
+# A row of more columns, or more holds and grants to look for, is left to the general
+# read: SQLite allows 2,000 result columns and an expression 1,000 deep (the ORs).
+_MOST_COLUMNS = 500
 
 
 class Warm:
@@ -68,16 +71,14 @@ class Warm:
         "charged",
         "cool",
         "counting",
-        "key_at",
+        "general",
         "keyed",
         "lifetime",
-        "now_at",
         "placement",
         "reads",
         "series",
         "template",
         "text",
-        "thresholds",
         "upsert",
         "versioned",
     )
@@ -105,10 +106,10 @@ class Warm:
         # The counters' upsert for that span (``bumps``): its text, its parameters, and
         # where each metric's amount goes; None when two of its counters are one.
         self.upsert: tuple[str, list[Any], list[tuple[int, Metric]]] | None = None
-        # Thresholds alert on the readings (``alert_events``): the general read's.
-        self.thresholds = any(limit.thresholds for limit in placement.limits)
-        values: list[Any] = [None, None]  # ?1 the idempotency key, ?2 the time
-        self.key_at, self.now_at = 0, 1
+        # Always the general read: with thresholds, which alert on the readings
+        # (``alert_events``), or a row too wide for one select (below).
+        self.general = any(limit.thresholds for limit in placement.limits)
+        values: list[Any] = [None, None]  # ?1 the idempotency key, ?2 the time (``stmt``)
         at: dict[tuple[type, Any], int] = {}
 
         def slot(value: Any) -> str:
@@ -164,6 +165,8 @@ class Warm:
             for m in metrics:
                 self.lifetime.append((len(columns), s, Metric(m)))
                 columns.append(counter.format(slot(s), slot(m), slot(TOTAL), slot(LIFETIME_BUCKET)))
+        if len(columns) > _MOST_COLUMNS or len(other) > _MOST_COLUMNS:
+            self.general = True  # SQLite's bounds on columns and expression depth
         self.text = "SELECT " + ", ".join(columns)
         self.template = values
 
@@ -317,7 +320,7 @@ def warm(plan: DebitPlan, *, keyed: bool, bounded: bool) -> Warm | None:
         if len(_WARM) >= _WARM_KEPT:
             _WARM.clear()
         _WARM[key] = shape
-    if shape.thresholds:
+    if shape.general:
         return None
     if shape.cool:
         shape.cool -= 1
