@@ -39,7 +39,7 @@ batch sends the reads of all of them in one pipeline (``batch.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from datetime import datetime, tzinfo
@@ -419,14 +419,16 @@ def consume_values(plan: DebitPlan, charged: Sequence[str]) -> tuple[Any, ...]:
     and the row between: the same values, to the byte (tests/test_sql_warm_read.py)."""
     assert plan.resource is None
     tags = plan.tags
+    key = tuple(charged)  # (no copy of a tuple: the one-row read's series is one)
+    text = _CHARGED_JSON.get(key)
     return (
         "consume",
         charged[0],  # the subject, charged first
-        _charged_json(list(charged)),
+        text if text is not None else _charged_json(list(charged)),
         to_micros(plan.timestamp),
         to_micros(plan.now),
-        plan.mode.value,
-        _units_json(plan.amounts.to_units_json()),
+        plan.mode._value_,
+        _amounts_json(plan.amounts.units()),
         plan.model,
         json.dumps(dict(tags)) if tags else "{}",
         plan.idempotency_key,
@@ -453,6 +455,16 @@ def _charged_json(charged: list[str]) -> str:
             _CHARGED_JSON.clear()
         text = _CHARGED_JSON[key] = json.dumps(charged)
     return text
+
+
+def _amounts_json(units: Mapping[Metric, int]) -> str:
+    """``_units_json`` of ``Amounts.to_units_json()``, read from the amounts' own dict."""
+    parts = []
+    for metric, value in units.items():
+        if type(value) is not int:
+            return json.dumps({m._value_: u for m, u in units.items()})
+        parts.append(f'"{metric._value_}": {value}')
+    return "{" + ", ".join(parts) + "}"
 
 
 def _units_json(units: dict[str, int]) -> str:
