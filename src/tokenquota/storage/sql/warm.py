@@ -23,6 +23,13 @@ other writer can insert meanwhile, and it is the rowid SQLite itself would
 give the row (``events.id`` is the rowid, without AUTOINCREMENT). Known
 before the writes, it lets the decision be built numbered once (``admitted``
 takes it) and the writes go in one batch.
+
+What an admitted consume adds to is kept per shape too (``Warm.deltas``,
+``Warm.bumps``): the buckets of every tracked window stay the same over a
+span of time, so the counters and their upsert's text are worked out once
+per span, as the memory store's ``Counting`` does, and only the amounts are
+put in per call. Everything here is checked against the general read and
+``ledger.increments`` in tests/test_sql_warm_read.py.
 """
 
 from __future__ import annotations
