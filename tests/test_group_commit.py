@@ -401,6 +401,45 @@ def test_writer_turns_that_cannot_open_their_file_take_no_turn(tmp_path: Path) -
     assert WriterTurns.beside(str(tmp_path / "q.db")) is not None
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forks (POSIX)")
+def test_writer_turns_keep_their_file_and_a_forked_child_takes_turns_on_its_own(
+    tmp_path: Path,
+) -> None:
+    """The turn file is opened once and kept (one ``flock`` to take a turn, one to give
+    it back); a child forked while the parent holds the turn must wait for it like any
+    other process, not take it through the descriptor it inherited (``flock`` would
+    grant the parent's own lock again); ``close`` lets the file go."""
+    turns = WriterTurns(str(tmp_path / "q.db-writer"))
+    with turns:
+        fd = turns._fd
+    with turns:
+        assert turns._fd == fd  # kept, not opened again
+    read, write = os.pipe()
+    with turns:
+        pid = os.fork()
+        if pid == 0:  # the child: may it take the turn now, without waiting?
+            answer = b"?"
+            try:
+                try:
+                    fcntl.flock(turns._open(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    answer = b"taken"
+                except BlockingIOError:
+                    answer = b"waits"
+            finally:
+                os.write(write, answer)
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    os.close(write)
+    assert os.read(read, 16) == b"waits"
+    os.close(read)
+    assert status == 0
+    turns.close()
+    assert turns._fd == -1
+    other = os.open(str(tmp_path / "q.db-writer"), os.O_RDONLY)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)  # nothing holds it any more
+    os.close(other)
+
+
 # races: threads and processes, exact admission ------------------------------------------
 COMPANY_LIMIT = 3_000
 USER_LIMIT = 150  # 36 users could spend 5,400: the company's limit binds

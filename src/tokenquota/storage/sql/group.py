@@ -173,19 +173,28 @@ class WriterTurns:
     SQLite's). A leader waiting here sleeps in the kernel and wakes as soon as
     the holder's batch has committed, where SQLite's busy handler would poll in
     sleeps of 1 to 100 ms. Writers that do not take it (the CLI, pruning, an
-    older version) still meet the leaders at SQLite's own lock, as before.
-    The file is opened for each batch and closed after it (three system calls
-    against a batch's fsync), so a store keeps no descriptor open, a forked
-    child never shares its parent's lock, and the kernel releases it if the
+    older version) still meet the leaders at SQLite's own lock, as before: the
+    turns only order the leaders, SQLite's lock is what makes a step atomic.
+
+    The file is opened once, by the first batch, and kept open until ``close``
+    (the store's): each batch is then one ``flock`` to take the turn and one to
+    give it back, where opening and closing the file each time cost two more
+    system calls a batch (about 10 µs, performance-log.md, session 11). The
+    descriptor is close-on-exec, and one inherited by a forked child is never
+    used there (a lock taken on it would be the parent's very lock, which
+    ``flock`` grants again; unlocking it would release the parent's): the
+    child opens the file again for itself. The kernel releases the lock if the
     process dies. A file that cannot be opened (a read-only directory) means
-    no turn is taken.
+    no turn is taken; it is tried again at the next batch.
     """
 
-    __slots__ = ("_fd", "path")
+    __slots__ = ("_fd", "_held", "_pid", "path")
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._fd = -1  # while a batch holds the turn; entered by one leader at a time
+        self._fd = -1  # open from the first batch until ``close``
+        self._pid = -1  # the process that opened it
+        self._held = False  # while a batch holds the turn; entered by one leader at a time
 
     @classmethod
     def beside(cls, database: str | None) -> WriterTurns | None:
@@ -195,18 +204,28 @@ class WriterTurns:
         # Absolute now, as SQLite resolved it when the store opened it.
         return cls(f"{os.path.abspath(database)}-writer")
 
-    def __enter__(self) -> None:
+    def _open(self) -> int:
+        """The kept descriptor, opened if this process has none; -1 if it cannot be."""
+        pid = os.getpid()
+        if self._fd >= 0 and self._pid == pid:
+            return self._fd
+        # None yet, or the parent's (inherited by fork): never locked or closed here
+        # through that one, since the parent's lock lives on the same open file.
+        self._fd = -1
         try:
             # Read-only is enough for flock: another user who may read it takes turns too.
             fd = os.open(self.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError:
+            return -1
+        self._fd, self._pid = fd, pid
+        return fd
+
+    def __enter__(self) -> None:
+        fd = self._open()
+        if fd < 0:
             return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd = fd
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._held = True
 
     def __exit__(
         self,
@@ -214,7 +233,17 @@ class WriterTurns:
         error: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        fd, self._fd = self._fd, -1
-        if fd >= 0:
-            with contextlib.suppress(OSError):  # never keeps the lead from passing on
-                os.close(fd)  # which releases the lock
+        if not self._held:
+            return
+        self._held = False
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        except OSError:  # never keeps the lead from passing on: drop the descriptor
+            self.close()
+
+    def close(self) -> None:
+        """Close the kept descriptor (which releases a turn still held); the store's close."""
+        fd, self._fd, self._held = self._fd, -1, False
+        if fd >= 0 and self._pid == os.getpid():
+            with contextlib.suppress(OSError):
+                os.close(fd)

@@ -39,7 +39,7 @@ batch sends the reads of all of them in one pipeline (``batch.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from datetime import datetime, tzinfo
@@ -67,6 +67,7 @@ from tokenquota.storage.sql.statements import (
     Stmt,
 )
 from tokenquota.storage.sql.tx import series_keys
+from tokenquota.storage.sql.warm import warm
 from tokenquota.wire import stored
 
 
@@ -206,6 +207,8 @@ class HotTx:
         """What an admitted usage writes besides its event: the counters it adds to and
         the credits it burns from the grants ``found``. One place, for a lone decision
         and a batched run alike, so the two cannot count differently."""
+        if found.counting is not None:  # the one-row read's: no grant to burn
+            return found.counting.deltas(plan, tz, self.tracked()), {}
         series = found.series or plan.series
         return (
             increments(series, plan.amounts, plan.timestamp, tz, self.tracked()),
@@ -221,8 +224,21 @@ class HotTx:
         63-bit bound is checked on (a step that adds usage); ``numbered`` takes
         the event's number beforehand (PostgreSQL; a step that may append one).
         """
+        if numbered and not self.sql.postgres and self._tracked.pairs is not None:
+            # SQLite, a step that may append an event: the one-row read (``warm.py``) of a
+            # warm decision, numbered; None when the decision needs the general read.
+            found = self._warm(plan, keyed, bounded)
+            if found is not None:
+                return found
         reads = self.reads(plan, keyed=keyed, bounded=bounded, numbered=numbered)
         return reads.found(self.run(reads.stmts))
+
+    def _warm(self, plan: DebitPlan, keyed: bool, bounded: bool) -> Found | None:
+        shape = warm(plan, keyed=keyed, bounded=bounded)
+        if shape is None:
+            return None
+        (cursor,) = self.run([shape.stmt(plan)])
+        return shape.found(cursor.fetchone(), plan)
 
     def reads(
         self, plan: DebitPlan, *, keyed: bool = True, bounded: bool = True, numbered: bool = False
@@ -245,18 +261,23 @@ class HotTx:
         subject: SubjectRef | None,
         now: datetime,
         shadow: Decision | None,
-        event: Event | None,
+        event: Event | DebitPlan | None,
         event_id: int | None,
         deltas: dict[CounterKey, int],
         burns: dict[str, int],
         remember: tuple[str, str, str, Decision] | None,
         out: list[Stmt] | None = None,
+        charged: Sequence[str] = (),
+        bumps: Stmt | None = None,
     ) -> int | None:
         """The writes of one decision in one batch; returns the event's number.
 
         ``subject`` is created when given; ``shadow`` counts its shadow hits;
-        ``event`` is appended (numbered ``event_id`` on PostgreSQL) with its
-        counter ``deltas`` and grant ``burns``; ``remember`` stores
+        ``event`` is appended (numbered ``event_id`` on PostgreSQL, or by the
+        one-row read on SQLite) with its counter ``deltas`` and grant ``burns``
+        (a plan: the consume event it appends, ``consume_values``, its charged
+        subjects as text in ``charged``; SQLite: ``bumps``, the counters' upsert
+        made already, instead of ``deltas``); ``remember`` stores
         (subject, key, fingerprint, decision), the decision taking the event's number.
         With ``out`` (PostgreSQL) the statements are added to it, not sent.
         """
@@ -271,8 +292,13 @@ class HotTx:
         if event is None:
             self._send(stmts, out)
             return None
-        row = event_row(event)
-        values = event_values(row)
+        if isinstance(event, DebitPlan):
+            values = consume_values(event, charged)
+            ts = values[3]
+        else:
+            row = event_row(event)
+            values = event_values(row)
+            charged, ts = row["charged"], row["ts"]
         if sql.postgres:
             # Numbered by the reads: everything in one statement (``PostgresSql.record``).
             assert event_id is not None
@@ -282,14 +308,19 @@ class HotTx:
             stmts.append(POSTGRES.record([(event_id, *values)], deltas, burns, remembers))
             self._send(stmts, out)
             return event_id
-        # SQLite numbers the event as it inserts it; the rest follows at once (no
-        # round trips in-process).
-        (inserted,) = self.run([*stmts, (sql.event, values)])[-1:]
-        event_id = int(inserted.lastrowid)
-        stmts = []
-        if row["charged"]:
-            stmts.append(sql.links(row["ts"], event_id, row["charged"]))
-        if deltas:
+        if event_id is None:
+            # SQLite numbers the event as it inserts it; the rest follows at once (no
+            # round trips in-process).
+            (inserted,) = self.run([*stmts, (sql.event, values)])[-1:]
+            event_id = int(inserted.lastrowid)
+            stmts = []
+        else:  # numbered by the one-row read (warm.py): the rowid SQLite would give it
+            stmts.append((sql.numbered_event, (event_id, *values)))
+        if charged:
+            stmts.append(sql.links(ts, event_id, charged))
+        if bumps is not None:
+            stmts.append(bumps)
+        elif deltas:
             stmts.append(sql.bumps(deltas))
         stmts += [(sql.burn, (units, gid)) for gid, units in burns.items()]
         if remember is not None:
@@ -303,7 +334,9 @@ class HotTx:
     ) -> tuple[Any, ...]:
         """The idempotency row of ``write``'s ``remember``: its decision numbered."""
         who, key_name, fingerprint, decision = remember
-        answer = json.dumps(stored.encode_decision(decision.numbered(event_id)))
+        if decision.event_id != event_id:
+            decision = decision.numbered(event_id)
+        answer = json.dumps(stored.encode_decision(decision))
         return (who, key_name, fingerprint, answer, to_micros(now))
 
     def hold_reservation(self, reservation: Reservation) -> None:
@@ -380,6 +413,29 @@ def event_values(row: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def consume_values(plan: DebitPlan, charged: Sequence[str]) -> tuple[Any, ...]:
+    """``event_values(event_row(usage_event(plan)))`` of a consume (no reservation, no
+    resource) whose charged subjects are ``charged`` as text, without the ``Event``
+    and the row between: the same values, to the byte (tests/test_sql_warm_read.py)."""
+    assert plan.resource is None
+    tags = plan.tags
+    key = tuple(charged)  # (no copy of a tuple: the one-row read's series is one)
+    text = _CHARGED_JSON.get(key)
+    return (
+        "consume",
+        charged[0],  # the subject, charged first
+        text if text is not None else _charged_json(list(charged)),
+        to_micros(plan.timestamp),
+        to_micros(plan.now),
+        plan.mode._value_,
+        _amounts_json(plan.amounts.units()),
+        plan.model,
+        json.dumps(dict(tags)) if tags else "{}",
+        plan.idempotency_key,
+        None,
+    )
+
+
 # The JSON columns of an event are the text ``json.dumps`` writes, to the byte
 # (exports and the Redis mover's rows compare equal to them); ``json.dumps``
 # itself took about 5 µs a column on the bench's machine, so the two columns
@@ -399,6 +455,16 @@ def _charged_json(charged: list[str]) -> str:
             _CHARGED_JSON.clear()
         text = _CHARGED_JSON[key] = json.dumps(charged)
     return text
+
+
+def _amounts_json(units: Mapping[Metric, int]) -> str:
+    """``_units_json`` of ``Amounts.to_units_json()``, read from the amounts' own dict."""
+    parts = []
+    for metric, value in units.items():
+        if type(value) is not int:
+            return json.dumps({m._value_: u for m, u in units.items()})
+        parts.append(f'"{metric._value_}": {value}')
+    return "{" + ", ".join(parts) + "}"
 
 
 def _units_json(units: dict[str, int]) -> str:

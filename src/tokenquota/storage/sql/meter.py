@@ -21,7 +21,15 @@ from sqlalchemy import Connection
 from tokenquota.domain.alerts import alert_events
 from tokenquota.domain.bounds import check_granted, check_lifetime
 from tokenquota.domain.clock import from_micros, to_micros
-from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading, decide
+from tokenquota.domain.decisions import (
+    Check,
+    DebitPlan,
+    Decision,
+    Prepaid,
+    Reading,
+    admitted,
+    decide,
+)
 from tokenquota.domain.errors import StoreUnreachable
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import (
@@ -33,7 +41,7 @@ from tokenquota.domain.holds import (
     check_lease_releasable,
     check_releasable,
 )
-from tokenquota.domain.ledger import Event, grant_event, usage_event
+from tokenquota.domain.ledger import CounterKey, Event, grant_event, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
@@ -50,6 +58,7 @@ from tokenquota.storage.sql.outbox import Recorded
 from tokenquota.storage.sql.reads import Found, require_known
 from tokenquota.storage.sql.shadow import ShadowHits
 from tokenquota.storage.sql.tx import Database, plan_series
+from tokenquota.storage.sql.warm import readings as warm_readings
 from tokenquota.wire import stored
 
 R = TypeVar("R")
@@ -81,6 +90,11 @@ class SqlMeter:
     @property
     def tz(self) -> ZoneInfo:
         return self.db.tz
+
+    def close(self) -> None:
+        """Let go of the leaders' turn file (``WriterTurns``); the store closes the database."""
+        if self.group.turns is not None:
+            self.group.turns.close()
 
     # the hot transaction ------------------------------------------------------
     def _step(
@@ -187,25 +201,45 @@ class SqlMeter:
         hits, whatever the decision; when it is admitted ``usage``, the event, its
         counters, the burn and the idempotency key's answer."""
         usage = usage and decision.allowed
-        deltas, burns = tx.spent(plan, found, self.db.tz) if usage else ({}, {})
+        deltas: dict[CounterKey, int] = {}
+        burns: dict[str, int] = {}
+        bumps = None
+        if usage and found.counting is not None:  # a one-row read's: no grant, counters kept
+            bumps = found.counting.bumps(plan, self.db.tz, tx.tracked())
+        elif usage:
+            deltas, burns = tx.spent(plan, found, self.db.tz)
         event_id = tx.write(
             subject=plan.subject if create and not found.subject_known else None,
             now=plan.now,
             shadow=decision if decision.shadow_blocked else None,
-            event=usage_event(plan, reservation_id) if usage else None,
+            # A one-row read's consume: its event's values straight from the plan.
+            event=(
+                None
+                if not usage
+                else plan
+                if found.used is not None and reservation_id is None
+                else usage_event(plan, reservation_id)
+            ),
+            charged=found.series,
             event_id=found.event_id,
             deltas=deltas,
             burns=burns,
+            bumps=bumps,
             remember=(
                 (str(plan.subject), plan.idempotency_key, plan.fingerprint, decision)
                 if usage and remember and plan.idempotency_key
                 else None
             ),
         )
-        alerts = alert_events(plan, found.readings, decision)
-        if alerts:  # in this transaction: recorded if, and only if, the decision is
-            tx.alerts(self.alerted.fresh(alerts))
-        return decision.numbered(event_id) if usage else decision
+        # A one-row read's plan has no thresholds (warm.py): an admitted decision with
+        # no shadow block records nothing, and its checks need not be built to see that.
+        if found.used is None or not decision.allowed or decision.shadow_blocked:
+            alerts = alert_events(plan, found.readings, decision)
+            if alerts:  # in this transaction: recorded if, and only if, the decision is
+                tx.alerts(self.alerted.fresh(alerts))
+        if not usage or decision.event_id == event_id:  # (numbered when decided)
+            return decision
+        return decision.numbered(event_id)
 
     def _found(
         self,
@@ -302,7 +336,15 @@ class SqlMeter:
         anything is written (shadow hits included), so a refusal changes nothing.
         ``reservation_id`` makes the event a commit of that reservation."""
         check_lifetime(found.series or plan.series, plan.amounts, found.lifetime)
-        decision = decide(plan, found.readings, prepaid=found.prepaid)
+        decision = None
+        used = found.used
+        if used is not None:  # the one-row read (warm.py): no hold, grant, capacity or threshold
+            decision = admitted(plan, used, found.event_id)
+            if decision is None:  # a limit may refuse: ``decide`` says how, from the same numbers
+                assert plan.placement is not None
+                found.readings = warm_readings(plan.placement, used)
+        if decision is None:
+            decision = decide(plan, found.readings, prepaid=found.prepaid)
         return self._settle(
             tx,
             plan,

@@ -58,8 +58,12 @@ class Found:
     prepaid: list[Prepaid] = field(default_factory=list)
     grants: list[Grant] = field(default_factory=list)
     lifetime: dict[tuple[str, Metric], int] = field(default_factory=dict)
-    event_id: int | None = None  # PostgreSQL: the number the event will carry
+    event_id: int | None = None  # the number the event will carry (PostgreSQL; warm.py)
     series: tuple[str, ...] = ()  # the plan's, as ``DebitPlan.series`` (read once)
+    # The one-row read's (SQLite, ``warm.py``): each check's one bucket, 0 for a cap, as
+    # ``decisions.admitted`` takes them; ``readings`` stay empty until asked for.
+    used: list[int] | None = None
+    counting: Any = None  # and its shape (``warm.Warm``), which works out its counters
 
     def replayed(self, fingerprint: str) -> Decision | None:
         """The stored answer of the key, or None; a different request under it is refused."""

@@ -50,6 +50,8 @@ class Sql:
         "INSERT INTO events (kind, subject, charged, ts, recorded_at, mode, amounts, model,"
         " tags, idempotency_key, resource) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
     )
+    # SQLite, an event numbered beforehand (``warm.py``): its id, then ``event``'s parameters.
+    numbered_event = event.replace("(kind,", "(id, kind,").replace("VALUES (?,", "VALUES (?, ?,")
     remember = (
         'INSERT INTO idempotency (subject, "key", fingerprint, decision, created_at)'
         " VALUES (?, ?, ?, ?, ?)"
@@ -310,6 +312,12 @@ def json_text(values: Sequence[Any]) -> str:
 @cache
 def _sqlite_in(template: str, count: int) -> str:
     return template.format(", ".join("?" * count))
+
+
+def numbered_bumps(rows: Sequence[Sequence[str]]) -> str:
+    """SQLite: ``Sql.bumps``' text with the given parameters (``?N``) in each row's five
+    places, for a caller that binds each distinct value once (``warm.Warm.bumps``)."""
+    return _BUMPS.format(", ".join(["(" + ", ".join(row) + ")" for row in rows]))
 
 
 @cache

@@ -28,6 +28,7 @@ class SqlStore(ComposedStore):
         catalog = SqlCatalog(self.db, counters)
         meter = SqlMeter(self.db, catalog, ledger, counters)
         super().__init__(catalog, meter)
+        self._sql_meter = meter
         self.alerts = SqlWebhooks(self.db)
         try:
             self.db.pin_timezone(tz, move_timezone, meter.rebuild_in)
@@ -45,6 +46,7 @@ class SqlStore(ComposedStore):
         self.db.single_lock = value
 
     def close(self) -> None:
+        self._sql_meter.close()
         self.db.close()
 
     def ping(self) -> None:
