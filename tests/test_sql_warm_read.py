@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,15 @@ from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.sql import hot, reads, warm
 from tokenquota.wire import stored
+
+
+@pytest.fixture
+def quota(sqlite_template: Path, tmp_path: Path) -> Iterator[Quota]:
+    """A store on a migrated SQLite file, its clock frozen at START."""
+    with tokenquota.open(
+        migrated_sqlite(sqlite_template, tmp_path / "q.db"), clock=FrozenClock(START)
+    ) as opened:
+        yield opened
 
 
 @pytest.fixture
@@ -217,72 +227,50 @@ def test_answers_and_rows_are_those_of_the_general_read(
     assert with_warm[1]["idempotency"]
 
 
-def test_a_shape_that_needed_the_general_read_cools_off(
-    sqlite_template: Path, tmp_path: Path, checked: list[int]
-) -> None:
+def test_a_shape_that_needed_the_general_read_cools_off(quota: Quota, checked: list[int]) -> None:
     """A subject with a grant finds it in the one row, reads again, and its next
     ``_COOL`` consumes go straight to the general read (not two reads each)."""
-    quota = tokenquota.open(
-        migrated_sqlite(sqlite_template, tmp_path / "q.db"), clock=FrozenClock(START)
-    )
-    try:
-        quota.set_limit("user:carol", "tokens", "day", 10**9)
-        quota.grant("user:carol", 10**6)
-        for _ in range(3):  # the first decisions of a store read more (tracked pairs)
-            quota.consume("user:carol", tokens=1, credits=1)
-        (shape,) = warm._WARM.values()
-        shape.cool = 0
-        tries = checked[1]
+    quota.set_limit("user:carol", "tokens", "day", 10**9)
+    quota.grant("user:carol", 10**6)
+    for _ in range(3):  # the first decisions of a store read more (tracked pairs)
+        quota.consume("user:carol", tokens=1, credits=1)
+    (shape,) = warm._WARM.values()
+    shape.cool = 0
+    tries = checked[1]
+    assert quota.consume("user:carol", tokens=1, credits=1).allowed
+    assert shape.cool == warm._COOL
+    for _ in range(5):
         assert quota.consume("user:carol", tokens=1, credits=1).allowed
-        assert shape.cool == warm._COOL
-        for _ in range(5):
-            assert quota.consume("user:carol", tokens=1, credits=1).allowed
-        assert shape.cool == warm._COOL - 5
-        assert checked[1] == tries + 6
-        assert checked[0] == 0
-    finally:
-        quota.close()
+    assert shape.cool == warm._COOL - 5
+    assert checked[1] == tries + 6
+    assert checked[0] == 0
 
 
-def test_an_entry_of_another_placement_is_not_used(
-    sqlite_template: Path, tmp_path: Path, checked: list[int]
-) -> None:
-    quota = tokenquota.open(
-        migrated_sqlite(sqlite_template, tmp_path / "q.db"), clock=FrozenClock(START)
-    )
-    try:
-        quota.set_limit("user:alice", "tokens", "minute", 100)
-        for _ in range(3):
-            quota.consume("user:alice", tokens=1)
-        assert warm._WARM
-        # As if each placement had died and its id been reused by another object:
-        # an entry used anyway would read nothing.
-        for shape in warm._WARM.values():
-            shape.placement = object()  # type: ignore[assignment]
-            shape.text = "SELECT 1"
-        before = checked[0]
-        assert quota.consume("user:alice", tokens=1).allowed
-        assert checked[0] == before + 1
-        assert quota.usage("user:alice").limits[0].used == 4
-    finally:
-        quota.close()
+def test_an_entry_of_another_placement_is_not_used(quota: Quota, checked: list[int]) -> None:
+    quota.set_limit("user:alice", "tokens", "minute", 100)
+    for _ in range(3):
+        quota.consume("user:alice", tokens=1)
+    assert warm._WARM
+    # As if each placement had died and its id been reused by another object:
+    # an entry used anyway would read nothing.
+    for shape in warm._WARM.values():
+        shape.placement = object()  # type: ignore[assignment]
+        shape.text = "SELECT 1"
+    before = checked[0]
+    assert quota.consume("user:alice", tokens=1).allowed
+    assert checked[0] == before + 1
+    assert quota.usage("user:alice").limits[0].used == 4
 
 
 def test_the_kept_rows_are_bounded(
-    sqlite_template: Path, tmp_path: Path, checked: list[int], monkeypatch: pytest.MonkeyPatch
+    quota: Quota, checked: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(warm, "_WARM_KEPT", 3)
-    quota = tokenquota.open(
-        migrated_sqlite(sqlite_template, tmp_path / "q.db"), clock=FrozenClock(START)
-    )
-    try:
-        for i in range(10):
-            quota.set_limit(f"user:u{i}", "tokens", "minute", 100)
-        for i in range(10):
-            assert quota.consume(f"user:u{i}", tokens=1).allowed
-            assert len(warm._WARM) <= 3
-    finally:
-        quota.close()
+    for i in range(10):
+        quota.set_limit(f"user:u{i}", "tokens", "minute", 100)
+    for i in range(10):
+        assert quota.consume(f"user:u{i}", tokens=1).allowed
+        assert len(warm._WARM) <= 3
     assert checked[0] >= 8
 
 
@@ -317,18 +305,12 @@ def test_a_consumes_event_values_are_those_of_its_event_row(
 
 
 def test_a_row_too_wide_for_one_select_takes_the_general_read(
-    sqlite_template: Path, tmp_path: Path, checked: list[int], monkeypatch: pytest.MonkeyPatch
+    quota: Quota, checked: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(warm, "_MOST_COLUMNS", 3)
-    quota = tokenquota.open(
-        migrated_sqlite(sqlite_template, tmp_path / "q.db"), clock=FrozenClock(START)
-    )
-    try:
-        quota.set_limit("user:alice", "tokens", "minute", 100)
-        for _ in range(5):
-            assert quota.consume("user:alice", tokens=1).allowed
-        assert checked[0] == 0
-        assert checked[1] >= 3
-        assert quota.usage("user:alice").limits[0].used == 5
-    finally:
-        quota.close()
+    quota.set_limit("user:alice", "tokens", "minute", 100)
+    for _ in range(5):
+        assert quota.consume("user:alice", tokens=1).allowed
+    assert checked[0] == 0
+    assert checked[1] >= 3
+    assert quota.usage("user:alice").limits[0].used == 5
