@@ -138,15 +138,11 @@ class Runner:
         A refused step's successors run dry, so the answer still reports every limit.
         """
         steps = op.steps.ordered()
-        if len(steps) == 1 and op.before_ledger is None:  # one Redis: the loop below, for one
-            (step,) = steps
-            if "idem" in step.spec:
-                step.spec["idem"]["pre"] = "[]"
-            return [self.run(step, now, dry=dry)]
         replies: list[Reply] = []
         for i, step in enumerate(steps):
             if "idem" in step.spec:  # it keeps what the steps before it read (see answers.py)
-                step.spec["idem"]["pre"] = json.dumps([[r.readings, r.wallets] for r in replies])
+                pre = [[r.readings, r.wallets] for r in replies]
+                step.spec["idem"]["pre"] = json.dumps(pre) if pre else "[]"
             if op.before_ledger is not None and i and i == len(steps) - 1:
                 op.before_ledger(steps[:i], replies)
             reply = self.run(step, now, dry=dry)
@@ -356,23 +352,15 @@ class Runner:
     def answers(self, op: Op, replies: list[Reply]) -> tuple[list[Reading], list[Prepaid]]:
         """Each check's reading and each wallet's balance, in the order they were added."""
         steps = op.steps.ordered()
+        # each step's readings, split once (a consume has four checks in one step)
+        read = {id(s): split(r.readings) for s, r in zip(steps, replies, strict=True)}
         readings = []
-        if len(replies) == 1:  # one step (one Redis): every check's reading is in its reply
-            texts = split(replies[0].readings)
-            for entry in op.checks:
-                if entry is None:
-                    readings.append(Reading())
-                else:
-                    readings.append(parse_reading(texts[entry[1]], entry[2], entry[3]))
-        else:
-            # each step's readings, split once
-            read = {id(s): split(r.readings) for s, r in zip(steps, replies, strict=True)}
-            for entry in op.checks:
-                if entry is None:
-                    readings.append(Reading())
-                    continue
-                step, pos, fields, lease = entry
-                readings.append(parse_reading(read[id(step)][pos], fields, lease))
+        for entry in op.checks:
+            if entry is None:
+                readings.append(Reading())
+                continue
+            step, pos, fields, lease = entry
+            readings.append(parse_reading(read[id(step)][pos], fields, lease))
         prepaid: list[Prepaid] = []
         if not op.wallets:
             return readings, prepaid

@@ -39,7 +39,7 @@ batch sends the reads of all of them in one pipeline (``batch.py``).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from datetime import datetime, tzinfo
@@ -428,7 +428,7 @@ def consume_values(plan: DebitPlan, charged: Sequence[str]) -> tuple[Any, ...]:
         to_micros(plan.timestamp),
         to_micros(plan.now),
         plan.mode._value_,
-        _amounts_json(plan.amounts.units()),
+        _units_json(plan.amounts.to_units_json()),
         plan.model,
         json.dumps(dict(tags)) if tags else "{}",
         plan.idempotency_key,
@@ -455,16 +455,6 @@ def _charged_json(charged: list[str]) -> str:
             _CHARGED_JSON.clear()
         text = _CHARGED_JSON[key] = json.dumps(charged)
     return text
-
-
-def _amounts_json(units: Mapping[Metric, int]) -> str:
-    """``_units_json`` of ``Amounts.to_units_json()``, read from the amounts' own dict."""
-    parts = []
-    for metric, value in units.items():
-        if type(value) is not int:
-            return json.dumps({m._value_: u for m, u in units.items()})
-        parts.append(f'"{metric._value_}": {value}')
-    return "{" + ", ".join(parts) + "}"
 
 
 def _units_json(units: dict[str, int]) -> str:
