@@ -246,7 +246,7 @@ def test_configuration_writes_move_the_version_and_a_first_consume_does_not(
         ("delete plan", lambda: quota.delete_plan(plan_id)),
         ("quota", lambda: quota.set_resource_quota("deployment:m", {"default_rules": []})),
         ("drop quota", lambda: quota.delete_resource_quota("deployment:m")),
-        ("new window", lambda: quota.store.track([REQUESTS_MINUTE], quota.clock.now())),
+        ("new window", lambda: quota.store.track({"user": [REQUESTS_MINUTE]}, quota.clock.now())),
         ("delete", lambda: quota.delete_subject("user:gone")),
     ]
     quota.put_subject("user:gone")

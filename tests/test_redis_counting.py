@@ -20,7 +20,9 @@ import tokenquota
 from tokenquota import FrozenClock, Quota
 from tokenquota.domain.decisions import DebitPlan, Mode
 from tokenquota.domain.ledger import increments
+from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.tracking import Tracking
 from tokenquota.storage.redis import RedisStore
 
 # The last second of March 2026 in Stockholm, after its DST change (29 March).
@@ -81,10 +83,21 @@ def step_adds(store: RedisStore, plan: DebitPlan) -> tuple[dict[tuple[str, str],
     return added, capped
 
 
+class WithLimits:
+    """The pairs a series is counted in, and each plan limit's pair in its own series."""
+
+    def __init__(self, tracked: Tracking, plan: DebitPlan) -> None:
+        self.tracked, self.plan = tracked, plan
+
+    def of_series(self, series: str) -> frozenset[LimitKey]:
+        mine = {c.limit.key for c in self.plan.checks if str(c.limit.subject) == series}
+        return self.tracked.of_series(series) | mine
+
+
 def domain_adds(store: RedisStore, plan: DebitPlan) -> tuple[dict[tuple[str, str], int], set[str]]:
     """The same, by the domain's rule, with every name formatted afresh."""
     tracked, _ = store.meter._context(plan, True)
-    keys = set(tracked) | {c.limit.key for c in plan.checks}
+    keys = WithLimits(tracked, plan)
     prefix = store.layout.prefix
     added: dict[tuple[str, str], int] = {}
     capped: set[str] = set()

@@ -32,6 +32,7 @@ from tokenquota.domain.ledger import increments
 from tokenquota.domain.limits import UNLIMITED, EffectiveLimit, LimitKey, Source
 from tokenquota.domain.metrics import COUNTERS, Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.tracking import Tracking
 from tokenquota.domain.windows import TOTAL, Window
 from tokenquota.engine.planner import Layout
 from tokenquota.storage.memory.state import State
@@ -124,7 +125,8 @@ def test_counting_adds_what_increments_lists(
     zone: ZoneInfo, steps: list[int], tracked: set[Window], carried: set[Metric]
 ) -> None:
     state = State(zone)
-    state.tracked |= {LimitKey(m, w) for m in COUNTERS for w in tracked}
+    # The user's kind counts the windows, the company only the lifetime pairs (wildcard).
+    state.tracked = Tracking({"user": {LimitKey(m, w) for m in COUNTERS for w in tracked}})
     series = ("user:alice", "company:acme")
     amounts = Amounts({metric: i + 1 for i, metric in enumerate(sorted(carried))})
     counting = state.shape(series, amounts)

@@ -18,6 +18,7 @@ from tokenquota.domain.grants import Grant
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef, consumer_series
+from tokenquota.domain.tracking import Counted
 
 CounterKey = tuple[str, str, str, int]  # subject, metric, window key, bucket
 
@@ -140,15 +141,25 @@ def increments(
     amounts: Amounts,
     timestamp: datetime,
     tz: Any,
-    tracked: Iterable[LimitKey],
+    tracked: Counted,
 ) -> dict[CounterKey, int]:
-    """What one event adds to the counters of every tracked (metric, window)."""
+    """What one event adds to the counters it is counted in: each series in the pairs
+    of its kind (``tracking.Tracking.of_series``)."""
     out: dict[CounterKey, int] = {}
     subjects = list(map(str, charged))
-    for metric, window, bucket, units in counted(amounts, timestamp, tz, tracked):
-        for subject in subjects:
-            counter = (subject, metric, window, bucket)
-            out[counter] = out.get(counter, 0) + units
+    pairs = [tracked.of_series(s) for s in subjects]
+    units = dict(amounts.items())
+    for key in frozenset().union(*pairs):  # ``counted``, each pair in the series counting it
+        window = key.window
+        amount = units.get(key.metric) if window is not None else None
+        if not amount:
+            continue
+        assert window is not None
+        metric, name, bucket = key.metric._value_, window.key, window.bucket_of(timestamp, tz)
+        for subject, mine in zip(subjects, pairs, strict=True):
+            if key in mine:
+                counter = (subject, metric, name, bucket)
+                out[counter] = out.get(counter, 0) + amount
     return out
 
 

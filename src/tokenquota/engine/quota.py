@@ -98,8 +98,8 @@ class Quota(Holds):
         self.planner = Planner(
             store, self.clock, defaults=parse_config_defaults(defaults), retention=retention
         )
-        self.store.track(
-            [r.key for rules in self.planner.config_defaults.values() for r in rules],
+        self.store.track(  # each kind's defaults, counted in the series of that kind
+            {kind: [r.key for r in rules] for kind, rules in self.planner.config_defaults.items()},
             self.clock.now(),
         )
         if on_store_error not in ("closed", "open"):

@@ -92,7 +92,8 @@ class Retention:
 
     def cutoffs(self, kinds: Iterable[str] = KINDS) -> Cutoffs:
         """This moment's cutoffs, for every window counters are kept for."""
-        windows = {k.window for k in self.quota.store.config().tracked() if k.window is not None}
+        tracked = self.quota.store.config().tracked().pairs()
+        windows = {k.window for k in tracked if k.window is not None}
         return cutoffs(windows, self.quota.clock.now(), self.quota.tz, self.horizons, kinds)
 
     def batches(self, kinds: Iterable[str] = KINDS) -> Iterator[tuple[str, int]]:

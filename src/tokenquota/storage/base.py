@@ -12,7 +12,7 @@ Everything here is synchronous on purpose: see docs/architecture.md.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -29,6 +29,7 @@ from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.retention import Cutoffs
 from tokenquota.domain.subjects import Subject, SubjectRef
+from tokenquota.domain.tracking import WILDCARD, Tracking, series_kind
 from tokenquota.domain.views import Page as Page  # re-exported: stores name it from here
 
 # (events replayed so far, events in the ledger): how far a rebuild is.
@@ -60,6 +61,16 @@ class Scope:
         if self.layer is Layer.PLAN:
             return plan_target(self.name)
         return defaults_target(self.name)
+
+    @property
+    def kind(self) -> str:
+        """The kind of series its rules bind (domain/tracking.py): a subject's, a
+        default's; a plan's may be assigned to any kind, so every kind (the wildcard)."""
+        if self.layer is Layer.OVERRIDE:
+            return series_kind(self.name)
+        if self.layer is Layer.PLAN:
+            return WILDCARD
+        return self.name
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +105,7 @@ class ConfigView(Protocol):
 
     def resource_quota(self, resource: SubjectRef) -> dict[str, Any] | None: ...
 
-    def tracked(self) -> frozenset[LimitKey]: ...
+    def tracked(self) -> Tracking: ...
 
     def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
         """A value derived from this view's reads, kept as long as they are."""
@@ -162,11 +173,13 @@ class Catalog(Protocol):
 
     def list_default_kinds(self) -> list[str]: ...
 
-    def track(self, keys: Sequence[LimitKey], now: datetime) -> None:
-        """Count these (metric, window) pairs from now on, backfilled from the ledger.
+    def track(self, keys: Mapping[str, Sequence[LimitKey]], now: datetime) -> None:
+        """Count these (metric, window) pairs, per kind of series (``tracking.WILDCARD``:
+        every kind), from now on, backfilled from the ledger.
 
         The backfill replays only the events a decision at ``now`` or later can
-        read (``bounds.backfill_start``), never the whole ledger.
+        read (``bounds.backfill_start``), and only into the series of the kinds
+        that did not count the pair yet, never the whole ledger.
         """
         ...
 

@@ -12,7 +12,7 @@ to ask for the new version before the engine plans again.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -126,7 +126,7 @@ class ComposedStore:
     def list_default_kinds(self) -> list[str]:
         return self.catalog.list_default_kinds()
 
-    def track(self, keys: Sequence[LimitKey], now: datetime) -> None:
+    def track(self, keys: Mapping[str, Sequence[LimitKey]], now: datetime) -> None:
         return self.catalog.track(keys, now)
 
     def create_plan(self, name: str, rules: Sequence[Rule], *, actor: str, now: datetime) -> Plan:

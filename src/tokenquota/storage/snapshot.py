@@ -44,8 +44,8 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any, Final, Protocol, TypeVar
 
-from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.tracking import Tracking
 from tokenquota.storage.base import RuleSet
 
 T = TypeVar("T")
@@ -77,7 +77,7 @@ class ConfigReads(Protocol):
 
     def load_resource_quota(self, resource: SubjectRef) -> tuple[str, dict[str, Any] | None]: ...
 
-    def load_tracked(self) -> tuple[str, frozenset[LimitKey]]: ...
+    def load_tracked(self) -> tuple[str, Tracking]: ...
 
 
 class _Generation:
@@ -268,6 +268,6 @@ class View:
         reads = self._snapshot.reads
         return self.cached(("quota", resource), lambda: reads.load_resource_quota(resource))
 
-    def tracked(self) -> frozenset[LimitKey]:
-        """Every (metric, window) pair counters are kept for."""
+    def tracked(self) -> Tracking:
+        """The (metric, window) pairs counters are kept for, per kind of series."""
         return self.cached(("tracked",), self._snapshot.reads.load_tracked)

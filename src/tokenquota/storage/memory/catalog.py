@@ -10,7 +10,7 @@ through this catalog's ``Snapshot`` (storage/snapshot.py).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
@@ -23,6 +23,7 @@ from tokenquota.domain.keys import ApiKey
 from tokenquota.domain.ledger import AuditEntry, key_target, plan_target, resource_target
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import Subject, SubjectRef, ancestors_of, check_acyclic
+from tokenquota.domain.tracking import WILDCARD, Added, Tracking
 from tokenquota.storage.base import Layer, Page, RuleSet, Scope
 from tokenquota.storage.memory.state import State, SubjectRow
 from tokenquota.storage.snapshot import Snapshot, View
@@ -73,9 +74,9 @@ class MemoryCatalog:
         with self._lock:
             return self._s.config_version, self.get_resource_quota(resource)
 
-    def load_tracked(self) -> tuple[str, frozenset[LimitKey]]:
+    def load_tracked(self) -> tuple[str, Tracking]:
         with self._lock:
-            return self._s.config_version, frozenset(self._s.tracked)
+            return self._s.config_version, self._s.tracked
 
     # subjects ---------------------------------------------------------------
     def get_subject(self, ref: SubjectRef) -> Subject | None:
@@ -199,7 +200,7 @@ class MemoryCatalog:
                         encode_rule(before) if before else None,
                         encode_rule(after) if after else None,
                     )
-            self._track([c.key for c in changes if c.value is not None], now)
+            self._track(scope.kind, [c.key for c in changes if c.value is not None], now)
             return self.get_rules(scope)
 
     def list_default_kinds(self) -> list[str]:
@@ -208,18 +209,21 @@ class MemoryCatalog:
                 s.name for s, r in self._s.rules.items() if s.layer is Layer.DEFAULT and r
             )
 
-    def track(self, keys: Sequence[LimitKey], now: datetime) -> None:
+    def track(self, keys: Mapping[str, Sequence[LimitKey]], now: datetime) -> None:
         with self._lock:
-            if self._track(keys, now):  # an engine starting tracks what is, mostly
+            tracking = [self._track(kind, of_kind, now) for kind, of_kind in keys.items()]
+            if any(tracking):  # an engine starting tracks what is, mostly
                 self._s.bump_config()
                 self.snapshot.invalidate()
 
-    def _track(self, keys: Sequence[LimitKey], now: datetime) -> bool:
-        """Track the new pairs among ``keys``; whether there were any."""
-        new = {k for k in keys if k.window is not None} - self._s.tracked
+    def _track(self, kind: str, keys: Sequence[LimitKey], now: datetime) -> bool:
+        """Track the pairs among ``keys`` new to ``kind`` (domain/tracking.py); whether
+        there were any. Each is backfilled into the series that did not count it."""
+        before = self._s.tracked
+        after, new = before.adding(kind, keys)
         if not new:
             return False
-        self._s.tracked |= new
+        self._s.tracked = after
         self._s.forget_counting()  # the next event also counts in the new windows
         for key in new:
             start = backfill_start(key, now, self._s.tz)
@@ -229,8 +233,9 @@ class MemoryCatalog:
             # be back-dated), so this filters the list; the SQL stores use an index.
             since = [e for e in self._s.events if e.timestamp >= start]
             log.info("backfilled %s from %d ledger events since %s", key, len(since), start)
+            added = Added(before, after, (key,))
             for event in since:
-                self._s.count(event, {key})
+                self._s.count(event, added)
         return True
 
     # plans ------------------------------------------------------------------
@@ -249,7 +254,7 @@ class MemoryCatalog:
             plan_id = uuid4().hex
             self._s.plans[plan_id] = name
             self._s.rules[Scope(Layer.PLAN, plan_id)] = {r.key: r for r in rules}
-            self._track([r.key for r in rules], now)
+            self._track(WILDCARD, [r.key for r in rules], now)
             plan = self._plan(plan_id)
             assert plan is not None
             self._s.write_audit(
@@ -372,7 +377,7 @@ class MemoryCatalog:
             before = self._s.resource_quotas.get(resource)
             self._s.subject_row(resource)
             self._s.resource_quotas[resource] = quota
-            self._track(keys, now)
+            self._track(resource.kind, keys, now)
             if before != quota:
                 self._s.write_audit(
                     now, actor, "quota.set", resource_target(str(resource)), before, quota

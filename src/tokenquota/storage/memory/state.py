@@ -20,15 +20,15 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from tokenquota.domain.alerts import AlertEvent
-from tokenquota.domain.bounds import LIFETIME
 from tokenquota.domain.decisions import DebitPlan, Decision
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.holds import HoldState, Lease, Reservation
 from tokenquota.domain.keys import ApiKey
-from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, counted
+from tokenquota.domain.ledger import AuditEntry, CounterKey, Event, increments
 from tokenquota.domain.limits import LimitKey, Rule
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.tracking import Counted, Tracking
 from tokenquota.domain.windows import ALWAYS, Window
 from tokenquota.storage.base import Scope, StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
@@ -100,7 +100,8 @@ class State:
     subjects: dict[SubjectRef, SubjectRow] = field(default_factory=dict)
     rules: dict[Scope, dict[LimitKey, Rule]] = field(default_factory=lambda: defaultdict(dict))
     plans: dict[str, str] = field(default_factory=dict)  # id -> name
-    tracked: set[LimitKey] = field(default_factory=lambda: set(LIFETIME))
+    # Replaced whole when it grows (domain/tracking.py): shapes are kept by its identity.
+    tracked: Tracking = field(default_factory=Tracking)
     # (subject, metric, window key) -> bucket -> units: a decision reads a few
     # buckets of a few series, so it finds them without walking every counter.
     counters: Counters = field(default_factory=dict)
@@ -136,7 +137,7 @@ class State:
     _counting: dict[tuple[tuple[str, ...], tuple[Metric, ...]], Counting] = field(
         default_factory=dict, repr=False
     )
-    _counting_tracked: int = 0
+    _counting_tracked: Tracking | None = None
     # Moved whenever the remembered shapes are dropped: a caller that keeps a
     # shape of its own (the meter, by plan) keeps it only while this stands.
     counting_epoch: int = 0
@@ -191,24 +192,24 @@ class State:
             AuditEntry(next(self.audit_ids), at, actor, action, target, before, after)
         )
 
-    def count(self, event: Event, keys: set[LimitKey]) -> None:
-        """Add a usage event to the counters of ``keys`` (a backfill, a consume, a rebuild)."""
+    def count(self, event: Event, keys: Counted) -> None:
+        """Add a usage event to the counters it is counted in by ``keys`` (a backfill's
+        ``Added``, or ``tracked`` for a consume and a rebuild)."""
         if not event.is_usage:
             return  # a grant adds credits to spend; it is not usage
         if keys is self.tracked:
             self.count_into(event, self.shape(event.series, event.amounts))
             return
         counters = self.counters
-        series = event.series
-        # ``ledger.counted`` per series, as ``ledger.increments`` would list them,
-        # added straight into each series' buckets.
-        for metric, window, bucket, units in counted(event.amounts, event.timestamp, self.tz, keys):
-            for subject in series:
-                buckets = counters.get((subject, metric, window))
-                if buckets is None:
-                    counters[(subject, metric, window)] = {bucket: units}
-                else:
-                    buckets[bucket] = buckets.get(bucket, 0) + units
+        # ``ledger.increments``, added straight into each series' buckets.
+        for (subject, metric, window, bucket), units in increments(
+            event.series, event.amounts, event.timestamp, self.tz, keys
+        ).items():
+            buckets = counters.get((subject, metric, window))
+            if buckets is None:
+                counters[(subject, metric, window)] = {bucket: units}
+            else:
+                buckets[bucket] = buckets.get(bucket, 0) + units
 
     def count_into(self, event: Event, counting: Counting) -> None:
         """``count`` over every tracked key, into the bucket dicts ``shape`` gave for the
@@ -225,21 +226,26 @@ class State:
         dict is made empty here if its series had none yet; an empty dict reads
         as no usage everywhere. Call it under the lock.
         """
-        if self._counting_tracked != len(self.tracked):  # tracked only ever grows
+        if self._counting_tracked is not self.tracked:  # replaced whole when it grows
             self.forget_counting()
-            self._counting_tracked = len(self.tracked)
+            self._counting_tracked = self.tracked
         key = (series, tuple(amounts.keys()))
         found = self._counting.get(key)
         if found is not None:
             return found
         counters = self.counters
         made: list[tuple[Window, Metric, tuple[dict[int, int], ...]]] = []
-        for tracked in self.tracked:
+        pairs = [self.tracked.of_series(s) for s in series]  # each series: its kind's
+        for tracked in frozenset().union(*pairs):
             window, metric = tracked.window, tracked.metric
             if window is None or metric not in amounts:
                 continue
             name = metric._value_
-            dicts = tuple(counters.setdefault((s, name, window.key), {}) for s in series)
+            dicts = tuple(
+                counters.setdefault((s, name, window.key), {})
+                for s, mine in zip(series, pairs, strict=True)
+                if tracked in mine
+            )
             made.append((window, metric, dicts))
         if len(self._counting) >= _MAX_COUNTING:
             self.forget_counting()

@@ -1,7 +1,8 @@
 """Counters in Redis written from the SQL ledger: a backfill, a rebuild, a clean-up.
 
-The catalog calls ``backfill`` when it starts counting a new (metric,
-window) pair, and the meter's rebuild clears and refills every counter; both
+The catalog calls ``backfill`` when it starts counting a (metric, window)
+pair for a kind of series (domain/tracking.py: only the series that did not
+count it are replayed), and the meter's rebuild clears and refills every counter; both
 replay the ledger, so the mover is drained into it first.
 """
 
@@ -13,7 +14,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from tokenquota.domain.ledger import CounterKey
-from tokenquota.domain.limits import LimitKey
+from tokenquota.domain.tracking import Added
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import Layout
 from tokenquota.storage.redis.mover import Mover
@@ -40,7 +41,7 @@ class RedisCounters:
             pipe.hincrby(self.layout.counter(series, metric, window), str(bucket), value)
         call(pipe.execute)
 
-    def backfill(self, conn: Connection, keys: set[LimitKey], start: datetime) -> None:
+    def backfill(self, conn: Connection, keys: Added, start: datetime) -> None:
         self.mover.drain(conn)  # the ledger first holds every event Redis counted
         self.add(self.ledger.replay(conn, keys, start))
 

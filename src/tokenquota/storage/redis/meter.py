@@ -50,6 +50,7 @@ from tokenquota.domain.ledger import Event, usage_event
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.tracking import Tracking
 from tokenquota.storage.base import Page, RebuildProgress, StaleConfig
 from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.redis.answers import (
@@ -115,7 +116,7 @@ class RedisMeter:
         # _context's answers by (configuration version, id of the charged tuple)
         self._contexts: dict[
             tuple[str | None, int],
-            tuple[tuple[SubjectRef, ...], SubjectRef, frozenset[LimitKey], dict[SubjectRef, Any]],
+            tuple[tuple[SubjectRef, ...], SubjectRef, Tracking, dict[SubjectRef, Any]],
         ] = {}
 
     @property
@@ -128,7 +129,7 @@ class RedisMeter:
     # what SQL says about a request ---------------------------------------------
     def _context(
         self, plan: DebitPlan, create_subject: bool
-    ) -> tuple[frozenset[LimitKey], dict[SubjectRef, list[Grant]]]:
+    ) -> tuple[Tracking, dict[SubjectRef, list[Grant]]]:
         """The tracked counters and the charged subjects' grants; creates the subject.
 
         All of it comes from the snapshot at the plan's version: the ledger
@@ -164,7 +165,7 @@ class RedisMeter:
                 raise NotFound(f"unknown subject {plan.subject}", details={"field": "subject"})
             with self.db.tx(hot=True) as conn:  # an insert of a bare subject decides nothing
                 self.catalog.ensure_subject(conn, plan.subject, plan.now)
-        tracked = cached(("tracked",), lambda c: frozenset(self.catalog.tracked(c)), None)
+        tracked = cached(("tracked",), self.catalog.tracked, None)
         grants = cached(
             ("grants", *map(str, charged)),
             lambda c: in_burn_order(self.ledger.grants_of(c, charged)),

@@ -13,7 +13,6 @@ import json
 import random
 import time
 from collections.abc import Callable, Sequence
-from collections.abc import Set as AbstractSet
 from datetime import datetime
 from importlib.resources import files
 from typing import Any
@@ -26,9 +25,10 @@ from tokenquota.domain.bounds import too_large
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Mode, Prepaid, Reading
 from tokenquota.domain.grants import Grant
-from tokenquota.domain.limits import EffectiveLimit, LimitKey
+from tokenquota.domain.limits import EffectiveLimit
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.tracking import Tracking
 from tokenquota.storage.redis.answers import CheckPlace, WalletPlace
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import (
@@ -183,7 +183,7 @@ class Runner:
     def begin(
         self,
         plan: DebitPlan,
-        tracked: AbstractSet[LimitKey],
+        tracked: Tracking,
         ledger: tuple[int, str],
         wallets: dict[SubjectRef, list[Grant]],
         *,
@@ -375,7 +375,7 @@ class Runner:
         return readings, prepaid
 
     def add_increments(
-        self, op: Op, plan: DebitPlan, tracked: AbstractSet[LimitKey]
+        self, op: Op, plan: DebitPlan, tracked: Tracking
     ) -> tuple[Counting, list[Placed]]:
         """The counters a usage adds to (``domain.ledger.increments``), through the
         plan's ``Counting`` shape: its counters named once, their buckets placed once
@@ -391,9 +391,8 @@ class Runner:
         if shape is None or shape.limits != limits:
             if len(self._counting) >= SHAPES_KEPT:
                 self._counting.clear()
-            keys = tracked | {limit.key for limit in limits}
             shape = self._counting[shape_key] = Counting(
-                limits, self._counters(keys, series, metrics)
+                limits, self._counters(tracked, limits, series, metrics)
             )
         placed = shape.placed(plan.timestamp, self.db.tz)
         if not placed:
@@ -407,18 +406,31 @@ class Runner:
         return shape, placed
 
     def _counters(
-        self, keys: AbstractSet[LimitKey], series: Sequence[str], metrics: Sequence[Metric]
+        self,
+        tracked: Tracking,
+        limits: Sequence[EffectiveLimit],
+        series: Sequence[str],
+        metrics: Sequence[Metric],
     ) -> list[Counter]:
-        """Every counter a usage of ``metrics`` adds to, in the order ``increments``
-        lists them: per tracked (metric, window), each series (once, counted as often
-        as the series is charged)."""
+        """Every counter a usage of ``metrics`` adds to, as ``increments`` lists them:
+        per (metric, window), each series whose kind counts it (once, counted as
+        often as the series is charged). A limit's own pair is counted in its
+        series too (tracked with it at the plan's version, which the step checks)."""
+        pairs = [set(tracked.of_series(s)) for s in series]
+        for limit in limits:
+            name = limit.names()[0]
+            for subject, mine in zip(series, pairs, strict=True):
+                if subject == name:
+                    mine.add(limit.key)
         out: dict[str, Counter] = {}
-        for key in keys:
+        for key in set().union(*pairs):
             window = key.window
             if window is None or key.metric not in metrics:
                 continue
             metric = key.metric._value_
-            for subject in series:
+            for subject, mine in zip(series, pairs, strict=True):
+                if key not in mine:
+                    continue
                 name = self.layout.counter(subject, metric, window.key)
                 found = out.get(name)
                 cap = f"{metric}|{subject}" if window.key == "total" else None

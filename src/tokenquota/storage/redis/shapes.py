@@ -13,15 +13,15 @@ kept between requests (docs/performance-log.md, session 10).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from tokenquota.domain.grants import Grant
-from tokenquota.domain.limits import EffectiveLimit, LimitKey
+from tokenquota.domain.limits import EffectiveLimit
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.tracking import Tracking
 from tokenquota.domain.windows import ALWAYS, Window
 from tokenquota.storage.redis.layout import Reply, Step, Steps
 
@@ -116,7 +116,7 @@ class Frame:
     def __init__(
         self,
         placement: Any,
-        tracked: AbstractSet[LimitKey],
+        tracked: Tracking,
         counted: tuple[Counting, list[Placed]],
         op: Op,
         step: Step,
@@ -181,7 +181,7 @@ class Frame:
                 entry[at] = checks[i].amount
         return lists
 
-    def holds(self, placement: Any, tracked: AbstractSet[LimitKey], at: datetime, tz: Any) -> bool:
+    def holds(self, placement: Any, tracked: Tracking, at: datetime, tz: Any) -> bool:
         return (
             placement is self.placement
             and tracked is self.tracked

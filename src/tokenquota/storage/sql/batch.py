@@ -131,7 +131,7 @@ def _decide(
     found = reads.found(cursors, seen)
     if view is not None and plan.config_version is not None:
         version = plan.config_version
-        view.cached(("tracked",), lambda: (version, frozenset(tx.tracked())))
+        view.cached(("tracked",), lambda: (version, tx.tracked()))
     run.snapshot.confirm(plan.config_version, since)
     replay = found.replayed(plan.fingerprint)
     if replay is not None:

@@ -23,8 +23,8 @@ from datetime import datetime
 from typing import Any
 
 from tokenquota.domain.keys import ApiKey
-from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.subjects import SubjectRef, ancestors_of
+from tokenquota.domain.tracking import Tracking
 from tokenquota.storage.base import Page, RuleSet
 from tokenquota.storage.snapshot import Snapshot, View
 from tokenquota.storage.sql.keys import SqlKeys
@@ -67,8 +67,8 @@ class SqlCatalog(SqlResources):
     def load_resource_quota(self, resource: SubjectRef) -> tuple[str, dict[str, Any] | None]:
         return self.version.versioned(lambda conn: self._resource_quota(conn, resource))
 
-    def load_tracked(self) -> tuple[str, frozenset[LimitKey]]:
-        return self.version.versioned(lambda conn: frozenset(self.tracked(conn)))
+    def load_tracked(self) -> tuple[str, Tracking]:
+        return self.version.versioned(self.tracked)
 
     # API keys (keys.py) ---------------------------------------------------------
     def create_key(self, key: ApiKey, secret_hash: str, *, actor: str) -> None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 from datetime import datetime, tzinfo
 from typing import Any
@@ -54,9 +53,9 @@ from tokenquota.domain.errors import StoreUnreachable
 from tokenquota.domain.grants import Grant, allocate
 from tokenquota.domain.holds import HoldState, Lease, Reservation
 from tokenquota.domain.ledger import CounterKey, Event, increments
-from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.tracking import Tracking
 from tokenquota.storage.ledger_rows import event_row
 from tokenquota.storage.sql.outbox import alert_values
 from tokenquota.storage.sql.reads import Found, Ranges, Reads, Tracked, tracked_pairs
@@ -184,7 +183,7 @@ class HotTx:
             self.raw.execute(f"ROLLBACK TO SAVEPOINT d{self._savepoints}")
 
     # reads -----------------------------------------------------------------------------
-    def use_tracked(self, pairs: AbstractSet[LimitKey] | None) -> None:
+    def use_tracked(self, pairs: Tracking | None) -> None:
         """The tracked pairs from the configuration snapshot: no statement reads them.
 
         Safe because ``read`` verifies the plan's version in the same batch:
@@ -193,8 +192,8 @@ class HotTx:
         if self._tracked.pairs is None and pairs is not None:
             self._tracked.pairs = pairs
 
-    def tracked(self) -> AbstractSet[LimitKey]:
-        """The (metric, window) pairs counted; read once per transaction (a change to them
+    def tracked(self) -> Tracking:
+        """The (metric, window) pairs counted per kind; read once per transaction (a change to them
         takes the exclusive lock, so it cannot land inside one)."""
         if self._tracked.pairs is None:
             (cursor,) = self.run([(self.sql.tracked, ())])

@@ -19,9 +19,9 @@ from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Mode
 from tokenquota.domain.grants import Grant, allocate
 from tokenquota.domain.ledger import CounterKey, Event, increments
-from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.tracking import Added, Counted
 from tokenquota.storage.base import PROGRESS_EVERY, Page, RebuildProgress
 from tokenquota.storage.ledger_rows import event_links, event_row
 from tokenquota.storage.sql import schema as t
@@ -37,7 +37,7 @@ class Counters(Protocol):
     counters backfilled; the meters when they rebuild.
     """
 
-    def backfill(self, conn: Connection, keys: set[LimitKey], start: datetime) -> None: ...
+    def backfill(self, conn: Connection, keys: Added, start: datetime) -> None: ...
 
 
 class SqlLedger:
@@ -142,12 +142,13 @@ class SqlLedger:
     def replay(
         self,
         conn: Connection,
-        keys: set[LimitKey],
+        keys: Counted,
         start: datetime | None = None,
         *,
         on_progress: RebuildProgress | None = None,
     ) -> dict[CounterKey, int]:
-        """What the ledger adds to ``keys``: the one path for backfill and rebuild.
+        """What the ledger adds to the counters ``keys`` counts each series in (a
+        ``Tracking``, or a backfill's ``Added``): the one path for backfill and rebuild.
 
         Rebuild replays it all (``start`` None); a backfill only the events from
         ``start`` on, read through the index on ``ts``. Only with ``on_progress``
@@ -172,7 +173,7 @@ class SqlLedger:
         if start is not None:
             log.info(
                 "backfilled %s from %d ledger events since %s",
-                ", ".join(sorted(map(str, keys))),
+                keys,
                 read,
                 start,
             )
@@ -264,7 +265,7 @@ class SqlCounters:
         for start in range(0, len(rows), BATCH):
             conn.execute(self._bump, rows[start : start + BATCH])
 
-    def backfill(self, conn: Connection, keys: set[LimitKey], start: datetime) -> None:
+    def backfill(self, conn: Connection, keys: Added, start: datetime) -> None:
         self.add(conn, self.ledger.replay(conn, keys, start))
 
 

@@ -269,7 +269,7 @@ class SqlMeter:
         found = tx.read(plan, keyed=keyed, bounded=bounded, numbered=numbered)
         if known is None and view is not None and plan.config_version is not None:
             version = plan.config_version
-            view.cached(("tracked",), lambda: (version, frozenset(tx.tracked())))
+            view.cached(("tracked",), lambda: (version, tx.tracked()))
         snapshot.confirm(plan.config_version, since)
         return found
 

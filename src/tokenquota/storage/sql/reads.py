@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
 
-from tokenquota.domain.bounds import LIFETIME, LIFETIME_BUCKET
+from tokenquota.domain.bounds import LIFETIME_BUCKET
 from tokenquota.domain.clock import from_micros, to_micros
 from tokenquota.domain.decisions import Check, DebitPlan, Decision, Prepaid, Reading
 from tokenquota.domain.errors import IdempotencyConflict, NotFound
 from tokenquota.domain.grants import Grant
 from tokenquota.domain.ledger import CounterKey
-from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import COUNTERS, Metric
 from tokenquota.domain.plans import Placement
 from tokenquota.domain.subjects import SubjectRef
+from tokenquota.domain.tracking import Tracking
 from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
 from tokenquota.storage.sql.statements import (
@@ -79,10 +78,10 @@ class Found:
 
 @dataclass(slots=True)
 class Tracked:
-    """A transaction's tracked (metric, window) pairs: read at most once in it
+    """A transaction's tracked (metric, window) pairs per kind: read at most once in it
     (``HotTx.tracked``), and asked for by the first decision's reads that need them."""
 
-    pairs: AbstractSet[LimitKey] | None = None
+    pairs: Tracking | None = None
     asking: bool = False  # a read of the pairs is on its way (``Reads``)
 
 
@@ -487,9 +486,14 @@ def grant_of(row: Sequence[Any], burned: dict[str, int]) -> Grant:
     )
 
 
-def tracked_pairs(rows: Iterable[Sequence[Any]]) -> set[LimitKey]:
-    # As SqlCatalog.tracked: the lifetime pairs are counted even if a row was removed.
-    return set(LIFETIME) | {LimitKey.from_storage(m, w) for m, w in rows}
+def tracked_pairs(rows: Iterable[Sequence[Any]]) -> Tracking:
+    """The tracking of rows (kind, metric, window), or (kind and metric joined by a
+    space, window) from PostgreSQL's folded read. As SqlCatalog.tracked: the
+    lifetime pairs are counted even if a row was removed."""
+    return Tracking.from_rows(
+        (row[0], row[1], row[2]) if len(row) == 3 else (*row[0].split(" ", 1), row[1])
+        for row in rows
+    )
 
 
 def require_known(found: Found, plan: DebitPlan, create: bool) -> None:

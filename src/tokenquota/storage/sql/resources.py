@@ -61,7 +61,7 @@ class SqlResources(SqlRules):
                     .where(t.resource_quotas.c.resource == str(resource))
                     .values(quota=quota, updated_at=stamp)
                 )
-            self._track(conn, keys, now)
+            self._track(conn, resource.kind, keys, now)
             if before != quota:
                 target = resource_target(str(resource))
                 self.write_audit(conn, now, actor, "quota.set", target, before, quota)

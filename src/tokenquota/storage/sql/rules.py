@@ -3,15 +3,17 @@
 A rule lives in one of three layers (an override on a subject, a plan, a
 default for a kind of subject); the planner asks for every layer of a whole
 ancestor chain at once (``_rule_sets``, three queries however long the chain).
-Setting a rule on a (metric, window) pair not counted before starts tracking
-it and backfills its counters from the ledger, in the same transaction, so a
-new limit binds the next decision with the usage already spent.
+Setting a rule on a (metric, window) pair its kind of series did not count
+before starts tracking it for that kind (domain/tracking.py; a plan's for
+every kind) and backfills those series' counters from the ledger, in the same
+transaction, so a new limit binds the next decision with the usage already
+spent.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from uuid import uuid4
 
@@ -19,13 +21,14 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from tokenquota.domain.bounds import LIFETIME, backfill_start
+from tokenquota.domain.bounds import backfill_start
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.errors import Conflict, NotFound
 from tokenquota.domain.ledger import plan_target
 from tokenquota.domain.limits import LimitKey, Plan, Rule, RuleChange
 from tokenquota.domain.subjects import SubjectRef, ancestors_of
 from tokenquota.domain.thresholds import thresholds_from_text
+from tokenquota.domain.tracking import WILDCARD, Added, Tracking
 from tokenquota.storage.base import Layer, RuleSet, Scope
 from tokenquota.storage.sql import schema as t
 from tokenquota.storage.sql.parts import rule_row, rules_in, scope_filter
@@ -147,7 +150,7 @@ class SqlRules(SqlSubjects):
                     encode_rule(before) if before else None,
                     encode_rule(after) if after else None,
                 )
-            self._track(conn, [c.key for c in changes if c.value is not None], now)
+            self._track(conn, scope.kind, [c.key for c in changes if c.value is not None], now)
             return rules_in(conn, scope)
 
     def list_default_kinds(self) -> list[str]:
@@ -157,39 +160,43 @@ class SqlRules(SqlSubjects):
             )
             return sorted(r.scope for r in rows)
 
-    def track(self, keys: Sequence[LimitKey], now: datetime) -> None:
+    def track(self, keys: Mapping[str, Sequence[LimitKey]], now: datetime) -> None:
         # An engine starting tracks what is tracked already, mostly: then no new
         # version and no announcement (replicas starting together would keep
         # each other's plans stale).
         with self.db.tx(write=True, announce=False) as conn:
-            tracking = self._track(conn, keys, now)
+            tracking = False
+            for kind, of_kind in keys.items():  # every kind: no short cut
+                tracking = self._track(conn, kind, of_kind, now) or tracking
             if tracking:
                 self.version.bump(conn)
         if tracking:
             self.db.announce()
             self.snapshot.invalidate()
 
-    def tracked(self, conn: Connection) -> set[LimitKey]:
-        # Migration 0006 adds the LIFETIME pairs to the table; the union keeps a
-        # store counting them even if a row was removed by hand.
-        return set(LIFETIME) | {
-            LimitKey.from_storage(r.metric, r.window) for r in conn.execute(sa.select(t.tracked))
-        }
+    def tracked(self, conn: Connection) -> Tracking:
+        # Migration 0006 adds the LIFETIME pairs to the table; ``Tracking`` keeps a
+        # store counting them for every kind even if a row was removed by hand.
+        c = t.tracked.c
+        return Tracking.from_rows(conn.execute(sa.select(c.kind, c.metric, c.window)).tuples())
 
-    def _track(self, conn: Connection, keys: Sequence[LimitKey], now: datetime) -> bool:
-        """Track the new pairs among ``keys``; whether there were any."""
-        new = {k for k in keys if k.window is not None} - self.tracked(conn)
+    def _track(self, conn: Connection, kind: str, keys: Sequence[LimitKey], now: datetime) -> bool:
+        """Track the pairs among ``keys`` new to ``kind``; whether there were any. Each
+        is backfilled into the series that did not count it (``tracking.Added``)."""
+        before = self.tracked(conn)
+        after, new = before.adding(kind, keys)
         if not new:
             return False
         conn.execute(
-            t.tracked.insert(), [{"metric": k.metric.value, "window": k.window_key} for k in new]
+            t.tracked.insert(),
+            [{"kind": kind, "metric": k.metric.value, "window": k.window_key} for k in new],
         )
         starts: dict[datetime | None, set[LimitKey]] = defaultdict(set)
         for key in new:
             starts[backfill_start(key, now, self.db.tz)].add(key)
         for start, group in starts.items():
             if start is not None:  # None: a lifetime pair, kept from the first event
-                self.counters.backfill(conn, group, start)
+                self.counters.backfill(conn, Added(before, after, group), start)
         return True
 
     # plans ------------------------------------------------------------------
@@ -212,7 +219,7 @@ class SqlRules(SqlSubjects):
                 raise Conflict(f"a plan named {name!r} exists", details={"field": "name"}) from None
             if rules:
                 conn.execute(t.rules.insert(), [rule_row(scope, r) for r in rules])
-            self._track(conn, [r.key for r in rules], now)
+            self._track(conn, WILDCARD, [r.key for r in rules], now)
             plan = self._plan(conn, plan_id)
             assert plan is not None
             self.write_audit(

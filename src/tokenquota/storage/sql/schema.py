@@ -62,10 +62,12 @@ rules = sa.Table(
     sa.Column("thresholds", sa.String(64), nullable=True),
 )
 
-# The (metric, window) pairs counters are kept for: every pair any rule has named.
+# The (metric, window) pairs counters are kept for, per kind of series: every pair
+# a rule has named for a kind, "*" for every kind (plans; domain/tracking.py).
 tracked = sa.Table(
     "tracked",
     metadata,
+    sa.Column("kind", sa.String(32), primary_key=True),
     sa.Column("metric", sa.String(32), primary_key=True),
     sa.Column("window", sa.String(32), primary_key=True),
 )

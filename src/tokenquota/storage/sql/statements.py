@@ -39,7 +39,7 @@ class Sql:
     """The statements of the hot transaction, as one dialect writes them."""
 
     postgres = False
-    tracked = 'SELECT metric, "window" FROM tracked'
+    tracked = 'SELECT kind, metric, "window" FROM tracked'
     # The configuration version token (storage/sql/version.py); no row: FIRST_TOKEN.
     version = f"SELECT value FROM meta WHERE \"key\" = '{VERSION_KEY}'"
     add_subject = (
@@ -349,7 +349,7 @@ def _sqlite_counters(count: int) -> str:
 READ_VERSION, READ_KEY, READ_SUBJECT, READ_COUNTERS = 0, 1, 2, 3
 READ_HOLDS, READ_LEASES, READ_GRANTS, READ_TRACKED = 4, 5, 6, 7
 # Where each part's columns end in its rows (the tag is column 0).
-READ_ENDS = (2, 3, 2, 4, 5, 4, 7, 3)
+READ_ENDS = (2, 3, 2, 4, 5, 4, 7, 4)
 SQLITE_READ_COLUMNS = tuple((1, end) for end in READ_ENDS)  # as PG_READ_COLUMNS, below
 _READ_PARTS = (
     (READ_VERSION, f"SELECT 0, value, {{}} FROM meta WHERE \"key\" = '{VERSION_KEY}'", 0),
@@ -383,7 +383,7 @@ _READ_PARTS = (
         " WHERE subject = ?",
         1,
     ),
-    (READ_TRACKED, 'SELECT 7, metric, "window", {} FROM tracked', 0),
+    (READ_TRACKED, 'SELECT 7, kind, metric, "window", {} FROM tracked', 0),
 )
 # SQLite refuses a compound select of more than 500 parts (SQLITE_MAX_COMPOUND_SELECT).
 _READ_CHUNK = 400
@@ -448,7 +448,9 @@ _PG_READ_PARTS = (
     f" WHERE subject {_PG_IN} AND expires_at > %s GROUP BY subject",
     "SELECT 6, id, subject, amount, granted_at, expires_at, remaining FROM grants"
     f" WHERE subject {_PG_IN}",
-    f'SELECT 7, metric, "window", {_N}, {_N}, {_N}, {_N} FROM tracked',
+    # Two text columns for three: the kind and the metric joined by a space, which
+    # neither holds (``reads.tracked_pairs`` splits them).
+    f"SELECT 7, kind || ' ' || metric, \"window\", {_N}, {_N}, {_N}, {_N} FROM tracked",
     f"SELECT 8, {_T}, {_T}, nextval(pg_get_serial_sequence('events', 'id')), {_N}, {_N}, {_N}",
 )
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from collections.abc import Set as AbstractSet
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -45,9 +44,9 @@ from tokenquota.domain.bounds import LIFETIME_BUCKET
 from tokenquota.domain.clock import to_micros
 from tokenquota.domain.decisions import DebitPlan, Reading
 from tokenquota.domain.ledger import CounterKey
-from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import COUNTERS, Metric
 from tokenquota.domain.plans import Placement
+from tokenquota.domain.tracking import Tracking
 from tokenquota.domain.windows import ALWAYS
 from tokenquota.storage.base import StaleConfig
 from tokenquota.storage.snapshot import FIRST_TOKEN
@@ -183,9 +182,7 @@ class Warm:
         params[1] = to_micros(plan.now)
         return self.text, params
 
-    def deltas(
-        self, plan: DebitPlan, tz: Any, tracked: AbstractSet[LimitKey]
-    ) -> dict[CounterKey, int]:
+    def deltas(self, plan: DebitPlan, tz: Any, tracked: Tracking) -> dict[CounterKey, int]:
         """``ledger.increments`` of ``plan`` (one of this shape) in ``tz`` over ``tracked``.
 
         Every tracked window's bucket is fixed over a span of time (a calendar
@@ -206,7 +203,7 @@ class Warm:
                 out[key] = out.get(key, 0) + amount
         return out
 
-    def bumps(self, plan: DebitPlan, tz: Any, tracked: AbstractSet[LimitKey]) -> Stmt:
+    def bumps(self, plan: DebitPlan, tz: Any, tracked: Tracking) -> Stmt:
         """The upsert of ``deltas``' counters (``Sql.bumps``), its text kept for the span
         with each distinct value bound once: only the amounts are put in per call."""
         at = plan.timestamp
@@ -223,14 +220,16 @@ class Warm:
         return text, params
 
     def _place(
-        self, plan: DebitPlan, at: datetime, tz: ZoneInfo, tracked: AbstractSet[LimitKey]
+        self, plan: DebitPlan, at: datetime, tz: ZoneInfo, tracked: Tracking
     ) -> list[tuple[Metric, list[CounterKey]]]:
         """The counters of an event at ``at`` (``ledger.counted``'s, in its order), and
         the span around ``at`` in which they stay the same."""
         start, end = ALWAYS
         units = plan.amounts.units()
         counters: list[tuple[Metric, list[CounterKey]]] = []
-        for key in tracked:
+        series = self.series
+        pairs = [tracked.of_series(s) for s in series]  # each series: its kind's
+        for key in frozenset().union(*pairs):
             window = key.window
             if window is None or not units.get(key.metric):
                 continue
@@ -238,7 +237,16 @@ class Warm:
             first, after = window.bucket_span(at, tz)
             start, end = max(start, first), min(end, after)
             name = key.metric._value_
-            counters.append((key.metric, [(s, name, window.key, bucket) for s in self.series]))
+            counters.append(
+                (
+                    key.metric,
+                    [
+                        (s, name, window.key, bucket)
+                        for s, mine in zip(series, pairs, strict=True)
+                        if key in mine
+                    ],
+                )
+            )
         self.counting = (tracked, tz, start, end, counters)
         self.upsert = None
         every = [counter for _, of_metric in counters for counter in of_metric]
