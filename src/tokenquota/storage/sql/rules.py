@@ -178,7 +178,7 @@ class SqlRules(SqlSubjects):
         # Migration 0006 adds the LIFETIME pairs to the table; ``Tracking`` keeps a
         # store counting them for every kind even if a row was removed by hand.
         c = t.tracked.c
-        return Tracking.from_rows(conn.execute(sa.select(c.kind, c.metric, c.window)).tuples())
+        return Tracking.from_rows(conn.execute(sa.select(c.kind, c.metric, c.window)))
 
     def _track(self, conn: Connection, kind: str, keys: Sequence[LimitKey], now: datetime) -> bool:
         """Track the pairs among ``keys`` new to ``kind``; whether there were any. Each
