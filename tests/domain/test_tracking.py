@@ -30,12 +30,14 @@ def test_a_series_counts_its_kinds_pairs_and_the_wildcards() -> None:
 def test_adding_names_only_what_is_new_to_the_kind() -> None:
     tracking = Tracking({WILDCARD: [HOUR]})
     same, new = tracking.adding("user", [HOUR])
-    assert same is tracking and not new  # the wildcard counts it for users already
+    assert same is tracking  # the wildcard counts it for users already
+    assert not new
     user, new = tracking.adding("user", [DAY, HOUR])
     assert new == {DAY}
     assert user.kinds["user"] == {DAY}
     every, new = user.adding(WILDCARD, [DAY])
     assert new == {DAY}  # new to the wildcard: the kinds that did not count it
+    assert DAY in every.of_series("org:o")
 
 
 def test_a_backfill_replays_only_into_the_series_that_did_not_count_the_pair() -> None:
