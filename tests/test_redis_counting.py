@@ -22,7 +22,7 @@ from tokenquota.domain.decisions import DebitPlan, Mode
 from tokenquota.domain.ledger import increments
 from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.subjects import SubjectRef
-from tokenquota.domain.tracking import Tracking
+from tokenquota.domain.tracking import Shape, Tracking, shape_of
 from tokenquota.storage.redis import RedisStore
 
 # The last second of March 2026 in Stockholm, after its DST change (29 March).
@@ -92,6 +92,9 @@ class WithLimits:
     def of_series(self, series: str) -> frozenset[LimitKey]:
         mine = {c.limit.key for c in self.plan.checks if str(c.limit.subject) == series}
         return self.tracked.of_series(series) | mine
+
+    def shape(self, series: tuple[str, ...]) -> Shape:
+        return shape_of(self, series)
 
 
 def domain_adds(store: RedisStore, plan: DebitPlan) -> tuple[dict[tuple[str, str], int], set[str]]:

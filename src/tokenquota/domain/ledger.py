@@ -146,20 +146,18 @@ def increments(
     """What one event adds to the counters it is counted in: each series in the pairs
     of its kind (``tracking.Tracking.of_series``)."""
     out: dict[CounterKey, int] = {}
-    subjects = list(map(str, charged))
-    pairs = [tracked.of_series(s) for s in subjects]
     units = dict(amounts.items())
-    for key in frozenset().union(*pairs):  # ``counted``, each pair in the series counting it
+    # ``counted``, each pair in the series counting it
+    for key, subjects in tracked.shape(tuple(map(str, charged))):
         window = key.window
         amount = units.get(key.metric) if window is not None else None
         if not amount:
             continue
         assert window is not None
         metric, name, bucket = key.metric._value_, window.key, window.bucket_of(timestamp, tz)
-        for subject, mine in zip(subjects, pairs, strict=True):
-            if key in mine:
-                counter = (subject, metric, name, bucket)
-                out[counter] = out.get(counter, 0) + amount
+        for subject in subjects:
+            counter = (subject, metric, name, bucket)
+            out[counter] = out.get(counter, 0) + amount
     return out
 
 

@@ -37,16 +37,32 @@ def series_kind(series: str) -> str:
     return series.partition(":")[0]
 
 
+# Per pair counted in some series of a shape, the series (of that shape) counting it.
+Shape = tuple[tuple[LimitKey, tuple[str, ...]], ...]
+
+
 class Counted(Protocol):
     """Which pairs a series is counted in: a ``Tracking``, or what one adds to another."""
 
     def of_series(self, series: str) -> frozenset[LimitKey]: ...
 
+    def shape(self, series: tuple[str, ...]) -> Shape: ...
+
+
+def shape_of(counted: Counted, series: tuple[str, ...]) -> Shape:
+    """Each pair some of ``series`` counts, with the ones that count it (in order, a
+    series charged twice twice): ``ledger.increments`` walks this."""
+    mine = [counted.of_series(s) for s in series]
+    return tuple(
+        (key, tuple([s for s, pairs in zip(series, mine, strict=True) if key in pairs]))
+        for key in frozenset().union(*mine)
+    )
+
 
 class Tracking:
     """The pairs counted per kind (``WILDCARD`` for every kind); see the module."""
 
-    __slots__ = ("_of", "kinds")
+    __slots__ = ("_of", "_shapes", "kinds")
 
     def __init__(self, kinds: Mapping[str, Iterable[LimitKey]] | None = None) -> None:
         built = {
@@ -56,6 +72,7 @@ class Tracking:
         built[WILDCARD] = built.get(WILDCARD, frozenset()) | LIFETIME
         self.kinds: Mapping[str, frozenset[LimitKey]] = {k: v for k, v in built.items() if v}
         self._of: dict[str, frozenset[LimitKey]] = {}
+        self._shapes: dict[tuple[str, ...], Shape] = {}
 
     @classmethod
     def from_rows(cls, rows: Iterable[tuple[str, str, str]]) -> Tracking:
@@ -77,6 +94,15 @@ class Tracking:
 
     def of_series(self, series: str) -> frozenset[LimitKey]:
         return self.of_kind(series.partition(":")[0])
+
+    def shape(self, series: tuple[str, ...]) -> Shape:
+        """``shape_of``, kept per series tuple (a subject's consumes share one)."""
+        found = self._shapes.get(series)
+        if found is None:
+            if len(self._shapes) >= _KINDS_KEPT:
+                self._shapes.clear()
+            found = self._shapes[series] = shape_of(self, series)
+        return found
 
     def pairs(self) -> frozenset[LimitKey]:
         """Every pair some kind counts (the windows retention must keep buckets of)."""
@@ -134,6 +160,9 @@ class Added:
                 self.after.of_kind(kind) - self.before.of_kind(kind)
             ) & self.keys
         return found
+
+    def shape(self, series: tuple[str, ...]) -> Shape:
+        return shape_of(self, series)
 
     def __str__(self) -> str:
         return ", ".join(sorted(map(str, self.keys)))

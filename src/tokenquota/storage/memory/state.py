@@ -235,17 +235,12 @@ class State:
             return found
         counters = self.counters
         made: list[tuple[Window, Metric, tuple[dict[int, int], ...]]] = []
-        pairs = [self.tracked.of_series(s) for s in series]  # each series: its kind's
-        for tracked in frozenset().union(*pairs):
+        for tracked, names in self.tracked.shape(series):  # each series: its kind's pairs
             window, metric = tracked.window, tracked.metric
             if window is None or metric not in amounts:
                 continue
             name = metric._value_
-            dicts = tuple(
-                counters.setdefault((s, name, window.key), {})
-                for s, mine in zip(series, pairs, strict=True)
-                if tracked in mine
-            )
+            dicts = tuple(counters.setdefault((s, name, window.key), {}) for s in names)
             made.append((window, metric, dicts))
         if len(self._counting) >= _MAX_COUNTING:
             self.forget_counting()

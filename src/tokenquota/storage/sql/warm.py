@@ -227,9 +227,7 @@ class Warm:
         start, end = ALWAYS
         units = plan.amounts.units()
         counters: list[tuple[Metric, list[CounterKey]]] = []
-        series = self.series
-        pairs = [tracked.of_series(s) for s in series]  # each series: its kind's
-        for key in frozenset().union(*pairs):
+        for key, names in tracked.shape(self.series):  # each series: its kind's pairs
             window = key.window
             if window is None or not units.get(key.metric):
                 continue
@@ -237,16 +235,7 @@ class Warm:
             first, after = window.bucket_span(at, tz)
             start, end = max(start, first), min(end, after)
             name = key.metric._value_
-            counters.append(
-                (
-                    key.metric,
-                    [
-                        (s, name, window.key, bucket)
-                        for s, mine in zip(series, pairs, strict=True)
-                        if key in mine
-                    ],
-                )
-            )
+            counters.append((key.metric, [(s, name, window.key, bucket) for s in names]))
         self.counting = (tracked, tz, start, end, counters)
         self.upsert = None
         every = [counter for _, of_metric in counters for counter in of_metric]
