@@ -15,7 +15,6 @@ from typing import Any, Final
 from tokenquota.domain.decisions import DebitPlan, Mode
 from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import Grant
-from tokenquota.domain.limits import LimitKey
 from tokenquota.domain.metrics import Amounts, Metric
 from tokenquota.domain.subjects import SubjectRef, consumer_series
 from tokenquota.domain.tracking import Counted
@@ -116,26 +115,6 @@ def grant_event(grant: Grant, event_id: int = 0) -> Event:
     )
 
 
-def counted(
-    amounts: Amounts, timestamp: datetime, tz: Any, tracked: Iterable[LimitKey]
-) -> list[tuple[str, str, int, int]]:
-    """What one event adds to each series it is counted in: (metric, window key, bucket, units).
-
-    Every tracked (metric, window) the event carries an amount of, once; each
-    charged series adds those units (``increments``).
-    """
-    out: list[tuple[str, str, int, int]] = []
-    units = dict(amounts.items())  # one C lookup per key below, not Amounts.__getitem__
-    for key in tracked:
-        window = key.window
-        if window is None:
-            continue
-        amount = units.get(key.metric)
-        if amount:
-            out.append((key.metric._value_, window.key, window.bucket_of(timestamp, tz), amount))
-    return out
-
-
 def increments(
     charged: Iterable[SubjectRef | str],
     amounts: Amounts,
@@ -147,7 +126,7 @@ def increments(
     of its kind (``tracking.Tracking.of_series``)."""
     out: dict[CounterKey, int] = {}
     units = dict(amounts.items())
-    # ``counted``, each pair in the series counting it
+    # each pair some series counts, and the series counting it (``Tracking.shape``)
     for key, subjects in tracked.shape(tuple(map(str, charged))):
         window = key.window
         amount = units.get(key.metric) if window is not None else None

@@ -222,7 +222,7 @@ class Warm:
     def _place(
         self, plan: DebitPlan, at: datetime, tz: ZoneInfo, tracked: Tracking
     ) -> list[tuple[Metric, list[CounterKey]]]:
-        """The counters of an event at ``at`` (``ledger.counted``'s, in its order), and
+        """The counters of an event at ``at`` (``ledger.increments``', in its order), and
         the span around ``at`` in which they stay the same."""
         start, end = ALWAYS
         units = plan.amounts.units()
