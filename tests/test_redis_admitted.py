@@ -55,6 +55,9 @@ def quota(postgres_url: str, redis_url: str) -> Iterator[Quota]:
         opened.set_limit("user:ann", "requests", "day", 8, shadow=True)
         opened.set_limit("company:acme", "tokens", "month", 10_000)
         opened.set_limit("company:acme", "requests", "total", 1_000)
+        # no cap: every check reads a bucket (``Runner.used``'s short way)
+        opened.set_parents("user:bob", ["company:acme"])
+        opened.set_limit("user:bob", "tokens", "minute", 50)
         yield opened
 
 
@@ -106,18 +109,19 @@ def test_warm_decisions_are_decides_on_the_same_reply(quota: Quota, paths: Paths
     ]:
         answers.append(quota.consume("user:ann", {"tokens": tokens, **extra}))
         clock.advance(timedelta(seconds=20))  # into the next minute on the way
+        answers.append(quota.consume("user:bob", tokens=tokens))
     answers.append(quota.consume("user:ann", tokens=5, mode="record"))
     answers.append(quota.consume("user:ann", tokens=3, idempotency_key="k1"))
     reserved = quota.reserve("user:ann", tokens=4)
     assert reserved.decision.allowed
     assert reserved.reservation is not None
     answers.append(reserved.decision)
-    assert len(paths.warm) == len(answers) == 7
+    assert len(paths.warm) == len(answers) == 11
     for answer, (fast, slow) in zip(answers, paths.warm, strict=True):
         assert answer is fast
         assert fast.allowed
         same(fast, slow, clock.now())
-    day = [(s.metric, s.used) for s in answers[3].limits if s.window == "day"]
+    day = [(s.metric, s.used) for s in answers[6].limits if s.window == "day"]
     assert ("tokens", 72) in day
     assert ("requests", 4) in day
     minute = next(s for s in answers[-1].limits if s.window == "minute")
@@ -136,20 +140,29 @@ def test_an_idempotent_retry_answers_the_warm_first_answer(quota: Quota, paths: 
     assert rate_limit_headers(again, START) == rate_limit_headers(first, START)
 
 
-def test_a_live_hold_is_decided_through_readings(quota: Quota, paths: Paths) -> None:
-    held = quota.reserve("user:ann", tokens=20)  # warm: nothing held before it
+@pytest.mark.parametrize(("subject", "limit"), [("user:ann", 100), ("user:bob", 50)])
+def test_a_live_hold_is_decided_through_readings(
+    quota: Quota, paths: Paths, subject: str, limit: int
+) -> None:
+    """(ann has a cap, which reads nothing; bob's every check reads a bucket.)"""
+    held = quota.reserve(subject, tokens=20)  # warm: nothing held before it
     assert held.reservation is not None
     assert len(paths.warm) == 1
     declined = paths.declined
-    decision = quota.consume("user:ann", tokens=10)
+    decision = quota.consume(subject, tokens=10)
     assert decision.allowed
     assert len(paths.warm) == 1
     assert paths.declined == declined + 1
     minute = next(s for s in decision.limits if s.window == "minute")
-    assert (minute.used, minute.reserved, minute.remaining) == (10, 20, 70)
+    assert (minute.used, minute.reserved, minute.remaining) == (10, 20, limit - 30)
     quota.release(held.reservation.id)
-    quota.consume("user:ann", tokens=1)
+    again = quota.consume(subject, tokens=1)
     assert len(paths.warm) == 2  # no hold live again: warm again
+    fast, slow = paths.warm[-1]
+    assert again is fast
+    same(fast, slow, START)
+    minute = next(s for s in again.limits if s.window == "minute")
+    assert (minute.used, minute.reserved) == (11, 0)
 
 
 def test_a_rolling_window_or_a_wallet_is_not_warm(quota: Quota, paths: Paths) -> None:

@@ -394,12 +394,25 @@ class Runner:
     def used(self, op: Op, replies: list[Reply]) -> list[int] | None:
         """What ``decisions.admitted`` takes, straight from the replies: per check, the
         units its one bucket held, or 0 for a per-request cap (which reads nothing).
+        For the operation of a placed plan (``DebitPlan.placement``: calendar and
+        ``total`` windows and caps, never a lease), as ``admitted`` requires.
 
         None when a check is read otherwise: a live hold on its series (the script
         reports the held sum, which ``admitted`` does not take), several buckets (a
         rolling window) or leases; then ``answers`` and ``decide`` do. No ``Reading``
         is built: that was about a tenth of a warm consume's Python (session 12).
         """
+        checks = op.checks
+        if len(replies) == 1 and checks and None not in checks:
+            # One step reading a bucket per check, in order: "units;0;0" each when no
+            # hold is live (step.lua writes held and last expiry as "0"). Dropping
+            # those leaves the units alone; anything else (a hold, a lease's expiry,
+            # several buckets) keeps a ";" or a "," and goes the long way below.
+            bare = replies[0].readings.replace(";0;0", "")
+            if ";" not in bare and "," not in bare:
+                counts = bare.split("|")
+                if len(counts) == len(checks):
+                    return list(map(int, counts))
         steps = op.steps.ordered()
         if len(steps) == 1:  # a single Redis: every check is in the one step
             texts = {id(steps[0]): split(replies[0].readings)}
