@@ -362,7 +362,7 @@ class RedisMeter:
             key = self.layout.stream(shard)
 
         def effects(op: Op, step: Step) -> None:
-            self.ops.add_event(step, shard, event_row(usage_event(plan)))
+            self.ops.add_usage(step, shard, plan)
 
         return self._decide_and_apply(plan, create_subject, (shard, key), effects, idem=idem)[0]
 

@@ -30,6 +30,7 @@ from tokenquota.domain.limits import EffectiveLimit, LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.storage.redis.answers import CheckPlace, WalletPlace
+from tokenquota.storage.redis.bodies import UsageBodies, row_of
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import (
     NAMES_KEPT,
@@ -37,6 +38,7 @@ from tokenquota.storage.redis.layout import (
     Reply,
     Step,
     Steps,
+    counts,
     parse_reading,
     parse_wallet,
     split,
@@ -95,6 +97,7 @@ class Runner:
         # Per limit (by identity: a limit's hash is computed in Python), what reading it
         # takes (``_read_of``); the entry keeps the limit, so its id stays its own.
         self._reads: dict[int, Read] = {}
+        self._bodies = UsageBodies()
         self._slot_of: Callable[[str], int] | None = None
         if cluster:
             from redis.crc import key_slot
@@ -392,45 +395,8 @@ class Runner:
         return readings, prepaid
 
     def used(self, op: Op, replies: list[Reply]) -> list[int] | None:
-        """What ``decisions.admitted`` takes, straight from the replies: per check, the
-        units its one bucket held, or 0 for a per-request cap (which reads nothing).
-        For the operation of a placed plan (``DebitPlan.placement``: calendar and
-        ``total`` windows and caps, never a lease), as ``admitted`` requires.
-
-        None when a check is read otherwise: a live hold on its series (the script
-        reports the held sum, which ``admitted`` does not take), several buckets (a
-        rolling window) or leases; then ``answers`` and ``decide`` do. No ``Reading``
-        is built: that was about a tenth of a warm consume's Python (session 12).
-        """
-        checks = op.checks
-        if len(replies) == 1 and checks and None not in checks:
-            # One step reading a bucket per check, in order: "units;0;0" each when no
-            # hold is live (step.lua writes held and last expiry as "0"). Dropping
-            # those leaves the units alone; anything else (a hold, a lease's expiry,
-            # several buckets) keeps a ";" or a "," and goes the long way below.
-            bare = replies[0].readings.replace(";0;0", "")
-            if ";" not in bare and "," not in bare:
-                counts = bare.split("|")
-                if len(counts) == len(checks):
-                    return list(map(int, counts))
-        steps = op.steps.ordered()
-        if len(steps) == 1:  # a single Redis: every check is in the one step
-            texts = {id(steps[0]): split(replies[0].readings)}
-        else:
-            texts = {id(s): split(r.readings) for s, r in zip(steps, replies, strict=True)}
-        out = []
-        for entry in op.checks:
-            if entry is None:
-                out.append(0)
-                continue
-            step, pos, fields, lease = entry
-            if lease or len(fields) != 1:
-                return None
-            values, held, _ = texts[id(step)][pos].split(";")
-            if held != "0":  # how step.lua writes none
-                return None
-            out.append(int(values))
-        return out
+        """What ``decisions.admitted`` takes from the replies (``layout.counts``)."""
+        return counts(op.checks, op.steps.ordered, replies)
 
     def add_increments(
         self, op: Op, plan: DebitPlan, tracked: AbstractSet[LimitKey]
@@ -484,17 +450,27 @@ class Runner:
                 out[name] = (window, name, key.metric, times, cap)
         return list(out.values())
 
-    def add_event(self, step: Step, shard: int, body: dict[str, Any]) -> None:
+    def add_event(self, step: Step, shard: int, body: dict[str, Any] | bytes) -> None:
+        """The ledger event ``step`` appends to the shard's stream: its row (or that
+        row's JSON already, ``add_usage``)."""
         step.spec["seq"] = step.key(self.layout.seq(shard))
         # plain values, not an object: step.lua's decode builds a table per object
         spec = step.spec
         spec["evs"] = step.key(self.layout.stream(shard))
         spec["evn"] = shard
         spec["evm"] = self.layout.shards
+        if type(body) is bytes:
+            step.body = body
+            return
         try:
             step.body = orjson.dumps(body)
         except TypeError:  # an integer past 64 bits, text orjson refuses: the slower encoder
             step.body = json.dumps(body, separators=(",", ":"))
+
+    def add_usage(self, step: Step, shard: int, plan: DebitPlan) -> None:
+        """``add_event`` of a consume of ``plan``, its JSON framed once per shape (bodies.py)."""
+        body = self._bodies.of(plan)
+        self.add_event(step, shard, row_of(plan) if body is None else body)
 
     def add_alerts(self, op: Op, step: Step, shard: int, plan: DebitPlan) -> None:
         """The threshold alerts ``plan`` may record, added by the ledger ``step`` to the
