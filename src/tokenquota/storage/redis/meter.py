@@ -29,6 +29,7 @@ from tokenquota.domain.decisions import (
     Mode,
     Prepaid,
     Reading,
+    admitted,
     blocks,
     capacity_refuses,
     decide,
@@ -47,7 +48,7 @@ from tokenquota.domain.holds import (
     check_committable,
 )
 from tokenquota.domain.ledger import Event, usage_event
-from tokenquota.domain.limits import LimitKey
+from tokenquota.domain.limits import EffectiveLimit, LimitKey
 from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.tracking import Tracking
@@ -80,6 +81,14 @@ MAX_ROUNDS = 50
 # _context's answers kept before they are looked up again: one per charged chain
 # a replica serves, at the current configuration version.
 CONTEXTS_KEPT = 10_000
+
+
+def _thresholds(limits: Sequence[EffectiveLimit]) -> bool:
+    """``has_thresholds`` of a placed plan, from its placement's limits."""
+    for limit in limits:  # noqa: SIM110 - any() over a generator allocates one per call
+        if limit.thresholds:
+            return True
+    return False
 
 
 class RedisMeter:
@@ -229,7 +238,11 @@ class RedisMeter:
                 for c in plan.checks
             )
         )
-        alerting = has_thresholds(plan.checks)  # a plain loop: nothing when none has any
+        # A plain loop: nothing when none has any. A placed plan's limits are its
+        # placement's: its checks are not built for this (nor, warm, for anything).
+        alerting = (
+            has_thresholds(plan.checks) if placement is None else _thresholds(placement.limits)
+        )
         for attempt in range(MAX_ROUNDS):
             if attempt:
                 back_off(attempt)
@@ -263,10 +276,19 @@ class RedisMeter:
             refuse_too_large(replies)
             if "conflict" in statuses:
                 continue
+            ok = statuses == {"ok"} and not refuse
+            if ok and placement is not None and not op.wallets:
+                # The warm path (a placed plan: calendar and total windows, caps; no
+                # capacity), as the memory and SQL meters take it: one number per check
+                # from the reply, no Reading; ``used`` is None when a hold is live.
+                used = self.ops.used(op, replies)
+                if used is not None:
+                    decision = admitted(plan, used, last.event_id)
+                    if decision is not None:  # no shadow block either: no alert to add
+                        return decision, last
             readings, prepaid = self.ops.answers(op, replies)
-            admitted = statuses == {"ok"} and not refuse
-            decision = decide(plan, readings, last.event_id if admitted else None, prepaid=prepaid)
-            if decision.allowed != admitted:  # the script and decide() share one rule
+            decision = decide(plan, readings, last.event_id if ok else None, prepaid=prepaid)
+            if decision.allowed != ok:  # the script and decide() share one rule
                 raise AssertionError(f"Redis said {statuses}, decide() said {decision.allowed}")
             # Threshold crossings went with the step; a refusal or a shadow block
             # changed nothing, so its alert needs no step of its own.
@@ -276,7 +298,7 @@ class RedisMeter:
             if decision.shadow_blocked:
                 with self.db.tx(hot=True) as conn:  # a statistic: decides nothing
                     self.shadow.count(conn, decision)
-            return decision, last if admitted else None
+            return decision, last if ok else None
         raise StoreUnavailable("the resource is too busy to measure its capacity; retry")
 
     def _alerts_after(self, shard: int, events: Sequence[AlertEvent]) -> None:
@@ -341,7 +363,7 @@ class RedisMeter:
             key = self.layout.stream(shard)
 
         def effects(op: Op, step: Step) -> None:
-            self.ops.add_event(step, shard, event_row(usage_event(plan)))
+            self.ops.add_usage(step, shard, plan)
 
         return self._decide_and_apply(plan, create_subject, (shard, key), effects, idem=idem)[0]
 

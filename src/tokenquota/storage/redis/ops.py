@@ -30,6 +30,7 @@ from tokenquota.domain.metrics import Metric
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.domain.tracking import Tracking
 from tokenquota.storage.redis.answers import CheckPlace, WalletPlace
+from tokenquota.storage.redis.bodies import UsageBodies, row_of
 from tokenquota.storage.redis.keyspace import call
 from tokenquota.storage.redis.layout import (
     NAMES_KEPT,
@@ -37,6 +38,7 @@ from tokenquota.storage.redis.layout import (
     Reply,
     Step,
     Steps,
+    counts,
     parse_reading,
     parse_wallet,
     split,
@@ -61,6 +63,23 @@ BACK_OFF_CAP = 0.1  # seconds: the longest pause between two rounds
 LISTS_KEPT = 1_000
 
 
+class _Checks(Sequence[Check]):
+    """A plan's checks, read only when indexed: a frame's copy reads them only for
+    amounts it has not filled in yet, and a placed plan (``PlacedPlan``) builds
+    its checks on first read, which a warm consume otherwise never does."""
+
+    __slots__ = ("plan",)
+
+    def __init__(self, plan: DebitPlan) -> None:
+        self.plan = plan
+
+    def __len__(self) -> int:
+        return len(self.plan.checks)
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.plan.checks[i]
+
+
 class Runner:
     """Builds and runs the steps of operations on one Redis keyspace."""
 
@@ -78,6 +97,7 @@ class Runner:
         # Per limit (by identity: a limit's hash is computed in Python), what reading it
         # takes (``_read_of``); the entry keeps the limit, so its id stays its own.
         self._reads: dict[int, Read] = {}
+        self._bodies = UsageBodies()
         self._slot_of: Callable[[str], int] | None = None
         if cluster:
             from redis.crc import key_slot
@@ -224,7 +244,7 @@ class Runner:
             )
             frame = self._frames.get(fkey)
             if frame is not None and frame.holds(placement, tracked, plan.timestamp, self.db.tz):
-                return frame.copy(units, plan.checks)
+                return frame.copy(units, _Checks(plan))
         op = self.op()
         step = self.ledger_step(op, shard, key, version=plan.config_version)
         self.add_checks(
@@ -374,6 +394,10 @@ class Runner:
             prepaid.append(Prepaid(subject, grants, held))
         return readings, prepaid
 
+    def used(self, op: Op, replies: list[Reply]) -> list[int] | None:
+        """What ``decisions.admitted`` takes from the replies (``layout.counts``)."""
+        return counts(op.checks, op.steps.ordered, replies)
+
     def add_increments(
         self, op: Op, plan: DebitPlan, tracked: Tracking
     ) -> tuple[Counting, list[Placed]]:
@@ -438,17 +462,27 @@ class Runner:
                 out[name] = (window, name, key.metric, times, cap)
         return list(out.values())
 
-    def add_event(self, step: Step, shard: int, body: dict[str, Any]) -> None:
+    def add_event(self, step: Step, shard: int, body: dict[str, Any] | bytes) -> None:
+        """The ledger event ``step`` appends to the shard's stream: its row (or that
+        row's JSON already, ``add_usage``)."""
         step.spec["seq"] = step.key(self.layout.seq(shard))
         # plain values, not an object: step.lua's decode builds a table per object
         spec = step.spec
         spec["evs"] = step.key(self.layout.stream(shard))
         spec["evn"] = shard
         spec["evm"] = self.layout.shards
+        if type(body) is bytes:
+            step.body = body
+            return
         try:
             step.body = orjson.dumps(body)
         except TypeError:  # an integer past 64 bits, text orjson refuses: the slower encoder
             step.body = json.dumps(body, separators=(",", ":"))
+
+    def add_usage(self, step: Step, shard: int, plan: DebitPlan) -> None:
+        """``add_event`` of a consume of ``plan``, its JSON framed once per shape (bodies.py)."""
+        body = self._bodies.of(plan)
+        self.add_event(step, shard, row_of(plan) if body is None else body)
 
     def add_alerts(self, op: Op, step: Step, shard: int, plan: DebitPlan) -> None:
         """The threshold alerts ``plan`` may record, added by the ledger ``step`` to the
