@@ -9,7 +9,8 @@ and driven by calling its ASGI callable with the scope, receive and send a
 server would give it: the body of bench/common.py's ``CONSUME_BODY`` under a
 service key (bench/servers.py's), one request at a time on one event loop.
 
-It prints, each the best of ROUNDS rounds of process CPU time per request:
+It prints, each the best of ROUNDS rounds of process CPU time per request (the
+rows take turns in each round):
 
 - the whole request through the app (the event loop's side and the decision
   lane's thread);
@@ -45,8 +46,8 @@ from tokenquota.api.routes import metering
 from tokenquota.api.schemas import ConsumeIn
 from tokenquota.settings import Settings
 
-ROUNDS = 7
-CALLS = 2_000
+ROUNDS = 21
+CALLS = 500
 ADMIN_KEY = "profile-http-bootstrap-admin-key-0123456789"
 
 Asgi = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -99,25 +100,24 @@ def requester(app: Asgi, key: str | None) -> Callable[[], Awaitable[bytes]]:
     return once
 
 
-async def cpu_async(fn: Callable[[], Awaitable[object]], calls: int = CALLS) -> float:
-    """Microseconds of process CPU per call: the best of ROUNDS rounds."""
-    best = float("inf")
+async def interleaved(
+    rows: list[tuple[str, Callable[[], object], bool]],
+) -> list[tuple[str, float]]:
+    """Microseconds of process CPU per call of each row (its callable, and whether it
+    returns an awaitable): the best of ROUNDS rounds, the rows taking turns within
+    each round, so that a busy moment of the machine weighs on all of them alike."""
+    best = {name: float("inf") for name, _, _ in rows}
     for _ in range(ROUNDS):
-        start = time.process_time()
-        for _ in range(calls):
-            await fn()
-        best = min(best, (time.process_time() - start) / calls)
-    return best * 1e6
-
-
-def cpu_sync(fn: Callable[[], object], calls: int = CALLS) -> float:
-    best = float("inf")
-    for _ in range(ROUNDS):
-        start = time.process_time()
-        for _ in range(calls):
-            fn()
-        best = min(best, (time.process_time() - start) / calls)
-    return best * 1e6
+        for name, fn, awaited in rows:
+            start = time.process_time()
+            if awaited:
+                for _ in range(CALLS):
+                    await fn()  # type: ignore[misc]
+            else:
+                for _ in range(CALLS):
+                    fn()
+            best[name] = min(best[name], (time.process_time() - start) / CALLS)
+    return [(name, best[name] * 1e6) for name, _, _ in rows]
 
 
 async def measure(profile: bool) -> None:
@@ -161,14 +161,16 @@ async def measure(profile: bool) -> None:
         def consume_only() -> object:
             return quota.consume("user:alice", tokens=10)
 
-        rows = [
-            ("request through the app", await cpu_async(ours)),
-            ("bare FastAPI endpoint (the floor)", await cpu_async(floor)),
-            ("handler alone (decide_consume)", cpu_sync(handler)),
-            ("consume alone (Quota.consume)", cpu_sync(consume_only)),
-            ("consume + answer (decision_response)", cpu_sync(fresh_answer)),
-            ("answer of a built decision", cpu_sync(answer)),
-        ]
+        rows = await interleaved(
+            [
+                ("request through the app", ours, True),
+                ("bare FastAPI endpoint (the floor)", floor, True),
+                ("handler alone (decide_consume)", handler, False),
+                ("consume alone (Quota.consume)", consume_only, False),
+                ("consume + answer (decision_response)", fresh_answer, False),
+                ("answer of a built decision", answer, False),
+            ]
+        )
         width = max(len(name) for name, _ in rows)
         print(f"{'CPU per request, best of ' + str(ROUNDS):{width}}  us")
         for name, us in rows:
@@ -178,14 +180,14 @@ async def measure(profile: bool) -> None:
             print("\n== the event loop's side of a request (the lane's thread is not profiled)")
             profiler = cProfile.Profile()
             profiler.enable()
-            for _ in range(CALLS):
+            for _ in range(2_000):
                 await ours()
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
             print("== the handler (decide_consume), as the lane's thread runs it")
             profiler = cProfile.Profile()
             profiler.enable()
-            for _ in range(CALLS):
+            for _ in range(2_000):
                 handler()
             profiler.disable()
             pstats.Stats(profiler).sort_stats("tottime").print_stats(40)

@@ -98,16 +98,28 @@ def decode_decision(data: Mapping[str, Any]) -> Decision:
 
 
 def _wire_default(value: Any) -> Any:
-    """What orjson cannot write itself, as ``encode_limit_status`` writes it: credits
-    (``Decimal``) as ``wire_number`` does, instants (passed through) as ``iso`` does."""
+    """What orjson is not to write itself, as ``encode_limit_status`` writes it: instants
+    (passed through: orjson rounds an offset with seconds) as ``iso`` does, credits
+    (``Decimal``) as ``wire_number`` does."""
+    if isinstance(value, datetime):
+        # A span's statuses share their reset_at (``decisions._span_rows``): its text
+        # is kept by identity, with the instant itself, so the id is never another's.
+        kept = _ISO.get(id(value))
+        if kept is not None and kept[0] is value:
+            return kept[1]
+        text = value.isoformat()
+        if len(_ISO) >= _MAX_ISO:
+            _ISO.clear()
+        _ISO[id(value)] = (value, text)
+        return text
     if isinstance(value, Decimal):
         return format(value, "f")
-    if isinstance(value, datetime):
-        return value.isoformat()
     raise TypeError(f"{type(value).__name__} is not a wire value")
 
 
-# Datetimes through ``_wire_default``: ``isoformat``'s text, whatever orjson's own would be.
+_ISO: dict[int, tuple[datetime, str]] = {}
+_MAX_ISO: Final = 1_024
+# Datetimes through ``_wire_default``: ``isoformat``'s text, never orjson's own.
 _OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATETIME
 
 
@@ -128,7 +140,7 @@ def decision_json(decision: Decision) -> bytes:
                 "subject": decision.subject,
                 "mode": decision.mode.value,
                 "amounts": dict(decision.amounts),
-                "timestamp": decision.timestamp,
+                "timestamp": decision.timestamp.isoformat(),  # one of its own per decision
                 "limits": decision.limits,
                 "blocked_by": decision.blocked_by,
                 "shadow_blocked": decision.shadow_blocked,
