@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from tokenquota.domain.frozen import builder
 from tokenquota.domain.grants import balance
 from tokenquota.domain.limits import UNLIMITED
-from tokenquota.domain.metrics import Amounts, Metric, from_units
+from tokenquota.domain.metrics import Amounts, Metric, Number, from_units
 from tokenquota.domain.outcomes import RESOURCE_SOURCES as RESOURCE_SOURCES
 from tokenquota.domain.outcomes import Decision as Decision
 from tokenquota.domain.outcomes import LimitStatus as LimitStatus
@@ -30,6 +30,7 @@ from tokenquota.domain.plans import CapacityPlan as CapacityPlan
 from tokenquota.domain.plans import Check as Check
 from tokenquota.domain.plans import DebitPlan as DebitPlan
 from tokenquota.domain.plans import Mode as Mode
+from tokenquota.domain.plans import Placement
 from tokenquota.domain.plans import Prepaid as Prepaid
 from tokenquota.domain.plans import Reading as Reading
 from tokenquota.domain.plans import Readings as Readings
@@ -279,7 +280,9 @@ def admitted(plan: DebitPlan, used: Sequence[int], event_id: int | None = None) 
     counted = tuple(used)  # the caller's list may change; these numbers do not
 
     def pending() -> tuple[LimitStatus, ...]:
-        checks = plan.checks  # a placed plan's are built here, if not yet
+        if placement is not None:  # the span's statuses, only the numbers filled in
+            return _placed_statuses(plan, placement, counted)
+        checks = plan.checks
         reads = [
             _new_reading({check.lo: units} if units else {})
             for check, units in zip(checks, counted, strict=True)
@@ -302,6 +305,125 @@ def admitted(plan: DebitPlan, used: Sequence[int], event_id: int | None = None) 
         (),  # blocked_outside
         pending,
     )
+
+
+# Per limit of a placement, what its status is whatever a request of its span adds:
+# for a cap (which reads and adds nothing) the status itself, else None; then the
+# status's subject, metric, window, source, limit, shadow and reset_at; then the
+# metric whose amount the limit adds, its size in units, and whether it is unlimited.
+_Row = tuple[
+    LimitStatus | None, str, str, str | None, str, Number, bool, datetime | None, Metric, int, bool
+]
+_Span = tuple[Placement, ZoneInfo, tuple[_Row, ...]]
+_SPANS: dict[int, _Span] = {}  # by id(placement); each entry holds its placement
+_MAX_SPANS: Final = 4_096  # a placement per skeleton and span: cleared whole past this
+
+
+def _span_rows(plan: DebitPlan, placement: Placement) -> tuple[_Row, ...]:
+    """The placement's rows (``_Row``), made once per placement and zone.
+
+    A placement is one span's (``engine.planner.Layout``): every plan made with
+    it has its timestamp in one period of each calendar window, so each
+    status's ``reset_at`` (that period's end; None for ``total`` and caps) and
+    its names are the same for all of them; only used, reserved, remaining and
+    within_limit depend on the request. They are read from ``_status`` of an
+    empty reading, so they are what ``_statuses`` makes.
+    """
+    tz = plan.tz
+    span = _SPANS.get(id(placement))
+    if span is not None and span[0] is placement and span[1] is tz:
+        return span[2]
+    rows: list[_Row] = []
+    for limit, metric, bucket in zip(
+        placement.limits, placement.metrics, placement.buckets, strict=True
+    ):
+        check = Check(limit, 0, plan.timestamp, 0, 0, bucket)
+        empty = _status(check, Reading(), tz, 0, 0, None)
+        value = limit.value
+        rows.append(
+            (
+                empty if bucket is None else None,
+                empty.subject,
+                empty.metric,
+                empty.window,
+                empty.source,
+                empty.limit,
+                empty.shadow,
+                empty.reset_at,
+                metric,
+                value,
+                value == UNLIMITED,
+            )
+        )
+    made = tuple(rows)
+    if len(_SPANS) >= _MAX_SPANS:
+        _SPANS.clear()
+    _SPANS[id(placement)] = (placement, tz, made)
+    return made
+
+
+def _placed_statuses(
+    plan: DebitPlan, placement: Placement, counted: Sequence[int]
+) -> tuple[LimitStatus, ...]:
+    """``_statuses`` of an admitted plan made with ``placement``, from the units each
+    limit's bucket held (``admitted``'s ``used``), without building its checks or
+    readings: ``_status``'s numbers filled into the span's rows."""
+    units = plan.amounts.units()
+    hold = plan.hold
+    built: list[LimitStatus] = []
+    for row, count in zip(_span_rows(plan, placement), counted, strict=True):
+        cap, subject, metric_name, window_name, source, size, shadow, reset_at = row[:8]
+        if cap is not None:
+            built.append(cap)
+            continue
+        metric, value, unlimited = row[8:]
+        amount = units.get(metric, 0)
+        used = count if hold else count + amount
+        reserved = amount if hold else 0
+        remaining: int | None
+        if unlimited:
+            remaining = None
+            within = True
+        else:
+            remaining = value - used - reserved
+            if remaining < 0:
+                remaining = 0
+            within = used < value
+        if metric_name == "credits":  # the one metric whose wire numbers are not its units
+            built.append(
+                new_status(
+                    subject,
+                    metric_name,
+                    window_name,
+                    size,
+                    source,
+                    shadow,
+                    from_units(_CREDITS, used),
+                    from_units(_CREDITS, reserved),
+                    None if remaining is None else from_units(_CREDITS, remaining),
+                    reset_at,
+                    within,
+                    None,
+                )
+            )
+        else:
+            built.append(
+                new_status(
+                    subject,
+                    metric_name,
+                    window_name,
+                    size,
+                    source,
+                    shadow,
+                    used,
+                    reserved,
+                    remaining,
+                    reset_at,
+                    within,
+                    None,
+                )
+            )
+    return tuple(built)
 
 
 def _statuses(

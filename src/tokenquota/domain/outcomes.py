@@ -111,28 +111,8 @@ class Decision:
         ended before ``now`` (a back-dated record's) says nothing about what
         may be spent now, so it never describes the headers.
         """
-
-        def current(pool: Sequence[LimitStatus]) -> list[LimitStatus]:
-            return [
-                s
-                for s in pool
-                if s.remaining is not None
-                and not s.shadow
-                and (s.reset_at is None or s.reset_at > now)
-            ]
-
-        bounded = current(self.blocked_by) or current(self.limits)
-        if not bounded:
-            return None
-        best = bounded[0]
-        best_n, best_d = _fraction_left(best)
-        for s in bounded[1:]:  # as min(): the first of the smallest, a period before none
-            n, d = _fraction_left(s)
-            if n * best_d < best_n * d or (
-                n * best_d == best_n * d and best.reset_at is None and s.reset_at is not None
-            ):
-                best, best_n, best_d = s, n, d
-        return best
+        best = _tightest(self.blocked_by, now)
+        return best if best is not None else _tightest(self.limits, now)
 
     def visible_to(self, scope: Scope) -> Decision:
         """This decision as a viewer confined to ``scope`` may see it (contract §10).
@@ -221,6 +201,29 @@ new_decision: Final = builder(Decision)
 # A DeferredDecision, built with ``_pending`` as its last argument and ``limits`` unset.
 deferred_decision: Final = builder(DeferredDecision, defer=("limits", "_pending"))
 RESOURCE_SOURCES = frozenset({"capacity", "saturation", "resource"})
+
+
+def _tightest(pool: Sequence[LimitStatus], now: datetime) -> LimitStatus | None:
+    """``Decision.tightest`` within one pool: among its current bounded statuses (not
+    unlimited, not shadow, a period not ended by ``now``), the first with the smallest
+    fraction left, one with a period before one without. One pass, no list."""
+    best: LimitStatus | None = None
+    best_n = best_d = 0
+    for s in pool:
+        if s.remaining is None or s.shadow:
+            continue
+        reset_at = s.reset_at
+        if reset_at is not None and not reset_at > now:
+            continue
+        n, d = _fraction_left(s)
+        if best is None:
+            best, best_n, best_d = s, n, d
+            continue
+        if n * best_d < best_n * d or (
+            n * best_d == best_n * d and best.reset_at is None and reset_at is not None
+        ):
+            best, best_n, best_d = s, n, d
+    return best
 
 
 def _fraction_left(status: LimitStatus) -> tuple[int, int]:

@@ -15,10 +15,11 @@ for bodies built by the ``wire`` encoders only; errors keep ``JSONResponse``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 
 class FastJSONResponse(JSONResponse):
@@ -29,3 +30,30 @@ class FastJSONResponse(JSONResponse):
             return orjson.dumps(content)
         except TypeError:  # orjson.JSONEncodeError is one
             return super().render(content)
+
+
+class JSONBytesResponse(Response):
+    """A JSON answer whose body is already encoded (``wire.decisions.decision_json``).
+
+    It sends what ``JSONResponse(content, status_code, headers)`` sends for the
+    content those bytes encode: the given headers first (as ``init_headers``
+    makes them: names lower-cased, both latin-1), then ``content-length``, then
+    ``content-type: application/json``; built without ``init_headers``' general
+    work. ``tests/api/test_answer_bytes.py`` compares the two.
+    """
+
+    media_type = "application/json"
+
+    def __init__(
+        self, body: bytes, status_code: int = 200, headers: list[tuple[bytes, bytes]] | None = None
+    ) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = body
+        raw = headers if headers is not None else []
+        raw.append((b"content-length", str(len(body)).encode("latin-1")))
+        raw.append(_JSON_TYPE)
+        self.raw_headers = raw
+
+
+_JSON_TYPE: Final = (b"content-type", b"application/json")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, Final
+
+import orjson
 
 from tokenquota.domain.decisions import Decision, LimitStatus, Mode, Reason, WithheldBlock
 from tokenquota.domain.metrics import Metric, wire_number
@@ -91,3 +95,71 @@ def decode_decision(data: Mapping[str, Any]) -> Decision:
         reason=data.get("reason"),
         blocked_outside=tuple(decode_withheld(w) for w in data.get("blocked_outside", ())),
     )
+
+
+def _wire_default(value: Any) -> Any:
+    """What orjson is not to write itself, as ``encode_limit_status`` writes it: instants
+    (passed through: orjson rounds an offset with seconds) as ``iso`` does, credits
+    (``Decimal``) as ``wire_number`` does."""
+    if isinstance(value, datetime):
+        # A span's statuses share their reset_at (``decisions._span_rows``): its text
+        # is kept by identity, with the instant itself, so the id is never another's.
+        kept = _ISO.get(id(value))
+        if kept is not None and kept[0] is value:
+            return kept[1]
+        text = value.isoformat()
+        if len(_ISO) >= _MAX_ISO:
+            _ISO.clear()
+        _ISO[id(value)] = (value, text)
+        return text
+    if isinstance(value, Decimal):
+        return format(value, "f")
+    raise TypeError(f"{type(value).__name__} is not a wire value")
+
+
+_ISO: dict[int, tuple[datetime, str]] = {}
+_MAX_ISO: Final = 1_024
+# Datetimes through ``_wire_default``: ``isoformat``'s text, never orjson's own.
+_OPTIONS: Final = orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def decision_json(decision: Decision) -> bytes:
+    """``encode_decision(decision)`` as the JSON bytes Starlette's ``JSONResponse`` would
+    send for it, built without the dict of every status.
+
+    orjson writes a ``LimitStatus`` itself, as a map of its fields in their
+    order, which is ``encode_limit_status``'s order and naming;
+    ``_wire_default`` writes what it would write differently (credits, instants).
+    What orjson refuses (an int past 64 bits, a lone surrogate) goes the general
+    way, so the bytes never differ; ``tests/api/test_answer_bytes.py`` holds that.
+    """
+    try:
+        return orjson.dumps(
+            {
+                "allowed": decision.allowed,
+                "subject": decision.subject,
+                "mode": decision.mode.value,
+                "amounts": dict(decision.amounts),
+                "timestamp": decision.timestamp.isoformat(),  # one of its own per decision
+                "limits": decision.limits,
+                "blocked_by": decision.blocked_by,
+                "shadow_blocked": decision.shadow_blocked,
+                "retry_after": decision.retry_after,
+                "event_id": decision.event_id,
+                "replayed": decision.replayed,
+                "failed_open": decision.failed_open,
+                "reason": decision.reason,
+                "blocked_outside": decision.blocked_outside,
+            },
+            default=_wire_default,
+            option=_OPTIONS,
+        )
+    except TypeError:  # orjson.JSONEncodeError is one
+        return starlette_json(encode_decision(decision))
+
+
+def starlette_json(content: Any) -> bytes:
+    """The bytes Starlette's ``JSONResponse.render`` makes of ``content``."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")

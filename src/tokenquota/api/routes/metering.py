@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from starlette.responses import Response
 
 from tokenquota.api.schemas import CheckIn, ConsumeIn, DecisionOut, ErrorOut
 from tokenquota.domain.decisions import Decision
-from tokenquota.domain.keys import ApiKey
+from tokenquota.domain.keys import ApiKey, Role
 from tokenquota.domain.subjects import SubjectRef
 from tokenquota.engine import Quota
 from tokenquota.http import logs
 from tokenquota.http.auth import Caller, decision_scope, require_consume
 from tokenquota.http.capacity import runs_on
 from tokenquota.http.errors import error_body
-from tokenquota.http.responses import FastJSONResponse
-from tokenquota.wire.decisions import encode_decision, encode_limit_status, encode_withheld
+from tokenquota.http.responses import FastJSONResponse, JSONBytesResponse
+from tokenquota.wire.decisions import (
+    decision_json,
+    encode_decision,
+    encode_limit_status,
+    encode_withheld,
+)
 
 router = APIRouter(prefix="/v1", tags=["metering"])
 
@@ -55,11 +61,24 @@ def rate_limit_headers(decision: Decision, now: datetime) -> dict[str, str]:
     return headers
 
 
-def decision_answer(
-    request: Request, decision: Decision, operation: str, caller: ApiKey
-) -> tuple[int, dict[str, Any], dict[str, str]]:
-    """Status, body and headers of the answer to a decision, as much of it as the caller
-    may see (contract §10); counted in /metrics."""
+def _rate_limit_fields(decision: Decision, now: datetime) -> list[tuple[bytes, bytes]]:
+    """``rate_limit_headers`` as the raw pairs a response sends for them (``init_headers``
+    lower-cases the names and encodes both in latin-1)."""
+    status = decision.tightest(now)
+    if status is None or status.remaining is None:
+        return []
+    fields = [
+        (b"ratelimit-limit", str(status.limit).encode("latin-1")),
+        (b"ratelimit-remaining", str(status.remaining).encode("latin-1")),
+    ]
+    if status.reset_at is not None:
+        seconds = max(0, math.ceil((status.reset_at - now).total_seconds()))
+        fields.append((b"ratelimit-reset", str(seconds).encode("latin-1")))
+    return fields
+
+
+def _seen(request: Request, decision: Decision, operation: str, caller: ApiKey) -> Decision:
+    """Count and log the decision; then as much of it as the caller may see (contract §10)."""
     state = request.app.state
     metrics = state.metrics
     metrics.decided(operation, decision.mode.value, decision.allowed)
@@ -68,11 +87,18 @@ def decision_answer(
         metrics.shadow_blocks.inc(len(decision.shadow_blocked))
     if decision.failed_open:
         metrics.failed_open.labels(operation).inc()
-    quota: Quota = state.quota
-    scope = decision_scope(quota, caller, decision)
-    if scope is not None:
-        decision = decision.visible_to(scope)
-    headers = rate_limit_headers(decision, quota.clock.now())
+    if caller.role is Role.MEMBER:  # staff see everything: no scope to work out
+        scope = decision_scope(state.quota, caller, decision)
+        if scope is not None:
+            return decision.visible_to(scope)
+    return decision
+
+
+def _answer(
+    decision: Decision, operation: str, now: datetime
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """``decision_answer`` of a decision already counted and cut to what the caller sees."""
+    headers = rate_limit_headers(decision, now)
     if decision.allowed or operation == "check":
         return 200, encode_decision(decision), headers
     if decision.retry_after is not None:
@@ -91,12 +117,37 @@ def decision_answer(
     return 429, body, headers
 
 
+def decision_answer(
+    request: Request, decision: Decision, operation: str, caller: ApiKey
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """Status, body and headers of the answer to a decision, as much of it as the caller
+    may see (contract §10); counted in /metrics. As dicts: a hold's 201 nests the body."""
+    decision = _seen(request, decision, operation, caller)
+    quota: Quota = request.app.state.quota
+    return _answer(decision, operation, quota.clock.now())
+
+
 def decision_response(
     request: Request, decision: Decision, operation: str, caller: ApiKey
-) -> JSONResponse:
-    """The answer to a decision: 200 with it, or 429 naming what blocked it."""
-    status, body, headers = decision_answer(request, decision, operation, caller)
+) -> Response:
+    """The answer to a decision: 200 with it, or 429 naming what blocked it.
+
+    ``decision_answer``'s status, headers and bytes. A 200 (nearly every answer)
+    is encoded straight from the decision (``wire.decisions.decision_json``),
+    not through a dict per status: building the answer was most of what the app
+    added to a bare endpoint's CPU (docs/performance.md).
+    ``tests/api/test_answer_bytes.py`` compares the two ways.
+    """
+    decision = _seen(request, decision, operation, caller)
+    quota: Quota = request.app.state.quota
+    now = quota.clock.now()
+    if decision.allowed or operation == "check":
+        return JSONBytesResponse(decision_json(decision), 200, _rate_limit_fields(decision, now))
+    status, body, headers = _answer(decision, operation, now)
     return FastJSONResponse(body, status_code=status, headers=headers)
+
+
+Responder = Callable[[Request, Decision, str, ApiKey], Response]
 
 
 @router.post(
@@ -106,18 +157,21 @@ def decision_response(
     responses=ERRORS,
 )
 @runs_on("decisions")
-def check(body: CheckIn, request: Request, caller: Caller) -> JSONResponse:
+def check(body: CheckIn, request: Request, caller: Caller) -> Response:
     return decide_check(body, request, caller)
 
 
-def decide_check(body: CheckIn, request: Request, caller: ApiKey) -> JSONResponse:
-    """The route's work, on a decision thread; ``http.fastpath`` calls it too."""
+def decide_check(
+    body: CheckIn, request: Request, caller: ApiKey, respond: Responder = decision_response
+) -> Response:
+    """The route's work, on a decision thread; ``http.fastpath`` calls it too.
+    ``respond`` makes the answer (tests compare ``decision_response`` with another)."""
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
     decision = engine(request).check(
         ref, body.amounts, timestamp=body.timestamp, resource=body.resource
     )
-    return decision_response(request, decision, "check", caller)
+    return respond(request, decision, "check", caller)
 
 
 @router.post(
@@ -139,12 +193,15 @@ def decide_check(body: CheckIn, request: Request, caller: ApiKey) -> JSONRespons
     },
 )
 @runs_on("decisions")
-def consume(body: ConsumeIn, request: Request, caller: Caller) -> JSONResponse:
+def consume(body: ConsumeIn, request: Request, caller: Caller) -> Response:
     return decide_consume(body, request, caller)
 
 
-def decide_consume(body: ConsumeIn, request: Request, caller: ApiKey) -> JSONResponse:
-    """The route's work, on a decision thread; ``http.fastpath`` calls it too."""
+def decide_consume(
+    body: ConsumeIn, request: Request, caller: ApiKey, respond: Responder = decision_response
+) -> Response:
+    """The route's work, on a decision thread; ``http.fastpath`` calls it too.
+    ``respond`` makes the answer (tests compare ``decision_response`` with another)."""
     ref = SubjectRef.parse(body.subject)
     require_consume(caller, ref)
     decision = engine(request).consume(
@@ -157,4 +214,4 @@ def decide_consume(body: ConsumeIn, request: Request, caller: ApiKey) -> JSONRes
         tags=body.tags,
         resource=body.resource,
     )
-    return decision_response(request, decision, "consume", caller)
+    return respond(request, decision, "consume", caller)
