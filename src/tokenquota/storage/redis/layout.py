@@ -274,6 +274,8 @@ class Reply:
 
     @classmethod
     def parse(cls, raw: Sequence[Any]) -> Reply:
+        if type(raw[0]) is str:  # the line's reader decodes (line.py): every value is text
+            return _reply(raw[0], int(raw[1] or 0), *raw[2:8])  # but an event id of 0
         status, eid, *rest = [v.decode() if isinstance(v, bytes) else str(v) for v in raw[:8]]
         return _reply(status, int(eid or 0), *rest)
 

@@ -90,7 +90,8 @@ class Wire:
         self.conn = conn
         self.sock: socket.socket = conn._sock
         kernel_timeouts(self.sock)
-        self.reader = hiredis.Reader(replyError=ResponseError)
+        # Text decoded by the reader, in C: a step's reply is all text (Reply.parse).
+        self.reader = hiredis.Reader(replyError=ResponseError, encoding="utf-8")
         self.buffer = bytearray(READ_SIZE)
         self.poller = select.poll()
         self.poller.register(self.sock, select.POLLIN)
