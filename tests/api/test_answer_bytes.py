@@ -22,8 +22,8 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from pydantic import SecretStr
-from starlette.responses import Response
 
 from tests.api.conftest import ADMIN_KEY, Api, LiveServer
 from tests.conftest import migrated_sqlite
@@ -43,17 +43,17 @@ TYPES = ("application/json", "application/json; charset=utf-8")  # fast path, Fa
 
 def general_response(
     request: Request, decision: Decision, operation: str, caller: ApiKey
-) -> Response:
+) -> JSONResponse:
     """The general way: ``decision_answer``'s dicts, rendered by ``FastJSONResponse``."""
     status, body, headers = metering.decision_answer(request, decision, operation, caller)
     return FastJSONResponse(body, status_code=status, headers=headers)
 
 
 def with_general_routes(app: FastAPI) -> None:
-    def consume(body: ConsumeIn, request: Request, caller: Caller) -> Response:
+    def consume(body: ConsumeIn, request: Request, caller: Caller) -> JSONResponse:
         return metering.decide_consume(body, request, caller, respond=general_response)
 
-    def check(body: CheckIn, request: Request, caller: Caller) -> Response:
+    def check(body: CheckIn, request: Request, caller: Caller) -> JSONResponse:
         return metering.decide_check(body, request, caller, respond=general_response)
 
     app.add_api_route("/general/v1/consume", consume, methods=["POST"])
@@ -190,9 +190,7 @@ def test_a_member_sees_its_subtree_in_either_way(pair: Pair) -> None:
     pair.same("/v1/consume", {"subject": "team:t", "amounts": {"tokens": 650}})
     admitted = pair.same("/v1/consume", {"subject": "user:u", "amounts": {"tokens": 5}}, "member")
     assert {s["subject"] for s in admitted.json()["limits"]} == {"user:u"}
-    refused = pair.same(
-        "/v1/consume", {"subject": "user:u", "amounts": {"tokens": 60}}, "member"
-    )
+    refused = pair.same("/v1/consume", {"subject": "user:u", "amounts": {"tokens": 60}}, "member")
     assert refused.status_code == 429
     details = refused.json()["error"]["details"]
     assert details["blocked_outside"] == [{"reason": "ancestor_limit", "metric": "tokens"}]

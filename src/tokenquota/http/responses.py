@@ -19,7 +19,6 @@ from typing import Any, Final
 
 import orjson
 from fastapi.responses import JSONResponse
-from starlette.responses import Response
 
 
 class FastJSONResponse(JSONResponse):
@@ -32,17 +31,16 @@ class FastJSONResponse(JSONResponse):
             return super().render(content)
 
 
-class JSONBytesResponse(Response):
+class JSONBytesResponse(JSONResponse):
     """A JSON answer whose body is already encoded (``wire.decisions.decision_json``).
 
     It sends what ``JSONResponse(content, status_code, headers)`` sends for the
     content those bytes encode: the given headers first (as ``init_headers``
     makes them: names lower-cased, both latin-1), then ``content-length``, then
     ``content-type: application/json``; built without ``init_headers``' general
-    work. ``tests/api/test_answer_bytes.py`` compares the two.
+    work. ``tests/api/test_answer_bytes.py`` compares the two. A ``JSONResponse``
+    for its callers' types; it renders nothing itself.
     """
-
-    media_type = "application/json"
 
     def __init__(
         self, body: bytes, status_code: int = 200, headers: list[tuple[bytes, bytes]] | None = None

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from fastapi.responses import JSONResponse
 
 from tokenquota.api.schemas import CheckIn, ConsumeIn, DecisionOut, ErrorOut
 from tokenquota.domain.decisions import Decision
@@ -129,7 +129,7 @@ def decision_answer(
 
 def decision_response(
     request: Request, decision: Decision, operation: str, caller: ApiKey
-) -> Response:
+) -> JSONResponse:
     """The answer to a decision: 200 with it, or 429 naming what blocked it.
 
     ``decision_answer``'s status, headers and bytes. A 200 (nearly every answer)
@@ -147,7 +147,7 @@ def decision_response(
     return FastJSONResponse(body, status_code=status, headers=headers)
 
 
-Responder = Callable[[Request, Decision, str, ApiKey], Response]
+Responder = Callable[[Request, Decision, str, ApiKey], JSONResponse]
 
 
 @router.post(
@@ -157,13 +157,13 @@ Responder = Callable[[Request, Decision, str, ApiKey], Response]
     responses=ERRORS,
 )
 @runs_on("decisions")
-def check(body: CheckIn, request: Request, caller: Caller) -> Response:
+def check(body: CheckIn, request: Request, caller: Caller) -> JSONResponse:
     return decide_check(body, request, caller)
 
 
 def decide_check(
     body: CheckIn, request: Request, caller: ApiKey, respond: Responder = decision_response
-) -> Response:
+) -> JSONResponse:
     """The route's work, on a decision thread; ``http.fastpath`` calls it too.
     ``respond`` makes the answer (tests compare ``decision_response`` with another)."""
     ref = SubjectRef.parse(body.subject)
@@ -193,13 +193,13 @@ def decide_check(
     },
 )
 @runs_on("decisions")
-def consume(body: ConsumeIn, request: Request, caller: Caller) -> Response:
+def consume(body: ConsumeIn, request: Request, caller: Caller) -> JSONResponse:
     return decide_consume(body, request, caller)
 
 
 def decide_consume(
     body: ConsumeIn, request: Request, caller: ApiKey, respond: Responder = decision_response
-) -> Response:
+) -> JSONResponse:
     """The route's work, on a decision thread; ``http.fastpath`` calls it too.
     ``respond`` makes the answer (tests compare ``decision_response`` with another)."""
     ref = SubjectRef.parse(body.subject)
