@@ -389,40 +389,29 @@ def _placed_statuses(
             if remaining < 0:
                 remaining = 0
             within = used < value
+        wire_used: Number = used
+        wire_reserved: Number = reserved
+        wire_remaining: Number | None = remaining
         if metric_name == "credits":  # the one metric whose wire numbers are not its units
-            built.append(
-                new_status(
-                    subject,
-                    metric_name,
-                    window_name,
-                    size,
-                    source,
-                    shadow,
-                    from_units(_CREDITS, used),
-                    from_units(_CREDITS, reserved),
-                    None if remaining is None else from_units(_CREDITS, remaining),
-                    reset_at,
-                    within,
-                    None,
-                )
+            wire_used = from_units(_CREDITS, used)
+            wire_reserved = from_units(_CREDITS, reserved)
+            wire_remaining = None if remaining is None else from_units(_CREDITS, remaining)
+        built.append(
+            new_status(
+                subject,
+                metric_name,
+                window_name,
+                size,
+                source,
+                shadow,
+                wire_used,
+                wire_reserved,
+                wire_remaining,
+                reset_at,
+                within,
+                None,
             )
-        else:
-            built.append(
-                new_status(
-                    subject,
-                    metric_name,
-                    window_name,
-                    size,
-                    source,
-                    shadow,
-                    used,
-                    reserved,
-                    remaining,
-                    reset_at,
-                    within,
-                    None,
-                )
-            )
+        )
     return tuple(built)
 
 
