@@ -51,6 +51,14 @@ def status(
     return _status(check, reading, tz, added, held, None)
 
 
+def _left(value: int, used: int, reserved: int, unlimited: bool) -> tuple[int | None, bool]:
+    """A window's remaining (never below 0; None when unlimited) and within_limit, which
+    contract §5 makes ``used < limit``: one rule for ``_status`` and the span rows."""
+    if unlimited:
+        return None, True
+    return max(value - used - reserved, 0), used < value
+
+
 def _status(
     check: Check, reading: Reading, tz: ZoneInfo, added: int, held: int, reason: Reason | None
 ) -> LimitStatus:
@@ -72,14 +80,7 @@ def _status(
     else:
         buckets = reading.buckets
         used = sum(buckets.values()) + added
-        if unlimited:
-            remaining = None
-            within = True
-        else:
-            remaining = value - used - reserved
-            if remaining < 0:
-                remaining = 0
-            within = used < value  # contract §5: within_limit is used < limit
+        remaining, within = _left(value, used, reserved, unlimited)
         if window is not None:
             # Only a rolling window's reset depends on the buckets: its oldest
             # one holding usage, which may be the one this request lands in.
@@ -380,15 +381,7 @@ def _placed_statuses(
         amount = units.get(metric, 0)
         used = count if hold else count + amount
         reserved = amount if hold else 0
-        remaining: int | None
-        if unlimited:
-            remaining = None
-            within = True
-        else:
-            remaining = value - used - reserved
-            if remaining < 0:
-                remaining = 0
-            within = used < value
+        remaining, within = _left(value, used, reserved, unlimited)
         wire_used: Number = used
         wire_reserved: Number = reserved
         wire_remaining: Number | None = remaining
