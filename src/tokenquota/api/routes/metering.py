@@ -64,17 +64,10 @@ def rate_limit_headers(decision: Decision, now: datetime) -> dict[str, str]:
 def _rate_limit_fields(decision: Decision, now: datetime) -> list[tuple[bytes, bytes]]:
     """``rate_limit_headers`` as the raw pairs a response sends for them (``init_headers``
     lower-cases the names and encodes both in latin-1)."""
-    status = decision.tightest(now)
-    if status is None or status.remaining is None:
-        return []
-    fields = [
-        (b"ratelimit-limit", str(status.limit).encode("latin-1")),
-        (b"ratelimit-remaining", str(status.remaining).encode("latin-1")),
+    return [
+        (name.lower().encode("latin-1"), value.encode("latin-1"))
+        for name, value in rate_limit_headers(decision, now).items()
     ]
-    if status.reset_at is not None:
-        seconds = max(0, math.ceil((status.reset_at - now).total_seconds()))
-        fields.append((b"ratelimit-reset", str(seconds).encode("latin-1")))
-    return fields
 
 
 def _seen(request: Request, decision: Decision, operation: str, caller: ApiKey) -> Decision:
